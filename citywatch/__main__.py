@@ -1,0 +1,6 @@
+"""`python -m citywatch` runs the command line."""
+import sys
+
+from citywatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `citywatch` command line, one module each."""

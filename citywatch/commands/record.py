@@ -1,0 +1,12 @@
+"""`citywatch record`: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("record", help="(not yet implemented)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    raise SystemExit("citywatch record: not implemented yet")

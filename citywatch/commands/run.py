@@ -1,0 +1,12 @@
+"""`citywatch run`: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="(not yet implemented)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    raise SystemExit("citywatch run: not implemented yet")

@@ -1,0 +1,89 @@
+"""The inventory: sites (construction sites, gas stations) and the devices that report from them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from config.base import Strict
+
+# GB 50028-2006 Table 6.1.6, gauge pressure in kPa: (lower bound exclusive, upper bound inclusive).
+PRESSURE_CLASSES_KPA: dict[str, tuple[float, float]] = {
+    "low": (-1e9, 10.0),
+    "medium_b": (10.0, 200.0),
+    "medium_a": (200.0, 400.0),
+    "subhigh_b": (400.0, 800.0),
+    "subhigh_a": (800.0, 1600.0),
+    "high_b": (1600.0, 2500.0),
+    "high_a": (2500.0, 4000.0),
+}
+PressureClass = Literal["low", "medium_b", "medium_a", "subhigh_b", "subhigh_a", "high_b", "high_a"]
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Site(Strict):
+    id: str = Field(pattern=_ID)
+    name: str = Field(min_length=1)
+    address: str = ""
+    district: str = Field(min_length=1)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    crs: Literal["WGS84", "GCJ02"] = "WGS84"
+    kind: Literal["construction", "gas_station", "gas_network"] = "construction"
+
+
+class Device(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    kind: Literal["noise", "gas"]
+    site: str
+    report_interval_s: int = Field(gt=0, le=86400)
+    # How the device reports: JSON batches on its data topic, or raw HJ 212 frames on city/xm/hj212/{mn}.
+    protocol: Literal["json", "hj212"] = "json"
+    mn: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    sample_interval_s: int | None = Field(None, gt=0, le=86400)
+    # Gas only (kPa gauge).
+    pressure_class: PressureClass | None = None
+    set_pressure_kpa: float | None = None
+    mop_kpa: float | None = None
+    full_scale_kpa: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _gas_fields(self) -> "Device":
+        gas_keys = ("pressure_class", "set_pressure_kpa", "mop_kpa", "full_scale_kpa")
+        if self.kind == "gas":
+            missing = [k for k in gas_keys if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"gas device needs {', '.join(missing)}")
+            lo, hi = PRESSURE_CLASSES_KPA[self.pressure_class]
+            if not (lo < self.set_pressure_kpa <= hi):
+                raise ValueError(
+                    f"set_pressure_kpa {self.set_pressure_kpa} is outside pressure class {self.pressure_class}"
+                    f" ({_class_range(lo, hi)})"
+                )
+            if self.mop_kpa < self.set_pressure_kpa:
+                raise ValueError(f"mop_kpa {self.mop_kpa} is below set_pressure_kpa {self.set_pressure_kpa}")
+            if self.full_scale_kpa < self.mop_kpa:
+                raise ValueError(f"full_scale_kpa {self.full_scale_kpa} is below mop_kpa {self.mop_kpa}")
+        else:
+            given = [k for k in gas_keys if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to gas devices")
+        if self.sample_interval_s and self.sample_interval_s > self.report_interval_s:
+            raise ValueError("sample_interval_s must not exceed report_interval_s")
+        return self
+
+    @property
+    def mn_or_id(self) -> str:
+        """The HJ 212 MN this device uses (its id unless `mn` says otherwise)."""
+        return self.mn or self.id
+
+    @property
+    def sample_s(self) -> int:
+        """Seconds between samples (the report interval when samples are not batched)."""
+        return self.sample_interval_s or self.report_interval_s
+
+
+def _class_range(lo: float, hi: float) -> str:
+    return f"p < {hi:g} kPa" if lo < -1e8 else f"{lo:g} < p <= {hi:g} kPa"

@@ -1,0 +1,90 @@
+"""YAML reading that keeps line numbers, rejects duplicate keys and does not parse `22:00` as a number."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from config.errors import ConfigProblem
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1 sexagesimal numbers (`22:00` would load as 1320)."""
+
+
+# Rebuild the implicit int/float resolvers of SafeLoader without their base-60 alternatives.
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$", re.X),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+@dataclass
+class YamlDoc:
+    """One parsed file: its data and the line of every key path in it (1-based)."""
+
+    file: str
+    data: Any
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+
+def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem]]:
+    """Parse `text`; return the document (None on a syntax error) and any problems found."""
+    problems: list[ConfigProblem] = []
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        what = getattr(exc, "problem", None) or str(exc)
+        return None, [ConfigProblem(file, line, "", f"YAML syntax error: {what}")]
+    if node is None:
+        return None, [ConfigProblem(file, 1, "", "file is empty; remove it or give it content")]
+    lines: dict[tuple, int] = {}
+    _walk(node, (), lines, problems, file)
+    data = yaml.load(text, Loader=_Loader)  # same text, same loader: cannot fail after compose
+    return YamlDoc(file, data, lines), problems
+
+
+def _walk(node: yaml.Node, path: tuple, lines: dict, problems: list, file: str) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                problems.append(
+                    ConfigProblem(file, line, _fmt(path + (key,)), f"duplicate key (first given on line {seen[key]})")
+                )
+                continue
+            seen[key] = line
+            lines[path + (key,)] = line
+            _walk(value_node, path + (key,), lines, problems, file)
+            lines[path + (key,)] = line
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, path + (i,), lines, problems, file)
+
+
+def _fmt(path: tuple) -> str:
+    from config.errors import path_text
+
+    return path_text(path)
