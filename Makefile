@@ -1,0 +1,31 @@
+# citywatch: `make demo` runs the whole system, `make test` runs the test suite.
+# Both install what they need first (Debian packages as root, .venv, Python packages).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo stack-up stack-down stack-status bench clean
+
+setup:
+	bash scripts/bootstrap.sh
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+demo: setup
+	bash scripts/demo.sh
+
+stack-up: setup
+	bash scripts/stack.sh up
+
+stack-down:
+	bash scripts/stack.sh down
+
+stack-status:
+	bash scripts/stack.sh status
+
+bench: setup
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	bash scripts/stack.sh down || true
+	rm -rf .stack var

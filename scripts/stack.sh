@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The local stack: Mosquitto and InfluxDB as plain background processes bound to 127.0.0.1, with
+# data, logs, pid files and generated credentials under .stack/ (never committed).
+#   scripts/stack.sh up       install what is missing, start both, wait until they answer, create the database
+#   scripts/stack.sh down     stop both by pid
+#   scripts/stack.sh status   show what runs (exit 1 if something is down)
+# Ports: CITYWATCH_MQTT_PORT (default 1883), CITYWATCH_INFLUX_PORT (default 8086).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+action=${1:-status}
+case "$action" in
+  up) bash scripts/bootstrap.sh ;;
+  down|status) ;;
+  *) echo "usage: scripts/stack.sh up|down|status" >&2; exit 2 ;;
+esac
+if [[ ! -x .venv/bin/python ]]; then
+  echo "stack: no .venv yet; run scripts/stack.sh up (or make test) first" >&2
+  exit 1
+fi
+exec .venv/bin/python -m citywatch.localstack "$action" --dir .stack "${@:2}"
