@@ -1,11 +1,18 @@
-"""Shared building blocks of the config schema: the strict base model, times of day, windows, severities."""
+"""Shared building blocks of the config schema: the strict base model, times of day, windows, severities.
+
+`Strict` also makes cross-field checks run when a sibling key fails: pydantic skips a model's "after"
+validators as soon as one field is invalid, which would hide every cross-field problem of that model
+until the first one is fixed. Here they run on the keys that did validate, so one load reports all.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Severity = Literal["red", "orange", "yellow", "blue"]
 SEVERITY_RANK = {"blue": 1, "yellow": 2, "orange": 3, "red": 4}
@@ -13,23 +20,145 @@ SEVERITY_RANK = {"blue": 1, "yellow": 2, "orange": 3, "red": 4}
 _HHMM = re.compile(r"^([0-9]{2}):([0-9]{2})$")
 
 
+class KeyProblem(ValueError):
+    """Raised by a model validator to blame one key of the model rather than the whole mapping.
+
+    The loader points the error (and its line) at `key`; `message` should end with the value received.
+    """
+
+    def __init__(self, key: str | tuple, message: str):
+        super().__init__(message)
+        self.key = (key,) if isinstance(key, str) else tuple(key)
+        self.message = message
+
+
+# (model class, field name) -> TypeAdapter, built on first use: only the error path needs them.
+_FIELD_ADAPTERS: dict[tuple[type, str], TypeAdapter] = {}
+
+
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, no silent type coercion, immutable."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_checks_despite_field_errors(cls, data: Any, handler):
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            extra = _partial_checks(cls, data, exc)
+            if not extra:
+                raise
+            raise ValidationError.from_exception_data(cls.__name__, _reraisable(exc) + extra) from None
 
-def _time_of_day(value: str) -> str:
-    m = _HHMM.match(value)
+
+def _partial_checks(cls: type[BaseModel], data: Any, exc: ValidationError) -> list[InitErrorDetails]:
+    """Run `cls`'s after-validators on the keys of `data` that validated; their problems as error details."""
+    validators = [
+        d.func for d in cls.__pydantic_decorators__.model_validators.values() if d.info.mode == "after"
+    ]
+    if not validators or not isinstance(data, dict):
+        return []
+    errors = exc.errors(include_url=False)
+    if any(not e["loc"] for e in errors):
+        return []  # the model's own validators already ran and failed: nothing is hidden
+    failed = {e["loc"][0] for e in errors}
+    values: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        key = info.alias or name
+        if key in failed:
+            continue
+        if key in data:
+            try:
+                values[name] = _adapter(cls, name).validate_python(data[key])
+            except (ValidationError, TypeError, ValueError):
+                continue
+        elif not info.is_required():
+            values[name] = info.get_default(call_default_factory=True)
+    try:
+        partial = cls.model_construct(**values)  # runs model_post_init, which may need a failed key
+    except Exception:  # noqa: BLE001 - then the checks cannot run; the failed keys are reported
+        return []
+    for name in set(partial.__dict__) - set(values):
+        del partial.__dict__[name]  # a failed key with a default must not be checked as its default
+    out: list[InitErrorDetails] = []
+    for func in validators:
+        try:
+            func(partial)
+        except (ValueError, AssertionError) as problem:
+            key = getattr(problem, "key", None)
+            message = getattr(problem, "message", None) or str(problem)
+            out.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("cross_check", "{message}", {"message": message}),
+                    loc=tuple(key) if key else (),
+                    input=data.get(key[0]) if key else data,
+                )
+            )
+        except Exception:  # noqa: BLE001 - most often AttributeError: the check needs a key that failed,
+            continue  # and that key's own error is reported; a check that cannot run on partial data is skipped
+    return out
+
+
+def _adapter(cls: type[BaseModel], name: str) -> TypeAdapter:
+    adapter = _FIELD_ADAPTERS.get((cls, name))
+    if adapter is None:
+        info = cls.model_fields[name]
+        annotated = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        try:
+            adapter = TypeAdapter(annotated, config=ConfigDict(strict=True))
+        except Exception:  # a model type carries its own config and refuses another one
+            adapter = TypeAdapter(annotated)
+        _FIELD_ADAPTERS[(cls, name)] = adapter
+    return adapter
+
+
+def _reraisable(exc: ValidationError) -> list[InitErrorDetails]:
+    """The errors of `exc` in a form ValidationError.from_exception_data accepts, type and context kept."""
+    out = []
+    for e in exc.errors(include_url=False):
+        ctx = dict(e.get("ctx") or {})
+        ctx.setdefault("message", e["msg"])
+        out.append(
+            InitErrorDetails(
+                type=PydanticCustomError(e["type"], "{message}", ctx),
+                loc=e["loc"],
+                input=e.get("input"),
+            )
+        )
+    return out
+
+
+def _time_of_day(value: Any) -> str:
+    # Checked before pydantic's own str check so that `start: 1200` gets the same clear message.
+    m = _HHMM.match(value) if isinstance(value, str) else None
     if not m:
-        raise ValueError("must be a time of day written HH:MM (quote it in YAML)")
+        raise ValueError('must be a time of day written "HH:MM" (quote it in YAML)')
     hh, mm = int(m.group(1)), int(m.group(2))
     if not (hh < 24 and mm < 60) and (hh, mm) != (24, 0):
         raise ValueError("must be a time of day between 00:00 and 24:00")
     return value
 
 
-TimeOfDay = Annotated[str, AfterValidator(_time_of_day)]
+TimeOfDay = Annotated[str, BeforeValidator(_time_of_day)]
+
+_YMD = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _date(value: Any) -> dt.date:
+    # YAML reads 2025-06-22 as a date and "2025-06-22" as text; engineers should not need to know which.
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and _YMD.match(value):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("is not a calendar date") from None
+    raise ValueError("must be a date written YYYY-MM-DD")
+
+
+Date = Annotated[dt.date, BeforeValidator(_date)]
 
 
 def minutes(hhmm: str) -> int:
@@ -47,7 +176,7 @@ class Window(Strict):
     @model_validator(mode="after")
     def _not_empty(self) -> "Window":
         if minutes(self.start) % 1440 == minutes(self.end) % 1440:
-            raise ValueError(f"window {self.start}-{self.end} is empty: start and end must differ")
+            raise KeyProblem("end", f"window is empty: end must differ from start {self.start!r} (got {self.end!r})")
         return self
 
     def spans(self) -> list[tuple[int, int]]:
@@ -57,12 +186,19 @@ class Window(Strict):
             return [(s, e)]
         return [(s, 1440), (0, e)] if e > 0 else [(s, 1440)]
 
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
 
 def overlapping(windows: list[Window]) -> tuple[int, int] | None:
     """Indexes (i, j) of the first two windows that overlap, or None."""
     for i, a in enumerate(windows):
         for j in range(i + 1, len(windows)):
-            b = windows[j]
-            if any(s1 < e2 and s2 < e1 for s1, e1 in a.spans() for s2, e2 in b.spans()):
+            if windows_overlap(a, windows[j]):
                 return i, j
     return None
+
+
+def windows_overlap(a: Window, b: Window) -> bool:
+    """True when two daily windows share at least one minute."""
+    return any(s1 < e2 and s2 < e1 for s1, e1 in a.spans() for s2, e2 in b.spans())

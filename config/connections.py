@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
-from config.base import Strict
+from config.base import KeyProblem, Strict
+
+# A `*_env` key names an environment variable; anything else there is probably the secret itself.
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class Tls(Strict):
@@ -16,6 +20,15 @@ class Tls(Strict):
     key_file: str | None = None
     insecure: bool = False
 
+    @model_validator(mode="after")
+    def _pair(self) -> "Tls":
+        # A client certificate is useless without its key, and the other way round.
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            given = "cert_file" if missing == "key_file" else "key_file"
+            raise KeyProblem(given, f"needs {missing} as well (mutual TLS takes both)")
+        return self
+
 
 class Reconnect(Strict):
     min_delay_s: float = Field(1.0, gt=0, le=600)
@@ -24,17 +37,17 @@ class Reconnect(Strict):
     @model_validator(mode="after")
     def _order(self) -> "Reconnect":
         if self.max_delay_s < self.min_delay_s:
-            raise ValueError(f"max_delay_s ({self.max_delay_s}) must not be below min_delay_s ({self.min_delay_s})")
+            raise KeyProblem("max_delay_s", f"must not be below min_delay_s {self.min_delay_s:g} (got {self.max_delay_s:g})")
         return self
 
 
 class Mqtt(Strict):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(1883, ge=1, le=65535)
     protocol: Literal["mqtt5", "mqtt311"] = "mqtt5"
     client_id: str = Field("citywatch-collector", min_length=1, max_length=64)
     username: str | None = None
-    password_env: str | None = "CITYWATCH_MQTT_PASSWORD"
+    password_env: str | None = Field("CITYWATCH_MQTT_PASSWORD", pattern=ENV_NAME)
     keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(7 * 86400, ge=0)
     tls: Tls = Tls()
@@ -46,22 +59,45 @@ class Influx(Strict):
     url: str = "http://127.0.0.1:8086"
     # v1: database (and optional user); v2: bucket, org and token.
     database: str | None = "citywatch"
-    username_env: str | None = None
-    password_env: str | None = None
+    username_env: str | None = Field(None, pattern=ENV_NAME)
+    password_env: str | None = Field(None, pattern=ENV_NAME)
     bucket: str | None = None
     org: str | None = None
-    token_env: str | None = None
+    token_env: str | None = Field(None, pattern=ENV_NAME)
     timeout_s: float = Field(10.0, gt=0, le=300)
 
     @model_validator(mode="after")
-    def _api_fields(self) -> "Influx":
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
-        if self.api == "v1" and not self.database:
-            raise ValueError("api v1 needs database")
-        if self.api == "v2" and not (self.bucket and self.org):
-            raise ValueError("api v2 needs bucket and org (and token_env for the token)")
+    def _url(self) -> "Influx":
+        problem = _url_problem(self.url)
+        if problem:
+            raise KeyProblem("url", f"{problem} (got {self.url!r})")
         return self
+
+    @model_validator(mode="after")
+    def _api_fields(self) -> "Influx":
+        if self.api == "v1" and not self.database:
+            raise KeyProblem("database", "is required when api is v1 (got nothing)")
+        if self.api == "v2":
+            for key in ("bucket", "org"):
+                if not getattr(self, key):
+                    raise KeyProblem(key, "is required when api is v2 (got nothing)")
+        return self
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` is not a usable InfluxDB base URL, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "must name a host, e.g. http://127.0.0.1:8086"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        return "must have a port between 1 and 65535"
+    return None
 
 
 class Connections(Strict):

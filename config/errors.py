@@ -31,7 +31,9 @@ class ConfigError(Exception):
 
 def show(value: Any) -> str:
     """Render a received value for an error message, short and unambiguous."""
-    if isinstance(value, str):
+    if isinstance(value, bool):
+        text = "true" if value else "false"  # as YAML spells it
+    elif isinstance(value, str):
         text = repr(value)
     elif isinstance(value, dict):
         text = "a mapping"
@@ -45,7 +47,7 @@ def show(value: Any) -> str:
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A ` (did you mean 'x'?)` hint for a misspelt key, or an empty string."""
+    """A `; did you mean 'x'?` hint for a misspelt key, enum value or id, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 

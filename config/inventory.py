@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from config.base import Strict
+from config.base import KeyProblem, Strict
+from config.errors import show
 
 # GB 50028-2006 Table 6.1.6, gauge pressure in kPa: (lower bound exclusive, upper bound inclusive).
 PRESSURE_CLASSES_KPA: dict[str, tuple[float, float]] = {
@@ -45,33 +46,40 @@ class Device(Strict):
     sample_interval_s: int | None = Field(None, gt=0, le=86400)
     # Gas only (kPa gauge).
     pressure_class: PressureClass | None = None
-    set_pressure_kpa: float | None = None
-    mop_kpa: float | None = None
+    set_pressure_kpa: float | None = Field(None, gt=0)
+    mop_kpa: float | None = Field(None, gt=0)
     full_scale_kpa: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _gas_fields(self) -> "Device":
         gas_keys = ("pressure_class", "set_pressure_kpa", "mop_kpa", "full_scale_kpa")
-        if self.kind == "gas":
-            missing = [k for k in gas_keys if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"gas device needs {', '.join(missing)}")
-            lo, hi = PRESSURE_CLASSES_KPA[self.pressure_class]
-            if not (lo < self.set_pressure_kpa <= hi):
-                raise ValueError(
-                    f"set_pressure_kpa {self.set_pressure_kpa} is outside pressure class {self.pressure_class}"
-                    f" ({_class_range(lo, hi)})"
-                )
-            if self.mop_kpa < self.set_pressure_kpa:
-                raise ValueError(f"mop_kpa {self.mop_kpa} is below set_pressure_kpa {self.set_pressure_kpa}")
-            if self.full_scale_kpa < self.mop_kpa:
-                raise ValueError(f"full_scale_kpa {self.full_scale_kpa} is below mop_kpa {self.mop_kpa}")
-        else:
+        if self.kind != "gas":
             given = [k for k in gas_keys if getattr(self, k) is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} only apply to gas devices")
+                raise KeyProblem(given[0], f"only applies to gas devices; this device's kind is {self.kind!r} (got {show(getattr(self, given[0]))})")
+            return self
+        missing = [k for k in gas_keys if getattr(self, k) is None]
+        if missing:
+            raise KeyProblem(missing[0], f"required key is missing (a gas device needs {', '.join(missing)})")
+        lo, hi = PRESSURE_CLASSES_KPA[self.pressure_class]
+        if not (lo < self.set_pressure_kpa <= hi):
+            raise KeyProblem(
+                "set_pressure_kpa",
+                f"must lie inside pressure_class {self.pressure_class} ({_class_range(lo, hi)}) (got {self.set_pressure_kpa:g})",
+            )
+        if self.mop_kpa < self.set_pressure_kpa:
+            raise KeyProblem("mop_kpa", f"must not be below set_pressure_kpa {self.set_pressure_kpa:g} (got {self.mop_kpa:g})")
+        if self.full_scale_kpa < self.mop_kpa:
+            raise KeyProblem("full_scale_kpa", f"must not be below mop_kpa {self.mop_kpa:g} (got {self.full_scale_kpa:g})")
+        return self
+
+    @model_validator(mode="after")
+    def _intervals(self) -> "Device":
         if self.sample_interval_s and self.sample_interval_s > self.report_interval_s:
-            raise ValueError("sample_interval_s must not exceed report_interval_s")
+            raise KeyProblem(
+                "sample_interval_s",
+                f"must not exceed report_interval_s {self.report_interval_s} (got {self.sample_interval_s})",
+            )
         return self
 
     @property

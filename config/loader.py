@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import types
 import typing
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from config.base import KeyProblem
 from config.errors import ConfigError, ConfigProblem, did_you_mean, path_text, show
 from config.model import Config
 from config.yamlsrc import parse_yaml
@@ -48,21 +50,32 @@ def load_config(directory: str | os.PathLike | None = None, env: dict[str, str] 
     if not files:
         raise ConfigError([ConfigProblem(str(directory), None, "", "no *.yaml files in this directory")])
 
+    cache_key = _cache_key(directory, files, env)
+    cached = _CACHE.get(cache_key) if cache_key else None
+    if cached is not None:
+        return cached
+
+    unreadable = False  # a file could not be read or parsed: the sections it holds are unknown
     root: dict[str, Any] = {}
-    lines: Lines = {}
+    # A section no file gives is blamed on the directory itself.
+    lines: Lines = {(): (_display(directory).rstrip("/") + "/", None)}
     for path in files:
         name = _display(path)
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(ConfigProblem(name, None, "", f"cannot read: {exc}"))
+            unreadable = True
             continue
         doc, found = parse_yaml(text, name)
         problems += found
         if doc is None:
+            unreadable = unreadable or bool(found) and found[0].message.startswith("YAML syntax error")
             continue
         if not isinstance(doc.data, dict):
-            problems.append(ConfigProblem(name, 1, "", f"must be a mapping of sections, got {show(doc.data)}"))
+            problems.append(
+                ConfigProblem(name, 1, "", f"must be a mapping of sections such as 'devices:' (got {show(doc.data)})")
+            )
             continue
         for key, value in doc.data.items():
             key = str(key)
@@ -85,11 +98,33 @@ def load_config(directory: str | os.PathLike | None = None, env: dict[str, str] 
     except ValidationError as exc:
         problems += [p for p in problems_from_validation(exc, Config, (), lines) if p.path not in secret_paths]
     problems += _cross_references(root, lines)
+    if unreadable:
+        # The "missing" section is most likely in the file that could not be parsed: say that once, there.
+        problems = [p for p in problems if not p.message.startswith("required section is missing")]
     if problems:
         raise ConfigError(problems)
     config._dir = directory.resolve()
     config._lines = lines
+    if cache_key:
+        _CACHE[cache_key] = config
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
     return config
+
+
+# Valid configs by (directory, working directory, each file's name and content, env overrides).
+# Tests and reloads load the same unchanged directory often; a Config is frozen, so sharing it is safe.
+# Content, not mtime: two writes within one clock tick would otherwise return a stale config.
+_CACHE: dict[tuple, Config] = {}
+_CACHE_SIZE = 16
+
+
+def _cache_key(directory: Path, files: list[Path], env: dict[str, str]) -> tuple | None:
+    try:
+        digests = tuple((p.name, hashlib.blake2b(p.read_bytes(), digest_size=16).digest()) for p in files)
+    except OSError:
+        return None
+    return (str(directory.resolve()), os.getcwd(), digests, tuple(env.get(v) for v in ENV_OVERRIDES))
 
 
 def _display(path: Path) -> str:
@@ -106,7 +141,7 @@ def locate(lines: Lines, path: tuple) -> tuple[str, int | None]:
         if p in lines:
             return lines[p]
         p = p[:-1]
-    return ("config", None)
+    return lines.get((), ("config", None))
 
 
 def _problem(lines: Lines, path: tuple, message: str) -> ConfigProblem:
@@ -114,18 +149,24 @@ def _problem(lines: Lines, path: tuple, message: str) -> ConfigProblem:
     return ConfigProblem(file, line, path_text(path), message)
 
 
+def _is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return not k.endswith("_env") and (k in SECRET_KEYS or k.endswith(("_password", "_token", "_secret")))
+
+
 def _find_secrets(node: Any, path: tuple, lines: Lines, problems: list) -> set[str]:
+    """Report every key that holds a secret (never echoing its value); return their key paths."""
     found: set[str] = set()
     if isinstance(node, dict):
         for key, value in node.items():
             sub = path + (key,)
-            if str(key).lower() in SECRET_KEYS:
+            if _is_secret_key(str(key)):
                 problems.append(
                     _problem(
                         lines,
                         sub,
-                        f"secrets must not be written in YAML; put it in an environment variable and name it with"
-                        f" '{key}_env'",
+                        "a secret must not be written in YAML; put it in an environment variable and give"
+                        f" that variable's name in {_env_key_for(sub, node)}",
                     )
                 )
                 found.add(path_text(sub))
@@ -135,6 +176,20 @@ def _find_secrets(node: Any, path: tuple, lines: Lines, problems: list) -> set[s
         for i, value in enumerate(node):
             found |= _find_secrets(value, path + (i,), lines, problems)
     return found
+
+
+def _env_key_for(path: tuple, parent: dict) -> str:
+    """The `*_env` key that should name the variable instead of the secret at `path` (in mapping `parent`)."""
+    models = _models_in(_resolve(Config, path[:-1])[3])
+    tagged = [m for m in models if _tag_of(m) is not None and _tag_of(m) == parent.get("type")]
+    owner = tagged[0] if tagged else (models[0] if len(models) == 1 else None)
+    names = [n for n in _field_names(owner) if n.endswith("_env")]
+    wanted = f"{path[-1]}_env"
+    if wanted in names:
+        return f"'{wanted}'"
+    if len(names) == 1:
+        return f"'{names[0]}'"
+    return "this section's '*_env' key" if names else "a '*_env' key (see the comments of this file)"
 
 
 def _apply_env(root: dict, env: dict[str, str], lines: Lines) -> None:
@@ -186,45 +241,89 @@ def problems_from_validation(exc: ValidationError, model: type[BaseModel], base:
     out = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        field_path, owner, field = _resolve(model, loc)
+        field_path, owner, field, at = _resolve(model, loc)
+        is_model = bool(_models_in(at))
+        blamed = getattr((err.get("ctx") or {}).get("error"), "key", None)
+        if isinstance(blamed, tuple):
+            # A model validator blamed one of the model's keys (config.base.KeyProblem).
+            field_path, field = field_path + blamed, blamed[-1] if isinstance(blamed[-1], str) else field
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # Blame the tag key itself (`type`), not the whole mapping.
+            field_path += (str((err.get("ctx") or {}).get("discriminator", "type")).strip("'"),)
         path = base + field_path
-        message = _message(err, owner, field, path)
+        message = _message(err, owner, field, path, is_model)
         out.append(_problem(lines, path, message))
     return out
 
 
-def _message(err: dict, owner: Any, field: str | None, path: tuple) -> str:
+def _message(err: dict, owner: Any, field: str | None, path: tuple, is_model: bool = False) -> str:
+    """The text of one pydantic error; `is_model` when the failing value is a whole mapping (model validator)."""
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
     got = f" (got {show(value)})"
+    key = str(path[-1]) if path else ""
+    if kind == "cross_check":
+        return str(ctx.get("message", err.get("msg", "")))
     if kind == "missing":
+        if owner is Config:
+            return "required section is missing; no YAML file in this directory gives it"
         return "required key is missing"
     if kind == "extra_forbidden":
         names = _field_names(owner)
-        return f"unknown key{did_you_mean(str(path[-1]), names)}" + ("" if names else "")
+        what = "unknown section" if owner is Config else "unknown key"
+        hint = did_you_mean(key, names)
+        if not hint and names:
+            hint = f"; expected one of {', '.join(sorted(names))}" if len(names) <= 12 else ""
+        return what + hint
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        return _range_text(owner, field, ctx) + got
+        return _range_text(owner, field, ctx) + _unit(key) + got
     if kind in _TYPE_WORDS:
         return _TYPE_WORDS[kind] + got
     if kind == "literal_error":
-        expected = ctx.get("expected", "")
-        options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
-        return f"must be one of {expected}{did_you_mean(str(value), options)}" + got
+        options = [o.strip().strip("'") for o in str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
+        return f"must be one of {', '.join(options)}{did_you_mean(str(value), options)}" + got
     if kind == "value_error":
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        return msg + ("" if isinstance(value, (dict, list)) or repr(value) in msg else got)
+        error = ctx.get("error")
+        msg = getattr(error, "message", None) or str(err.get("msg", "")).removeprefix("Value error, ")
+        if "(got " in msg or is_model or isinstance(error, KeyProblem):
+            return msg  # a model validator's input is the whole mapping: not worth echoing
+        return msg + got
     if kind == "string_pattern_mismatch":
+        if key.endswith("_env"):
+            # Never echo it: a value here that is not a variable name is most likely the secret itself.
+            return (
+                "must name an environment variable (letters, digits and '_'), not hold the secret itself"
+                f" (got {len(str(value))} characters, not shown)"
+            )
         return "has characters that are not allowed (use letters, digits, '_', '-', '.')" + got
     if kind == "string_too_short":
         return "must not be empty" + got
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters" + got
     if kind == "too_short":
-        return "must not be empty" if not value else err["msg"].lower()
+        return "must not be empty" if not value else f"must have at least {ctx.get('min_length')} items" + got
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items" + got
     if kind == "union_tag_invalid":
-        return f"type must be one of {ctx.get('expected_tags')}{did_you_mean(str(ctx.get('tag')), str(ctx.get('expected_tags','')).replace(chr(39),'').split(', '))}" + f" (got {show(ctx.get('tag'))})"
+        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
+        tag = str(ctx.get("tag"))
+        return f"must be one of {', '.join(tags)}{did_you_mean(tag, tags)} (got {show(tag)})"
     if kind == "union_tag_not_found":
-        return f"required key '{ctx.get('discriminator', 'type').strip(chr(39))}' is missing"
+        return "required key is missing"
     return str(err.get("msg", kind)) + ("" if isinstance(value, (dict, list)) else got)
+
+
+# Units named by a key's suffix (STYLE: keys carry their units), spelled out in range messages.
+_UNITS = {"_s": "seconds", "_ms": "milliseconds", "_m": "metres", "_db": "dB", "_kpa": "kPa", "_v": "V",
+          "_pct": "%", "_mb": "MB", "_bytes": "bytes"}
+
+
+def _unit(key: str) -> str:
+    for suffix, unit in _UNITS.items():
+        if key.endswith(suffix):
+            return " " + unit
+    return ""
 
 
 def _range_text(owner: Any, field: str | None, ctx: dict) -> str:
@@ -261,11 +360,11 @@ def _field_names(owner: Any) -> list[str]:
     return [info.alias or name for name, info in owner.model_fields.items()]
 
 
-def _resolve(model: type[BaseModel], loc: tuple) -> tuple[tuple, Any, str | None]:
+def _resolve(model: type[BaseModel], loc: tuple) -> tuple[tuple, Any, str | None, Any]:
     """Walk pydantic's error location through the schema.
 
-    Returns the user-facing key path (without union tags), the model owning the last key, and
-    that key's field name.
+    Returns the user-facing key path (without union tags), the model owning the last key, that
+    key's field name, and the type expected at the location.
     """
     path: list = []
     current: Any = model
@@ -295,7 +394,7 @@ def _resolve(model: type[BaseModel], loc: tuple) -> tuple[tuple, Any, str | None
         owner = target
         field = _by_alias(target)[part]
         current = target.model_fields[field].annotation
-    return tuple(path), owner, field
+    return tuple(path), owner, field, current
 
 
 def _dict_value_type(tp: Any) -> Any:
@@ -353,80 +452,129 @@ def _items(root: dict, key: str) -> list[tuple[int, dict]]:
 
 
 def _cross_references(root: dict, lines: Lines) -> list[ConfigProblem]:
+    """Checks across sections and list items: unique ids, and every reference names something that exists.
+
+    Works on the raw data so that it runs even when validation failed elsewhere; values of the wrong
+    type are skipped here (validation reports them).
+    """
     out: list[ConfigProblem] = []
-    site_ids: dict[str, int] = {}
-    for i, site in _items(root, "sites"):
-        sid = site.get("id")
-        if isinstance(sid, str):
-            if sid in site_ids:
-                out.append(_problem(lines, ("sites", i, "id"), f"duplicate site id {sid!r} (also sites[{site_ids[sid]}])"))
-            else:
-                site_ids[sid] = i
-    device_ids: dict[str, int] = {}
+    site_ids = _unique_ids(root, "sites", "site", lines, out)
+    device_ids = _unique_ids(root, "devices", "device", lines, out)
+    districts = {s["district"] for _, s in _items(root, "sites") if isinstance(s.get("district"), str)}
+
+    # HJ 212 frames name their device by MN only: two devices with one MN would mix their readings.
     mns: dict[str, int] = {}
     for i, dev in _items(root, "devices"):
         did = dev.get("id")
-        if isinstance(did, str):
-            if did in device_ids:
-                out.append(
-                    _problem(lines, ("devices", i, "id"), f"duplicate device id {did!r} (also devices[{device_ids[did]}])")
-                )
-            else:
-                device_ids[did] = i
-            mn = dev.get("mn") if isinstance(dev.get("mn"), str) else did
-            if mn in mns and mns[mn] != device_ids.get(did):
-                out.append(_problem(lines, ("devices", i, "mn"), f"HJ 212 MN {mn!r} is already used by devices[{mns[mn]}]"))
-            mns.setdefault(mn, i)
-        site = dev.get("site")
-        if isinstance(site, str) and site not in site_ids:
+        if not isinstance(did, str) or device_ids.get(did) != i:
+            continue  # a duplicate id is reported as such
+        mn = dev.get("mn") if isinstance(dev.get("mn"), str) else did
+        if mn in mns:
+            j = mns[mn]
+            other = root["devices"][j].get("id")
+            key = ("devices", i, "mn") if "mn" in dev else ("devices", i, "id")
+            whose = "" if "mn" in dev else " (its id, as it gives no mn)"
             out.append(
-                _problem(lines, ("devices", i, "site"), f"unknown site {site!r}{did_you_mean(site, site_ids)}")
+                _problem(lines, key, f"HJ 212 MN{whose} is already used by devices[{j}] {other!r}"
+                         f" ({_where(lines, ('devices', j), key)}) (got {mn!r})")
             )
+        else:
+            mns[mn] = i
+    for i, dev in _items(root, "devices"):
+        _ref(out, lines, ("devices", i, "site"), dev.get("site"), "site", site_ids)
+
     time = root.get("time") if isinstance(root.get("time"), dict) else {}
     for i, permit in _items(time, "permits"):
-        site = permit.get("site")
-        if isinstance(site, str) and site not in site_ids:
-            out.append(
-                _problem(lines, ("time", "permits", i, "site"), f"unknown site {site!r}{did_you_mean(site, site_ids)}")
-            )
+        _ref(out, lines, ("time", "permits", i, "site"), permit.get("site"), "site", site_ids)
     for section in ("noise", "gas"):
         sec = root.get(section) if isinstance(root.get(section), dict) else {}
         for i, ov in _items(sec, "overrides"):
-            for key, known in (("site", site_ids), ("device", device_ids)):
-                ref = ov.get(key)
-                if isinstance(ref, str) and ref not in known:
-                    out.append(
-                        _problem(
-                            lines, (section, "overrides", i, key), f"unknown {key} {ref!r}{did_you_mean(ref, known)}"
-                        )
-                    )
-    rule_ids: dict[str, int] = {}
-    for i, rule in _items(root, "rules"):
-        rid = rule.get("id")
-        if isinstance(rid, str):
-            if rid in rule_ids:
-                out.append(_problem(lines, ("rules", i, "id"), f"duplicate rule id {rid!r} (also rules[{rule_ids[rid]}])"))
-            rule_ids.setdefault(rid, i)
+            _ref(out, lines, (section, "overrides", i, "site"), ov.get("site"), "site", site_ids)
+            _ref(out, lines, (section, "overrides", i, "device"), ov.get("device"), "device", device_ids)
+
+    rule_ids = _unique_ids(root, "rules", "rule", lines, out)
     alerting = root.get("alerting") if isinstance(root.get("alerting"), dict) else {}
     sinks = alerting.get("sinks") if isinstance(alerting.get("sinks"), dict) else {}
+    known = {"sink": sinks, "rule": rule_ids, "site": site_ids, "district": districts}
     route = alerting.get("route")
     if isinstance(route, dict):
-        out += _check_route(route, ("alerting", "route"), sinks, lines)
+        out += _check_route(route, ("alerting", "route"), known, lines)
+    for i, inhibit in _items(alerting, "inhibit"):
+        for key in ("source_rule", "target_rule"):
+            _refs(out, lines, ("alerting", "inhibit", i, key), inhibit.get(key), "rule", rule_ids)
+    for i, quiet in _items(alerting, "quiet_windows"):
+        match = quiet.get("match")
+        if isinstance(match, dict):
+            out += _check_match(match, ("alerting", "quiet_windows", i, "match"), known, lines)
     return out
 
 
-def _check_route(route: dict, path: tuple, sinks: dict, lines: Lines) -> list[ConfigProblem]:
-    out = []
-    receivers = route.get("receivers")
-    if isinstance(receivers, list):
-        for j, name in enumerate(receivers):
-            if isinstance(name, str) and name not in sinks:
-                out.append(
-                    _problem(lines, path + ("receivers", j), f"unknown sink {name!r}{did_you_mean(name, sinks)}")
-                )
+class _Incomplete(dict):
+    """Ids of a list in which some item has no usable id: references to it are not checked, since
+    the missing id may be the one referenced (that item's own problem is reported)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+def _unique_ids(root: dict, section: str, what: str, lines: Lines, out: list) -> dict[str, int]:
+    """Map id -> index of the items of list `section`; report the second and later uses of an id."""
+    ids: dict[str, int] = {}
+    value = root.get(section)
+    complete = isinstance(value, list) and all(isinstance(v, dict) and isinstance(v.get("id"), str) for v in value)
+    for i, item in _items(root, section):
+        ident = item.get("id")
+        if not isinstance(ident, str):
+            continue
+        if ident in ids:
+            j = ids[ident]
+            out.append(
+                _problem(lines, (section, i, "id"), f"duplicate {what} id; already used by {section}[{j}]"
+                         f" ({_where(lines, (section, j), (section, i))}) (got {ident!r})")
+            )
+        else:
+            ids[ident] = i
+    if section not in root:
+        # A required section that is missing is reported as such; do not add "unknown" for every reference.
+        return _Incomplete() if Config.model_fields[section].is_required() else ids
+    return ids if complete else _Incomplete(ids)
+
+
+def _where(lines: Lines, path: tuple, near: tuple) -> str:
+    """Where `path` was written, said briefly when it is in the same file as `near`."""
+    file, line = locate(lines, path)
+    if line and file == locate(lines, near)[0]:
+        return f"line {line}"
+    return f"{file}:{line}" if line else file
+
+
+def _ref(out: list, lines: Lines, path: tuple, ref: Any, what: str, known: Any) -> None:
+    if isinstance(ref, str) and ref not in known:
+        out.append(_problem(lines, path, f"unknown {what}{did_you_mean(ref, known)} (got {ref!r})"))
+
+
+def _refs(out: list, lines: Lines, path: tuple, refs: Any, what: str, known: Any) -> None:
+    if isinstance(refs, list):
+        for j, ref in enumerate(refs):
+            _ref(out, lines, path + (j,), ref, what, known)
+
+
+def _check_route(route: dict, path: tuple, known: dict, lines: Lines) -> list[ConfigProblem]:
+    out: list[ConfigProblem] = []
+    _refs(out, lines, path + ("receivers",), route.get("receivers"), "sink", known["sink"])
+    match = route.get("match")
+    if isinstance(match, dict):
+        out += _check_match(match, path + ("match",), known, lines)
     children = route.get("routes")
     if isinstance(children, list):
         for j, child in enumerate(children):
             if isinstance(child, dict):
-                out += _check_route(child, path + ("routes", j), sinks, lines)
+                out += _check_route(child, path + ("routes", j), known, lines)
+    return out
+
+
+def _check_match(match: dict, path: tuple, known: dict, lines: Lines) -> list[ConfigProblem]:
+    out: list[ConfigProblem] = []
+    for key in ("rule", "site", "district"):
+        _refs(out, lines, path + (key,), match.get(key), key, known[key])
     return out

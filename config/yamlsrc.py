@@ -11,7 +11,12 @@ import yaml
 from config.errors import ConfigProblem
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: load_config runs often (tests, reloads) and the
+# pure-Python scanner is most of its time. Both give the same nodes and line marks.
+_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):
     """SafeLoader without YAML 1.1 sexagesimal numbers (`22:00` would load as 1320)."""
 
 
@@ -36,6 +41,15 @@ _Loader.add_implicit_resolver(
 )
 
 
+# libyaml's terse messages for the usual slips, with what to look at.
+_HINTS = {
+    "did not find expected key": "check this line's indentation, and for an unclosed [ or {",
+    "found a tab character": "indent with spaces",
+    "mapping values are not allowed": "quote a value that contains ': ', or check the indentation",
+    "found character that cannot start any token": "quote a value that starts with @, ` or %",
+}
+
+
 @dataclass
 class YamlDoc:
     """One parsed file: its data and the line of every key path in it (1-based)."""
@@ -48,18 +62,29 @@ class YamlDoc:
 def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem]]:
     """Parse `text`; return the document (None on a syntax error) and any problems found."""
     problems: list[ConfigProblem] = []
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         what = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        for start_of, hint in _HINTS.items():
+            if what.startswith(start_of):
+                what += f"; {hint}"
+        # An unclosed quote or bracket is found far below where it was opened: name that line too.
+        opened = context and ("quoted" in context or "flow" in context)
+        if opened and start is not None and start.line + 1 != line:
+            what += f" ({context} that starts on line {start.line + 1})"
         return None, [ConfigProblem(file, line, "", f"YAML syntax error: {what}")]
+    finally:
+        loader.dispose()
     if node is None:
         return None, [ConfigProblem(file, 1, "", "file is empty; remove it or give it content")]
     lines: dict[tuple, int] = {}
     _walk(node, (), lines, problems, file)
-    data = yaml.load(text, Loader=_Loader)  # same text, same loader: cannot fail after compose
     return YamlDoc(file, data, lines), problems
 
 
