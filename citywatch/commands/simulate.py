@@ -1,12 +1,102 @@
-"""`citywatch simulate`: placeholder until its issue lands."""
+"""`citywatch simulate SCENARIO`: run a scenario's devices against the broker (or into a feed file) and
+write its ground truth."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
+from config import ConfigError, load_config
+
 
 def register(sub) -> None:
-    p = sub.add_parser("simulate", help="(not yet implemented)")
-    p.set_defaults(func=_run)
+    p = sub.add_parser(
+        "simulate",
+        help="run a scenario's simulated devices against the broker and write its ground truth",
+        description="Publish a scenario's readings as its devices would, N times faster than real time, "
+                    "and write one ground-truth JSONL record per injected fault.",
+    )
+    p.add_argument("scenario", help="scenario YAML (e.g. simulators/scenarios/city_day.yaml)")
+    p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG", "config"), help="config directory (default: config)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall-clock second (default 1)")
+    pace.add_argument("--fast", action="store_true", help="as fast as the broker acknowledges")
+    p.add_argument("--duration", help="simulated length, e.g. 90m or 24h (default: the scenario's)")
+    p.add_argument("--history", help="fault-free history published first, as fast as possible, e.g. 14d "
+                                     "(default: the scenario's `history`)")
+    p.add_argument("--out", help="also write the feed as JSONL to this file (the replay format)")
+    p.add_argument("--dry-run", action="store_true", help="do not publish; write the feed (to --out, or stdout)")
+    p.add_argument("--truth", help="ground-truth JSONL path (default: <scenario name>-truth.jsonl)")
+    p.add_argument("--credentials", default=None,
+                   help="broker credentials JSON (default: $CITYWATCH_CREDENTIALS or .stack/credentials.json)")
+    p.add_argument("--host", help="broker host (default: the config's connections.mqtt.host)")
+    p.add_argument("--port", type=int, help="broker port (default: the config's connections.mqtt.port)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
 
 
-def _run(args) -> int:
-    raise SystemExit("citywatch simulate: not implemented yet")
+def run(args) -> int:
+    from simulators.feed import build_feed, build_history, status_topic, write_feed, write_truth
+    from simulators.progress import sim_progress
+    from simulators.publisher import BrokerCredentials, FeedPublisher, PublishError
+    from simulators.scenario import load_scenario, parse_duration
+
+    if args.speed <= 0:
+        print("citywatch simulate: --speed must be positive", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+        scenario = load_scenario(args.scenario, cfg)
+        if args.duration:
+            scenario = scenario.with_duration(parse_duration(args.duration))
+        if args.history:
+            scenario = scenario.with_history(parse_duration(args.history))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"citywatch simulate: {exc}", file=sys.stderr)
+        return 2
+
+    history = build_history(scenario, cfg)
+    messages = build_feed(scenario, cfg)
+    truth = Path(args.truth or f"{scenario.name}-truth.jsonl")
+    n_truth = write_truth(scenario, truth)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            write_feed(history + messages, fh)
+    if args.dry_run:
+        if not args.out:
+            write_feed(history + messages, sys.stdout)
+        print(f"{scenario.name}: {len(messages)} messages, {sum(m.n for m in messages)} readings; "
+              f"{n_truth} faults in {truth}", file=sys.stderr)
+        return 0
+
+    cred_path = args.credentials or os.environ.get("CITYWATCH_CREDENTIALS") or ".stack/credentials.json"
+    try:
+        creds = BrokerCredentials.load(cred_path)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"citywatch simulate: cannot read credentials {cred_path}: {exc}", file=sys.stderr)
+        return 2
+    mqtt_cfg = cfg.connections.mqtt
+    status = {d: status_topic(cfg.device(d)) for d in scenario.devices}
+    publisher = FeedPublisher(args.host or mqtt_cfg.host, args.port or mqtt_cfg.port, creds, status)
+    speed = None if args.fast else args.speed
+    try:
+        if history:
+            # History is a back-fill: as fast as the broker takes it, whatever the speed of the day itself.
+            with sim_progress("history", scenario.start_ms - scenario.history_ms, scenario.start_ms, scenario.tz,
+                              enabled=not args.no_progress) as update:
+                publisher.run(history, None, progress=update)
+        with sim_progress(scenario.name, scenario.start_ms, scenario.end_ms, scenario.tz,
+                          enabled=not args.no_progress) as update:
+            result = publisher.run(messages, speed, t0_ms=scenario.start_ms, progress=update)
+    except PublishError as exc:
+        print(f"citywatch simulate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        publisher.close()
+    print(f"{scenario.name}: published {result['messages']} messages, {result['readings']} readings "
+          f"in {result['wall_s']:.1f} s; {n_truth} faults in {truth}", file=sys.stderr)
+    return 0

@@ -1,0 +1,165 @@
+"""Read the alerts a pipeline raised, for scoring: a JSONL capture of the alert topic, the alert SQLite
+store (`sqlite:PATH`) or the InfluxDB `alerts` measurement (`influx:URL/DB`). Each yields one
+ScoredAlert per alert lifecycle that fired."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import sqlite3
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from simulators.scoring import ScoredAlert, parse_time_ms
+
+_SEVERITY_RANK = {"": 0, "clear": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
+_SEVERITY_NAMES = {0: "clear", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
+# alert ids are `{rule}.{device}.{YYYYmmddTHHMMSSmmm}Z` (alerts.model.alert_id_for): the start is in the id.
+_ID_STAMP = re.compile(r"\.(\d{8}T\d{6})(\d{3})Z$")
+
+
+class AlertSourceError(ValueError):
+    """The alert source cannot be read or holds something that is not an alert."""
+
+
+def load_alerts(source: str) -> list[ScoredAlert]:
+    """Alerts from `source`: `sqlite:PATH`, `influx:URL/DB` (e.g. influx:http://127.0.0.1:8086/citywatch)
+    or a path to a JSONL capture of the alert topic. Raises AlertSourceError."""
+    if source.startswith("sqlite:"):
+        return from_sqlite(source[len("sqlite:"):])
+    if source.startswith("influx:"):
+        url, _, db = source[len("influx:"):].rstrip("/").rpartition("/")
+        if not url or not db:
+            raise AlertSourceError(f"expected influx:URL/DB, e.g. influx:http://127.0.0.1:8086/citywatch; got {source!r}")
+        return from_influx(url, db)
+    return from_notices(Path(source))
+
+
+def start_from_id(alert_id: str) -> int | None:
+    m = _ID_STAMP.search(alert_id)
+    if not m:
+        return None
+    t = dt.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1000) + int(m.group(2))
+
+
+def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
+    """One ScoredAlert per alert_id from notice payloads (engine notices: alert_id, rule_id, site{id},
+    device{id}, severity, transition, start_ts); the highest severity any notice reported wins."""
+    by_id: dict[str, dict] = {}
+    for n in notices:
+        if not isinstance(n, dict) or "alert_id" not in n or "rule_id" not in n:
+            continue
+        if n.get("transition") not in (None, "firing", "severity", "escalated", "repeat", "acknowledged",
+                                       "flapping", "resolved"):
+            continue
+        a = by_id.setdefault(n["alert_id"], {"severity": "", "start": None, "fired": False})
+        a["rule_id"] = n["rule_id"]
+        dev = n.get("device") if isinstance(n.get("device"), dict) else {}
+        site = n.get("site") if isinstance(n.get("site"), dict) else {}
+        a["device_id"] = dev.get("id") or n.get("device_id") or ""
+        a["site_id"] = site.get("id") or n.get("site_id") or ""
+        if n.get("transition", "firing") != "resolved" or n.get("firing_ts"):
+            a["fired"] = True
+        sev = str(n.get("severity", ""))
+        if _SEVERITY_RANK.get(sev, 0) > _SEVERITY_RANK.get(a["severity"], 0):
+            a["severity"] = sev
+        start = n.get("start_ts")
+        if start:
+            a["start"] = parse_time_ms(start)
+    out = []
+    for alert_id, a in by_id.items():
+        if not a["fired"]:
+            continue
+        start = a["start"] if a["start"] is not None else start_from_id(alert_id)
+        if start is None:
+            continue
+        out.append(ScoredAlert(alert_id, a["rule_id"], a["device_id"], a["site_id"], start, a["severity"]))
+    return sorted(out, key=lambda x: (x.start_ms, x.alert_id))
+
+
+def from_notices(path: Path) -> list[ScoredAlert]:
+    """A JSONL capture of the alert topic: lines of `citywatch record` ({topic, payload|payload_b64}),
+    `mosquitto_sub -v` (`topic {json}`), or bare notice JSON objects."""
+    notices = []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise AlertSourceError(f"cannot read {path}: {exc}") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            doc = _line_doc(line)
+            if doc is None:
+                raise AlertSourceError(f"{path}:{lineno}: neither a notice, a record line nor `topic payload`")
+            if isinstance(doc, dict) and "alert_id" in doc:
+                notices.append(doc)
+    return from_notice_payloads(notices)
+
+
+def _line_doc(line: str):
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError:
+        topic, _, rest = line.partition(" ")
+        try:
+            return json.loads(rest) if rest else {}
+        except json.JSONDecodeError:
+            return {} if topic.startswith("city/") else None
+    if isinstance(doc, dict) and "topic" in doc and ("payload" in doc or "payload_b64" in doc):
+        raw = doc["payload"] if "payload" in doc else base64.b64decode(doc["payload_b64"]).decode("utf-8", "replace")
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return {}   # retained `active` state strings and other non-notice payloads
+    return doc
+
+
+def from_sqlite(path: str) -> list[ScoredAlert]:
+    """The alert store: every alert that reached `firing` (firing_ns set)."""
+    if not Path(path).is_file():
+        raise AlertSourceError(f"no alert store at {path}")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        rows = db.execute("SELECT body FROM alerts").fetchall()
+        db.close()
+    except sqlite3.Error as exc:
+        raise AlertSourceError(f"{path}: {exc}") from None
+    out = []
+    for (body,) in rows:
+        a = json.loads(body)
+        if a.get("firing_ns") is None:
+            continue
+        site = a.get("site") or {}
+        out.append(ScoredAlert(a["alert_id"], a["rule_id"], a.get("device_id", ""), site.get("id", ""),
+                               int(a["started_ns"]) // 1_000_000, _SEVERITY_NAMES.get(int(a.get("severity", 0)), "")))
+    return sorted(out, key=lambda x: (x.start_ms, x.alert_id))
+
+
+def from_influx(url: str, database: str, measurement: str = "alerts", timeout_s: float = 30.0) -> list[ScoredAlert]:
+    """The InfluxDB `alerts` measurement written by the Influx sink (v1 /query)."""
+    q = f'SELECT "alert_id", "rule_id", "device_id", "site_id", "severity", "transition" FROM "{measurement}"'
+    params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ms"})
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/query?{params}", timeout=timeout_s) as resp:
+            doc = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise AlertSourceError(f"cannot query {url} db {database}: {exc}") from None
+    notices = []
+    for result in doc.get("results", []):
+        if "error" in result:
+            raise AlertSourceError(f"{url}: {result['error']}")
+        for series in result.get("series", []):
+            cols = series["columns"]
+            for row in series["values"]:
+                r = dict(zip(cols, row))
+                notices.append({
+                    "alert_id": r.get("alert_id"), "rule_id": r.get("rule_id"), "transition": r.get("transition"),
+                    "severity": r.get("severity"), "device_id": r.get("device_id") or "", "site_id": r.get("site_id") or "",
+                })
+    return from_notice_payloads([n for n in notices if n["alert_id"]])

@@ -1,0 +1,195 @@
+"""Publish a feed to the broker as the field would: each device authenticates as itself, QoS 1, a retained
+`status` with a last will `offline`, and simulated time paced N times faster than the wall clock.
+
+Guarantee: `FeedPublisher.run` returns only when the broker has acknowledged (PUBACK) every message it
+published, or raises PublishError naming how many were not acknowledged in time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import paho.mqtt.client as mqtt
+
+TESTER = "__tester__"   # key of the shared tester connection, for topics of no known device
+
+
+class PublishError(RuntimeError):
+    """The broker refused a connection or did not acknowledge every message in time."""
+
+
+@dataclass(frozen=True)
+class BrokerCredentials:
+    """Broker users, as in `.stack/credentials.json`: devices {id: password} and the tester (user, password)."""
+
+    devices: dict[str, str]
+    tester: tuple[str, str] | None = None
+
+    @staticmethod
+    def load(path: str | Path) -> "BrokerCredentials":
+        """Read a credentials JSON file. Raises OSError or ValueError (bad JSON or shape)."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("devices", {}), dict):
+            raise ValueError(f"{path}: expected {{'devices': {{id: password}}, 'tester': {{...}}}}")
+        t = data.get("tester")
+        tester = (t["username"], t["password"]) if isinstance(t, dict) else None
+        return BrokerCredentials(dict(data.get("devices", {})), tester)
+
+
+@dataclass
+class _Conn:
+    client: mqtt.Client
+    connected: threading.Event = field(default_factory=threading.Event)
+    refused: str | None = None
+    published: int = 0
+    acked: int = 0
+
+
+class FeedPublisher:
+    """One MQTT connection per publishing identity (a device, or the tester for foreign topics).
+
+    host, port:   the broker
+    credentials:  BrokerCredentials; a device without a password publishes through the tester account
+    status:       device id -> status topic; those devices get a retained `online` and a last will `offline`
+    max_inflight: QoS 1 messages in flight per connection (large, so a fast feed is never ack-bound)
+    """
+
+    def __init__(self, host: str, port: int, credentials: BrokerCredentials, status: dict[str, str] | None = None,
+                 max_inflight: int = 1000, client_prefix: str = "sim"):
+        self.host, self.port = host, port
+        self.credentials = credentials
+        self.status = status or {}
+        self.max_inflight = max_inflight
+        self.client_prefix = client_prefix
+        self._conns: dict[str, _Conn] = {}
+        self._lock = threading.Lock()
+
+    def identity(self, device: str | None) -> str:
+        """Which connection publishes for `device`: the device itself when it has a password, else the tester."""
+        if device and device in self.credentials.devices:
+            return device
+        if self.credentials.tester is None:
+            raise PublishError(f"no broker password for device {device!r} and no tester account in the credentials")
+        return TESTER
+
+    def connect(self, identities: Iterable[str], timeout_s: float = 20.0) -> None:
+        """Open (and wait for) the connections of these identities. Raises PublishError when refused."""
+        for ident in sorted(set(identities)):
+            if ident in self._conns:
+                continue
+            if ident == TESTER:
+                user, pw = self.credentials.tester
+                cid = f"{self.client_prefix}-tester-{id(self) % 100000}"
+            else:
+                user, pw = ident, self.credentials.devices[ident]
+                cid = f"{self.client_prefix}-{ident}"
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311,
+                                 clean_session=True)
+            client.username_pw_set(user, pw)
+            client.max_inflight_messages_set(self.max_inflight)
+            client.max_queued_messages_set(0)
+            if ident in self.status:
+                client.will_set(self.status[ident], "offline", qos=1, retain=True)
+            conn = _Conn(client)
+            client.on_connect = self._on_connect(ident, conn)
+            client.on_publish = self._on_publish(conn)
+            client.reconnect_delay_set(0.2, 5)
+            self._conns[ident] = conn
+            client.connect_async(self.host, self.port, keepalive=30)
+            client.loop_start()
+        deadline = time.monotonic() + timeout_s
+        for ident, conn in self._conns.items():
+            while not conn.connected.wait(0.05):
+                if conn.refused:
+                    raise PublishError(f"broker refused {ident}: {conn.refused}")
+                if time.monotonic() > deadline:
+                    raise PublishError(f"could not connect to {self.host}:{self.port} as {ident} within {timeout_s:g} s")
+
+    def _on_connect(self, ident: str, conn: _Conn):
+        def on_connect(client, userdata, flags, reason_code, properties):
+            if reason_code.is_failure:
+                conn.refused = str(reason_code)
+                return
+            if ident in self.status:
+                client.publish(self.status[ident], "online", qos=1, retain=True)
+                with self._lock:
+                    conn.published += 1
+            conn.connected.set()
+        return on_connect
+
+    def _on_publish(self, conn: _Conn):
+        def on_publish(client, userdata, mid, reason_code, properties):
+            with self._lock:
+                conn.acked += 1
+        return on_publish
+
+    def publish(self, device: str | None, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        conn = self._conns[self.identity(device)]
+        with self._lock:
+            conn.published += 1
+        info = conn.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN is fine: paho queues QoS 1 messages and sends them when the link returns.
+            raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(c.published - c.acked for c in self._conns.values())
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every published message is acknowledged; PublishError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending() > 0:
+            if time.monotonic() > deadline:
+                raise PublishError(f"{self.pending()} messages not acknowledged by the broker within {timeout_s:g} s")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.client.disconnect()
+            conn.client.loop_stop()
+        self._conns.clear()
+
+    def run(self, messages: Sequence, speed: float | None, t0_ms: int | None = None,
+            progress: Callable[[int, int], None] | None = None, max_pending: int = 20000,
+            ack_timeout_s: float = 120.0) -> dict:
+        """Publish `messages` (objects with t_ms, device, topic, payload, n), paced by their t_ms.
+
+        speed:    simulated seconds per wall second; None = as fast as the broker acknowledges
+        t0_ms:    simulated time that maps to "now" (default: the first message's t_ms)
+        progress: called as progress(sim_ms, readings_so_far) about 10 times a second
+        Returns {"messages", "readings", "wall_s"}. Raises PublishError.
+        """
+        self.connect({self.identity(m.device) for m in messages})
+        if not messages:
+            return {"messages": 0, "readings": 0, "wall_s": 0.0}
+        t0_ms = messages[0].t_ms if t0_ms is None else t0_ms
+        wall0 = time.monotonic()
+        readings = 0
+        next_tick = 0.0
+        for i, m in enumerate(messages):
+            if speed:
+                due = wall0 + (m.t_ms - t0_ms) / 1000.0 / speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            elif i % 256 == 0:
+                # As fast as possible, but bounded: never more than max_pending unacknowledged messages.
+                while self.pending() > max_pending:
+                    time.sleep(0.001)
+            self.publish(m.device, m.topic, m.payload)
+            readings += m.n
+            if progress is not None:
+                now = time.monotonic()
+                if now >= next_tick:
+                    progress(m.t_ms, readings)
+                    next_tick = now + 0.1
+        self.flush(ack_timeout_s)
+        if progress is not None:
+            progress(messages[-1].t_ms, readings)
+        return {"messages": len(messages), "readings": readings, "wall_s": time.monotonic() - wall0}

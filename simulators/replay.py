@@ -1,0 +1,177 @@
+"""Read a recorded feed into publishable messages: a `citywatch record` capture or a simulator feed
+(JSONL with topic and payload), `mosquitto_sub -v` output (`topic payload` lines), or readings in the
+`detect` format (CSV or JSONL rows with `ts`, `device_id` and reading fields), which are encoded into
+the JSON envelope per device and report interval.
+
+Spacing: a capture's receive time `t` when present, else each message's event time (the envelope's
+`sent_at` or last sample, an HJ 212 DataTime), so a replay keeps the feed's own rhythm.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+
+from ingest.codecs.json_envelope import encode_batch
+from simulators.feed import Message, data_topic
+from simulators.scoring import parse_time_ms
+
+_ID_KEYS = {"ts", "device_id", "site_id", "kind", "sensor"}
+
+
+class FeedFormatError(ValueError):
+    """The file is none of the replayable formats, or a line of it is malformed (message names the line)."""
+
+
+def read_feed(path: str | Path, cfg) -> list[Message]:
+    """Messages of a recorded feed in publish order. Raises FeedFormatError (or OSError)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    if not lines:
+        return []
+    first = lines[0][1].lstrip()
+    if first.startswith("{"):
+        try:
+            doc = json.loads(first)
+        except json.JSONDecodeError as exc:
+            raise FeedFormatError(f"{path}:{lines[0][0]}: not JSON: {exc}") from None
+        if "topic" in doc:
+            return _capture(path, lines, cfg)
+        return _readings(path, [_json_row(path, i, ln) for i, ln in lines], cfg)
+    head = first.split(",")
+    if "ts" in [h.strip() for h in head] and "device_id" in [h.strip() for h in head]:
+        rows = list(csv.DictReader(io.StringIO(text)))
+        return _readings(path, [(i + 2, r) for i, r in enumerate(rows)], cfg)
+    return _mosquitto_sub(path, lines, cfg)
+
+
+def device_of_topic(topic: str, cfg) -> str | None:
+    """The device a data topic belongs to: `city/xm/{kind}/{site}/{device}/...` or `city/xm/hj212/{mn}`."""
+    parts = topic.split("/")
+    if len(parts) >= 5 and parts[:2] == ["city", "xm"] and parts[2] in ("noise", "gas"):
+        return parts[4]
+    if len(parts) == 4 and parts[:3] == ["city", "xm", "hj212"]:
+        d = cfg.device_by_mn(parts[3]) if cfg is not None else None
+        return d.id if d is not None else parts[3]
+    return None
+
+
+def _capture(path: Path, lines, cfg) -> list[Message]:
+    out = []
+    for i, ln in lines:
+        try:
+            d = json.loads(ln)
+            payload = d["payload"].encode("utf-8") if "payload" in d else base64.b64decode(d["payload_b64"])
+            topic = d["topic"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise FeedFormatError(f"{path}:{i}: not a capture line (topic, payload or payload_b64, t): {exc}") from None
+        t = d.get("t")
+        t = int(t) if isinstance(t, (int, float)) else _event_time(payload, out[-1].t_ms if out else 0)
+        out.append(Message(t, device_of_topic(topic, cfg) or "", topic, payload, int(d.get("n", 1))))
+    return out
+
+
+def _mosquitto_sub(path: Path, lines, cfg) -> list[Message]:
+    out = []
+    for i, ln in lines:
+        topic, sep, payload = ln.partition(" ")
+        if not sep or "/" not in topic:
+            raise FeedFormatError(f"{path}:{i}: expected `topic payload` (mosquitto_sub -v) or JSON lines")
+        # mosquitto_sub prints the payload as is; an HJ 212 frame's closing \r\n is split off as a line end.
+        body = payload.encode("utf-8")
+        if body.startswith(b"##") and not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        t = _event_time(body, out[-1].t_ms if out else 0)
+        out.append(Message(t, device_of_topic(topic, cfg) or "", topic, body, 1))
+    # Event times of a mixed feed can step back (back-fills); publish in file order, never reorder.
+    return _monotonic(out)
+
+
+def _monotonic(msgs: list[Message]) -> list[Message]:
+    last = None
+    out = []
+    for m in msgs:
+        t = m.t_ms if last is None else max(m.t_ms, last)
+        out.append(Message(t, m.device, m.topic, m.payload, m.n))
+        last = t
+    return out
+
+
+def _event_time(payload: bytes, default: int) -> int:
+    """When the message was sent, from its own content: envelope sent_at or last sample ts, HJ 212 DataTime."""
+    try:
+        if payload.startswith(b"##"):
+            from ingest.codecs.hj212 import parse_frame
+            return parse_frame(payload).ts_ms
+        doc = json.loads(payload)
+        if doc.get("sent_at"):
+            return parse_time_ms(doc["sent_at"])
+        samples = doc.get("samples") or []
+        if samples:
+            return int(max(s["ts"] for s in samples))
+    except Exception:  # noqa: BLE001 - a malformed payload is replayed as is, at the previous time
+        pass
+    return default
+
+
+def _json_row(path: Path, i: int, ln: str):
+    try:
+        return i, json.loads(ln)
+    except json.JSONDecodeError as exc:
+        raise FeedFormatError(f"{path}:{i}: not JSON: {exc}") from None
+
+
+def _readings(path: Path, rows, cfg) -> list[Message]:
+    """Readings rows -> one envelope per device and report interval, published at the interval's last reading."""
+    per_device: dict[str, list[tuple[int, dict]]] = {}
+    for i, r in rows:
+        dev_id = str(r.get("device_id", "")).strip()
+        device = cfg.device(dev_id)
+        if device is None:
+            raise FeedFormatError(f"{path}:{i}: unknown device_id {dev_id!r}")
+        try:
+            ts = _ts(r["ts"])
+        except (KeyError, ValueError) as exc:
+            raise FeedFormatError(f"{path}:{i}: bad ts: {exc}") from None
+        values = {}
+        for k, v in r.items():
+            if k in _ID_KEYS or v is None or v == "":
+                continue
+            if k == "flag":
+                values[k] = str(v)
+                continue
+            try:
+                values[k] = float(v)
+            except (TypeError, ValueError):
+                raise FeedFormatError(f"{path}:{i}: {k}: not a number: {v!r}") from None
+        per_device.setdefault(dev_id, []).append((ts, values))
+    out: list[tuple[int, int, Message]] = []
+    order = {d: k for k, d in enumerate(cfg.device_ids)}
+    for dev_id, samples in per_device.items():
+        device = cfg.device(dev_id)
+        rep = device.report_interval_s * 1000
+        samples.sort(key=lambda s: s[0])
+        buckets: dict[int, list] = {}
+        for ts, v in samples:
+            buckets.setdefault(-(-ts // rep), []).append((ts, v))   # ceil: a reading at the report time belongs to it
+        for seq, key in enumerate(sorted(buckets), 1):
+            batch = buckets[key]
+            t = batch[-1][0]
+            payload = encode_batch(device.id, device.site, device.kind, batch, seq, device.sample_s, t)
+            topic = f"city/xm/{device.kind}/{device.site}/{device.id}/data" if device.protocol == "hj212" else data_topic(device)
+            out.append((t, order[dev_id], Message(t, device.id, topic, payload, len(batch))))
+    out.sort(key=lambda x: x[:2])
+    return [m for _, _, m in out]
+
+
+def _ts(value) -> int:
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return parse_time_ms(text)
