@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from config.base import Strict
 
@@ -21,3 +23,13 @@ class IngestSettings(Strict):
     future_skew_s: int = Field(300, ge=0)
     backfill_max_age_s: int = Field(7 * 86400, gt=0)
     metrics_interval_s: float = Field(5, gt=0)
+    # HJ 212 data flags whose rows go to the dead-letter store (reason hj212_flag) instead of InfluxDB.
+    # Rows with other flags are stored with their flag as quality (only N counts for compliance).
+    refuse_flags: list[Literal["N", "F", "M", "S", "D", "C", "T", "B"]] = ["D", "M"]
+
+    @field_validator("refuse_flags")
+    @classmethod
+    def _not_normal(cls, flags: list[str]) -> list[str]:
+        if "N" in flags:
+            raise ValueError("must not list N, the flag of normal data (every reading would be refused)")
+        return flags
