@@ -23,6 +23,12 @@ class IngestSettings(Strict):
     future_skew_s: int = Field(300, ge=0)
     backfill_max_age_s: int = Field(7 * 86400, gt=0)
     metrics_interval_s: float = Field(5, gt=0)
+    # wall: live operation; event times are checked against the receive time (future_skew_s,
+    # backfill_max_age_s) and time-driven rules (deadman) run on the wall clock.
+    # event: simulation and replay of recorded feeds; event times are not compared with the wall clock
+    # (only the 2001-01-01 floor and the seconds-vs-ms check apply) and time-driven rules run on the
+    # event-time watermark, so a day replayed at 1000x raises the alerts of the day lived.
+    clock: Literal["wall", "event"] = "wall"
     # HJ 212 data flags whose rows go to the dead-letter store (reason hj212_flag) instead of InfluxDB.
     # Rows with other flags are stored with their flag as quality (only N counts for compliance).
     refuse_flags: list[Literal["N", "F", "M", "S", "D", "C", "T", "B"]] = ["D", "M"]

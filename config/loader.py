@@ -29,6 +29,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
     "CITYWATCH_INFLUX_URL": (("connections", "influx", "url"), str),
     "CITYWATCH_INFLUX_DATABASE": (("connections", "influx", "database"), str),
     "CITYWATCH_INFLUX_API": (("connections", "influx", "api"), str),
+    "CITYWATCH_CLOCK": (("ingest", "clock"), str),
 }
 
 # Lines: path tuple -> (file, line). A path's first element is the top-level key.

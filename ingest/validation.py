@@ -26,6 +26,18 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 P_MIN_KPA = -5.0
 P_MAX_OF_FULL_SCALE = 1.1
+# A pressure outside the valid range but within this wider band is a sensor fault reading (open loop,
+# over range): domain.md §4 says it is stored with quality invalid (flag T) for the device-fault rule,
+# never raised as a process alarm. Beyond the band it is refused as out_of_range.
+FAULT_BAND_BELOW_OF_FULL_SCALE = 0.25
+FAULT_BAND_ABOVE_OF_FULL_SCALE = 2.0
+FLAG_T = FLAG_CODES.index("T")
+# No reading is older than this (UTC 2001-01-01): catches devices whose clock reset to 2000-01-01
+# whatever the clock mode.
+TS_FLOOR_MS = 978_307_200_000
+# With `clock: event` (simulation, replay of recorded feeds) the receive time says nothing about the
+# event time: only the floor and the seconds-vs-milliseconds check apply.
+EVENT_CLOCK_SPAN_MS = 100 * 365 * 86_400_000
 
 # A row needs at least one of these (noise: the interval Leq or the instantaneous LA).
 REQUIRED_ANY = {"noise": ("leq", "la"), "gas": ("p",)}
@@ -63,6 +75,9 @@ class Limits:
 
     @staticmethod
     def from_settings(settings) -> "Limits":
+        if getattr(settings, "clock", "wall") == "event":
+            return Limits(EVENT_CLOCK_SPAN_MS, EVENT_CLOCK_SPAN_MS,
+                          frozenset(FLAG_CODES.index(f) for f in getattr(settings, "refuse_flags", ())))
         return Limits(
             int(settings.future_skew_s * 1000), int(settings.backfill_max_age_s * 1000),
             frozenset(FLAG_CODES.index(f) for f in getattr(settings, "refuse_flags", ())),
@@ -301,7 +316,7 @@ def _codes_scalar(rows: Rows, kind: str, p_hi: float, recv_ms: int, limits: Limi
     code = [0] * n
     for i, (reason, _) in rows.failed.items():
         code[i] = _C[reason]
-    lo_ms = recv_ms - limits.backfill_max_age_ms
+    lo_ms = max(recv_ms - limits.backfill_max_age_ms, TS_FLOOR_MS)
     hi_ms = recv_ms + limits.future_skew_ms
     required = REQUIRED_ANY[kind]
     names = list(rows.values)
@@ -326,7 +341,8 @@ def _codes_scalar(rows: Rows, kind: str, p_hi: float, recv_ms: int, limits: Limi
             c = _C["ts_too_old"]
         elif ts > hi_ms:
             c = _C["ts_future"]
-        elif any(not (P_MIN_KPA <= v <= p_hi if k == "p" else RANGES[k][0] <= v <= RANGES[k][1]) for k, v in row.items()):
+        elif any(not (_p_band(p_hi)[0] <= v <= _p_band(p_hi)[1] if k == "p" else RANGES[k][0] <= v <= RANGES[k][1])
+                 for k, v in row.items()):
             c = _C["out_of_range"]
         elif kind == "noise" and _row_disorder(row):
             c = _C["noise_order"]
@@ -336,8 +352,18 @@ def _codes_scalar(rows: Rows, kind: str, p_hi: float, recv_ms: int, limits: Limi
             c = _C["duplicate_row"]
         else:
             seen.add(ts)
+            p = row.get("p")
+            if p is not None and not (P_MIN_KPA <= p <= p_hi) and rows.quality[i] == 0:
+                rows.quality[i] = FLAG_T
         code[i] = c
     return code
+
+
+def _p_band(p_hi):
+    """(low, high) kPa beyond which a pressure is refused; inside it but outside the valid range it is a
+    sensor-fault reading kept with flag T. `p_hi` is 1.1 x full scale (a scalar or per-row array)."""
+    full_scale = p_hi / P_MAX_OF_FULL_SCALE
+    return P_MIN_KPA - FAULT_BAND_BELOW_OF_FULL_SCALE * full_scale, FAULT_BAND_ABOVE_OF_FULL_SCALE * full_scale
 
 
 def _row_disorder(row: dict) -> bool:
@@ -381,7 +407,7 @@ def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, grou
             have |= ~np.isnan(col)
     mark("missing_field", ~have)
 
-    lo_ms = recv_ms - limits.backfill_max_age_ms
+    lo_ms = np.maximum(recv_ms - limits.backfill_max_age_ms, TS_FLOOR_MS)
     hi_ms = recv_ms + limits.future_skew_ms
     as_ms = ts * 1000
     mark("ts_seconds_not_ms", (ts < SECONDS_BELOW) & (as_ms >= lo_ms) & (as_ms <= hi_ms))
@@ -390,7 +416,7 @@ def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, grou
 
     oor = np.zeros(n, bool)
     for name, col in vals.items():
-        lo, hi = (P_MIN_KPA, p_hi) if name == "p" else RANGES[name]
+        lo, hi = _p_band(p_hi) if name == "p" else RANGES[name]
         oor |= (col < lo) | (col > hi)
     mark("out_of_range", oor)
 
@@ -401,6 +427,11 @@ def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, grou
         lut = np.zeros(256, bool)
         lut[list(limits.refuse_flags)] = True
         mark("hj212_flag", lut[rows.quality])
+
+    p = vals.get("p")
+    if p is not None:
+        fault = (code == 0) & ((p < P_MIN_KPA) | (p > p_hi)) & (rows.quality == 0)
+        rows.quality[fault] = FLAG_T
 
     ok = np.flatnonzero(code == 0)
     if len(ok) > 1:
@@ -469,6 +500,8 @@ def _explain(reason: str, i: int, rows: Rows, kind: str, device, recv_ms: int, l
         return f"a {kind} row needs {' or '.join(REQUIRED_ANY[kind])}"
     if reason == "ts_seconds_not_ms":
         return f"ts {ts} looks like epoch seconds ({_iso(ts * 1000)}); expected milliseconds"
+    if reason == "ts_too_old" and ts < TS_FLOOR_MS:
+        return f"ts {ts} ({_iso(ts)}) is before 2001-01-01: the device clock was reset"
     if reason == "ts_too_old":
         return (f"ts {ts} ({_iso(ts)}) is older than the back-fill limit of "
                 f"{limits.backfill_max_age_ms // 1000} s before receipt ({_iso(recv_ms)})")
@@ -478,7 +511,7 @@ def _explain(reason: str, i: int, rows: Rows, kind: str, device, recv_ms: int, l
     if reason == "out_of_range":
         out = []
         for name, v in row.items():
-            lo, hi = (P_MIN_KPA, P_MAX_OF_FULL_SCALE * device.full_scale_kpa) if name == "p" else RANGES[name]
+            lo, hi = _p_band(P_MAX_OF_FULL_SCALE * device.full_scale_kpa) if name == "p" else RANGES[name]
             if not lo <= v <= hi:
                 unit = " kPa" if name == "p" else ""
                 out.append(f"{name}={v:g}{unit} outside [{lo:g}, {hi:g}]")

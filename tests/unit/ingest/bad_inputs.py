@@ -112,7 +112,7 @@ def catalogue(now_ms: int, max_payload_bytes: int = 1_048_576) -> list[Case]:
         Case("absurd_gas_pressure", GAS_TOPIC, encode_batch(GAS_ID, GAS_SITE, "gas", [(t, {"p": 1e6})], 1, 300, now_ms),
              ["out_of_range"]),
         Case("gas_mpa_beyond_full_scale", GAS_TOPIC,
-             encode_batch(GAS_ID, GAS_SITE, "gas", [(t, {"p": 0.4})], 1, 300, now_ms, units={"p": "MPa"}),
+             encode_batch(GAS_ID, GAS_SITE, "gas", [(t, {"p": 0.6})], 1, 300, now_ms, units={"p": "MPa"}),
              ["out_of_range"]),
         Case("unsupported_unit", GAS_TOPIC,
              encode_batch(GAS_ID, GAS_SITE, "gas", [(t, {"p": 1.0})], 1, 300, now_ms, units={"p": "bar"}), ["bad_unit"]),

@@ -40,9 +40,11 @@ def test_mpa_is_converted_to_kpa(vectorized):
 
 @pytest.mark.parametrize("vectorized", [False, True])
 def test_gas_range_follows_the_device_full_scale(vectorized):
-    samples = [{"ts": NOW - i, "values": {"p": p}} for i, p in enumerate([-5.0, -5.1, 11.0, 11.1])]
+    # Valid: -5 .. 1.1 x FS (11 kPa for FS 10). Beyond that, up to 0.25 x FS lower or 2 x FS, a sensor-fault
+    # reading kept with flag T (tests/unit/ingest/test_sensor_fault_and_clock.py); beyond the band, refused.
+    samples = [{"ts": NOW - i, "values": {"p": p}} for i, p in enumerate([-5.0, -7.5, -7.6, 11.1, 20.0, 20.1])]
     _, _, rejects = check(samples, "gas", LOW_GAS_DEV, vectorized=vectorized)
-    assert rejects == [(1, "out_of_range"), (3, "out_of_range")]
+    assert rejects == [(2, "out_of_range"), (5, "out_of_range")]
 
 
 @pytest.mark.parametrize("vectorized", [False, True])
