@@ -4,32 +4,38 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from config.base import Severity, Strict, Window
 
 Category = Literal["noise", "gas", "device", "data"]
 
 
-class MqttSink(Strict):
+class SinkBase(Strict):
+    # Notices per second this sink may send; more wait in its queue (never dropped).
+    rate_per_s: float = Field(50.0, gt=0, le=100000)
+
+
+class MqttSink(SinkBase):
     type: Literal["mqtt"]
-    topic_prefix: str = "city/xm/alerts"
+    topic_prefix: str = Field("city/xm/alerts", pattern=r"^[^#+]+$")
     qos: Literal[0, 1, 2] = 1
+    timeout_s: float = Field(5.0, gt=0, le=120)
 
 
-class WebhookSink(Strict):
+class WebhookSink(SinkBase):
     type: Literal["webhook"]
     url: str = Field(pattern=r"^https?://")
     secret_env: str | None = None
     timeout_s: float = Field(5.0, gt=0, le=120)
 
 
-class InfluxSink(Strict):
+class InfluxSink(SinkBase):
     type: Literal["influx"]
     measurement: str = "alerts"
 
 
-class TerminalSink(Strict):
+class TerminalSink(SinkBase):
     type: Literal["terminal"]
 
 
@@ -42,6 +48,8 @@ class Match(Strict):
     site: list[str] | None = None
     district: list[str] | None = None
     rule: list[str] | None = None
+    # Escalation level names (alerting.escalation.levels); level 0 is the first name.
+    level: list[str] | None = None
 
 
 class Route(Strict):
@@ -59,13 +67,24 @@ class Escalation(Strict):
     red_s: float = Field(300, gt=0)
     orange_s: float = Field(900, gt=0)
     yellow_s: float = Field(3600, gt=0)
-    levels: list[str] = ["duty_officer", "section_chief", "bureau_leader"]
+    levels: list[str] = Field(["duty_officer", "section_chief", "bureau_leader"], min_length=1)
 
 
 class Inhibit(Strict):
     source_rule: list[str] = Field(min_length=1)
     target_rule: list[str] = Field(min_length=1)
     equal: list[Literal["site_id", "device_id"]] = Field(min_length=1)
+
+
+class Retry(Strict):
+    initial_s: float = Field(1.0, gt=0, le=3600)
+    max_s: float = Field(60.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _order(self) -> "Retry":
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must not be below initial_s ({self.initial_s})")
+        return self
 
 
 class QuietWindow(Strict):
@@ -82,5 +101,23 @@ class Alerting(Strict):
     quiet_windows: list[QuietWindow] = []
     flap_window_s: float = Field(3600, gt=0)
     flap_max_transitions: int = Field(6, ge=2)
+    retry: Retry = Retry()
+    recovered_clear_after_s: float = Field(300, ge=0)
+    mqtt_client_id: str = Field("citywatch-alerts", min_length=1, max_length=64)
     store_path: str = "var/alerts.sqlite"
-    command_topic: str = "city/xm/alerts/cmd"
+    command_topic: str = Field("city/xm/alerts/cmd", pattern=r"^[^#+]+$")
+
+    @model_validator(mode="after")
+    def _levels_known(self) -> "Alerting":
+        known = set(self.escalation.levels)
+
+        def walk(route: Route, path: str) -> None:
+            for level in route.match.level or []:
+                if level not in known:
+                    raise ValueError(f"{path}.match.level: unknown escalation level {level!r}"
+                                     f" (escalation.levels: {', '.join(self.escalation.levels)})")
+            for i, child in enumerate(route.routes):
+                walk(child, f"{path}.routes[{i}]")
+
+        walk(self.route, "route")
+        return self

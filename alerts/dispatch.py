@@ -1,0 +1,173 @@
+"""Sends notices through sinks: one worker thread and FIFO queue per sink, retry with capped backoff,
+a token-bucket rate limit, and dedup of (notice key, sink). Written once, so sinks stay small.
+
+A retryable failure holds the sink's queue (head of line) until the notice goes through: a sink sees
+an alert's notices in order, so a late retry of "firing" can never land after its "resolved".
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+from alerts.model import Notice
+from alerts.sink import Sink, SinkError
+
+log = logging.getLogger(__name__)
+
+
+class _Worker:
+    def __init__(self, name: str, sink: Sink | None, dispatcher: "Dispatcher", rate_per_s: float):
+        self.name = name
+        self.sink = sink
+        self.d = dispatcher
+        self.queue: collections.deque[Notice] = collections.deque()
+        self.cond = threading.Condition()
+        self.busy = False
+        self.rate = rate_per_s
+        self.tokens = rate_per_s
+        self.refilled = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"alert-sink-{name}", daemon=True)
+
+    def put(self, notice: Notice) -> None:
+        with self.cond:
+            self.queue.append(notice)
+            self.cond.notify()
+
+    def idle(self) -> bool:
+        with self.cond:
+            return not self.queue and not self.busy
+
+    def _take_token(self) -> None:
+        while not self.d.stopping.is_set():
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
+            self.refilled = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            self.d.stopping.wait((1 - self.tokens) / self.rate)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue and not self.d.stopping.is_set():
+                    self.cond.wait(0.5)
+                if self.d.stopping.is_set():
+                    return
+                notice = self.queue[0]
+                self.busy = True
+            self._deliver(notice)
+            with self.cond:
+                self.queue.popleft()
+                self.busy = False
+                self.cond.notify_all()
+
+    def _deliver(self, notice: Notice) -> None:
+        attempts = 0
+        delay = self.d.initial_s
+        while not self.d.stopping.is_set():
+            if self.sink is None:
+                self.d.record(notice, self.name, "failed", 1, f"no sink named {self.name!r}")
+                return
+            self._take_token()
+            attempts += 1
+            try:
+                self.sink.send(notice)
+            except SinkError as exc:
+                if not exc.retryable:
+                    log.error("alert sink %s dropped notice %s: %s", self.name, notice.key, exc)
+                    self.d.record(notice, self.name, "failed", attempts, str(exc))
+                    return
+                self.d.count("retries", self.name)
+                if attempts == 1 or attempts % 20 == 0:
+                    log.warning("alert sink %s: %s (attempt %d, retrying)", self.name, exc, attempts)
+                self.d.stopping.wait(delay)
+                delay = min(delay * 2, self.d.max_s)
+                continue
+            except Exception as exc:  # a sink bug must not kill its worker: treat as retryable
+                log.exception("alert sink %s raised unexpectedly", self.name)
+                self.d.count("retries", self.name)
+                self.d.stopping.wait(delay)
+                delay = min(delay * 2, self.d.max_s)
+                continue
+            self.d.record(notice, self.name, "sent", attempts, None)
+            return
+
+
+class Dispatcher:
+    """Delivers (notice, sink) pairs. `store.mark_delivery` records each outcome when a store is given."""
+
+    def __init__(self, sinks: dict[str, Sink], store=None, initial_s: float = 1.0, max_s: float = 60.0,
+                 rates: dict[str, float] | None = None):
+        self.sinks = sinks
+        self.store = store
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.rates = rates or {}
+        self.stopping = threading.Event()
+        self._workers: dict[str, _Worker] = {}
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self.counters: collections.Counter = collections.Counter()
+
+    def _worker(self, sink_name: str) -> _Worker:
+        w = self._workers.get(sink_name)
+        if w is None:
+            w = _Worker(sink_name, self.sinks.get(sink_name), self, self.rates.get(sink_name, 50.0))
+            self._workers[sink_name] = w
+            w.thread.start()
+        return w
+
+    def submit(self, notice: Notice, sink_name: str) -> bool:
+        """Queue a notice for a sink; False (and nothing queued) if this pair was already submitted."""
+        with self._lock:
+            if (notice.key, sink_name) in self._seen or self.stopping.is_set():
+                return False
+            self._seen.add((notice.key, sink_name))
+            w = self._worker(sink_name)
+        w.put(notice)
+        return True
+
+    def record(self, notice: Notice, sink: str, status: str, attempts: int, error: str | None) -> None:
+        self.count(status, sink)
+        if self.store is not None:
+            try:
+                self.store.mark_delivery(notice.key, sink, status, attempts, error)
+            except Exception:
+                log.exception("cannot record delivery of %s to %s", notice.key, sink)
+
+    def count(self, what: str, sink: str) -> None:
+        with self._lock:
+            self.counters[(what, sink)] += 1
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queue is empty; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                workers = list(self._workers.values())
+            if all(w.idle() for w in workers):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(w.queue) for w in self._workers.values())
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the workers (a notice being sent finishes); unsent notices stay pending in the store."""
+        self.flush(timeout_s)
+        self.stopping.set()
+        for w in list(self._workers.values()):
+            with w.cond:
+                w.cond.notify_all()
+            w.thread.join(timeout_s)
+        for sink in self.sinks.values():
+            try:
+                sink.close()
+            except Exception:
+                log.exception("closing an alert sink")

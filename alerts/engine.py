@@ -1,0 +1,679 @@
+"""The alert engine: detections in, one notice per alert transition out, state in SQLite first.
+
+Lifecycle (per (rule, device) key, driven by event time): a detection opens an alert `pending`; it
+fires once the condition has held `for_s`; it resolves once the condition has been clear for
+`clear_for_s` (the detector already applied hysteresis). A key whose condition flips more than
+`flap_max_transitions` times in `flap_window_s` is held firing and marked flapping until the flips
+in the window fall to half that. Severity may rise and fall within one alert. Unacknowledged firing
+alerts escalate one level after the severity's escalation time and are repeated every
+`repeat_interval_s` of their route. Timers run on `now` = the watermark (max event time seen), or the
+injected clock when that is later (live).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from alerts.dispatch import Dispatcher
+from alerts.grouping import GroupTimer
+from alerts.model import SEVERITY_NAMES, Alert, Notice, alert_id_for, iso
+from alerts.muting import Muter, Silence
+from alerts.routing import receivers_of, route
+from alerts.store import AlertStore
+from alerts import commands as command_rules
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+# Dirty alert refreshes (last value, last seen) are persisted at most this often; transitions at once.
+REFRESH_PERSIST_S = 5.0
+
+
+def wall_clock_ns() -> int:
+    return time.time_ns()
+
+
+class AlertEngine:
+    """Turns `Detections` into alert transitions and notices.
+
+    cfg:        a loaded `config.Config` (alerting, rules, inventory)
+    store:      an AlertStore (default: the file at cfg.alerting.store_path)
+    sinks:      name -> Sink (default: built from cfg.alerting.sinks); a route naming a missing sink
+                records that delivery as failed
+    clock:      callable returning UTC ns; None = event time only (replay, table tests)
+    dispatcher: sends notices (default: a threaded Dispatcher over `sinks`)
+
+    Thread-safe: process/observe_readings/tick/apply_command/reload may come from different threads.
+    """
+
+    def __init__(self, cfg, store: AlertStore | None = None, sinks: dict | None = None, clock=None,
+                 dispatcher: Dispatcher | None = None, env: dict | None = None):
+        self.cfg = cfg
+        self.store = store if store is not None else AlertStore(cfg.resolve_path(cfg.alerting.store_path))
+        if sinks is None:
+            from alerts.sinks import build_sinks
+
+            sinks = build_sinks(cfg, env)
+        self.sinks = sinks
+        self.clock = clock
+        self._env = env
+        if dispatcher is None:
+            from alerts.sinks import sink_rates
+
+            r = cfg.alerting.retry
+            dispatcher = Dispatcher(sinks, self.store, r.initial_s, r.max_s, sink_rates(cfg))
+        self.dispatcher = dispatcher
+        self._lock = threading.RLock()
+        self._open: dict[tuple[str, str], Alert] = {}
+        self._by_id: dict[str, Alert] = {}
+        self._flips: dict[tuple[str, str], list[int]] = {}
+        self._watermark = 0
+        self._restart_wm: int | None = None
+        self._outbox: list = []  # heap of (due_ns, order, notice, sink)
+        self._order = itertools.count()
+        self._groups = GroupTimer()
+        self._dirty: dict[str, Alert] = {}
+        self._dirty_flips: set = set()
+        self._last_persist = 0.0
+        self.counters = {"late_rows": 0, "unknown_sensor_rows": 0, "notices": 0, "suppressed": 0}
+        self._configure(cfg)
+        self._started = False
+
+    # ----- configuration --------------------------------------------------------------------------
+
+    def _configure(self, cfg) -> None:
+        self.cfg = cfg
+        a = cfg.alerting
+        self._rules = {r.id: r for r in cfg.rules}
+        silences = self.muter.silences if hasattr(self, "muter") else {}
+        self.muter = Muter(silences, list(a.quiet_windows), list(a.inhibit), cfg.time.tz)
+        self._levels = list(a.escalation.levels)
+        self._repeat_cache: dict[tuple, float] = {}
+        self._escalate_s = {4: a.escalation.red_s, 3: a.escalation.orange_s, 2: a.escalation.yellow_s}
+        self._labels = [self._device_labels(cfg, d) for d in cfg.devices]
+
+    @staticmethod
+    def _device_labels(cfg, d) -> tuple[dict, dict]:
+        s = cfg.site(d.site)
+        site = {"id": d.site, "name": s.name if s else d.site, "address": s.address if s else "",
+                "district": s.district if s else "", "lat": s.lat if s else None, "lon": s.lon if s else None,
+                "crs": s.crs if s else "WGS84"}
+        device = {"id": d.id, "mn": d.mn_or_id, "kind": d.kind}
+        return site, device
+
+    # ----- life of the engine ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load open alerts, flap history, silences and undelivered notices from the store; queue them."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            wm = self.store.meta("watermark")
+            self._watermark = max(self._watermark, int(wm) if wm else 0)
+            for a in self.store.open_alerts():
+                a.recovered = True
+                self._open[a.key] = a
+                self._by_id[a.alert_id] = a
+            self._restart_wm = self._watermark if self._open else None
+            self._flips = self.store.flips()
+            self.muter.silences = {s.id: s for s in self.store.silences()}
+            for notice, sink, due in self.store.pending_deliveries():
+                heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
+            self._apply_inbox()
+            self._pump(self._now())
+
+    def stop(self) -> None:
+        """Persist refreshed alerts and stop the dispatcher (undelivered notices stay in the store)."""
+        with self._lock:
+            self._persist_refreshes(force=True)
+        self.dispatcher.stop()
+
+    def reload(self, cfg, detectors_reset: bool = False) -> None:
+        """Swap in a new validated config atomically; open alerts stay open (alerts of removed or
+        disabled rules resolve). Sinks are rebuilt when their settings or the connections changed.
+
+        detectors_reset: the detectors were rebuilt without state, so open alerts are handled as after
+        a restart (see `observe_readings`)."""
+        with self._lock:
+            old = self.cfg
+            self._configure(cfg)
+            if detectors_reset and self._open:
+                for a in self._open.values():
+                    a.recovered = True
+                self._restart_wm = self._watermark
+            if cfg.alerting.sinks != old.alerting.sinks or cfg.connections != old.connections:
+                self._swap_sinks(cfg)
+            now = self._now()
+            trans = []
+            for a in list(self._open.values()):
+                rule = self._rules.get(a.rule_id)
+                if rule is not None and not rule.enabled:
+                    a.context = {**a.context, "resolution": "rule disabled"}
+                    self._resolve(a, now, trans)
+                elif rule is None and self._rules_known(old, a.rule_id):
+                    a.context = {**a.context, "resolution": "rule removed"}
+                    self._resolve(a, now, trans)
+            self._emit(trans, now)
+
+    @staticmethod
+    def _rules_known(cfg, rule_id: str) -> bool:
+        return any(r.id == rule_id for r in cfg.rules)
+
+    def _swap_sinks(self, cfg) -> None:
+        from alerts.sinks import build_sinks, sink_rates
+
+        old = self.dispatcher
+        self.sinks = build_sinks(cfg, self._env)
+        r = cfg.alerting.retry
+        self.dispatcher = Dispatcher(self.sinks, self.store, r.initial_s, r.max_s, sink_rates(cfg))
+        old.stop(timeout_s=2.0)
+        # What the old dispatcher did not deliver is still pending in the store: queue it again.
+        queued = {(n.key, s) for _, _, n, s in self._outbox}
+        for notice, sink, due in self.store.pending_deliveries():
+            if (notice.key, sink) not in queued:
+                heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
+
+    # ----- time -----------------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        if self.clock is None:
+            return self._watermark
+        return max(self._watermark, int(self.clock()))
+
+    @property
+    def watermark_ns(self) -> int:
+        return self._watermark
+
+    # ----- input ----------------------------------------------------------------------------------
+
+    def process(self, det) -> list[Notice]:
+        """Apply a batch of detections (any order); returns the notices it produced."""
+        with self._lock:
+            if not self._started:
+                self.start()
+            trans: list = []
+            if len(det):
+                self._watermark = max(self._watermark, int(det.ts_ns.max()))
+                self._apply_detections(det, trans)
+            now = self._now()
+            self._advance_all(now, trans)
+            notices = self._emit(trans, now)
+            self._persist_refreshes()
+            self._pump(now)
+            return notices
+
+    def observe_readings(self, sensor: np.ndarray, ts_ns: np.ndarray) -> list[Notice]:
+        """Readings the detectors have just evaluated. After a restart the detectors have forgotten
+        which conditions were active and may never send the clear of an alert opened before it: an
+        alert loaded from the store whose device reports `recovered_clear_after_s` after the restart
+        without its condition being seen again is treated as cleared at that reading."""
+        with self._lock:
+            if self._restart_wm is None or len(sensor) == 0:
+                return []
+            recovered = [a for a in self._open.values() if a.recovered]
+            if not recovered:
+                self._restart_wm = None
+                return []
+            after = self._restart_wm + int(self.cfg.alerting.recovered_clear_after_s * NS)
+            sensor = np.asarray(sensor)
+            ts_ns = np.asarray(ts_ns, np.int64)
+            trans: list = []
+            for a in recovered:
+                try:
+                    idx = self.cfg.device_index(a.device_id)
+                except KeyError:
+                    continue
+                ts = ts_ns[sensor == idx]
+                ts = ts[ts >= after]
+                if len(ts) == 0:
+                    continue
+                t = int(ts.min())
+                a.recovered = False
+                self._watermark = max(self._watermark, int(ts_ns.max()))
+                if a.clear_since_ns is None:
+                    self._advance(a, t, trans)
+                    if a.open:
+                        self._on_clear(a, t, trans)
+            now = self._now()
+            self._advance_all(now, trans)
+            notices = self._emit(trans, now)
+            self._pump(now)
+            return notices
+
+    def tick(self, now_ns: int | None = None) -> list[Notice]:
+        """Advance timers (for_s, clear_for_s, escalation, repeat, silence expiry, group waits) to
+        `now_ns` (default: the clock), apply queued operator commands, and send what is due."""
+        with self._lock:
+            if not self._started:
+                self.start()
+            if now_ns is not None:
+                self._watermark = max(self._watermark, int(now_ns))
+            self._apply_inbox()
+            now = self._now()
+            trans: list = []
+            self._advance_all(now, trans)
+            notices = self._emit(trans, now)
+            self._persist_refreshes()
+            self._pump(now)
+            return notices
+
+    def _apply_detections(self, det, trans: list) -> None:
+        ndev = len(self._labels)
+        known = (det.sensor >= 0) & (det.sensor < ndev)
+        if not known.all():
+            self.counters["unknown_sensor_rows"] += int((~known).sum())
+            idx = np.flatnonzero(known)
+            det = type(det)(det.sensor[idx], det.ts_ns[idx], det.rule_id[idx], det.category[idx], det.severity[idx],
+                            det.value[idx], det.limit[idx], det.score[idx],
+                            [det.context[i] for i in idx] if det.context else [])
+            if len(det) == 0:
+                return
+        n = len(det)
+        rule_ids, rule_code = np.unique(det.rule_id.astype(str), return_inverse=True)
+        sensor = det.sensor.astype(np.int64)
+        key = rule_code.astype(np.int64) * (int(sensor.max()) + 1) + sensor
+        order = np.lexsort((det.ts_ns, key))
+        key_s, sev_s, ts_s = key[order], det.severity[order].astype(np.int64), det.ts_ns[order]
+        # Segments: runs of one key with one severity. Python works per segment, never per reading.
+        start = np.ones(n, bool)
+        start[1:] = (key_s[1:] != key_s[:-1]) | (sev_s[1:] != sev_s[:-1])
+        bounds = np.append(np.flatnonzero(start), n)
+        value, limit = det.value[order], det.limit[order]
+        excess = np.nan_to_num(np.abs(value - limit), nan=-1.0)
+        for b in range(len(bounds) - 1):
+            i0, i1 = int(bounds[b]), int(bounds[b + 1])
+            row0 = int(order[i0])
+            s = int(det.sensor[row0])
+            rule_id = str(rule_ids[rule_code[row0]])
+            site, device = self._labels[s]
+            k = (rule_id, device["id"])
+            sev = int(sev_s[i0])
+            t0 = int(ts_s[i0])
+            alert = self._open.get(k)
+            if alert is not None:
+                last = max(alert.last_active_ns, alert.clear_since_ns or 0)
+                if t0 < last:
+                    self.counters["late_rows"] += i1 - i0
+                    continue
+                self._advance(alert, t0, trans)
+                alert = self._open.get(k)
+            if sev == 0:
+                if alert is not None:
+                    self._on_clear(alert, t0, trans)
+                continue
+            last_i = i1 - 1
+            peak_i = i0 + int(np.argmax(excess[i0:i1]))
+            ctx = det.context[int(order[last_i])] if det.context else {}
+            alert = self._on_active(k, alert, t0, sev, str(det.category[row0]), site, device, trans,
+                                    float(value[i0]), float(limit[i0]))
+            alert.last_active_ns = int(ts_s[last_i])
+            alert.value, alert.limit = float(value[last_i]), float(limit[last_i])
+            pv = float(value[peak_i])
+            old_ex = abs(alert.peak_value - alert.limit) if not math.isnan(alert.peak_value) else -1.0
+            if not math.isnan(pv) and abs(pv - alert.limit) >= old_ex:
+                alert.peak_value = pv
+            alert.context = dict(ctx or {})
+            self._dirty[alert.alert_id] = alert
+
+    # ----- the lifecycle (pure state changes; `trans` collects (alert, kind, ts, extra)) -----------
+
+    def _rule_times(self, rule_id: str) -> tuple[int, int]:
+        r = self._rules.get(rule_id)
+        return (int(r.for_s * NS), int(r.clear_for_s * NS)) if r else (0, 0)
+
+    def _flip(self, key: tuple, ts: int) -> int:
+        """Record a change of the condition's activity; returns flips within the window."""
+        window = int(self.cfg.alerting.flap_window_s * NS)
+        flips = [t for t in self._flips.get(key, []) if t > ts - window]
+        flips.append(ts)
+        self._flips[key] = flips
+        self._dirty_flips.add(key)
+        return len(flips)
+
+    def _flips_in_window(self, key: tuple, now: int) -> int:
+        window = int(self.cfg.alerting.flap_window_s * NS)
+        return sum(1 for t in self._flips.get(key, []) if t > now - window)
+
+    def _on_active(self, key, alert, ts, sev, category, site, device, trans, value, limit) -> Alert:
+        if alert is None:
+            alert = Alert(alert_id_for(key[0], key[1], ts), key[0], key[1], category, site, device,
+                          severity=sev, started_ns=ts, last_active_ns=ts, peak_value=value)
+            self._open[key] = alert
+            self._by_id[alert.alert_id] = alert
+            flips = self._flip(key, ts)
+        elif alert.clear_since_ns is not None:
+            alert.clear_since_ns = None
+            flips = self._flip(key, ts)
+        else:
+            flips = 0
+        alert.recovered = False
+        alert.value, alert.limit = value, limit
+        if alert.state == "firing" and sev != alert.severity:
+            prev = alert.severity
+            alert.severity = sev
+            self._note(trans, alert, "severity", ts, {"previous_severity": SEVERITY_NAMES[prev]})
+        else:
+            alert.severity = sev
+        if flips > self.cfg.alerting.flap_max_transitions and not alert.flapping:
+            alert.flapping = True
+            if alert.state == "pending":
+                self._fire(alert, ts, trans)  # held firing: a flapping condition must not hide in pending
+            else:
+                self._note(trans, alert, "flapping", ts, {})
+        self._advance(alert, ts, trans)
+        return alert
+
+    def _on_clear(self, alert: Alert, ts: int, trans) -> None:
+        if alert.clear_since_ns is not None:
+            return
+        flips = self._flip(alert.key, ts)
+        if flips > self.cfg.alerting.flap_max_transitions and not alert.flapping and alert.state == "firing":
+            alert.flapping = True
+            self._note(trans, alert, "flapping", ts, {})
+        if alert.state == "pending" and not alert.flapping:
+            self._discard(alert)
+            return
+        alert.clear_since_ns = ts
+        self._dirty[alert.alert_id] = alert
+        self._advance(alert, ts, trans)
+
+    @staticmethod
+    def _note(trans: list, alert: Alert, kind: str, ts: int, extra: dict) -> None:
+        """Collect a transition with the alert's fields as they are now (a later row may change them)."""
+        snap = {"severity": alert.severity, "value": alert.value, "limit": alert.limit, "state": alert.state,
+                "escalation_level": alert.escalation_level, "flapping": alert.flapping}
+        trans.append((alert, kind, ts, extra, snap))
+
+    def _fire(self, alert: Alert, ts: int, trans) -> None:
+        alert.state = "firing"
+        alert.firing_ns = ts
+        alert.escalated_ns = ts
+        self._note(trans, alert, "firing", ts, {})
+
+    def _discard(self, alert: Alert) -> None:
+        alert.state = "discarded"
+        self._open.pop(alert.key, None)
+        self._by_id.pop(alert.alert_id, None)
+        self._dirty[alert.alert_id] = alert
+
+    def _resolve(self, alert: Alert, ts: int, trans) -> None:
+        alert.state = "resolved"
+        alert.resolved_ns = ts
+        self._open.pop(alert.key, None)
+        self._by_id.pop(alert.alert_id, None)
+        if alert.firing_ns is None:
+            self._dirty[alert.alert_id] = alert
+            return
+        self._note(trans, alert, "resolved", ts, {})
+
+    def _advance(self, alert: Alert, now: int, trans) -> None:
+        """Run an alert's timers up to `now`; transitions are stamped with the time they fell due."""
+        for_ns, clear_ns = self._rule_times(alert.rule_id)
+        if alert.state == "pending" and alert.clear_since_ns is None and now >= alert.started_ns + for_ns:
+            self._fire(alert, alert.started_ns + for_ns, trans)
+        if alert.state == "firing" and alert.clear_since_ns is not None:
+            due = alert.clear_since_ns + clear_ns
+            if now >= due:
+                if alert.flapping:
+                    if self._flips_in_window(alert.key, now) > self.cfg.alerting.flap_max_transitions // 2:
+                        return
+                    alert.flapping = False
+                    due = max(due, now)
+                self._resolve(alert, due, trans)
+                return
+        if alert.state != "firing" or alert.acked_by or alert.muted:
+            return
+        period = self._escalate_s.get(alert.severity)
+        while period and alert.escalation_level < len(self._levels) - 1:
+            due = alert.escalated_ns + int(period * NS)
+            if now < due:
+                break
+            alert.escalation_level += 1
+            alert.escalated_ns = due
+            self._note(trans, alert, "escalated", due, {"escalation_to": self._levels[alert.escalation_level]})
+        if alert.notified_firing and alert.last_notice_ns is not None:
+            repeat = self._repeat_s(alert)
+            if repeat > 0 and now >= alert.last_notice_ns + int(repeat * NS):
+                due = alert.last_notice_ns + int(repeat * NS)
+                alert.last_notice_ns = due  # so one reminder per interval, even before it is emitted
+                self._note(trans, alert, "repeat", due, {})
+
+    def _repeat_s(self, alert: Alert) -> float:
+        """The shortest repeat interval of the routes an alert takes (cached: routing is pure)."""
+        level = self._levels[min(alert.escalation_level, len(self._levels) - 1)]
+        key = (alert.rule_id, alert.category, alert.severity, alert.site.get("id"), alert.site.get("district"), level)
+        r = self._repeat_cache.get(key)
+        if r is None:
+            r = self._repeat_cache[key] = min(
+                m.repeat_interval_s for m in route(self.cfg.alerting.route, alert.labels(self._levels)))
+        return r
+
+    def _advance_all(self, now: int, trans) -> None:
+        firing = [a for a in self._open.values() if a.state == "firing"]
+        for a in list(self._open.values()):
+            if a.state == "firing":
+                reason = self.muter.reason(a, now, firing)
+                if reason != a.muted:
+                    a.muted = reason
+                    self._dirty[a.alert_id] = a
+                    # A firing notice held by a mute goes out once the mute ends and the alert still fires.
+                    if reason is None and not a.notified_firing:
+                        self._note(trans, a, "firing", now, {"late": True})
+            self._advance(a, now, trans)
+
+    # ----- notices --------------------------------------------------------------------------------
+
+    def _emit(self, trans: list, now: int) -> list[Notice]:
+        """Turn transitions into notices (or suppress them), commit, then queue for the sinks."""
+        if not trans:
+            return []
+        trans.sort(key=lambda t: t[2])
+        firing = [a for a in self._open.values() if a.state == "firing"]
+        out: list[tuple[Notice, list[tuple[str, int]]]] = []
+        changed: dict[str, Alert] = {}
+        for alert, kind, ts, extra, snap in trans:
+            changed[alert.alert_id] = alert
+            reason = self.muter.reason(alert, ts, firing) if kind != "resolved" else None
+            if kind == "firing":
+                if alert.notified_firing:
+                    continue
+                if reason is not None:
+                    alert.muted = reason
+                    self.counters["suppressed"] += 1
+                    continue
+                alert.notified_firing = True
+                alert.muted = None
+            elif kind == "resolved":
+                if not alert.notified_firing:
+                    self.counters["suppressed"] += 1
+                    continue
+            elif not alert.notified_firing or reason is not None:
+                self.counters["suppressed"] += 1
+                continue
+            out.append(self._notice(alert, kind, ts, extra, snap))
+        alerts = list(changed.values()) + [a for k, a in self._dirty.items() if k not in changed]
+        self._dirty.clear()
+        flips = {k: self._flips.get(k, []) for k in self._dirty_flips}
+        self._dirty_flips.clear()
+        # The durable write comes first: a crash after it re-sends these notices with the same keys.
+        self.store.commit(alerts, out, flips, meta={"watermark": str(self._watermark)})
+        self._last_persist = time.monotonic()
+        for notice, deliveries in out:
+            for sink, due in deliveries:
+                heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
+        self.counters["notices"] += len(out)
+        return [n for n, _ in out]
+
+    def _notice(self, alert: Alert, kind: str, ts: int, extra: dict, snap: dict) -> tuple[Notice, list]:
+        alert.seq += 1
+        alert.last_notice_ns = max(alert.last_notice_ns or 0, ts)
+        current = {k: getattr(alert, k) for k in snap}
+        for k, v in snap.items():  # the notice shows the alert as it was at the transition
+            setattr(alert, k, v)
+        try:
+            return self._build_notice(alert, kind, ts, extra)
+        finally:
+            for k, v in current.items():
+                setattr(alert, k, v)
+
+    def _build_notice(self, alert: Alert, kind: str, ts: int, extra: dict) -> tuple[Notice, list]:
+        labels = alert.labels(self._levels)
+        matched = route(self.cfg.alerting.route, labels)
+        receivers = receivers_of(matched)
+        first = matched[0]
+        group_labels = {g: labels.get(g, "") for g in first.group_by}
+        gkey = (first.path, tuple(sorted(group_labels.items()))) if first.group_by else (first.path, alert.alert_id)
+        due = self._groups.due(gkey, alert.alert_id, ts, first.group_wait_s, first.group_interval_s)
+        if kind == "resolved":
+            self._groups.leave(gkey, alert.alert_id)
+        key = f"{alert.alert_id}:{alert.seq}"
+        payload = self._payload(alert, kind, ts, key, extra, receivers, group_labels)
+        notice = Notice(key, alert.alert_id, alert.seq, kind, ts, payload)
+        return notice, [(r, due) for r in receivers]
+
+    def _payload(self, a: Alert, kind, ts, key, extra, receivers, group_labels) -> dict:
+        ctx = a.context or {}
+        return {
+            "idempotency_key": key,
+            "alert_id": a.alert_id,
+            "seq": a.seq,
+            "transition": kind,
+            "ts": iso(ts),
+            "ts_ns": ts,
+            "state": a.state,
+            "rule_id": a.rule_id,
+            "rule_version": ctx.get("rule_version"),
+            "dedupe_key": f"{a.site.get('id', '')}/{a.device_id}/{a.rule_id}",
+            "category": a.category,
+            "severity": a.severity_name,
+            "severity_code": a.severity,
+            "site": a.site,
+            "device": a.device,
+            "metric": ctx.get("metric"),
+            "window": ctx.get("window"),
+            "unit": ctx.get("unit"),
+            "value": _num(a.value),
+            "limit": _num(a.limit),
+            "peak_value": _num(a.peak_value),
+            "start_ts": iso(a.started_ns),
+            "firing_ts": iso(a.firing_ns),
+            "resolved_ts": iso(a.resolved_ns),
+            "duration_s": round((ts - a.started_ns) / NS, 3),
+            "flapping": a.flapping,
+            "ack": {"by": a.acked_by, "at": iso(a.acked_ns), "note": a.ack_note} if a.acked_by else None,
+            "escalation_level": a.escalation_level,
+            "escalation_name": self._levels[min(a.escalation_level, len(self._levels) - 1)] if self._levels else None,
+            "context": {k: v for k, v in ctx.items() if _jsonable(v)},
+            "receivers": receivers,
+            "group": group_labels,
+            **extra,
+        }
+
+    def _pump(self, now: int) -> None:
+        """Hand every notice whose group time has come to the dispatcher."""
+        while self._outbox and self._outbox[0][0] <= now:
+            _, _, notice, sink = heapq.heappop(self._outbox)
+            self.dispatcher.submit(notice, sink)
+
+    def _persist_refreshes(self, force: bool = False) -> None:
+        """Write refreshed alerts and flap history; transitions are written at once by `_emit`."""
+        if not (self._dirty or self._dirty_flips):
+            return
+        if force or time.monotonic() - self._last_persist >= REFRESH_PERSIST_S:
+            flips = {k: self._flips.get(k, []) for k in self._dirty_flips}
+            self.store.commit(list(self._dirty.values()), [], flips, meta={"watermark": str(self._watermark)})
+            self._dirty.clear()
+            self._dirty_flips.clear()
+            self._last_persist = time.monotonic()
+
+    # ----- operator commands ----------------------------------------------------------------------
+
+    def submit_command(self, source: str, command: dict) -> str:
+        """Record an operator command (who, when, what) in the store, then apply it. Returns the result."""
+        with self._lock:
+            cid = self.store.add_command(source, command if isinstance(command, dict) else {"raw": command})
+            return self._apply_command(cid, command)
+
+    def _apply_inbox(self) -> None:
+        for cid, _source, cmd in self.store.unapplied_commands():
+            self._apply_command(cid, cmd)
+
+    def _apply_command(self, cid: int, command) -> str:
+        try:
+            cmd = command_rules.validate(command)
+            result = self._apply(cmd)
+        except ValueError as exc:
+            result = f"error: {exc}"
+        self.store.mark_command(cid, result)
+        log.info("alert command %s: %s", command, result)
+        return result
+
+    def _apply(self, cmd: dict) -> str:
+        now = self._now()
+        trans: list = []
+        if cmd["action"] == "ack":
+            alert = self._by_id.get(cmd["alert_id"])
+            if alert is None or not alert.open:
+                stored = self.store.alert(cmd["alert_id"])
+                if stored is None:
+                    raise ValueError(f"no alert {cmd['alert_id']!r}")
+                raise ValueError(f"alert {cmd['alert_id']!r} is {stored.state}: nothing to acknowledge")
+            if alert.acked_by:
+                return f"ok: already acknowledged by {alert.acked_by}"
+            alert.acked_by, alert.acked_ns, alert.ack_note = cmd["by"], now, cmd.get("note") or None
+            self._dirty[alert.alert_id] = alert
+            if alert.state == "firing":
+                self._note(trans, alert, "acknowledged", now, {})
+            self._emit(trans, now)
+            self._persist_refreshes(force=True)
+            self._pump(now)
+            return "ok"
+        if cmd["action"] == "silence":
+            sid = cmd.get("id") or uuid.uuid4().hex[:12]
+            s = Silence(sid, cmd["matchers"], cmd["by"], cmd["comment"], now, now + int(cmd["expires_s"] * NS),
+                        created_ns=now)
+            self.muter.silences[sid] = s
+            self.store.commit([], [], silences=[s])
+            return f"ok: silence {sid} until {iso(s.expires_ns)}"
+        s = self.muter.silences.get(cmd["silence_id"])
+        if s is None:
+            raise ValueError(f"no active silence {cmd['silence_id']!r}")
+        ended = Silence(**{**s.to_dict(), "ended_by": cmd["by"], "expires_ns": min(s.expires_ns, now)})
+        del self.muter.silences[s.id]
+        self.store.commit([], [], silences=[ended])
+        self._advance_all(now, trans)
+        self._emit(trans, now)
+        self._pump(now)
+        return "ok"
+
+    # ----- views ----------------------------------------------------------------------------------
+
+    def active(self) -> list[Alert]:
+        """Open alerts (pending and firing), red first, then oldest first."""
+        with self._lock:
+            return sorted(self._open.values(), key=lambda a: (-a.severity, a.started_ns))
+
+    def alert(self, alert_id: str) -> Alert | None:
+        with self._lock:
+            return self._by_id.get(alert_id) or self.store.alert(alert_id)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every due notice has been sent (or failed for good)."""
+        return self.dispatcher.flush(timeout_s)
+
+
+def _num(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _jsonable(v) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool, list, dict))

@@ -1,0 +1,69 @@
+"""InfluxDB sink: every transition as a point of the `alerts` measurement (v1 HTTP /write)."""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from alerts.model import Notice
+from alerts.sink import SinkError
+
+
+def _tag(v: str) -> str:
+    return str(v).replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ") or "none"
+
+
+def _str(v: str) -> str:
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def line_of(notice: Notice, measurement: str = "alerts") -> str:
+    """One line-protocol point. Tags stay low-cardinality (no alert id): it is a field."""
+    p = notice.payload
+    tags = {
+        "rule_id": p["rule_id"], "category": p["category"], "severity": p["severity"],
+        "transition": notice.transition, "site_id": p["site"].get("id", ""), "device_id": p["device"].get("id", ""),
+        "district": p["site"].get("district", ""),
+    }
+    fields = {"alert_id": _str(notice.alert_id), "key": _str(notice.key), "seq": f"{notice.seq}i",
+              "escalation_level": f"{p.get('escalation_level', 0)}i"}
+    for name in ("value", "limit"):
+        v = p.get(name)
+        if isinstance(v, (int, float)) and v == v:
+            fields[name] = repr(float(v))
+    if p.get("ack"):
+        fields["acked_by"] = _str(p["ack"]["by"])
+    tag_text = ",".join(f"{k}={_tag(v)}" for k, v in sorted(tags.items()))
+    field_text = ",".join(f"{k}={v}" for k, v in fields.items())
+    # Add the seq to the nanosecond timestamp so two transitions at one event time stay two points.
+    return f"{_tag(measurement)},{tag_text} {field_text} {notice.ts_ns + notice.seq}"
+
+
+class InfluxSink:
+    """Writes each notice with HTTP POST /write?db=...&precision=ns (InfluxDB 1.x, 2.x/3.x v1-compat)."""
+
+    def __init__(self, url: str, database: str, measurement: str = "alerts", timeout_s: float = 10.0,
+                 username: str | None = None, password: str | None = None):
+        self.endpoint = url.rstrip("/") + "/write?" + urllib.parse.urlencode({"db": database, "precision": "ns"})
+        self.measurement = measurement
+        self.timeout_s = timeout_s
+        self.auth = None
+        if username is not None:
+            self.auth = "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+
+    def send(self, notice: Notice) -> None:
+        req = urllib.request.Request(self.endpoint, data=line_of(notice, self.measurement).encode(), method="POST")
+        if self.auth:
+            req.add_header("Authorization", self.auth)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            raise SinkError(f"influx write: HTTP {exc.code}", exc.code >= 500 or exc.code == 429) from None
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise SinkError(f"influx write: {getattr(exc, 'reason', exc)}", True) from None
+
+    def close(self) -> None:
+        pass

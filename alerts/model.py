@@ -1,0 +1,122 @@
+"""The alert record and the notice sent for each of its transitions."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITY_NAMES = {0: "clear", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
+SEVERITY_CODES = {v: k for k, v in SEVERITY_NAMES.items()}
+
+# Transition kinds, each one notice. "firing" may come late for an alert that was muted when it fired.
+TRANSITIONS = ("firing", "severity", "escalated", "repeat", "acknowledged", "flapping", "resolved")
+
+
+def iso(ts_ns: int | None) -> str | None:
+    """UTC ISO 8601 with milliseconds, or None."""
+    if ts_ns is None:
+        return None
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def alert_id_for(rule_id: str, device_id: str, started_ns: int) -> str:
+    """A readable id, unique per lifecycle and deterministic in replay; safe as an MQTT topic level."""
+    stamp = dt.datetime.fromtimestamp(started_ns / 1e9, dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    ms = (started_ns // 1_000_000) % 1000
+    return f"{rule_id}.{device_id}.{stamp}{ms:03d}Z"
+
+
+@dataclass
+class Alert:
+    """One alert lifecycle of a (rule, device) key: pending -> firing -> resolved. Times are UTC ns."""
+
+    alert_id: str
+    rule_id: str
+    device_id: str
+    category: str
+    site: dict
+    device: dict
+    state: str = "pending"  # pending | firing | resolved
+    severity: int = 1
+    value: float = float("nan")
+    limit: float = float("nan")
+    peak_value: float = float("nan")
+    context: dict = field(default_factory=dict)
+    started_ns: int = 0  # first active detection
+    firing_ns: int | None = None
+    last_active_ns: int = 0
+    clear_since_ns: int | None = None  # the condition has been clear since then (None: active)
+    resolved_ns: int | None = None
+    seq: int = 0  # transitions notified or suppressed so far; the idempotency key is alert_id:seq
+    flapping: bool = False
+    acked_by: str | None = None
+    acked_ns: int | None = None
+    ack_note: str | None = None
+    escalation_level: int = 0
+    escalated_ns: int | None = None  # when the current escalation level was reached
+    last_notice_ns: int | None = None  # for repeat reminders
+    notified_firing: bool = False  # a firing notice went out (so a resolved one must follow)
+    muted: str | None = None  # why notices are held: silence:<id> | quiet:<id> | inhibited:<alert_id>
+    recovered: bool = False  # loaded from the store and not yet seen by the detectors since
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.rule_id, self.device_id)
+
+    @property
+    def severity_name(self) -> str:
+        return SEVERITY_NAMES.get(self.severity, "clear")
+
+    @property
+    def open(self) -> bool:
+        return self.state != "resolved"
+
+    def labels(self, level_names: list[str] | None = None) -> dict[str, str]:
+        """The labels that routes, silences, inhibition and grouping match on."""
+        level = ""
+        if level_names:
+            level = level_names[min(self.escalation_level, len(level_names) - 1)]
+        return {
+            "alert_id": self.alert_id,
+            "rule_id": self.rule_id,
+            "rule": self.rule_id,
+            "device_id": self.device_id,
+            "site_id": self.site.get("id", ""),
+            "site": self.site.get("id", ""),
+            "district": self.site.get("district", ""),
+            "category": self.category,
+            "severity": self.severity_name,
+            "level": level,
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "Alert":
+        names = {f.name for f in dataclasses.fields(Alert)}
+        return Alert(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One notification of one alert transition. `key` (alert_id:seq) lets a receiver drop redeliveries."""
+
+    key: str
+    alert_id: str
+    seq: int
+    transition: str
+    ts_ns: int
+    payload: dict[str, Any]
+
+    @property
+    def category(self) -> str:
+        return self.payload["category"]
+
+    @property
+    def site_id(self) -> str:
+        return self.payload["site"].get("id", "")

@@ -1,0 +1,80 @@
+"""MQTT sink for the operations center: a notice per transition, and each active alert's state retained.
+
+Notices go to `{prefix}/{category}/{site_id}`; the alert's current state is retained on
+`{prefix}/active/{alert_id}` and cleared with an empty retained message when it resolves, so a
+console that connects late sees what is active now.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import paho.mqtt.client as mqtt
+
+from alerts.model import Notice
+from alerts.sink import SinkError
+
+
+def notice_topic(prefix: str, notice: Notice) -> str:
+    return f"{prefix}/{notice.category}/{notice.site_id or 'none'}"
+
+
+def active_topic(prefix: str, alert_id: str) -> str:
+    return f"{prefix}/active/{alert_id}"
+
+
+class MqttSink:
+    """Publishes with its own paho client (loop thread, automatic reconnect). Not connected = retryable."""
+
+    def __init__(self, host: str, port: int, client_id: str, username: str | None = None,
+                 password: str | None = None, topic_prefix: str = "city/xm/alerts", qos: int = 1,
+                 timeout_s: float = 5.0, protocol: str = "mqtt5", tls=None):
+        self.prefix = topic_prefix.rstrip("/")
+        self.qos = qos
+        self.timeout_s = timeout_s
+        proto = mqtt.MQTTv5 if protocol == "mqtt5" else mqtt.MQTTv311
+        kwargs = {} if proto == mqtt.MQTTv5 else {"clean_session": True}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kwargs)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls is not None and getattr(tls, "enabled", False):
+            self.client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
+            self.client.tls_insecure_set(tls.insecure)
+        self.client.reconnect_delay_set(1, 30)
+        self._connected = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.connect_async(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if not reason_code.is_failure:
+            self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        self._connected.clear()
+
+    def send(self, notice: Notice) -> None:
+        # Waiting for the connection briefly keeps the first notice after start from a needless retry.
+        if not self._connected.wait(min(self.timeout_s, 2.0)):
+            raise SinkError("mqtt: not connected to the broker", True)
+        body = json.dumps(notice.payload, sort_keys=True, separators=(",", ":")).encode()
+        self._publish(notice_topic(self.prefix, notice), body, retain=False)
+        state = b"" if notice.transition == "resolved" else body
+        self._publish(active_topic(self.prefix, notice.alert_id), state, retain=True)
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        try:
+            info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise SinkError(f"mqtt publish to {topic}: {mqtt.error_string(info.rc)}", True)
+            info.wait_for_publish(self.timeout_s)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise SinkError(f"mqtt publish to {topic}: {exc}", True) from None
+        if not info.is_published():
+            raise SinkError(f"mqtt publish to {topic}: no ack within {self.timeout_s} s", True)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

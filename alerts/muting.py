@@ -1,0 +1,104 @@
+"""Why an alert's notices are held: silences, recurring quiet windows and inhibition (pure functions).
+
+As in Alertmanager's notify/mute.go, a muted alert keeps its lifecycle; only its notices wait. A firing
+notice held by a mute goes out when the mute ends and the alert still fires; a resolved notice goes
+out only if a firing notice did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, field
+
+from config.alerting import Inhibit, QuietWindow
+from alerts.model import Alert
+from alerts.routing import matches
+
+MATCHER_KEYS = ("alert_id", "rule_id", "device_id", "site_id", "district", "category", "severity")
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Mutes alerts whose labels equal every matcher, from `starts_ns` until `expires_ns` (UTC ns)."""
+
+    id: str
+    matchers: dict[str, str]
+    by: str
+    comment: str
+    starts_ns: int
+    expires_ns: int
+    created_ns: int = 0
+    ended_by: str | None = None
+
+    def active(self, now_ns: int) -> bool:
+        return self.ended_by is None and self.starts_ns <= now_ns < self.expires_ns
+
+    def mutes(self, labels: dict[str, str], now_ns: int) -> bool:
+        return self.active(now_ns) and all(labels.get(k) == v for k, v in self.matchers.items())
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def parse_matchers(items: list[str]) -> dict[str, str]:
+    """`["site_id=SM-1", "rule_id=N-day"]` -> dict. Raises ValueError naming the bad item or key."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"matcher {item!r} must be written key=value")
+        if key not in MATCHER_KEYS:
+            raise ValueError(f"matcher key {key!r} is not one of {', '.join(MATCHER_KEYS)}")
+        out[key] = value
+    if not out:
+        raise ValueError("a silence needs at least one matcher")
+    return out
+
+
+def in_quiet_window(q: QuietWindow, labels: dict[str, str], now_ns: int, tz: zoneinfo.ZoneInfo) -> bool:
+    """True when `now_ns` falls in one of the window's daily local-time spans and the labels match."""
+    if not matches(q.match, labels):
+        return False
+    local = dt.datetime.fromtimestamp(now_ns / 1e9, tz)
+    minute = local.hour * 60 + local.minute
+    return any(s <= minute < e for w in q.windows for s, e in w.spans())
+
+
+def inhibitor(alert: Alert, rules: list[Inhibit], firing: list[Alert]) -> Alert | None:
+    """The firing alert that inhibits `alert` (same `equal` labels, source rule), or None."""
+    mine = alert.labels()
+    for rule in rules:
+        if alert.rule_id not in rule.target_rule:
+            continue
+        for other in firing:
+            if other is alert or other.rule_id not in rule.source_rule or other.state != "firing":
+                continue
+            theirs = other.labels()
+            if all(mine[k] == theirs[k] for k in rule.equal):
+                return other
+    return None
+
+
+@dataclass
+class Muter:
+    """Decides, for an alert at a time, the reason its notices are held (or None)."""
+
+    silences: dict[str, Silence] = field(default_factory=dict)
+    quiet: list[QuietWindow] = field(default_factory=list)
+    inhibit: list[Inhibit] = field(default_factory=list)
+    tz: zoneinfo.ZoneInfo = zoneinfo.ZoneInfo("UTC")
+
+    def reason(self, alert: Alert, now_ns: int, firing: list[Alert]) -> str | None:
+        labels = alert.labels()
+        for s in self.silences.values():
+            if s.mutes(labels, now_ns):
+                return f"silence:{s.id}"
+        for q in self.quiet:
+            if in_quiet_window(q, labels, now_ns, self.tz):
+                return f"quiet:{q.id}"
+        src = inhibitor(alert, self.inhibit, firing)
+        if src is not None:
+            return f"inhibited:{src.alert_id}"
+        return None

@@ -1,0 +1,273 @@
+"""Benchmark: time from a device's publish to the alert notice on the MQTT alert topic, under steady load.
+
+Starts a local Mosquitto (auth, ACL) and InfluxDB on free ports, runs the service with alerts
+(`python -m citywatch.pipeline`, i.e. ingest + every shipped rule + the alert engine) and publishes, at a
+steady rate, background readings (noise and gas devices, inside their limits) while one probe gas device
+alternates over and under its G-highhigh limit. Each probe reading makes one transition (firing, then
+resolved); the latency is from just before its publish to the notice's arrival at a subscriber of
+`city/xm/alerts/#`.
+
+Run:  .venv/bin/python bench/bench_alert_latency.py [--rate 5000] [--duration 40] [--probe-hz 4]
+Ends with: RESULT bench_alert_latency rate=.. achieved_readings_s=.. probes=.. notices=.. p50_ms=.. p99_ms=.. max_ms=..
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from citywatch.localstack import Credentials, InfluxProcess, MosquittoProcess, free_port  # noqa: E402
+from config import load_config  # noqa: E402
+
+ALERTS_YAML = """
+alerting:
+  sinks:
+    ops_mqtt: {type: mqtt, topic_prefix: city/xm/alerts, qos: 1, rate_per_s: 1000}
+  route: {receivers: [ops_mqtt], group_by: [site_id, rule_id], group_wait_s: 0, group_interval_s: 0}
+  flap_max_transitions: 1000000
+  store_path: STORE
+"""
+SAMPLES_PER_MESSAGE = 10
+
+
+def client(cid: str, user: str, pw: str, port: int, on_message=None) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, pw)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    if on_message:
+        c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def payload(dev, ts_ms: list[int], kind: str, value: float) -> bytes:
+    if kind == "noise":
+        samples = [{"ts": t, "values": {"leq": value, "lmax": value + 8, "lmin": value - 5, "flag": "N"}} for t in ts_ms]
+        doc = {"schema": "xm.noise.v1", "device_id": dev.id, "site_id": dev.site, "interval_s": 1, "samples": samples}
+    else:
+        samples = [{"ts": t, "values": {"p": value, "batt_v": 3.5}} for t in ts_ms]
+        doc = {"schema": "xm.gas.v1", "device_id": dev.id, "site_id": dev.site, "samples": samples}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def engine_only(cfg, env, creds, port: int, work: Path, n: int = 100) -> tuple[float, float]:
+    """The alert engine's own share: an in-process AlertEngine with the MQTT sink, fed detections directly;
+    time from `process()` to the notice at a subscriber. Runs while the background load still flows."""
+    from alerts.engine import AlertEngine
+    from alerts.store import AlertStore
+    from detectors.batch import Detections
+
+    store = AlertStore(work / "engine-only.sqlite")
+    # Its own MQTT client id: sharing the service's would make the broker drop one of the two.
+    cfg = cfg.model_copy(update={"alerting": cfg.alerting.model_copy(update={"mqtt_client_id": "bench-engine"})})
+    engine = AlertEngine(cfg, store, env=env)
+    engine.start()
+    got: dict[int, float] = {}
+    user, pw = creds.tester
+
+    def on_message(c, u, msg):
+        if "/active/" in msg.topic or not msg.payload:
+            return
+        note = json.loads(msg.payload)
+        if note.get("rule_id") == "BENCH":
+            got[note["ts_ns"]] = time.monotonic()
+
+    sub = client("bench-engine-sub", user, pw, port, on_message)
+    sub.subscribe("city/xm/alerts/#", qos=1)
+    time.sleep(0.5)
+    sent: dict[int, float] = {}
+    t0 = time.time_ns()
+    for i in range(n):
+        ts = t0 + i * 1_000_000
+        sev = 4 if i % 2 == 0 else 0
+        d = Detections(np.array([0], np.int32), np.array([ts]), np.array(["BENCH"], object), np.array(["noise"], object),
+                       np.array([sev], np.int8), np.array([90.0]), np.array([70.0]), np.array([np.nan]), [{}])
+        sent[ts] = time.monotonic()
+        engine.process(d)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    engine.stop()
+    sub.disconnect()
+    sub.loop_stop()
+    lat = np.array([(got[k] - sent[k]) * 1000 for k in sent if k in got] or [np.nan])
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=5000, help="background readings per second")
+    ap.add_argument("--duration", type=float, default=40, help="seconds of steady load measured")
+    ap.add_argument("--warmup", type=float, default=5, help="seconds of load before probing")
+    ap.add_argument("--probe-hz", type=float, default=4, help="probe readings per second")
+    ap.add_argument("--rules", choices=["shipped", "probe"], default="shipped",
+                    help="shipped: every rule of config/rules.yaml; probe: only G-highhigh (isolates detector cost)")
+    ap.add_argument("--batch-age-ms", type=int, default=None,
+                    help="override ingest.batch_max_age_ms (default: the shipped value)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (service log, alert store)")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-alert-"))
+    cfg0 = load_config(None, env={})
+    creds = Credentials.generate(cfg0.device_ids)
+    mosq = MosquittoProcess(work / "mosquitto", free_port(), creds)
+    influx = InfluxProcess(work / "influx", free_port(), free_port())
+    svc = None
+    try:
+        mosq.start()
+        influx.start()
+        cfg_dir = work / "config"
+        shutil.copytree(ROOT / "config", cfg_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+        (cfg_dir / "alerts.yaml").write_text(ALERTS_YAML.replace("STORE", str(work / "alerts.sqlite")))
+        if args.batch_age_ms is not None:
+            ingest = (cfg_dir / "ingest.yaml").read_text()
+            ingest = "\n".join(f"  batch_max_age_ms: {args.batch_age_ms}" if l.strip().startswith("batch_max_age_ms:")
+                               else l for l in ingest.splitlines())
+            (cfg_dir / "ingest.yaml").write_text(ingest + "\n")
+        if args.rules == "probe":
+            (cfg_dir / "rules.yaml").write_text("rules:\n  - {id: G-highhigh, type: gas_highhigh, kind: gas}\n")
+        user, pw = creds.collector
+        env = {**os.environ, "CITYWATCH_MQTT_HOST": "127.0.0.1", "CITYWATCH_MQTT_PORT": str(mosq.port),
+               "CITYWATCH_MQTT_USERNAME": user, "CITYWATCH_MQTT_PASSWORD": pw,
+               "CITYWATCH_INFLUX_URL": f"http://127.0.0.1:{influx.port}", "CITYWATCH_INFLUX_DATABASE": "citywatch"}
+        cfg = load_config(cfg_dir, env)
+        (work / "cwd").mkdir()
+        log = open(work / "service.log", "wb")
+        svc = subprocess.Popen([sys.executable, "-m", "citywatch.pipeline", "--config", str(cfg_dir),
+                                "--log-level", "WARNING"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=str(work / "cwd"), start_new_session=True)
+        time.sleep(3.0)  # the service connects (WARNING level logs nothing on success)
+        if svc.poll() is not None:
+            print((work / "service.log").read_text())
+            return 1
+
+        json_devs = [d for d in cfg.devices if d.protocol == "json"]
+        probe = next(d for d in json_devs if d.kind == "gas")
+        background = [d for d in json_devs if d is not probe]
+        tuser, tpw = creds.tester
+
+        recv: list[tuple[float, dict]] = []
+        lock = threading.Lock()
+
+        def on_message(c, u, msg):
+            t = time.monotonic()
+            if "/active/" in msg.topic or not msg.payload:
+                return
+            n = json.loads(msg.payload)
+            if n.get("rule_id") == "G-highhigh" and n["device"]["id"] == probe.id:
+                with lock:
+                    recv.append((t, n))
+
+        sub = client("bench-sub", tuser, tpw, mosq.port, on_message)
+        sub.subscribe("city/xm/alerts/#", qos=1)
+        bg = client("bench-bg", tuser, tpw, mosq.port)
+        pr = client("bench-probe", tuser, tpw, mosq.port)
+
+        stop = threading.Event()
+        sent = {"readings": 0}
+        next_ts = {d.id: int(time.time() * 1000) - 60_000 for d in background + [probe]}
+
+        def ts_for(dev, n: int) -> list[int]:
+            # strictly increasing per device and never ahead of the wall clock
+            start = max(next_ts[dev.id], int(time.time() * 1000) - 120_000)
+            out = list(range(start, start + n))
+            next_ts[dev.id] = start + n
+            return out
+
+        def background_loop():
+            msg_rate = args.rate / SAMPLES_PER_MESSAGE
+            period = 1.0 / msg_rate
+            t_next = time.monotonic()
+            i = 0
+            while not stop.is_set():
+                dev = background[i % len(background)]
+                i += 1
+                value = 50.0 if dev.kind == "noise" else dev.set_pressure_kpa
+                bg.publish(f"city/xm/{dev.kind}/{dev.site}/{dev.id}/data",
+                           payload(dev, ts_for(dev, SAMPLES_PER_MESSAGE), dev.kind, value), qos=1)
+                sent["readings"] += SAMPLES_PER_MESSAGE
+                t_next += period
+                delay = t_next - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+
+        th = threading.Thread(target=background_loop, daemon=True)
+        th.start()
+        time.sleep(args.warmup)
+
+        probes: list[float] = []
+        probe_ts: dict[int, float] = {}
+        high = True
+        t_end = time.monotonic() + args.duration
+        readings0, t0 = sent["readings"], time.monotonic()
+        while time.monotonic() < t_end:
+            p = probe.mop_kpa * 1.5 if high else probe.set_pressure_kpa
+            ts = ts_for(probe, 1)
+            body = payload(probe, ts, "gas", p)
+            probes.append(time.monotonic())
+            probe_ts[ts[0] * 1_000_000] = probes[-1]
+            pr.publish(f"city/xm/gas/{probe.site}/{probe.id}/data", body, qos=1)
+            high = not high
+            time.sleep(1.0 / args.probe_hz)
+        achieved = (sent["readings"] - readings0) / (time.monotonic() - t0)
+        time.sleep(3.0)  # the last notices arrive
+        stop.set()
+        th.join(5)
+
+        with lock:
+            got = list(recv)
+        engine_p50, engine_p99 = engine_only(cfg, env, creds, mosq.port, work)
+        # A notice's event time is its probe reading's time (for_s = clear_for_s = 0 for G-highhigh).
+        lat = [(t_recv - probe_ts[n["ts_ns"]]) * 1000 for t_recv, n in got if n["ts_ns"] in probe_ts]
+        kinds = [n["transition"] for _, n in got]
+        expected = ["firing", "resolved"] * (len(probes) // 2) + (["firing"] if len(probes) % 2 else [])
+        in_order = kinds == expected[: len(kinds)]
+        lat_a = np.array(lat) if lat else np.array([np.nan])
+        p50, p99, mx = np.percentile(lat_a, 50), np.percentile(lat_a, 99), np.max(lat_a)
+        print(f"background readings/s target {args.rate:.0f}, achieved {achieved:.0f}; "
+              f"probes {len(probes)}, notices {len(got)}, one per probe and in order: {in_order and len(got) == len(probes)}")
+        print(f"publish -> alert notice latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {mx:.1f} ms")
+        print(f"alert engine alone (detections -> notice at a subscriber, same broker, under the same load): "
+              f"p50 {engine_p50:.1f} ms, p99 {engine_p99:.1f} ms")
+        print(f"RESULT bench_alert_latency rules={args.rules} batch_age_ms={cfg.ingest.batch_max_age_ms} rate={args.rate:.0f} achieved_readings_s={achieved:.0f} probes={len(probes)} "
+              f"notices={len(got)} p50_ms={p50:.1f} p99_ms={p99:.1f} max_ms={mx:.1f} engine_p50_ms={engine_p50:.1f} engine_p99_ms={engine_p99:.1f}")
+        for c in (sub, bg, pr):
+            c.disconnect()
+            c.loop_stop()
+        return 0
+    finally:
+        if svc is not None and svc.poll() is None:
+            os.kill(svc.pid, signal.SIGTERM)
+            try:
+                svc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(svc.pid, signal.SIGKILL)
+        influx.kill()
+        mosq.kill()
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

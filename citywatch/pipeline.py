@@ -1,0 +1,243 @@
+"""Wires the detectors into the alert engine inside a running service, with live config reload.
+
+The ingest service calls `on_batch` with each durable ReadingBatch, in order; a scheduled `tick` runs
+the time-driven rules (deadman) and the alert timers on the wall clock; `reload` swaps a new validated
+config in atomically and keeps every open alert. Reload comes from SIGHUP and from a change of the
+config directory's YAML files (polled).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from alerts.command_listener import CommandListener
+from alerts.engine import AlertEngine, wall_clock_ns
+from config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+TICK_INTERVAL_S = 1.0
+WATCH_INTERVAL_S = 2.0
+# Batches waiting for the detector thread; when full, `on_batch` blocks: backpressure into ingest,
+# whose unacked messages the broker keeps.
+QUEUE_BATCHES = 256
+
+
+class DetectionPipeline:
+    """Detectors -> AlertEngine for one service process.
+
+    cfg:        the loaded Config the service started with
+    env:        environment for secrets (MQTT password, webhook secrets); default os.environ
+    config_dir: directory to re-read on reload (default: the directory cfg was loaded from)
+    clock:      UTC ns wall clock (injected in tests)
+    listen:     start the MQTT command listener (acks and silences on alerting.command_topic)
+    threaded:   evaluate batches on a thread of their own, in order, so that ingest's durability
+                thread never waits for the detectors (`drain()` waits for the queue)
+    """
+
+    def __init__(self, cfg, env: dict | None = None, config_dir: str | os.PathLike | None = None,
+                 clock=wall_clock_ns, listen: bool = True, engine: AlertEngine | None = None,
+                 threaded: bool = False):
+        from detectors.registry import RuleSet
+
+        self.cfg = cfg
+        self.env = dict(os.environ) if env is None else env
+        self.config_dir = Path(config_dir) if config_dir is not None else cfg.base_dir
+        self.clock = clock
+        self.rules = RuleSet.from_config(cfg)
+        self.engine = engine or AlertEngine(cfg, env=self.env, clock=clock)
+        self.listener = CommandListener(cfg, self.engine.submit_command, self.env) if listen else None
+        self._lock = threading.RLock()
+        self._scheduler: BackgroundScheduler | None = None
+        self._mtimes = self._config_mtimes()
+        self._reload_requested = threading.Event()
+        self._queue: queue.Queue | None = queue.Queue(QUEUE_BATCHES) if threaded else None
+        self._worker: threading.Thread | None = None
+        self.counters = {"batches": 0, "readings": 0, "detections": 0, "errors": 0, "reloads": 0, "reload_errors": 0}
+
+    # ----- lifecycle --------------------------------------------------------------------------------
+
+    def start(self, scheduler: BackgroundScheduler | None = None) -> None:
+        """Load alert state, start the command listener and the tick / config-watch jobs."""
+        self.engine.start()
+        if self._queue is not None:
+            self._worker = threading.Thread(target=self._work, name="detect-alert", daemon=True)
+            self._worker.start()
+        if self.listener is not None:
+            self.listener.start()
+        if scheduler is None:
+            scheduler = self._scheduler = BackgroundScheduler(timezone="UTC")
+            scheduler.start()
+        scheduler.add_job(self.tick, "interval", seconds=TICK_INTERVAL_S, id="alerts_tick",
+                          max_instances=1, coalesce=True, replace_existing=True)
+        scheduler.add_job(self._watch_config, "interval", seconds=WATCH_INTERVAL_S, id="config_watch",
+                          max_instances=1, coalesce=True, replace_existing=True)
+
+    def stop(self) -> None:
+        """Stop jobs and the listener; persist alert state; unsent notices stay queued in the store."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        if self.listener is not None:
+            self.listener.stop()
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(30)
+            self._worker = None
+        with self._lock:
+            self.engine.stop()
+
+    def install_signal_handlers(self) -> None:
+        """SIGHUP -> reload (call from the main thread; the reload itself runs on the next watch job)."""
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._reload_requested.set())
+
+    # ----- data and time ----------------------------------------------------------------------------
+
+    def on_batch(self, batch) -> None:
+        """Evaluate a durable batch and feed its detections to the alert engine (queued when threaded).
+        Never raises: a bug here must not stop ingest (the readings are already durable)."""
+        if self._worker is not None:
+            self._queue.put(batch)
+            return
+        self._evaluate(batch)
+
+    def drain(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued batch has been evaluated."""
+        if self._queue is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def _work(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                self._evaluate(batch)
+            finally:
+                self._queue.task_done()
+
+    def _evaluate(self, batch) -> None:
+        try:
+            with self._lock:
+                det = self.rules.process(batch)
+                self.engine.process(det)
+                self.engine.observe_readings(batch.sensor, batch.ts_ns)
+                self.counters["batches"] += 1
+                self.counters["readings"] += len(batch)
+                self.counters["detections"] += len(det)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("detection/alert pipeline failed on a batch of %d readings", len(batch))
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Deadman rules and alert timers at `now_ns` (default: the clock)."""
+        try:
+            with self._lock:
+                now = int(now_ns if now_ns is not None else self.clock())
+                det = self.rules.advance(now)
+                if len(det):
+                    self.engine.process(det)
+                self.engine.tick(now_ns)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("alert tick failed")
+
+    # ----- reload -----------------------------------------------------------------------------------
+
+    def reload(self, new_cfg) -> None:
+        """Swap in a validated config: rebuild the rules, reconfigure the engine; open alerts stay.
+        Raises ConfigError (and keeps the old config) when the detectors reject a rule."""
+        from detectors.registry import RuleSet
+
+        rules = RuleSet.from_config(new_cfg)  # before taking the lock: a bad config changes nothing
+        with self._lock:
+            self.rules = rules
+            self.cfg = new_cfg
+            # The new detectors start without state: they may never clear what the old ones raised.
+            self.engine.reload(new_cfg, detectors_reset=True)
+            self.counters["reloads"] += 1
+        log.info("config reloaded from %s", self.config_dir)
+
+    def reload_from_disk(self) -> bool:
+        """Load and validate the config directory, then swap it in; on problems log them and keep the old."""
+        try:
+            new_cfg = load_config(self.config_dir, self.env)
+            self.reload(new_cfg)
+            return True
+        except ConfigError as exc:
+            self.counters["reload_errors"] += 1
+            log.error("config reload rejected, keeping the running config:\n%s", exc)
+            return False
+
+    def _config_mtimes(self) -> dict[str, float]:
+        try:
+            return {str(p): p.stat().st_mtime_ns for p in sorted(self.config_dir.glob("*.y*ml"))}
+        except OSError:
+            return {}
+
+    def _watch_config(self) -> None:
+        mtimes = self._config_mtimes()
+        if mtimes != self._mtimes or self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self._mtimes = mtimes
+            self.reload_from_disk()
+
+
+def run(cfg, config_dir=None, env: dict | None = None, stop: threading.Event | None = None) -> int:
+    """The whole service with alerts: ingest `Service` + this pipeline, until `stop` is set (SIGTERM/SIGINT).
+
+    `citywatch run` can call this in place of its own Service loop; until then
+    `python -m citywatch.pipeline --config DIR` runs it.
+    """
+    from citywatch.service import Service
+
+    env = dict(os.environ) if env is None else env
+    stop = stop or threading.Event()
+    service = Service(cfg, env)
+    pipeline = DetectionPipeline(cfg, env, config_dir, threaded=True)
+    service.on_batch(pipeline.on_batch)
+    pipeline.start()
+    if threading.current_thread() is threading.main_thread():
+        pipeline.install_signal_handlers()
+        signal.signal(signal.SIGTERM, lambda s, f: stop.set())
+        signal.signal(signal.SIGINT, lambda s, f: stop.set())
+    service.start()
+    try:
+        service.wait(stop)
+    finally:
+        service.stop()
+        pipeline.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m citywatch.pipeline --config DIR`: the service with alerts (until `citywatch run` calls `run`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m citywatch.pipeline")
+    p.add_argument("--config", default=None)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc)
+        return 1
+    return run(cfg, args.config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
