@@ -51,6 +51,12 @@ class DetectionPipeline:
         self.cfg = cfg
         self.env = dict(os.environ) if env is None else env
         self.config_dir = Path(config_dir) if config_dir is not None else cfg.base_dir
+        # `ingest.clock: event` (simulation, replay): timers and the deadman follow the event-time
+        # watermark of the readings, never the wall clock, so a day replayed at 1000x alerts as lived.
+        self.event_clock = cfg.ingest.clock == "event"
+        if self.event_clock and clock is wall_clock_ns:
+            clock = None
+        self._watermark_ns = 0
         self.clock = clock
         self.rules = RuleSet.from_config(cfg)
         self.engine = engine or AlertEngine(cfg, env=self.env, clock=clock)
@@ -134,6 +140,12 @@ class DetectionPipeline:
                 det = self.rules.process(batch)
                 self.engine.process(det)
                 self.engine.observe_readings(batch.sensor, batch.ts_ns)
+                if self.event_clock and len(batch):
+                    self._watermark_ns = max(self._watermark_ns, int(batch.ts_ns.max()))
+                    timed = self.rules.advance(self._watermark_ns)
+                    if len(timed):
+                        self.engine.process(timed)
+                    self.engine.tick(self._watermark_ns)
                 self.counters["batches"] += 1
                 self.counters["readings"] += len(batch)
                 self.counters["detections"] += len(det)
@@ -145,6 +157,10 @@ class DetectionPipeline:
         """Deadman rules and alert timers at `now_ns` (default: the clock)."""
         try:
             with self._lock:
+                if now_ns is None and self.clock is None:
+                    if not self._watermark_ns:
+                        return  # event clock: nothing has happened yet
+                    now_ns = self._watermark_ns
                 now = int(now_ns if now_ns is not None else self.clock())
                 det = self.rules.advance(now)
                 if len(det):
