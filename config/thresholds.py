@@ -54,6 +54,7 @@ class Noise(Strict):
     standard_version: str = "GB12523-2011"
     limits: NoiseLimits = NoiseLimits()
     rolling_window_s: int = Field(1200, gt=0, le=86400)
+    min_coverage: float = Field(0.75, gt=0, le=1)
     day_orange_over_db: float = Field(5.0, ge=0, le=60)
     night_lmax_red_db: float = Field(85.0, ge=20, le=160)
     pre_warning_margin_db: float = Field(3.0, ge=0, le=30)
@@ -83,6 +84,18 @@ class RuptureLevel(Strict):
 class Cusum(Strict):
     k_sigma: float = Field(0.5, ge=0, le=10)
     h_sigma: float = Field(5.0, gt=0, le=50)
+    sigma_floor_pct: float = Field(0.5, gt=0, le=50)
+    baseline_tau_s: int = Field(21600, gt=0, le=30 * 86400)
+    warmup: int = Field(60, ge=1, le=10000)
+
+
+class Profile(Strict):
+    min_weeks: int = Field(2, ge=1, le=52)
+
+
+class SensorRange(Strict):
+    min_kpa: float = Field(-5.0, ge=-100, le=0)
+    fs_factor: float = Field(1.1, ge=1, le=2)
 
 
 class Flatline(Strict):
@@ -126,6 +139,8 @@ class Gas(Strict):
         RuptureLevel(drop_pct=10, window_s=900, severity="red"),
     ]
     cusum: Cusum = Cusum()
+    profile: Profile = Profile()
+    range: SensorRange = SensorRange()
     flatline: Flatline = Flatline()
     battery: Battery = Battery()
     hysteresis_pct: float = Field(2.0, ge=0, le=50)

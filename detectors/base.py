@@ -1,0 +1,221 @@
+"""The detector contract: validated parameters, per-sensor numpy state, one vectorized step per round.
+
+A `RuleSet` (registry.py) splits each batch into rounds with at most one reading per sensor, in time
+order per sensor, and hands every detector a `View` of the round's rows it runs on. So a detector only
+ever sees each sensor once per call and its per-reading semantics hold by construction: a batch split
+anywhere gives the same detections as one batch.
+
+Lifecycle: `__init__` validates nothing itself (the registry validated `Params`) and allocates state;
+`step(view)` may be called any number of times; `advance(now_ns)` is called for time-driven rules.
+State lives in numpy attributes whose names end in `_`, sized by the rule's own sensors.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from config.base import SEVERITY_RANK, Strict
+from detectors.batch import Detections
+from detectors.calendar import EXAM_MODES
+
+
+class RuleParams(Strict):
+    """Base of every detector's own YAML keys (strict: unknown keys are errors)."""
+
+
+class Labels:
+    """Per-row text labels stored as small codes; looked up only for the rows that are emitted."""
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self, codes: np.ndarray, names: tuple) -> None:
+        self.codes, self.names = codes, names
+
+    def __getitem__(self, i):
+        return self.names[self.codes[i]]
+
+
+class Eval:
+    """What a level detector found for each row of a view.
+
+    known: rows whose input was present and valid (others leave the state untouched and emit nothing)
+    raw:   int8 severity the row reaches now (0 = inside limits)
+    held:  int8 severity the row still holds with hysteresis (>= raw); an active level drops only to this
+    value, score: float64 per row; limits: (5, rows) limit per severity (row 0: the lowest level's limit)
+    extra: per-row context values (name -> array or list), added to each emitted row's context
+    """
+
+    __slots__ = ("known", "raw", "held", "value", "limits", "score", "extra")
+
+    def __init__(self, known, raw, held, value, limits, score, extra=None) -> None:
+        self.known, self.raw, self.held, self.value = known, raw, held, value
+        self.limits, self.score, self.extra = limits, score, extra or {}
+
+
+def severity_code(name: str) -> int:
+    return SEVERITY_RANK[name]
+
+
+def levels_above(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]], hysteresis) -> tuple:
+    """Severity of `value` against ascending thresholds: (raw, held, limits table).
+
+    levels: (severity, threshold) pairs; a value strictly above a threshold reaches its severity.
+    held uses thresholds lowered by `hysteresis` (scalar or per-row array). NaN reaches nothing.
+    """
+    n = len(value)
+    limits = np.empty((5, n))
+    levels = sorted(levels, key=lambda x: x[0])
+    raw = held = None
+    for sev, thr in levels:
+        limits[sev] = thr
+        r = (value > thr).view(np.int8)
+        h = (value > thr - hysteresis).view(np.int8)
+        if raw is None:
+            limits[0] = thr
+            raw, held = r * np.int8(sev), h * np.int8(sev)
+        else:
+            # Severities only grow along the list, so a higher level simply overrides a lower one.
+            raw = np.where(r, np.int8(sev), raw)
+            held = np.where(h, np.int8(sev), held)
+    if raw is None:
+        return np.zeros(n, np.int8), np.zeros(n, np.int8), np.full((5, n), np.nan)
+    return raw, held, limits
+
+
+def levels_below(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]], hysteresis) -> tuple:
+    """As `levels_above` for lower limits: a value strictly below a threshold reaches its severity, and
+    an active level holds until the value is `hysteresis` above it."""
+    n = len(value)
+    limits = np.empty((5, n))
+    raw = held = None
+    for sev, thr in sorted(levels, key=lambda x: x[0]):
+        limits[sev] = thr
+        r = (value < thr).view(np.int8)
+        h = (value < thr + hysteresis).view(np.int8)
+        if raw is None:
+            limits[0] = thr
+            raw, held = r * np.int8(sev), h * np.int8(sev)
+        else:
+            raw = np.where(r, np.int8(sev), raw)
+            held = np.where(h, np.int8(sev), held)
+    if raw is None:
+        return np.zeros(n, np.int8), np.zeros(n, np.int8), np.full((5, n), np.nan)
+    return raw, held, limits
+
+
+def take(arr: np.ndarray, view) -> np.ndarray:
+    """Per-sensor state of the view's rows (the array itself, copied, when the view is every sensor in order)."""
+    return arr.copy() if view.full else arr[view.loc]
+
+
+def put(arr: np.ndarray, view, values) -> None:
+    """Store per-row values into per-sensor state."""
+    if view.full:
+        arr[:] = values
+    else:
+        arr[view.loc] = values
+
+
+class Detector:
+    """Base of all detectors. Subclasses set the class attributes and implement `step`."""
+
+    type: ClassVar[str] = ""
+    category: ClassVar[str] = "data"
+    kinds: ClassVar[tuple[str, ...]] = ("noise", "gas")  # device kinds this detector can run on
+    metric: ClassVar[str] = ""
+    unit: ClassVar[str] = ""
+    window: ClassVar[str] = ""
+    uses_calendar: ClassVar[bool] = False
+    Params: ClassVar[type[RuleParams]] = RuleParams
+
+    def __init__(self, rule_id: str, params: RuleParams, inv, group, shared: dict) -> None:
+        self.rule_id = rule_id
+        self.params = params
+        self.inv = inv
+        self.group = group
+        self.sensors = group.global_index
+        self.n = len(group)
+        self.setup(shared)
+
+    def setup(self, shared: dict) -> None:
+        """Allocate state (numpy attributes ending in `_`) and take shared components."""
+
+    def step(self, view) -> Detections | None:
+        raise NotImplementedError
+
+    def advance(self, now_ns: int) -> Detections | None:
+        """Time-driven detections at `now_ns` (event-time watermark or wall clock); none by default."""
+        return None
+
+    def state_bytes(self) -> int:
+        return sum(v.nbytes for k, v in vars(self).items() if k.endswith("_") and isinstance(v, np.ndarray))
+
+    # ----- output --------------------------------------------------------------------------------
+    def context_base(self) -> dict:
+        return {"metric": self.metric, "unit": self.unit, "window": self.window}
+
+    def rows(self, sensor, ts, severity, value, limit, score, contexts: list[dict], category=None) -> Detections:
+        n = len(sensor)
+        return Detections(
+            np.asarray(sensor, np.int32), np.asarray(ts, np.int64), np.full(n, self.rule_id, object),
+            np.full(n, category or self.category, object), np.asarray(severity, np.int8),
+            np.asarray(value, np.float64), np.asarray(limit, np.float64), np.asarray(score, np.float64), contexts,
+        )
+
+    def contexts(self, view, idx: np.ndarray, extra: dict | None = None) -> list[dict]:
+        base = self.context_base()
+        out = [dict(base) for _ in range(len(idx))]
+        if self.uses_calendar and len(idx):
+            f = view.facts()
+            cal = view.round.calendar
+            for c, i in zip(out, idx):
+                c["period"] = f.period_name(i)
+                c["permit_id"] = cal.permit_id(int(f.permit[i]))
+                c["exam_mode"] = EXAM_MODES[int(f.exam[i])]
+        for name, col in (extra or {}).items():
+            for c, i in zip(out, idx):
+                v = col[i]
+                c[name] = v.item() if hasattr(v, "item") else v
+        return out
+
+
+class LevelDetector(Detector):
+    """A detector whose condition is a severity level per sensor with hysteresis.
+
+    Emits a row for every known reading while the level is above 0, and one severity-0 row when it
+    drops back to 0. `evaluate(view)` returns an `Eval`.
+    """
+
+    def setup(self, shared: dict) -> None:
+        self.level_ = np.zeros(self.n, np.int8)
+
+    def evaluate(self, view) -> Eval:
+        raise NotImplementedError
+
+    def scope(self, view) -> np.ndarray | None:
+        """Rows where the condition can hold at all (a calendar period), or None for every row.
+
+        Only for detectors whose `evaluate` has no side effects: when no row is in scope and no sensor
+        of the view is active, the step is skipped (the result would be nothing anyway)."""
+        return None
+
+    def step(self, view) -> Detections | None:
+        sc = self.scope(view)
+        if sc is not None and not sc.any() and not self.level_[view.loc].any():
+            return None
+        ev = self.evaluate(view)
+        prev = take(self.level_, view)
+        new = np.maximum(ev.raw, np.minimum(prev, ev.held))
+        new = np.where(ev.known, new, prev)
+        put(self.level_, view, new)
+        idx = np.flatnonzero(ev.known & ((new | prev) != 0))
+        if len(idx) == 0:
+            return None
+        sev = new[idx]
+        limit = ev.limits[sev, idx]
+        return self.rows(
+            view.sensor[idx], view.ts[idx], sev, ev.value[idx], limit, ev.score[idx],
+            self.contexts(view, idx, ev.extra),
+        )

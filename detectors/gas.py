@@ -1,0 +1,418 @@
+"""Gas-pipeline pressure rules (domain.md §2, §5): levels against each device's set pressure and MOP,
+rupture (fast drop), slow leak (CUSUM on the residual against a time-of-week profile), sensor range
+faults and low battery. Pressures are kPa gauge.
+
+Readings outside the sensor's physical range are device faults (G-range); every process rule treats
+them, and readings not flagged N, as missing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import Field
+
+from config.base import Severity
+from detectors.base import Eval, LevelDetector, RuleParams, levels_above, levels_below, severity_code
+from detectors.calendar import NS
+from detectors.rolling import SlotRing
+
+WEEK_HOURS = 168
+
+
+def valid_p(view, inv, loc_sensors) -> tuple[np.ndarray, np.ndarray]:
+    """(p, valid): flagged N and inside [range.min_kpa, range.fs_factor x full scale]."""
+    hit = view.cache.get("valid_p")
+    if hit is None:
+        rg = inv.cfg.gas.range
+        p = view.col("p")
+        fs = inv.full_scale[view.sensor]
+        hit = view.cache["valid_p"] = (p, (view.quality == 0) & (p >= rg.min_kpa) & (p <= rg.fs_factor * fs))
+    return hit
+
+
+def hour_of_week(local_s: np.ndarray) -> np.ndarray:
+    """Hour of the local week, Monday 00:00 = 0 (1970-01-01 was a Thursday)."""
+    return ((local_s // 86400 + 3) % 7) * 24 + (local_s % 86400) // 3600
+
+
+class GasProfile:
+    """Shared time-of-week pressure profile per gas sensor: the mean of valid readings in each local
+    hour of the week. An hour counts as learned after `min_weeks` weeks of its readings; rules measure
+    residuals against it only where learned. Updated after the rules ran, so a reading is never judged
+    against a profile that already contains it."""
+
+    def __init__(self, inv, group) -> None:
+        self.inv, self.group = inv, group
+        n = len(group)
+        sample_s = inv.sample_s[group.global_index]
+        weeks = inv.cfg.gas.profile.min_weeks
+        # Readings per hour bin and week, times the weeks needed; the counter saturates at 255.
+        self.need = np.minimum(255, np.maximum(1, weeks * np.ceil(3600 / sample_s))).astype(np.uint8)
+        self.mean_ = np.zeros((n, WEEK_HOURS), np.float32)
+        self.count_ = np.zeros((n, WEEK_HOURS), np.uint8)
+
+    def state_bytes(self) -> int:
+        return self.mean_.nbytes + self.count_.nbytes + self.need.nbytes
+
+    def before(self, rnd) -> None:
+        pass
+
+    def after(self, rnd) -> None:
+        v = rnd.view(self.group)
+        p, ok = valid_p(v, self.inv, self.group.global_index)
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            return
+        # Flat indexes into the (sensor, hour-of-week) tables: cheaper than 2-D fancy indexing.
+        flat = self._flat(v)[idx]
+        counts, means = self.count_.reshape(-1), self.mean_.reshape(-1)
+        c = counts[flat].astype(np.int64) + 1
+        # Running mean up to the saturation count, then an exponential mean over the last 255 readings.
+        m = means[flat]
+        means[flat] = m + (p[idx] - m) / np.minimum(c, 255)
+        counts[flat] = np.minimum(c, 255)
+
+    def _flat(self, view) -> np.ndarray:
+        hit = view.cache.get("profile_flat")
+        if hit is None:
+            hit = view.cache["profile_flat"] = view.loc.astype(np.int64) * WEEK_HOURS + hour_of_week(view.local_seconds())
+        return hit
+
+    def baseline(self, view) -> tuple[np.ndarray, np.ndarray]:
+        """(profile mean, learned) for each row's sensor and local hour of the week."""
+        hit = view.cache.get("profile")
+        if hit is None:
+            flat = self._flat(view)
+            learned = self.count_.reshape(-1)[flat] >= self.need[view.loc]
+            hit = view.cache["profile"] = (self.mean_.reshape(-1)[flat].astype(np.float64), learned)
+        return hit
+
+
+def _profile(shared: dict, inv, group) -> GasProfile:
+    if "gas_profile" not in shared:
+        shared["gas_profile"] = GasProfile(inv, group)
+    return shared["gas_profile"]
+
+
+class GasRule(LevelDetector):
+    category = "gas"
+    kinds = ("gas",)
+    metric = "p"
+    unit = "kPa"
+    window = "sample"
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.g = self.inv.cfg.gas
+        self.p_set = self.inv.p_set[self.sensors]
+        pct = self.params.hysteresis_pct if getattr(self.params, "hysteresis_pct", None) is not None else self.g.hysteresis_pct
+        self.hyst = pct / 100.0 * self.p_set
+
+    def pressure(self, view):
+        return valid_p(view, self.inv, self.sensors)
+
+
+class LevelParams(RuleParams):
+    hysteresis_pct: float | None = Field(None, ge=0, le=50)
+
+
+class GasHigh(GasRule):
+    """G-high: p above rel_high x set pressure (1.20 low-pressure, 1.10 medium and above): yellow."""
+
+    type = "gas_high"
+    Params = LevelParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.limit = self.inv.rel_high[self.sensors] * self.p_set
+
+    def evaluate(self, view) -> Eval:
+        p, ok = self.pressure(view)
+        lim = self.limit[view.loc]
+        raw, held, limits = levels_above(p, [(2, lim)], self.hyst[view.loc])
+        return Eval(ok, raw, held, p, limits, 100.0 * (p - lim) / self.p_set[view.loc])
+
+
+class GasHighHigh(GasRule):
+    """G-highhigh: p above min(MOP, GB 50028 protective-device start pressure): red."""
+
+    type = "gas_highhigh"
+    Params = LevelParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.limit = self.inv.highhigh_kpa[self.sensors]
+
+    def evaluate(self, view) -> Eval:
+        p, ok = self.pressure(view)
+        lim = self.limit[view.loc]
+        raw, held, limits = levels_above(p, [(4, lim)], self.hyst[view.loc])
+        return Eval(ok, raw, held, p, limits, 100.0 * (p - lim) / self.p_set[view.loc])
+
+
+class GasLow(GasRule):
+    """G-low: p below `below` x set pressure at each configured level (0.85 yellow, 0.70 orange, 0.50 red)."""
+
+    type = "gas_low"
+    Params = LevelParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.thr = np.full((5, self.n), np.nan)
+        for j, i in enumerate(self.sensors):
+            for lv in self.inv.low_levels[i]:
+                self.thr[severity_code(lv.severity), j] = lv.below * self.p_set[j]
+        self.sevs = [s for s in range(1, 5) if not np.isnan(self.thr[s]).all()]
+
+    def evaluate(self, view) -> Eval:
+        p, ok = self.pressure(view)
+        loc = view.loc
+        raw, held, limits = levels_below(p, [(s, self.thr[s, loc]) for s in self.sevs], self.hyst[loc])
+        return Eval(ok, raw, held, p, limits, 100.0 * (self.p_set[loc] - p) / self.p_set[loc])
+
+
+class RuptureParams(RuleParams):
+    hysteresis_pct: float | None = Field(None, ge=0, le=50)
+
+
+class GasRupture(GasRule):
+    """G-rupture: the residual (p minus the learned time-of-week profile, or p itself where none is
+    learned) dropped by drop_pct % of set pressure within window_s (5 % in 5 min orange, 10 % in 15 min
+    red, the PHMSA potential-rupture criterion)."""
+
+    type = "gas_rupture"
+    metric = "p_drop"
+    Params = RuptureParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.levels = sorted(((severity_code(r.severity), r.drop_pct, r.window_s) for r in self.g.rupture))
+        longest = max((w for _, _, w in self.levels), default=300)
+        slot_s = int(self.inv.sample_s[self.sensors].min()) if self.n else 60
+        self.window = "/".join(f"{w}s" for _, _, w in self.levels)
+        self.ring = SlotRing(self.n, longest + slot_s, slot_s, np.float32)
+        self.ring_val_, self.ring_key_ = self.ring.val_, self.ring.key_
+        self.blk_id_ = np.full(self.n, -(2**30), np.int32)          # block (slots // ring size) of blk_cur_
+        self.blk_cur_ = np.full(self.n, -np.inf, np.float32)        # highest residual inserted in that block
+        self.blk_prev_ = np.full(self.n, -np.inf, np.float32)       # ... and in the block before it
+        self.profile = _profile(shared, self.inv, self.group)
+
+    def evaluate(self, view) -> Eval:
+        p, ok = self.pressure(view)
+        loc, ts = view.loc, view.ts
+        base, learned = self.profile.baseline(view)
+        resid = p - np.where(learned, base, 0.0)
+        idx = np.flatnonzero(ok)
+        self.ring.insert(loc[idx], ts[idx], resid[idx].astype(np.float32))
+        ub = self._block_max(loc, ts, resid, ok, view.full)
+        n = len(view)
+        raw = np.zeros(n, np.int8)
+        held = np.zeros(n, np.int8)
+        limits = np.empty((5, n))
+        drop_pct = np.zeros(n)
+        p_set = self.p_set[loc]
+        # Only rows whose residual lies far enough below the highest residual of the last two blocks can
+        # reach a level: the exact windowed maximum is computed for those (and for active sensors) only.
+        need = (min(pct for _, pct, _ in self.levels) - self.g.hysteresis_pct) * p_set / 100.0
+        cand = np.flatnonzero(ok & ((ub - resid > need) | (self.level_[loc] > 0)))
+        if len(cand):
+            vals, age = self.ring.ages(loc[cand], ts[cand])
+            rc, ps = resid[cand], p_set[cand]
+            dc = np.zeros(len(cand))
+            rr = np.zeros(len(cand), np.int8)
+            hh = np.zeros(len(cand), np.int8)
+            for sev, pct, w in self.levels:
+                # The drop is from the highest residual at most window_s before this reading.
+                mask = age < self.ring.span(w + self.ring.slot_s)
+                peak = np.where(mask, vals, np.float32(-np.inf)).max(axis=1)
+                drop = 100.0 * (peak - rc) / ps
+                dc = np.maximum(dc, np.where(np.isfinite(drop), drop, 0.0))
+                r, h, _ = levels_above(drop, [(sev, pct)], self.g.hysteresis_pct)
+                rr, hh = np.maximum(rr, r), np.maximum(hh, h)
+            drop_pct[cand], raw[cand], held[cand] = dc, rr, hh
+        for i, (sev, pct, _) in enumerate(self.levels):
+            limits[sev] = pct
+            if i == 0:
+                limits[0] = pct
+        return Eval(ok, raw, held, drop_pct, limits, drop_pct, {"p_kpa": p, "profile": learned})
+
+    def _block_max(self, loc, ts, resid, ok, full=False) -> np.ndarray:
+        """An upper bound of the residuals in each row's longest window: the maxima of the current and the
+        previous block of `slots` slots (a window never spans more). +inf where unknown (late rows)."""
+        key = (ts // self.ring.slot_ns - self.ring.base).astype(np.int64)
+        b = key // self.ring.slots
+        st = _Rows(None if full else loc)
+        bid, cur, prev = st.get(self.blk_id_).astype(np.int64), st.get(self.blk_cur_), st.get(self.blk_prev_)
+        v = np.where(ok, resid, -np.inf).astype(np.float32)
+        same, nxt, late = b == bid, b == bid + 1, b < bid
+        new_cur = np.where(same, np.maximum(cur, v), np.where(late, cur, v))
+        new_prev = np.where(same | late, prev, np.where(nxt, cur, np.float32(-np.inf)))
+        upd = ok & ~late
+        st.put(self.blk_cur_, np.where(upd, new_cur, cur))
+        st.put(self.blk_prev_, np.where(upd, new_prev, prev))
+        st.put(self.blk_id_, np.where(upd, np.maximum(b, bid), bid))
+        return np.where(late, np.inf, np.maximum(new_cur, new_prev).astype(np.float64))
+
+
+class LeakParams(RuleParams):
+    k_sigma: float | None = Field(None, ge=0, le=10)
+    h_sigma: float | None = Field(None, gt=0, le=50)
+    severity: Severity = "yellow"
+
+
+class GasLeakCusum(GasRule):
+    """G-leak: lower tabular CUSUM (Montgomery) on the residual in sigma units, S = max(0, S - r/sigma - k),
+    alarm at S >= h, clear when S is back at 0 (S is capped at 2h). The residual is taken against the learned time-of-week
+    profile, else against a slow exponential baseline; baseline and sigma learn only while S is 0, so a
+    leak does not teach itself into the baseline."""
+
+    type = "gas_leak_cusum"
+    metric = "cusum"
+    unit = "sigma"
+    window = "cusum"
+    Params = LeakParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        c = self.g.cusum
+        self.k = self.params.k_sigma if self.params.k_sigma is not None else c.k_sigma
+        self.h = self.params.h_sigma if self.params.h_sigma is not None else c.h_sigma
+        self.sev = severity_code(self.params.severity)
+        self.floor = c.sigma_floor_pct / 100.0 * self.p_set
+        self.tau_ns = c.baseline_tau_s * NS
+        self.warm = c.warmup
+        self.seen_ = np.zeros(self.n, np.uint16)        # valid readings learned so far (saturates)
+        self.s_ = np.zeros(self.n)                      # CUSUM statistic, sigma units
+        self.base_ = np.full(self.n, np.nan)            # exponential baseline, kPa
+        self.var_ = np.zeros(self.n, np.float32)        # residual variance, kPa^2
+        self.last_ = np.full(self.n, -1, np.int64)      # event time of the last valid reading
+        self.profile = _profile(shared, self.inv, self.group)
+
+    def evaluate(self, view) -> Eval:
+        p, ok = self.pressure(view)
+        prof, learned = self.profile.baseline(view)
+        if view.full and ok.all():
+            # Every sensor, every reading valid (the usual case): state without gathers.
+            st = _Rows(None)
+            loc, ts = view.loc, view.ts
+        else:
+            idx = np.flatnonzero(ok)
+            st = _Rows(view.loc[idx])
+            loc, ts, p, prof, learned = view.loc[idx], view.ts[idx], p[idx], prof[idx], learned[idx]
+        base = st.get(self.base_)
+        base = np.where(np.isnan(base), p, base)
+        ref = np.where(learned, prof, base)
+        r = p - ref
+        var = st.get(self.var_)
+        sigma = np.maximum(np.sqrt(var.astype(np.float64)), self.floor[loc])
+        seen = st.get(self.seen_)
+        warm = seen >= self.warm
+        # No CUSUM before the baseline and sigma have seen `warmup` readings.
+        # S is capped at 2h: past the alarm, more evidence adds nothing, and a repaired main clears within
+        # 2h/k readings instead of paying back hours of accumulated deficit.
+        s = np.where(warm, np.clip(st.get(self.s_) - r / sigma - self.k, 0.0, 2 * self.h), 0.0)
+        st.put(self.seen_, np.minimum(seen.astype(np.int64) + 1, 65535))
+        # Learning: exponential weights by elapsed event time; frozen while the CUSUM is away from 0.
+        last = st.get(self.last_)
+        dt = np.where(last >= 0, np.maximum(ts - last, 0), 0)
+        a = np.where(last >= 0, -np.expm1(-dt / self.tau_ns), 1.0)
+        a = np.where(warm, a, np.maximum(a, 1.0 / (seen + 1.0)))
+        learn = s == 0
+        st.put(self.base_, np.where(learn, base + a * (p - base), base))
+        st.put(self.var_, np.where(learn & (last >= 0), (1 - a) * var + a * r * r, var))
+        st.put(self.last_, ts)
+        st.put(self.s_, s)
+        n = len(view)
+        if st.loc is None:
+            value, known = s, warm
+        else:
+            value = np.full(n, np.nan)
+            value[idx] = s
+            known = ok.copy()
+            known[idx] = warm
+        raw = np.where(value >= self.h, self.sev, 0).astype(np.int8)
+        held = np.where(value > 0, self.sev, 0).astype(np.int8)
+        limits = np.broadcast_to(np.float64(self.h), (5, n))
+        return Eval(known, raw, held, value, limits, value)
+
+
+class _Rows:
+    """Gather/scatter of per-sensor state for some rows (`loc`), or for all sensors in order (None)."""
+
+    __slots__ = ("loc",)
+
+    def __init__(self, loc) -> None:
+        self.loc = loc
+
+    def get(self, arr: np.ndarray) -> np.ndarray:
+        return arr.copy() if self.loc is None else arr[self.loc]
+
+    def put(self, arr: np.ndarray, values) -> None:
+        if self.loc is None:
+            arr[:] = values
+        else:
+            arr[self.loc] = values
+
+
+class RangeParams(RuleParams):
+    severity: Severity = "yellow"
+
+
+class GasSensorRange(LevelDetector):
+    """G-range: a pressure outside the sensor's physical range [min_kpa, fs_factor x full scale] is a
+    device fault (not a process alarm); cleared by the next reading inside the range."""
+
+    type = "gas_sensor_range"
+    category = "device"
+    kinds = ("gas",)
+    metric = "p"
+    unit = "kPa"
+    window = "sample"
+    Params = RangeParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        rg = self.inv.cfg.gas.range
+        self.lo = rg.min_kpa
+        self.hi = rg.fs_factor * self.inv.full_scale[self.sensors]
+        self.sev = severity_code(self.params.severity)
+
+    def evaluate(self, view) -> Eval:
+        p = view.col("p")
+        hi = self.hi[view.loc]
+        out = (p < self.lo) | (p > hi)
+        raw = (out * self.sev).astype(np.int8)
+        limits = np.broadcast_to(np.where(p < self.lo, self.lo, hi), (5, len(view)))
+        return Eval(~np.isnan(p), raw, raw, p, limits, np.maximum(self.lo - p, p - hi))
+
+
+class BatteryParams(RuleParams):
+    yellow_v: float | None = Field(None, ge=2.0, le=4.0)
+    orange_v: float | None = Field(None, ge=2.0, le=4.0)
+    hysteresis_v: float = Field(0.05, ge=0, le=1)
+
+
+class Battery(LevelDetector):
+    """Batt: battery voltage below yellow_v (3.3 V) yellow, below orange_v (3.1 V) orange (Li-SOCl2 3.6 V)."""
+
+    type = "battery"
+    category = "device"
+    kinds = ("gas", "noise")
+    metric = "batt_v"
+    unit = "V"
+    window = "sample"
+    Params = BatteryParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        b = self.inv.cfg.gas.battery
+        self.yellow = self.params.yellow_v if self.params.yellow_v is not None else b.yellow_v
+        self.orange = self.params.orange_v if self.params.orange_v is not None else b.orange_v
+
+    def evaluate(self, view) -> Eval:
+        v = view.col("batt_v")
+        ok = (v > 0) & (v < 6)  # beyond this the reading itself is broken, not the battery
+        raw, held, limits = levels_below(v, [(2, self.yellow), (3, self.orange)], self.params.hysteresis_v)
+        return Eval(ok, raw, held, v, limits, self.yellow - v)

@@ -1,0 +1,470 @@
+"""Construction-noise rules (domain.md §1, §5): GB 12523 day/night limits on the rolling Leq, night Lmax,
+Xiamen's prohibited windows and permits, exam periods, the pre-warning and data quality.
+
+Readings are 1-minute aggregates (leq, lmax, l90, ...) stamped with their interval end. Levels are
+averaged as energy, never as an arithmetic mean of dB. Only readings flagged N count (HJ 212).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import Field
+
+from config.base import Severity
+from detectors.base import Eval, Labels, LevelDetector, RuleParams, levels_above, put, severity_code, take
+from detectors.batch import Detections
+from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING, NS
+from detectors.rolling import SlotRing
+
+VALID_DB = (25.0, 140.0)  # domain.md §4: plausible range of every level field
+
+
+def valid_db(view, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(column, valid mask): flagged N and inside the plausible dB range. Invalid stays missing."""
+    key = ("valid_db", name)
+    hit = view.cache.get(key)
+    if hit is None:
+        x = view.col(name)
+        hit = view.cache[key] = (x, (view.quality == 0) & (x >= VALID_DB[0]) & (x <= VALID_DB[1]))
+    return hit
+
+
+def window_name(window_s: int) -> str:
+    return f"Leq{window_s // 60}" if window_s % 60 == 0 else f"Leq{window_s}s"
+
+
+class NoiseEnergy:
+    """Shared rolling store of 1-minute Leq energies per noise sensor, filled before the rules run.
+
+    Beside the ring it keeps the highest energy of the current and the previous block of ring-length
+    slots: an upper bound of every window's energy mean, so rules compute exact rolling Leqs only for
+    rows that could reach a threshold (`leq(view, window, rows)`).
+    """
+
+    def __init__(self, inv, group, min_coverage: float) -> None:
+        self.inv, self.group = inv, group
+        self.windows: set[int] = set()
+        self.min_coverage = min_coverage
+        self.ring: SlotRing | None = None
+        self.report_s = inv.report_s[group.global_index]
+        n = len(group)
+        self.blk_id_ = np.full(n, -(2**30), np.int32)
+        self.blk_cur_ = np.zeros(n)
+        self.blk_prev_ = np.zeros(n)
+
+    def need(self, window_s: int) -> None:
+        self.windows.add(int(window_s))
+
+    def _ring(self) -> SlotRing:
+        if self.ring is None:
+            slot_s = int(self.report_s.min()) if len(self.report_s) else 60
+            self.ring = SlotRing(len(self.group), max(self.windows | {60}), slot_s)
+        return self.ring
+
+    def state_bytes(self) -> int:
+        return self._ring().nbytes() + self.blk_id_.nbytes + self.blk_cur_.nbytes + self.blk_prev_.nbytes
+
+    def before(self, rnd) -> None:
+        v = rnd.view(self.group)
+        x, ok = valid_db(v, "leq")
+        ring = self._ring()
+        if v.full and ok.all():
+            loc, ts, e, sel = v.loc, v.ts, 10.0 ** (x / 10.0), slice(None)
+        else:
+            idx = np.flatnonzero(ok)
+            loc, ts, e, sel = v.loc[idx], v.ts[idx], 10.0 ** (x[idx] / 10.0), v.loc[idx]
+        ring.insert(loc, ts, e)
+        b = (ts // ring.slot_ns - ring.base) // ring.slots
+        bid, cur, prev = self.blk_id_[sel].astype(np.int64), self.blk_cur_[sel], self.blk_prev_[sel]
+        same, nxt, late = b == bid, b == bid + 1, b < bid
+        new_cur = np.where(same, np.maximum(cur, e), np.where(late, cur, e))
+        new_prev = np.where(same | late, prev, np.where(nxt, cur, 0.0))
+        # (With a slice, cur and prev are views of the state: compute both before storing either.)
+        self.blk_cur_[sel] = new_cur
+        self.blk_prev_[sel] = new_prev
+        self.blk_id_[sel] = np.maximum(b, bid)
+
+    def after(self, rnd) -> None:
+        pass
+
+    def upper_db(self, view) -> np.ndarray:
+        """An upper bound of every rolling Leq of each row (+inf for late rows of an older block)."""
+        hit = view.cache.get("upper")
+        if hit is None:
+            ring = self._ring()
+            b = (view.ts // ring.slot_ns - ring.base) // ring.slots
+            loc = view.loc
+            top = np.maximum(self.blk_cur_[loc], self.blk_prev_[loc])
+            with np.errstate(divide="ignore"):
+                hit = view.cache["upper"] = np.where(b < self.blk_id_[loc], np.inf, 10.0 * np.log10(top))
+        return hit
+
+    def leq(self, view, window_s: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Leq over the window ending at each row, enough) for the rows in the boolean mask `rows` (all
+        when None); NaN and False elsewhere. `enough` when at least min_coverage of the expected
+        readings are present (HJ 906 valid-data rate). Cached per view and window."""
+        key = ("leq", window_s)
+        hit = view.cache.get(key)
+        n = len(view)
+        if hit is None:
+            hit = view.cache[key] = (np.full(n, np.nan), np.zeros(n, bool), np.zeros(n, bool))
+        leq, enough, done = hit
+        todo = ~done if rows is None else rows & ~done
+        idx = np.flatnonzero(todo)
+        if len(idx):
+            leq[idx], enough[idx] = self._leq(view, window_s, idx)
+            done[idx] = True
+        return leq, enough
+
+    def _leq(self, view, window_s: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ring = self._ring()
+        since = view.cache.get("since")
+        if since is None:
+            since = view.cache["since"] = view.round.calendar.since_boundary_s(view.local_seconds())
+        loc = view.loc[idx]
+        vals, age = ring.ages(loc, view.ts[idx], view.full and len(idx) == len(view))
+        # The window stops at the last time-rule boundary; the reading stamped at it still counts.
+        span = np.minimum(ring.span(window_s), np.maximum(1, -(-since[idx] // ring.slot_s)))
+        if span.min() == span.max():
+            mask = age < np.uint32(span[0])
+        else:
+            mask = age < span.astype(np.uint32)[:, None]
+        count = np.einsum("ij->i", mask.view(np.int8), dtype=np.int64)
+        total = np.einsum("ij,ij->i", vals, mask)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            leq = 10.0 * np.log10(total / count)
+        expected = np.maximum(1, window_s // self.report_s[loc])
+        enough = count >= np.ceil(self.min_coverage * expected - 1e-9)
+        return np.where(count > 0, leq, np.nan), enough
+
+
+class NoiseBackground:
+    """Shared L90 background per noise sensor: follows quiet minutes quickly and busy ones slowly
+    (a minimum-statistics tracker), so hours of illegal work do not become the background."""
+
+    DOWN = 0.5         # weight of an L90 below the background
+    UP = 1.0 / 240.0   # weight of an L90 above it (about 4 h of 1-minute readings to follow a rise)
+
+    def __init__(self, inv, group) -> None:
+        self.group = group
+        self.bg_ = np.full(len(group), np.nan)
+
+    def state_bytes(self) -> int:
+        return self.bg_.nbytes
+
+    def before(self, rnd) -> None:
+        pass
+
+    def after(self, rnd) -> None:
+        v = rnd.view(self.group)
+        x, ok = valid_db(v, "l90")
+        sel = slice(None) if v.full and ok.all() else v.loc[ok]
+        if not isinstance(sel, slice):
+            x = x[ok]
+        b = self.bg_[sel]
+        w = np.where(np.isnan(b), 1.0, np.where(x < b, self.DOWN, self.UP))
+        self.bg_[sel] = np.where(np.isnan(b), x, b + w * (x - b))
+
+    def background(self, view) -> np.ndarray:
+        return self.bg_[view.loc]
+
+
+def _shared(shared: dict, inv, group, name: str):
+    if name not in shared:
+        if name == "noise_energy":
+            shared[name] = NoiseEnergy(inv, group, inv.cfg.noise.min_coverage)
+        else:
+            shared[name] = NoiseBackground(inv, group)
+    return shared[name]
+
+
+class NoiseRule(LevelDetector):
+    category = "noise"
+    kinds = ("noise",)
+    metric = "leq"
+    unit = "dB(A)"
+    uses_calendar = True
+
+    def setup(self, shared: dict) -> None:
+        super().setup(shared)
+        self.nz = self.inv.cfg.noise
+        self.energy = _shared(shared, self.inv, self.group, "noise_energy")
+        self.background = _shared(shared, self.inv, self.group, "noise_background")
+        self.hyst = self.params.hysteresis_db if getattr(self.params, "hysteresis_db", None) is not None else self.nz.hysteresis_db
+
+    def lim(self, name: str) -> np.ndarray:
+        return getattr(self.inv, name)[self.sensors]
+
+    def leq_over(self, view, window_s: int, ok: np.ndarray, threshold: np.ndarray):
+        """(Leq, enough, candidates): the rolling Leq is computed only for valid rows whose upper bound
+        exceeds `threshold` (the lowest level minus hysteresis) or whose sensor is active; elsewhere no
+        level can be reached, and those rows are left out (not known: state unchanged, nothing emitted)."""
+        cand = ok & ((self.energy.upper_db(view) > threshold) | (self.level_[view.loc] > 0))
+        leq, enough = self.energy.leq(view, window_s, cand)
+        return leq, enough, cand
+
+
+class LimitParams(RuleParams):
+    window_s: int | None = Field(None, gt=0, le=86400)
+    hysteresis_db: float | None = Field(None, ge=0, le=20)
+
+
+class NoiseDayLimit(NoiseRule):
+    """N-day: rolling Leq20 by day above the site's day limit (yellow), above limit + 5 (orange)."""
+
+    type = "noise_day_limit"
+    Params = LimitParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.win = self.params.window_s or self.nz.rolling_window_s
+        self.window = window_name(self.win)
+        self.energy.need(self.win)
+        self.day_db = self.lim("day_db")
+
+    def scope(self, view):
+        f = view.facts()
+        return ~f.night
+
+    def evaluate(self, view) -> Eval:
+        _, ok = valid_db(view, "leq")
+        lim = self.day_db[view.loc]
+        leq, enough, cand = self.leq_over(view, self.win, ok, lim - self.hyst)
+        raw, held, limits = levels_above(leq, [(2, lim), (3, lim + self.nz.day_orange_over_db)], self.hyst)
+        day = ~view.facts().night
+        raw, held = raw * day, held * day
+        return Eval(cand & enough, raw.astype(np.int8), held.astype(np.int8), leq, limits, leq - lim)
+
+
+class NoiseNightLimit(NoiseRule):
+    """N-night: rolling Leq20 at night above the site's night limit (orange), permit or not."""
+
+    type = "noise_night_limit"
+    Params = LimitParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.win = self.params.window_s or self.nz.rolling_window_s
+        self.window = window_name(self.win)
+        self.energy.need(self.win)
+        self.night_db = self.lim("night_db")
+
+    def scope(self, view):
+        f = view.facts()
+        return f.night
+
+    def evaluate(self, view) -> Eval:
+        _, ok = valid_db(view, "leq")
+        lim = self.night_db[view.loc]
+        leq, enough, cand = self.leq_over(view, self.win, ok, lim - self.hyst)
+        raw, held, limits = levels_above(leq, [(3, lim)], self.hyst)
+        night = view.facts().night
+        return Eval(cand & enough, (raw * night).astype(np.int8), (held * night).astype(np.int8), leq, limits, leq - lim)
+
+
+class LmaxParams(RuleParams):
+    hysteresis_db: float | None = Field(None, ge=0, le=20)
+
+
+class NoiseNightLmax(NoiseRule):
+    """N-night-max: the minute's Lmax at night above night limit + 15 (orange); at or above 85 (red)."""
+
+    type = "noise_night_lmax"
+    metric = "lmax"
+    window = "Lmax1"
+    Params = LmaxParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.max_db = self.lim("night_db") + self.lim("lmax_over_db")
+
+    def scope(self, view):
+        f = view.facts()
+        return f.night
+
+    def evaluate(self, view) -> Eval:
+        x, ok = valid_db(view, "lmax")
+        lim = self.max_db[view.loc]
+        red = self.nz.night_lmax_red_db
+        # "at or above 85" is red: compare against the next float below 85 with a strict >.
+        raw, held, limits = levels_above(x, [(3, lim), (4, np.nextafter(red, -np.inf))], self.hyst)
+        limits[4] = red
+        night = view.facts().night
+        return Eval(ok, (raw * night).astype(np.int8), (held * night).astype(np.int8), x, limits, x - lim)
+
+
+class ProhibitedParams(RuleParams):
+    window_s: int | None = Field(None, gt=0, le=7200)
+    hysteresis_db: float | None = Field(None, ge=0, le=20)
+    severity: Severity | None = None
+
+
+class NoiseProhibited(NoiseRule):
+    """N-prohibited: inside a prohibited window with no valid permit for the site, Leq5 above
+    max(L90 background + margin, floor) is suspected illegal work. Under a permit this rule is replaced
+    by the ordinary day/night limits (N-day, N-night), which keep running with the permit in context."""
+
+    type = "noise_prohibited"
+    Params = ProhibitedParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        pr = self.nz.prohibited
+        self.win = self.params.window_s or pr.window_s
+        self.window = window_name(self.win)
+        self.energy.need(self.win)
+        self.sev = severity_code(self.params.severity or pr.severity)
+
+    def scope(self, view):
+        f = view.facts()
+        return f.prohibited & (f.permit < 0)
+
+    def evaluate(self, view) -> Eval:
+        pr = self.nz.prohibited
+        _, ok = valid_db(view, "leq")
+        bg = self.background.background(view)
+        lim = np.fmax(bg + pr.background_margin_db, pr.floor_db)
+        leq, enough, cand = self.leq_over(view, self.win, ok, lim - self.hyst)
+        raw, held, limits = levels_above(leq, [(self.sev, lim)], self.hyst)
+        f = view.facts()
+        on = f.prohibited & (f.permit < 0)
+        return Eval(cand & enough, (raw * on).astype(np.int8), (held * on).astype(np.int8), leq, limits, leq - lim,
+                    {"background_db": np.round(bg, 1)})
+
+
+class NoiseExam(NoiseRule):
+    """N-exam: within the exam radius on exam dates, GB 3096 class-1 limits on Leq20 (orange); during a
+    listening test, the minute's Leq above the L90 background + margin (red)."""
+
+    type = "noise_exam"
+    Params = LimitParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.win = self.params.window_s or self.nz.rolling_window_s
+        self.window = window_name(self.win)
+        self.energy.need(self.win)
+
+    def scope(self, view):
+        f = view.facts()
+        return f.exam >= EXAM_CLASS1
+
+    def evaluate(self, view) -> Eval:
+        ex = self.nz.exam
+        x, ok = valid_db(view, "leq")
+        f = view.facts()
+        class1 = np.where(f.night, ex.class1_night_db, ex.class1_day_db)
+        leq, enough, cand = self.leq_over(view, self.win, ok, class1 - self.hyst)
+        enough = enough & cand
+        raw, held, limits = levels_above(leq, [(3, class1)], self.hyst)
+        on = f.exam >= EXAM_CLASS1
+        raw, held = raw * (on & enough), held * (on & enough)
+        bg = self.background.background(view)
+        quiet = np.where(np.isnan(bg), class1, bg + ex.listening_margin_db)
+        r2, h2, l2 = levels_above(x, [(4, quiet)], self.hyst)
+        listening = f.exam == EXAM_LISTENING
+        raw = np.maximum(raw, r2 * listening).astype(np.int8)
+        held = np.maximum(held, h2 * listening).astype(np.int8)
+        limits[4] = l2[4]
+        value = np.where(listening, x, leq)
+        lim = np.where(listening, quiet, class1)
+        return Eval(ok & (enough | listening), raw, held, value, limits, value - lim)
+
+
+class PreParams(RuleParams):
+    window_s: int | None = Field(None, gt=0, le=7200)
+    margin_db: float | None = Field(None, ge=0, le=30)
+    hysteresis_db: float | None = Field(None, ge=0, le=20)
+
+
+class NoisePreWarning(NoiseRule):
+    """N-pre: Leq5 above the limit that applies now minus a margin (blue site notice). The limit is
+    the class-1 limit in exam mode, else the site's day or night limit."""
+
+    type = "noise_pre_warning"
+    Params = PreParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.win = self.params.window_s or self.nz.prohibited.window_s
+        self.window = window_name(self.win)
+        self.energy.need(self.win)
+        self.margin = self.params.margin_db if self.params.margin_db is not None else self.nz.pre_warning_margin_db
+        self.day_db, self.night_db = self.lim("day_db"), self.lim("night_db")
+
+    def evaluate(self, view) -> Eval:
+        ex = self.nz.exam
+        _, ok = valid_db(view, "leq")
+        f = view.facts()
+        limit = np.where(f.night, self.night_db[view.loc], self.day_db[view.loc])
+        limit = np.where(f.exam >= EXAM_CLASS1, np.where(f.night, ex.class1_night_db, ex.class1_day_db), limit)
+        leq, enough, cand = self.leq_over(view, self.win, ok, limit - self.margin - self.hyst)
+        raw, held, limits = levels_above(leq, [(1, limit - self.margin)], self.hyst)
+        return Eval(cand & enough, raw, held, leq, limits, leq - limit)
+
+
+class DataQualityParams(RuleParams):
+    min_vdr: float | None = Field(None, ge=0, le=1)
+    bad_flag_for_s: int | None = Field(None, gt=0)
+    severity: Severity = "yellow"
+
+
+class NoiseDataQuality(LevelDetector):
+    """N-data: the last complete hour's valid-data rate (HJ 906: n/N; valid = flag N with a leq or p
+    value) below the minimum, or flags other than N for at least `bad_flag_for_s` in a row."""
+
+    type = "noise_data_quality"
+    category = "data"
+    kinds = ("noise", "gas")
+    metric = "vdr"
+    unit = "ratio"
+    window = "1h"
+    Params = DataQualityParams
+
+    def setup(self, shared):
+        super().setup(shared)
+        dq = self.inv.cfg.noise.data_quality
+        self.min_vdr = self.params.min_vdr if self.params.min_vdr is not None else dq.min_vdr
+        self.bad_s = self.params.bad_flag_for_s or dq.bad_flag_for_s
+        self.sev = severity_code(self.params.severity)
+        self.interval_s = self.inv.report_s[self.sensors]
+        self.hour_ = np.full(self.n, -1, np.int64)      # hour bucket being counted (-1: none yet)
+        self.count_ = np.zeros(self.n, np.int16)        # valid readings in that hour
+        self.first_ = np.ones(self.n, bool)             # the bucket being counted is the first (partial) one
+        self.vdr_ = np.full(self.n, np.nan, np.float32)  # VDR of the last complete hour
+        self.bad_since_ = np.full(self.n, -1, np.int64)  # event time of the first reading of a bad-flag run
+
+    def evaluate(self, view) -> Eval:
+        loc, ts = view.loc, view.ts
+        # A reading stamped at its interval end belongs to the hour that interval lies in.
+        hour = (ts - 1) // (3600 * NS)
+        cur = take(self.hour_, view)
+        rolled = hour > cur
+        started = cur >= 0
+        expected = np.maximum(1, 3600 // self.interval_s[loc])
+        vdr = take(self.vdr_, view).astype(np.float64)
+        first = take(self.first_, view)
+        count0 = take(self.count_, view)
+        if rolled.any():
+            done = np.where(hour == cur + 1, count0 / expected, 0.0)
+            vdr = np.where(rolled & started & ~first, done, vdr)
+            put(self.vdr_, view, vdr)
+            put(self.first_, view, np.where(rolled, ~started, first))
+        # A valid reading is flagged N and has its main value (leq or p); an empty row is not data.
+        valid = (view.quality == 0) & (np.isfinite(view.col("leq")) | np.isfinite(view.col("p")))
+        count = np.where(rolled, 0, count0) + valid
+        put(self.count_, view, np.where(hour >= cur, count, count0))
+        put(self.hour_, view, np.maximum(hour, cur))
+        bad = view.quality != 0
+        since0 = take(self.bad_since_, view)
+        since = np.where(bad, np.where(since0 < 0, ts, since0), -1)
+        put(self.bad_since_, view, since)
+        bad_s = np.where(bad, (ts - since) / NS + self.interval_s[loc], 0.0)
+        cond = (bad_s >= self.bad_s) | (vdr < self.min_vdr)
+        raw = (cond * self.sev).astype(np.int8)
+        limits = np.broadcast_to(np.float64(self.min_vdr), (5, len(view)))
+        reason = Labels(np.where(bad_s >= self.bad_s, 1, np.where(vdr < self.min_vdr, 2, 0)), (None, "flag", "vdr"))
+        known = np.ones(len(view), bool)
+        return Eval(known, raw, raw, vdr, limits, 1.0 - vdr, {"bad_flag_s": bad_s, "reason": reason})

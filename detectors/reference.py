@@ -1,0 +1,892 @@
+"""The plain per-reading reference implementation of every registered detector.
+
+One reading at a time, Python scalars and dicts, local time through `datetime`/`zoneinfo`: slow and
+obvious on purpose. The conformance suite checks that the vectorized `RuleSet` gives the same
+detections, and `bench/bench_detectors.py` measures how much faster the vectorized one is.
+Where the vectorized state is float32 (to stay within the per-sensor memory budget) this code rounds
+through float32 at the same places, so both make the same decisions at the same thresholds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+
+from config.base import minutes
+from detectors.batch import Detections, ReadingBatch
+from detectors.calendar import EXAM_MODES, distance_m
+from detectors.context import device_start_kpa
+from detectors.registry import _rule_kinds, _validate
+from config.base import SEVERITY_RANK
+
+NS = 1_000_000_000
+NAN = float("nan")
+BASE_S = 1_577_836_800  # slot keys count from 2020-01-01 UTC, as in detectors.rolling
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def _below_85(x: float) -> float:
+    return float(np.nextafter(x, -np.inf))
+
+
+class Clock:
+    """Local-time facts of one reading, the slow way."""
+
+    def __init__(self, cfg) -> None:
+        t = cfg.time
+        self.cfg, self.tz = cfg, t.tz
+        self.day_s, self.night_s = minutes(t.day_start) * 60, minutes(t.night_start) * 60
+        self.prohibited = [(minutes(w.start) * 60, minutes(w.end) * 60) for w in t.prohibited_windows]
+        self.site_of = {d.id: d.site for d in cfg.devices}
+        sites = {s.id: s for s in cfg.sites}
+        self.near = {}
+        for d in cfg.devices:
+            s = sites[d.site]
+            self.near[d.id] = any(distance_m(s.lat, s.lon, x.lat, x.lon) <= t.exam.radius_m for x in t.exam.sites)
+        bounds = {self.day_s, self.night_s}
+        for a, b in self.prohibited:
+            bounds |= {a, b}
+        for p in t.permits:
+            for w in p.windows:
+                bounds |= {minutes(w.start) * 60, minutes(w.end) * 60}
+        self.bounds = sorted(b % 86400 for b in bounds)
+
+    def local(self, ts_ns: int) -> tuple[dt.date, int, int]:
+        """(local date, seconds of day, local seconds since the epoch)."""
+        t = dt.datetime.fromtimestamp(ts_ns // NS, self.tz)
+        sod = t.hour * 3600 + t.minute * 60 + t.second
+        epoch_local = (t.date() - dt.date(1970, 1, 1)).days * 86400 + sod
+        return t.date(), sod, epoch_local
+
+    @staticmethod
+    def _in(sod, s, e):
+        return s <= sod < e if s < e else (sod >= s or sod < e)
+
+    def facts(self, device_id: str, ts_ns: int) -> dict:
+        date, sod, local = self.local(ts_ns)
+        night = self._in(sod, self.night_s, self.day_s)
+        prohibited = any(self._in(sod, s, e) for s, e in self.prohibited)
+        permit = None
+        for p in self.cfg.time.permits:
+            if permit is not None or p.site != self.site_of[device_id]:
+                continue
+            for w in p.windows:
+                s, e = minutes(w.start) * 60, minutes(w.end) * 60
+                if s < e:
+                    hit = s <= sod < e and p.from_ <= date <= p.to
+                else:
+                    yday = date - dt.timedelta(days=1)
+                    hit = (sod >= s and p.from_ <= date <= p.to) or (sod < e and p.from_ <= yday <= p.to)
+                if hit:
+                    permit = p.id
+                    break
+        exam = 0
+        if self.near[device_id]:
+            if any(x.from_ <= date <= x.to for x in self.cfg.time.exam.periods):
+                exam = 1
+            for lt in self.cfg.time.exam.listening_tests:
+                if lt.date == date and minutes(lt.start) * 60 <= sod < minutes(lt.end) * 60:
+                    exam = 2
+        since = min((sod - b) % 86400 for b in self.bounds)
+        period = "prohibited" if prohibited else ("night" if night else "day")
+        return {"night": night, "prohibited": prohibited, "permit": permit, "exam": exam, "local": local,
+                "since": since, "period": period}
+
+
+class Row:
+    """One reading as the reference rules see it."""
+
+    def __init__(self, sensor, device, ts, values, quality, facts) -> None:
+        self.sensor, self.device, self.ts, self.values, self.quality, self.facts = sensor, device, ts, values, quality, facts
+
+    def get(self, name) -> float:
+        v = self.values.get(name, NAN)
+        return float(v)
+
+    def valid_db(self, name) -> tuple[float, bool]:
+        x = self.get(name)
+        return x, self.quality == 0 and 25.0 <= x <= 140.0
+
+
+class Out:
+    """A rule's verdict on one reading (see detectors.base.Eval)."""
+
+    def __init__(self, known, raw, held, value, limits: dict, score, extra=None) -> None:
+        self.known, self.raw, self.held, self.value, self.limits, self.score = known, raw, held, value, limits, score
+        self.extra = extra or {}
+
+
+def above(value, levels, hyst):
+    """(raw, held, limits) for ascending severities: strictly above a threshold reaches it."""
+    raw = held = 0
+    limits = {}
+    for i, (sev, thr) in enumerate(sorted(levels, key=lambda x: x[0])):
+        limits[sev] = thr
+        if i == 0:
+            limits[0] = thr
+        if value > thr:
+            raw = sev
+        if value > thr - hyst:
+            held = sev
+    return raw, held, limits
+
+
+def below(value, levels, hyst):
+    raw, held, limits = above(-value, [(s, -t) for s, t in levels], hyst)
+    return raw, held, {k: -v for k, v in limits.items()}
+
+
+class RefRule:
+    category = "data"
+    calendar = False
+
+    def __init__(self, rule_id, cls, params, cfg, sensors, shared) -> None:
+        self.rule_id, self.cls, self.p, self.cfg, self.sensors, self.shared = rule_id, cls, params, cfg, sensors, shared
+        self.category = cls.category
+        self.metric, self.unit, self.window = cls.metric, cls.unit, cls.window
+        self.level: dict[int, int] = {}
+        self.st: dict[int, dict] = {}
+        self.setup()
+
+    def setup(self) -> None:
+        pass
+
+    def state(self, sensor) -> dict:
+        return self.st.setdefault(sensor, {})
+
+    def judge(self, row) -> Out:
+        raise NotImplementedError
+
+    def feed(self, row, out: list) -> None:
+        o = self.judge(row)
+        prev = self.level.get(row.sensor, 0)
+        new = max(o.raw, min(prev, o.held)) if o.known else prev
+        self.level[row.sensor] = new
+        if o.known and (new > 0 or prev > 0):
+            ctx = {"metric": self.metric, "unit": self.unit, "window": self.window}
+            if self.calendar:
+                ctx.update(period=row.facts["period"], permit_id=row.facts["permit"], exam_mode=EXAM_MODES[row.facts["exam"]])
+            ctx.update(o.extra)
+            out.append((row.sensor, row.ts, self.rule_id, self.category, new, o.value, o.limits.get(new, NAN), o.score, ctx))
+
+    def advance(self, now_ns, out) -> None:
+        pass
+
+
+# ----- noise -------------------------------------------------------------------------------------
+
+class Energy:
+    """Slots of 1-minute Leq energies per sensor (dict slot key -> energy), as detectors.noise.NoiseEnergy."""
+
+    def __init__(self, cfg, sensors) -> None:
+        self.cfg = cfg
+        self.windows = set()
+        self.report = {s: cfg.devices[s].report_interval_s for s in sensors}
+        self.slot_s = min(self.report.values()) if self.report else 60
+        self.slots: dict[int, dict] = {}
+
+    def key(self, ts):
+        return ts // (self.slot_s * NS) - BASE_S // self.slot_s
+
+    def before(self, row) -> None:
+        x, ok = row.valid_db("leq")
+        if ok:
+            k = self.key(row.ts)
+            nslots = max(1, math.ceil(max(self.windows | {60}) / self.slot_s))
+            ring = self.slots.setdefault(row.sensor, {})
+            pos = k % nslots
+            if pos not in ring or k >= ring[pos][0]:
+                ring[pos] = (k, 10.0 ** (x / 10.0))
+
+    def after(self, row) -> None:
+        pass
+
+    def leq(self, row, window_s) -> tuple[float, bool]:
+        k = self.key(row.ts)
+        nslots = max(1, math.ceil(max(self.windows | {60}) / self.slot_s))
+        span = min(nslots, math.ceil(window_s / self.slot_s))
+        span = min(span, max(1, -(-row.facts["since"] // self.slot_s)))
+        vals = [e for kk, e in self.slots.get(row.sensor, {}).values() if 0 <= k - kk < span]
+        n = len(vals)
+        leq = 10.0 * math.log10(sum(vals) / n) if n and sum(vals) > 0 else NAN
+        expected = max(1, window_s // self.report[row.sensor])
+        return leq, n >= math.ceil(self.cfg.noise.min_coverage * expected - 1e-9)
+
+
+class Background:
+    def __init__(self) -> None:
+        self.bg: dict[int, float] = {}
+
+    def before(self, row) -> None:
+        pass
+
+    def after(self, row) -> None:
+        x, ok = row.valid_db("l90")
+        if not ok:
+            return
+        b = self.bg.get(row.sensor, NAN)
+        if math.isnan(b):
+            self.bg[row.sensor] = x
+        else:
+            w = 0.5 if x < b else 1.0 / 240.0
+            self.bg[row.sensor] = b + w * (x - b)
+
+
+class NoiseRef(RefRule):
+    calendar = True
+
+    def setup(self):
+        self.nz = self.cfg.noise
+        h = getattr(self.p, "hysteresis_db", None)
+        self.hyst = h if h is not None else self.nz.hysteresis_db
+        if "energy" not in self.shared:
+            self.shared["energy"] = Energy(self.cfg, self.sensors)
+            self.shared["background"] = Background()
+        self.energy, self.bgs = self.shared["energy"], self.shared["background"]
+        self.limits = _noise_limits(self.cfg)
+        self.more()
+
+    def more(self):
+        pass
+
+    def win(self, default):
+        w = getattr(self.p, "window_s", None) or default
+        self.energy.windows.add(w)
+        self.window = f"Leq{w // 60}" if w % 60 == 0 else f"Leq{w}s"
+        return w
+
+
+def _noise_limits(cfg):
+    out = {}
+    nz = cfg.noise
+    for d in cfg.devices:
+        day, night, over = nz.limits.day_db, nz.limits.night_db, nz.limits.night_lmax_over_db
+        for o in sorted(nz.overrides, key=lambda o: o.device is not None):
+            if (d.site == o.site) if o.site else (d.id == o.device):
+                day = o.limits.day_db if o.limits.day_db is not None else day
+                night = o.limits.night_db if o.limits.night_db is not None else night
+                over = o.limits.night_lmax_over_db if o.limits.night_lmax_over_db is not None else over
+        out[d.id] = (day, night, over)
+    return out
+
+
+class RefDay(NoiseRef):
+    def more(self):
+        self.w = self.win(self.nz.rolling_window_s)
+
+    def judge(self, row):
+        _, ok = row.valid_db("leq")
+        leq, enough = self.energy.leq(row, self.w)
+        lim = self.limits[row.device][0]
+        raw, held, limits = above(leq, [(2, lim), (3, lim + self.nz.day_orange_over_db)], self.hyst)
+        if row.facts["night"]:
+            raw = held = 0
+        return Out(ok and enough, raw, held, leq, limits, leq - lim)
+
+
+class RefNight(NoiseRef):
+    def more(self):
+        self.w = self.win(self.nz.rolling_window_s)
+
+    def judge(self, row):
+        _, ok = row.valid_db("leq")
+        leq, enough = self.energy.leq(row, self.w)
+        lim = self.limits[row.device][1]
+        raw, held, limits = above(leq, [(3, lim)], self.hyst)
+        if not row.facts["night"]:
+            raw = held = 0
+        return Out(ok and enough, raw, held, leq, limits, leq - lim)
+
+
+class RefLmax(NoiseRef):
+    def judge(self, row):
+        x, ok = row.valid_db("lmax")
+        _, night, over = self.limits[row.device]
+        lim = night + over
+        red = self.nz.night_lmax_red_db
+        raw, held, limits = above(x, [(3, lim), (4, _below_85(red))], self.hyst)
+        limits[4] = red
+        if not row.facts["night"]:
+            raw = held = 0
+        return Out(ok, raw, held, x, limits, x - lim)
+
+
+class RefProhibited(NoiseRef):
+    def more(self):
+        pr = self.nz.prohibited
+        self.w = self.win(pr.window_s)
+        self.sev = SEVERITY_RANK[self.p.severity or pr.severity]
+
+    def judge(self, row):
+        pr = self.nz.prohibited
+        _, ok = row.valid_db("leq")
+        leq, enough = self.energy.leq(row, self.w)
+        bg = self.bgs.bg.get(row.sensor, NAN)
+        lim = pr.floor_db if math.isnan(bg) else max(bg + pr.background_margin_db, pr.floor_db)
+        raw, held, limits = above(leq, [(self.sev, lim)], self.hyst)
+        if not (row.facts["prohibited"] and row.facts["permit"] is None):
+            raw = held = 0
+        return Out(ok and enough, raw, held, leq, limits, leq - lim, {"background_db": round(bg, 1) if not math.isnan(bg) else bg})
+
+
+class RefExam(NoiseRef):
+    def more(self):
+        self.w = self.win(self.nz.rolling_window_s)
+
+    def judge(self, row):
+        ex = self.nz.exam
+        x, ok = row.valid_db("leq")
+        leq, enough = self.energy.leq(row, self.w)
+        f = row.facts
+        class1 = ex.class1_night_db if f["night"] else ex.class1_day_db
+        raw, held, limits = above(leq, [(3, class1)], self.hyst)
+        if not (f["exam"] >= 1 and enough):
+            raw = held = 0
+        bg = self.bgs.bg.get(row.sensor, NAN)
+        quiet = class1 if math.isnan(bg) else bg + ex.listening_margin_db
+        r2, h2, _ = above(x, [(4, quiet)], self.hyst)
+        listening = f["exam"] == 2
+        if listening:
+            raw, held = max(raw, r2), max(held, h2)
+        limits[4] = quiet
+        value = x if listening else leq
+        lim = quiet if listening else class1
+        return Out(ok and (enough or listening), raw, held, value, limits, value - lim)
+
+
+class RefPre(NoiseRef):
+    def more(self):
+        self.w = self.win(self.nz.prohibited.window_s)
+        self.margin = self.p.margin_db if self.p.margin_db is not None else self.nz.pre_warning_margin_db
+
+    def judge(self, row):
+        ex = self.nz.exam
+        _, ok = row.valid_db("leq")
+        leq, enough = self.energy.leq(row, self.w)
+        f = row.facts
+        day, night, _ = self.limits[row.device]
+        limit = night if f["night"] else day
+        if f["exam"] >= 1:
+            limit = ex.class1_night_db if f["night"] else ex.class1_day_db
+        raw, held, limits = above(leq, [(1, limit - self.margin)], self.hyst)
+        return Out(ok and enough, raw, held, leq, limits, leq - limit)
+
+
+class RefDataQuality(RefRule):
+    def setup(self):
+        dq = self.cfg.noise.data_quality
+        self.min_vdr = self.p.min_vdr if self.p.min_vdr is not None else dq.min_vdr
+        self.bad_s = self.p.bad_flag_for_s or dq.bad_flag_for_s
+        self.sev = SEVERITY_RANK[self.p.severity]
+
+    def judge(self, row):
+        s = self.st.setdefault(row.sensor, {"hour": -1, "count": 0, "first": True, "vdr": NAN, "bad_since": -1})
+        interval = self.cfg.devices[row.sensor].report_interval_s
+        hour = (row.ts - 1) // (3600 * NS)
+        cur = s["hour"]
+        rolled, started = hour > cur, cur >= 0
+        expected = max(1, 3600 // interval)
+        vdr = s["vdr"]
+        if rolled and started and not s["first"]:
+            vdr = s["count"] / expected if hour == cur + 1 else 0.0
+        s["vdr"] = _f32(vdr)
+        if rolled:
+            s["first"] = not started
+        if hour >= cur:
+            valid = row.quality == 0 and (math.isfinite(row.get("leq")) or math.isfinite(row.get("p")))
+            s["count"] = (0 if rolled else s["count"]) + valid
+        s["hour"] = max(hour, cur)
+        bad = row.quality != 0
+        if bad:
+            if s["bad_since"] < 0:
+                s["bad_since"] = row.ts
+            bad_s = (row.ts - s["bad_since"]) / NS + interval
+        else:
+            s["bad_since"] = -1
+            bad_s = 0.0
+        cond = bad_s >= self.bad_s or vdr < self.min_vdr
+        raw = self.sev if cond else 0
+        reason = "flag" if bad_s >= self.bad_s else ("vdr" if vdr < self.min_vdr else None)
+        return Out(True, raw, raw, vdr, {k: self.min_vdr for k in range(5)}, 1.0 - vdr, {"bad_flag_s": bad_s, "reason": reason})
+
+
+# ----- gas ---------------------------------------------------------------------------------------
+
+class Profile:
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.mean: dict = {}
+        self.count: dict = {}
+
+    def need(self, sensor) -> int:
+        d = self.cfg.devices[sensor]
+        return int(min(255, max(1, self.cfg.gas.profile.min_weeks * math.ceil(3600 / d.sample_s))))
+
+    @staticmethod
+    def bin(local) -> int:
+        return ((local // 86400 + 3) % 7) * 24 + (local % 86400) // 3600
+
+    def baseline(self, row):
+        b = self.bin(row.facts["local"])
+        c = self.count.get((row.sensor, b), 0)
+        return float(self.mean.get((row.sensor, b), 0.0)), c >= self.need(row.sensor)
+
+    def before(self, row):
+        pass
+
+    def after(self, row):
+        p, ok = valid_p(self.cfg, row)
+        if not ok:
+            return
+        b = self.bin(row.facts["local"])
+        key = (row.sensor, b)
+        c = self.count.get(key, 0) + 1
+        m = self.mean.get(key, 0.0)
+        self.mean[key] = _f32(m + (p - m) / min(c, 255))
+        self.count[key] = min(c, 255)
+
+
+def valid_p(cfg, row):
+    rg = cfg.gas.range
+    p = row.get("p")
+    fs = cfg.devices[row.sensor].full_scale_kpa
+    return p, row.quality == 0 and rg.min_kpa <= p <= rg.fs_factor * fs
+
+
+class GasRef(RefRule):
+    def setup(self):
+        self.g = self.cfg.gas
+        pct = getattr(self.p, "hysteresis_pct", None)
+        self.pct = pct if pct is not None else self.g.hysteresis_pct
+        if "profile" not in self.shared:
+            self.shared["profile"] = Profile(self.cfg)
+        self.profile = self.shared["profile"]
+        self.more()
+
+    def more(self):
+        pass
+
+    def dev(self, row):
+        return self.cfg.devices[row.sensor]
+
+
+def _rel_high(cfg, d):
+    g = cfg.gas
+    r = g.rel_high.low if d.pressure_class == "low" else g.rel_high.medium
+    low = list(g.rel_low)
+    for o in sorted(g.overrides, key=lambda o: o.device is not None):
+        if (d.site == o.site) if o.site else (d.id == o.device):
+            r = o.rel_high if o.rel_high is not None else r
+            low = list(o.rel_low) if o.rel_low is not None else low
+    return r, low
+
+
+class RefHigh(GasRef):
+    def judge(self, row):
+        p, ok = valid_p(self.cfg, row)
+        d = self.dev(row)
+        lim = _rel_high(self.cfg, d)[0] * d.set_pressure_kpa
+        raw, held, limits = above(p, [(2, lim)], self.pct / 100 * d.set_pressure_kpa)
+        return Out(ok, raw, held, p, limits, 100 * (p - lim) / d.set_pressure_kpa)
+
+
+class RefHighHigh(GasRef):
+    def judge(self, row):
+        p, ok = valid_p(self.cfg, row)
+        d = self.dev(row)
+        lim = min(d.mop_kpa, device_start_kpa(d.set_pressure_kpa))
+        raw, held, limits = above(p, [(4, lim)], self.pct / 100 * d.set_pressure_kpa)
+        return Out(ok, raw, held, p, limits, 100 * (p - lim) / d.set_pressure_kpa)
+
+
+class RefLow(GasRef):
+    def judge(self, row):
+        p, ok = valid_p(self.cfg, row)
+        d = self.dev(row)
+        levels = [(SEVERITY_RANK[lv.severity], lv.below * d.set_pressure_kpa) for lv in _rel_high(self.cfg, d)[1]]
+        raw, held, limits = below(p, levels, self.pct / 100 * d.set_pressure_kpa)
+        return Out(ok, raw, held, p, limits, 100 * (d.set_pressure_kpa - p) / d.set_pressure_kpa)
+
+
+class RefRupture(GasRef):
+    def more(self):
+        self.levels = sorted((SEVERITY_RANK[r.severity], r.drop_pct, r.window_s) for r in self.g.rupture)
+        longest = max((w for _, _, w in self.levels), default=300)
+        self.slot_s = min(self.cfg.devices[s].sample_s for s in self.sensors) if self.sensors else 60
+        self.slots = max(1, math.ceil((longest + self.slot_s) / self.slot_s))
+        self.window = "/".join(f"{w}s" for _, _, w in self.levels)
+        self.metric = "p_drop"
+
+    def judge(self, row):
+        p, ok = valid_p(self.cfg, row)
+        d = self.dev(row)
+        base, learned = self.profile.baseline(row)
+        resid = p - (base if learned else 0.0)
+        ring = self.state(row.sensor)
+        k = row.ts // (self.slot_s * NS) - BASE_S // self.slot_s
+        if ok:
+            pos = k % self.slots
+            if pos not in ring or k >= ring[pos][0]:
+                ring[pos] = (k, _f32(resid))
+        raw = held = 0
+        limits = {}
+        drop_pct = 0.0
+        for i, (sev, pct, w) in enumerate(self.levels):
+            span = min(self.slots, math.ceil((w + self.slot_s) / self.slot_s))
+            vals = [v for kk, v in ring.values() if 0 <= k - kk < span]
+            peak = max(vals) if vals else -math.inf
+            drop = 100.0 * (peak - resid) / d.set_pressure_kpa
+            drop_pct = max(drop_pct, drop if math.isfinite(drop) else 0.0)
+            r, h, _ = above(drop, [(sev, pct)], self.g.hysteresis_pct)
+            raw, held = max(raw, r), max(held, h)
+            limits[sev] = pct
+            if i == 0:
+                limits[0] = pct
+        return Out(ok, raw, held, drop_pct, limits, drop_pct, {"p_kpa": p, "profile": learned})
+
+
+class RefLeak(GasRef):
+    def more(self):
+        c = self.g.cusum
+        self.k = self.p.k_sigma if self.p.k_sigma is not None else c.k_sigma
+        self.h = self.p.h_sigma if self.p.h_sigma is not None else c.h_sigma
+        self.sev = SEVERITY_RANK[self.p.severity]
+        self.metric, self.unit, self.window = "cusum", "sigma", "cusum"
+
+    def judge(self, row):
+        c = self.g.cusum
+        p, ok = valid_p(self.cfg, row)
+        d = self.dev(row)
+        s = self.st.setdefault(row.sensor, {"S": 0.0, "base": NAN, "var": 0.0, "last": -1, "seen": 0})
+        if not ok:
+            return Out(False, 0, 0, NAN, {k: self.h for k in range(5)}, NAN)
+        prof, learned = self.profile.baseline(row)
+        base = p if math.isnan(s["base"]) else s["base"]
+        r = p - (prof if learned else base)
+        sigma = max(math.sqrt(s["var"]), c.sigma_floor_pct / 100 * d.set_pressure_kpa)
+        warm = s["seen"] >= c.warmup
+        S = min(max(0.0, s["S"] - r / sigma - self.k), 2 * self.h) if warm else 0.0
+        last = s["last"]
+        a = -math.expm1(-max(row.ts - last, 0) / (c.baseline_tau_s * NS)) if last >= 0 else 1.0
+        if not warm:
+            a = max(a, 1.0 / (s["seen"] + 1.0))
+        s["seen"] = min(s["seen"] + 1, 65535)
+        if S == 0:
+            if last >= 0:
+                s["var"] = _f32((1 - a) * s["var"] + a * r * r)
+            base = base + a * (p - base)
+        s["base"], s["last"], s["S"] = base, row.ts, S
+        return Out(warm, self.sev if S >= self.h else 0, self.sev if S > 0 else 0, S, {k: self.h for k in range(5)}, S)
+
+
+class RefRange(RefRule):
+    def judge(self, row):
+        rg = self.cfg.gas.range
+        p = row.get("p")
+        hi = rg.fs_factor * self.cfg.devices[row.sensor].full_scale_kpa
+        lo = rg.min_kpa
+        raw = SEVERITY_RANK[self.p.severity] if (p < lo or p > hi) else 0
+        lim = lo if p < lo else hi
+        return Out(not math.isnan(p), raw, raw, p, {k: lim for k in range(5)}, max(lo - p, p - hi))
+
+
+class RefBattery(RefRule):
+    def judge(self, row):
+        b = self.cfg.gas.battery
+        yellow = self.p.yellow_v if self.p.yellow_v is not None else b.yellow_v
+        orange = self.p.orange_v if self.p.orange_v is not None else b.orange_v
+        v = row.get("batt_v")
+        raw, held, limits = below(v, [(2, yellow), (3, orange)], self.p.hysteresis_v)
+        return Out(0 < v < 6, raw, held, v, limits, yellow - v)
+
+
+# ----- generic -----------------------------------------------------------------------------------
+
+class FieldRef(RefRule):
+    def setup(self):
+        self.category = self.p.category
+        self.metric, self.unit = self.p.field, self.p.unit
+        self.more()
+
+    def more(self):
+        pass
+
+    def read(self, row):
+        x = row.get(self.p.field)
+        ok = math.isfinite(x) and (self.p.flags == "any" or row.quality == 0)
+        return x, ok
+
+
+def _mag(v, direction):
+    return v if direction == "rise" else (-v if direction == "fall" else abs(v))
+
+
+class RefThreshold(FieldRef):
+    def judge(self, row):
+        x, ok = self.read(row)
+        ups = [(SEVERITY_RANK[lv.severity], lv.above) for lv in self.p.levels if lv.above is not None]
+        downs = [(SEVERITY_RANK[lv.severity], lv.below) for lv in self.p.levels if lv.below is not None]
+        raw = held = 0
+        limits = {}
+        for fn, lv in ((above, ups), (below, downs)):
+            if lv:
+                r, h, lim = fn(x, lv, self.p.hysteresis)
+                raw, held = max(raw, r), max(held, h)
+                for sev, _ in lv:
+                    limits[sev] = lim[sev]
+        limits[0] = sorted(ups + downs)[0][1]
+        return Out(ok, raw, held, x, limits, 1.0 if raw > 0 else 0.0)
+
+
+class RefRate(FieldRef):
+    def more(self):
+        self.window = f"per {self.p.per_s:g}s"
+
+    def judge(self, row):
+        x, ok = self.read(row)
+        s = self.st.setdefault(row.sensor, {"x": NAN, "t": -1})
+        dt_s = (row.ts - s["t"]) / NS
+        have = ok and s["t"] >= 0 and 0 < dt_s <= self.p.max_gap_s
+        rate = (x - s["x"]) / dt_s * self.p.per_s if have else NAN
+        if ok and row.ts > s["t"]:
+            s["x"], s["t"] = x, row.ts
+        mag = _mag(rate, self.p.direction)
+        raw, held, limits = above(mag, [(SEVERITY_RANK[self.p.severity], self.p.limit)], self.p.hysteresis)
+        return Out(have, raw, held, rate, limits, mag)
+
+
+def _median(vals):
+    s = sorted(vals)
+    c = len(s)
+    return (s[(c - 1) // 2] + s[c // 2]) / 2.0 if c else NAN
+
+
+class RefRobustZ(FieldRef):
+    def more(self):
+        self.window = f"{self.p.window} readings"
+
+    def judge(self, row):
+        x, ok = self.read(row)
+        s = self.st.setdefault(row.sensor, {"buf": [NAN] * self.p.window, "pos": 0})
+        hist = [v for v in s["buf"] if not math.isnan(v)]
+        med = _median(hist)
+        mad = _median([abs(v - med) for v in hist])
+        dev = x - med
+        if dev == 0:
+            z = 0.0
+        elif math.isnan(dev) or math.isnan(mad):
+            z = NAN
+        elif mad == 0:
+            z = math.copysign(math.inf, dev)
+        else:
+            z = 0.6745 * dev / mad
+        mag = _mag(z, self.p.direction)
+        raw, held, limits = above(mag, [(SEVERITY_RANK[self.p.severity], self.p.z)], self.p.hysteresis)
+        known = ok and len(hist) >= self.p.min_count
+        if ok:
+            s["buf"][s["pos"]] = x
+            s["pos"] = (s["pos"] + 1) % self.p.window
+        return Out(known, raw, held, x, limits, mag, {"median": med})
+
+
+class LearnRef(FieldRef):
+    def learn(self, row, x, ok):
+        s = self.st.setdefault(row.sensor, {"n": 0, "mean": 0.0, "m2": 0.0})
+        cnt, mean, m2 = s["n"], s["mean"], s["m2"]
+        phase2 = cnt >= self.p.warmup
+        if ok and not phase2:
+            c1 = cnt + 1
+            d = x - mean
+            mean1 = mean + d / c1
+            s["n"], s["mean"], s["m2"] = c1, mean1, m2 + d * (x - mean1)
+        mu = self.p.target if self.p.target is not None else mean
+        sd = self.p.sigma if self.p.sigma is not None else math.sqrt(m2 / max(cnt - 1, 1))
+        return phase2 and ok, mu, sd, s
+
+
+class RefEwma(LearnRef):
+    def judge(self, row):
+        x, ok = self.read(row)
+        run, mu, sd, s = self.learn(row, x, ok)
+        lam = self.p.lam
+        z0 = s.get("z", NAN)
+        z = lam * x + (1 - lam) * (mu if math.isnan(z0) else z0) if run else z0
+        s["z"] = z
+        den = sd * math.sqrt(lam / (2 - lam))
+        num = abs(z - mu)
+        if num <= 1e-9 * max(1.0, abs(mu)):
+            num = 0.0
+        if den == 0:
+            score = NAN if (num == 0 or math.isnan(num)) else math.inf
+        else:
+            score = num / den
+        if math.isnan(score) and run:
+            score = 0.0 if num == 0 else math.inf
+        raw, held, limits = above(score, [(SEVERITY_RANK[self.p.severity], self.p.width)], self.p.hysteresis)
+        return Out(run, raw, held, z, limits, score)
+
+
+class RefCusum(LearnRef):
+    def judge(self, row):
+        x, ok = self.read(row)
+        run, mu, sd, s = self.learn(row, x, ok)
+        z = ((x - mu) / sd if sd > 0 else 0.0) if run else 0.0
+        hi, lo = s.get("hi", 0.0), s.get("lo", 0.0)
+        if run:
+            hi, lo = max(0.0, hi + z - self.p.k), max(0.0, lo - z - self.p.k)
+        if self.p.direction == "up":
+            lo = 0.0
+        elif self.p.direction == "down":
+            hi = 0.0
+        S = max(hi, lo)
+        sev = SEVERITY_RANK[self.p.severity]
+        raw = sev if S >= self.p.h else 0
+        direction = "up" if hi >= lo else "down"
+        if self.p.after_alarm == "reset":
+            held = raw
+            if raw:
+                hi = lo = 0.0
+        else:
+            held = sev if S > 0 else 0
+        s["hi"], s["lo"] = hi, lo
+        return Out(run, raw, held, S, {k: self.p.h for k in range(5)}, S, {"direction": direction})
+
+
+class RefFlatline(FieldRef):
+    def more(self):
+        if self.cls.type == "gas_flatline":
+            f = self.cfg.gas.flatline
+            w, c = f.window_s, f.min_change_kpa
+        else:
+            w, c = 7200, 0.0
+        self.win = self.p.window_s or w
+        self.minc = self.p.min_change if self.p.min_change is not None else c
+        self.window = f"{self.win}s"
+
+    def judge(self, row):
+        x, ok = self.read(row)
+        s = self.st.setdefault(row.sensor, {"ref": NAN, "since": -1})
+        moved = math.isnan(s["ref"]) or abs(x - s["ref"]) > self.minc
+        if ok and moved:
+            s["ref"], s["since"] = x, row.ts
+        flat = (row.ts - s["since"]) / NS if s["since"] >= 0 else 0.0
+        raw = SEVERITY_RANK[self.p.severity] if flat >= self.win else 0
+        return Out(ok, raw, raw, flat, {k: self.win for k in range(5)}, flat / self.win, {"stuck_value": s["ref"]})
+
+
+class RefDeadman(RefRule):
+    def setup(self):
+        o = self.cfg.offline
+        p = self.p
+        factor = p.interval_factor if p.interval_factor is not None else o.interval_factor
+        grace = p.grace_s if p.grace_s is not None else o.grace_s
+        self.orange = p.orange_after_s if p.orange_after_s is not None else o.orange_after_s
+        self.after = {s: factor * self.cfg.devices[s].report_interval_s + grace for s in self.sensors}
+        self.last: dict[int, int] = {}
+        self.start = None
+
+    def feed(self, row, out):
+        if self.start is None:
+            self.start = row.ts  # rows arrive sorted by sensor, so this is corrected in RefRuleSet.process
+        self.last[row.sensor] = max(self.last.get(row.sensor, -1), row.ts)
+        if self.level.get(row.sensor, 0) > 0:
+            out.append((row.sensor, row.ts, self.rule_id, self.category, 0, 0.0, self.after[row.sensor], 0.0,
+                        {"metric": self.metric, "unit": self.unit, "window": self.window}))
+        self.level[row.sensor] = 0
+
+    def advance(self, now, out):
+        if self.start is None:
+            self.start = now
+        for s in self.sensors:
+            last = self.last.get(s, -1)
+            silent = (now - (last if last >= 0 else self.start)) / NS
+            lv = 3 if silent > self.orange else (2 if silent > self.after[s] else 0)
+            if silent < 0:
+                lv = max(lv, self.level.get(s, 0))
+            self.level[s] = lv
+            if lv:
+                lim = float(self.orange) if lv >= 3 else self.after[s]
+                out.append((s, now, self.rule_id, self.category, lv, silent, lim, silent / self.after[s],
+                            {"metric": self.metric, "unit": self.unit, "window": self.window, "never_reported": last < 0}))
+
+
+REFERENCES = {
+    "noise_day_limit": RefDay, "noise_night_limit": RefNight, "noise_night_lmax": RefLmax,
+    "noise_prohibited": RefProhibited, "noise_exam": RefExam, "noise_pre_warning": RefPre,
+    "noise_data_quality": RefDataQuality, "gas_high": RefHigh, "gas_highhigh": RefHighHigh, "gas_low": RefLow,
+    "gas_rupture": RefRupture, "gas_leak_cusum": RefLeak, "gas_sensor_range": RefRange, "battery": RefBattery,
+    "gas_flatline": RefFlatline, "threshold": RefThreshold, "rate_of_change": RefRate, "robust_z": RefRobustZ,
+    "ewma": RefEwma, "cusum": RefCusum, "flatline": RefFlatline, "deadman": RefDeadman,
+}
+
+
+class ReferenceRuleSet:
+    """Every enabled rule of a Config, one reading at a time (same interface as RuleSet.process/advance)."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.clock = Clock(cfg)
+        self.rules: list[RefRule] = []
+        self.components = []
+        shared_by_kinds: dict = {}
+        kind_of = [d.kind for d in cfg.devices]
+        _, built = _validate(cfg)
+        for rule, cls, params in built:
+            kinds = _rule_kinds(rule, cls)
+            sensors = [i for i, k in enumerate(kind_of) if k in kinds]
+            shared = shared_by_kinds.setdefault(tuple(sorted(kinds)), {})
+            self.rules.append(REFERENCES[cls.type](rule.id, cls, params, cfg, sensors, shared))
+            self.rules[-1].kinds = kinds
+        for shared in shared_by_kinds.values():
+            for name in ("energy", "background", "profile"):
+                if name in shared and shared[name] not in self.components:
+                    self.components.append(shared[name])
+
+    def process(self, batch: ReadingBatch) -> Detections:
+        out: list = []
+        n = len(batch)
+        if n:
+            for r in self.rules:
+                if isinstance(r, RefDeadman) and r.start is None:
+                    r.start = int(batch.ts_ns.min())
+        order = sorted(range(n), key=lambda i: (int(batch.sensor[i]), int(batch.ts_ns[i]), i))
+        names = list(batch.values)
+        for i in order:
+            s = int(batch.sensor[i])
+            if not 0 <= s < len(self.cfg.devices):
+                continue
+            dev = self.cfg.devices[s]
+            ts = int(batch.ts_ns[i])
+            row = Row(s, dev.id, ts, {k: float(batch.values[k][i]) for k in names}, int(batch.quality[i]),
+                      self.clock.facts(dev.id, ts))
+            for c in self.components:
+                if s in getattr(c, "report", {s: 0}) or isinstance(c, (Background, Profile)):
+                    c.before(row)
+            for r in self.rules:
+                if dev.kind in r.kinds:
+                    r.feed(row, out)
+            for c in self.components:
+                c.after(row)
+        return _detections(out)
+
+    def advance(self, now_ns: int) -> Detections:
+        out: list = []
+        for r in self.rules:
+            r.advance(int(now_ns), out)
+        return _detections(out)
+
+
+def _detections(rows: list) -> Detections:
+    if not rows:
+        return Detections.empty()
+    cols = list(zip(*rows))
+    return Detections(
+        np.array(cols[0], np.int32), np.array(cols[1], np.int64), np.array(cols[2], object), np.array(cols[3], object),
+        np.array(cols[4], np.int8), np.array(cols[5], np.float64), np.array(cols[6], np.float64),
+        np.array(cols[7], np.float64), list(cols[8]),
+    )

@@ -1,0 +1,234 @@
+"""The registry of detector types and the RuleSet that runs every enabled rule of a Config.
+
+`REGISTRY` maps the YAML rule `type` to its detector class; `check_rules(cfg)` validates every rule's
+own keys with file:line problems; `RuleSet.from_config(cfg)` builds the rules for the inventory and
+`RuleSet.process(batch)` runs them all over one batch of any mix of sensors and kinds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import ValidationError
+
+from config.errors import ConfigError, ConfigProblem, did_you_mean
+from config.loader import problems_from_validation
+from detectors import deadman, gas, generic, noise
+from detectors.base import Detector
+from detectors.batch import Detections, ReadingBatch
+from detectors.context import KIND_CODES, Inventory, Round, SensorGroup
+
+REGISTRY: dict[str, type[Detector]] = {
+    cls.type: cls
+    for cls in (
+        noise.NoiseDayLimit, noise.NoiseNightLimit, noise.NoiseNightLmax, noise.NoiseProhibited, noise.NoiseExam,
+        noise.NoisePreWarning, noise.NoiseDataQuality,
+        gas.GasHigh, gas.GasHighHigh, gas.GasLow, gas.GasRupture, gas.GasLeakCusum, gas.GasSensorRange, gas.Battery,
+        generic.GasFlatline, generic.Threshold, generic.RateOfChange, generic.RobustZ, generic.Ewma, generic.Cusum,
+        generic.Flatline,
+        deadman.Deadman,
+    )
+}
+
+
+def _rule_kinds(rule, cls: type[Detector]) -> tuple[str, ...]:
+    kinds = cls.kinds if rule.kind == "any" else (rule.kind,)
+    return tuple(k for k in kinds if k in cls.kinds)
+
+
+def _validate(cfg) -> tuple[list[ConfigProblem], list]:
+    """Problems of every rule, and (rule, class, params) of the enabled rules without problems."""
+    problems: list[ConfigProblem] = []
+    built = []
+    seen: dict[str, int] = {}
+    lines = getattr(cfg, "_lines", {})
+    for i, rule in enumerate(cfg.rules):
+        where = cfg.line_of("rules", i, "id")
+        if rule.id in seen:
+            problems.append(ConfigProblem(where[0], where[1], f"rules[{i}].id",
+                                          f"duplicate rule id {rule.id!r} (first at rules[{seen[rule.id]}])"))
+        seen.setdefault(rule.id, i)
+        cls = REGISTRY.get(rule.type)
+        if cls is None:
+            f, line = cfg.line_of("rules", i, "type")
+            problems.append(ConfigProblem(
+                f, line, f"rules[{i}].type",
+                f"unknown detector type{did_you_mean(rule.type, REGISTRY)} (got {rule.type!r})",
+            ))
+            continue
+        if rule.kind != "any" and rule.kind not in cls.kinds:
+            f, line = cfg.line_of("rules", i, "kind")
+            problems.append(ConfigProblem(
+                f, line, f"rules[{i}].kind", f"detector type {rule.type} runs on {' or '.join(cls.kinds)} devices (got {rule.kind!r})"
+            ))
+            continue
+        try:
+            params = cls.Params.model_validate(rule.params)
+        except ValidationError as exc:
+            problems += problems_from_validation(exc, cls.Params, ("rules", i), lines)
+            continue
+        if rule.enabled:
+            built.append((rule, cls, params))
+    return problems, built
+
+
+def check_rules(cfg) -> list[ConfigProblem]:
+    """Every problem with the rules' own keys (unknown type, bad or unknown parameters, duplicate ids)."""
+    return _validate(cfg)[0]
+
+
+class RuleSet:
+    """All enabled rules of a Config over its inventory.
+
+    Per-sensor order: rows of one sensor are evaluated in event-time order (ties in input order), each
+    exactly as if it came alone, so any split of the input into batches gives the same detections,
+    provided each sensor's readings arrive in time order across batches.
+    """
+
+    def __init__(self, inv: Inventory, rules: list) -> None:
+        self.inv = inv
+        self.n_sensors = inv.n
+        self.shared: dict = {}
+        self.rules: list[Detector] = []
+        groups: dict[tuple, SensorGroup] = {}
+        self._groups: list[tuple[SensorGroup, list[Detector]]] = []
+        for rule, cls, params in rules:
+            kinds = _rule_kinds(rule, cls)
+            key = tuple(sorted(kinds))
+            if key not in groups:
+                codes = tuple(sorted(KIND_CODES[k] for k in kinds))
+                groups[key] = SensorGroup(np.isin(inv.kind, codes), codes)
+                self._groups.append((groups[key], []))
+            group = groups[key]
+            shared = self.shared.setdefault(key, {})
+            det = cls(rule.id, params, inv, group, shared)
+            self.rules.append(det)
+            next(g for g in self._groups if g[0] is group)[1].append(det)
+        self.components = [c for d in self.shared.values() for c in d.values()]
+        self.watermark_ns: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "RuleSet":
+        """Build every enabled rule; raises config.ConfigError listing every bad rule key."""
+        problems, built = _validate(cfg)
+        if problems:
+            raise ConfigError(problems)
+        return cls(Inventory(cfg), built)
+
+    @property
+    def rule_ids(self) -> list[str]:
+        return [r.rule_id for r in self.rules]
+
+    def state_bytes(self) -> int:
+        return sum(r.state_bytes() for r in self.rules) + sum(c.state_bytes() for c in self.components)
+
+    def process(self, batch: ReadingBatch) -> Detections:
+        """Run every rule over a batch (any mix of sensors, kinds, times); rows of unknown sensors are ignored."""
+        n = len(batch)
+        if n == 0:
+            return Detections.empty()
+        sensor, ts = batch.sensor, batch.ts_ns
+        known = (sensor >= 0) & (sensor < self.n_sensors)
+        if not known.all():
+            batch = batch.take(np.flatnonzero(known))
+            sensor, ts = batch.sensor, batch.ts_ns
+            if len(sensor) == 0:
+                return Detections.empty()
+        # Rows of each sensor in event-time order (ties keep input order); a time-ordered batch, the
+        # usual case, needs only a stable sort by sensor.
+        if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+            order = stable_argsort(sensor)
+        else:
+            order = np.lexsort((ts, sensor))
+        s = sensor[order]
+        # Rank of each row within its sensor: round r holds every sensor's r-th reading, noise rows first.
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
+        kind = self.inv.kind[s]
+        by_round = stable_argsort(rank * 2 + kind)
+        order, rank, kind = order[by_round], rank[by_round], kind[by_round]
+        bounds = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1], True])
+        # One gather into round order; rounds are then contiguous slices (views). Columns are gathered
+        # when a rule first reads them (a batch often carries fields no rule uses).
+        sensor, ts, quality = sensor[order], ts[order], batch.quality[order]
+        values = _Gathered(batch.values, order)
+        out = []
+        cal = self.inv.calendar
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            split = int(np.searchsorted(kind[a:b], 1))
+            rnd = Round(sensor[a:b], ts[a:b], values.window(a, b), quality[a:b], cal, split)
+            for c in self.components:
+                c.before(rnd)
+            for group, dets in self._groups:
+                view = rnd.view(group)
+                if len(view) == 0:
+                    continue
+                for d in dets:
+                    found = d.step(view)
+                    if found is not None:
+                        out.append(found)
+            for c in self.components:
+                c.after(rnd)
+        return Detections.concat(out)
+
+    def advance(self, now_ns: int) -> Detections:
+        """Time-driven rules (deadman) at an event-time watermark or the wall clock, UTC ns."""
+        self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
+        out = [d.advance(int(now_ns)) for d in self.rules]
+        return Detections.concat([o for o in out if o is not None])
+
+
+class _Gathered:
+    """Batch columns reordered into round order on first use, then sliced per round."""
+
+    def __init__(self, columns: dict, order: np.ndarray) -> None:
+        self.columns, self.order, self.done = columns, order, {}
+
+    def get(self, name: str):
+        col = self.done.get(name)
+        if col is None:
+            src = self.columns.get(name)
+            if src is None:
+                return None
+            col = self.done[name] = src[self.order]
+        return col
+
+    def window(self, a: int, b: int) -> "_Window":
+        return _Window(self, a, b)
+
+
+class _Window:
+    """The columns of one round: a read-only mapping of slices of the gathered columns."""
+
+    __slots__ = ("src", "a", "b")
+
+    def __init__(self, src: _Gathered, a: int, b: int) -> None:
+        self.src, self.a, self.b = src, a, b
+
+    def get(self, name: str, default=None):
+        col = self.src.get(name)
+        return default if col is None else col[self.a:self.b]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.src.columns
+
+    def keys(self):
+        return self.src.columns.keys()
+
+
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative integer keys by 16-bit radix passes (numpy radix-sorts 16-bit
+    keys, and falls back to timsort, several times slower, for wider ones)."""
+    keys = np.asarray(keys)
+    if len(keys) == 0:
+        return np.zeros(0, np.intp)
+    top = int(keys.max())
+    if top < 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    keys = keys.astype(np.int64)
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while top >> shift:
+        part = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(part, kind="stable")]
+        shift += 16
+    return order

@@ -1,0 +1,96 @@
+"""Configs and readings for the detector tests: small inventories built from the shipped YAML."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+
+import numpy as np
+
+from config import load_config
+from config.model import Config
+from detectors.batch import ReadingBatch
+
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_dict() -> dict:
+    return load_config().model_dump(by_alias=True)
+
+
+def make_config(rules: list[dict] | None = None, devices: list[dict] | None = None, sites: list[dict] | None = None,
+                **sections) -> Config:
+    """The shipped config with its rules, devices or sites replaced, and sections patched (deep merge)."""
+    d = shipped_dict()
+    d = {k: (v.copy() if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in d.items()}
+    if rules is not None:
+        d["rules"] = rules
+    if devices is not None:
+        d["devices"] = devices
+    if sites is not None:
+        d["sites"] = sites
+    for name, patch in sections.items():
+        d[name] = _merge(d[name], patch)
+    return Config.model_validate(d)
+
+
+def _merge(base, patch):
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = _merge(base.get(k), v) if k in base else v
+        return out
+    return patch
+
+
+EXAM_SITE = (24.45830, 118.08110)  # EX-XM1 in the shipped time_rules.yaml
+
+TEST_SITES = [
+    {"id": "SM-2025-101", "name": "permit site", "district": "Siming", "lat": 24.51477, "lon": 118.03771},
+    {"id": "HL-2025-102", "name": "plain site", "district": "Huli", "lat": 24.45966, "lon": 118.20532},
+    {"id": "EX-NEAR", "name": "next to the exam site", "district": "Siming", "lat": 24.45830 + 0.001, "lon": 118.08110},
+    {"id": "GS-1", "name": "gas point", "district": "Huli", "lat": 24.5, "lon": 118.1, "kind": "gas_network"},
+]
+
+TEST_DEVICES = [
+    {"id": "N-PERMIT", "kind": "noise", "site": "SM-2025-101", "report_interval_s": 60},
+    {"id": "N-PLAIN", "kind": "noise", "site": "HL-2025-102", "report_interval_s": 60},
+    {"id": "N-EXAM", "kind": "noise", "site": "EX-NEAR", "report_interval_s": 60},
+    {"id": "G-LOW", "kind": "gas", "site": "GS-1", "report_interval_s": 900, "sample_interval_s": 60,
+     "pressure_class": "low", "set_pressure_kpa": 2.5, "mop_kpa": 3.5, "full_scale_kpa": 10.0},
+    {"id": "G-MED", "kind": "gas", "site": "GS-1", "report_interval_s": 900, "sample_interval_s": 60,
+     "pressure_class": "medium_a", "set_pressure_kpa": 300.0, "mop_kpa": 400.0, "full_scale_kpa": 600.0},
+]
+
+
+def small_config(rules: list[dict], **sections) -> Config:
+    return make_config(rules=rules, devices=TEST_DEVICES, sites=TEST_SITES, **sections)
+
+
+def local_ns(text: str) -> int:
+    """UTC ns of a local (Asia/Shanghai) time written 'YYYY-MM-DD HH:MM[:SS]'."""
+    t = dt.datetime.fromisoformat(text).replace(tzinfo=SHANGHAI)
+    return int(t.timestamp()) * 1_000_000_000
+
+
+def batch(rows: list[tuple], cfg: Config) -> ReadingBatch:
+    """Rows (device_id, ts_ns, {field: value}, flag letter or None) -> ReadingBatch."""
+    from detectors.batch import FLAG_CODES
+
+    names = sorted({k for r in rows for k in r[2]})
+    return ReadingBatch(
+        np.array([cfg.device_index(r[0]) for r in rows], np.int32),
+        np.array([r[1] for r in rows], np.int64),
+        {k: np.array([r[2].get(k, np.nan) for r in rows], np.float64) for k in names},
+        np.array([FLAG_CODES.index(r[3]) if len(r) > 3 and r[3] else 0 for r in rows], np.uint8),
+    )
+
+
+def series(device: str, start_ns: int, values: list[dict], step_s: int = 60, flag: str | None = None) -> list[tuple]:
+    return [(device, start_ns + i * step_s * 1_000_000_000, v, flag) for i, v in enumerate(values)]
+
+
+def rows_of(dets, rule_id: str | None = None) -> list[dict]:
+    recs = dets.sorted().records()
+    return [r for r in recs if rule_id is None or r["rule_id"] == rule_id]
