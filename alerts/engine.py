@@ -4,7 +4,8 @@ Lifecycle (per (rule, device) key, driven by event time): a detection opens an a
 fires once the condition has held `for_s`; it resolves once the condition has been clear for
 `clear_for_s` (the detector already applied hysteresis). A key whose condition flips more than
 `flap_max_transitions` times in `flap_window_s` is held firing and marked flapping until the flips
-in the window fall to half that. Severity may rise and fall within one alert. Unacknowledged firing
+in the window fall to half that. Severity may rise and fall within one alert; `peak_severity` keeps
+the highest it reached (stored, and on every notice). Unacknowledged firing
 alerts escalate one level after the severity's escalation time and are repeated every
 `repeat_interval_s` of their route. Timers run on `now` = the watermark (max event time seen), or the
 injected clock when that is later (live).
@@ -357,6 +358,8 @@ class AlertEngine:
             flips = 0
         alert.recovered = False
         alert.value, alert.limit = value, limit
+        # Before the severity notice is noted, so that notice already carries the new peak.
+        alert.peak_severity = max(alert.peak_severity, sev)
         if alert.state == "firing" and sev != alert.severity:
             prev = alert.severity
             alert.severity = sev
@@ -389,8 +392,9 @@ class AlertEngine:
     @staticmethod
     def _note(trans: list, alert: Alert, kind: str, ts: int, extra: dict) -> None:
         """Collect a transition with the alert's fields as they are now (a later row may change them)."""
-        snap = {"severity": alert.severity, "value": alert.value, "limit": alert.limit, "state": alert.state,
-                "escalation_level": alert.escalation_level, "flapping": alert.flapping}
+        snap = {"severity": alert.severity, "peak_severity": alert.peak_severity, "value": alert.value,
+                "limit": alert.limit, "state": alert.state, "escalation_level": alert.escalation_level,
+                "flapping": alert.flapping}
         trans.append((alert, kind, ts, extra, snap))
 
     def _fire(self, alert: Alert, ts: int, trans) -> None:
@@ -556,6 +560,9 @@ class AlertEngine:
             "category": a.category,
             "severity": a.severity_name,
             "severity_code": a.severity,
+            # Additive (receivers that do not know them ignore them): the highest severity so far.
+            "peak_severity": a.peak_severity_name,
+            "peak_severity_code": a.peak_severity,
             "site": a.site,
             "device": a.device,
             "metric": ctx.get("metric"),

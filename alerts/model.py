@@ -41,10 +41,13 @@ class Alert:
     site: dict
     device: dict
     state: str = "pending"  # pending | firing | resolved
-    severity: int = 1
+    severity: int = 1  # the current severity: follows the latest detection, may fall
     value: float = float("nan")
     limit: float = float("nan")
     peak_value: float = float("nan")
+    # The highest severity the condition reached in this lifecycle (pending included): what an alert
+    # "was", for scoring and review, after its current severity has fallen. Never below `severity`.
+    peak_severity: int = 0
     context: dict = field(default_factory=dict)
     started_ns: int = 0  # first active detection
     firing_ns: int | None = None
@@ -63,6 +66,10 @@ class Alert:
     muted: str | None = None  # why notices are held: silence:<id> | quiet:<id> | inhibited:<alert_id>
     recovered: bool = False  # loaded from the store and not yet seen by the detectors since
 
+    def __post_init__(self):
+        # 0 (the default, or a record written before the field existed) means "not tracked yet".
+        self.peak_severity = max(int(self.peak_severity or 0), int(self.severity))
+
     @property
     def key(self) -> tuple[str, str]:
         return (self.rule_id, self.device_id)
@@ -70,6 +77,10 @@ class Alert:
     @property
     def severity_name(self) -> str:
         return SEVERITY_NAMES.get(self.severity, "clear")
+
+    @property
+    def peak_severity_name(self) -> str:
+        return SEVERITY_NAMES.get(self.peak_severity, "clear")
 
     @property
     def open(self) -> bool:
@@ -98,6 +109,7 @@ class Alert:
 
     @staticmethod
     def from_dict(d: dict) -> "Alert":
+        """Unknown keys are ignored; a missing `peak_severity` (older stores) becomes the severity."""
         names = {f.name for f in dataclasses.fields(Alert)}
         return Alert(**{k: v for k, v in d.items() if k in names})
 

@@ -3,6 +3,9 @@
 The engine commits a transition's alert state, notice and pending deliveries in one transaction before
 any sink sees the notice, so a crash between the two re-sends at most the notices in flight, with the
 same idempotency key, and never opens a new alert.
+
+An alert's fields live in the JSON `body`; the columns beside it are only for lookups. A field added
+later (e.g. `peak_severity`) therefore needs no migration: the loader gives an old body its default.
 """
 
 from __future__ import annotations
@@ -212,4 +215,7 @@ def _alert(body: str) -> Alert:
     for k in ("value", "limit", "peak_value"):
         if d.get(k) is None:
             d[k] = float("nan")
+    # Stores written before peak_severity existed: the best we know is the stored severity.
+    if d.get("peak_severity") is None:
+        d["peak_severity"] = d.get("severity", 0)
     return Alert.from_dict(d)

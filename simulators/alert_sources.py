@@ -1,6 +1,13 @@
 """Read the alerts a pipeline raised, for scoring: a JSONL capture of the alert topic, the alert SQLite
 store (`sqlite:PATH`) or the InfluxDB `alerts` measurement (`influx:URL/DB`). Each yields one
-ScoredAlert per alert lifecycle that fired."""
+ScoredAlert per alert lifecycle that fired, with the highest severity the alert reached (an alert's
+current severity follows its latest detection and may have fallen since its peak):
+
+- store:   the alert's `peak_severity` (older stores without it: the stored severity)
+- notices: the maximum over the alert's notices of `severity` and `peak_severity` (a rise that was
+           muted sent no notice, but a later notice carries it as its peak)
+- influx:  the maximum over the alert's transitions of the `severity` tag
+"""
 
 from __future__ import annotations
 
@@ -46,9 +53,20 @@ def start_from_id(alert_id: str) -> int | None:
     return int(t.timestamp() * 1000) + int(m.group(2))
 
 
+def highest_severity(*names) -> str:
+    """The highest of severity names ("" when none is a severity); unknown names rank as nothing."""
+    best = ""
+    for name in names:
+        name = str(name or "")
+        if _SEVERITY_RANK.get(name, 0) > _SEVERITY_RANK.get(best, 0):
+            best = name
+    return best
+
+
 def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
     """One ScoredAlert per alert_id from notice payloads (engine notices: alert_id, rule_id, site{id},
-    device{id}, severity, transition, start_ts); the highest severity any notice reported wins."""
+    device{id}, severity, peak_severity, transition, start_ts); the highest severity any notice
+    reported, current or peak, wins."""
     by_id: dict[str, dict] = {}
     for n in notices:
         if not isinstance(n, dict) or "alert_id" not in n or "rule_id" not in n:
@@ -64,9 +82,7 @@ def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
         a["site_id"] = site.get("id") or n.get("site_id") or ""
         if n.get("transition", "firing") != "resolved" or n.get("firing_ts"):
             a["fired"] = True
-        sev = str(n.get("severity", ""))
-        if _SEVERITY_RANK.get(sev, 0) > _SEVERITY_RANK.get(a["severity"], 0):
-            a["severity"] = sev
+        a["severity"] = highest_severity(a["severity"], n.get("severity"), n.get("peak_severity"))
         start = n.get("start_ts")
         if start:
             a["start"] = parse_time_ms(start)
@@ -120,6 +136,13 @@ def _line_doc(line: str):
     return doc
 
 
+def stored_severity(body: dict) -> str:
+    """The highest severity of a stored alert body: `peak_severity`, or `severity` in older stores."""
+    codes = [body.get("severity"), body.get("peak_severity")]
+    return highest_severity(*(_SEVERITY_NAMES.get(int(c), "") for c in codes
+                              if isinstance(c, (int, float)) and c == c))
+
+
 def from_sqlite(path: str) -> list[ScoredAlert]:
     """The alert store: every alert that reached `firing` (firing_ns set)."""
     if not Path(path).is_file():
@@ -137,29 +160,37 @@ def from_sqlite(path: str) -> list[ScoredAlert]:
             continue
         site = a.get("site") or {}
         out.append(ScoredAlert(a["alert_id"], a["rule_id"], a.get("device_id", ""), site.get("id", ""),
-                               int(a["started_ns"]) // 1_000_000, _SEVERITY_NAMES.get(int(a.get("severity", 0)), "")))
+                               int(a["started_ns"]) // 1_000_000, stored_severity(a)))
     return sorted(out, key=lambda x: (x.start_ms, x.alert_id))
 
 
 def from_influx(url: str, database: str, measurement: str = "alerts", timeout_s: float = 30.0) -> list[ScoredAlert]:
-    """The InfluxDB `alerts` measurement written by the Influx sink (v1 /query)."""
-    q = f'SELECT "alert_id", "rule_id", "device_id", "site_id", "severity", "transition" FROM "{measurement}"'
+    """The InfluxDB `alerts` measurement written by the Influx sink (v1 /query): one point per transition."""
+    # `*`: every tag and field, so a `peak_severity` field is used if the sink writes one.
+    q = f'SELECT * FROM "{measurement}"'
     params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ms"})
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/query?{params}", timeout=timeout_s) as resp:
             doc = json.loads(resp.read())
     except (OSError, ValueError) as exc:
         raise AlertSourceError(f"cannot query {url} db {database}: {exc}") from None
+    return from_influx_result(doc, url)
+
+
+def from_influx_result(doc: dict, where: str = "influx") -> list[ScoredAlert]:
+    """Alerts from a v1 /query response over the `alerts` measurement; severity = the highest over the
+    alert's transitions (the `severity` tag of each point, and a `peak_severity` field where present)."""
     notices = []
     for result in doc.get("results", []):
         if "error" in result:
-            raise AlertSourceError(f"{url}: {result['error']}")
+            raise AlertSourceError(f"{where}: {result['error']}")
         for series in result.get("series", []):
             cols = series["columns"]
             for row in series["values"]:
                 r = dict(zip(cols, row))
                 notices.append({
                     "alert_id": r.get("alert_id"), "rule_id": r.get("rule_id"), "transition": r.get("transition"),
-                    "severity": r.get("severity"), "device_id": r.get("device_id") or "", "site_id": r.get("site_id") or "",
+                    "severity": r.get("severity"), "peak_severity": r.get("peak_severity"),
+                    "device_id": r.get("device_id") or "", "site_id": r.get("site_id") or "",
                 })
     return from_notice_payloads([n for n in notices if n["alert_id"]])
