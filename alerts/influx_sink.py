@@ -33,6 +33,8 @@ def line_of(notice: Notice, measurement: str = "alerts") -> str:
         v = p.get(name)
         if isinstance(v, (int, float)) and v == v:
             fields[name] = repr(float(v))
+    # The highest severity the alert has reached (a field: a tag would multiply series).
+    fields["peak_severity"] = _str(p.get("peak_severity") or p["severity"])
     if p.get("ack"):
         fields["acked_by"] = _str(p["ack"]["by"])
     tag_text = ",".join(f"{k}={_tag(v)}" for k, v in sorted(tags.items()))

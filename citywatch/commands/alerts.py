@@ -183,7 +183,7 @@ def _show(args) -> int:
     console.print(board([a], title=a.alert_id))
     console.print(f"category {a.category}; site {a.site.get('id')} {a.site.get('name')}, {a.site.get('address')}, "
                   f"district {a.site.get('district')} ({a.site.get('lat')}, {a.site.get('lon')} {a.site.get('crs')})")
-    console.print(f"peak {_fmt(a.peak_value)}; firing {_local(a.firing_ns)}; resolved {_local(a.resolved_ns)}")
+    console.print(f"peak {SEVERITY_NAMES.get(a.peak_severity, '?')} {_fmt(a.peak_value)}; firing {_local(a.firing_ns)}; resolved {_local(a.resolved_ns)}")
     if a.acked_by:
         console.print(f"acknowledged by {a.acked_by} at {_local(a.acked_ns)}: {a.ack_note or ''}")
     if a.context:

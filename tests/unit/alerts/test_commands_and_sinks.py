@@ -76,7 +76,7 @@ def test_influx_line_keeps_alert_id_out_of_tags():
     assert line_of(n) == (
         "alerts,category=noise,device_id=X,district=Siming,rule_id=N-day,severity=yellow,site_id=S\\ 1,"
         'transition=resolved alert_id="N-day.X.1",key="N-day.X.1:2",seq=2i,escalation_level=0i,'
-        "value=71.5,limit=70.0 1002")
+        'value=71.5,limit=70.0,peak_severity="yellow" 1002')
 
 
 def test_cli_ack_is_applied_by_the_engine_and_shown(tmp_path, capsys):

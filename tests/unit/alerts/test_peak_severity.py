@@ -134,7 +134,8 @@ def test_alerts_show_reports_the_peak(tmp_path, capsys):
        cut=st.integers(0, 12))
 def test_peak_is_the_running_maximum(tmp_path_factory, sevs, cut):
     """Whatever the order and batching of one lifecycle's detections: the stored peak is the maximum
-    severity seen, and every notice's peak is the maximum up to its transition time."""
+    severity seen, and every notice's peak is at least the maximum up to its transition time (a notice held
+    by grouping is composed later and may already carry a higher peak) and never above the overall peak."""
     tmp = tmp_path_factory.mktemp("peak")
     rows = [(0, 60 * i, "N-day", s, 70 + i) for i, s in enumerate(sevs)]
     engine, sink = run(tmp, [rows[:cut], rows[cut:]] if 0 < cut < len(rows) else [rows])
@@ -143,5 +144,5 @@ def test_peak_is_the_running_maximum(tmp_path_factory, sevs, cut):
     assert a.peak_severity == max(codes[s] for s in sevs) and a.severity == codes[sevs[-1]]
     for n in sink.notices:
         upto = [codes[s] for i, s in enumerate(sevs) if at(60 * i) <= n.ts_ns]
-        assert n.payload["peak_severity_code"] == max(upto)
+        assert max(upto) <= n.payload["peak_severity_code"] <= max(codes[s] for s in sevs)
     engine.stop()
