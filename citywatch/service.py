@@ -1,0 +1,151 @@
+"""The running citywatch service: collector, ingest pipeline, spool, InfluxDB writer and scheduled jobs.
+
+Build it from a loaded config, register `on_batch` hooks (detectors, alerts), `start()`, and `stop()` on
+SIGTERM: stop taking messages, flush, make durable, ack, disconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from detectors.batch import ReadingBatch
+from ingest.collector import MqttCollector
+from ingest.deadletter import DeadLetterStore
+from ingest.influx_writer import InfluxWriter, WriteError, make_writer
+from ingest.metrics import IngestMetrics
+from ingest.pipeline import IngestPipeline
+from ingest.spool import SpoolWriter
+
+log = logging.getLogger(__name__)
+
+# MQTT 5 Receive Maximum: unacked messages the broker may have in flight to us. Acks wait for a durable
+# batch (up to batch_max_age_ms plus one InfluxDB write), so the window must hold several batches'
+# messages; it also bounds what sits in our memory while the spool is full and we stop acking.
+RECEIVE_MAXIMUM = 20_000
+# Spool drain job period: short, so the spool empties quickly once InfluxDB is back (backoff still applies).
+DRAIN_INTERVAL_S = 0.25
+SWITCH_INTERVAL_S = 0.0005
+
+
+class Service:
+    """One collector process.
+
+    cfg: loaded Config; env: environment for secrets (default os.environ); decode_processes: 1 decodes in a
+    worker process (it loads the config again from cfg.base_dir), 0 in a thread of this process.
+    """
+
+    def __init__(self, cfg, env: dict | None = None, writer: InfluxWriter | None = None, decode_processes: int = 1):
+        self.cfg = cfg
+        env = dict(os.environ) if env is None else env
+        s = cfg.ingest
+        self.metrics = IngestMetrics()
+        self.writer = writer or make_writer(cfg.connections.influx, env)
+        self.spool = SpoolWriter(cfg.resolve_path(s.spool_dir), int(s.spool_max_mb * 2**20))
+        self.deadletters = DeadLetterStore.from_config(cfg)
+        mq = cfg.connections.mqtt
+        password = env.get(mq.password_env) if mq.password_env else None
+        self.collector = MqttCollector(mq, password, self._submit, receive_maximum=RECEIVE_MAXIMUM)
+        # MQTT 3.1.1 has no Receive Maximum: the broker's max_inflight_messages (README) bounds the window and
+        # the pipeline's idle flush keeps batches moving whatever its value.
+        max_messages = RECEIVE_MAXIMUM // 4 if mq.protocol == "mqtt5" else None
+        self.pipeline = IngestPipeline(cfg, self.writer, self.spool, self.deadletters, self.metrics,
+                                       ack=self.collector.ack, publish=self.collector.publish,
+                                       max_messages=max_messages, decode_processes=decode_processes)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._stopped = threading.Event()
+        self._started = False
+
+    def _submit(self, msg) -> None:
+        self.pipeline.submit(msg)
+
+    def on_batch(self, callback: Callable[[ReadingBatch], None]) -> None:
+        """Call `callback(batch)` with each durable ReadingBatch, in order (from the durability thread)."""
+        self.pipeline.on_batch(callback)
+
+    def reload(self, cfg) -> None:
+        """Decode and encode with a new validated config from the next message on (inventory changes:
+        new devices, sites, tags). Connections, spool and batching settings need a restart."""
+        self.cfg = cfg
+        self.pipeline.reload(cfg)
+
+    def on_status(self, callback: Callable[[str, str, int], None]) -> None:
+        """Call `callback(device_id, status, recv_ns)` for each device online/offline message."""
+        self.pipeline.on_status(callback)
+
+    def start(self) -> None:
+        """Start the pipeline threads, the scheduled jobs (spool drain, self-metrics) and the MQTT client."""
+        # paho's network thread gives up the GIL at every socket read; with the default 5 ms switch interval
+        # it then waits behind the decode thread (the convoy effect) and the broker's delivery stalls.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        st = self.spool.stats()
+        if st.records:
+            log.info("spool holds %d batch(es), %d bytes from before: draining them first", st.records, st.bytes)
+        self.pipeline.start()
+        self.scheduler.add_job(self.pipeline.drain_spool, "interval", seconds=DRAIN_INTERVAL_S, id="spool_drain",
+                               max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.scheduler.add_job(self.write_metrics, "interval", seconds=self.cfg.ingest.metrics_interval_s,
+                               id="self_metrics", max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.scheduler.start()
+        self.collector.start()
+        self._started = True
+
+    def write_metrics(self) -> None:
+        """Write one self-metrics snapshot to InfluxDB (`citywatch_internal`); skipped while it is down."""
+        self.pipeline.update_gauges()
+        self.metrics.set_gauge("mqtt_connected", 1 if self.collector.connected else 0)
+        snap = self.metrics.snapshot()
+        try:
+            self.writer.write(self.metrics.to_lines(snap, self.cfg.connections.mqtt.client_id))
+        except WriteError as exc:
+            log.debug("self-metrics not written: %s", exc)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Graceful stop: no new messages, flush and ack what is held, last metrics, disconnect.
+        Returns True if every held message was made durable and acked within the timeout."""
+        if self._stopped.is_set():
+            return True
+        self._stopped.set()
+        if not self._started:
+            self._close()
+            return True
+        self.collector.pause()
+        done = self.pipeline.stop(timeout_s)
+        self.scheduler.shutdown(wait=True)
+        self.pipeline.drain_spool(max_seconds=min(5.0, timeout_s))
+        self.write_metrics()
+        self.collector.stop()
+        self._close()
+        return done
+
+    def _close(self) -> None:
+        self.writer.close()
+        self.spool.close()
+        self.deadletters.close()
+
+    @property
+    def failed(self) -> str | None:
+        """Why the service cannot go on (the decode worker died), or None."""
+        return self.pipeline.failed
+
+    def wait(self, stop_event: threading.Event, poll_s: float = 0.5) -> None:
+        """Block until `stop_event` is set (signal handlers set it) or the service failed."""
+        while not stop_event.wait(poll_s):
+            if self.failed:
+                return
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Poll `predicate` until true or `timeout_s` passed; bounded in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return predicate()

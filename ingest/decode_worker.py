@@ -1,0 +1,135 @@
+"""Decoding of message chunks, in the collector's process or in a worker process of its own.
+
+paho's network loop and the decoder both need the GIL; at thousands of messages per second the decoder
+would slow delivery itself down. A worker process decodes chunks of messages in parallel and sends back
+one columnar batch per chunk with its dead-letter records and device statuses, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from dataclasses import dataclass, field
+
+from detectors.batch import ReadingBatch
+from ingest.batcher import _Columns
+from ingest.deadletter import DeadLetterRecord, records_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkResult:
+    """The decoded form of a chunk of messages, in message order.
+
+    batch:       the valid rows of every message
+    deadletters: dead-letter records of the chunk's refused payloads and rows
+    statuses:    (device_id, kind, site_id, status, recv_ns) of device status messages
+    ignored:     messages skipped as not ours (device command topics)
+    """
+
+    batch: ReadingBatch
+    deadletters: list[DeadLetterRecord] = field(default_factory=list)
+    statuses: list[tuple] = field(default_factory=list)
+    ignored: int = 0
+
+
+def decode_chunk(decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> ChunkResult:
+    """Decode (topic, payload, recv_ns) messages with `decoder`; never raises for bad input."""
+    cols = _Columns(max(16, len(msgs)))
+    dead: list[DeadLetterRecord] = []
+    statuses: list[tuple] = []
+    ignored = 0
+    for topic, payload, recv_ns in msgs:
+        if topic.endswith("/cmd"):
+            # Commands to devices share the subtrees we subscribe to; they are not ours to store.
+            ignored += 1
+            continue
+        try:
+            decoded = decoder.decode(topic, payload, recv_ns)
+            if decoded.rejects:
+                dead += records_for(decoded, topic, payload, recv_ns, dl_max)
+            if decoded.status is not None and decoded.device_id is not None:
+                statuses.append((decoded.device_id, decoded.kind, decoded.site_id, decoded.status, recv_ns))
+            cols.append(decoded.batch)
+        except Exception as exc:  # noqa: BLE001 - bad input or a bug must never stop the collector
+            log.exception("unexpected failure handling a message on %s", topic)
+            dead.append(DeadLetterRecord.build("internal_error", f"{type(exc).__name__}: {exc}", topic, payload,
+                                               recv_ns, None, None, dl_max))
+    return ChunkResult(cols.take(), dead, statuses, ignored)
+
+
+class WorkerDied(RuntimeError):
+    """The decode worker process ended unexpectedly; its chunks were never acked (the broker keeps them)."""
+
+
+def _worker_main(conn, config_dir: str, dl_max: int) -> None:
+    from config import load_config
+    from ingest.decoder import Decoder
+
+    decoder = Decoder(load_config(config_dir))
+    conn.send("ready")
+    while True:
+        chunk = conn.recv()
+        if chunk is None:
+            conn.send(None)
+            return
+        if isinstance(chunk, tuple):  # ("reload", config_dir)
+            try:
+                decoder = Decoder(load_config(chunk[1]))
+                conn.send(("reloaded", ""))
+            except Exception as exc:  # noqa: BLE001 - keep decoding with the old config; the parent logs it
+                conn.send(("failed", str(exc)))
+            continue
+        conn.send(decode_chunk(decoder, chunk, dl_max))
+
+
+class DecodeProcess:
+    """One worker process that decodes chunks in the order they are sent.
+
+    config_dir: the directory the worker loads its own copy of the configuration from
+    dl_max:     raw payload bytes kept per dead-letter record
+
+    `send` is called from one thread and `receive` from another.
+    """
+
+    def __init__(self, config_dir: str, dl_max: int, ready_timeout_s: float = 120.0):
+        # spawn, not fork: the collector runs threads (paho, APScheduler) whose locks a fork would copy.
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, str(config_dir), dl_max),
+                                   name="citywatch-decode", daemon=True)
+        self.process.start()
+        child.close()
+        # Wait until the worker has its decoder, so that it is ready before the first message arrives.
+        ready = self.receive(ready_timeout_s)
+        if ready != "ready":
+            self.close(1.0)
+            raise WorkerDied(f"decode worker did not start within {ready_timeout_s:.0f} s")
+
+    def send(self, msgs: list[tuple[str, bytes, int]] | tuple | None) -> None:
+        """Queue a chunk (None: finish after the chunks before it; ("reload", config_dir): decode the chunks
+        after it with that config, answered by ("reloaded", "") or ("failed", reason)). Raises WorkerDied."""
+        try:
+            self._conn.send(msgs)
+        except (OSError, EOFError, BrokenPipeError) as exc:
+            raise WorkerDied(f"decode worker is gone: {exc}") from None
+
+    def receive(self, timeout_s: float) -> ChunkResult | None | bool:
+        """The next result; False if none arrived within `timeout_s`; None once the worker finished.
+        Raises WorkerDied."""
+        try:
+            if not self._conn.poll(timeout_s):
+                if not self.process.is_alive():
+                    raise WorkerDied(f"decode worker exited with code {self.process.exitcode}")
+                return False
+            return self._conn.recv()
+        except (OSError, EOFError) as exc:
+            raise WorkerDied(f"decode worker is gone: {exc}") from None
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.process.join(timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(2)
+        self._conn.close()
