@@ -67,6 +67,8 @@ class DetectionPipeline:
         self._reload_requested = threading.Event()
         self._queue: queue.Queue | None = queue.Queue(QUEUE_BATCHES) if threaded else None
         self._worker: threading.Thread | None = None
+        # Called with each config swapped in (the ingest service re-reads its inventory there).
+        self.reload_hooks: list = []
         self.counters = {"batches": 0, "readings": 0, "detections": 0, "errors": 0, "reloads": 0, "reload_errors": 0}
 
     # ----- lifecycle --------------------------------------------------------------------------------
@@ -183,6 +185,8 @@ class DetectionPipeline:
             self.cfg = new_cfg
             # The new detectors start without state: they may never clear what the old ones raised.
             self.engine.reload(new_cfg, detectors_reset=True)
+            for hook in self.reload_hooks:
+                hook(new_cfg)
             self.counters["reloads"] += 1
         log.info("config reloaded from %s", self.config_dir)
 
@@ -224,6 +228,7 @@ def run(cfg, config_dir=None, env: dict | None = None, stop: threading.Event | N
     service = Service(cfg, env)
     pipeline = DetectionPipeline(cfg, env, config_dir, threaded=True)
     service.on_batch(pipeline.on_batch)
+    pipeline.reload_hooks.append(service.reload)
     pipeline.start()
     if threading.current_thread() is threading.main_thread():
         pipeline.install_signal_handlers()

@@ -13,7 +13,7 @@ from config import ConfigError, load_config
 def register(sub) -> None:
     p = sub.add_parser(
         "run",
-        help="run the service: MQTT collector -> spool -> InfluxDB, with self-metrics",
+        help="run the service: MQTT collector -> spool -> InfluxDB, detectors, alerts",
         description="Run the citywatch service. SIGTERM or SIGINT stops it gracefully: no new messages, "
         "held batches are made durable and acked, then it disconnects.",
     )
@@ -48,13 +48,29 @@ def _run(args) -> int:
     except SpoolLocked as exc:
         print(f"citywatch run: {exc}", file=sys.stderr)
         return 1
+    from citywatch.pipeline import DetectionPipeline
     from ingest.decode_worker import WorkerDied
 
+    # Detectors and the alert engine evaluate each durable batch on a thread of their own, so the
+    # durability thread never waits for them.
+    try:
+        pipeline = DetectionPipeline(cfg, config_dir=args.config, threaded=True)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        service.stop()
+        return 1
+    service.on_batch(pipeline.on_batch)
+    pipeline.reload_hooks.append(service.reload)
+    pipeline.start()
+    pipeline.install_signal_handlers()  # SIGHUP: validate the config directory and swap it in
     try:
         service.start()
     except WorkerDied as exc:
         print(f"citywatch run: {exc}", file=sys.stderr)
         service.stop()
+        pipeline.stop()
         return 1
     log = logging.getLogger("citywatch.run")
     mq = cfg.connections.mqtt
@@ -63,6 +79,7 @@ def _run(args) -> int:
     service.wait(stop)
     log.info("stopping: flushing and acking held messages")
     clean = service.stop()
+    pipeline.stop()  # after the service: the last durable batches are still evaluated
     c = service.metrics.snapshot()["counters"]
     log.info("stopped%s; this run: %d messages received, %d acked, %d rows decoded, %d written, %d spooled, "
              "%d dead letters", "" if clean else " (some messages left unacked; the broker will redeliver them)",

@@ -1,0 +1,224 @@
+"""The demo (`make demo`): the service on the local stack, a compressed city day of simulated devices with
+faults, the live alert board while it runs, and the scorecard against the scenario's ground truth.
+
+It works in its own directory (default `var/demo`): a copy of the config whose spool, dead-letter store and
+alert store live there, and its own InfluxDB database, so a demo never mixes with earlier runs. The service
+runs with `ingest.clock: event` (CITYWATCH_CLOCK=event): simulated 2025 timestamps are accepted and the
+time-driven rules follow the simulated clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATABASE = "citywatch_demo"
+
+
+def _influx(url: str, q: str, db: str | None = None) -> dict:
+    params = {"q": q}
+    if db:
+        params["db"] = db
+    req = urllib.request.Request(url + "/query", data=urllib.parse.urlencode(params).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _count_points(url: str, db: str) -> int:
+    total = 0
+    for measurement, fld in (("noise", "leq"), ("gas_pressure", "p")):
+        body = _influx(url, f'SELECT count("{fld}") FROM "{measurement}"', db)
+        series = body.get("results", [{}])[0].get("series")
+        if series:
+            total += int(series[0]["values"][0][1])
+    return total
+
+
+def _wait_for_log(path: Path, needle: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: citywatch run exited with {proc.returncode}; its log:\n{path.read_text()[-3000:]}")
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"demo: citywatch run did not start within {timeout_s:.0f} s; see {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m citywatch.demo", description=__doc__)
+    parser.add_argument("--scenario", default=str(ROOT / "simulators/scenarios/city_day.yaml"))
+    parser.add_argument("--speed", type=float, default=1000.0, help="simulated seconds per second (default 1000)")
+    parser.add_argument("--workdir", default=str(ROOT / "var/demo"))
+    args = parser.parse_args(argv)
+
+    from config import load_config
+    from simulators.feed import build_feed, status_topic, write_truth
+    from simulators.publisher import BrokerCredentials, FeedPublisher
+    from simulators.scenario import load_scenario
+
+    console = Console(highlight=False)
+    work = Path(args.workdir)
+    if work.exists():
+        shutil.rmtree(work)
+    (work).mkdir(parents=True)
+    config_dir = work / "config"
+    shutil.copytree(ROOT / "config", config_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+
+    env = dict(os.environ)
+    env["CITYWATCH_CLOCK"] = "event"
+    env["CITYWATCH_INFLUX_DATABASE"] = DEMO_DATABASE
+    for var in ("CITYWATCH_MQTT_PORT", "CITYWATCH_INFLUX_URL", "CITYWATCH_CREDENTIALS", "CITYWATCH_MQTT_PASSWORD"):
+        if var not in env:
+            raise SystemExit(f"demo: {var} is not set; run `source .stack/env` after `scripts/stack.sh up`")
+    cfg = load_config(config_dir, env=env)
+    influx_url = cfg.connections.influx.url
+    _influx(influx_url, f'DROP DATABASE "{DEMO_DATABASE}"')
+    _influx(influx_url, f'CREATE DATABASE "{DEMO_DATABASE}"')
+
+    scenario = load_scenario(args.scenario, cfg)
+    messages = build_feed(scenario, cfg)
+    truth = work / "truth.jsonl"
+    n_faults = write_truth(scenario, truth)
+    readings = sum(m.n for m in messages)
+    console.print(f"[bold]citywatch demo[/]: scenario {scenario.name}: {len(scenario.devices)} devices, "
+                  f"{readings:,} readings, {n_faults} injected faults, at {args.speed:g}x")
+
+    run_log = work / "run.log"
+    with open(run_log, "wb") as log:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "citywatch", "run", "--config", str(config_dir)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
+        )
+    try:
+        _wait_for_log(run_log, "connected to MQTT broker", service, 60)
+        console.print(f"service running (pid {service.pid}, log {run_log})")
+        return _show(console, cfg, scenario, messages, truth, work, env, service, args.speed, readings,
+                     BrokerCredentials, FeedPublisher, status_topic)
+    finally:
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(60)
+            except subprocess.TimeoutExpired:
+                service.kill()
+
+
+def _show(console, cfg, scenario, messages, truth, work, env, service, speed, readings,
+          BrokerCredentials, FeedPublisher, status_topic) -> int:
+    from alerts.store import AlertStore
+    from simulators.progress import _clock
+
+    creds = BrokerCredentials.load(env["CITYWATCH_CREDENTIALS"])
+    mq = cfg.connections.mqtt
+    publisher = FeedPublisher(mq.host, mq.port, creds, {d: status_topic(cfg.device(d)) for d in scenario.devices})
+    state = {"sim_ms": scenario.start_ms, "readings": 0, "error": None, "done": False}
+
+    def progress(sim_ms: int, n: int) -> None:
+        state["sim_ms"], state["readings"] = sim_ms, n
+
+    def publish() -> None:
+        try:
+            publisher.run(messages, speed, t0_ms=scenario.start_ms, progress=progress)
+        except Exception as exc:  # reported on the board and below; the demo must not hang
+            state["error"] = exc
+        finally:
+            state["done"] = True
+            publisher.close()
+
+    store_path = cfg.resolve_path(cfg.alerting.store_path)
+    thread = threading.Thread(target=publish, name="demo-publisher", daemon=True)
+    started = time.monotonic()
+    thread.start()
+
+    def frame():
+        span = max(1, scenario.end_ms - scenario.start_ms)
+        done = min(1.0, (state["sim_ms"] - scenario.start_ms) / span)
+        bar = "#" * int(done * 40) + "-" * (40 - int(done * 40))
+        head = Text(f"simulated {_clock(state['sim_ms'], scenario.tz)}  [{bar}] {done:4.0%}  "
+                    f"{state['readings']:,}/{readings:,} readings  {time.monotonic() - started:5.1f} s")
+        alerts = []
+        if store_path.exists():
+            try:
+                alerts = AlertStore(store_path).alerts(("pending", "firing"))
+            except Exception:  # the service may be mid-write; the next refresh shows it
+                alerts = []
+        return Group(head, _board(alerts, state["sim_ms"] * 1_000_000, f"active alerts ({len(alerts)})", scenario.tz))
+
+    with Live(frame(), console=console, refresh_per_second=2, screen=False) as live:
+        while not state["done"]:
+            time.sleep(0.5)
+            live.update(frame())
+        live.update(frame())
+    if state["error"]:
+        console.print(f"[red]publishing failed: {state['error']}[/]")
+        return 1
+
+    # Let the service land and evaluate everything before scoring: points in InfluxDB stop changing.
+    db = env["CITYWATCH_INFLUX_DATABASE"]
+    last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        n = _count_points(cfg.connections.influx.url, db)
+        if n != last:
+            last, stable_since = n, time.monotonic()
+        elif time.monotonic() - stable_since > 3:
+            break
+        time.sleep(0.5)
+    console.print(f"landed in InfluxDB: {last:,} of {readings:,} published readings "
+                  f"(the rest are the scenario's bad frames and clock faults, in {work}/var/deadletter)")
+    service.send_signal(signal.SIGTERM)
+    service.wait(60)
+
+    all_alerts = AlertStore(store_path).alerts(None)
+    console.print(_board(all_alerts, scenario.end_ms * 1_000_000, f"every alert of the day ({len(all_alerts)})",
+                         scenario.tz))
+    console.print("[bold]scorecard[/] (citywatch score --truth {0} --alerts sqlite:{1})".format(truth, store_path))
+    return subprocess.call([sys.executable, "-m", "citywatch", "score", "--truth", str(truth),
+                            "--alerts", f"sqlite:{store_path}"], env=env, cwd=ROOT)
+
+
+SEVERITY_STYLE = {4: "bold red", 3: "bold dark_orange", 2: "yellow", 1: "blue"}
+SEVERITY_WORD = {4: "red", 3: "orange", 2: "yellow", 1: "blue", 0: "-"}
+
+
+def _board(alerts, now_ns: int, title: str, tz):
+    """A compact alert board for an 80-column terminal: the duty officer's columns, red first."""
+    import datetime as dt
+
+    from rich.table import Table
+
+    table = Table(title=title, expand=True, pad_edge=False)
+    for col in ("sev", "state", "site", "device", "rule", "value/limit", "since", "for"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
+    rows = sorted(alerts, key=lambda a: (a.state == "resolved", -a.severity, a.started_ns))
+    for a in rows[:25]:
+        end = a.resolved_ns or now_ns
+        minutes = max(0, int((end - a.started_ns) / 60e9))
+        since = dt.datetime.fromtimestamp(a.started_ns / 1e9, tz).strftime("%H:%M")
+        value = "-" if a.value is None or a.value != a.value else f"{a.value:.4g}"
+        limit = "-" if a.limit is None or a.limit != a.limit else f"{a.limit:.4g}"
+        table.add_row(f"[{SEVERITY_STYLE.get(a.severity, '')}]{SEVERITY_WORD.get(a.severity, '?')}[/]", a.state,
+                      a.site.get("name", a.site.get("id", "")), a.device_id, a.rule_id, f"{value}/{limit}", since,
+                      f"{minutes // 60}h{minutes % 60:02d}")
+    if len(rows) > 25:
+        table.caption = f"... and {len(rows) - 25} more (citywatch alerts list --all)"
+    return table
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
