@@ -84,8 +84,8 @@ class RuptureLevel(Strict):
 class Cusum(Strict):
     k_sigma: float = Field(0.5, ge=0, le=10)
     h_sigma: float = Field(5.0, gt=0, le=50)
-    sigma_floor_pct: float = Field(0.5, gt=0, le=50)
-    baseline_tau_s: int = Field(21600, gt=0, le=30 * 86400)
+    sigma_floor_pct: float = Field(0.6, gt=0, le=50)
+    sigma_tau_s: int = Field(21600, gt=0, le=30 * 86400)
     warmup: int = Field(60, ge=1, le=10000)
 
 

@@ -19,6 +19,7 @@ from detectors.calendar import NS
 from detectors.rolling import SlotRing
 
 WEEK_HOURS = 168
+_AROUND = np.arange(-2, 4)  # the hours `smooth_profile` reads, relative to the one before the instant
 
 
 def valid_p(view, inv, loc_sensors) -> tuple[np.ndarray, np.ndarray]:
@@ -37,11 +38,40 @@ def hour_of_week(local_s: np.ndarray) -> np.ndarray:
     return ((local_s // 86400 + 3) % 7) * 24 + (local_s % 86400) // 3600
 
 
+def week_position(local_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(h0, w): the hour-of-week bin whose middle (h:30) is at or before each local instant, and the
+    fraction of the hour from that middle to the next one (the middle of h0 + 1, modulo the week)."""
+    sow = ((local_s // 86400 + 3) % 7) * 86400 + local_s % 86400
+    x = sow - 1800  # seconds since the middle of hour 0 (negative in Monday's first half hour: wraps)
+    return (x // 3600) % WEEK_HOURS, (x % 3600) / 3600.0
+
+
+def smooth_profile(m, w):
+    """The profile between two hour middles from the six hourly means m[0..5] around them (hours
+    h0-2 .. h0+3), w the fraction of the way from the middle of h0 (m[2]) to that of h0+1 (m[3]).
+
+    An hourly mean is an average over its hour, not the value at its middle: at a demand peak it lies
+    well above the bottom of the sag, and a straight line between hour means misses a 1-hour-wide peak
+    by about 1 % of set pressure, twice a day, every day (a false G-leak). So each mean is first turned
+    into the value at its middle (m - second difference / 8: a piecewise-linear curve through those
+    values averages back to m over each hour), and a Catmull-Rom cubic goes through those values: it
+    is continuous, has no step at hour boundaries, and passes through each hour middle.
+    Plain arithmetic, so the reference implementation evaluates it in the same order on floats.
+    """
+    v1 = m[1] - (m[0] - 2.0 * m[1] + m[2]) / 8.0
+    v2 = m[2] - (m[1] - 2.0 * m[2] + m[3]) / 8.0
+    v3 = m[3] - (m[2] - 2.0 * m[3] + m[4]) / 8.0
+    v4 = m[4] - (m[3] - 2.0 * m[4] + m[5]) / 8.0
+    return 0.5 * ((2.0 * v2) + (v3 - v1) * w + (2.0 * v1 - 5.0 * v2 + 4.0 * v3 - v4) * (w * w)
+                  + (3.0 * v2 - v1 - 3.0 * v3 + v4) * (w * w * w))
+
+
 class GasProfile:
     """Shared time-of-week pressure profile per gas sensor: the mean of valid readings in each local
-    hour of the week. An hour counts as learned after `min_weeks` weeks of its readings; rules measure
-    residuals against it only where learned. Updated after the rules ran, so a reading is never judged
-    against a profile that already contains it."""
+    hour of the week. An hour counts as learned after `min_weeks` weeks of its readings. The profile at
+    an instant is a smooth curve through the hours around it (`smooth_profile`, no step at hour
+    boundaries) and counts as learned only where all six hours it uses are. Updated after the rules
+    ran, so a reading is never judged against a profile that already contains it."""
 
     def __init__(self, inv, group) -> None:
         self.inv, self.group = inv, group
@@ -81,12 +111,20 @@ class GasProfile:
         return hit
 
     def baseline(self, view) -> tuple[np.ndarray, np.ndarray]:
-        """(profile mean, learned) for each row's sensor and local hour of the week."""
+        """(profile, learned) at each row's sensor and local time of week (see `smooth_profile`);
+        the profile is 0 where not learned."""
         hit = view.cache.get("profile")
         if hit is None:
-            flat = self._flat(view)
-            learned = self.count_.reshape(-1)[flat] >= self.need[view.loc]
-            hit = view.cache["profile"] = (self.mean_.reshape(-1)[flat].astype(np.float64), learned)
+            h0, w = week_position(view.local_seconds())
+            # The six hours around each row, as flat indexes into the (sensor, hour) tables: one gather.
+            flat = view.loc.astype(np.int64)[:, None] * WEEK_HOURS + (h0[:, None] + _AROUND) % WEEK_HOURS
+            learned = (self.count_.reshape(-1)[flat] >= self.need[view.loc][:, None]).all(axis=1)
+            prof = np.zeros(len(w))
+            rows = np.flatnonzero(learned)
+            if len(rows):
+                m = self.mean_.reshape(-1)[flat[rows]].astype(np.float64).T
+                prof[rows] = smooth_profile(m, w[rows])
+            hit = view.cache["profile"] = (prof, learned)
         return hit
 
 
@@ -178,9 +216,14 @@ class RuptureParams(RuleParams):
 
 
 class GasRupture(GasRule):
-    """G-rupture: the residual (p minus the learned time-of-week profile, or p itself where none is
-    learned) dropped by drop_pct % of set pressure within window_s (5 % in 5 min orange, 10 % in 15 min
-    red, the PHMSA potential-rupture criterion)."""
+    """G-rupture: the residual (p minus the learned, smoothed time-of-week profile, or p itself where
+    none is learned) dropped by drop_pct % of set pressure within window_s (5 % in 5 min orange, 10 % in
+    15 min red, the PHMSA potential-rupture criterion).
+
+    Each stored residual is tagged with whether the profile was learned for it, and a drop is measured
+    only from residuals with the same tag as the current reading: a residual against the profile and a
+    raw pressure are different quantities, so the switch from one to the other is never a drop (in
+    effect the window restarts when the profile becomes learned, or stops being learned)."""
 
     type = "gas_rupture"
     metric = "p_drop"
@@ -194,6 +237,7 @@ class GasRupture(GasRule):
         self.window = "/".join(f"{w}s" for _, _, w in self.levels)
         self.ring = SlotRing(self.n, longest + slot_s, slot_s, np.float32)
         self.ring_val_, self.ring_key_ = self.ring.val_, self.ring.key_
+        self.ring_tag_ = np.zeros(self.ring.val_.shape, np.bool_)   # residual taken against the profile
         self.blk_id_ = np.full(self.n, -(2**30), np.int32)          # block (slots // ring size) of blk_cur_
         self.blk_cur_ = np.full(self.n, -np.inf, np.float32)        # highest residual inserted in that block
         self.blk_prev_ = np.full(self.n, -np.inf, np.float32)       # ... and in the block before it
@@ -205,7 +249,7 @@ class GasRupture(GasRule):
         base, learned = self.profile.baseline(view)
         resid = p - np.where(learned, base, 0.0)
         idx = np.flatnonzero(ok)
-        self.ring.insert(loc[idx], ts[idx], resid[idx].astype(np.float32))
+        self._insert(loc[idx], ts[idx], resid[idx].astype(np.float32), learned[idx])
         ub = self._block_max(loc, ts, resid, ok, view.full)
         n = len(view)
         raw = np.zeros(n, np.int8)
@@ -219,13 +263,14 @@ class GasRupture(GasRule):
         cand = np.flatnonzero(ok & ((ub - resid > need) | (self.level_[loc] > 0)))
         if len(cand):
             vals, age = self.ring.ages(loc[cand], ts[cand])
+            same = self.ring_tag_[loc[cand]] == learned[cand][:, None]
             rc, ps = resid[cand], p_set[cand]
             dc = np.zeros(len(cand))
             rr = np.zeros(len(cand), np.int8)
             hh = np.zeros(len(cand), np.int8)
             for sev, pct, w in self.levels:
                 # The drop is from the highest residual at most window_s before this reading.
-                mask = age < self.ring.span(w + self.ring.slot_s)
+                mask = (age < self.ring.span(w + self.ring.slot_s)) & same
                 peak = np.where(mask, vals, np.float32(-np.inf)).max(axis=1)
                 drop = 100.0 * (peak - rc) / ps
                 dc = np.maximum(dc, np.where(np.isfinite(drop), drop, 0.0))
@@ -238,9 +283,20 @@ class GasRupture(GasRule):
                 limits[0] = pct
         return Eval(ok, raw, held, drop_pct, limits, drop_pct, {"p_kpa": p, "profile": learned})
 
+    def _insert(self, loc, ts, resid, learned) -> None:
+        """Store residuals in the ring and their tags in the same slots (an older reading never
+        overwrites a newer one; a round holds at most one reading per sensor)."""
+        ring = self.ring
+        key = (ts // ring.slot_ns - ring.base).astype(np.int32)
+        flat = loc.astype(np.intp) * ring.slots + key % ring.slots
+        newer = key >= ring.key_.reshape(-1)[flat]
+        ring.insert(loc, ts, resid)
+        self.ring_tag_.reshape(-1)[flat[newer]] = learned[newer]
+
     def _block_max(self, loc, ts, resid, ok, full=False) -> np.ndarray:
         """An upper bound of the residuals in each row's longest window: the maxima of the current and the
-        previous block of `slots` slots (a window never spans more). +inf where unknown (late rows)."""
+        previous block of `slots` slots (a window never spans more). +inf where unknown (late rows).
+        Residuals of both tags are mixed here: the maximum over more values is still an upper bound."""
         key = (ts // self.ring.slot_ns - self.ring.base).astype(np.int64)
         b = key // self.ring.slots
         st = _Rows(None if full else loc)
@@ -263,10 +319,16 @@ class LeakParams(RuleParams):
 
 
 class GasLeakCusum(GasRule):
-    """G-leak: lower tabular CUSUM (Montgomery) on the residual in sigma units, S = max(0, S - r/sigma - k),
-    alarm at S >= h, clear when S is back at 0 (S is capped at 2h). The residual is taken against the learned time-of-week
-    profile, else against a slow exponential baseline; baseline and sigma learn only while S is 0, so a
-    leak does not teach itself into the baseline."""
+    """G-leak: lower tabular CUSUM (Montgomery) on the residual against the learned time-of-week profile
+    in sigma units, S = max(0, S - r/sigma - k), alarm at S >= h, clear when S is back at 0 (S is capped
+    at 2h, so a repaired main clears within 2h/k readings instead of paying back hours of deficit).
+
+    Runs only where the sensor's profile is learned (gas.profile.min_weeks, domain.md section 2.4):
+    demand peaks recur every day and would look like leaks against anything slower. Until then the
+    rule emits nothing and keeps no state. Sigma is learned from the residuals against the profile
+    (never below sigma_floor_pct of set pressure), by an exponential mean over sigma_tau_s of event
+    time, and only while S is 0 so a leak does not teach itself into sigma; the CUSUM starts after
+    `warmup` such residuals."""
 
     type = "gas_leak_cusum"
     metric = "cusum"
@@ -281,46 +343,40 @@ class GasLeakCusum(GasRule):
         self.h = self.params.h_sigma if self.params.h_sigma is not None else c.h_sigma
         self.sev = severity_code(self.params.severity)
         self.floor = c.sigma_floor_pct / 100.0 * self.p_set
-        self.tau_ns = c.baseline_tau_s * NS
+        self.tau_ns = c.sigma_tau_s * NS
         self.warm = c.warmup
-        self.seen_ = np.zeros(self.n, np.uint16)        # valid readings learned so far (saturates)
+        self.seen_ = np.zeros(self.n, np.uint16)        # residuals against the profile seen so far (saturates)
         self.s_ = np.zeros(self.n)                      # CUSUM statistic, sigma units
-        self.base_ = np.full(self.n, np.nan)            # exponential baseline, kPa
         self.var_ = np.zeros(self.n, np.float32)        # residual variance, kPa^2
-        self.last_ = np.full(self.n, -1, np.int64)      # event time of the last valid reading
+        self.last_ = np.full(self.n, -1, np.int64)      # event time of the last residual
         self.profile = _profile(shared, self.inv, self.group)
 
     def evaluate(self, view) -> Eval:
         p, ok = self.pressure(view)
         prof, learned = self.profile.baseline(view)
-        if view.full and ok.all():
-            # Every sensor, every reading valid (the usual case): state without gathers.
+        run = ok & learned
+        if view.full and run.all():
+            # Every sensor, every reading valid and learned (the usual case): state without gathers.
             st = _Rows(None)
             loc, ts = view.loc, view.ts
         else:
-            idx = np.flatnonzero(ok)
+            idx = np.flatnonzero(run)
             st = _Rows(view.loc[idx])
-            loc, ts, p, prof, learned = view.loc[idx], view.ts[idx], p[idx], prof[idx], learned[idx]
-        base = st.get(self.base_)
-        base = np.where(np.isnan(base), p, base)
-        ref = np.where(learned, prof, base)
-        r = p - ref
+            loc, ts, p, prof = view.loc[idx], view.ts[idx], p[idx], prof[idx]
+        r = p - prof
         var = st.get(self.var_)
         sigma = np.maximum(np.sqrt(var.astype(np.float64)), self.floor[loc])
         seen = st.get(self.seen_)
         warm = seen >= self.warm
-        # No CUSUM before the baseline and sigma have seen `warmup` readings.
-        # S is capped at 2h: past the alarm, more evidence adds nothing, and a repaired main clears within
-        # 2h/k readings instead of paying back hours of accumulated deficit.
         s = np.where(warm, np.clip(st.get(self.s_) - r / sigma - self.k, 0.0, 2 * self.h), 0.0)
         st.put(self.seen_, np.minimum(seen.astype(np.int64) + 1, 65535))
-        # Learning: exponential weights by elapsed event time; frozen while the CUSUM is away from 0.
+        # Sigma learns with exponential weights by elapsed event time (a running mean during warm-up),
+        # frozen while the CUSUM is away from 0.
         last = st.get(self.last_)
         dt = np.where(last >= 0, np.maximum(ts - last, 0), 0)
         a = np.where(last >= 0, -np.expm1(-dt / self.tau_ns), 1.0)
         a = np.where(warm, a, np.maximum(a, 1.0 / (seen + 1.0)))
         learn = s == 0
-        st.put(self.base_, np.where(learn, base + a * (p - base), base))
         st.put(self.var_, np.where(learn & (last >= 0), (1 - a) * var + a * r * r, var))
         st.put(self.last_, ts)
         st.put(self.s_, s)
@@ -330,7 +386,7 @@ class GasLeakCusum(GasRule):
         else:
             value = np.full(n, np.nan)
             value[idx] = s
-            known = ok.copy()
+            known = np.zeros(n, np.bool_)
             known[idx] = warm
         raw = np.where(value >= self.h, self.sev, 0).astype(np.int8)
         held = np.where(value > 0, self.sev, 0).astype(np.int8)

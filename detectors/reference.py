@@ -432,9 +432,22 @@ class Profile:
         return ((local // 86400 + 3) % 7) * 24 + (local % 86400) // 3600
 
     def baseline(self, row):
-        b = self.bin(row.facts["local"])
-        c = self.count.get((row.sensor, b), 0)
-        return float(self.mean.get((row.sensor, b), 0.0)), c >= self.need(row.sensor)
+        """(profile, learned): a Catmull-Rom cubic through the hour-middle values of the six hours around
+        the local instant, each the hour mean minus its second difference / 8 (detectors.gas.smooth_profile)."""
+        local = row.facts["local"]
+        sow = ((local // 86400 + 3) % 7) * 86400 + local % 86400
+        x = sow - 1800
+        h0 = (x // 3600) % 168
+        w = (x % 3600) / 3600.0
+        hours = [(h0 + d) % 168 for d in range(-2, 4)]
+        need = self.need(row.sensor)
+        learned = all(self.count.get((row.sensor, h), 0) >= need for h in hours)
+        m = [float(self.mean.get((row.sensor, h), 0.0)) for h in hours]
+        v = [m[j] - (m[j - 1] - 2.0 * m[j] + m[j + 1]) / 8.0 for j in (1, 2, 3, 4)]
+        v1, v2, v3, v4 = v
+        prof = 0.5 * ((2.0 * v2) + (v3 - v1) * w + (2.0 * v1 - 5.0 * v2 + 4.0 * v3 - v4) * (w * w)
+                      + (3.0 * v2 - v1 - 3.0 * v3 + v4) * (w * w * w))
+        return prof, learned
 
     def before(self, row):
         pass
@@ -532,13 +545,13 @@ class RefRupture(GasRef):
         if ok:
             pos = k % self.slots
             if pos not in ring or k >= ring[pos][0]:
-                ring[pos] = (k, _f32(resid))
+                ring[pos] = (k, _f32(resid), learned)
         raw = held = 0
         limits = {}
         drop_pct = 0.0
         for i, (sev, pct, w) in enumerate(self.levels):
             span = min(self.slots, math.ceil((w + self.slot_s) / self.slot_s))
-            vals = [v for kk, v in ring.values() if 0 <= k - kk < span]
+            vals = [v for kk, v, tag in ring.values() if 0 <= k - kk < span and tag == learned]
             peak = max(vals) if vals else -math.inf
             drop = 100.0 * (peak - resid) / d.set_pressure_kpa
             drop_pct = max(drop_pct, drop if math.isfinite(drop) else 0.0)
@@ -562,25 +575,25 @@ class RefLeak(GasRef):
         c = self.g.cusum
         p, ok = valid_p(self.cfg, row)
         d = self.dev(row)
-        s = self.st.setdefault(row.sensor, {"S": 0.0, "base": NAN, "var": 0.0, "last": -1, "seen": 0})
+        none = Out(False, 0, 0, NAN, {k: self.h for k in range(5)}, NAN)
         if not ok:
-            return Out(False, 0, 0, NAN, {k: self.h for k in range(5)}, NAN)
+            return none
         prof, learned = self.profile.baseline(row)
-        base = p if math.isnan(s["base"]) else s["base"]
-        r = p - (prof if learned else base)
+        if not learned:
+            return none  # no CUSUM, and no learning, before the time-of-week profile is learned
+        s = self.st.setdefault(row.sensor, {"S": 0.0, "var": 0.0, "last": -1, "seen": 0})
+        r = p - prof
         sigma = max(math.sqrt(s["var"]), c.sigma_floor_pct / 100 * d.set_pressure_kpa)
         warm = s["seen"] >= c.warmup
         S = min(max(0.0, s["S"] - r / sigma - self.k), 2 * self.h) if warm else 0.0
         last = s["last"]
-        a = -math.expm1(-max(row.ts - last, 0) / (c.baseline_tau_s * NS)) if last >= 0 else 1.0
+        a = -math.expm1(-max(row.ts - last, 0) / (c.sigma_tau_s * NS)) if last >= 0 else 1.0
         if not warm:
             a = max(a, 1.0 / (s["seen"] + 1.0))
         s["seen"] = min(s["seen"] + 1, 65535)
-        if S == 0:
-            if last >= 0:
-                s["var"] = _f32((1 - a) * s["var"] + a * r * r)
-            base = base + a * (p - base)
-        s["base"], s["last"], s["S"] = base, row.ts, S
+        if S == 0 and last >= 0:
+            s["var"] = _f32((1 - a) * s["var"] + a * r * r)
+        s["last"], s["S"] = row.ts, S
         return Out(warm, self.sev if S >= self.h else 0, self.sev if S > 0 else 0, S, {k: self.h for k in range(5)}, S)
 
 

@@ -36,7 +36,7 @@ def test_feed_scenarios_raise_their_rules(shipped_run):
         ("XM0001NOISE", "N-night", "orange"), ("XM0002NOISE", "N-prohibited", "orange"),
         ("XM0002NOISE", "N-night-max", "red"), ("XM0003NOISE", "N-day", "orange"), ("XM0005NOISE", "N-data", "yellow"),
         ("XM0007NOISE", "Offline", "yellow"), ("XMG0003", "G-flatline", "yellow"), ("XMG0005", "Batt", "orange"),
-        ("XMG0025", "G-rupture", "red"), ("XMG0027", "G-leak", "yellow"), ("XMG0031", "G-highhigh", "red"),
+        ("XMG0025", "G-rupture", "red"), ("XMG0031", "G-highhigh", "red"),
         ("XMG0035", "G-range", "yellow"),
     }
     assert expected <= k
@@ -46,6 +46,8 @@ def test_feed_scenarios_raise_their_rules(shipped_run):
         == {"P-SM-2025-0601"}
     # The out-of-range reading is a device fault only.
     assert {r["rule_id"] for r in shipped_run if r["device_id"] == "XMG0035"} == {"G-range"}
+    # One night is no time-of-week profile: G-leak stays silent, even on XMG0027's slow leak.
+    assert not any(r["rule_id"] == "G-leak" for r in shipped_run)
     # Quiet devices raise nothing.
     assert not any(r["device_id"] in ("XM0011NOISE", "XMG0010") for r in shipped_run)
 
