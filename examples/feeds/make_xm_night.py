@@ -29,7 +29,7 @@ SCENARIOS = {
     "XMG0003": "G8 flatline from 21:00 (2.48 kPa exactly): G-flatline after 2 h",
     "XMG0005": "G9 battery fade 3.35 -> 3.02 V: Batt yellow then orange",
     "XMG0025": "G4 rupture at 00:10, -40 % in 3 min: G-rupture red, G-low",
-    "XMG0027": "G5 slow leak from 21:00, -2 %/h: G-leak",
+    "XMG0027": "G5 slow leak from 21:00, -2 %/h: no G-leak in a one-night feed (no learned profile)",
     "XMG0031": "G3 regulator failing open 23:00 (300 -> 360 kPa in 20 min), OPSO trips 23:40 (-> 2 kPa): G-high, G-highhigh, G-low, G-rupture",
     "XMG0035": "sensor out of range 01:00-01:05 (1200 kPa, FS 1000): G-range, no process alarm",
 }
