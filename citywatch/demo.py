@@ -65,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=str(ROOT / "simulators/scenarios/city_day.yaml"))
     parser.add_argument("--speed", type=float, default=1000.0, help="simulated seconds per second (default 1000)")
     parser.add_argument("--workdir", default=str(ROOT / "var/demo"))
+    parser.add_argument("--history", default=None, metavar="D",
+                        help="fault-free history published first, e.g. 14d: G-leak needs a learned weekly profile "
+                             "(adds a few minutes)")
     args = parser.parse_args(argv)
 
     from config import load_config
-    from simulators.feed import build_feed, status_topic, write_truth
+    from simulators.feed import build_feed, build_history, status_topic, write_truth
     from simulators.publisher import BrokerCredentials, FeedPublisher
-    from simulators.scenario import load_scenario
+    from simulators.scenario import load_scenario, parse_duration
 
     console = Console(highlight=False)
     work = Path(args.workdir)
@@ -92,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     _influx(influx_url, f'CREATE DATABASE "{DEMO_DATABASE}"')
 
     scenario = load_scenario(args.scenario, cfg)
+    if args.history:
+        scenario = scenario.with_history(parse_duration(args.history))
+    history = build_history(scenario, cfg)
     messages = build_feed(scenario, cfg)
     truth = work / "truth.jsonl"
     n_faults = write_truth(scenario, truth)
-    readings = sum(m.n for m in messages)
+    readings = sum(m.n for m in messages) + sum(m.n for m in history)
     console.print(f"[bold]citywatch demo[/]: scenario {scenario.name}: {len(scenario.devices)} devices, "
                   f"{readings:,} readings, {n_faults} injected faults, at {args.speed:g}x")
 
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_for_log(run_log, "connected to MQTT broker", service, 60)
         console.print(f"service running (pid {service.pid}, log {run_log})")
-        return _show(console, cfg, scenario, messages, truth, work, env, service, args.speed, readings,
+        return _show(console, cfg, scenario, history, messages, truth, work, env, service, args.speed, readings,
                      BrokerCredentials, FeedPublisher, status_topic)
     finally:
         if service.poll() is None:
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 service.kill()
 
 
-def _show(console, cfg, scenario, messages, truth, work, env, service, speed, readings,
+def _show(console, cfg, scenario, history, messages, truth, work, env, service, speed, readings,
           BrokerCredentials, FeedPublisher, status_topic) -> int:
     from alerts.store import AlertStore
     from simulators.progress import _clock
@@ -127,13 +133,16 @@ def _show(console, cfg, scenario, messages, truth, work, env, service, speed, re
     creds = BrokerCredentials.load(env["CITYWATCH_CREDENTIALS"])
     mq = cfg.connections.mqtt
     publisher = FeedPublisher(mq.host, mq.port, creds, {d: status_topic(cfg.device(d)) for d in scenario.devices})
-    state = {"sim_ms": scenario.start_ms, "readings": 0, "error": None, "done": False}
+    state = {"sim_ms": scenario.start_ms, "readings": 0, "error": None, "done": False, "offset": 0}
 
     def progress(sim_ms: int, n: int) -> None:
-        state["sim_ms"], state["readings"] = sim_ms, n
+        state["sim_ms"], state["readings"] = sim_ms, state["offset"] + n
 
     def publish() -> None:
         try:
+            if history:  # a back-fill: as fast as the broker takes it
+                publisher.run(history, None, progress=lambda sim_ms, n: state.__setitem__("readings", n))
+                state["offset"] = sum(m.n for m in history)
             publisher.run(messages, speed, t0_ms=scenario.start_ms, progress=progress)
         except Exception as exc:  # reported on the board and below; the demo must not hang
             state["error"] = exc
