@@ -189,7 +189,8 @@ def _show(console, cfg, scenario, history, messages, truth, work, env, service, 
             break
         time.sleep(0.5)
     console.print(f"landed in InfluxDB: {last:,} of {readings:,} published readings "
-                  f"(the rest are the scenario's bad frames and clock faults, in {work}/var/deadletter)")
+                  f"(the rest were refused with a reason: bad HJ 212 frames, a reset clock, rows flagged D; "
+                  f"see {work}/var/deadletter)")
     service.send_signal(signal.SIGTERM)
     service.wait(60)
 
