@@ -48,15 +48,21 @@ def _connect(client, server):
     return result["rc"]
 
 
-def test_publish_and_receive_as_device_and_collector(mosquitto):
+def _collector_subscribed(server):
+    """The collector user connected and subscribed to every data topic; returns (client, inbox)."""
     inbox = Inbox()
-    sub = _client(mosquitto, "collector")
+    sub = _client(server, "collector")
     sub.on_message = inbox.on_message
-    assert not _connect(sub, mosquitto).is_failure
+    assert not _connect(sub, server).is_failure
     subscribed = threading.Event()
     sub.on_subscribe = lambda *a: subscribed.set()
     sub.subscribe("city/xm/#", qos=1)
     assert subscribed.wait(5)
+    return sub, inbox
+
+
+def test_publish_and_receive_as_device_and_collector(mosquitto):
+    sub, inbox = _collector_subscribed(mosquitto)
 
     dev = _client(mosquitto, "XM0001NOISE")
     assert not _connect(dev, mosquitto).is_failure
@@ -84,14 +90,7 @@ def test_broker_refuses_unauthenticated_client(mosquitto):
 
 
 def test_device_cannot_publish_under_another_devices_topic(mosquitto):
-    inbox = Inbox()
-    sub = _client(mosquitto, "collector")
-    sub.on_message = inbox.on_message
-    _connect(sub, mosquitto)
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.subscribe("city/xm/#", qos=1)
-    assert subscribed.wait(5)
+    sub, inbox = _collector_subscribed(mosquitto)
 
     dev = _client(mosquitto, "XM0001NOISE")
     acks = {}
@@ -114,14 +113,7 @@ def test_device_cannot_publish_under_another_devices_topic(mosquitto):
 
 
 def test_mosquitto_pub_cli_as_device(mosquitto):
-    inbox = Inbox()
-    sub = _client(mosquitto, "collector")
-    sub.on_message = inbox.on_message
-    _connect(sub, mosquitto)
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.subscribe("city/xm/#", qos=1)
-    assert subscribed.wait(5)
+    sub, inbox = _collector_subscribed(mosquitto)
     user = mosquitto.client_args("XMG0001")
     subprocess.run(
         ["mosquitto_pub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-u", user["username"], "-P",
