@@ -211,57 +211,60 @@ class LimitParams(RuleParams):
     hysteresis_db: float | None = Field(None, ge=0, le=20)
 
 
-class NoiseDayLimit(NoiseRule):
+class RollingLeqLimit(NoiseRule):
+    """Shared body of N-day and N-night: the rolling energy Leq against the site's limit of one period."""
+
+    Params = LimitParams
+    limit_key = ""  # the NoiseLimits key of the period's limit
+    at_night = False
+
+    def setup(self, shared):
+        super().setup(shared)
+        self.win = self.params.window_s or self.nz.rolling_window_s
+        self.window = window_name(self.win)
+        self.energy.need(self.win)
+        self.limit_db = self.lim(self.limit_key)
+
+    def levels(self, lim) -> list:
+        """(severity code, limit array) pairs, lowest first."""
+        raise NotImplementedError
+
+    def in_period(self, view):
+        night = view.facts().night
+        return night if self.at_night else ~night
+
+    def scope(self, view):
+        return self.in_period(view)
+
+    def evaluate(self, view) -> Eval:
+        _, ok = valid_db(view, "leq")
+        lim = self.limit_db[view.loc]
+        leq, enough, cand = self.leq_over(view, self.win, ok, lim - self.hyst)
+        raw, held, limits = levels_above(leq, self.levels(lim), self.hyst)
+        period = self.in_period(view)
+        return Eval(cand & enough, (raw * period).astype(np.int8), (held * period).astype(np.int8), leq, limits,
+                    leq - lim)
+
+
+class NoiseDayLimit(RollingLeqLimit):
     """N-day: rolling Leq20 by day above the site's day limit (yellow), above limit + 5 (orange)."""
 
     type = "noise_day_limit"
-    Params = LimitParams
+    limit_key = "day_db"
 
-    def setup(self, shared):
-        super().setup(shared)
-        self.win = self.params.window_s or self.nz.rolling_window_s
-        self.window = window_name(self.win)
-        self.energy.need(self.win)
-        self.day_db = self.lim("day_db")
-
-    def scope(self, view):
-        f = view.facts()
-        return ~f.night
-
-    def evaluate(self, view) -> Eval:
-        _, ok = valid_db(view, "leq")
-        lim = self.day_db[view.loc]
-        leq, enough, cand = self.leq_over(view, self.win, ok, lim - self.hyst)
-        raw, held, limits = levels_above(leq, [(2, lim), (3, lim + self.nz.day_orange_over_db)], self.hyst)
-        day = ~view.facts().night
-        raw, held = raw * day, held * day
-        return Eval(cand & enough, raw.astype(np.int8), held.astype(np.int8), leq, limits, leq - lim)
+    def levels(self, lim) -> list:
+        return [(2, lim), (3, lim + self.nz.day_orange_over_db)]
 
 
-class NoiseNightLimit(NoiseRule):
+class NoiseNightLimit(RollingLeqLimit):
     """N-night: rolling Leq20 at night above the site's night limit (orange), permit or not."""
 
     type = "noise_night_limit"
-    Params = LimitParams
+    limit_key = "night_db"
+    at_night = True
 
-    def setup(self, shared):
-        super().setup(shared)
-        self.win = self.params.window_s or self.nz.rolling_window_s
-        self.window = window_name(self.win)
-        self.energy.need(self.win)
-        self.night_db = self.lim("night_db")
-
-    def scope(self, view):
-        f = view.facts()
-        return f.night
-
-    def evaluate(self, view) -> Eval:
-        _, ok = valid_db(view, "leq")
-        lim = self.night_db[view.loc]
-        leq, enough, cand = self.leq_over(view, self.win, ok, lim - self.hyst)
-        raw, held, limits = levels_above(leq, [(3, lim)], self.hyst)
-        night = view.facts().night
-        return Eval(cand & enough, (raw * night).astype(np.int8), (held * night).astype(np.int8), leq, limits, leq - lim)
+    def levels(self, lim) -> list:
+        return [(3, lim)]
 
 
 class LmaxParams(RuleParams):
