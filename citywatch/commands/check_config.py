@@ -27,11 +27,9 @@ def register(sub) -> None:
 
 
 def extra_checks(cfg) -> list[ConfigProblem]:
-    """Checks that need other packages (detector rule parameters); empty while none are registered."""
-    try:
-        from detectors.registry import check_rules  # detectors validate their own rule keys
-    except ImportError:
-        return []
+    """Checks that need other packages: each detector validates its own rule keys."""
+    from detectors.registry import check_rules
+
     return list(check_rules(cfg))
 
 
