@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -90,7 +89,6 @@ def test_devices_publish_only_as_themselves(mosquitto, tmp_path):
     assert "broker refused XM0001NOISE" in r.stderr
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub (mosquitto-clients) not installed")
 def test_mosquitto_sub_capture_replays(mosquitto, tmp_path):
     user, pw = mosquitto.credentials.tester
     sub_out = tmp_path / "sub.txt"
