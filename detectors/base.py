@@ -86,23 +86,10 @@ def levels_above(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]]
 
 def levels_below(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]], hysteresis) -> tuple:
     """As `levels_above` for lower limits: a value strictly below a threshold reaches its severity, and
-    an active level holds until the value is `hysteresis` above it."""
-    n = len(value)
-    limits = np.empty((5, n))
-    raw = held = None
-    for sev, thr in sorted(levels, key=lambda x: x[0]):
-        limits[sev] = thr
-        r = (value < thr).view(np.int8)
-        h = (value < thr + hysteresis).view(np.int8)
-        if raw is None:
-            limits[0] = thr
-            raw, held = r * np.int8(sev), h * np.int8(sev)
-        else:
-            raw = np.where(r, np.int8(sev), raw)
-            held = np.where(h, np.int8(sev), held)
-    if raw is None:
-        return np.zeros(n, np.int8), np.zeros(n, np.int8), np.full((5, n), np.nan)
-    return raw, held, limits
+    an active level holds until the value is `hysteresis` above it (levels_above of the negated values)."""
+    ordered = sorted(levels, key=lambda x: x[0])
+    raw, held, limits = levels_above(-np.asarray(value), [(sev, -np.asarray(thr)) for sev, thr in ordered], hysteresis)
+    return raw, held, -limits
 
 
 def take(arr: np.ndarray, view) -> np.ndarray:

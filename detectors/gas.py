@@ -161,6 +161,7 @@ class GasHigh(GasRule):
 
     type = "gas_high"
     Params = LevelParams
+    severity = 2
 
     def setup(self, shared):
         super().setup(shared)
@@ -169,25 +170,19 @@ class GasHigh(GasRule):
     def evaluate(self, view) -> Eval:
         p, ok = self.pressure(view)
         lim = self.limit[view.loc]
-        raw, held, limits = levels_above(p, [(2, lim)], self.hyst[view.loc])
+        raw, held, limits = levels_above(p, [(self.severity, lim)], self.hyst[view.loc])
         return Eval(ok, raw, held, p, limits, 100.0 * (p - lim) / self.p_set[view.loc])
 
 
-class GasHighHigh(GasRule):
+class GasHighHigh(GasHigh):
     """G-highhigh: p above min(MOP, GB 50028 protective-device start pressure): red."""
 
     type = "gas_highhigh"
-    Params = LevelParams
+    severity = 4
 
     def setup(self, shared):
-        super().setup(shared)
+        GasRule.setup(self, shared)
         self.limit = self.inv.highhigh_kpa[self.sensors]
-
-    def evaluate(self, view) -> Eval:
-        p, ok = self.pressure(view)
-        lim = self.limit[view.loc]
-        raw, held, limits = levels_above(p, [(4, lim)], self.hyst[view.loc])
-        return Eval(ok, raw, held, p, limits, 100.0 * (p - lim) / self.p_set[view.loc])
 
 
 class GasLow(GasRule):
