@@ -1,6 +1,8 @@
 """Wires the detectors into the alert engine inside a running service, with live config reload.
 
-The ingest service calls `on_batch` with each durable ReadingBatch, in order; a scheduled `tick` runs
+The ingest service calls `on_batch` with each ReadingBatch as soon as it is decoded (`Service.on_decoded`:
+detection does not wait for the batch age or the InfluxDB write, which only the ack waits for), in
+arrival order; the detector thread evaluates whatever has queued up meanwhile as one batch. A scheduled `tick` runs
 the time-driven rules (deadman) and the alert timers on the wall clock; `reload` swaps a new validated
 config in atomically and keeps every open alert. Reload comes from SIGHUP and from a change of the
 config directory's YAML files (polled).
@@ -29,6 +31,9 @@ WATCH_INTERVAL_S = 2.0
 # Batches waiting for the detector thread; when full, `on_batch` blocks: backpressure into ingest,
 # whose unacked messages the broker keeps.
 QUEUE_BATCHES = 256
+# The detector thread evaluates every batch queued while it was busy as one (fewer, larger calls: the
+# rule set's cost is mostly per call and per reading of one sensor), up to this many readings.
+COALESCE_ROWS = 50_000
 
 
 class DetectionPipeline:
@@ -127,14 +132,28 @@ class DetectionPipeline:
         return not self._queue.unfinished_tasks
 
     def _work(self) -> None:
+        from detectors.batch import ReadingBatch
+
         while True:
-            batch = self._queue.get()
+            batches = [self._queue.get()]
+            rows = len(batches[0]) if batches[0] is not None else 0
+            while batches[-1] is not None and rows < COALESCE_ROWS:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+                if batches[-1] is not None:
+                    rows += len(batches[-1])
+            stop = batches[-1] is None
+            todo = [b for b in batches if b is not None]
             try:
-                if batch is None:
-                    return
-                self._evaluate(batch)
+                if todo:
+                    self._evaluate(todo[0] if len(todo) == 1 else ReadingBatch.concat(todo))
             finally:
-                self._queue.task_done()
+                for _ in batches:
+                    self._queue.task_done()
+            if stop:
+                return
 
     def _evaluate(self, batch) -> None:
         try:
@@ -227,7 +246,7 @@ def run(cfg, config_dir=None, env: dict | None = None, stop: threading.Event | N
     stop = stop or threading.Event()
     service = Service(cfg, env)
     pipeline = DetectionPipeline(cfg, env, config_dir, threaded=True)
-    service.on_batch(pipeline.on_batch)
+    service.on_decoded(pipeline.on_batch)
     pipeline.reload_hooks.append(service.reload)
     pipeline.start()
     if threading.current_thread() is threading.main_thread():

@@ -1,6 +1,6 @@
 """The running citywatch service: collector, ingest pipeline, spool, InfluxDB writer and scheduled jobs.
 
-Build it from a loaded config, register `on_batch` hooks (detectors, alerts), `start()`, and `stop()` on
+Build it from a loaded config, register `on_decoded` (detectors, alerts) or `on_batch` hooks, `start()`, and `stop()` on
 SIGTERM: stop taking messages, flush, make durable, ack, disconnect.
 """
 
@@ -68,6 +68,11 @@ class Service:
     def on_batch(self, callback: Callable[[ReadingBatch], None]) -> None:
         """Call `callback(batch)` with each durable ReadingBatch, in order (from the durability thread)."""
         self.pipeline.on_batch(callback)
+
+    def on_decoded(self, callback: Callable[[ReadingBatch], None]) -> None:
+        """Call `callback(batch)` with each decoded chunk's valid rows as soon as they are decoded, in
+        arrival order, before they are durable (the detectors' low-latency feed; see IngestPipeline)."""
+        self.pipeline.on_decoded(callback)
 
     def reload(self, cfg) -> None:
         """Decode and encode with a new validated config from the next message on (inventory changes:

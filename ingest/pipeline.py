@@ -89,6 +89,7 @@ class IngestPipeline:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._flushes: queue.Queue = queue.Queue(maxsize=2)
         self._on_batch: list[Callable[[ReadingBatch], None]] = []
+        self._on_decoded: list[Callable[[ReadingBatch], None]] = []
         self._on_status: list[Callable[[str, str, int], None]] = []
         self._threads: list[threading.Thread] = []
         self._abort = threading.Event()
@@ -106,6 +107,14 @@ class IngestPipeline:
         """Call `callback(batch)` with each batch once it is durable, in order, from the durability thread.
         An exception in a callback is logged and does not affect ingest."""
         self._on_batch.append(callback)
+
+    def on_decoded(self, callback: Callable[[ReadingBatch], None]) -> None:
+        """Call `callback(batch)` with the valid rows of each decoded chunk of messages, in arrival order,
+        as soon as they are decoded: before they are durable and acked (the low-latency path to the
+        detectors). The same rows still go through batching, durability and ack as ever; a message
+        redelivered after a crash is decoded, and handed on, again. Called from the decode side's thread:
+        a slow callback holds up decoding (backpressure), an exception is logged and does not affect ingest."""
+        self._on_decoded.append(callback)
 
     def on_status(self, callback: Callable[[str, str, int], None]) -> None:
         """Call `callback(device_id, "online"|"offline", recv_ns)` for each device status message."""
@@ -279,6 +288,12 @@ class IngestPipeline:
         for st in res.statuses:
             self._status(*st)
         self.batcher.add_many(res.batch, tokens, res.deadletters)
+        if len(res.batch):
+            for cb in self._on_decoded:
+                try:
+                    cb(res.batch)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_decoded callback failed")
 
     def _status(self, device_id: str, kind: str | None, site_id: str | None, status: str, recv_ns: int) -> None:
         self.device_status[device_id] = (status, recv_ns)

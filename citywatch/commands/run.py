@@ -51,8 +51,8 @@ def _run(args) -> int:
     from citywatch.pipeline import DetectionPipeline
     from ingest.decode_worker import WorkerDied
 
-    # Detectors and the alert engine evaluate each durable batch on a thread of their own, so the
-    # durability thread never waits for them.
+    # Detectors and the alert engine evaluate each decoded chunk on a thread of their own as soon as it
+    # is decoded (not after the batch age and the InfluxDB write, which only the ack waits for).
     try:
         pipeline = DetectionPipeline(cfg, config_dir=args.config, threaded=True)
     except ConfigError as exc:
@@ -61,7 +61,7 @@ def _run(args) -> int:
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         service.stop()
         return 1
-    service.on_batch(pipeline.on_batch)
+    service.on_decoded(pipeline.on_batch)
     pipeline.reload_hooks.append(service.reload)
     pipeline.start()
     pipeline.install_signal_handlers()  # SIGHUP: validate the config directory and swap it in

@@ -340,13 +340,16 @@ def test_mqtt_311_collector_lands_every_reading(tmp_path, mosquitto, influx, ser
     assert svc.terminate() == 0
 
 
-def test_in_process_service_calls_on_batch_with_each_durable_batch_in_order(tmp_path, mosquitto, influx, service_env):
+@pytest.mark.parametrize("decode_processes", [0, 1])
+def test_in_process_service_calls_on_batch_and_on_decoded_with_every_row_in_order(
+        tmp_path, mosquitto, influx, service_env, decode_processes):
     from citywatch.service import Service
 
     cfg = load_config(config_copy(tmp_path, batch_max_rows=50), env=service_env)
-    svc = Service(cfg, env=service_env, decode_processes=0)  # the thread-mode decoder
-    seen = []
+    svc = Service(cfg, env=service_env, decode_processes=decode_processes)
+    seen, decoded = [], []
     svc.on_batch(lambda b: seen.append((len(b), b.ts_ns.copy())))
+    svc.on_decoded(lambda b: decoded.append(b.ts_ns.copy()))
     svc.start()
     try:
         assert svc.collector.wait_connected(20)
@@ -358,6 +361,8 @@ def test_in_process_service_calls_on_batch_with_each_durable_batch_in_order(tmp_
     assert sum(n for n, _ in seen) == 300 and len(seen) >= 2
     ts = [int(t) for _, arr in seen for t in arr]
     assert ts == sorted(ts)  # one device publishing in order: batches arrive in order
+    # The detectors' early feed: the same rows, in the same order, chunk by chunk as they were decoded.
+    assert [int(t) for arr in decoded for t in arr] == ts
 
 
 def test_acks_reach_the_broker_so_a_restart_gets_no_redelivery(tmp_path, mosquitto, influx, service_factory):

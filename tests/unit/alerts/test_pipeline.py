@@ -49,6 +49,20 @@ def test_threaded_pipeline_keeps_batch_order(tmp_path):
     pipe.stop()
 
 
+def test_batches_queued_while_the_detectors_are_busy_are_evaluated_together(tmp_path):
+    pipe, sink, _, gas, dev = pipeline(tmp_path, threaded=True)
+    pipe.start(scheduler=_NoScheduler())
+    with pipe._lock:  # the detector thread is busy: everything queues up meanwhile
+        for i in range(20):
+            pipe.on_batch(reading(gas, i * 60, dev.mop_kpa * 1.5 if i % 2 == 0 else dev.set_pressure_kpa))
+    assert pipe.drain(10)
+    pipe.engine.flush(5)
+    assert pipe.counters["readings"] == 20 and pipe.counters["batches"] < 20
+    # Evaluated together, in order: the same lifecycle as one batch at a time.
+    assert sink.transitions()[:4] == ["firing", "resolved", "firing", "resolved"]
+    pipe.stop()
+
+
 def test_file_change_reloads_and_a_broken_file_is_refused(tmp_path):
     pipe, sink, d, gas, dev = pipeline(tmp_path)
     pipe.engine.start()
