@@ -168,12 +168,46 @@ class Detector:
         return out
 
 
+def latch_levels(raw: np.ndarray, held: np.ndarray, start: np.ndarray, init: np.ndarray) -> np.ndarray:
+    """The level after each row of runs of readings, each run one sensor's in time order, without a loop
+    over the rows: the same as applying `new = max(raw, min(prev, held))` row by row from `init`.
+
+    start: bool, True at the first row of each run; init: the level before each run (one per run).
+    "new >= s" is a latch for each severity s: set by raw >= s, kept while held >= s, reset by held < s
+    (held >= raw, so a row never both sets and resets). The latch is on where the latest set is later
+    than the latest reset; each run's start carries its initial state as an event just before its
+    first row, so nothing leaks from one run into the next.
+    """
+    n = len(raw)
+    new = np.zeros(n, np.int8)
+    if n == 0:
+        return new
+    first = np.flatnonzero(start)
+    pos = 2 * np.arange(n, dtype=np.int64) + 1
+    top = int(max(raw.max(), init.max()))
+    for s in range(1, top + 1):
+        on0 = init >= s
+        sets = np.where(raw >= s, pos, -1)
+        resets = np.where(held < s, pos, -1)
+        sets[first] = np.maximum(sets[first], np.where(on0, 2 * first, -1))
+        resets[first] = np.maximum(resets[first], np.where(on0, -1, 2 * first))
+        on = np.maximum.accumulate(sets) > np.maximum.accumulate(resets)
+        new[on] = s
+    return new
+
+
 class LevelDetector(Detector):
     """A detector whose condition is a severity level per sensor with hysteresis.
 
     Emits a row for every known reading while the level is above 0, and one severity-0 row when it
     drops back to 0. `evaluate(view)` returns an `Eval`.
+
+    `batchwise` detectors judge each reading on its own (their `evaluate` reads no state of theirs and
+    has no side effects): the rule set evaluates them once over a whole batch (`step_batch`), every
+    reading of a sensor in one call, and only the hysteresis runs in time order per sensor.
     """
+
+    batchwise: ClassVar[bool] = False
 
     def setup(self, shared: dict) -> None:
         self.level_ = np.zeros(self.n, np.int8)
@@ -200,9 +234,35 @@ class LevelDetector(Detector):
         idx = np.flatnonzero(ev.known & ((new | prev) != 0))
         if len(idx) == 0:
             return None
-        sev = new[idx]
+        return self._emit(view, ev, idx, new[idx])
+
+    def _emit(self, view, ev: Eval, idx: np.ndarray, sev: np.ndarray) -> Detections:
         limit = ev.limits[sev, idx]
         return self.rows(
             view.sensor[idx], view.ts[idx], sev, ev.value[idx], limit, ev.score[idx],
             self.contexts(view, idx, ev.extra),
         )
+
+    def step_batch(self, view) -> Detections | None:
+        """A batchwise detector over a view holding any number of readings per sensor, each sensor's
+        rows contiguous and in time order: the same detections as `step` over one reading at a time."""
+        ev = self.evaluate(view)
+        idx = np.flatnonzero(ev.known)
+        if len(idx) == 0:
+            return None
+        loc = view.loc[idx]
+        start = np.empty(len(idx), bool)
+        start[0] = True
+        np.not_equal(loc[1:], loc[:-1], out=start[1:])
+        first = np.flatnonzero(start)
+        init = self.level_[loc[first]]
+        new = latch_levels(ev.raw[idx], ev.held[idx], start, init)
+        prev = np.empty_like(new)
+        prev[1:] = new[:-1]
+        prev[first] = init
+        last = np.r_[first[1:] - 1, len(idx) - 1]
+        self.level_[loc[last]] = new[last]
+        emit = np.flatnonzero((new | prev) != 0)
+        if len(emit) == 0:
+            return None
+        return self._emit(view, ev, idx[emit], new[emit])

@@ -123,13 +123,16 @@ class Round:
     """Readings with at most one row per sensor, in the order a rule set evaluates them.
 
     `kind_split` is the row where gas rows start when the round is ordered noise first (else None).
+    `once=False`: a whole batch for batchwise detectors instead, any number of rows per sensor (each
+    sensor's rows contiguous and in time order); its views are then never `full`.
     """
 
-    __slots__ = ("sensor", "ts", "values", "quality", "calendar", "kind_split", "_views")
+    __slots__ = ("sensor", "ts", "values", "quality", "calendar", "kind_split", "once", "_views")
 
-    def __init__(self, sensor, ts, values, quality, calendar, kind_split=None) -> None:
+    def __init__(self, sensor, ts, values, quality, calendar, kind_split=None, once: bool = True) -> None:
         self.sensor, self.ts, self.values, self.quality, self.calendar = sensor, ts, values, quality, calendar
         self.kind_split = kind_split
+        self.once = once
         self._views: dict = {}
 
     def view(self, group: "SensorGroup") -> View:
@@ -146,7 +149,7 @@ class Round:
                     sel = slice(0, len(self.sensor))
             if sel is not None:
                 n = sel.stop - sel.start
-                v = View(self, sel, group.local[self.sensor[sel]], n == len(group))
+                v = View(self, sel, group.local[self.sensor[sel]], self.once and n == len(group))
             else:
                 loc = group.local[self.sensor]
                 idx = np.flatnonzero(loc >= 0)

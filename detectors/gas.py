@@ -159,6 +159,8 @@ class LevelParams(RuleParams):
 class GasHigh(GasRule):
     """G-high: p above rel_high x set pressure (1.20 low-pressure, 1.10 medium and above): yellow."""
 
+    batchwise = True
+
     type = "gas_high"
     Params = LevelParams
     severity = 2
@@ -187,6 +189,8 @@ class GasHighHigh(GasHigh):
 
 class GasLow(GasRule):
     """G-low: p below `below` x set pressure at each configured level (0.85 yellow, 0.70 orange, 0.50 red)."""
+
+    batchwise = True
 
     type = "gas_low"
     Params = LevelParams
@@ -415,6 +419,8 @@ class GasSensorRange(LevelDetector):
     """G-range: a pressure outside the sensor's physical range [min_kpa, fs_factor x full scale] is a
     device fault (not a process alarm); cleared by the next reading inside the range."""
 
+    batchwise = True
+
     type = "gas_sensor_range"
     category = "device"
     kinds = ("gas",)
@@ -447,6 +453,8 @@ class BatteryParams(RuleParams):
 
 class Battery(LevelDetector):
     """Batt: battery voltage below yellow_v (3.3 V) yellow, below orange_v (3.1 V) orange (Li-SOCl2 3.6 V)."""
+
+    batchwise = True
 
     type = "battery"
     category = "device"

@@ -64,6 +64,8 @@ class Threshold(FieldDetector):
     """Static levels: `above: x` reaches its severity when value > x, `below: x` when value < x; an active
     level holds until the value is `hysteresis` back inside (ADTK ThresholdAD with hysteresis)."""
 
+    batchwise = True
+
     type = "threshold"
     window = "sample"
     Params = ThresholdParams

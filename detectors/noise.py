@@ -274,6 +274,8 @@ class LmaxParams(RuleParams):
 class NoiseNightLmax(NoiseRule):
     """N-night-max: the minute's Lmax at night above night limit + 15 (orange); at or above 85 (red)."""
 
+    batchwise = True
+
     type = "noise_night_lmax"
     metric = "lmax"
     window = "Lmax1"

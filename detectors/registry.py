@@ -90,19 +90,24 @@ class RuleSet:
         self.shared: dict = {}
         self.rules: list[Detector] = []
         groups: dict[tuple, SensorGroup] = {}
-        self._groups: list[tuple[SensorGroup, list[Detector]]] = []
+        self._groups: list[tuple[SensorGroup, list[Detector]]] = []   # run round by round
+        self._whole: list[tuple[SensorGroup, list[Detector]]] = []    # batchwise: once per batch
         for rule, cls, params in rules:
             kinds = _rule_kinds(rule, cls)
             key = tuple(sorted(kinds))
             if key not in groups:
                 codes = tuple(sorted(KIND_CODES[k] for k in kinds))
                 groups[key] = SensorGroup(np.isin(inv.kind, codes), codes)
-                self._groups.append((groups[key], []))
             group = groups[key]
             shared = self.shared.setdefault(key, {})
             det = cls(rule.id, params, inv, group, shared)
             self.rules.append(det)
-            next(g for g in self._groups if g[0] is group)[1].append(det)
+            runs = self._whole if getattr(cls, "batchwise", False) else self._groups
+            slot = next((g for g in runs if g[0] is group), None)
+            if slot is None:
+                slot = (group, [])
+                runs.append(slot)
+            slot[1].append(det)
         self.components = [c for d in self.shared.values() for c in d.values()]
         self.watermark_ns: int | None = None
 
@@ -140,6 +145,7 @@ class RuleSet:
         else:
             order = np.lexsort((ts, sensor))
         s = sensor[order]
+        out = self._process_whole(batch, order, s) if self._whole else []
         # Rank of each row within its sensor: round r holds every sensor's r-th reading, noise rows first.
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
         rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
@@ -151,7 +157,6 @@ class RuleSet:
         # when a rule first reads them (a batch often carries fields no rule uses).
         sensor, ts, quality = sensor[order], ts[order], batch.quality[order]
         values = _Gathered(batch.values, order)
-        out = []
         cal = self.inv.calendar
         for a, b in zip(bounds[:-1], bounds[1:]):
             split = int(np.searchsorted(kind[a:b], 1))
@@ -169,6 +174,28 @@ class RuleSet:
             for c in self.components:
                 c.after(rnd)
         return Detections.concat(out)
+
+    def _process_whole(self, batch: ReadingBatch, order: np.ndarray, s: np.ndarray) -> list:
+        """The batchwise rules over the whole batch at once: rows by kind, then sensor, then time."""
+        kind = self.inv.kind[s]
+        if kind.min() == kind.max():
+            split = len(s) if kind[0] == 0 else 0
+        else:
+            by_kind = np.argsort(kind, kind="stable")
+            order, s = order[by_kind], s[by_kind]
+            split = int(np.searchsorted(kind[by_kind], 1))
+        rnd = Round(s, batch.ts_ns[order], _Gathered(batch.values, order).window(0, len(order)), batch.quality[order],
+                    self.inv.calendar, split, once=False)
+        out = []
+        for group, dets in self._whole:
+            view = rnd.view(group)
+            if len(view) == 0:
+                continue
+            for d in dets:
+                found = d.step_batch(view)
+                if found is not None:
+                    out.append(found)
+        return out
 
     def advance(self, now_ns: int) -> Detections:
         """Time-driven rules (deadman) at an event-time watermark or the wall clock, UTC ns."""

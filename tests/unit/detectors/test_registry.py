@@ -6,11 +6,15 @@ import re
 import shutil
 import typing
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from config import DEFAULT_CONFIG_DIR, ConfigError, load_config
 from config.thresholds import Gas, Noise, Offline
+from detectors.base import latch_levels
 from detectors.registry import REGISTRY, RuleSet, check_rules
 
 
@@ -111,3 +115,49 @@ def test_every_threshold_and_rule_key_is_documented_in_the_yaml():
     assert sorted(t for t in REGISTRY if t not in words) == []
     missing = sorted({k for cls in REGISTRY.values() for k in _keys(cls.Params)} - words)
     assert missing == []
+
+
+# ----- latch_levels: the hysteresis of batchwise detectors without a loop over rows ----------------------
+
+@st.composite
+def _runs(draw):
+    """Runs of (raw, held) severities with held >= raw, and each run's initial level."""
+    n_runs = draw(st.integers(1, 5))
+    raws, helds, starts, inits = [], [], [], []
+    for _ in range(n_runs):
+        k = draw(st.integers(1, 12))
+        inits.append(draw(st.sampled_from([0, 1, 2, 3, 4])))
+        for j in range(k):
+            r = draw(st.sampled_from([0, 0, 1, 2, 3, 4]))
+            raws.append(r)
+            helds.append(draw(st.integers(r, 4)))
+            starts.append(j == 0)
+    return (np.array(raws, np.int8), np.array(helds, np.int8), np.array(starts), np.array(inits, np.int8))
+
+
+@given(_runs())
+@settings(max_examples=300, deadline=None)
+def test_latch_levels_equals_the_row_by_row_recursion(runs):
+    raw, held, start, init = runs
+    got = latch_levels(raw, held, start, init)
+    want, run = [], -1
+    for r, h, s in zip(raw.tolist(), held.tolist(), start.tolist()):
+        if s:
+            run += 1
+            prev = int(init[run])
+        prev = max(r, min(prev, h))
+        want.append(prev)
+    assert got.tolist() == want
+
+
+def test_latch_levels_table():
+    # yellow set, held through a dip inside the hysteresis band, reset below it; red set by a spike
+    raw = np.array([2, 0, 0, 4, 0, 0], np.int8)
+    held = np.array([2, 2, 0, 4, 2, 0], np.int8)
+    start = np.array([True, False, False, False, False, False])
+    assert latch_levels(raw, held, start, np.array([0], np.int8)).tolist() == [2, 2, 0, 4, 2, 0]
+    # a run that starts active keeps its level while held, and the next run starts from its own state
+    raw = np.array([0, 0, 0, 0], np.int8)
+    held = np.array([3, 0, 3, 3], np.int8)
+    start = np.array([True, False, True, False])
+    assert latch_levels(raw, held, start, np.array([3, 0], np.int8)).tolist() == [3, 0, 0, 0]
