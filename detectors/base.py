@@ -215,17 +215,24 @@ class LevelDetector(Detector):
     def evaluate(self, view) -> Eval:
         raise NotImplementedError
 
-    def scope(self, view) -> np.ndarray | None:
-        """Rows where the condition can hold at all (a calendar period), or None for every row.
+    def candidates(self, view) -> np.ndarray | None:
+        """Rows that could reach a level now (raw or held above 0), by a cheap test that may include
+        more rows than needed but never fewer; None: every row (the default).
 
-        Only for detectors whose `evaluate` has no side effects: when no row is in scope and no sensor
-        of the view is active, the step is skipped (the result would be nothing anyway)."""
+        Only for detectors whose `evaluate` has no side effects: a row outside the candidates whose
+        sensor is at level 0 leaves it at 0 and emits nothing, so `evaluate` runs on the other rows
+        only. Most readings are normal: for them a rule costs this test and nothing else."""
         return None
 
     def step(self, view) -> Detections | None:
-        sc = self.scope(view)
-        if sc is not None and not sc.any() and not self.level_[view.loc].any():
-            return None
+        cand = self.candidates(view)
+        if cand is not None:
+            rows = cand | (self.level_[view.loc] > 0) if self.level_.any() else cand
+            idx = np.flatnonzero(rows)
+            if len(idx) == 0:
+                return None
+            if len(idx) < len(view):
+                view = view.subset(idx)
         ev = self.evaluate(view)
         prev = take(self.level_, view)
         new = np.maximum(ev.raw, np.minimum(prev, ev.held))
@@ -237,7 +244,7 @@ class LevelDetector(Detector):
         return self._emit(view, ev, idx, new[idx])
 
     def _emit(self, view, ev: Eval, idx: np.ndarray, sev: np.ndarray) -> Detections:
-        limit = ev.limits[sev, idx]
+        limit = ev.limits[sev] if ev.limits.ndim == 1 else ev.limits[sev, idx]
         return self.rows(
             view.sensor[idx], view.ts[idx], sev, ev.value[idx], limit, ev.score[idx],
             self.contexts(view, idx, ev.extra),
@@ -246,6 +253,17 @@ class LevelDetector(Detector):
     def step_batch(self, view) -> Detections | None:
         """A batchwise detector over a view holding any number of readings per sensor, each sensor's
         rows contiguous and in time order: the same detections as `step` over one reading at a time."""
+        cand = self.candidates(view)
+        if cand is not None:
+            # Every row of the sensors with a candidate row or an active level (a later row may hold or
+            # clear the level); the other sensors stay at 0.
+            busy = self.level_ > 0
+            busy[view.loc[cand]] = True
+            idx = np.flatnonzero(busy[view.loc])
+            if len(idx) == 0:
+                return None
+            if len(idx) < len(view):
+                view = view.subset(idx)
         ev = self.evaluate(view)
         idx = np.flatnonzero(ev.known)
         if len(idx) == 0:

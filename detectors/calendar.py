@@ -163,6 +163,9 @@ class TimeFacts:
     def __init__(self, night, prohibited, permit, exam, local) -> None:
         self.night, self.prohibited, self.permit, self.exam, self.local = night, prohibited, permit, exam, local
 
+    def take(self, idx: np.ndarray) -> "TimeFacts":
+        return TimeFacts(self.night[idx], self.prohibited[idx], self.permit[idx], self.exam[idx], self.local[idx])
+
     def period_name(self, i: int) -> str:
         if self.prohibited[i]:
             return "prohibited"

@@ -97,6 +97,27 @@ class View:
     def __len__(self) -> int:
         return len(self.sensor)
 
+    def subset(self, idx: np.ndarray) -> "View":
+        """The view of rows `idx` of this one. What this view has computed (columns, time facts, the
+        per-row results of shared components in `cache`) is carried over for those rows."""
+        if isinstance(self.sel, slice):
+            sel = idx + self.sel.start if self.sel.start else idx
+        else:
+            sel = self.sel[idx]
+        v = View(self.round, sel, self.loc[idx])
+        n = len(self.sensor)
+        v._cols = {k: c[idx] for k, c in self._cols.items()}
+        if self._facts is not None:
+            v._facts = self._facts.take(idx)
+        elif self._local is not None:
+            v._local = self._local[idx]
+        for k, c in self.cache.items():
+            if isinstance(c, np.ndarray) and c.ndim >= 1 and len(c) == n:
+                v.cache[k] = c[idx]
+            elif isinstance(c, tuple) and all(isinstance(x, np.ndarray) and len(x) == n for x in c):
+                v.cache[k] = tuple(x[idx] for x in c)
+        return v
+
     def col(self, name: str) -> np.ndarray:
         c = self._cols.get(name)
         if c is None:

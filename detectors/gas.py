@@ -115,17 +115,51 @@ class GasProfile:
         the profile is 0 where not learned."""
         hit = view.cache.get("profile")
         if hit is None:
-            h0, w = week_position(view.local_seconds())
-            # The six hours around each row, as flat indexes into the (sensor, hour) tables: one gather.
-            flat = view.loc.astype(np.int64)[:, None] * WEEK_HOURS + (h0[:, None] + _AROUND) % WEEK_HOURS
-            learned = (self.count_.reshape(-1)[flat] >= self.need[view.loc][:, None]).all(axis=1)
-            prof = np.zeros(len(w))
-            rows = np.flatnonzero(learned)
-            if len(rows):
-                m = self.mean_.reshape(-1)[flat[rows]].astype(np.float64).T
-                prof[rows] = smooth_profile(m, w[rows])
-            hit = view.cache["profile"] = (prof, learned)
+            local = view.local_seconds()
+            lo, hi = (int(local.min()), int(local.max())) if len(local) else (0, 0)
+            if (lo - 1800) // 3600 == (hi - 1800) // 3600:
+                hit = self._baseline_one_hour(view, local, lo)
+            else:
+                hit = self._baseline_any(view, local)
+            view.cache["profile"] = hit
         return hit
+
+    def _baseline_any(self, view, local) -> tuple[np.ndarray, np.ndarray]:
+        h0, w = week_position(local)
+        # The six hours around each row, as flat indexes into the (sensor, hour) tables: one gather.
+        flat = view.loc.astype(np.int64)[:, None] * WEEK_HOURS + (h0[:, None] + _AROUND) % WEEK_HOURS
+        learned = (self.count_.reshape(-1)[flat] >= self.need[view.loc][:, None]).all(axis=1)
+        prof = np.zeros(len(w))
+        rows = np.flatnonzero(learned)
+        if len(rows):
+            m = self.mean_.reshape(-1)[flat[rows]].astype(np.float64).T
+            prof[rows] = smooth_profile(m, w[rows])
+        return prof, learned
+
+    def _baseline_one_hour(self, view, local, lo: int) -> tuple[np.ndarray, np.ndarray]:
+        """`_baseline_any` when every row lies between the same two hour middles (the usual round: one
+        reading per sensor at about the same time): the six hours are the same for all rows."""
+        h0 = int(week_position(np.array([lo]))[0][0])
+        hours = [(h0 + int(a)) % WEEK_HOURS for a in _AROUND]
+        w = ((local - 1800) % 3600) / 3600.0
+        loc = view.loc
+        need = self.need if view.full else self.need[loc]
+        base = None if view.full else loc.astype(np.int64) * WEEK_HOURS
+        counts = self.count_.reshape(-1)
+
+        def column(table, flat_table, h):
+            return table[:, h] if base is None else flat_table[base + h]
+
+        learned = column(self.count_, counts, hours[0]) >= need
+        for h in hours[1:]:
+            learned &= column(self.count_, counts, h) >= need
+        prof = np.zeros(len(w))
+        rows = np.flatnonzero(learned)
+        if len(rows):
+            means = self.mean_.reshape(-1)
+            m = [column(self.mean_, means, h)[rows].astype(np.float64) for h in hours]
+            prof[rows] = smooth_profile(m, w[rows])
+        return prof, learned
 
 
 def _profile(shared: dict, inv, group) -> GasProfile:
@@ -169,6 +203,9 @@ class GasHigh(GasRule):
         super().setup(shared)
         self.limit = self.inv.rel_high[self.sensors] * self.p_set
 
+    def candidates(self, view):
+        return view.col("p") > (self.limit - self.hyst)[view.loc]
+
     def evaluate(self, view) -> Eval:
         p, ok = self.pressure(view)
         lim = self.limit[view.loc]
@@ -202,6 +239,12 @@ class GasLow(GasRule):
             for lv in self.inv.low_levels[i]:
                 self.thr[severity_code(lv.severity), j] = lv.below * self.p_set[j]
         self.sevs = [s for s in range(1, 5) if not np.isnan(self.thr[s]).all()]
+        with np.errstate(invalid="ignore"):
+            top = np.fmax.reduce(self.thr, axis=0)  # the highest lower limit of each sensor (NaN: none)
+        self.cand_below = np.where(np.isnan(top), -np.inf, top + self.hyst)
+
+    def candidates(self, view):
+        return view.col("p") < self.cand_below[view.loc]
 
     def evaluate(self, view) -> Eval:
         p, ok = self.pressure(view)
@@ -253,7 +296,7 @@ class GasRupture(GasRule):
         n = len(view)
         raw = np.zeros(n, np.int8)
         held = np.zeros(n, np.int8)
-        limits = np.empty((5, n))
+        limits = np.empty(5)
         drop_pct = np.zeros(n)
         p_set = self.p_set[loc]
         # Only rows whose residual lies far enough below the highest residual of the last two blocks can
@@ -389,8 +432,7 @@ class GasLeakCusum(GasRule):
             known[idx] = warm
         raw = np.where(value >= self.h, self.sev, 0).astype(np.int8)
         held = np.where(value > 0, self.sev, 0).astype(np.int8)
-        limits = np.broadcast_to(np.float64(self.h), (5, n))
-        return Eval(known, raw, held, value, limits, value)
+        return Eval(known, raw, held, value, np.full(5, self.h), value)
 
 
 class _Rows:
@@ -436,6 +478,10 @@ class GasSensorRange(LevelDetector):
         self.hi = rg.fs_factor * self.inv.full_scale[self.sensors]
         self.sev = severity_code(self.params.severity)
 
+    def candidates(self, view):
+        p = view.col("p")
+        return (p < self.lo) | (p > self.hi[view.loc])
+
     def evaluate(self, view) -> Eval:
         p = view.col("p")
         hi = self.hi[view.loc]
@@ -469,6 +515,9 @@ class Battery(LevelDetector):
         b = self.inv.cfg.gas.battery
         self.yellow = self.params.yellow_v if self.params.yellow_v is not None else b.yellow_v
         self.orange = self.params.orange_v if self.params.orange_v is not None else b.orange_v
+
+    def candidates(self, view):
+        return view.col("batt_v") < max(self.yellow, self.orange) + self.params.hysteresis_v
 
     def evaluate(self, view) -> Eval:
         v = view.col("batt_v")

@@ -233,8 +233,9 @@ class RollingLeqLimit(NoiseRule):
         night = view.facts().night
         return night if self.at_night else ~night
 
-    def scope(self, view):
-        return self.in_period(view)
+    def candidates(self, view):
+        # The lowest level is the limit itself; an active level holds down to limit - hysteresis.
+        return self.in_period(view) & (self.energy.upper_db(view) > self.limit_db[view.loc] - self.hyst)
 
     def evaluate(self, view) -> Eval:
         _, ok = valid_db(view, "leq")
@@ -285,9 +286,9 @@ class NoiseNightLmax(NoiseRule):
         super().setup(shared)
         self.max_db = self.lim("night_db") + self.lim("lmax_over_db")
 
-    def scope(self, view):
-        f = view.facts()
-        return f.night
+    def candidates(self, view):
+        lowest = np.minimum(self.max_db[view.loc], self.nz.night_lmax_red_db)
+        return view.facts().night & (view.col("lmax") > lowest - self.hyst)
 
     def evaluate(self, view) -> Eval:
         x, ok = valid_db(view, "lmax")
@@ -322,9 +323,13 @@ class NoiseProhibited(NoiseRule):
         self.energy.need(self.win)
         self.sev = severity_code(self.params.severity or pr.severity)
 
-    def scope(self, view):
+    def candidates(self, view):
+        # The limit is never below the floor.
         f = view.facts()
-        return f.prohibited & (f.permit < 0)
+        on = f.prohibited & (f.permit < 0)
+        if not on.any():
+            return on
+        return on & (self.energy.upper_db(view) > self.nz.prohibited.floor_db - self.hyst)
 
     def evaluate(self, view) -> Eval:
         pr = self.nz.prohibited
@@ -352,9 +357,8 @@ class NoiseExam(NoiseRule):
         self.window = window_name(self.win)
         self.energy.need(self.win)
 
-    def scope(self, view):
-        f = view.facts()
-        return f.exam >= EXAM_CLASS1
+    def candidates(self, view):
+        return view.facts().exam >= EXAM_CLASS1
 
     def evaluate(self, view) -> Eval:
         ex = self.nz.exam
@@ -399,12 +403,18 @@ class NoisePreWarning(NoiseRule):
         self.margin = self.params.margin_db if self.params.margin_db is not None else self.nz.pre_warning_margin_db
         self.day_db, self.night_db = self.lim("day_db"), self.lim("night_db")
 
-    def evaluate(self, view) -> Eval:
+    def _limit(self, view) -> np.ndarray:
         ex = self.nz.exam
-        _, ok = valid_db(view, "leq")
         f = view.facts()
         limit = np.where(f.night, self.night_db[view.loc], self.day_db[view.loc])
-        limit = np.where(f.exam >= EXAM_CLASS1, np.where(f.night, ex.class1_night_db, ex.class1_day_db), limit)
+        return np.where(f.exam >= EXAM_CLASS1, np.where(f.night, ex.class1_night_db, ex.class1_day_db), limit)
+
+    def candidates(self, view):
+        return self.energy.upper_db(view) > self._limit(view) - self.margin - self.hyst
+
+    def evaluate(self, view) -> Eval:
+        _, ok = valid_db(view, "leq")
+        limit = self._limit(view)
         leq, enough, cand = self.leq_over(view, self.win, ok, limit - self.margin - self.hyst)
         raw, held, limits = levels_above(leq, [(1, limit - self.margin)], self.hyst)
         return Eval(cand & enough, raw, held, leq, limits, leq - limit)
@@ -469,7 +479,7 @@ class NoiseDataQuality(LevelDetector):
         bad_s = np.where(bad, (ts - since) / NS + self.interval_s[loc], 0.0)
         cond = (bad_s >= self.bad_s) | (vdr < self.min_vdr)
         raw = (cond * self.sev).astype(np.int8)
-        limits = np.broadcast_to(np.float64(self.min_vdr), (5, len(view)))
+        limits = np.full(5, self.min_vdr)
         reason = Labels(np.where(bad_s >= self.bad_s, 1, np.where(vdr < self.min_vdr, 2, 0)), (None, "flag", "vdr"))
         known = np.ones(len(view), bool)
         return Eval(known, raw, raw, vdr, limits, 1.0 - vdr, {"bad_flag_s": bad_s, "reason": reason})
