@@ -328,12 +328,10 @@ class GasRupture(GasRule):
     def _insert(self, loc, ts, resid, learned) -> None:
         """Store residuals in the ring and their tags in the same slots (an older reading never
         overwrites a newer one; a round holds at most one reading per sensor)."""
-        ring = self.ring
-        key = (ts // ring.slot_ns - ring.base).astype(np.int32)
-        flat = loc.astype(np.intp) * ring.slots + key % ring.slots
-        newer = key >= ring.key_.reshape(-1)[flat]
-        ring.insert(loc, ts, resid)
-        self.ring_tag_.reshape(-1)[flat[newer]] = learned[newer]
+        done = self.ring.insert(loc, ts, resid)
+        if done is not None:
+            flat, newer = done
+            self.ring_tag_.reshape(-1)[flat[newer]] = learned[newer]
 
     def _block_max(self, loc, ts, resid, ok, full=False) -> np.ndarray:
         """An upper bound of the residuals in each row's longest window: the maxima of the current and the

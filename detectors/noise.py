@@ -445,6 +445,7 @@ class NoiseDataQuality(LevelDetector):
         self.bad_s = self.params.bad_flag_for_s or dq.bad_flag_for_s
         self.sev = severity_code(self.params.severity)
         self.interval_s = self.inv.report_s[self.sensors]
+        self.expected = np.maximum(1, 3600 // self.interval_s)  # readings a complete hour holds
         self.hour_ = np.full(self.n, -1, np.int64)      # hour bucket being counted (-1: none yet)
         self.count_ = np.zeros(self.n, np.int16)        # valid readings in that hour
         self.first_ = np.ones(self.n, bool)             # the bucket being counted is the first (partial) one
@@ -457,29 +458,33 @@ class NoiseDataQuality(LevelDetector):
         hour = (ts - 1) // (3600 * NS)
         cur = take(self.hour_, view)
         rolled = hour > cur
-        started = cur >= 0
-        expected = np.maximum(1, 3600 // self.interval_s[loc])
         vdr = take(self.vdr_, view).astype(np.float64)
-        first = take(self.first_, view)
         count0 = take(self.count_, view)
         if rolled.any():
-            done = np.where(hour == cur + 1, count0 / expected, 0.0)
+            started = cur >= 0
+            first = take(self.first_, view)
+            done = np.where(hour == cur + 1, count0 / self.expected[loc], 0.0)
             vdr = np.where(rolled & started & ~first, done, vdr)
             put(self.vdr_, view, vdr)
             put(self.first_, view, np.where(rolled, ~started, first))
         # A valid reading is flagged N and has its main value (leq or p); an empty row is not data.
-        valid = (view.quality == 0) & (np.isfinite(view.col("leq")) | np.isfinite(view.col("p")))
+        values = view.round.values
+        main = [np.isfinite(view.col(name)) for name in ("leq", "p") if name in values]
+        valid = (view.quality == 0) & (main[0] | main[1] if len(main) == 2 else main[0] if main else False)
         count = np.where(rolled, 0, count0) + valid
         put(self.count_, view, np.where(hour >= cur, count, count0))
         put(self.hour_, view, np.maximum(hour, cur))
         bad = view.quality != 0
-        since0 = take(self.bad_since_, view)
-        since = np.where(bad, np.where(since0 < 0, ts, since0), -1)
+        if bad.any():
+            since0 = take(self.bad_since_, view)
+            since = np.where(bad, np.where(since0 < 0, ts, since0), -1)
+            bad_s = np.where(bad, (ts - since) / NS + self.interval_s[loc], 0.0)
+        else:
+            since, bad_s = -1, np.zeros(len(view))
         put(self.bad_since_, view, since)
-        bad_s = np.where(bad, (ts - since) / NS + self.interval_s[loc], 0.0)
-        cond = (bad_s >= self.bad_s) | (vdr < self.min_vdr)
+        flag_bad = bad_s >= self.bad_s
+        cond = flag_bad | (vdr < self.min_vdr)
         raw = (cond * self.sev).astype(np.int8)
-        limits = np.full(5, self.min_vdr)
-        reason = Labels(np.where(bad_s >= self.bad_s, 1, np.where(vdr < self.min_vdr, 2, 0)), (None, "flag", "vdr"))
+        reason = Labels(np.where(flag_bad, 1, np.where(vdr < self.min_vdr, 2, 0)), (None, "flag", "vdr"))
         known = np.ones(len(view), bool)
-        return Eval(known, raw, raw, vdr, limits, 1.0 - vdr, {"bad_flag_s": bad_s, "reason": reason})
+        return Eval(known, raw, raw, vdr, np.full(5, self.min_vdr), 1.0 - vdr, {"bad_flag_s": bad_s, "reason": reason})

@@ -39,19 +39,23 @@ class SlotRing:
     def nbytes(self) -> int:
         return self.val_.nbytes + self.key_.nbytes
 
-    def insert(self, loc: np.ndarray, ts_ns: np.ndarray, value: np.ndarray) -> None:
-        """Store `value` in each sensor's slot of `ts_ns`; an older reading never overwrites a newer one."""
+    def insert(self, loc: np.ndarray, ts_ns: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Store `value` in each sensor's slot of `ts_ns`; an older reading never overwrites a newer one.
+        Returns (flat slot index of every row, whether it was stored), for tables kept beside the ring."""
         if len(loc) == 0:
-            return
+            return None
         key = (ts_ns // self.slot_ns - self.base).astype(np.int32)
         # Flat indexes into the (sensor, slot) tables: cheaper than 2-D fancy indexing.
         flat = loc.astype(np.intp) * self.slots + key % self.slots
         keys, vals = self.key_.reshape(-1), self.val_.reshape(-1)
         newer = key >= keys[flat]
-        if not newer.all():
-            flat, key, value = flat[newer], key[newer], value[newer]
-        vals[flat] = value
-        keys[flat] = key
+        if newer.all():
+            vals[flat] = value
+            keys[flat] = key
+        else:
+            vals[flat[newer]] = value[newer]
+            keys[flat[newer]] = key[newer]
+        return flat, newer
 
     def ages(self, loc: np.ndarray, ts_ns: np.ndarray, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(values, ages) of each row's sensor: ages in slots before the row's own slot, as uint32 so
