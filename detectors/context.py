@@ -121,8 +121,9 @@ class View:
     def col(self, name: str) -> np.ndarray:
         c = self._cols.get(name)
         if c is None:
-            src = self.round.values.get(name)
-            c = src[self.sel] if src is not None else np.full(len(self.sensor), np.nan)
+            c = self.round.values.take(name, self.sel)
+            if c is None:
+                c = np.full(len(self.sensor), np.nan)
             self._cols[name] = c
         return c
 

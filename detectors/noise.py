@@ -427,8 +427,8 @@ class DataQualityParams(RuleParams):
 
 
 class NoiseDataQuality(LevelDetector):
-    """N-data: the last complete hour's valid-data rate (HJ 906: n/N; valid = flag N with a leq or p
-    value) below the minimum, or flags other than N for at least `bad_flag_for_s` in a row."""
+    """N-data: the last complete hour's valid-data rate (HJ 906: n/N; valid = flag N with the device's
+    main value: leq for a noise monitor, p for a gas sensor) below the minimum, or flags other than N for at least `bad_flag_for_s` in a row."""
 
     type = "noise_data_quality"
     category = "data"
@@ -468,9 +468,15 @@ class NoiseDataQuality(LevelDetector):
             put(self.vdr_, view, vdr)
             put(self.first_, view, np.where(rolled, ~started, first))
         # A valid reading is flagged N and has its main value (leq or p); an empty row is not data.
-        values = view.round.values
-        main = [np.isfinite(view.col(name)) for name in ("leq", "p") if name in values]
-        valid = (view.quality == 0) & (main[0] | main[1] if len(main) == 2 else main[0] if main else False)
+        # A noise monitor's main value is leq, a gas sensor's p (a group of one kind reads one column).
+        kinds = self.group.kinds or (0, 1)
+        if kinds == (0,):
+            main = np.isfinite(view.col("leq"))
+        elif kinds == (1,):
+            main = np.isfinite(view.col("p"))
+        else:
+            main = np.where(self.inv.kind[view.sensor] == 0, np.isfinite(view.col("leq")), np.isfinite(view.col("p")))
+        valid = (view.quality == 0) & main
         count = np.where(rolled, 0, count0) + valid
         put(self.count_, view, np.where(hour >= cur, count, count0))
         put(self.hour_, view, np.maximum(hour, cur))

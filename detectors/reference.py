@@ -398,7 +398,8 @@ class RefDataQuality(RefRule):
         if rolled:
             s["first"] = not started
         if hour >= cur:
-            valid = row.quality == 0 and (math.isfinite(row.get("leq")) or math.isfinite(row.get("p")))
+            main = "leq" if self.cfg.devices[row.sensor].kind == "noise" else "p"
+            valid = row.quality == 0 and math.isfinite(row.get(main))
             s["count"] = (0 if rolled else s["count"]) + valid
         s["hour"] = max(hour, cur)
         bad = row.quality != 0

@@ -205,35 +205,29 @@ class RuleSet:
 
 
 class _Gathered:
-    """Batch columns reordered into round order on first use, then sliced per round."""
+    """Batch columns in round order, gathered from the batch only for the rows a view reads (a column
+    of one kind's field is never gathered for the other kind's rows)."""
 
     def __init__(self, columns: dict, order: np.ndarray) -> None:
-        self.columns, self.order, self.done = columns, order, {}
-
-    def get(self, name: str):
-        col = self.done.get(name)
-        if col is None:
-            src = self.columns.get(name)
-            if src is None:
-                return None
-            col = self.done[name] = src[self.order]
-        return col
+        self.columns, self.order = columns, order
 
     def window(self, a: int, b: int) -> "_Window":
         return _Window(self, a, b)
 
 
 class _Window:
-    """The columns of one round: a read-only mapping of slices of the gathered columns."""
+    """The columns of one round: `take(name, sel)` gathers rows `sel` of the round from the batch."""
 
     __slots__ = ("src", "a", "b")
 
     def __init__(self, src: _Gathered, a: int, b: int) -> None:
         self.src, self.a, self.b = src, a, b
 
-    def get(self, name: str, default=None):
-        col = self.src.get(name)
-        return default if col is None else col[self.a:self.b]
+    def take(self, name: str, sel):
+        col = self.src.columns.get(name)
+        if col is None:
+            return None
+        return col[self.src.order[self.a:self.b][sel]]
 
     def __contains__(self, name: str) -> bool:
         return name in self.src.columns

@@ -169,6 +169,8 @@ def _materialize(obj) -> None:
 def _json_default(v):
     if isinstance(v, np.generic):
         return v.item()
+    if isinstance(v, BaseModel):
+        return _dump(v)
     if isinstance(v, (set, frozenset)):
         return sorted(v)
     if isinstance(v, np.ndarray):
@@ -252,7 +254,7 @@ def _describe(key: str, obj, comps: dict[int, str]) -> tuple[str, np.ndarray, di
     cols = []
     for name, v in per_dev:
         b = _per_device(v, n)
-        settings.setdefault("per_device", []).append([name, str(v.dtype), list(v.shape[1:]) if b is not None else None])
+        settings.setdefault("per_device", []).append([name, str(v.dtype), None if b is None else b.shape[1]])
         if b is not None:
             cols.append(b)
     dev_fp = np.concatenate(cols, axis=1) if cols else np.zeros((n, 0), np.uint8)
@@ -459,8 +461,12 @@ def read(path: str | os.PathLike) -> Snapshot:
             pieces = {}
             for p in manifest["pieces"]:
                 arrays = {name: z[member] for name, member in p["arrays"].items()}
-                pieces[p["key"]] = Piece(p["key"], p["fp"], [str(d) for d in sets[p["devices"]]], z[p["dev_fp"]],
-                                         arrays, dict(p["scalars"]), tuple(p["needs"]))
+                devices = [str(d) for d in sets[p["devices"]]]
+                dev_fp = z[p["dev_fp"]]
+                if dev_fp.dtype != np.uint8 or dev_fp.ndim != 2 or dev_fp.shape[0] != len(devices):
+                    raise ValueError(f"piece {p['key']!r}: device settings do not match its {len(devices)} devices")
+                pieces[p["key"]] = Piece(p["key"], str(p["fp"]), devices, dev_fp, arrays, dict(p["scalars"]),
+                                         tuple(p["needs"]))
             return Snapshot(pieces, manifest.get("watermark_ns"), int(manifest.get("saved_ns") or 0))
     except SnapshotError:
         raise
