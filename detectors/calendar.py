@@ -79,6 +79,9 @@ class Calendar:
             for s, e in spans:
                 bounds |= {s, e}
         self.boundaries = sorted(b % DAY_S for b in bounds)
+        # ... and with the listening-test windows, every time of day at which any fact can change.
+        self._edges = np.array(sorted(set(self.boundaries) | {x % DAY_S for _, s, e in self.listening for x in (s, e)}),
+                               np.int64)
         sites = {s.id: s for s in cfg.sites}
         near = []
         for d in cfg.devices:
@@ -120,6 +123,40 @@ class Calendar:
     def facts(self, sensor: np.ndarray, ts_ns: np.ndarray) -> "TimeFacts":
         """Period, prohibited window, permit and exam mode of readings (sensor index, UTC ns)."""
         local = self.local_seconds(ts_ns)
+        if len(local) > 1:
+            lo, hi = int(local.min()), int(local.max())
+            if lo // DAY_S == hi // DAY_S:
+                a, b = lo % DAY_S, hi % DAY_S
+                if not ((self._edges > a) & (self._edges <= b)).any():
+                    return self._facts_at(sensor, local, lo)
+        return self._facts(sensor, local)
+
+    def _facts_at(self, sensor: np.ndarray, local: np.ndarray, lo: int) -> "TimeFacts":
+        """`facts` when every row lies on one day between the same two edges (the usual round: readings
+        of about the same minute): the time-of-day facts are those of `lo` for all rows, and only the
+        per-sensor parts (permit sites, exam radius) are looked up per row."""
+        n = len(local)
+        day, sod = lo // DAY_S, lo % DAY_S
+        if self.night_start_s > self.day_start_s:
+            night = sod >= self.night_start_s or sod < self.day_start_s
+        else:
+            night = self.night_start_s <= sod < self.day_start_s
+        prohibited = any((s <= sod < e) if s < e else (sod >= s or sod < e) for s, e in self.prohibited)
+        permit = np.full(n, -1, np.int16)
+        site = None
+        for i, (site_i, first, last, spans) in enumerate(self.permits):
+            if any(_in_window(np.array([sod]), np.array([day]), s, e, first, last)[0] for s, e in spans):
+                site = self.sensor_site[sensor] if site is None else site
+                permit[(site == site_i) & (permit < 0)] = i
+        exam = np.zeros(n, np.int8)
+        if self.exam_days:
+            on = any(first <= day <= last for first, last in self.exam_days)
+            listening = any(d == day and s <= sod < e for d, s, e in self.listening)
+            if on or listening:
+                exam[self.exam_near[sensor]] = EXAM_LISTENING if listening else EXAM_CLASS1
+        return TimeFacts(np.full(n, night), np.full(n, prohibited), permit, exam, local)
+
+    def _facts(self, sensor: np.ndarray, local: np.ndarray) -> "TimeFacts":
         day = local // DAY_S
         sod = local - day * DAY_S
         if self.night_start_s > self.day_start_s:
