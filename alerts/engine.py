@@ -20,6 +20,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Collection
 
 import numpy as np
 
@@ -112,8 +113,13 @@ class AlertEngine:
 
     # ----- life of the engine ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Load open alerts, flap history, silences and undelivered notices from the store; queue them."""
+    def start(self, kept: Collection = ()) -> None:
+        """Load open alerts, flap history, silences and undelivered notices from the store; queue them.
+
+        kept: rule ids, or (rule id, device id) keys, whose detector state was restored (a detector
+        snapshot) and still holds the condition active: their open alerts go on as before the restart,
+        since those detectors will send the clear. Every other open alert is handled as recovered (see
+        `observe_readings`)."""
         with self._lock:
             if self._started:
                 return
@@ -121,10 +127,10 @@ class AlertEngine:
             wm = self.store.meta("watermark")
             self._watermark = max(self._watermark, int(wm) if wm else 0)
             for a in self.store.open_alerts():
-                a.recovered = True
+                a.recovered = not _names(kept, a)
                 self._open[a.key] = a
                 self._by_id[a.alert_id] = a
-            self._restart_wm = self._watermark if self._open else None
+            self._restart_wm = self._watermark if any(a.recovered for a in self._open.values()) else None
             self._flips = self.store.flips()
             self.muter.silences = {s.id: s for s in self.store.silences()}
             for notice, sink, due in self.store.pending_deliveries():
@@ -138,19 +144,22 @@ class AlertEngine:
             self._persist_refreshes(force=True)
         self.dispatcher.stop()
 
-    def reload(self, cfg, detectors_reset: bool = False) -> None:
+    def reload(self, cfg, detectors_reset: bool | Collection = False) -> None:
         """Swap in a new validated config atomically; open alerts stay open (alerts of removed or
         disabled rules resolve). Sinks are rebuilt when their settings or the connections changed.
 
-        detectors_reset: the detectors were rebuilt without state, so open alerts are handled as after
-        a restart (see `observe_readings`)."""
+        detectors_reset: True when every detector was rebuilt without state, or the rule ids (and
+        (rule id, device id) keys) whose detectors were: their open alerts are handled as after a
+        restart (see `observe_readings`). The others' detectors kept their state and will send the clear."""
         with self._lock:
             old = self.cfg
             self._configure(cfg)
             if detectors_reset and self._open:
-                for a in self._open.values():
+                hit = [a for a in self._open.values() if detectors_reset is True or _names(detectors_reset, a)]
+                for a in hit:
                     a.recovered = True
-                self._restart_wm = self._watermark
+                if hit:
+                    self._restart_wm = self._watermark
             if cfg.alerting.sinks != old.alerting.sinks or cfg.connections != old.connections:
                 self._swap_sinks(cfg)
             now = self._now()
@@ -676,6 +685,11 @@ class AlertEngine:
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every due notice has been sent (or failed for good)."""
         return self.dispatcher.flush(timeout_s)
+
+
+def _names(keys: Collection, alert: Alert) -> bool:
+    """Whether `keys` (rule ids and (rule id, device id) keys) names the alert's rule or key."""
+    return alert.rule_id in keys or alert.key in keys
 
 
 def _num(v) -> float | None:

@@ -5,7 +5,8 @@ detection does not wait for the batch age or the InfluxDB write, which only the 
 arrival order; the detector thread evaluates whatever has queued up meanwhile as one batch. A scheduled `tick` runs
 the time-driven rules (deadman) and the alert timers on the wall clock; `reload` swaps a new validated
 config in atomically and keeps every open alert. Reload comes from SIGHUP and from a change of the
-config directory's YAML files (polled).
+config directory's YAML files (polled). The detectors' state is kept across a reload wherever a rule
+did not change, and across a restart in a snapshot file (`alerting.detector_state_path`, detectors/snapshot.py).
 """
 
 from __future__ import annotations
@@ -74,13 +75,28 @@ class DetectionPipeline:
         self._worker: threading.Thread | None = None
         # Called with each config swapped in (the ingest service re-reads its inventory there).
         self.reload_hooks: list = []
-        self.counters = {"batches": 0, "readings": 0, "detections": 0, "errors": 0, "reloads": 0, "reload_errors": 0}
+        self.counters = {"batches": 0, "readings": 0, "detections": 0, "errors": 0, "reloads": 0, "reload_errors": 0,
+                         "state_saves": 0, "state_save_errors": 0}
+        # What the last start or reload restored of the detectors' state (detectors.snapshot.LoadReport).
+        self.state_report = None
+        self._save_lock = threading.Lock()
+        self._jobs = None
+        self._started = False
 
     # ----- lifecycle --------------------------------------------------------------------------------
 
     def start(self, scheduler: BackgroundScheduler | None = None) -> None:
-        """Load alert state, start the command listener and the tick / config-watch jobs."""
-        self.engine.start()
+        """Load the detector snapshot and alert state, start the command listener and the tick /
+        config-watch / state-save jobs. A missing or unusable snapshot only means the rules start fresh."""
+        from detectors import snapshot
+
+        with self._lock:
+            report = self.state_report = snapshot.load(self.rules, self._state_path())
+            snapshot.log_report(report)
+            # Open alerts whose detector came back holding the condition go on; the rest are "recovered".
+            kept = report.kept() & snapshot.active_keys(self.rules)
+            self._started = True
+        self.engine.start(kept=kept)
         if self._queue is not None:
             self._worker = threading.Thread(target=self._work, name="detect-alert", daemon=True)
             self._worker.start()
@@ -93,9 +109,13 @@ class DetectionPipeline:
                           max_instances=1, coalesce=True, replace_existing=True)
         scheduler.add_job(self._watch_config, "interval", seconds=WATCH_INTERVAL_S, id="config_watch",
                           max_instances=1, coalesce=True, replace_existing=True)
+        scheduler.add_job(self.save_state, "interval", seconds=self.cfg.alerting.detector_state_save_s,
+                          id="detector_state", max_instances=1, coalesce=True, replace_existing=True)
+        self._jobs = scheduler
 
     def stop(self) -> None:
-        """Stop jobs and the listener; persist alert state; unsent notices stay queued in the store."""
+        """Stop jobs and the listener; persist the detector and alert state; unsent notices stay queued
+        in the store."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -105,6 +125,9 @@ class DetectionPipeline:
             self._queue.put(None)
             self._worker.join(30)
             self._worker = None
+        if self._started:  # a pipeline that never loaded the snapshot must not overwrite it with nothing
+            self.save_state()
+            self._started = False
         with self._lock:
             self.engine.stop()
 
@@ -191,23 +214,52 @@ class DetectionPipeline:
             self.counters["errors"] += 1
             log.exception("alert tick failed")
 
+    # ----- detector state ---------------------------------------------------------------------------
+
+    def _state_path(self) -> Path:
+        return self.cfg.resolve_path(self.cfg.alerting.detector_state_path)
+
+    def save_state(self) -> bool:
+        """Write the detectors' state snapshot (atomically). Never raises: a failed save is logged and
+        counted, and the previous snapshot stays in place."""
+        from detectors import snapshot
+
+        with self._save_lock:
+            path = self._state_path()
+            try:
+                with self._lock:  # a consistent copy between batches; the disk write runs without the lock
+                    snap = snapshot.capture(self.rules)
+                snapshot.write(snap, path)
+                self.counters["state_saves"] += 1
+                return True
+            except Exception:
+                self.counters["state_save_errors"] += 1
+                log.exception("detector state could not be saved to %s", path)
+                return False
+
     # ----- reload -----------------------------------------------------------------------------------
 
     def reload(self, new_cfg) -> None:
         """Swap in a validated config: rebuild the rules, reconfigure the engine; open alerts stay.
         Raises ConfigError (and keeps the old config) when the detectors reject a rule."""
+        from detectors import snapshot
         from detectors.registry import RuleSet
 
         rules = RuleSet.from_config(new_cfg)  # before taking the lock: a bad config changes nothing
         with self._lock:
+            report = self.state_report = snapshot.transfer(self.rules, rules)
             self.rules = rules
+            old_save_s = self.cfg.alerting.detector_state_save_s
             self.cfg = new_cfg
-            # The new detectors start without state: they may never clear what the old ones raised.
-            self.engine.reload(new_cfg, detectors_reset=True)
+            # Rules that started fresh may never clear what their old selves raised; the others go on.
+            self.engine.reload(new_cfg, detectors_reset=report.reset())
             for hook in self.reload_hooks:
                 hook(new_cfg)
             self.counters["reloads"] += 1
         log.info("config reloaded from %s", self.config_dir)
+        snapshot.log_report(report)
+        if new_cfg.alerting.detector_state_save_s != old_save_s and hasattr(self._jobs, "reschedule_job"):
+            self._jobs.reschedule_job("detector_state", trigger="interval", seconds=new_cfg.alerting.detector_state_save_s)
 
     def reload_from_disk(self) -> bool:
         """Load and validate the config directory, then swap it in; on problems log them and keep the old."""

@@ -105,6 +105,10 @@ class Alerting(Strict):
     recovered_clear_after_s: float = Field(300, ge=0)
     mqtt_client_id: str = Field("citywatch-alerts", min_length=1, max_length=64)
     store_path: str = "var/alerts.sqlite"
+    # The detectors' state (rolling windows, CUSUM sums, hysteresis levels, the learned gas profile),
+    # written atomically this often and at stop, read at start (detectors/snapshot.py).
+    detector_state_path: str = Field("var/detector_state.npz", min_length=1)
+    detector_state_save_s: float = Field(60, ge=1, le=86400)
     command_topic: str = Field("city/xm/alerts/cmd", pattern=r"^[^#+]+$")
 
     @model_validator(mode="after")

@@ -115,7 +115,7 @@ class LoadReport:
         out: set = set()
         for r in self.rule_results():
             rid = r.key[5:]
-            if not r.restored.any():
+            if r.reason is not None or (len(r.devices) and not r.restored.any()):
                 out.add(rid)
             elif not r.restored.all():
                 out.update((rid, d) for d in np.asarray(r.devices, object)[~r.restored])
@@ -214,7 +214,7 @@ def _describe(key: str, obj, comps: dict[int, str]) -> tuple[str, np.ndarray, di
         per_dev.append(("p_set", obj.inv.p_set[obj.group.global_index]))
         per_dev.append(("pressure_class", np.array(
             [str(cfg.devices[i].pressure_class) for i in obj.group.global_index], "U32")))
-        items = [(k, v) for k, v in vars(obj).items() if k.endswith("_")]
+        items = sorted((k, v) for k, v in vars(obj).items() if k.endswith("_"))
     else:
         items = sorted(vars(obj).items())
     for name, v in items:
@@ -243,20 +243,18 @@ def _describe(key: str, obj, comps: dict[int, str]) -> tuple[str, np.ndarray, di
             settings[name] = v.model_dump(mode="json")
         elif isinstance(v, BaseModel):
             settings[name] = _dump(v)
-        elif isinstance(v, np.ndarray):
-            pd = _per_device(v, n)
-            if pd is None:
-                settings[name] = v
-            else:
-                per_dev.append((name, v))
+        elif isinstance(v, np.ndarray) and _per_device(v, n) is not None:
+            per_dev.append((name, v))
         else:
             settings[name] = v
     cols = []
     for name, v in per_dev:
         b = _per_device(v, n)
-        settings.setdefault("per_device", []).append([name, str(v.dtype), None if b is None else b.shape[1]])
-        if b is not None:
-            cols.append(b)
+        if b is None:  # no devices: nothing per device
+            settings[name] = v
+            continue
+        settings.setdefault("per_device", []).append([name, str(v.dtype), b.shape[1]])
+        cols.append(b)
     dev_fp = np.concatenate(cols, axis=1) if cols else np.zeros((n, 0), np.uint8)
     settings["state"] = sorted([k, str(a.dtype), list(a.shape[1:])] for k, a in state.items())
     text = json.dumps([key, settings], sort_keys=True, default=_json_default)
