@@ -139,7 +139,8 @@ class GasProfile:
     def _baseline_one_hour(self, view, local, lo: int) -> tuple[np.ndarray, np.ndarray]:
         """`_baseline_any` when every row lies between the same two hour middles (the usual round: one
         reading per sensor at about the same time): the six hours are the same for all rows."""
-        h0 = int(week_position(np.array([lo]))[0][0])
+        x = ((lo // 86400 + 3) % 7) * 86400 + lo % 86400 - 1800  # week_position of lo, in plain ints
+        h0 = (x // 3600) % WEEK_HOURS
         hours = [(h0 + int(a)) % WEEK_HOURS for a in _AROUND]
         w = ((local - 1800) % 3600) / 3600.0
         loc = view.loc
@@ -395,6 +396,10 @@ class GasLeakCusum(GasRule):
         p, ok = self.pressure(view)
         prof, learned = self.profile.baseline(view)
         run = ok & learned
+        if not run.any():
+            n = len(view)  # no sensor of the view has its profile learned: nothing to judge, no state
+            return Eval(np.zeros(n, bool), np.zeros(n, np.int8), np.zeros(n, np.int8), np.full(n, np.nan),
+                        np.full(5, self.h), np.full(n, np.nan))
         if view.full and run.all():
             # Every sensor, every reading valid and learned (the usual case): state without gathers.
             st = _Rows(None)
