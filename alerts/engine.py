@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 NS = 1_000_000_000
 # Dirty alert refreshes (last value, last seen) are persisted at most this often; transitions at once.
 REFRESH_PERSIST_S = 5.0
+PRUNE_EVERY_NS = 3600 * NS  # how often the store is pruned (retention_days), engine clock
 
 
 def wall_clock_ns() -> int:
@@ -85,7 +86,8 @@ class AlertEngine:
         self._dirty: dict[str, Alert] = {}
         self._dirty_flips: set = set()
         self._last_persist = 0.0
-        self.counters = {"late_rows": 0, "unknown_sensor_rows": 0, "notices": 0, "suppressed": 0}
+        self.counters = {"late_rows": 0, "unknown_sensor_rows": 0, "notices": 0, "suppressed": 0, "pruned": 0}
+        self._pruned_at: int | None = None
         self._configure(cfg)
         self._started = False
 
@@ -274,7 +276,24 @@ class AlertEngine:
             notices = self._emit(trans, now)
             self._persist_refreshes()
             self._pump(now)
+            self._prune(now)
             return notices
+
+    def _prune(self, now: int) -> None:
+        """Once an hour (of the engine's clock): drop what ended more than `retention_days` ago."""
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_NS:
+            return
+        self._pruned_at = now
+        try:
+            gone = self.store.prune(now - int(self.cfg.alerting.retention_days * 86400 * NS))
+        except Exception:  # noqa: BLE001 - pruning is housekeeping: never stop alerting for it
+            log.exception("alert store pruning failed")
+            return
+        n = sum(gone.values())
+        if n:
+            self.counters["pruned"] += n
+            log.info("alert store: deleted %s older than %g days", ", ".join(f"{v} {k}" for k, v in gone.items() if v),
+                     self.cfg.alerting.retention_days)
 
     def _apply_detections(self, det, trans: list) -> None:
         ndev = len(self._labels)

@@ -119,6 +119,41 @@ class AlertStore:
                 (status, attempts, error, time.time() if status != "pending" else None, key, sink),
             )
 
+    def prune(self, before_ns: int) -> dict[str, int]:
+        """Forget what ended before `before_ns` (UTC ns): resolved alerts with their notices and
+        deliveries (never a notice with a delivery still pending), silences that ended or expired, and
+        applied operator commands. Open alerts, pending deliveries and active silences always stay.
+        Returns the rows deleted per table."""
+        before_s = before_ns / 1e9
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (alert_id TEXT PRIMARY KEY)")
+                db.execute("DELETE FROM gone")
+                db.execute(
+                    "INSERT INTO gone SELECT alert_id FROM alerts WHERE state = 'resolved' "
+                    "AND json_extract(body, '$.resolved_ns') < ? AND NOT EXISTS ("
+                    "  SELECT 1 FROM notices n JOIN deliveries d ON d.key = n.key "
+                    "  WHERE n.alert_id = alerts.alert_id AND d.status = 'pending')", (before_ns,))
+                counts = {
+                    "deliveries": db.execute(
+                        "DELETE FROM deliveries WHERE key IN (SELECT key FROM notices WHERE alert_id IN "
+                        "(SELECT alert_id FROM gone))").rowcount,
+                    "notices": db.execute("DELETE FROM notices WHERE alert_id IN (SELECT alert_id FROM gone)").rowcount,
+                    "alerts": db.execute("DELETE FROM alerts WHERE alert_id IN (SELECT alert_id FROM gone)").rowcount,
+                    "silences": db.execute(
+                        "DELETE FROM silences WHERE expires_ns < ? OR (json_extract(body, '$.ended_by') IS NOT NULL "
+                        "AND json_extract(body, '$.created_ns') < ?)", (before_ns, before_ns)).rowcount,
+                    "commands": db.execute(
+                        "DELETE FROM commands WHERE applied_at IS NOT NULL AND received_at < ?", (before_s,)).rowcount,
+                }
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return counts
+
     # ----- loading --------------------------------------------------------------------------------
 
     def open_alerts(self) -> list[Alert]:

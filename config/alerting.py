@@ -105,6 +105,9 @@ class Alerting(Strict):
     recovered_clear_after_s: float = Field(300, ge=0)
     mqtt_client_id: str = Field("citywatch-alerts", min_length=1, max_length=64)
     store_path: str = "var/alerts.sqlite"
+    # Resolved alerts (with their notices), ended silences and applied commands older than this are
+    # deleted from the store, checked once an hour; open alerts and unsent notices are never deleted.
+    retention_days: float = Field(90, gt=0, le=3650)
     # The detectors' state (rolling windows, CUSUM sums, hysteresis levels, the learned gas profile),
     # written atomically this often and at stop, read at start (detectors/snapshot.py).
     detector_state_path: str = Field("var/detector_state.npz", min_length=1)

@@ -167,3 +167,41 @@ def test_batch_split_gives_the_same_notices(tmp_path_factory, seq, cuts):
     whole = _run(tmp_path_factory.mktemp("whole"), d, [])
     split = _run(tmp_path_factory.mktemp("split"), d, cuts)
     assert sorted(split, key=lambda x: (x[2], x[0])) == sorted(whole, key=lambda x: (x[2], x[0]))
+
+
+# ----- retention: the store does not grow without bound ------------------------------------------------
+
+def test_prune_forgets_old_resolved_alerts_and_keeps_open_ones_and_pending_deliveries(tmp_path):
+    cfg = make_cfg({"retention_days": 1}, [{"id": "N-day", "type": "noise_day_limit"}])
+    engine, sink = make_engine(tmp_path, cfg)
+    day = 86400
+    engine.process(det([(0, 0, "N-day", "yellow", 72)]))         # device 0: fires ...
+    engine.process(det([(0, 60, "N-day", "clear", 65)]))         # ... and resolves at once (clear_for_s 0)
+    engine.process(det([(1, 60, "N-day", "yellow", 72)]))        # device 1: still open
+    engine.flush(5)
+    store = engine.store
+    assert {a.state for a in store.alerts()} == {"resolved", "firing"}
+    old = next(a for a in store.alerts() if a.state == "resolved")
+    # A notice of the resolved alert whose delivery is still pending keeps the alert (and it) in the store.
+    store.mark_delivery(f"{old.alert_id}:2", "rec", "pending", 1)
+    assert store.prune(at(2 * day))["alerts"] == 0
+    store.mark_delivery(f"{old.alert_id}:2", "rec", "sent", 2)
+    assert store.prune(at(59))["alerts"] == 0                      # resolved after `before`: kept
+    gone = store.prune(at(2 * day))
+    assert gone["alerts"] == 1 and gone["notices"] == 2 and gone["deliveries"] == 2
+    assert [a.state for a in store.alerts()] == ["firing"] and store.notices(old.alert_id) == []
+    engine.stop()
+
+
+def test_the_engine_prunes_hourly_by_its_clock(tmp_path):
+    cfg = make_cfg({"retention_days": 1}, [{"id": "N-day", "type": "noise_day_limit"}])
+    engine, sink = make_engine(tmp_path, cfg)
+    engine.process(det([(0, 0, "N-day", "yellow", 72)]))
+    engine.process(det([(0, 60, "N-day", "clear", 65)]))
+    engine.flush(5)
+    engine.tick(at(3600))                       # first check: nothing is a day old yet
+    assert len(engine.store.alerts()) == 1
+    engine.tick(at(86400 + 1800))               # old enough, but the last check was only 0.8 h of clock ago...
+    engine.tick(at(86400 + 3600 + 120))         # ... the next hourly check deletes it
+    assert engine.store.alerts() == [] and engine.counters["pruned"] >= 3
+    engine.stop()
