@@ -1,11 +1,14 @@
-"""Listens on the MQTT command topic and hands each operator command to the engine."""
+"""Listens on the MQTT command topic, hands each operator command to the engine and publishes its result."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
 
@@ -13,13 +16,18 @@ log = logging.getLogger(__name__)
 class CommandListener:
     """Subscribes to `{command_topic}` and `{command_topic}/#` (in on_connect, so it survives reconnects).
 
-    `handle(source, command_dict)` is called for each JSON message; errors are logged and counted,
-    never raised into paho's loop.
+    `handle(source, command_dict) -> result` is called for each JSON message; errors are logged and
+    counted, never raised into paho's loop. The result ("ok: ..." or "error: ...", or why the message was
+    not a command) is published as JSON on `command_reply_topic` and, for an MQTT 5 command that names a
+    response topic, there too with its correlation data: an operator console learns whether its ack
+    was applied without reading the store.
     """
 
     def __init__(self, cfg, handle, env: dict[str, str]):
         m = cfg.connections.mqtt
         self.topic = cfg.alerting.command_topic.rstrip("/")
+        self.reply_topic = cfg.alerting.command_reply_topic.rstrip("/")
+        self.mqtt5 = m.protocol == "mqtt5"
         self.handle = handle
         self.rejected = 0
         proto = mqtt.MQTTv5 if m.protocol == "mqtt5" else mqtt.MQTTv311
@@ -50,9 +58,30 @@ class CommandListener:
             self.subscribed = True
 
     def _on_message(self, client, userdata, msg):
+        cmd = None
         try:
             cmd = json.loads(msg.payload.decode("utf-8"))
-            self.handle(f"mqtt:{msg.topic}", cmd)
+            result = self.handle(f"mqtt:{msg.topic}", cmd)
         except Exception as exc:
             self.rejected += 1
             log.warning("rejected alert command on %s: %s", msg.topic, exc)
+            result = f"error: not a command: {exc}"
+        self._reply(msg, cmd, str(result))
+
+    def _reply(self, msg, cmd, result: str) -> None:
+        body = json.dumps({
+            "topic": msg.topic, "command": cmd, "ok": result.startswith("ok"), "result": result,
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }, ensure_ascii=False, default=str).encode()
+        try:
+            self.client.publish(self.reply_topic, body, qos=1)
+            props = getattr(msg, "properties", None)
+            response = getattr(props, "ResponseTopic", None) if props is not None else None
+            if self.mqtt5 and response:
+                out = Properties(PacketTypes.PUBLISH)
+                corr = getattr(props, "CorrelationData", None)
+                if corr is not None:
+                    out.CorrelationData = corr
+                self.client.publish(response, body, qos=1, properties=out)
+        except Exception:  # noqa: BLE001 - a reply is a courtesy; the command itself was handled
+            log.exception("could not publish the reply to an alert command")

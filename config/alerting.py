@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from config.base import Severity, Strict, Window
 
@@ -113,6 +113,18 @@ class Alerting(Strict):
     detector_state_path: str = Field("var/detector_state.npz", min_length=1)
     detector_state_save_s: float = Field(60, ge=1, le=86400)
     command_topic: str = Field("city/xm/alerts/cmd", pattern=r"^[^#+]+$")
+    # The result of each MQTT command (ok or the error) is published here, and to the command's MQTT 5
+    # response topic when it names one; never under command_topic (the listener would read it back).
+    command_reply_topic: str = Field("city/xm/alerts/replies", pattern=r"^[^#+]+$")
+
+    @field_validator("command_reply_topic")
+    @classmethod
+    def _reply_outside_commands(cls, v: str, info) -> str:
+        cmd = (info.data.get("command_topic") or "").rstrip("/")
+        reply = v.rstrip("/")
+        if cmd and (reply == cmd or reply.startswith(cmd + "/")):
+            raise ValueError(f"must not be under command_topic {cmd!r}: the listener would read its own replies")
+        return v
 
     @model_validator(mode="after")
     def _levels_known(self) -> "Alerting":

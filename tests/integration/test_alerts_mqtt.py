@@ -204,3 +204,50 @@ def _wait(predicate, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_each_mqtt_command_gets_a_reply_and_an_mqtt5_response(setup, mosquitto):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    cfg, cfg_dir, env, gas, sub = setup
+    dev = cfg.devices[gas]
+    pipe = DetectionPipeline(cfg, env, cfg_dir, clock=lambda: T0, listen=True)
+    pipe.start()
+    assert _wait(lambda: pipe.listener.subscribed)
+    pipe.on_batch(batch(gas, 0, dev.mop_kpa * 1.5))
+    assert sub.wait_for(lambda m: len(sub.notices()) == 1)
+    alert_id = sub.notices()[0]["alert_id"]
+    replies = Subscriber(mosquitto, ["city/xm/alerts/replies/#", "city/xm/alerts/replies"], who="operator")
+    publish(mosquitto, "city/xm/alerts/cmd/ack", json.dumps({"action": "ack", "alert_id": alert_id, "by": "Wang"}).encode(),
+            who="operator")
+    publish(mosquitto, "city/xm/alerts/cmd/ack", json.dumps({"action": "ack", "alert_id": "nope", "by": "Wang"}).encode(),
+            who="operator")
+    publish(mosquitto, "city/xm/alerts/cmd", b"{not json", who="operator")
+    assert replies.wait_for(lambda m: len(m) >= 3)
+    got = [json.loads(p) for t, p, _ in replies.messages if t == "city/xm/alerts/replies"]
+    assert [r["ok"] for r in got] == [True, False, False]
+    assert got[0]["command"]["alert_id"] == alert_id and got[0]["result"].startswith("ok")
+    assert "no alert 'nope'" in got[1]["result"] and got[2]["result"].startswith("error: not a command")
+    # MQTT 5 request/response: the reply also goes to the command's response topic, with its correlation data.
+    console = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="console-7", protocol=mqtt.MQTTv5)
+    console.username_pw_set(**mosquitto.client_args("operator"))
+    answers = []
+    console.on_message = lambda c, u, msg: answers.append((msg.topic, msg.properties.CorrelationData, json.loads(msg.payload)))
+    console.connect(mosquitto.host, mosquitto.port)
+    console.loop_start()
+    console.subscribe("city/xm/alerts/replies/console-7", qos=1)
+    time.sleep(0.3)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "city/xm/alerts/replies/console-7"
+    props.CorrelationData = b"req-42"
+    cmd = {"action": "silence", "matchers": {"rule_id": "G-highhigh"}, "by": "Lin", "comment": "works", "expires_s": 600}
+    console.publish("city/xm/alerts/cmd/silence", json.dumps(cmd), qos=1, properties=props).wait_for_publish(5)
+    assert _wait(lambda: len(answers) == 1)
+    topic, corr, body = answers[0]
+    assert topic == "city/xm/alerts/replies/console-7" and corr == b"req-42" and body["ok"], body
+    console.disconnect()
+    console.loop_stop()
+    replies.stop()
+    pipe.stop()

@@ -157,7 +157,8 @@ class Subscriber:
 
         with self.lock:
             return [json.loads(p) for t, p, _ in self.messages
-                    if t.startswith(prefix + "/") and "/active/" not in t and "/cmd" not in t]
+                    if t.startswith(prefix + "/") and "/active/" not in t and "/cmd" not in t
+                    and "/replies" not in t]
 
     def stop(self):
         self.client.disconnect()
