@@ -107,7 +107,11 @@ class GasProfile:
     def _flat(self, view) -> np.ndarray:
         hit = view.cache.get("profile_flat")
         if hit is None:
-            hit = view.cache["profile_flat"] = view.loc.astype(np.int64) * WEEK_HOURS + hour_of_week(view.local_seconds())
+            local = view.local_seconds()
+            lo, hi = (int(local.min()), int(local.max())) if len(local) else (0, 0)
+            # One hour for every row (the usual round) needs no per-row hour arithmetic.
+            how = int(hour_of_week(np.array([lo]))[0]) if lo // 3600 == hi // 3600 else hour_of_week(local)
+            hit = view.cache["profile_flat"] = view.loc.astype(np.int64) * WEEK_HOURS + how
         return hit
 
     def baseline(self, view) -> tuple[np.ndarray, np.ndarray]:

@@ -70,21 +70,28 @@ class NoiseEnergy:
         v = rnd.view(self.group)
         x, ok = valid_db(v, "leq")
         ring = self._ring()
-        if v.full and ok.all():
+        if v.full:
+            # Every sensor in order: the state is used without gathers; invalid rows change nothing.
+            all_ok = ok.all()
             loc, ts, e, sel = v.loc, v.ts, 10.0 ** (x / 10.0), slice(None)
+            ring.insert(loc, ts, e, None if all_ok else ok)
         else:
+            all_ok = True
             idx = np.flatnonzero(ok)
             loc, ts, e, sel = v.loc[idx], v.ts[idx], 10.0 ** (x[idx] / 10.0), v.loc[idx]
-        ring.insert(loc, ts, e)
+            ring.insert(loc, ts, e)
         b = (ts // ring.slot_ns - ring.base) // ring.slots
         bid, cur, prev = self.blk_id_[sel].astype(np.int64), self.blk_cur_[sel], self.blk_prev_[sel]
         same, nxt, late = b == bid, b == bid + 1, b < bid
         new_cur = np.where(same, np.maximum(cur, e), np.where(late, cur, e))
         new_prev = np.where(same | late, prev, np.where(nxt, cur, 0.0))
+        new_bid = np.maximum(b, bid)
+        if not all_ok:
+            new_cur, new_prev, new_bid = np.where(ok, new_cur, cur), np.where(ok, new_prev, prev), np.where(ok, new_bid, bid)
         # (With a slice, cur and prev are views of the state: compute both before storing either.)
         self.blk_cur_[sel] = new_cur
         self.blk_prev_[sel] = new_prev
-        self.blk_id_[sel] = np.maximum(b, bid)
+        self.blk_id_[sel] = new_bid
 
     def after(self, rnd) -> None:
         pass

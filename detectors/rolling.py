@@ -39,9 +39,11 @@ class SlotRing:
     def nbytes(self) -> int:
         return self.val_.nbytes + self.key_.nbytes
 
-    def insert(self, loc: np.ndarray, ts_ns: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Store `value` in each sensor's slot of `ts_ns`; an older reading never overwrites a newer one.
-        Returns (flat slot index of every row, whether it was stored), for tables kept beside the ring."""
+    def insert(self, loc: np.ndarray, ts_ns: np.ndarray, value: np.ndarray,
+               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Store `value` in each sensor's slot of `ts_ns` (only rows where `mask`, when given); an older
+        reading never overwrites a newer one. Returns (flat slot index of every row, whether it was
+        stored), for tables kept beside the ring."""
         if len(loc) == 0:
             return None
         key = (ts_ns // self.slot_ns - self.base).astype(np.int32)
@@ -49,6 +51,8 @@ class SlotRing:
         flat = loc.astype(np.intp) * self.slots + key % self.slots
         keys, vals = self.key_.reshape(-1), self.val_.reshape(-1)
         newer = key >= keys[flat]
+        if mask is not None:
+            newer &= mask
         if newer.all():
             vals[flat] = value
             keys[flat] = key
