@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "run",
     "status",
     "detect",
+    "warmup",
     "alerts",
     "simulate",
     "record",

@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import io
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -167,38 +168,87 @@ def sniff_format(name: str, head: str) -> str:
     return "jsonl" if head.lstrip().startswith("{") else "csv"
 
 
-def influx_records(url: str, database: str, since: str, until: str, measurements=("noise", "gas_pressure"),
-                   timeout_s: float = 30.0, auth: tuple[str, str] | None = None) -> Iterator[tuple[int, dict]]:
-    """Rows of InfluxDB v1 history (`/query`, InfluxQL) as feed records ordered by time per measurement.
+class InfluxUnreachable(OSError):
+    """InfluxDB did not answer (refused, timed out, name not resolved); the message is one line."""
 
-    since/until: ISO 8601 times (UTC). Raises OSError when InfluxDB cannot be reached and FeedError
-    when it answers with an error.
+
+INFLUX_WINDOW_S = 6 * 3600  # history is read this much event time per query (see influx_records)
+
+
+def influx_records(url: str, database: str, since: str, until: str, measurements=("noise", "gas_pressure"),
+                   timeout_s: float = 30.0, auth: tuple[str, str] | None = None,
+                   window_s: float = INFLUX_WINDOW_S) -> Iterator[tuple[int, dict]]:
+    """Rows of InfluxDB v1 history (`/query`, InfluxQL) as feed records in event-time order.
+
+    The span is read in windows of `window_s` seconds, one query per window and measurement, so weeks
+    of a whole inventory never come back in one response (52 devices x 1-min readings are ~75,000 rows a
+    day); a window the server truncates (`max-row-limit`, answered as "partial") is read again in halves.
+    Within a window the rows of every device and measurement are merged into time order, so deadman
+    watermarks and per-sensor order hold across windows.
+
+    since/until: ISO 8601 times (UTC), until exclusive. Raises InfluxUnreachable (an OSError) when
+    InfluxDB cannot be reached and FeedError when it answers with an error.
     """
+    t0, t1 = parse_ts_ns(since), parse_ts_ns(until)
+    step = max(1, int(window_s * 1e9))
+    line = 0
+    while t0 < t1:
+        end = min(t1, t0 + step)
+        for rec in _influx_window(url, database, t0, end, measurements, timeout_s, auth):
+            line += 1
+            yield line, rec
+        t0 = end
+
+
+def _influx_window(url, database, t0: int, t1: int, measurements, timeout_s, auth) -> list[dict]:
+    """The records of [t0, t1) ns of every measurement, in time order (ties: measurement, device)."""
+    out: list[tuple[int, int, dict]] = []
     for m in measurements:
-        q = (f'SELECT * FROM "{m}" WHERE time >= \'{_rfc3339(since)}\' AND time < \'{_rfc3339(until)}\' '
-             f'GROUP BY "device_id"')
-        params = {"db": database, "q": q, "epoch": "ms"}
-        if auth:
-            params["u"], params["p"] = auth
-        req = url.rstrip("/") + "/query?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            body = json.load(resp)
+        # Times in ns: a window edge is never rounded, so no row is read twice or missed.
+        q = f'SELECT * FROM "{m}" WHERE time >= {t0} AND time < {t1} GROUP BY "device_id"'
+        body = _influx_query(url, database, q, timeout_s, auth)
         for result in body.get("results", []):
             if "error" in result:
                 raise FeedError(f"InfluxDB: {result['error']}")
             for series in result.get("series", []) or []:
+                if series.get("partial") and t1 - t0 > 1_000_000_000:
+                    mid = t0 + (t1 - t0) // 2
+                    return (_influx_window(url, database, t0, mid, measurements, timeout_s, auth)
+                            + _influx_window(url, database, mid, t1, measurements, timeout_s, auth))
+                if series.get("partial"):
+                    raise FeedError("InfluxDB truncated one second of history (raise its [http] max-row-limit)")
                 dev = (series.get("tags") or {}).get("device_id")
                 cols = series["columns"]
-                for i, row in enumerate(series["values"]):
+                for row in series["values"]:
                     rec = {k: v for k, v in zip(cols, row) if v is not None}
                     rec["ts"] = rec.pop("time")
                     if dev is not None:
                         rec["device_id"] = dev
                     for tag in ("site_id", "district", "pressure_class"):
                         rec.pop(tag, None)
-                    yield i, rec
+                    out.append((rec["ts"], len(out), rec))
+    out.sort(key=lambda r: (r[0], r[1]))
+    return [r[2] for r in out]
 
 
-def _rfc3339(text: str) -> str:
-    ns = parse_ts_ns(text)
-    return format_ts(ns).replace(".000Z", "Z")
+def _influx_query(url: str, database: str, q: str, timeout_s: float, auth) -> dict:
+    params = {"db": database, "q": q, "epoch": "ms"}
+    if auth:
+        params["u"], params["p"] = auth
+    req = url.rstrip("/") + "/query?" + urllib.parse.urlencode(params)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:  # it answered: a bad query, database or credentials
+        try:
+            detail = json.loads(exc.read() or b"{}").get("error") or exc.reason
+        except (ValueError, AttributeError, OSError):
+            detail = exc.reason
+        raise FeedError(f"InfluxDB at {url} answered HTTP {exc.code}: {detail}") from None
+    except urllib.error.URLError as exc:
+        reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
+        raise InfluxUnreachable(f"cannot reach InfluxDB at {url}: {reason}") from None
+    except (TimeoutError, ConnectionError) as exc:
+        raise InfluxUnreachable(f"cannot reach InfluxDB at {url}: {exc.strerror or 'timed out'}") from None
+    except ValueError as exc:
+        raise FeedError(f"InfluxDB at {url} answered something that is not JSON ({exc})") from None

@@ -1,6 +1,7 @@
 """`citywatch detect`: run the rules of a config over a recorded feed (CSV/JSONL file, stdin or InfluxDB
 history) and write the detections; `--flags` writes one 0/1 per input row; `--compare OTHER_CONFIG`
-prints what another config would add or remove (the dry run before a threshold change)."""
+prints what another config would add or remove (the dry run before a threshold change); `--save-state`
+writes the detectors' state afterwards, so a service starts with what the history taught them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import csv
 import io
 import json
 import os
+import re
 import sys
+import time
+import zipfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -41,13 +46,45 @@ def register(sub) -> None:
                    help="advance the deadman every this many seconds of event time (default 300)")
     p.add_argument("--no-deadman", action="store_true", help="do not advance time-driven rules (deadman)")
     p.add_argument("--influx", action="store_true", help="read history from the config's InfluxDB (v1 /query)")
-    p.add_argument("--since", help="with --influx: start time, ISO 8601 (inclusive)")
-    p.add_argument("--until", help="with --influx: end time, ISO 8601 (exclusive)")
+    p.add_argument("--since", help="with --influx: start time, ISO 8601 or a duration before now such as 28d, "
+                   "36h (inclusive)")
+    p.add_argument("--until", help="with --influx: end time, ISO 8601, a duration before now, or now (exclusive)")
+    add_influx_options(p)
+    p.add_argument("--save-state", nargs="?", const="", default=None, metavar="PATH",
+                   help="after the feed, write the detectors' state (gas profile, windows, CUSUM) to PATH for "
+                   "`citywatch run` to start from (default PATH: the config's alerting.detector_state_path)")
+    p.add_argument("--force", action="store_true", help="with --save-state: replace an existing snapshot "
+                   "(stop the service first: it overwrites the file at its next save)")
+    p.add_argument("--no-detections", action="store_true",
+                   help="write no detections (with --save-state: only warm up the detectors' state)")
+    p.set_defaults(func=_run)
+
+
+def add_influx_options(p, when: str = "with --influx: ") -> None:
+    """Options shared with `citywatch warmup`."""
     p.add_argument("--measurement", action="append", choices=["noise", "gas_pressure"],
-                   help="with --influx: measurement(s) to read (default both)")
+                   help=f"{when}measurement(s) to read (default both)")
+    p.add_argument("--query-window-s", type=float, default=None, metavar="S",
+                   help=f"{when}seconds of history per InfluxDB query (default 21600: 6 h)")
     p.add_argument("--chunk-rows", type=int, default=50_000, help="rows per batch (default 50000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, now_ns: int) -> int:
+    """UTC ns of an ISO 8601 time (with a zone), epoch ms, `now`, or a duration before now (`28d`,
+    `36h`, `90m`, `2w`). Raises ValueError."""
+    from detectors.feed import parse_ts_ns
+
+    m = _DURATION.match(text)
+    if m:
+        return now_ns - int(float(m.group(1)) * _UNIT_S[m.group(2)] * 1_000_000_000)
+    if text.strip().lower() == "now":
+        return now_ns
+    return parse_ts_ns(text)
 
 
 def _load(directory):
@@ -60,16 +97,26 @@ def _load(directory):
 class _Run:
     """One config's rule set over the feed, collecting detections keyed by device id."""
 
-    def __init__(self, cfg, rules, deadman: bool) -> None:
-        self.cfg, self.rules, self.deadman = cfg, rules, deadman
+    def __init__(self, cfg, rules, deadman: bool, keep: bool = True) -> None:
+        self.cfg, self.rules, self.deadman, self.keep = cfg, rules, deadman, keep
         self.ids = np.array(cfg.device_ids, dtype=object)
         self.parts = []
+        self.rows = 0
+        self.seen = np.zeros(len(self.ids), bool)
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
 
     def feed(self, batch, step_s: int) -> None:
         """Process a chunk; with the deadman on, in slices of `step_s` event time, each followed by an
         advance to its watermark (so silence is judged as it would have been live)."""
+        if len(batch):
+            self.rows += len(batch)
+            self.seen[batch.sensor] = True
+            lo, hi = int(batch.ts_ns.min()), int(batch.ts_ns.max())
+            self.first_ns = lo if self.first_ns is None else min(self.first_ns, lo)
+            self.last_ns = hi if self.last_ns is None else max(self.last_ns, hi)
         if not self.deadman or len(batch) == 0:
-            self.parts.append(self.rules.process(batch))
+            self._keep(self.rules.process(batch))
             return
         order = np.argsort(batch.ts_ns, kind="stable")
         ts = batch.ts_ns[order]
@@ -79,9 +126,14 @@ class _Run:
         start = 0
         for mark, cut in zip(marks, cuts):
             if cut > start:
-                self.parts.append(self.rules.process(batch.take(order[start:cut])))
-            self.parts.append(self.rules.advance(int(min(mark, ts[-1]))))
+                self._keep(self.rules.process(batch.take(order[start:cut])))
+            self._keep(self.rules.advance(int(min(mark, ts[-1]))))
             start = cut
+
+    def _keep(self, dets) -> None:
+        # Warming up over weeks: the detections are not wanted, and holding them would cost memory.
+        if self.keep:
+            self.parts.append(dets)
 
     def detections(self):
         from detectors.batch import Detections
@@ -89,23 +141,42 @@ class _Run:
         return Detections.concat(self.parts)
 
 
-def _stream_chunks(args, cfg, progress):
-    from detectors.feed import FeedReader, influx_records, sniff_format
+def influx_span(args, prog: str) -> tuple[int, int]:
+    """(since, until) UTC ns of the --since/--until arguments; raises SystemExit with the reason."""
+    if not (args.since and args.until):
+        raise SystemExit(f"{prog}: --influx needs --since and --until")
+    now = time.time_ns()
+    try:
+        since, until = parse_when(args.since, now), parse_when(args.until, now)
+    except ValueError as exc:
+        raise SystemExit(f"{prog}: --since/--until: {exc} (ISO 8601 with a zone, or a duration such as 28d)")
+    if since >= until:
+        raise SystemExit(f"{prog}: --since must be before --until")
+    return since, until
+
+
+def _stream_chunks(args, cfg, progress, prog="citywatch detect", span=None):
+    from detectors.feed import INFLUX_WINDOW_S, FeedReader, format_ts, influx_records, sniff_format
 
     reader = FeedReader(cfg, args.chunk_rows)
     if args.influx:
-        if not (args.since and args.until):
-            raise SystemExit("citywatch detect: --influx needs --since and --until")
+        since, until = span or influx_span(args, prog)
         ix = cfg.connections.influx
         auth = None
         if ix.username_env and ix.password_env:
             auth = (os.environ.get(ix.username_env, ""), os.environ.get(ix.password_env, ""))
-        recs = influx_records(ix.url, ix.database or "citywatch", args.since, args.until,
-                              tuple(args.measurement or ("noise", "gas_pressure")), ix.timeout_s, auth)
-        yield from reader.rows(recs)
+        recs = influx_records(ix.url, ix.database or "citywatch", format_ts(since), format_ts(until),
+                              tuple(args.measurement or ("noise", "gas_pressure")), ix.timeout_s, auth,
+                              args.query_window_s or INFLUX_WINDOW_S)
+        # The bar follows event time: the records come in time order.
+        task = progress.start((until - since) // 1_000_000_000, always=True) if progress else None
+        for chunk in reader.rows(recs):
+            if task is not None and len(chunk.input_ts):
+                progress.update((int(chunk.input_ts.max()) - since) // 1_000_000_000)
+            yield chunk
         return reader
     if args.input is None:
-        raise SystemExit("citywatch detect: give a feed file, - for standard input, or --influx")
+        raise SystemExit(f"{prog}: give a feed file, - for standard input, or --influx")
     if args.input == "-":
         text = sys.stdin
         name, size = "-", 0
@@ -113,7 +184,7 @@ def _stream_chunks(args, cfg, progress):
         try:
             text = open(args.input, encoding="utf-8", newline="")
         except OSError as exc:
-            raise SystemExit(f"citywatch detect: cannot read {args.input}: {exc.strerror}")
+            raise SystemExit(f"{prog}: cannot read {args.input}: {exc.strerror}")
         name, size = args.input, os.path.getsize(args.input)
     head = text.read(1) if args.input_format is None else ""
     fmt = args.input_format or sniff_format(name, head)
@@ -161,17 +232,17 @@ class _Prefixed(io.TextIOBase):
 
 
 class _Progress:
-    """A rich progress bar on standard error for large inputs."""
+    """A rich progress bar on standard error for large inputs (bytes of a file, seconds of history)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "detect") -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("detect"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        self.bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TimeRemainingColumn(), transient=True, console=_stderr_console())
         self.task = None
 
-    def start(self, total: int):
-        if total < PROGRESS_MIN_BYTES:
+    def start(self, total: int, always: bool = False):
+        if total <= 0 or (total < PROGRESS_MIN_BYTES and not always):
             return None
         self.bar.start()
         self.task = self.bar.add_task("detect", total=total)
@@ -193,6 +264,23 @@ def _stderr_console():
 
 
 def _run(args) -> int:
+    if args.force and args.save_state is None:
+        print("citywatch detect: --force only goes with --save-state", file=sys.stderr)
+        return 1
+    if args.no_detections and (args.flags or args.compare or args.output):
+        print("citywatch detect: --no-detections writes nothing, so it goes with none of --flags, --compare,"
+              " --output", file=sys.stderr)
+        return 1
+    return execute(args)
+
+
+def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summary=None) -> int:
+    """The detect run behind `citywatch detect` and `citywatch warmup`.
+
+    unreachable_rc: exit code when InfluxDB cannot be reached or answers an error; summary: where the
+    --save-state report goes (default standard error: standard output may hold detections)."""
+    from detectors.feed import FeedError, InfluxUnreachable, format_ts
+
     try:
         cfg, rules = _load(args.config)
         other = _load(args.compare) if args.compare else None
@@ -201,17 +289,25 @@ def _run(args) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
+    state_path = None
+    if args.save_state is not None:
+        state_path = Path(args.save_state) if args.save_state else cfg.resolve_path(cfg.alerting.detector_state_path)
+        refusal = overwrite_refusal(state_path, cfg, args.force)
+        if refusal:
+            print(f"{prog}: {refusal}", file=sys.stderr)
+            return 1
+    existed = _mtime(state_path) if state_path is not None else None
+    span = influx_span(args, prog) if args.influx else None
     deadman = not args.no_deadman
-    main = _Run(cfg, rules, deadman)
+    main = _Run(cfg, rules, deadman, keep=not args.no_detections)
     alt = _Run(other[0], other[1], deadman) if other else None
     alt_index = {d: i for i, d in enumerate(other[0].device_ids)} if other else {}
-    progress = None if args.no_progress or not sys.stderr.isatty() else _Progress()
+    progress = None if args.no_progress or not sys.stderr.isatty() else _Progress(prog.split()[-1])
     flags_parts = []
-    from detectors.feed import FeedError
 
     reader = None
     try:
-        gen = _stream_chunks(args, cfg, progress)
+        gen = _stream_chunks(args, cfg, progress, prog, span)
         while True:
             try:
                 chunk = next(gen)
@@ -221,19 +317,49 @@ def _run(args) -> int:
             main.feed(chunk.batch, args.watermark_s)
             if alt is not None:
                 alt.feed(_reindex(chunk.batch, main.ids, alt_index), args.watermark_s)
-            flags_parts.append((chunk.input_sensor, chunk.input_ts))
+            if args.flags:
+                flags_parts.append((chunk.input_sensor, chunk.input_ts))
+    except InfluxUnreachable as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return unreachable_rc
     except FeedError as exc:
-        print(f"citywatch detect: {args.input or 'influx'}: {exc}", file=sys.stderr)
+        if args.influx:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return unreachable_rc
+        print(f"{prog}: {args.input}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"citywatch detect: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     finally:
         if progress:
             progress.stop()
     if reader is not None:
         for dev, n in sorted(reader.stats.unknown_devices.items()):
-            print(f"citywatch detect: skipped {n} row(s) of device {dev!r}: not in the inventory", file=sys.stderr)
+            print(f"{prog}: skipped {n} row(s) of device {dev!r}: not in the inventory", file=sys.stderr)
+    if state_path is not None:
+        if main.rows == 0:
+            where = (f"InfluxDB {cfg.connections.influx.url} ({cfg.connections.influx.database}) from "
+                     f"{format_ts(span[0])} to {format_ts(span[1])}" if span else args.input)
+            print(f"{prog}: no readings of inventory devices in {where}; no state written", file=sys.stderr)
+            return 1
+        if _mtime(state_path) != existed:
+            # Written while we read: a service is running and would overwrite ours at its next save.
+            print(f"{prog}: {state_path} was written while the history was read: is `citywatch run` running? "
+                  "Stop the service, then run again with --force", file=sys.stderr)
+            return 1
+        from detectors import snapshot
+
+        try:
+            size = snapshot.save(main.rules, state_path)
+        except OSError as exc:
+            print(f"{prog}: cannot write {state_path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        out = summary or sys.stderr
+        for line in state_summary(main, state_path, size):
+            print(line, file=out)
+    if args.no_detections:
+        return 0
     dets = main.detections()
     if not args.include_clear:
         dets = _active(dets)
@@ -256,6 +382,102 @@ def _run(args) -> int:
             other_dets = _active(other_dets)
         _write_compare(dets, main.ids, other_dets.sorted(), alt.ids, args, sys.stderr if args.flags else sys.stdout)
     return 0
+
+
+# ----- the state snapshot ---------------------------------------------------------------------------
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _is_snapshot(path: Path) -> bool:
+    """A zip holding a `manifest` member: what detectors/snapshot.py writes (cheap: no arrays read)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "manifest.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def overwrite_refusal(path: Path, cfg, force: bool) -> str | None:
+    """Why `path` must not be written (None: it may be). A file that is not a snapshot is never
+    replaced, even with --force (the PATH of --save-state may have swallowed the feed's file name)."""
+    if not path.exists():
+        return None
+    if path.is_dir():
+        return f"{path} is a directory; give the snapshot file's path"
+    if not _is_snapshot(path):
+        return f"{path} exists and is not a detector snapshot; not replacing it (give another PATH)"
+    if force:
+        return None
+    st = path.stat()
+    return (f"{path} already holds a detector snapshot ({st.st_size / 2**20:.1f} MiB, written "
+            f"{_ago(time.time() - st.st_mtime)} ago). A running `citywatch run` writes it every "
+            f"{cfg.alerting.detector_state_save_s:g} s and at stop, so it would overwrite the state learned here: "
+            "stop the service first, then give --force to replace the snapshot")
+
+
+def state_summary(run: _Run, path: Path, size: int) -> list[str]:
+    """What the saved state learned: readings, devices, span, and the gas profile per device."""
+    from detectors.feed import format_ts
+
+    cfg = run.cfg
+    kinds = np.array([d.kind for d in cfg.devices], dtype=object)
+    seen = run.seen
+    n_noise, n_gas = int((seen & (kinds == "noise")).sum()), int((seen & (kinds == "gas")).sum())
+    days = (run.last_ns - run.first_ns) / 86400e9
+    out = [f"detector state saved to {path} ({size / 2**20:.2f} MiB)",
+           f"  learned from {run.rows:,} readings of {int(seen.sum())} device(s) ({n_noise} noise, {n_gas} gas), "
+           f"{format_ts(run.first_ns)} to {format_ts(run.last_ns)} ({days:.1f} days)"]
+    return out + _profile_lines(run.rules, run.last_ns)
+
+
+def _profile_lines(rules, at_ns: int) -> list[str]:
+    """Per gas device: hours of the week learned (of 168), and whether G-leak/G-rupture can judge it
+    at `at_ns` (all six hours around it learned, the curve they compare against)."""
+    from detectors.gas import WEEK_HOURS, GasProfile, week_position
+
+    prof = next((c for c in rules.components if isinstance(c, GasProfile)), None)
+    if prof is None:
+        return ["  gas profile: no enabled rule uses it (G-leak, G-rupture)"]
+    cfg = rules.inv.cfg
+    ids = [rules.inv.ids[i] for i in prof.group.global_index]
+    learned = prof.count_ >= prof.need[:, None]
+    hours = learned.sum(axis=1)
+    h0, _ = week_position(rules.inv.calendar.local_seconds(np.array([at_ns], np.int64)))
+    around = (int(h0[0]) + np.arange(-2, 4)) % WEEK_HOURS
+    ready = learned[:, around].all(axis=1)
+    weeks = cfg.gas.profile.min_weeks
+    out = [f"  gas profile (an hour of the week is learned after gas.profile.min_weeks = {weeks} week(s) of its "
+           f"readings): G-leak and G-rupture can judge {int(ready.sum())} of {len(ids)} gas device(s) at "
+           f"{_local(cfg, at_ns)} (the six hours around it learned)"]
+    for n in sorted(set(hours.tolist()), reverse=True):
+        devs = [d for d, h in zip(ids, hours) if h == n]
+        names = ", ".join(devs) if len(devs) <= 6 else f"{', '.join(devs[:5])} and {len(devs) - 5} more"
+        out.append(f"    {n:3d}/{WEEK_HOURS} hours learned: {len(devs)} device(s): {names}")
+    return out
+
+
+def _local(cfg, ts_ns: int) -> str:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    t = dt.datetime.fromtimestamp(ts_ns / 1e9, ZoneInfo(cfg.time.timezone))
+    return t.strftime("%Y-%m-%d %H:%M %Z")
 
 
 def _active(d):
