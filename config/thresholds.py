@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from config.base import Severity, Strict
+from config.base import KeyProblem, Severity, Strict
 
 
 class NoiseLimits(Strict):
@@ -98,9 +100,24 @@ class SensorRange(Strict):
     fs_factor: float = Field(1.1, ge=1, le=2)
 
 
+PeerScope = Literal["site", "district", "class"]
+
+
 class Flatline(Strict):
     window_s: int = Field(7200, gt=0)
     min_change_kpa: float = Field(0.0, ge=0)
+    # A flat window is a stuck sensor only where the sensor should have varied over it: its peers (gas
+    # sensors of the same pressure class, at the first scope below with at least min_peers others)
+    # changed by more than vary_pct % of set pressure, or its learned time-of-week profile swings that much.
+    peer_scopes: list[PeerScope] = Field(["site", "district", "class"], max_length=3)
+    min_peers: int = Field(2, ge=1, le=1000)
+    vary_pct: float = Field(1.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _scopes(self) -> "Flatline":
+        if len(set(self.peer_scopes)) != len(self.peer_scopes):
+            raise KeyProblem("peer_scopes", f"must not repeat a scope (got {self.peer_scopes})")
+        return self
 
 
 class Battery(Strict):

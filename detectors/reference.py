@@ -18,6 +18,7 @@ from config.base import minutes
 from detectors.batch import Detections, ReadingBatch
 from detectors.calendar import EXAM_MODES, distance_m
 from detectors.context import device_start_kpa
+from detectors.generic import PEER_SLOTS
 from detectors.registry import _rule_kinds, _validate
 from config.base import SEVERITY_RANK
 
@@ -793,6 +794,118 @@ class RefFlatline(FieldRef):
         return Out(ok, raw, raw, flat, {k: self.win for k in range(5)}, flat / self.win, {"stuck_value": s["ref"]})
 
 
+class RefGasFlatline(RefFlatline):
+    """G-flatline: a flat window counts only where the peers' median change or the learned profile's
+    swing over it says the sensor should have varied (detectors.generic.GasFlatline)."""
+
+    def more(self):
+        super().more()
+        f = self.cfg.gas.flatline
+        self.vary, self.min_peers = f.vary_pct, f.min_peers
+        self.slot_s = max(1, -(-self.win // PEER_SLOTS))
+        self.nslots = -(-self.win // self.slot_s)
+        self.expect = self.p.field == "p"
+        if self.expect and "profile" not in self.shared:
+            self.shared["profile"] = Profile(self.cfg)
+        # Peers: the first scope (same pressure class at the site, in the district, anywhere) with at
+        # least min_peers other sensors of this rule.
+        district = {s.id: s.district for s in self.cfg.sites}
+        keys = {"site": lambda d: (d.site, d.pressure_class), "district": lambda d: (district[d.site], d.pressure_class),
+                "class": lambda d: (d.pressure_class,)}
+        self.peers: dict[int, list[int]] = {}
+        for s in self.sensors:
+            d = self.cfg.devices[s]
+            for scope in f.peer_scopes:
+                group = [o for o in self.sensors if keys[scope](self.cfg.devices[o]) == keys[scope](d) and o != s]
+                if len(group) >= f.min_peers:
+                    self.peers[s] = group
+                    break
+        self.mine = set(self.sensors)
+        self.ring: dict[int, dict[int, list]] = {}     # sensor -> ring position -> [slot, lo, hi]
+        self.pending: dict[int, dict[int, list]] = {}  # the current batch: sensor -> slot -> [lo, hi]
+
+    def begin(self, batch) -> None:
+        """Every valid reading of the batch into the slot tables before any reading is judged; the
+        previous batch's slots go into the bounded rings first."""
+        for s, slots in self.pending.items():
+            ring = self.ring.setdefault(s, {})
+            for k in sorted(slots):
+                lo, hi = slots[k]
+                pos = k % (self.nslots + 1)
+                cur = ring.get(pos)
+                if cur is None or cur[0] < k:
+                    ring[pos] = [k, lo, hi]
+                elif cur[0] == k:
+                    ring[pos] = [k, min(cur[1], lo), max(cur[2], hi)]
+        self.pending = {}
+        x_all = batch.values.get(self.p.field)
+        for i in range(len(batch)):
+            s = int(batch.sensor[i])
+            if s not in self.mine or x_all is None:
+                continue
+            x = float(x_all[i])
+            if not (math.isfinite(x) and (self.p.flags == "any" or int(batch.quality[i]) == 0)):
+                continue
+            k = int(batch.ts_ns[i]) // (self.slot_s * NS)
+            cell = self.pending.setdefault(s, {}).setdefault(k, [x, x])
+            cell[0], cell[1] = min(cell[0], x), max(cell[1], x)
+
+    def slot(self, s, k):
+        got = [v[1:] for v in self.ring.get(s, {}).values() if v[0] == k]
+        if k in self.pending.get(s, {}):
+            got.append(self.pending[s][k])
+        if not got:
+            return None
+        return min(g[0] for g in got), max(g[1] for g in got)
+
+    def judge(self, row):
+        out = super().judge(row)
+        if not (out.known and out.raw):
+            return out
+        info = {}
+        by_peers = peers_known = False
+        if self.expect and row.sensor in self.peers:
+            k = row.ts // (self.slot_s * NS)
+            changes = []
+            for b in self.peers[row.sensor]:
+                got = [g for g in (self.slot(b, kk) for kk in range(k - self.nslots, k)) if g is not None]
+                if got:
+                    changes.append(100.0 * (max(g[1] for g in got) - min(g[0] for g in got)) / self.cfg.devices[b].set_pressure_kpa)
+            changes.sort()
+            info["peers"] = len(changes)
+            if changes:
+                med = (changes[(len(changes) - 1) // 2] + changes[len(changes) // 2]) / 2.0
+                info["peer_change_pct"] = med
+                peers_known = len(changes) >= self.min_peers
+                by_peers = peers_known and med > self.vary
+        learned = by_profile = False
+        prof = self.shared.get("profile") if self.expect else None
+        if prof is not None and not by_peers:
+            local = row.facts["local"]
+            a0, a1 = (local - self.win) // 3600, local // 3600
+            bins = [Profile.bin(a * 3600) for a in range(a0, a1 + 1)]
+            need = prof.need(row.sensor)
+            learned = all(prof.count.get((row.sensor, h), 0) >= need for h in bins)
+            if learned:
+                m = [float(prof.mean.get((row.sensor, h), 0.0)) for h in bins]
+                swing = 100.0 * (max(m) - min(m)) / self.cfg.devices[row.sensor].set_pressure_kpa
+                by_profile = swing > self.vary
+        unknown = not peers_known and not learned
+        if by_peers:
+            basis = "peers"
+        elif by_profile:
+            basis = "profile"
+        elif unknown:
+            basis = "window_only"
+        else:
+            basis = "peers" if peers_known else "profile"
+        ctx = {"stuck_value": out.extra["stuck_value"], "basis": basis, **info}
+        if learned:
+            ctx["profile_swing_pct"] = swing
+        raw = out.raw if (by_peers or by_profile or unknown) else 0
+        return Out(True, raw, raw, out.value, out.limits, out.score, ctx)
+
+
 class RefDeadman(RefRule):
     def setup(self):
         o = self.cfg.offline
@@ -834,7 +947,7 @@ REFERENCES = {
     "noise_prohibited": RefProhibited, "noise_exam": RefExam, "noise_pre_warning": RefPre,
     "noise_data_quality": RefDataQuality, "gas_high": RefHigh, "gas_highhigh": RefHighHigh, "gas_low": RefLow,
     "gas_rupture": RefRupture, "gas_leak_cusum": RefLeak, "gas_sensor_range": RefRange, "battery": RefBattery,
-    "gas_flatline": RefFlatline, "threshold": RefThreshold, "rate_of_change": RefRate, "robust_z": RefRobustZ,
+    "gas_flatline": RefGasFlatline, "threshold": RefThreshold, "rate_of_change": RefRate, "robust_z": RefRobustZ,
     "ewma": RefEwma, "cusum": RefCusum, "flatline": RefFlatline, "deadman": RefDeadman,
 }
 
@@ -868,6 +981,9 @@ class ReferenceRuleSet:
             for r in self.rules:
                 if isinstance(r, RefDeadman) and r.start is None:
                     r.start = int(batch.ts_ns.min())
+        for r in self.rules:
+            if hasattr(r, "begin"):  # rules that read other sensors' readings of the batch (G-flatline peers)
+                r.begin(batch)
         order = sorted(range(n), key=lambda i: (int(batch.sensor[i]), int(batch.ts_ns[i]), i))
         names = list(batch.values)
         for i in order:
