@@ -138,7 +138,8 @@ class DetectionPipeline:
     # ----- data and time ----------------------------------------------------------------------------
 
     def on_batch(self, batch) -> None:
-        """Evaluate a durable batch and feed its detections to the alert engine (queued when threaded).
+        """Evaluate a batch (decoded readings, and rows refused for their flag without values) and feed its
+        detections to the alert engine (queued when threaded).
         Never raises: a bug here must not stop ingest (the readings are already durable)."""
         if self._worker is not None:
             self._queue.put(batch)
@@ -183,7 +184,10 @@ class DetectionPipeline:
             with self._lock:
                 det = self.rules.process(batch)
                 self.engine.process(det)
-                self.engine.observe_readings(batch.sensor, batch.ts_ns)
+                # Only readings with data can show that a condition is gone (not rows refused for their
+                # flag, which reach the detectors without values).
+                good = batch.quality == 0
+                self.engine.observe_readings(batch.sensor[good], batch.ts_ns[good])
                 if self.event_clock and len(batch):
                     self._watermark_ns = max(self._watermark_ns, int(batch.ts_ns.max()))
                     timed = self.rules.advance(self._watermark_ns)

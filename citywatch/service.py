@@ -70,8 +70,9 @@ class Service:
         self.pipeline.on_batch(callback)
 
     def on_decoded(self, callback: Callable[[ReadingBatch], None]) -> None:
-        """Call `callback(batch)` with each decoded chunk's valid rows as soon as they are decoded, in
-        arrival order, before they are durable (the detectors' low-latency feed; see IngestPipeline)."""
+        """Call `callback(batch)` with each decoded chunk's valid rows (and, without values, the rows refused
+        for their flag alone) as soon as they are decoded, in arrival order, before they are durable (the
+        detectors' low-latency feed; see IngestPipeline.on_decoded)."""
         self.pipeline.on_decoded(callback)
 
     def reload(self, cfg) -> None:

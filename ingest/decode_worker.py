@@ -11,11 +11,16 @@ import logging
 import multiprocessing
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from detectors.batch import ReadingBatch
 from ingest.batcher import _Columns
 from ingest.deadletter import DeadLetterRecord, records_for
 
 log = logging.getLogger(__name__)
+
+_NO_SENSOR = np.empty(0, np.int32)
+_NO_TS = np.empty(0, np.int64)
 
 
 @dataclass
@@ -26,12 +31,27 @@ class ChunkResult:
     deadletters: dead-letter records of the chunk's refused payloads and rows
     statuses:    (device_id, kind, site_id, status, recv_ns) of device status messages
     ignored:     messages skipped as not ours (device command topics)
+    flagged:     rows refused only for their data flag (dead-lettered as hj212_flag, never stored): sensor,
+                 ts, quality and no values, for the detectors (`Decoded.flagged`); numpy columns, as they
+                 cross the worker pipe
+    flagged_at:  per flagged row, how many `batch` rows precede it in arrival order (int64, ascending)
     """
 
     batch: ReadingBatch
     deadletters: list[DeadLetterRecord] = field(default_factory=list)
     statuses: list[tuple] = field(default_factory=list)
     ignored: int = 0
+    flagged: ReadingBatch = field(default_factory=lambda: ReadingBatch(_NO_SENSOR, _NO_TS))
+    flagged_at: np.ndarray = field(default_factory=lambda: _NO_TS)
+
+    def with_flagged(self) -> ReadingBatch:
+        """`batch` with the `flagged` rows in their arrival place (message, then row): the detectors' feed."""
+        if not len(self.flagged):
+            return self.batch
+        # A stable sort on 2 x position (+1 for the valid rows) puts each flagged row before the valid
+        # row it preceded, and keeps both kinds in their own order.
+        key = np.concatenate([2 * np.arange(len(self.batch), dtype=np.int64) + 1, 2 * self.flagged_at])
+        return ReadingBatch.concat([self.batch, self.flagged]).take(np.argsort(key, kind="stable"))
 
 
 def decode_chunk(decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> ChunkResult:
@@ -40,6 +60,8 @@ def decode_chunk(decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> Ch
     dead: list[DeadLetterRecord] = []
     statuses: list[tuple] = []
     ignored = 0
+    flagged: list[ReadingBatch] = []
+    flagged_at: list[np.ndarray] = []
     for topic, payload, recv_ns in msgs:
         if topic.endswith("/cmd"):
             # Commands to devices share the subtrees we subscribe to; they are not ours to store.
@@ -51,12 +73,20 @@ def decode_chunk(decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> Ch
                 dead += records_for(decoded, topic, payload, recv_ns, dl_max)
             if decoded.status is not None and decoded.device_id is not None:
                 statuses.append((decoded.device_id, decoded.kind, decoded.site_id, decoded.status, recv_ns))
+            before = cols.n
             cols.append(decoded.batch)
+            if decoded.flagged is not None:
+                flagged.append(decoded.flagged)
+                flagged_at.append(decoded.flagged_pos + before)
         except Exception as exc:  # noqa: BLE001 - bad input or a bug must never stop the collector
             log.exception("unexpected failure handling a message on %s", topic)
             dead.append(DeadLetterRecord.build("internal_error", f"{type(exc).__name__}: {exc}", topic, payload,
                                                recv_ns, None, None, dl_max))
-    return ChunkResult(cols.take(), dead, statuses, ignored)
+    res = ChunkResult(cols.take(), dead, statuses, ignored)
+    if flagged:
+        res.flagged = flagged[0] if len(flagged) == 1 else ReadingBatch.concat(flagged)
+        res.flagged_at = np.concatenate(flagged_at)
+    return res
 
 
 class WorkerDied(RuntimeError):

@@ -16,8 +16,8 @@ from ingest.codecs import hj212
 from ingest.codecs.errors import DecodeError
 from ingest.codecs.json_envelope import decode_json, envelope_of
 from ingest.validation import (
-    CHECK_ORDER, FIELDS, P_MAX_OF_FULL_SCALE, PRESSURE_UNITS, Limits, check_rows, explain, extract_rows, reason_codes,
-    rows_from_values,
+    CHECK_ORDER, FIELDS, HJ212_FLAG, P_MAX_OF_FULL_SCALE, PRESSURE_UNITS, Limits, check_rows, explain, extract_rows,
+    flag_only, reason_codes, rows_from_values,
 )
 
 TOPIC_ROOT = "city/xm"
@@ -81,10 +81,14 @@ class Decoded:
     device_id: when known (topic or HJ 212 MN resolved against the inventory)
     site_id:   the topic's site when the topic resolved
     status:    "online" | "offline" for .../status topics (batch empty); None otherwise
+    flagged:   rows refused only for their data flag (`hj212_flag`, also in `rejects`): sensor, ts and
+               quality, no value columns (every value reads NaN), for the detectors; never stored.
+               None when there are none
+    flagged_pos: per flagged row, how many rows of `batch` precede it in the payload (int64)
     From `decode_many`, `batch` is a slice of the combined batch, built only when asked for.
     """
 
-    __slots__ = ("rejects", "kind", "device_id", "site_id", "status", "_batch", "_src")
+    __slots__ = ("rejects", "kind", "device_id", "site_id", "status", "flagged", "flagged_pos", "_batch", "_src")
 
     def __init__(self, batch: ReadingBatch | None = None, rejects: list[Reject] | None = None, kind: str | None = None,
                  device_id: str | None = None, site_id: str | None = None, status: str | None = None) -> None:
@@ -95,6 +99,8 @@ class Decoded:
         self.device_id = device_id
         self.site_id = site_id
         self.status = status
+        self.flagged: ReadingBatch | None = None
+        self.flagged_pos: np.ndarray | None = None
 
     @property
     def batch(self) -> ReadingBatch:
@@ -255,7 +261,12 @@ class Decoder:
             )
         else:
             batch = _empty_batch()
-        return Decoded(batch, rejects, route.kind, device_id, route.site_id)
+        out = Decoded(batch, rejects, route.kind, device_id, route.site_id)
+        refused = [i for i, reason, _ in bad if reason == "hj212_flag"]
+        if refused:
+            idx = flag_only(np.array(refused, np.int64), keep, rows.ts_ms)
+            _set_flagged(out, route.index, rows.ts_ms, rows.quality, keep, idx)
+        return out
 
     def _decode_many(self, messages) -> tuple[ReadingBatch, list[Decoded]]:
         m = len(messages)
@@ -316,12 +327,31 @@ class Decoder:
                 detail = explain(reason, r, rows, kind, g.devices[j], g.recv_ms[j], self.limits)
                 outcomes[msg].rejects.append(Reject(reason, detail, _row_dict(rows.raw[r])))
             keep = code == 0
+            refused = np.flatnonzero(code == HJ212_FLAG)
+            if len(refused):
+                self._group_flagged(g, outcomes, rows, keep, msg_of_row, counts,
+                                    flag_only(refused, keep, rows.ts_ms, msg_of_row))
             sensor = np.repeat(np.array(g.index, np.int32), counts)[keep]
             batch = ReadingBatch(sensor, rows.ts_ms[keep] * 1_000_000, {k: v[keep] for k, v in rows.values.items()},
                                  rows.quality[keep])
             return msg_of_row[keep], batch
         sensor = np.repeat(np.array(g.index, np.int32), counts)
         return msg_of_row, ReadingBatch(sensor, rows.ts_ms * 1_000_000, rows.values, rows.quality)
+
+    @staticmethod
+    def _group_flagged(g: "_Group", outcomes: list[Decoded], rows, keep: np.ndarray, msg_of_row: np.ndarray,
+                       counts: np.ndarray, idx: np.ndarray) -> None:
+        """Each message's flag-only rows (`idx`, rows of the combined check) onto its outcome, as `decode` does."""
+        if len(idx) == 0:
+            return
+        starts = np.cumsum(counts) - counts
+        where = {msg: j for j, msg in enumerate(g.msgs)}
+        msgs, first = np.unique(msg_of_row[idx], return_index=True)
+        for msg, a, b in zip(msgs.tolist(), first.tolist(), [*first[1:].tolist(), len(idx)]):
+            j = where[msg]
+            s = starts[j]
+            own = slice(s, s + counts[j])
+            _set_flagged(outcomes[msg], g.index[j], rows.ts_ms[own], rows.quality[own], keep[own], idx[a:b] - s)
 
     def _json_rows(self, route: _Route, payload: bytes):
         env = self._envelope(route, payload)
@@ -468,6 +498,16 @@ def _batch_of(index: int, rows) -> ReadingBatch:
         batch.quality = np.array(rows.quality, np.uint8)
         return batch
     return ReadingBatch(np.full(len(ts), index, np.int32), ts * 1_000_000, rows.values, rows.quality)
+
+
+def _set_flagged(out: Decoded, index: int, ts_ms: np.ndarray, quality: np.ndarray, keep: np.ndarray,
+                 idx: np.ndarray) -> None:
+    """Give `out` the flag-only rows `idx` of its payload (columns of that payload's rows): sensor, ts,
+    quality, and no value columns, so that no value rule can judge them."""
+    if len(idx) == 0:
+        return
+    out.flagged = ReadingBatch(np.full(len(idx), index, np.int32), ts_ms[idx] * 1_000_000, {}, quality[idx])
+    out.flagged_pos = np.cumsum(keep)[idx].astype(np.int64)
 
 
 def _looks_binary(payload: bytes) -> bool:

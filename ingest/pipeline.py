@@ -113,7 +113,12 @@ class IngestPipeline:
         as soon as they are decoded: before they are durable and acked (the low-latency path to the
         detectors). The same rows still go through batching, durability and ack as ever; a message
         redelivered after a crash is decoded, and handed on, again. Called from the decode side's thread:
-        a slow callback holds up decoding (backpressure), an exception is logged and does not affect ingest."""
+        a slow callback holds up decoding (backpressure), an exception is logged and does not affect ingest.
+
+        The batch also holds, in their place, the rows refused only for their data flag (reason
+        `hj212_flag`, `ingest.refuse_flags`): sensor, event time and flag as quality, every value NaN. They
+        are dead-lettered and never stored (`on_batch` never sees them), but the device did report, and
+        N-data must see how long it flags D or M."""
         self._on_decoded.append(callback)
 
     def on_status(self, callback: Callable[[str, str, int], None]) -> None:
@@ -288,10 +293,15 @@ class IngestPipeline:
         for st in res.statuses:
             self._status(*st)
         self.batcher.add_many(res.batch, tokens, res.deadletters)
-        if len(res.batch):
+        if not self._on_decoded:
+            return
+        # The valid rows and, in their place, the rows refused only for their flag (not durable data:
+        # they never reach the batcher or `on_batch`).
+        early = res.with_flagged()
+        if len(early):
             for cb in self._on_decoded:
                 try:
-                    cb(res.batch)
+                    cb(early)
                 except Exception:  # noqa: BLE001
                     log.exception("on_decoded callback failed")
 

@@ -308,6 +308,31 @@ def _code(reason: str) -> int:
 
 
 _C = {r: _code(r) for r in CHECK_ORDER}
+HJ212_FLAG = _C["hj212_flag"]
+
+
+def flag_only(refused: np.ndarray, keep: np.ndarray, ts_ms: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Of the rows refused as `hj212_flag` (ascending indices), those whose only problem is their flag.
+
+    Every check before `hj212_flag` in CHECK_ORDER passed for them; the one after it, `duplicate_row`,
+    was never asked: a refused row sharing its (message, ts) with a kept row or with an earlier refused
+    row is left out, so one payload never gives the detectors two readings of a device at one time.
+    keep: bool per row (kept rows); groups: per-row message number, or None for one message.
+    The decoder hands them to the detectors with their flag and no values (`Decoded.flagged`): a device
+    flagging D is still reporting, and N-data times how long flags other than N last.
+    """
+    if len(refused) == 0:
+        return refused
+    key = np.asarray(ts_ms, np.int64)
+    if groups is not None:
+        key = (np.asarray(groups, np.int64) << 45) | (key + TS_MS_LIMIT)
+    k = key[refused]
+    _, first = np.unique(k, return_index=True)
+    first.sort()
+    cand = refused[first]
+    if keep.any():
+        cand = cand[~np.isin(key[cand], key[keep])]
+    return cand
 
 
 def _codes_scalar(rows: Rows, kind: str, p_hi: float, recv_ms: int, limits: Limits) -> list[int]:

@@ -35,8 +35,9 @@ _TYPES = [
     FaultType("S7", "mic knock or bird", "noise", (), (), None, {"peak_db": 120.0}),
     FaultType("S8", "rain or wind on the mic", "noise", (), ("N-pre", "N-data"), None,
               {"add_db": [3.0, 10.0], "wind_ms": [5.5, 9.0], "rain_mm": 2.0}),
-    # A dead mic flagged D sends only rows that ingest refuses (ingest.refuse_flags): to the detectors the
-    # device is silent, so Offline may fire beside N-data.
+    # A dead mic flagged D sends only rows that ingest refuses (ingest.refuse_flags): never stored, but the
+    # detectors still get their device, time and flag, so N-data fires within bad_flag_for_s (Offline is
+    # still tolerated: a "stuck" mic may stop reporting).
     FaultType("S9", "dead or stuck mic", "noise", ("N-data",), ("Offline",), "yellow",
               {"mode": "floor", "level_db": 26.0, "flag": "D"}),
     FaultType("S10", "calibration drift", "noise", (), ("N-pre",), None, {"from_db": 0.5, "to_db": 2.0}),
