@@ -98,6 +98,7 @@ class MqttCollector:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     # ----- lifecycle -------------------------------------------------------------------------------
 
@@ -170,10 +171,18 @@ class MqttCollector:
         self._generation += 1
         self.connects += 1
         # Subscriptions are made here so that they survive reconnects, even to a broker that lost the session.
+        # `connected` (and wait_connected) wait for the SUBACK: before it, a device's publish reaches a broker
+        # that does not yet route it to us (a fresh session would miss it).
         client.subscribe([(t, 1) for t in TOPICS])
-        self._connected.set()
         log.info("connected to MQTT broker %s:%s (session present: %s)", self.cfg.host, self.cfg.port,
                  getattr(flags, "session_present", None))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if failed:
+            self.last_error = f"subscription refused: {failed[0]}"
+            log.error("MQTT broker refused the data subscription: %s", failed[0])
+        self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
