@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class CommandListener:
-    """Subscribes to `{command_topic}` and `{command_topic}/#` (in on_connect, so it survives reconnects).
+    """Subscribes to `{command_topic}/#`, which covers `{command_topic}` too (in on_connect, so it survives
+    reconnects).
 
     `handle(source, command_dict) -> result` is called for each JSON message; errors are logged and
     counted, never raised into paho's loop. The result ("ok: ..." or "error: ...", or why the message was
@@ -54,7 +55,9 @@ class CommandListener:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if not reason_code.is_failure:
-            client.subscribe([(self.topic, 1), (self.topic + "/#", 1)])
+            # `topic/#` also matches `topic` itself; subscribing to both would deliver (and apply) a command
+            # on `topic` twice.
+            client.subscribe(self.topic + "/#", 1)
             self.subscribed = True
 
     def _on_message(self, client, userdata, msg):

@@ -227,7 +227,7 @@ def test_each_mqtt_command_gets_a_reply_and_an_mqtt5_response(setup, mosquitto):
     publish(mosquitto, "city/xm/alerts/cmd", b"{not json", who="operator")
     assert replies.wait_for(lambda m: len(m) >= 3)
     got = [json.loads(p) for t, p, _ in replies.messages if t == "city/xm/alerts/replies"]
-    assert [r["ok"] for r in got] == [True, False, False]
+    assert [r["ok"] for r in got] == [True, False, False], got
     assert got[0]["command"]["alert_id"] == alert_id and got[0]["result"].startswith("ok")
     assert "no alert 'nope'" in got[1]["result"] and got[2]["result"].startswith("error: not a command")
     # MQTT 5 request/response: the reply also goes to the command's response topic, with its correlation data.
