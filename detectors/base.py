@@ -97,6 +97,12 @@ def take(arr: np.ndarray, view) -> np.ndarray:
     return arr.copy() if view.full else arr[view.loc]
 
 
+def at(arr: np.ndarray, view) -> np.ndarray:
+    """Per-sensor values (state or settings) of the view's rows, read-only: the array itself when the
+    view is every sensor in order."""
+    return arr if view.full else arr[view.loc]
+
+
 def put(arr: np.ndarray, view, values) -> None:
     """Store per-row values into per-sensor state."""
     if view.full:

@@ -92,17 +92,19 @@ class GasProfile:
     def after(self, rnd) -> None:
         v = rnd.view(self.group)
         p, ok = valid_p(v, self.inv, self.group.global_index)
-        idx = np.flatnonzero(ok)
-        if not len(idx):
-            return
+        flat = self._flat(v)
+        if not ok.all():
+            idx = np.flatnonzero(ok)
+            if not len(idx):
+                return
+            flat, p = flat[idx], p[idx]
         # Flat indexes into the (sensor, hour-of-week) tables: cheaper than 2-D fancy indexing.
-        flat = self._flat(v)[idx]
         counts, means = self.count_.reshape(-1), self.mean_.reshape(-1)
-        c = counts[flat].astype(np.int64) + 1
+        c = np.minimum(counts[flat], 254).astype(np.int16) + 1
         # Running mean up to the saturation count, then an exponential mean over the last 255 readings.
         m = means[flat]
-        means[flat] = m + (p[idx] - m) / np.minimum(c, 255)
-        counts[flat] = np.minimum(c, 255)
+        means[flat] = m + (p - m) / c
+        counts[flat] = c
 
     def _flat(self, view) -> np.ndarray:
         hit = view.cache.get("profile_flat")
@@ -295,8 +297,7 @@ class GasRupture(GasRule):
         loc, ts = view.loc, view.ts
         base, learned = self.profile.baseline(view)
         resid = p - np.where(learned, base, 0.0)
-        idx = np.flatnonzero(ok)
-        self._insert(loc[idx], ts[idx], resid[idx].astype(np.float32), learned[idx])
+        self._insert(loc, ts, resid.astype(np.float32), learned, ok)
         ub = self._block_max(loc, ts, resid, ok, view.full)
         n = len(view)
         raw = np.zeros(n, np.int8)
@@ -330,10 +331,10 @@ class GasRupture(GasRule):
                 limits[0] = pct
         return Eval(ok, raw, held, drop_pct, limits, drop_pct, {"p_kpa": p, "profile": learned})
 
-    def _insert(self, loc, ts, resid, learned) -> None:
-        """Store residuals in the ring and their tags in the same slots (an older reading never
-        overwrites a newer one; a round holds at most one reading per sensor)."""
-        done = self.ring.insert(loc, ts, resid)
+    def _insert(self, loc, ts, resid, learned, ok) -> None:
+        """Store the valid rows' residuals in the ring and their tags in the same slots (an older reading
+        never overwrites a newer one; a round holds at most one reading per sensor)."""
+        done = self.ring.insert(loc, ts, resid, ok)
         if done is not None:
             flat, newer = done
             self.ring_tag_.reshape(-1)[flat[newer]] = learned[newer]

@@ -433,9 +433,17 @@ class GasFlatline(Flatline):
         by_rank = np.argsort(rank.astype(np.uint16) if n and rank.max() < 65536 else rank, kind="stable")
         bounds = np.flatnonzero(np.r_[True, np.diff(rank[by_rank]) != 0, True])
         for a, b in zip(bounds[:-1], bounds[1:]):
+            # Flatline.evaluate's state update for the readings of this rank, on plain arrays.
             idx = by_rank[a:b]
-            ev = Flatline.evaluate(self, view.subset(idx) if b - a < n else view)
-            flat_s[idx], stuck[idx] = ev.value, ev.extra["stuck_value"]
+            xi, li, ti = x[idx], loc[idx], ts[idx]
+            ref, since = self.ref_[li], self.since_[li]
+            upd = ok[idx] & (np.isnan(ref) | (np.abs(xi - ref) > self.min_change))
+            ref = np.where(upd, xi, ref)
+            since = np.where(upd, ti, since)
+            self.ref_[li] = ref
+            self.since_[li] = since
+            flat_s[idx] = np.where(since >= 0, (ti - since) / NS, 0.0)
+            stuck[idx] = ref
         flat = ok & (flat_s >= self.win_s)
         raw = np.where(flat, self.sev, 0).astype(np.int8)
         facts = None

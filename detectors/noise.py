@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from config.base import Severity
-from detectors.base import Eval, Labels, LevelDetector, RuleParams, levels_above, put, severity_code, take
+from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_above, put, severity_code, take
 from detectors.batch import Detections
 from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING, NS
 from detectors.rolling import SlotRing
@@ -103,9 +103,9 @@ class NoiseEnergy:
             ring = self._ring()
             b = (view.ts // ring.slot_ns - ring.base) // ring.slots
             loc = view.loc
-            top = np.maximum(self.blk_cur_[loc], self.blk_prev_[loc])
+            top = np.maximum(at(self.blk_cur_, view), at(self.blk_prev_, view))
             with np.errstate(divide="ignore"):
-                hit = view.cache["upper"] = np.where(b < self.blk_id_[loc], np.inf, 10.0 * np.log10(top))
+                hit = view.cache["upper"] = np.where(b < at(self.blk_id_, view), np.inf, 10.0 * np.log10(top))
         return hit
 
     def leq(self, view, window_s: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +175,7 @@ class NoiseBackground:
         self.bg_[sel] = np.where(np.isnan(b), x, b + w * (x - b))
 
     def background(self, view) -> np.ndarray:
-        return self.bg_[view.loc]
+        return at(self.bg_, view)
 
 
 def _shared(shared: dict, inv, group, name: str):
@@ -231,6 +231,7 @@ class RollingLeqLimit(NoiseRule):
         self.window = window_name(self.win)
         self.energy.need(self.win)
         self.limit_db = self.lim(self.limit_key)
+        self.cand_db = self.limit_db - self.hyst  # the lowest level held: the limit minus the hysteresis
 
     def levels(self, lim) -> list:
         """(severity code, limit array) pairs, lowest first."""
@@ -242,7 +243,7 @@ class RollingLeqLimit(NoiseRule):
 
     def candidates(self, view):
         # The lowest level is the limit itself; an active level holds down to limit - hysteresis.
-        return self.in_period(view) & (self.energy.upper_db(view) > self.limit_db[view.loc] - self.hyst)
+        return self.in_period(view) & (self.energy.upper_db(view) > at(self.cand_db, view))
 
     def evaluate(self, view) -> Eval:
         _, ok = valid_db(view, "leq")
@@ -413,7 +414,7 @@ class NoisePreWarning(NoiseRule):
     def _limit(self, view) -> np.ndarray:
         ex = self.nz.exam
         f = view.facts()
-        limit = np.where(f.night, self.night_db[view.loc], self.day_db[view.loc])
+        limit = np.where(f.night, at(self.night_db, view), at(self.day_db, view))
         return np.where(f.exam >= EXAM_CLASS1, np.where(f.night, ex.class1_night_db, ex.class1_day_db), limit)
 
     def candidates(self, view):
