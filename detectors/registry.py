@@ -163,14 +163,7 @@ class RuleSet:
             rnd = Round(sensor[a:b], ts[a:b], values.window(a, b), quality[a:b], cal, split)
             for c in self.components:
                 c.before(rnd)
-            for group, dets in self._groups:
-                view = rnd.view(group)
-                if len(view) == 0:
-                    continue
-                for d in dets:
-                    found = d.step(view)
-                    if found is not None:
-                        out.append(found)
+            _run(self._groups, rnd, "step", out)
             for c in self.components:
                 c.after(rnd)
         return Detections.concat(out)
@@ -186,15 +179,8 @@ class RuleSet:
             split = int(np.searchsorted(kind[by_kind], 1))
         rnd = Round(s, batch.ts_ns[order], _Gathered(batch.values, order).window(0, len(order)), batch.quality[order],
                     self.inv.calendar, split, once=False)
-        out = []
-        for group, dets in self._whole:
-            view = rnd.view(group)
-            if len(view) == 0:
-                continue
-            for d in dets:
-                found = d.step_batch(view)
-                if found is not None:
-                    out.append(found)
+        out: list = []
+        _run(self._whole, rnd, "step_batch", out)
         return out
 
     def advance(self, now_ns: int) -> Detections:
@@ -202,6 +188,18 @@ class RuleSet:
         self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
         out = [d.advance(int(now_ns)) for d in self.rules]
         return Detections.concat([o for o in out if o is not None])
+
+
+def _run(groups: list, rnd: Round, method: str, out: list) -> None:
+    """Call `method` ("step" or "step_batch") of every detector on its group's view of `rnd`."""
+    for group, dets in groups:
+        view = rnd.view(group)
+        if len(view) == 0:
+            continue
+        for d in dets:
+            found = getattr(d, method)(view)
+            if found is not None:
+                out.append(found)
 
 
 class _Gathered:

@@ -13,20 +13,12 @@ import pytest
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
 from ingest.deadletter import DeadLetterStore
+from tests.integration.test_alerts_service import ALERTS_YAML  # MQTT sink, no grouping delay
 from tests.integration.test_ingest_harness import NOISE_JSON, DevicePublisher
 from tests.unit.alerts.helpers import Subscriber, write_config
 
 pytestmark = pytest.mark.integration
 
-ALERTS_YAML = """
-alerting:
-  sinks:
-    ops_mqtt: {type: mqtt, topic_prefix: city/xm/alerts, qos: 1}
-  route: {receivers: [ops_mqtt], group_wait_s: 0, group_interval_s: 0, repeat_interval_s: 100000}
-  retry: {initial_s: 0.1, max_s: 0.5}
-  recovered_clear_after_s: 0
-  store_path: STORE
-"""
 # 2025-09-10 10:00 Beijing: daytime, outside the prohibited windows and the exam period.
 T0_MS = int(datetime(2025, 9, 10, 2, 0, tzinfo=timezone.utc).timestamp() * 1000)
 MIN_MS = 60_000
