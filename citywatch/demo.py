@@ -10,6 +10,7 @@ time-driven rules follow the simulated clock.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=1000.0, help="simulated seconds per second (default 1000)")
     parser.add_argument("--workdir", default=str(ROOT / "var/demo"))
     parser.add_argument("--history", default=None, metavar="D",
-                        help="fault-free history published first, e.g. 14d: G-leak needs a learned weekly profile "
-                             "(adds a few minutes)")
+                        help="fault-free history before the day, e.g. 14d: written to InfluxDB as a data migration "
+                             "would, then learned with `citywatch warmup` before the service starts (G-leak needs a "
+                             "learned weekly profile)")
     args = parser.parse_args(argv)
 
     from config import load_config
@@ -105,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]citywatch demo[/]: scenario {scenario.name}: {len(scenario.devices)} devices, "
                   f"{readings:,} readings, {n_faults} injected faults, at {args.speed:g}x")
 
+    if history:
+        _learn_history(console, cfg, config_dir, env, scenario, history, work)
+        # The history is already in InfluxDB and in the detectors' snapshot: only the day is published.
+        history = []
+
     run_log = work / "run.log"
     with open(run_log, "wb") as log:
         service = subprocess.Popen(
@@ -123,6 +130,41 @@ def main(argv: list[str] | None = None) -> int:
                 service.wait(60)
             except subprocess.TimeoutExpired:
                 service.kill()
+
+
+def _learn_history(console, cfg, config_dir, env, scenario, history, work) -> None:
+    """Write the fault-free history to InfluxDB (decoded and validated as the collector would), then run
+    `citywatch warmup` over it, so the service starts with the detectors' state of those weeks (the learned
+    gas profile) without alerting on a back-fill."""
+    from ingest.decoder import Decoder
+    from ingest.influx_writer import make_writer
+    from ingest.lineproto import encode
+
+    decoder, writer = Decoder(cfg), make_writer(cfg.connections.influx, env)
+    chunk, points = [], 0
+    try:
+        for i, m in enumerate(history):
+            d = decoder.decode(m.topic, m.payload, m.t_ms * 1_000_000)
+            if len(d.batch):
+                chunk.append(encode(d.batch, cfg))
+                points += len(d.batch)
+            if len(chunk) >= 200 or (i == len(history) - 1 and chunk):
+                writer.write(b"".join(chunk))
+                chunk = []
+    finally:
+        writer.close()
+    since, until = _iso(scenario.start_ms - scenario.history_ms), _iso(scenario.start_ms)
+    console.print(f"history: {points:,} readings written to InfluxDB, {since} .. {until}; learning it "
+                  "(citywatch warmup)")
+    with open(work / "warmup.log", "wb") as log:
+        rc = subprocess.call([sys.executable, "-m", "citywatch", "warmup", "--config", str(config_dir), "--since", since,
+                              "--until", until, "--no-progress"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if rc != 0:
+        raise SystemExit(f"demo: citywatch warmup failed (exit {rc}); see {work / 'warmup.log'}")
+
+
+def _iso(t_ms: int) -> str:
+    return dt.datetime.fromtimestamp(t_ms / 1000, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _show(console, cfg, scenario, history, messages, truth, work, env, service, speed, readings,
