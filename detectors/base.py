@@ -97,6 +97,25 @@ def take(arr: np.ndarray, view) -> np.ndarray:
     return arr.copy() if view.full else arr[view.loc]
 
 
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative integer keys by 16-bit radix passes (numpy radix-sorts 16-bit
+    keys, and falls back to timsort, several times slower, for wider ones)."""
+    keys = np.asarray(keys)
+    if len(keys) == 0:
+        return np.zeros(0, np.intp)
+    top = int(keys.max())
+    if top < 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    keys = keys.astype(np.int64)
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while top >> shift:
+        part = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(part, kind="stable")]
+        shift += 16
+    return order
+
+
 def at(arr: np.ndarray, view) -> np.ndarray:
     """Per-sensor values (state or settings) of the view's rows, read-only: the array itself when the
     view is every sensor in order."""

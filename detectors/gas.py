@@ -8,8 +8,6 @@ them, and readings not flagged N, as missing.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from pydantic import Field
 
@@ -33,14 +31,25 @@ def valid_p(view, inv, loc_sensors) -> tuple[np.ndarray, np.ndarray]:
     return hit
 
 
+def _local_span(view) -> tuple[np.ndarray, int, int]:
+    """(local seconds, earliest, latest) of a view's rows, computed once per view."""
+    hit = view.cache.get("local_span")
+    if hit is None:
+        local = view.local_seconds()
+        lo, hi = (int(local.min()), int(local.max())) if len(local) else (0, 0)
+        hit = view.cache["local_span"] = (local, lo, hi)
+    return hit
+
+
 def hour_of_week(local_s: np.ndarray) -> np.ndarray:
-    """Hour of the local week, Monday 00:00 = 0 (1970-01-01 was a Thursday)."""
+    """Hour of the local week, Monday 00:00 = 0 (1970-01-01 was a Thursday); also of a plain int."""
     return ((local_s // 86400 + 3) % 7) * 24 + (local_s % 86400) // 3600
 
 
 def week_position(local_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(h0, w): the hour-of-week bin whose middle (h:30) is at or before each local instant, and the
-    fraction of the hour from that middle to the next one (the middle of h0 + 1, modulo the week)."""
+    fraction of the hour from that middle to the next one (the middle of h0 + 1, modulo the week).
+    Plain integer arithmetic: an array or a single int."""
     sow = ((local_s // 86400 + 3) % 7) * 86400 + local_s % 86400
     x = sow - 1800  # seconds since the middle of hour 0 (negative in Monday's first half hour: wraps)
     return (x // 3600) % WEEK_HOURS, (x % 3600) / 3600.0
@@ -109,10 +118,9 @@ class GasProfile:
     def _flat(self, view) -> np.ndarray:
         hit = view.cache.get("profile_flat")
         if hit is None:
-            local = view.local_seconds()
-            lo, hi = (int(local.min()), int(local.max())) if len(local) else (0, 0)
+            local, lo, hi = _local_span(view)
             # One hour for every row (the usual round) needs no per-row hour arithmetic.
-            how = int(hour_of_week(np.array([lo]))[0]) if lo // 3600 == hi // 3600 else hour_of_week(local)
+            how = hour_of_week(lo) if lo // 3600 == hi // 3600 else hour_of_week(local)
             hit = view.cache["profile_flat"] = view.loc.astype(np.int64) * WEEK_HOURS + how
         return hit
 
@@ -121,8 +129,7 @@ class GasProfile:
         the profile is 0 where not learned."""
         hit = view.cache.get("profile")
         if hit is None:
-            local = view.local_seconds()
-            lo, hi = (int(local.min()), int(local.max())) if len(local) else (0, 0)
+            local, lo, hi = _local_span(view)
             if (lo - 1800) // 3600 == (hi - 1800) // 3600:
                 hit = self._baseline_one_hour(view, local, lo)
             else:
@@ -145,8 +152,7 @@ class GasProfile:
     def _baseline_one_hour(self, view, local, lo: int) -> tuple[np.ndarray, np.ndarray]:
         """`_baseline_any` when every row lies between the same two hour middles (the usual round: one
         reading per sensor at about the same time): the six hours are the same for all rows."""
-        x = ((lo // 86400 + 3) % 7) * 86400 + lo % 86400 - 1800  # week_position of lo, in plain ints
-        h0 = (x // 3600) % WEEK_HOURS
+        h0 = week_position(lo)[0]
         hours = [(h0 + int(a)) % WEEK_HOURS for a in _AROUND]
         w = ((local - 1800) % 3600) / 3600.0
         loc = view.loc

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from config.base import Severity
-from detectors.base import Eval, LevelDetector, RuleParams, levels_above, levels_below, severity_code
+from detectors.base import Eval, LevelDetector, RuleParams, levels_above, levels_below, severity_code, stable_argsort
 from detectors.calendar import NS
 from detectors.gas import _profile, hour_of_week, valid_p
 
@@ -429,8 +429,7 @@ class GasFlatline(Flatline):
         rank = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
         x, ok = self.read(view)
         flat_s, stuck = np.empty(n), np.empty(n)
-        # (16-bit keys: numpy radix-sorts them, several times faster than a stable sort of int64)
-        by_rank = np.argsort(rank.astype(np.uint16) if n and rank.max() < 65536 else rank, kind="stable")
+        by_rank = stable_argsort(rank)
         bounds = np.flatnonzero(np.r_[True, np.diff(rank[by_rank]) != 0, True])
         for a, b in zip(bounds[:-1], bounds[1:]):
             # Flatline.evaluate's state update for the readings of this rank, on plain arrays.

@@ -7,14 +7,11 @@ averaged as energy, never as an arithmetic mean of dB. Only readings flagged N c
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from pydantic import Field
 
 from config.base import Severity
 from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_above, put, severity_code, take
-from detectors.batch import Detections
 from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING, NS
 from detectors.rolling import SlotRing
 
@@ -102,7 +99,6 @@ class NoiseEnergy:
         if hit is None:
             ring = self._ring()
             b = (view.ts // ring.slot_ns - ring.base) // ring.slots
-            loc = view.loc
             top = np.maximum(at(self.blk_cur_, view), at(self.blk_prev_, view))
             with np.errstate(divide="ignore"):
                 hit = view.cache["upper"] = np.where(b < at(self.blk_id_, view), np.inf, 10.0 * np.log10(top))
@@ -201,6 +197,12 @@ class NoiseRule(LevelDetector):
         self.background = _shared(shared, self.inv, self.group, "noise_background")
         self.hyst = self.params.hysteresis_db if getattr(self.params, "hysteresis_db", None) is not None else self.nz.hysteresis_db
 
+    def use_window(self, default_s: int) -> None:
+        """The rule's Leq window (its `window_s`, else `default_s`), kept by the shared energy store."""
+        self.win = self.params.window_s or default_s
+        self.window = window_name(self.win)
+        self.energy.need(self.win)
+
     def lim(self, name: str) -> np.ndarray:
         return getattr(self.inv, name)[self.sensors]
 
@@ -227,9 +229,7 @@ class RollingLeqLimit(NoiseRule):
 
     def setup(self, shared):
         super().setup(shared)
-        self.win = self.params.window_s or self.nz.rolling_window_s
-        self.window = window_name(self.win)
-        self.energy.need(self.win)
+        self.use_window(self.nz.rolling_window_s)
         self.limit_db = self.lim(self.limit_key)
         self.cand_db = self.limit_db - self.hyst  # the lowest level held: the limit minus the hysteresis
 
@@ -326,9 +326,7 @@ class NoiseProhibited(NoiseRule):
     def setup(self, shared):
         super().setup(shared)
         pr = self.nz.prohibited
-        self.win = self.params.window_s or pr.window_s
-        self.window = window_name(self.win)
-        self.energy.need(self.win)
+        self.use_window(pr.window_s)
         self.sev = severity_code(self.params.severity or pr.severity)
 
     def candidates(self, view):
@@ -361,9 +359,7 @@ class NoiseExam(NoiseRule):
 
     def setup(self, shared):
         super().setup(shared)
-        self.win = self.params.window_s or self.nz.rolling_window_s
-        self.window = window_name(self.win)
-        self.energy.need(self.win)
+        self.use_window(self.nz.rolling_window_s)
 
     def candidates(self, view):
         return view.facts().exam >= EXAM_CLASS1
@@ -405,9 +401,7 @@ class NoisePreWarning(NoiseRule):
 
     def setup(self, shared):
         super().setup(shared)
-        self.win = self.params.window_s or self.nz.prohibited.window_s
-        self.window = window_name(self.win)
-        self.energy.need(self.win)
+        self.use_window(self.nz.prohibited.window_s)
         self.margin = self.params.margin_db if self.params.margin_db is not None else self.nz.pre_warning_margin_db
         self.day_db, self.night_db = self.lim("day_db"), self.lim("night_db")
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from config.errors import ConfigError, ConfigProblem, did_you_mean
 from config.loader import problems_from_validation
 from detectors import deadman, gas, generic, noise
-from detectors.base import Detector
+from detectors.base import Detector, stable_argsort
 from detectors.batch import Detections, ReadingBatch
 from detectors.context import KIND_CODES, Inventory, Round, SensorGroup
 
@@ -232,22 +232,3 @@ class _Window:
 
     def keys(self):
         return self.src.columns.keys()
-
-
-def stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """Stable argsort of non-negative integer keys by 16-bit radix passes (numpy radix-sorts 16-bit
-    keys, and falls back to timsort, several times slower, for wider ones)."""
-    keys = np.asarray(keys)
-    if len(keys) == 0:
-        return np.zeros(0, np.intp)
-    top = int(keys.max())
-    if top < 1 << 16:
-        return np.argsort(keys.astype(np.uint16), kind="stable")
-    keys = keys.astype(np.int64)
-    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
-    shift = 16
-    while top >> shift:
-        part = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
-        order = order[np.argsort(part, kind="stable")]
-        shift += 16
-    return order
