@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
+import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from alerts.model import iso
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class CommandListener:
     def _reply(self, msg, cmd, result: str) -> None:
         body = json.dumps({
             "topic": msg.topic, "command": cmd, "ok": result.startswith("ok"), "result": result,
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "at": iso(time.time_ns()),
         }, ensure_ascii=False, default=str).encode()
         try:
             self.client.publish(self.reply_topic, body, qos=1)

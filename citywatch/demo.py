@@ -10,7 +10,6 @@ time-driven rules follow the simulated clock.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -136,6 +135,7 @@ def _learn_history(console, cfg, config_dir, env, scenario, history, work) -> No
     """Write the fault-free history to InfluxDB (decoded and validated as the collector would), then run
     `citywatch warmup` over it, so the service starts with the detectors' state of those weeks (the learned
     gas profile) without alerting on a back-fill."""
+    from alerts.model import iso
     from ingest.decoder import Decoder
     from ingest.influx_writer import make_writer
     from ingest.lineproto import encode
@@ -153,7 +153,7 @@ def _learn_history(console, cfg, config_dir, env, scenario, history, work) -> No
                 chunk = []
     finally:
         writer.close()
-    since, until = _iso(scenario.start_ms - scenario.history_ms), _iso(scenario.start_ms)
+    since, until = iso((scenario.start_ms - scenario.history_ms) * 1_000_000), iso(scenario.start_ms * 1_000_000)
     console.print(f"history: {points:,} readings written to InfluxDB, {since} .. {until}; learning it "
                   "(citywatch warmup)")
     with open(work / "warmup.log", "wb") as log:
@@ -161,10 +161,6 @@ def _learn_history(console, cfg, config_dir, env, scenario, history, work) -> No
                               "--until", until, "--no-progress"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if rc != 0:
         raise SystemExit(f"demo: citywatch warmup failed (exit {rc}); see {work / 'warmup.log'}")
-
-
-def _iso(t_ms: int) -> str:
-    return dt.datetime.fromtimestamp(t_ms / 1000, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _show(console, cfg, scenario, history, messages, truth, work, env, service, speed, readings,

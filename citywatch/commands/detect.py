@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 import time
 import zipfile
@@ -70,21 +69,18 @@ def add_influx_options(p, when: str = "with --influx: ") -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_when(text: str, now_ns: int) -> int:
     """UTC ns of an ISO 8601 time (with a zone), epoch ms, `now`, or a duration before now (`28d`,
     `36h`, `90m`, `2w`). Raises ValueError."""
+    from alerts.commands import parse_duration
     from detectors.feed import parse_ts_ns
 
-    m = _DURATION.match(text)
-    if m:
-        return now_ns - int(float(m.group(1)) * _UNIT_S[m.group(2)] * 1_000_000_000)
-    if text.strip().lower() == "now":
+    t = text.strip()
+    if t.lower() == "now":
         return now_ns
-    return parse_ts_ns(text)
+    if t[-1:] in ("s", "m", "h", "d", "w"):  # a duration (an ISO time ends in a digit or Z)
+        return now_ns - int(parse_duration(t) * 1_000_000_000)
+    return parse_ts_ns(t)
 
 
 def _load(directory):
