@@ -93,6 +93,14 @@ class QuietWindow(Strict):
     match: Match = Match()
 
 
+class Operator(Strict):
+    # A duty officer's account: the broker user name (and console login) the officer authenticates as.
+    # Commands are accepted only on `command_topic/<username>` (the broker's ACL lets only this account
+    # write there) and are recorded with this account as their author, never with a name from the payload.
+    username: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")
+    name: str = Field(min_length=1, max_length=80)  # shown beside acks and silences, e.g. "Duty officer Lin"
+
+
 class Alerting(Strict):
     sinks: dict[str, Sink] = {}
     route: Route = Route(receivers=[])
@@ -113,6 +121,8 @@ class Alerting(Strict):
     detector_state_path: str = Field("var/detector_state.npz", min_length=1)
     detector_state_save_s: float = Field(60, ge=1, le=86400)
     command_topic: str = Field("city/xm/alerts/cmd", pattern=r"^[^#+]+$")
+    # Who may send commands (ack, silence, unsilence); usernames unique and distinct from device ids.
+    operators: list[Operator] = []
     # The result of each MQTT command (ok or the error) is published here, and to the command's MQTT 5
     # response topic when it names one; never under command_topic (the listener would read it back).
     command_reply_topic: str = Field("city/xm/alerts/replies", pattern=r"^[^#+]+$")
@@ -124,6 +134,16 @@ class Alerting(Strict):
         reply = v.rstrip("/")
         if cmd and (reply == cmd or reply.startswith(cmd + "/")):
             raise ValueError(f"must not be under command_topic {cmd!r}: the listener would read its own replies")
+        return v
+
+    @field_validator("operators")
+    @classmethod
+    def _operators_unique(cls, v: list[Operator]) -> list[Operator]:
+        seen: set[str] = set()
+        for op in v:
+            if op.username in seen:
+                raise ValueError(f"operator {op.username!r} is listed twice")
+            seen.add(op.username)
         return v
 
     @model_validator(mode="after")
