@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from alerts.model import Notice
 from alerts.sink import SinkError
+from config.connections import basic_auth
 
 
 def _tag(v: str) -> str:
@@ -51,14 +51,11 @@ class InfluxSink:
         self.endpoint = url.rstrip("/") + "/write?" + urllib.parse.urlencode({"db": database, "precision": "ns"})
         self.measurement = measurement
         self.timeout_s = timeout_s
-        self.auth = None
-        if username is not None:
-            self.auth = "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+        self.headers = basic_auth((username, password or "") if username else None)
 
     def send(self, notice: Notice) -> None:
-        req = urllib.request.Request(self.endpoint, data=line_of(notice, self.measurement).encode(), method="POST")
-        if self.auth:
-            req.add_header("Authorization", self.auth)
+        req = urllib.request.Request(self.endpoint, data=line_of(notice, self.measurement).encode(), method="POST",
+                                     headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 resp.read()

@@ -30,11 +30,8 @@ def build_sinks(cfg, env: dict[str, str] | None = None) -> dict[str, Sink]:
             out[name] = WebhookSink(spec.url, secret.encode() if secret else None, spec.timeout_s)
         elif spec.type == "influx":
             i = cfg.connections.influx
-            out[name] = InfluxSink(
-                i.url, i.database or "citywatch", spec.measurement, i.timeout_s,
-                env.get(i.username_env) if i.username_env else None,
-                env.get(i.password_env) if i.password_env else None,
-            )
+            user, password = i.credentials(env) or (None, None)
+            out[name] = InfluxSink(i.url, i.database or "citywatch", spec.measurement, i.timeout_s, user, password)
         else:
             out[name] = TerminalSink()
     return out

@@ -110,29 +110,31 @@ def payloads(devices, n_messages: int, samples: int, t0_ms: int) -> tuple[list, 
     return out, n_messages * samples
 
 
+BARE_PREFIX = "city/xm/internal/bench/"
 bare_cpu_us = [0.0]  # CPU µs per message of the last bare-subscriber run (this process)
 
 
 class TesterPublisher(Publisher):
-    """Publishes as the tester user under city/xm/bench/, a subtree the collector does not subscribe to
-    (the collector's session must not queue the bare subscriber's messages)."""
+    """Publishes as the service's account under city/xm/internal/bench/, a subtree the collector does not
+    subscribe to (its session must not queue the bare subscriber's messages) and the only one outside the
+    device topics that the broker's ACL lets an account both write and read."""
 
     def __init__(self, creds: Credentials, port: int):
         self.acked = 0
-        c = client("bench-tester-pub", *creds.tester, port)
+        c = client("bench-tester-pub", *creds.collector, port)
         c.on_publish = self._on_publish
         self.clients = {"tester": c}
 
     def publish_all(self, payloads, rate: float = 0.0) -> float:
-        moved = [("tester", "city/xm/bench/" + topic.split("/", 3)[3], body) for _, topic, body in payloads]
+        moved = [("tester", BARE_PREFIX + topic.split("/", 3)[3], body) for _, topic, body in payloads]
         return super().publish_all(moved, rate)
 
 
 def bare_subscriber_rate(mosq, creds: Credentials, pub: Publisher, msgs) -> float:
-    user, pw = creds.tester
+    user, pw = creds.collector
     sub = client("bench-bare-sub", user, pw, mosq.port, persistent=True)
     done = threading.Event()
-    sub.subscribe("city/xm/bench/#", qos=1)
+    sub.subscribe(BARE_PREFIX + "#", qos=1)
     time.sleep(0.5)
     sub.disconnect()
     sub.loop_stop()
@@ -164,8 +166,8 @@ def bare_subscriber_rate(mosq, creds: Credentials, pub: Publisher, msgs) -> floa
 
 
 def influx_ingest_rate(influx, cfg, points: int, rnd: int = 0) -> float:
-    w = V1Writer(influx.url, "bench_raw")
-    influx.query('CREATE DATABASE "bench_raw"', method="POST")
+    w = V1Writer(influx.url, "bench_raw", influx.username, influx.password)
+    influx.create_database("bench_raw")  # as admin, granted to the citywatch account the writer uses
     idx = np.array([cfg.device_index(d.id) for d in cfg.devices if d.kind == "gas"])
     t0 = time.time_ns() - (3 * 86400 - rnd * 3600) * 10**9
     bodies = []
@@ -316,7 +318,7 @@ def main() -> int:
     env.update({
         "CITYWATCH_MQTT_HOST": "127.0.0.1", "CITYWATCH_MQTT_PORT": str(mosq.port),
         "CITYWATCH_MQTT_USERNAME": creds.collector[0], "CITYWATCH_MQTT_PASSWORD": creds.collector[1],
-        "CITYWATCH_INFLUX_URL": influx.url, "CITYWATCH_INFLUX_DATABASE": influx.database,
+        **influx.env(),
     })
     coll = Collector(work, env)
     pub = Publisher(gas, creds, mosq.port)
@@ -386,6 +388,7 @@ def main() -> int:
         coll.stop()
         pub.close()
         mosq.kill()
+        mosq.remove_broker_dir()
         influx.kill()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

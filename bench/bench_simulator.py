@@ -80,6 +80,7 @@ def main() -> int:
             pub.close()
         finally:
             broker.kill()
+            broker.remove_broker_dir()
     rate = readings / wall
     print(f"published {result['messages']} messages ({readings} readings) to 127.0.0.1:{broker.port} "
           f"with QoS 1, every PUBACK received, in {wall:.2f} s")

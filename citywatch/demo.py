@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -30,19 +31,28 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATABASE = "citywatch_demo"
 
 
-def _influx(url: str, q: str, db: str | None = None) -> dict:
+def _influx(url: str, q: str, db: str | None, auth: tuple[str, str] | None) -> dict:
+    """Run InfluxQL as the citywatch account `auth`; raise SystemExit with InfluxDB's answer on an HTTP error."""
+    from config.connections import basic_auth
+
     params = {"q": q}
     if db:
         params["db"] = db
-    req = urllib.request.Request(url + "/query", data=urllib.parse.urlencode(params).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+    req = urllib.request.Request(url + "/query", data=urllib.parse.urlencode(params).encode(), method="POST",
+                                 headers=basic_auth(auth))
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"demo: InfluxDB answered HTTP {exc.code} to {q!r}: {exc.read().decode(errors='replace')}"
+                         f"\n(run `scripts/stack.sh up` and `source .stack/env`: it creates the database "
+                         f"{DEMO_DATABASE} and grants the citywatch account on it)") from None
 
 
-def _count_points(url: str, db: str) -> int:
+def _count_points(url: str, db: str, auth: tuple[str, str] | None) -> int:
     total = 0
     for measurement, fld in (("noise", "leq"), ("gas_pressure", "p")):
-        body = _influx(url, f'SELECT count("{fld}") FROM "{measurement}"', db)
+        body = _influx(url, f'SELECT count("{fld}") FROM "{measurement}"', db, auth)
         series = body.get("results", [{}])[0].get("series")
         if series:
             total += int(series[0]["values"][0][1])
@@ -87,13 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["CITYWATCH_CLOCK"] = "event"
     env["CITYWATCH_INFLUX_DATABASE"] = DEMO_DATABASE
-    for var in ("CITYWATCH_MQTT_PORT", "CITYWATCH_INFLUX_URL", "CITYWATCH_CREDENTIALS", "CITYWATCH_MQTT_PASSWORD"):
+    for var in ("CITYWATCH_MQTT_PORT", "CITYWATCH_INFLUX_URL", "CITYWATCH_CREDENTIALS", "CITYWATCH_MQTT_PASSWORD",
+                "CITYWATCH_INFLUX_USERNAME"):
         if var not in env:
             raise SystemExit(f"demo: {var} is not set; run `source .stack/env` after `scripts/stack.sh up`")
     cfg = load_config(config_dir, env=env)
     influx_url = cfg.connections.influx.url
-    _influx(influx_url, f'DROP DATABASE "{DEMO_DATABASE}"')
-    _influx(influx_url, f'CREATE DATABASE "{DEMO_DATABASE}"')
+    influx_auth = cfg.connections.influx.credentials(env)
+    # The citywatch account may not drop or create databases (scripts/stack.sh up made this one and granted
+    # it): it empties the demo's database instead, which needs only its write privilege.
+    _influx(influx_url, "DROP SERIES FROM /.*/", DEMO_DATABASE, influx_auth)
 
     scenario = load_scenario(args.scenario, cfg)
     if args.history:
@@ -220,7 +233,7 @@ def _show(console, cfg, scenario, history, messages, truth, work, env, service, 
     db = env["CITYWATCH_INFLUX_DATABASE"]
     last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + 120
     while time.monotonic() < deadline:
-        n = _count_points(cfg.connections.influx.url, db)
+        n = _count_points(cfg.connections.influx.url, db, cfg.connections.influx.credentials(env))
         if n != last:
             last, stable_since = n, time.monotonic()
         elif time.monotonic() - stable_since > 3:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import os
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -57,10 +60,10 @@ class Mqtt(Strict):
 class Influx(Strict):
     api: Literal["v1", "v2"] = "v1"
     url: str = "http://127.0.0.1:8086"
-    # v1: database (and optional user); v2: bucket, org and token.
+    # v1: database and the account (basic auth, user name and password from these variables); v2: bucket, org, token.
     database: str | None = "citywatch"
-    username_env: str | None = Field(None, pattern=ENV_NAME)
-    password_env: str | None = Field(None, pattern=ENV_NAME)
+    username_env: str | None = Field("CITYWATCH_INFLUX_USERNAME", pattern=ENV_NAME)
+    password_env: str | None = Field("CITYWATCH_INFLUX_PASSWORD", pattern=ENV_NAME)
     bucket: str | None = None
     org: str | None = None
     token_env: str | None = Field(None, pattern=ENV_NAME)
@@ -73,6 +76,17 @@ class Influx(Strict):
             raise KeyProblem("url", f"{problem} (got {self.url!r})")
         return self
 
+    def credentials(self, env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+        """The v1 account as (user name, password) from the variables `username_env` / `password_env` of
+        `env` (default os.environ), or None when the user name variable is unset or empty: the requests then
+        go without credentials, which only a server with authentication off accepts."""
+        env = os.environ if env is None else env
+        user = env.get(self.username_env) if self.username_env else None
+        if not user:
+            return None
+        password = env.get(self.password_env) if self.password_env else None
+        return user, password or ""
+
     @model_validator(mode="after")
     def _api_fields(self) -> "Influx":
         if self.api == "v1" and not self.database:
@@ -82,6 +96,18 @@ class Influx(Strict):
                 if not getattr(self, key):
                     raise KeyProblem(key, "is required when api is v2 (got nothing)")
         return self
+
+
+def basic_auth(credentials: tuple[str, str] | None) -> dict[str, str]:
+    """The HTTP header of InfluxDB v1 basic auth for (user name, password), {} for None.
+
+    A header rather than the `u`/`p` query parameters, so that passwords stay out of URLs, proxy logs and
+    error messages that quote a URL.
+    """
+    if not credentials:
+        return {}
+    token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
 
 
 def _url_problem(url: str) -> str | None:

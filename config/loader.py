@@ -444,6 +444,9 @@ def _item_type(tp: Any) -> Any:
 
 # ----- cross references ---------------------------------------------------------------------------
 
+# Broker user names of the service's own accounts (citywatch.localstack): no operator may take one.
+RESERVED_BROKER_USERS = {"citywatch": "service (collector)", "tester": "tester"}
+
 
 def _items(root: dict, key: str) -> list[tuple[int, dict]]:
     value = root.get(key)
@@ -507,6 +510,15 @@ def _cross_references(root: dict, lines: Lines) -> list[ConfigProblem]:
         match = quiet.get("match")
         if isinstance(match, dict):
             out += _check_match(match, ("alerting", "quiet_windows", i, "match"), known, lines)
+    # An operator's broker account must be its own: one user name per account in the generated ACL, and a
+    # device authenticates as its id, so an operator named like a device would share that device's grants.
+    taken = {str(d).casefold(): f"device {d!r}" for d in device_ids}
+    taken.update({u.casefold(): f"the {role} account" for u, role in RESERVED_BROKER_USERS.items()})
+    for i, op in _items(alerting, "operators"):
+        name = op.get("username")
+        if isinstance(name, str) and name.casefold() in taken:
+            out.append(_problem(lines, ("alerting", "operators", i, "username"),
+                                f"must not be the broker user name of {taken[name.casefold()]} (got {name!r})"))
     return out
 
 

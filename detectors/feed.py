@@ -18,6 +18,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
+from config.connections import basic_auth
 from detectors.batch import FLAG_CODES, ReadingBatch
 
 RESERVED = {"ts", "device_id", "flag"}
@@ -232,9 +233,8 @@ def _influx_window(url, database, t0: int, t1: int, measurements, timeout_s, aut
 
 def _influx_query(url: str, database: str, q: str, timeout_s: float, auth) -> dict:
     params = {"db": database, "q": q, "epoch": "ms"}
-    if auth:
-        params["u"], params["p"] = auth
-    req = url.rstrip("/") + "/query?" + urllib.parse.urlencode(params)
+    # Basic auth in a header: `u`/`p` in the URL would put the password in logs and error texts.
+    req = urllib.request.Request(url.rstrip("/") + "/query?" + urllib.parse.urlencode(params), headers=basic_auth(auth))
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return json.load(resp)

@@ -17,6 +17,8 @@ import urllib.parse
 
 import urllib3
 
+from config.connections import basic_auth
+
 log = logging.getLogger(__name__)
 
 # Bisecting a 400 batch to find the refused lines stops at this many requests; whatever is left is refused
@@ -128,8 +130,8 @@ class V1Writer(InfluxWriter):
         self.url = url.rstrip("/")
         self.database = database
         self._params = {"db": database, "precision": "ns"}
-        if username:
-            self._params.update(u=username, p=password or "")
+        # Basic auth in a header, never `u`/`p` in the URL: URLs end up in logs and error messages.
+        self._headers = basic_auth((username, password or "") if username else None)
         self._write_url = f"{self.url}/write?" + urllib.parse.urlencode(self._params)
         self._http = urllib3.PoolManager(
             num_pools=2, maxsize=4, timeout=urllib3.Timeout(total=timeout_s), retries=False
@@ -138,7 +140,7 @@ class V1Writer(InfluxWriter):
     def _post(self, lines: bytes) -> tuple[int, str, float | None]:
         try:
             resp = self._http.request("POST", self._write_url, body=lines,
-                                      headers={"Content-Type": "text/plain; charset=utf-8"})
+                                      headers={"Content-Type": "text/plain; charset=utf-8", **self._headers})
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise RetryableWriteError(f"cannot reach InfluxDB at {self.url}: {exc}") from None
         message = ""
@@ -161,7 +163,8 @@ class V1Writer(InfluxWriter):
         params = dict(self._params, q=influxql, epoch="ns")
         params.pop("precision", None)
         try:
-            resp = self._http.request("GET", f"{self.url}/query?" + urllib.parse.urlencode(params))
+            resp = self._http.request("GET", f"{self.url}/query?" + urllib.parse.urlencode(params),
+                                      headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
             raise RetryableWriteError(f"cannot reach InfluxDB at {self.url}: {exc}") from None
         body = json.loads(resp.data or b"{}")
@@ -227,13 +230,11 @@ def make_writer(influx, env: dict | None = None) -> InfluxWriter:
     """Build the writer the `connections.influx` config section asks for; secrets come from `env`."""
     env = os.environ if env is None else env
 
-    def secret(name: str | None) -> str | None:
-        return env.get(name) if name else None
-
     if influx.api == "v2":
-        return V2Writer(influx.url, influx.bucket, influx.org, secret(influx.token_env), influx.timeout_s)
-    return V1Writer(influx.url, influx.database, secret(influx.username_env), secret(influx.password_env),
-                    influx.timeout_s)
+        token = env.get(influx.token_env) if influx.token_env else None
+        return V2Writer(influx.url, influx.bucket, influx.org, token, influx.timeout_s)
+    user, password = influx.credentials(env) or (None, None)
+    return V1Writer(influx.url, influx.database, user, password, influx.timeout_s)
 
 
 class Backoff:

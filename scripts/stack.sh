@@ -5,6 +5,9 @@
 #   scripts/stack.sh down     stop both by pid
 #   scripts/stack.sh status   show what runs (exit 1 if something is down)
 # Ports: CITYWATCH_MQTT_PORT (default 1883), CITYWATCH_INFLUX_PORT (default 8086).
+# Broker accounts (.stack/credentials.json, 0600): the service `citywatch`, one per alerting.operators entry,
+# `tester`, one per device; the ACL is generated from them and the inventory (no pattern lines). Started as
+# root, Mosquitto runs as Debian's `mosquitto` user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 action=${1:-status}

@@ -16,10 +16,12 @@ import datetime as dt
 import json
 import re
 import sqlite3
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from config.connections import Influx, basic_auth
 from simulators.scoring import ScoredAlert, parse_time_ms
 
 _SEVERITY_RANK = {"": 0, "clear": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
@@ -32,16 +34,20 @@ class AlertSourceError(ValueError):
     """The alert source cannot be read or holds something that is not an alert."""
 
 
-def load_alerts(source: str) -> list[ScoredAlert]:
+def load_alerts(source: str, influx_auth: tuple[str, str] | None = None) -> list[ScoredAlert]:
     """Alerts from `source`: `sqlite:PATH`, `influx:URL/DB` (e.g. influx:http://127.0.0.1:8086/citywatch)
-    or a path to a JSONL capture of the alert topic. Raises AlertSourceError."""
+    or a path to a JSONL capture of the alert topic. Raises AlertSourceError.
+
+    influx_auth: (user, password) for `influx:`; default: the account in the variables CITYWATCH_INFLUX_USERNAME
+    and CITYWATCH_INFLUX_PASSWORD (those `connections.influx` names by default), if set.
+    """
     if source.startswith("sqlite:"):
         return from_sqlite(source[len("sqlite:"):])
     if source.startswith("influx:"):
         url, _, db = source[len("influx:"):].rstrip("/").rpartition("/")
         if not url or not db:
             raise AlertSourceError(f"expected influx:URL/DB, e.g. influx:http://127.0.0.1:8086/citywatch; got {source!r}")
-        return from_influx(url, db)
+        return from_influx(url, db, auth=influx_auth or Influx().credentials())
     return from_notices(Path(source))
 
 
@@ -164,14 +170,23 @@ def from_sqlite(path: str) -> list[ScoredAlert]:
     return sorted(out, key=lambda x: (x.start_ms, x.alert_id))
 
 
-def from_influx(url: str, database: str, measurement: str = "alerts", timeout_s: float = 30.0) -> list[ScoredAlert]:
-    """The InfluxDB `alerts` measurement written by the Influx sink (v1 /query): one point per transition."""
+def from_influx(url: str, database: str, measurement: str = "alerts", timeout_s: float = 30.0,
+                auth: tuple[str, str] | None = None) -> list[ScoredAlert]:
+    """The InfluxDB `alerts` measurement written by the Influx sink (v1 /query): one point per transition.
+    auth: (user, password) sent as HTTP basic auth, or None."""
     # `*`: every tag and field, so a `peak_severity` field is used if the sink writes one.
     q = f'SELECT * FROM "{measurement}"'
     params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ms"})
+    req = urllib.request.Request(f"{url.rstrip('/')}/query?{params}", headers=basic_auth(auth))
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/query?{params}", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # it answered: an unknown database, a refused account
+        try:
+            detail = json.loads(exc.read() or b"{}").get("error") or exc.reason
+        except (ValueError, AttributeError, OSError):
+            detail = exc.reason
+        raise AlertSourceError(f"cannot query {url} db {database}: HTTP {exc.code}: {detail}") from None
     except (OSError, ValueError) as exc:
         raise AlertSourceError(f"cannot query {url} db {database}: {exc}") from None
     return from_influx_result(doc, url)

@@ -2,7 +2,9 @@
 `status` with a last will `offline`, and simulated time paced N times faster than the wall clock.
 
 Guarantee: `FeedPublisher.run` returns only when the broker has acknowledged (PUBACK) every message it
-published, or raises PublishError naming how many were not acknowledged in time.
+published, or raises PublishError naming how many were not acknowledged in time. The connections speak
+MQTT 5, so a publish the broker's ACL refuses is acknowledged with 0x87 Not authorized and counted in
+`refused` (under MQTT 3.1.1 Mosquitto would acknowledge it as usual and drop it silently).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class _Conn:
     refused: str | None = None
     published: int = 0
     acked: int = 0
+    # mid -> topic of messages in flight; refusals whose mid arrived before publish() stored it.
+    inflight: dict = field(default_factory=dict)
+    early: dict = field(default_factory=dict)
 
 
 class FeedPublisher:
@@ -68,6 +73,7 @@ class FeedPublisher:
         self.client_prefix = client_prefix
         self._conns: dict[str, _Conn] = {}
         self._lock = threading.Lock()
+        self.refused: dict[str, int] = {}   # topic -> publishes the broker refused (PUBACK >= 0x80)
 
     def identity(self, device: str | None) -> str:
         """Which connection publishes for `device`: the device itself when it has a password, else the tester."""
@@ -88,8 +94,7 @@ class FeedPublisher:
             else:
                 user, pw = ident, self.credentials.devices[ident]
                 cid = f"{self.client_prefix}-{ident}"
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311,
-                                 clean_session=True)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
             client.username_pw_set(user, pw)
             client.max_inflight_messages_set(self.max_inflight)
             client.max_queued_messages_set(0)
@@ -100,7 +105,7 @@ class FeedPublisher:
             client.on_publish = self._on_publish(conn)
             client.reconnect_delay_set(0.2, 5)
             self._conns[ident] = conn
-            client.connect_async(self.host, self.port, keepalive=30)
+            client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
             client.loop_start()
         deadline = time.monotonic() + timeout_s
         for ident, conn in self._conns.items():
@@ -116,16 +121,23 @@ class FeedPublisher:
                 conn.refused = str(reason_code)
                 return
             if ident in self.status:
-                client.publish(self.status[ident], "online", qos=1, retain=True)
                 with self._lock:
                     conn.published += 1
+                info = client.publish(self.status[ident], "online", qos=1, retain=True)
+                self._track(conn, info.mid, self.status[ident])
             conn.connected.set()
         return on_connect
 
     def _on_publish(self, conn: _Conn):
         def on_publish(client, userdata, mid, reason_code, properties):
+            # paho may call this before publish() has stored the mid: such refusals wait in `early`.
             with self._lock:
                 conn.acked += 1
+                topic = conn.inflight.pop(mid, None)
+                if topic is None:
+                    conn.early[mid] = reason_code.is_failure
+                elif reason_code.is_failure:
+                    self.refused[topic] = self.refused.get(topic, 0) + 1
         return on_publish
 
     def publish(self, device: str | None, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
@@ -133,9 +145,20 @@ class FeedPublisher:
         with self._lock:
             conn.published += 1
         info = conn.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0:
+            self._track(conn, info.mid, topic)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN is fine: paho queues QoS 1 messages and sends them when the link returns.
             raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+
+    def _track(self, conn: _Conn, mid: int, topic: str) -> None:
+        """Remember which topic a QoS 1 publish went to, so that its PUBACK can be counted by topic."""
+        with self._lock:
+            if mid in conn.early:
+                if conn.early.pop(mid):
+                    self.refused[topic] = self.refused.get(topic, 0) + 1
+            else:
+                conn.inflight[mid] = topic
 
     def pending(self) -> int:
         with self._lock:
@@ -163,11 +186,12 @@ class FeedPublisher:
         speed:    simulated seconds per wall second; None = as fast as the broker acknowledges
         t0_ms:    simulated time that maps to "now" (default: the first message's t_ms)
         progress: called as progress(sim_ms, readings_so_far) about 10 times a second
-        Returns {"messages", "readings", "wall_s"}. Raises PublishError.
+        Returns {"messages", "readings", "wall_s", "refused"} (refused: publishes the broker's ACL refused,
+        counted by topic in `self.refused`). Raises PublishError.
         """
         self.connect({self.identity(m.device) for m in messages})
         if not messages:
-            return {"messages": 0, "readings": 0, "wall_s": 0.0}
+            return {"messages": 0, "readings": 0, "wall_s": 0.0, "refused": 0}
         t0_ms = messages[0].t_ms if t0_ms is None else t0_ms
         wall0 = time.monotonic()
         readings = 0
@@ -192,4 +216,7 @@ class FeedPublisher:
         self.flush(ack_timeout_s)
         if progress is not None:
             progress(messages[-1].t_ms, readings)
-        return {"messages": len(messages), "readings": readings, "wall_s": time.monotonic() - wall0}
+        with self._lock:
+            refused = sum(self.refused.values())
+        return {"messages": len(messages), "readings": readings, "wall_s": time.monotonic() - wall0,
+                "refused": refused}

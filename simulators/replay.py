@@ -60,6 +60,58 @@ def device_of_topic(topic: str, cfg) -> str | None:
     return None
 
 
+# Families of topics a capture of city/xm/# holds. Only the data plane is replayed unless asked: the rest
+# are the service's output (alert notices and states, replies, dead letters, internal) or operators'
+# commands, and republishing them would re-send old alerts or re-apply old acks and silences (issue 10).
+DATA_PLANE = ("data", "status", "event", "hj212")
+FAMILY_NAMES = {"data": "device data", "status": "device status", "event": "device events", "hj212": "HJ 212 frames",
+                "command": "alert commands", "reply": "command replies", "alert": "alert notices and states",
+                "deadletter": "dead letters", "internal": "internal topics", "device-command": "device commands",
+                "other": "other topics"}
+
+
+def topic_family(topic: str, cfg=None) -> str:
+    """The family of a topic (a key of FAMILY_NAMES); cfg names the alert, command, reply and dead-letter
+    topics (default: the shipped ones)."""
+    def under(prefix: str) -> bool:
+        prefix = prefix.rstrip("/")
+        return topic == prefix or topic.startswith(prefix + "/")
+
+    parts = topic.split("/")
+    if len(parts) == 6 and parts[:2] == ["city", "xm"] and parts[2] in ("noise", "gas"):
+        if parts[5] in ("data", "status", "event"):
+            return parts[5]
+        if parts[5] == "cmd":
+            return "device-command"
+    if len(parts) == 4 and parts[:3] == ["city", "xm", "hj212"]:
+        return "hj212"
+    a = cfg.alerting if cfg is not None else None
+    if under(a.command_topic if a else "city/xm/alerts/cmd"):
+        return "command"
+    if under(a.command_reply_topic if a else "city/xm/alerts/replies"):
+        return "reply"
+    prefixes = [sk.topic_prefix for sk in a.sinks.values() if sk.type == "mqtt"] if a else []
+    if any(under(p) for p in prefixes or ["city/xm/alerts"]):
+        return "alert"
+    if under(cfg.ingest.deadletter_topic if cfg is not None else "city/xm/deadletter"):
+        return "deadletter"
+    if under("city/xm/internal"):
+        return "internal"
+    return "other"
+
+
+def split_data_plane(messages: list[Message], cfg=None) -> tuple[list[Message], dict[str, int]]:
+    """(the messages on data-plane topics, {family: count} of the others), in file order."""
+    keep, skipped = [], {}
+    for m in messages:
+        family = topic_family(m.topic, cfg)
+        if family in DATA_PLANE:
+            keep.append(m)
+        else:
+            skipped[family] = skipped.get(family, 0) + 1
+    return keep, skipped
+
+
 def _capture(path: Path, lines, cfg) -> list[Message]:
     out = []
     for i, ln in lines:

@@ -16,6 +16,8 @@ def mosquitto(tmp_path):
     server.start()
     yield server
     server.kill()
+    # Started as root, the broker keeps its files where its own user can reach them, outside tmp_path.
+    server.remove_broker_dir()
 
 
 @pytest.fixture

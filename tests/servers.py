@@ -16,30 +16,38 @@ def shipped_device_ids() -> list[str]:
 
 
 class MosquittoServer(MosquittoProcess):
-    """Mosquitto with the project's auth, ACL, persistence and limits, on a free port.
+    """Mosquitto with the project's auth, generated ACL, persistence and limits, on a free port.
 
-    `credentials`: collector / operator / tester (user, password) pairs and `devices` {id: password};
+    `credentials`: collector / tester (user, password) pairs, `operators` {user: password} (the shipped
+    config's alerting.operators; `credentials.operator` is the account `operator`) and `devices` {id: password};
     `credentials_path`: the same as JSON (the format of `.stack/credentials.json`).
+    cfg: the config the ACL is generated from (default: the shipped one).
     """
 
     def __init__(self, directory: Path, port: int | None = None, device_ids: list[str] | None = None,
-                 persistence: bool = True):
-        creds = Credentials.generate((device_ids or shipped_device_ids()) + TEST_DEVICES)
-        super().__init__(Path(directory), port or free_port(), creds, persistence)
+                 persistence: bool = True, cfg=None):
+        cfg = cfg if cfg is not None else load_config()
+        creds = Credentials.generate((device_ids or cfg.device_ids) + TEST_DEVICES,
+                                     [op.username for op in cfg.alerting.operators])
+        super().__init__(Path(directory), port or free_port(), creds, persistence, cfg)
         self.credentials_path = self.directory / "credentials.json"
         creds.save(self.credentials_path)
 
     def client_args(self, who: str = "tester") -> dict:
-        """Keyword arguments for `paho` username_pw_set of a role (collector/operator/tester) or device id."""
+        """Keyword arguments for `paho` username_pw_set of a role (collector/operator/tester), an operator
+        user name or a device id."""
         if who in ("collector", "operator", "tester"):
             user, pw = getattr(self.credentials, who)
+        elif who in self.credentials.operators:
+            user, pw = who, self.credentials.operators[who]
         else:
             user, pw = who, self.credentials.devices[who]
         return {"username": user, "password": pw}
 
 
 class InfluxServer(InfluxProcess):
-    """InfluxDB 1.x on free ports with database `citywatch` created."""
+    """InfluxDB 1.x on free ports, authentication on, with database `citywatch` and the accounts `admin` and
+    `citywatch` (read/write of `citywatch` only; `username`/`password`, `env()`; `credentials_path`)."""
 
     def __init__(self, directory: Path, port: int | None = None, database: str = "citywatch"):
         super().__init__(Path(directory), port or free_port(), free_port(), database)
@@ -53,7 +61,6 @@ def service_env_for(mosquitto: MosquittoServer, influx: InfluxServer) -> dict[st
         "CITYWATCH_MQTT_PORT": str(mosquitto.port),
         "CITYWATCH_MQTT_USERNAME": user,
         "CITYWATCH_MQTT_PASSWORD": pw,
-        "CITYWATCH_INFLUX_URL": influx.url,
-        "CITYWATCH_INFLUX_DATABASE": influx.database,
+        **influx.env(),
         "CITYWATCH_CREDENTIALS": str(mosquitto.credentials_path),
     }

@@ -158,11 +158,8 @@ def _stream_chunks(args, cfg, progress, prog="citywatch detect", span=None):
     if args.influx:
         since, until = span or influx_span(args, prog)
         ix = cfg.connections.influx
-        auth = None
-        if ix.username_env and ix.password_env:
-            auth = (os.environ.get(ix.username_env, ""), os.environ.get(ix.password_env, ""))
         recs = influx_records(ix.url, ix.database or "citywatch", format_ts(since), format_ts(until),
-                              tuple(args.measurement or ("noise", "gas_pressure")), ix.timeout_s, auth,
+                              tuple(args.measurement or ("noise", "gas_pressure")), ix.timeout_s, ix.credentials(),
                               args.query_window_s or INFLUX_WINDOW_S)
         # The bar follows event time: the records come in time order.
         task = progress.start((until - since) // 1_000_000_000, always=True) if progress else None

@@ -16,7 +16,8 @@ def register(sub) -> None:
     )
     p.add_argument("--truth", required=True, help="ground-truth JSONL written by `citywatch simulate`")
     p.add_argument("--alerts", required=True,
-                   help="JSONL capture of the alert topic, sqlite:PATH (alert store) or influx:URL/DB")
+                   help="JSONL capture of the alert topic, sqlite:PATH (alert store) or influx:URL/DB (read as the "
+                        "account in CITYWATCH_INFLUX_USERNAME / CITYWATCH_INFLUX_PASSWORD, if set)")
     p.add_argument("--tolerance", default="60m",
                    help="slack around each fault for a matching alert start (default 60m: hourly rules such as "
                         "the N-data valid-data rate judge an hour after it ends)")

@@ -39,8 +39,8 @@ def _run(args) -> int:
     from ingest.influx_writer import RetryableWriteError, V1Writer
 
     env = os.environ
-    writer = V1Writer(influx.url, influx.database, env.get(influx.username_env or "", None),
-                      env.get(influx.password_env or "", None), influx.timeout_s)
+    user, password = influx.credentials(env) or (None, None)
+    writer = V1Writer(influx.url, influx.database, user, password, influx.timeout_s)
     try:
         res = writer.query(f'SELECT * FROM "{MEASUREMENT}" WHERE "kind" = \'collector\' '
                            f"GROUP BY \"client_id\" ORDER BY time DESC LIMIT 1")

@@ -19,7 +19,7 @@ def test_every_transition_is_a_point(tmp_path, influx):
                     "route": {"receivers": ["audit"], "group_interval_s": 0}})
     cfg = cfg.model_copy(update={"connections": Connections.model_validate(
         {"influx": {"url": influx.url, "database": influx.database}})})
-    sinks = build_sinks(cfg, {})
+    sinks = build_sinks(cfg, influx.env())
     store = AlertStore(tmp_path / "alerts.sqlite")
     engine = AlertEngine(cfg, store, sinks, dispatcher=Dispatcher(sinks, store, 0.05, 0.2))
     engine.process(det([(0, 0, "N-day", "yellow", 72), (0, 60, "N-day", "orange", 76), (0, 120, "N-day", "clear", 60)]))

@@ -43,7 +43,7 @@ def test_detect_over_influx_history_matches_the_feed(influx, tmp_path):
             influx.write(enc.encode(chunk.batch).decode())
     assert influx.count("noise") + influx.count("gas_pressure") > 0
 
-    env = {"CITYWATCH_INFLUX_URL": influx.url, "CITYWATCH_INFLUX_DATABASE": influx.database}
+    env = influx.env()
     from_influx = run_detect(["--influx", "--since", "2025-06-01T12:00:00Z", "--until", "2025-06-01T18:01:00Z"], env)
     from_csv = run_detect([str(subset)], env)
     key = lambda r: (r["ts"], r["device_id"], r["rule_id"], r["severity"])  # noqa: E731

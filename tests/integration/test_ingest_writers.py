@@ -146,7 +146,7 @@ def test_service_with_api_v2_writes_through_influxdb_client(tmp_path, mosquitto,
 
 
 def test_v1_writer_dead_letters_only_the_lines_influx_refuses(influx):
-    w = V1Writer(influx.url, influx.database)
+    w = V1Writer(influx.url, influx.database, influx.username, influx.password)
     t = time.time_ns()
     w.write(f"noise,device_id=A leq=60.5 {t}\n".encode())
     # `leq` is a float field now: an integer value for it is a type conflict (HTTP 400, partial write).
@@ -167,7 +167,7 @@ def test_v1_writer_splits_a_batch_the_server_finds_too_large(tmp_path):
     server.conf.write_text(conf)
     server.start()
     try:
-        w = V1Writer(server.url, server.database)
+        w = V1Writer(server.url, server.database, server.username, server.password)
         t = time.time_ns()
         lines = b"".join(f"noise,device_id=B leq={50 + i % 40}.5 {t + i}\n".encode() for i in range(1000))
         assert len(lines) > 10 * 4000

@@ -22,7 +22,7 @@ def test_alerts_measurement_is_read_one_alert_per_lifecycle(influx):
         f'transition=resolved alert_id="{aid}",key="{aid}:3",seq=3i,escalation_level=0i {base + 3_600_000_000_003}',
     ]
     influx.write("\n".join(lines))
-    got = load_alerts(f"influx:{influx.url}/{influx.database}")
+    got = load_alerts(f"influx:{influx.url}/{influx.database}", influx_auth=(influx.username, influx.password))
     assert len(got) == 1
     a = got[0]
     assert (a.alert_id, a.rule_id, a.device_id, a.site_id, a.severity) == (aid, "N-day", "XM0002NOISE", "HL-2025-102", "orange")
@@ -31,4 +31,4 @@ def test_alerts_measurement_is_read_one_alert_per_lifecycle(influx):
 
 def test_unknown_database_is_a_clear_error(influx):
     with pytest.raises(AlertSourceError):
-        load_alerts(f"influx:{influx.url}/nope")
+        load_alerts(f"influx:{influx.url}/nope", influx_auth=(influx.username, influx.password))

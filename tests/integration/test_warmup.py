@@ -58,7 +58,7 @@ def test_warmup_learns_the_profile_from_influx_history(influx, tmp_path):
     rows = [(DEV, int(t), {"p": float(v)}) for t, v in zip(ts, p)]
     influx.write(LineProtocolEncoder(cfg).encode(batch(rows, cfg)).decode())
     assert influx.count("gas_pressure") == 72
-    env = {"CITYWATCH_INFLUX_URL": influx.url, "CITYWATCH_INFLUX_DATABASE": influx.database}
+    env = influx.env()
 
     # 5-hour queries: the span is read in 20 windows that do not divide it evenly.
     res = warmup(["--config", str(cdir), "--since", "4d", "--query-window-s", "18000"], env)
@@ -87,7 +87,7 @@ def test_warmup_learns_the_profile_from_influx_history(influx, tmp_path):
 def test_warmup_over_an_empty_span_writes_nothing(influx, tmp_path):
     cdir = config_dir(tmp_path)
     res = warmup(["--config", str(cdir), "--since", "2020-01-01T00:00:00Z", "--until", "2020-01-02T00:00:00Z"],
-                 {"CITYWATCH_INFLUX_URL": influx.url, "CITYWATCH_INFLUX_DATABASE": influx.database})
+                 influx.env())
     assert res.returncode == 1
     assert res.stderr.splitlines() == [
         f"citywatch warmup: no readings of inventory devices in InfluxDB {influx.url} ({influx.database}) from "
@@ -116,7 +116,7 @@ def test_history_is_read_in_time_order_across_windows_and_measurements(influx, t
              for i in range(60)]
     influx.write(LineProtocolEncoder(cfg).encode(batch(gas + noise, cfg)).decode())
     recs = [r for _, r in influx_records(influx.url, influx.database, format_ts(t0), format_ts(t0 + 30 * 3600 * 10**9),
-                                         window_s=7 * 3600)]
+                                         auth=(influx.username, influx.password), window_s=7 * 3600)]
     ts = [r["ts"] for r in recs]
     assert len(recs) == 90 and ts == sorted(ts)
     assert {r["device_id"] for r in recs} == {DEV, "XM0002NOISE"}
