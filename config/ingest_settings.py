@@ -19,7 +19,15 @@ class IngestSettings(Strict):
     deadletter_max_payload_bytes: int = Field(65536, gt=0)
     deadletter_file_max_mb: float = Field(64, gt=0)
     deadletter_files_kept: int = Field(10, gt=0)
+    # Bounds of the dead-letter store (issue 10): one record per refused message, listing at most
+    # deadletter_rows_listed refused rows (the rest are counted by reason); each device (device-less records:
+    # each reason) may store deadletter_device_budget_mb per deadletter_budget_period_s, the excess is counted.
+    deadletter_rows_listed: int = Field(100, ge=1, le=100_000)
+    deadletter_device_budget_mb: float = Field(1, gt=0)
+    deadletter_budget_period_s: float = Field(3600, gt=0)
     max_payload_bytes: int = Field(1_048_576, gt=0)
+    # A status payload is one word or a small object: larger ones are refused as oversize, unparsed.
+    status_max_payload_bytes: int = Field(4096, gt=0)
     future_skew_s: int = Field(300, ge=0)
     backfill_max_age_s: int = Field(7 * 86400, gt=0)
     metrics_interval_s: float = Field(5, gt=0)

@@ -1,11 +1,13 @@
 """The MQTT side of ingest: a paho-mqtt 2.x client with a persistent session and manual acks.
 
 `on_message` only stamps the receive time and hands the message on (paho's network loop must never block or
-raise); the pipeline acks each message later, once its rows are durable or dead-lettered.
+raise); the pipeline acks each message later, once its rows are durable or dead-lettered. Retained messages
+the broker delivers again (on every resubscribe) are recognised and acked here, never processed twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 import threading
@@ -16,6 +18,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest.reachability import Reachability, connect_error
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,11 @@ class AckToken(NamedTuple):
     qos: int
 
 
+# Topics whose last processed retained payload is remembered: at most one retained message per topic exists,
+# and only inventory devices may publish, so this is the inventory's size; beyond it, duplicates are processed.
+RETAINED_TOPICS_MAX = 100_000
+
+
 class Message(NamedTuple):
     """One received message: topic, raw payload, receive time (UTC ns) and its ack token."""
 
@@ -62,13 +72,31 @@ class MqttCollector:
                      Acks wait for a durable batch, so this window must hold a batch's messages; it also bounds
                      what we hold in memory when we stop acking (spool full). MQTT 3.1.1 has no such
                      property: there the broker's `max_inflight_messages` is the window.
+    metrics:         IngestMetrics to count retained re-deliveries and clears into (optional)
+
+    Retained messages (issue 10): the broker sends a topic's retained message again on every subscribe, so
+    after each reconnect. It is a re-delivery, not a new reading, but it may also be the only copy of a reading
+    we never got (published while our session was gone). So it is never dropped unseen: a retained message is
+    processed unless the same payload on the same topic was processed *and made durable* before (its ack went
+    out), in this process; then it is acked here and counted (`retained_duplicates`). With MQTT 5 the
+    subscription asks for Retain As Published, so a retained publish that reaches us live is known as such
+    too, and an empty retained publish (a client clearing a retained message) is acked and counted
+    (`retained_cleared`) instead of being dead-lettered as an empty payload. After a restart, the first
+    re-delivery is processed once more (idempotent: same series and timestamp).
 
     Thread-safe: `ack` and `publish` may be called from any thread.
     """
 
-    def __init__(self, mqtt, password: str | None, sink: Callable[[Message], None], receive_maximum: int = 20000):
+    def __init__(self, mqtt, password: str | None, sink: Callable[[Message], None], receive_maximum: int = 20000,
+                 metrics=None):
         self.cfg = mqtt
         self._sink = sink
+        self._metrics = metrics
+        # topic -> digest of the last retained payload made durable; (generation, mid) -> (topic, digest) of
+        # retained messages handed on and not yet acked. Plain dict operations: atomic under the GIL.
+        self._retained_done: dict[str, bytes] = {}
+        self._retained_pending: dict[tuple[int, int], tuple[str, bytes]] = {}
+        self._retained_logged: set[str] = set()
         self._generation = 0
         self._connected = threading.Event()
         self._paused = False
@@ -95,7 +123,11 @@ class MqttCollector:
             self._props = Properties(PacketTypes.CONNECT)
             self._props.SessionExpiryInterval = int(mqtt.session_expiry_s)
             self._props.ReceiveMaximum = max(1, min(65535, int(receive_maximum)))
+        # The broker's outages are logged once each (unreachable with the reason, back with how long).
+        self.reachability = Reachability(f"MQTT broker {mqtt.host}:{mqtt.port} (collector)", log,
+                                         down_note="readings wait at the broker; reconnecting")
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -135,6 +167,8 @@ class MqttCollector:
         those messages on the new connection (same session), and they are processed and acked again.
         Returns the number of acks sent."""
         gen = self._generation
+        if self._retained_pending:
+            self._retained_durable(tokens)
         mids = [t.mid for t in tokens if t.qos == 1 and t.generation == gen]
         other = [t for t in tokens if t.qos == 2 and t.generation == gen]
         if other:  # QoS 2 is not used by devices; ack one by one through paho (PUBREC/PUBCOMP handshake)
@@ -166,16 +200,24 @@ class MqttCollector:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.last_error = f"connect refused: {reason_code}"
-            log.error("MQTT broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
+            self.reachability.down(f"the broker refused the connection: {reason_code}")
             return
         self._generation += 1
         self.connects += 1
         # Subscriptions are made here so that they survive reconnects, even to a broker that lost the session.
         # `connected` (and wait_connected) wait for the SUBACK: before it, a device's publish reaches a broker
         # that does not yet route it to us (a fresh session would miss it).
-        client.subscribe([(t, 1) for t in TOPICS])
-        log.info("connected to MQTT broker %s:%s (session present: %s)", self.cfg.host, self.cfg.port,
-                 getattr(flags, "session_present", None))
+        if self._v5:  # Retain As Published: see the class docstring (retained messages)
+            client.subscribe([(t, SubscribeOptions(qos=1, retainAsPublished=True)) for t in TOPICS])
+        else:
+            client.subscribe([(t, 1) for t in TOPICS])
+        session = getattr(flags, "session_present", None)
+        if not self.reachability.up(f"session present: {session}"):
+            log.info("connected to MQTT broker %s:%s (session present: %s)", self.cfg.host, self.cfg.port, session)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self.last_error = connect_error()
+        self.reachability.down(self.last_error)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
@@ -188,17 +230,59 @@ class MqttCollector:
         self._connected.clear()
         if reason_code != 0:
             self.last_error = f"disconnected: {reason_code}"
-            log.warning("MQTT connection lost (%s); reconnecting", reason_code)
+            self.reachability.down(f"connection lost: {reason_code}")
 
     def _on_message(self, client, userdata, msg) -> None:
         # Anything raised here would end paho's network loop: catch all of it.
         try:
             if self._paused:
                 return
-            self._sink(Message(msg.topic, msg.payload, time.time_ns(), AckToken(self._generation, msg.mid, msg.qos),
-                               bool(msg.retain)))
+            token = AckToken(self._generation, msg.mid, msg.qos)
+            if msg.retain and self._retained_handled(msg, token):
+                return
+            self._sink(Message(msg.topic, msg.payload, time.time_ns(), token, bool(msg.retain)))
         except Exception:  # noqa: BLE001
             log.exception("dropping a message in on_message (it stays unacked; the broker will redeliver it)")
+
+    # ----- retained messages (paho thread, and the acking thread) --------------------------------------
+
+    def _retained_handled(self, msg, token: AckToken) -> bool:
+        """True when a retained message is dealt with here (acked and counted): an empty one (a clear), or a
+        payload this topic's last durable retained message already had. Else it is remembered as pending
+        and handed on like any message (False)."""
+        topic, payload = msg.topic, msg.payload
+        if not payload:
+            self._retained_done.pop(topic, None)
+            self._ack_here(token, "retained_cleared", topic,
+                           "an empty retained message on %s cleared the retained message there: acked, not a "
+                           "bad payload (counted as retained_cleared; said once)")
+            return True
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        if self._retained_done.get(topic) == digest:
+            self._ack_here(token, "retained_duplicates", topic,
+                           "the retained message on %s was delivered again (resubscribe) after it was processed: "
+                           "acked, not processed again (counted as retained_duplicates; said once)")
+            return True
+        if token.qos:
+            self._retained_pending[(token.generation, token.mid)] = (topic, digest)
+        return False
+
+    def _retained_durable(self, tokens: list[AckToken]) -> None:
+        """Remember the retained messages among `tokens` (durable now: the pipeline acks them)."""
+        pending, done = self._retained_pending, self._retained_done
+        for t in tokens:
+            hit = pending.pop((t.generation, t.mid), None)
+            if hit is not None and (hit[0] in done or len(done) < RETAINED_TOPICS_MAX):
+                done[hit[0]] = hit[1]
+
+    def _ack_here(self, token: AckToken, counter: str, topic: str, message: str) -> None:
+        if token.qos:
+            self.client.ack(token.mid, token.qos)
+        if self._metrics is not None:
+            self._metrics.add(counter)
+        if counter not in self._retained_logged:
+            self._retained_logged.add(counter)
+            log.info(message, topic)
 
 
 def mqtt_client(client_id: str, mqtt5: bool = True, manual_ack: bool = True) -> mqtt.Client:

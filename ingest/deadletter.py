@@ -1,22 +1,39 @@
 """The dead-letter store: every payload or row the collector refuses, with its reason, as JSONL.
 
-Records are appended to `deadletter.jsonl` and made durable (flush + fsync) before `write` returns, so
-the collector may ack the MQTT message afterwards. Files rotate by size: `deadletter.jsonl` ->
-`deadletter.1.jsonl` -> ... -> `deadletter.<files_kept>.jsonl` (the oldest is deleted). The collector
-also publishes each record's `to_json()` on the dead-letter topic.
+One record per refused message: the payload once (cut to `max_payload_bytes`), and for row-level rejects
+the refused rows listed (index, field, reason, detail; beyond `rows_listed` counted by reason). Records are
+appended to `deadletter.jsonl` and made durable (flush + fsync) before `write` returns, so the collector may
+ack the MQTT message afterwards. Files rotate by size, also in the middle of one write: `deadletter.jsonl`
+-> `deadletter.1.jsonl` -> ... -> `deadletter.<files_kept>.jsonl` (the oldest is deleted). Each device may
+store a budget of bytes per period; the excess is counted and said once (a `deadletter_capped` record), so
+one flooding device cannot rotate the others' records away. The collector also publishes each stored
+record's `to_json()` on the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import threading
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
+
+log = logging.getLogger(__name__)
 
 CURRENT = "deadletter.jsonl"
+CAPPED = "deadletter_capped"
+
+# Bounds of what one record holds besides the payload, so that a record's size is bounded whatever the
+# message: the text of a detail, the copy of the first refused row (depth, breadth, string length).
+DETAIL_MAX_CHARS = 300
+ROW_MAX_DEPTH = 6
+ROW_MAX_ITEMS = 64
+ROW_MAX_STR = 200
 
 
 @dataclass
@@ -33,7 +50,12 @@ class DeadLetterRecord:
     recv_time:        receive time, ISO 8601 UTC with microseconds and a Z
     recv_ns:          receive time, UTC ns (for exact matching and replay)
     device_id:        the device, when the topic or frame identified one
-    row:              the refused row as sent (row-level rejects), else None
+    row:              the first refused row as sent (row-level rejects; bounded copy), else None
+    rows:             the refused rows, in payload order, as {index, reason, field, detail}: at most
+                      `rows_listed` of them; None for a payload-level reject
+    rows_refused:     how many rows of the message were refused (listed or not)
+    rows_by_reason:   reason -> refused rows, over all of them (listed or not); None for payload-level
+    For a row-level record, `reason` and `detail` are those of the first refused row.
     """
 
     reason: str
@@ -47,13 +69,17 @@ class DeadLetterRecord:
     recv_ns: int
     device_id: str | None = None
     row: dict | None = None
+    rows: list | None = None
+    rows_refused: int = 0
+    rows_by_reason: dict | None = None
 
     @staticmethod
     def build(
         reason: str, detail: str, topic: str, payload: bytes, recv_ns: int,
         device_id: str | None = None, row: dict | None = None, max_payload_bytes: int = 65536,
     ) -> "DeadLetterRecord":
-        """A record for one reject; the payload is cut to `max_payload_bytes` (and says so)."""
+        """A record for one reject; the payload is cut to `max_payload_bytes` (and says so), the detail to
+        DETAIL_MAX_CHARS, and the row copied within bounds (depth, items, string length)."""
         payload = bytes(payload or b"")
         size = len(payload)
         kept = payload[:max_payload_bytes]
@@ -68,10 +94,17 @@ class DeadLetterRecord:
             else:
                 text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
         return DeadLetterRecord(
-            reason=reason, detail=detail, topic=topic, payload=text, payload_encoding=encoding,
+            reason=reason, detail=_cut(detail), topic=topic, payload=text, payload_encoding=encoding,
             payload_bytes=size, truncated=truncated, recv_time=iso_ns(recv_ns), recv_ns=int(recv_ns),
-            device_id=device_id, row=_jsonable(row),
+            device_id=device_id, row=_safe_row(row),
         )
+
+    def reasons(self) -> list[str]:
+        """The reason of every reject this record stands for: one per refused row (listed or counted), or
+        the payload-level reason."""
+        if self.rows_by_reason:
+            return [r for r, n in self.rows_by_reason.items() for _ in range(n)]
+        return [self.reason]
 
     def raw_payload(self) -> bytes:
         """The stored (possibly truncated) payload bytes."""
@@ -87,12 +120,48 @@ class DeadLetterRecord:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def records_for(decoded, topic: str, payload: bytes, recv_ns: int, max_payload_bytes: int = 65536) -> list[DeadLetterRecord]:
-    """The dead-letter records of a `Decoded` (one per reject; empty list when nothing was refused)."""
-    return [
-        DeadLetterRecord.build(r.reason, r.detail, topic, payload, recv_ns, decoded.device_id, r.row, max_payload_bytes)
-        for r in decoded.rejects
-    ]
+def records_for(decoded, topic: str, payload: bytes, recv_ns: int, max_payload_bytes: int = 65536,
+                rows_listed: int = 100) -> list[DeadLetterRecord]:
+    """The dead-letter record of a `Decoded`: one per refused message (empty list when nothing was refused).
+
+    The payload is stored once; row-level rejects are listed (index, field, reason, detail), at most
+    `rows_listed` of them, and all of them counted by reason. Never raises: a row whose entry cannot be
+    built is listed with what is known of it, and the message's valid rows are not affected.
+    """
+    rejects = decoded.rejects
+    if not rejects:
+        return []
+    first = rejects[0]
+    try:
+        rec = DeadLetterRecord.build(first.reason, first.detail, topic, payload, recv_ns, decoded.device_id,
+                                     first.row, max_payload_bytes)
+    except Exception as exc:  # noqa: BLE001 - a record is always built, if need be without the payload
+        rec = DeadLetterRecord.build(first.reason, f"record built without its payload ({type(exc).__name__})",
+                                     topic, b"", recv_ns, decoded.device_id, None, max_payload_bytes)
+    rows = [r for r in rejects if getattr(r, "index", None) is not None or r.row is not None]
+    if rows:
+        rec.rows = [_row_entry(r) for r in rows[:rows_listed]]
+        rec.rows_refused = len(rows)
+        # Over every reject: a payload-level one beside refused rows does not happen today; if one did, it
+        # would still be counted.
+        rec.rows_by_reason = dict(Counter(str(r.reason) for r in rejects))
+    return [rec]
+
+
+def _row_entry(r) -> dict:
+    try:
+        return {"index": getattr(r, "index", None), "reason": str(r.reason), "field": _cut(getattr(r, "field", None)),
+                "detail": _cut(r.detail)}
+    except Exception as exc:  # noqa: BLE001 - one row's trouble stays with that row
+        return {"index": getattr(r, "index", None), "reason": str(getattr(r, "reason", "internal_error")),
+                "field": None, "detail": f"entry could not be built ({type(exc).__name__})"}
+
+
+def _cut(text, limit: int = DETAIL_MAX_CHARS):
+    if text is None:
+        return None
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def iso_ns(ns: int) -> str:
@@ -101,61 +170,188 @@ def iso_ns(ns: int) -> str:
     return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1000:06d}Z"
 
 
-def _jsonable(row):
-    """The row with non-finite floats as strings, so a record is always strict JSON."""
+def _safe_row(row):
+    """A bounded, strict-JSON copy of a refused row; never raises (a row that cannot be copied says so)."""
     if row is None:
         return None
-    if isinstance(row, float):
-        return row if row - row == 0 else repr(row)
-    if isinstance(row, dict):
-        return {str(k): _jsonable(v) for k, v in row.items()}
-    if isinstance(row, (list, tuple)):
-        return [_jsonable(v) for v in row]
-    if isinstance(row, (str, int, bool)) or row is None:
-        return row
-    return repr(row)
+    try:
+        return _jsonable(row, 0)
+    except Exception as exc:  # noqa: BLE001
+        return {"unprintable": f"{type(exc).__name__}"}
+
+
+def _jsonable(v, depth: int):
+    """`v` with non-finite floats as strings (strict JSON), containers cut below ROW_MAX_DEPTH levels and
+    after ROW_MAX_ITEMS items, strings after ROW_MAX_STR characters (recursion bounded by ROW_MAX_DEPTH)."""
+    t = type(v)
+    if t is float:
+        return v if v - v == 0 else repr(v)
+    if t is bool or v is None:
+        return v
+    if t is int:
+        return v if -(2**63) <= v < 2**63 else _cut(repr(v), ROW_MAX_STR)
+    if t is str:
+        return _cut(v, ROW_MAX_STR)
+    if t is dict or t is list or t is tuple:
+        if depth >= ROW_MAX_DEPTH:
+            return f"<{len(v)} item(s) nested deeper than {ROW_MAX_DEPTH} levels: not copied>"
+        if t is dict:
+            items = list(v.items())
+            out = {_cut(str(k), ROW_MAX_STR): _jsonable(x, depth + 1) for k, x in items[:ROW_MAX_ITEMS]}
+            if len(items) > ROW_MAX_ITEMS:
+                out["..."] = f"{len(items) - ROW_MAX_ITEMS} more key(s) not copied"
+            return out
+        out = [_jsonable(x, depth + 1) for x in v[:ROW_MAX_ITEMS]]
+        if len(v) > ROW_MAX_ITEMS:
+            out.append(f"... {len(v) - ROW_MAX_ITEMS} more item(s) not copied")
+        return out
+    return _cut(repr(v), ROW_MAX_STR)
+
+
+class Stored(NamedTuple):
+    """What `DeadLetterStore.write` did: the records stored (including any `deadletter_capped` notice),
+    and how many of the given records were counted but not stored (over their device's budget)."""
+
+    records: list
+    dropped: int
+
+
+class _Budget:
+    """One device's (or reason's) use of the dead-letter budget in one period."""
+
+    __slots__ = ("window", "used", "dropped", "dropped_bytes")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.used = 0
+        self.dropped = 0
+        self.dropped_bytes = 0
 
 
 class DeadLetterStore:
     """Rotating, fsynced JSONL files of dead-letter records. Safe to call from several threads.
 
     directory:      created if missing
-    file_max_bytes: rotate the current file once it reaches this size
+    file_max_bytes: rotate the current file before a record would take it past this size (a single record
+                    larger than this gets a file of its own)
     files_kept:     rotated files kept besides the current one (older ones are deleted)
+    device_budget_bytes: bytes of records one device may store per `budget_period_s` (records without a
+                    device: per reason); None = unbounded. Periods are windows of the records' receive time.
     """
 
-    def __init__(self, directory: str | os.PathLike, file_max_bytes: int = 64 * 2**20, files_kept: int = 10) -> None:
+    def __init__(self, directory: str | os.PathLike, file_max_bytes: int = 64 * 2**20, files_kept: int = 10,
+                 device_budget_bytes: int | None = None, budget_period_s: float = 3600.0) -> None:
         if file_max_bytes <= 0 or files_kept < 1:
             raise ValueError("file_max_bytes must be > 0 and files_kept >= 1")
+        if (device_budget_bytes is not None and device_budget_bytes <= 0) or budget_period_s <= 0:
+            raise ValueError("device_budget_bytes and budget_period_s must be > 0")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.file_max_bytes = int(file_max_bytes)
         self.files_kept = int(files_kept)
+        self.device_budget_bytes = None if device_budget_bytes is None else int(device_budget_bytes)
+        self.budget_period_ns = int(budget_period_s * 1e9)
+        self._budgets: dict[str, _Budget] = {}
+        self.dropped = 0  # records counted but not stored since the store was opened
         self._lock = threading.Lock()
         self._fh = None
 
     @classmethod
     def from_config(cls, cfg) -> "DeadLetterStore":
         s = cfg.ingest
-        return cls(cfg.resolve_path(s.deadletter_dir), int(s.deadletter_file_max_mb * 2**20), s.deadletter_files_kept)
+        return cls(cfg.resolve_path(s.deadletter_dir), int(s.deadletter_file_max_mb * 2**20), s.deadletter_files_kept,
+                   int(s.deadletter_device_budget_mb * 2**20), s.deadletter_budget_period_s)
 
     @property
     def path(self) -> Path:
         return self.dir / CURRENT
 
-    def write(self, records: list[DeadLetterRecord]) -> None:
-        """Append records and fsync before returning. Raises OSError when the disk refuses (do not ack then)."""
+    def write(self, records: list[DeadLetterRecord]) -> Stored:
+        """Append the records within their devices' budgets and fsync before returning; the rest are counted.
+
+        Returns Stored(records stored, in order, with a `deadletter_capped` notice where a device first went
+        over its budget in a period; number of given records not stored). Raises OSError when the disk
+        refuses (do not ack then); the budgets are then left as they were, so a retry is judged the same.
+        """
         if not records:
-            return
-        data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
+            return Stored([], 0)
         with self._lock:
-            fh = self._open()
-            if fh.tell() > 0 and fh.tell() + len(data) > self.file_max_bytes:
+            stored, lines, budgets, dropped, notices, closed = self._admit(records)
+            if lines:
+                self._append(lines)
+            self._budgets.update(budgets)
+            self.dropped += dropped
+        for key, b in notices:
+            log.warning("%s went over its dead-letter budget of %d bytes per %g s: its further dead letters "
+                        "until %s are counted, not stored", key, self.device_budget_bytes,
+                        self.budget_period_ns / 1e9, iso_ns((b.window + 1) * self.budget_period_ns))
+        for key, b in closed:
+            log.warning("%s: %d dead letter(s) (%d bytes) over budget were counted, not stored, in the period "
+                        "that ended %s", key, b.dropped, b.dropped_bytes, iso_ns((b.window + 1) * self.budget_period_ns))
+        return Stored(stored, dropped)
+
+    def _admit(self, records: list[DeadLetterRecord]):
+        """Which records fit their budgets: (stored records, their encoded lines, updated budgets, dropped,
+        keys that went over budget now, budgets of periods that ended with drops). Budgets are updated on
+        copies, applied by the caller once the write succeeded."""
+        notices: list[tuple] = []
+        closed: list[tuple] = []
+        stored: list[DeadLetterRecord] = []
+        lines: list[bytes] = []
+        budgets: dict[str, _Budget] = {}
+        dropped = 0
+        cap = self.device_budget_bytes
+        for rec in records:
+            line = (rec.to_json() + "\n").encode("utf-8")
+            if cap is None:
+                stored.append(rec)
+                lines.append(line)
+                continue
+            key = rec.device_id or f"reason {rec.reason}"
+            window = int(rec.recv_ns) // self.budget_period_ns
+            b = budgets.get(key) or self._budgets.get(key)
+            if b is None or b.window != window:
+                if b is not None and b.dropped and b.window < window:
+                    closed.append((key, b))
+                b = _Budget(window)
+            else:
+                b = _copy(b)
+            budgets[key] = b
+            if b.used + len(line) <= cap:
+                b.used += len(line)
+                stored.append(rec)
+                lines.append(line)
+                continue
+            if not b.dropped:
+                notice = DeadLetterRecord.build(
+                    CAPPED, f"{key} went over its dead-letter budget of {cap} bytes per "
+                    f"{self.budget_period_ns / 1e9:g} s (ingest.deadletter_device_budget_mb): its further dead letters "
+                    f"until {iso_ns((window + 1) * self.budget_period_ns)} are counted (citywatch status: "
+                    "deadletter_dropped), not stored", rec.topic, b"", rec.recv_ns, rec.device_id)
+                stored.append(notice)
+                lines.append((notice.to_json() + "\n").encode("utf-8"))
+                notices.append((key, b))
+            b.dropped += 1
+            b.dropped_bytes += len(line)
+            dropped += 1
+        return stored, lines, budgets, dropped, notices, closed
+
+    def _append(self, lines: list[bytes]) -> None:
+        """Write lines, rotating before any line that would take the current file past file_max_bytes."""
+        fh = self._open()
+        pos = fh.tell()
+        for line in lines:
+            if pos > 0 and pos + len(line) > self.file_max_bytes:
+                # What is written so far is made durable before its file is renamed away.
+                fh.flush()
+                os.fsync(fh.fileno())
                 self._rotate()
                 fh = self._open()
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+                pos = fh.tell()
+            fh.write(line)
+            pos += len(line)
+        fh.flush()
+        os.fsync(fh.fileno())
 
     def read_all(self) -> list[dict]:
         """Every record still kept, oldest first. A torn last line (crash mid-write) is skipped."""
@@ -217,3 +413,9 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _copy(b: _Budget) -> _Budget:
+    c = _Budget(b.window)
+    c.used, c.dropped, c.dropped_bytes = b.used, b.dropped, b.dropped_bytes
+    return c

@@ -17,7 +17,7 @@ from ingest.codecs.errors import DecodeError
 from ingest.codecs.json_envelope import decode_json, envelope_of
 from ingest.validation import (
     CHECK_ORDER, FIELDS, HJ212_FLAG, P_MAX_OF_FULL_SCALE, PRESSURE_UNITS, Limits, check_rows, explain, extract_rows,
-    flag_only, reason_codes, rows_from_values,
+    field_of, flag_only, reason_codes, rows_from_values,
 )
 
 TOPIC_ROOT = "city/xm"
@@ -27,7 +27,7 @@ KINDS = ("noise", "gas")
 REASONS: dict[str, str] = {
     # payload level
     "empty_payload": "the message has no payload",
-    "oversize": "the payload is larger than ingest.max_payload_bytes",
+    "oversize": "the payload is larger than ingest.max_payload_bytes (status: ingest.status_max_payload_bytes)",
     "binary_garbage": "the payload is not text (invalid UTF-8 or control bytes)",
     "invalid_json": "the payload is not valid JSON",
     "bad_schema": "valid JSON of the wrong shape (not an envelope, {ts, values} or an array of them)",
@@ -45,7 +45,10 @@ REASONS: dict[str, str] = {
     "hj212_unsupported": "a valid HJ 212 frame whose CN carries no readings",
     "device_event": "a device-side alarm on .../event: not a reading; kept here until alarms are ingested",
     "internal_error": "the decoder failed unexpectedly (a bug: the payload is kept for replay)",
+    "deadletter_capped": "not a payload: the device (or reason) used its dead-letter budget for the period; "
+                         "its further dead letters are counted, not stored (ingest.deadletter_device_budget_mb)",
     # row level
+    "too_deep": "a refused cell (value, ts, values or the sample) nests arrays or objects too deeply",
     "missing_field": "a row lacks ts, values or its required reading (noise: leq or la; gas: p)",
     "not_a_number": "a value or ts that is not a number (a string, a boolean, ...)",
     "non_finite": "a value that is NaN or infinite",
@@ -64,11 +67,18 @@ STATUS_VALUES = ("online", "offline")
 
 @dataclass
 class Reject:
-    """Why a payload or one row of it was refused. row: the row as sent (None for payload-level)."""
+    """Why a payload or one row of it was refused.
+
+    row:   the row as sent (None for payload-level)
+    index: the row's position in the payload (None for payload-level)
+    field: the field the row is refused for (ts, p, values, ...), when one is to blame
+    """
 
     reason: str
     detail: str
     row: dict | None = None
+    index: int | None = None
+    field: str | None = None
 
 
 class Decoded:
@@ -154,6 +164,9 @@ class Decoder:
         s = cfg.ingest
         self.limits = Limits.from_settings(s)
         self.max_payload_bytes = s.max_payload_bytes
+        self.deadletter_rows_listed = s.deadletter_rows_listed  # refused rows listed per dead-letter record
+        # A status is one word: a large one is refused unparsed (a 10 MB status was once parsed in full).
+        self.status_max_payload_bytes = min(s.status_max_payload_bytes, s.max_payload_bytes)
         self._routes: dict[str, _Route] = {}
 
     def decode(self, topic: str, payload: bytes, recv_ns: int) -> Decoded:
@@ -228,6 +241,12 @@ class Decoder:
         device_id = device.id if device is not None else None
         if route.error is not None:
             return Decoded(_empty_batch(), [route.error], route.kind, device_id, route.site_id)
+        limit = self.status_max_payload_bytes if route.channel == "status" else self.max_payload_bytes
+        if len(payload) > limit:
+            key = "status_max_payload_bytes" if route.channel == "status" else "max_payload_bytes"
+            return Decoded(_empty_batch(), [Reject(
+                "oversize", f"payload of {len(payload)} bytes exceeds ingest.{key}={limit}")],
+                route.kind, device_id, route.site_id)
         if route.channel == "status":
             return self._status(route, payload)
         if route.channel == "event":
@@ -236,10 +255,6 @@ class Decoder:
         if not payload:
             return Decoded(_empty_batch(), [Reject("empty_payload", "the message has no payload")],
                            route.kind, device_id, route.site_id)
-        if len(payload) > self.max_payload_bytes:
-            return Decoded(_empty_batch(), [Reject(
-                "oversize", f"payload of {len(payload)} bytes exceeds ingest.max_payload_bytes={self.max_payload_bytes}")],
-                route.kind, device_id, route.site_id)
         recv_ms = recv_ns // 1_000_000
         try:
             if route.channel == "hj212":
@@ -252,7 +267,8 @@ class Decoder:
         if keep is None:
             return Decoded(_batch_of(route.index, rows), [], route.kind, device_id, route.site_id)
         raw = rows.raw
-        rejects = [Reject(reason, detail, _row_dict(raw[i])) for i, reason, detail in bad]
+        rejects = [Reject(reason, detail, _row_dict(raw[i]), i, field_of(reason, i, rows, route.kind, device))
+                   for i, reason, detail in bad]
         if keep.any():
             idx = np.flatnonzero(keep)
             batch = ReadingBatch(
@@ -320,12 +336,14 @@ class Decoder:
         bad = np.flatnonzero(code)
         if len(bad):
             where = {msg: j for j, msg in enumerate(g.msgs)}
+            starts = (np.cumsum(counts) - counts).tolist()
             for r in bad.tolist():
                 msg = int(msg_of_row[r])
                 j = where[msg]
                 reason = CHECK_ORDER[code[r] - 1]
                 detail = explain(reason, r, rows, kind, g.devices[j], g.recv_ms[j], self.limits)
-                outcomes[msg].rejects.append(Reject(reason, detail, _row_dict(rows.raw[r])))
+                outcomes[msg].rejects.append(Reject(reason, detail, _row_dict(rows.raw[r]), r - starts[j],
+                                                    field_of(reason, r, rows, kind, g.devices[j])))
             keep = code == 0
             refused = np.flatnonzero(code == HJ212_FLAG)
             if len(refused):
@@ -385,7 +403,8 @@ class Decoder:
             code = FLAG_CODES.find(letter) if len(letter) == 1 else -1
             if code < 0:
                 rows = rows_from_values(frame.ts_ms, frame.values, 0, raw_row)
-                rows.failed[0] = ("bad_flag", f"{name} flag must be one of {', '.join(FLAG_CODES)}, got {letter!r}")
+                rows.failed[0] = ("bad_flag", f"{name} flag must be one of {', '.join(FLAG_CODES)}, got {letter!r}",
+                                  "flag")
                 return rows
             codes.append(code)
         # One flag per row: a refused flag wins (the row goes to the dead-letter store), else the first non-N.

@@ -26,7 +26,11 @@ COUNTERS = (
     "batches_spooled",     # batches appended to the spool
     "write_errors",        # retryable write failures (InfluxDB down, 5xx, 429)
     "rows_rejected",       # lines InfluxDB refused with 400 (dead-lettered with its message)
-    "deadletter_records",  # dead-letter records stored (any reason)
+    "deadletter_records",  # dead-letter records stored (any reason): one per refused message
+    "rows_refused",        # rows refused by validation (listed in, or counted by, their message's record)
+    "deadletter_dropped",  # dead-letter records counted but not stored: their device was over its budget
+    "retained_duplicates", # retained messages the broker delivered again (resubscribe) after we processed them
+    "retained_cleared",    # empty retained publishes (a client clearing a retained message): not bad payloads
     "spool_full_waits",    # times the pipeline stopped acking because the spool was full
 )
 
@@ -49,6 +53,16 @@ class IngestMetrics:
         with self._lock:
             self.deadletter_by_reason[reason] += n
             self.counters["deadletter_records"] += n
+
+    def deadletter_record(self, rec) -> None:
+        """Count one stored dead-letter record: the record, and its rejects by reason (each refused row, or
+        the payload-level reason), so the per-reason counts do not depend on how rows are grouped."""
+        by_reason = rec.rows_by_reason or {rec.reason: 1}
+        with self._lock:
+            self.counters["deadletter_records"] += 1
+            self.counters["rows_refused"] += rec.rows_refused
+            for reason, n in by_reason.items():
+                self.deadletter_by_reason[reason] += n
 
     def set_gauge(self, name: str, value: float) -> None:
         with self._lock:

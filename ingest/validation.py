@@ -9,6 +9,7 @@ fails gets the reason of the first check it fails, in the order of `CHECK_ORDER`
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,8 +58,13 @@ SECONDS_BELOW = 100_000_000_000
 # Largest |ts| in ms that converts to int64 nanoseconds without overflow (year 2262).
 TS_MS_LIMIT = 9_000_000_000_000
 
+# A refused cell (a value, ts, values or the sample itself) nesting arrays or objects deeper than this is
+# refused as `too_deep` without being shown or copied whole: a 600-deep value once broke the building of its
+# dead-letter record (RecursionError) and with it the valid rows of the same payload.
+MAX_ROW_DEPTH = 16
+
 CHECK_ORDER = (
-    "bad_schema", "missing_field", "not_a_number", "non_finite", "bad_flag", "ts_seconds_not_ms", "ts_too_old",
+    "too_deep", "bad_schema", "missing_field", "not_a_number", "non_finite", "bad_flag", "ts_seconds_not_ms", "ts_too_old",
     "ts_future", "out_of_range", "noise_order", "hj212_flag", "duplicate_row",
 )
 
@@ -91,7 +97,7 @@ class Rows:
     ts_ms:   event time, UTC ms (0 where the row already failed)
     values:  field -> column (NaN = not given); only fields some row gave
     quality: HJ 212 flag code per row
-    failed:  row index -> (reason, detail) for rows that failed while being extracted
+    failed:  row index -> (reason, detail, field) for rows that failed while being extracted
     raw:     the original row objects (for dead-letter records)
     Columns are plain lists until `check_rows` turns them into numpy arrays (int64, float64, uint8):
     single-reading messages are checked on the lists, which is ~30x faster than numpy on 1-element arrays.
@@ -100,7 +106,7 @@ class Rows:
     ts_ms: list | np.ndarray
     values: dict
     quality: list | np.ndarray
-    failed: dict[int, tuple[str, str]] = field(default_factory=dict)
+    failed: dict[int, tuple[str, str, str | None]] = field(default_factory=dict)
     raw: list = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -130,10 +136,11 @@ def extract_rows(samples: list, kind: str, columnar: bool | None = None) -> Rows
     ts = [0] * n
     qual = [0] * n
     cols: dict[str, list] = {}
-    failed: dict[int, tuple[str, str]] = {}
+    failed: dict[int, tuple[str, str, str | None]] = {}
     for i, s in enumerate(samples):
         if type(s) is not dict:
-            failed[i] = ("bad_schema", f"sample must be an object with ts and values, got {_typename(s)}")
+            failed[i] = _deep("sample", s) or (
+                "bad_schema", f"sample must be an object with ts and values, got {_typename(s)}", "sample")
             continue
         t = s.get("ts")
         tt = type(t)
@@ -145,21 +152,22 @@ def extract_rows(samples: list, kind: str, columnar: bool | None = None) -> Rows
                 ts[i] = TS_MS_LIMIT if t > 0 else -TS_MS_LIMIT
         elif tt is float:
             if t - t != 0:
-                failed[i] = ("non_finite", f"ts is {t}")
+                failed[i] = ("non_finite", f"ts is {t}", "ts")
                 continue
             ts[i] = max(-TS_MS_LIMIT, min(TS_MS_LIMIT, round(t)))
         elif t is None:
-            failed[i] = ("missing_field", "sample has no ts")
+            failed[i] = ("missing_field", "sample has no ts", "ts")
             continue
         else:
-            failed[i] = ("not_a_number", f"ts must be epoch milliseconds, got {_show(t)}")
+            failed[i] = _deep("ts", t) or ("not_a_number", f"ts must be epoch milliseconds, got {_show(t)}", "ts")
             continue
         vals = s.get("values")
         if type(vals) is not dict:
             if vals is None:
-                failed[i] = ("missing_field", "sample has no values")
+                failed[i] = ("missing_field", "sample has no values", "values")
             else:
-                failed[i] = ("bad_schema", f"values must be an object, got {_typename(vals)}")
+                failed[i] = _deep("values", vals) or (
+                    "bad_schema", f"values must be an object, got {_typename(vals)}", "values")
             continue
         for k, v in vals.items():
             tv = type(v)
@@ -168,11 +176,11 @@ def extract_rows(samples: list, kind: str, columnar: bool | None = None) -> Rows
                     continue
                 if tv is int:
                     if not -1e300 < v < 1e300:
-                        failed[i] = ("out_of_range", f"{k}={v} is far outside any valid range")
+                        failed[i] = ("out_of_range", f"{k}={v} is far outside any valid range", k)
                         break
                     v = float(v)
                 elif v - v != 0:
-                    failed[i] = ("non_finite", f"{k} is {v}")
+                    failed[i] = ("non_finite", f"{k} is {v}", k)
                     break
                 col = cols.get(k)
                 if col is None:
@@ -184,12 +192,13 @@ def extract_rows(samples: list, kind: str, columnar: bool | None = None) -> Rows
                 if tv is str and len(v) == 1 and v in FLAG_CODES:
                     qual[i] = FLAG_CODES.index(v)
                 else:
-                    failed[i] = ("bad_flag", f"flag must be one of {', '.join(FLAG_CODES)}, got {_show(v)}")
+                    failed[i] = _deep(k, v) or (
+                        "bad_flag", f"flag must be one of {', '.join(FLAG_CODES)}, got {_show(v)}", k)
                     break
             elif k not in known:
                 continue
             else:
-                failed[i] = ("not_a_number", f"{k} must be a number, got {_show(v)}")
+                failed[i] = _deep(k, v) or ("not_a_number", f"{k} must be a number, got {_show(v)}", k)
                 break
     return Rows(ts, cols, qual, failed, samples)
 
@@ -242,7 +251,7 @@ def rows_from_values(ts_ms: int, values: dict[str, float], quality: int, raw) ->
     failed = {}
     for k, v in values.items():
         if not math.isfinite(v):
-            failed[0] = ("non_finite", f"{k} is {v}")
+            failed[0] = ("non_finite", f"{k} is {v}", k)
             break
     return Rows([ts_ms], {k: [float(v)] for k, v in values.items()}, [quality], failed, [raw])
 
@@ -339,8 +348,8 @@ def _codes_scalar(rows: Rows, kind: str, p_hi: float, recv_ms: int, limits: Limi
     """Per-row reason codes (0 = ok), one row at a time: the reference the numpy path must match."""
     n = len(rows)
     code = [0] * n
-    for i, (reason, _) in rows.failed.items():
-        code[i] = _C[reason]
+    for i, failure in rows.failed.items():
+        code[i] = _C[failure[0]]
     lo_ms = max(recv_ms - limits.backfill_max_age_ms, TS_FLOOR_MS)
     hi_ms = recv_ms + limits.future_skew_ms
     required = REQUIRED_ANY[kind]
@@ -417,8 +426,8 @@ def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, grou
     """
     n = len(rows)
     code = np.zeros(n, np.int8)
-    for i, (reason, _) in rows.failed.items():
-        code[i] = _C[reason]
+    for i, failure in rows.failed.items():
+        code[i] = _C[failure[0]]
     vals = rows.values
     ts = rows.ts_ms
 
@@ -566,6 +575,58 @@ def _typename(v) -> str:
     )
 
 
+# Bounded in depth and breadth: a refused cell is shown in its detail, whatever it holds.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 40, 40
+
+
 def _show(v) -> str:
-    text = repr(v)
+    text = _REPR.repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+_CONTAINERS = (list, dict)
+
+
+def _deep(name: str, v) -> tuple[str, str, str] | None:
+    """A `too_deep` failure for cell `name` when `v` nests containers more than MAX_ROW_DEPTH levels, else None.
+
+    Iterative, so that no depth can raise RecursionError; it stops at the first path that is too deep."""
+    if type(v) not in _CONTAINERS:
+        return None
+    stack = [(v, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_ROW_DEPTH:
+            return ("too_deep", f"{name} nests arrays or objects more than {MAX_ROW_DEPTH} levels deep", name)
+        children = x.values() if type(x) is dict else x
+        stack.extend((c, depth + 1) for c in children if type(c) in _CONTAINERS)
+    return None
+
+
+def field_of(reason: str, i: int, rows: Rows, kind: str, device) -> str | None:
+    """The field a refused row is refused for (the cell that failed extraction, else from the check), for
+    the dead-letter record's list of refused rows. Computed only for rejects."""
+    if i in rows.failed:
+        return rows.failed[i][2]
+    if reason in ("ts_seconds_not_ms", "ts_too_old", "ts_future", "duplicate_row"):
+        return "ts"
+    if reason == "missing_field":
+        return "|".join(REQUIRED_ANY[kind])
+    if reason == "hj212_flag":
+        return "flag"
+    if reason == "noise_order":
+        return "levels"
+    if reason == "bad_unit":
+        return "units"
+    if reason == "out_of_range":
+        out = []
+        for name, col in rows.values.items():
+            v = float(col[i])
+            if v != v:
+                continue
+            lo, hi = _p_band(P_MAX_OF_FULL_SCALE * device.full_scale_kpa) if name == "p" else RANGES[name]
+            if not lo <= v <= hi:
+                out.append(name)
+        return ",".join(out) or None
+    return None

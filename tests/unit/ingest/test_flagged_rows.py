@@ -78,7 +78,8 @@ def test_json_rows_flagged_d_or_m_among_valid_ones_keep_their_place(rows):
     # After a message with one valid row: the detectors' feed is every row in payload order.
     first = payload([(NOW_MS - 60_000 * (rows + 1), GOOD)])
     res = decode_chunk(Decoder(CFG), [(JSON_TOPIC, first, RECV), (JSON_TOPIC, payload(samples), RECV)], 4096)
-    assert [d.reason for d in res.deadletters] == ["hj212_flag"] * len(refused)
+    [dead] = res.deadletters  # one record for the message, its refused rows listed
+    assert dead.reasons() == ["hj212_flag"] * len(refused) and [r["index"] for r in dead.rows] == refused
     assert len(res.batch) == 1 + rows - len(refused)
     feed = res.with_flagged()
     assert feed.ts_ns.tolist() == [(NOW_MS - 60_000 * (rows + 1)) * 1_000_000] + [t * 1_000_000 for t, _ in samples]
