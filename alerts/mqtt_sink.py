@@ -8,12 +8,16 @@ console that connects late sees what is active now.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import paho.mqtt.client as mqtt
 
 from alerts.model import Notice
 from alerts.sink import SinkError
+from ingest.reachability import Reachability, connect_error
+
+log = logging.getLogger(__name__)
 
 
 def notice_topic(prefix: str, notice: Notice) -> str:
@@ -43,17 +47,29 @@ class MqttSink:
             self.client.tls_insecure_set(tls.insecure)
         self.client.reconnect_delay_set(1, 30)
         self._connected = threading.Event()
+        # One log line per outage of the broker, whatever the number of reconnect tries.
+        self.reachability = Reachability(f"MQTT broker {host}:{port} (alert sink {client_id})", log,
+                                         down_note="notices wait in the store and are retried")
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
-        if not reason_code.is_failure:
-            self._connected.set()
+        if reason_code.is_failure:
+            self.reachability.down(f"the broker refused the connection: {reason_code}")
+            return
+        self._connected.set()
+        self.reachability.up()
+
+    def _on_connect_fail(self, client, userdata):
+        self.reachability.down(connect_error())
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         self._connected.clear()
+        if reason_code != 0:  # 0: our own disconnect at close
+            self.reachability.down(f"connection lost: {reason_code}")
 
     def send(self, notice: Notice) -> None:
         # Waiting for the connection briefly keeps the first notice after start from a needless retry.

@@ -13,12 +13,13 @@ import threading
 import time
 from typing import Callable
 
+from apscheduler.events import EVENT_JOB_SUBMITTED
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from detectors.batch import ReadingBatch
 from ingest.collector import MqttCollector
 from ingest.deadletter import DeadLetterStore
-from ingest.influx_writer import InfluxWriter, WriteError, make_writer
+from ingest.influx_writer import InfluxWriter, RetryableWriteError, WriteError, make_writer
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import IngestPipeline
 from ingest.spool import SpoolWriter
@@ -32,6 +33,96 @@ RECEIVE_MAXIMUM = 20_000
 # Spool drain job period: short, so the spool empties quickly once InfluxDB is back (backoff still applies).
 DRAIN_INTERVAL_S = 0.25
 SWITCH_INTERVAL_S = 0.0005
+# Jobs that run longer than their interval by design (a drain goes on for up to 2 s per run): their runs
+# skipped meanwhile are not lateness.
+OVERRUN_OK = frozenset({"spool_drain"})
+# A job is "behind" once it starts this many intervals (and at least LATE_MIN_S) after it was due; then
+# at most one line per LATE_LOG_EVERY_S says so, with how late.
+LATE_INTERVALS = 2.0
+LATE_MIN_S = 1.0
+LATE_LOG_EVERY_S = 60.0
+# What the lateness line calls the jobs (the alert jobs are added by citywatch.pipeline).
+JOB_NAMES = {"alerts_tick": "alert tick", "config_watch": "config watch", "detector_state": "detector state save",
+             "self_metrics": "self-metrics", "spool_drain": "spool drain"}
+
+# APScheduler's own warnings for a late or overlapping run, one per skipped run (four a second for a
+# 0.25 s job): `JobLag` says it once, with by how much, instead.
+_APSCHEDULER_NOISE = ("was missed by", "maximum number of running instances reached")
+
+
+class _QuietScheduler(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        return not any(part in msg for part in _APSCHEDULER_NOISE)
+
+
+_quiet = _QuietScheduler()
+
+
+def make_scheduler() -> BackgroundScheduler:
+    """The service's one scheduler (spool drain, self-metrics and, from `citywatch run`, the alert tick,
+    config watch and state saves): a run that is late still runs (no misfire limit), overdue runs of a job
+    are coalesced into one, a job never overlaps itself, and lateness is logged by `JobLag`, not by
+    APScheduler per run."""
+    for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
+        if _quiet not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_quiet)
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
+        "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+    scheduler.add_listener(JobLag(scheduler), EVENT_JOB_SUBMITTED)
+    return scheduler
+
+
+class JobLag:
+    """Logs, at most once per `every_s`, that a scheduled interval job started late: how late the worst
+    run was and how many runs were late since the last line.
+
+    A run is late when it starts more than max(`intervals` x its interval, `min_s`) after it was due;
+    "due" is one interval after the previous run's slot, so runs skipped while the job was still running
+    (or while the process was too busy to start it) count as lateness. `clock`: epoch seconds.
+    """
+
+    def __init__(self, scheduler, intervals: float = LATE_INTERVALS, min_s: float = LATE_MIN_S,
+                 every_s: float = LATE_LOG_EVERY_S, skip=OVERRUN_OK, clock=time.time, logger=None):
+        self.scheduler = scheduler
+        self.intervals, self.min_s, self.every_s = intervals, min_s, every_s
+        self.skip = skip
+        self.clock = clock
+        self.log = logger or log
+        self._last_slot: dict[str, float] = {}
+        self._late: dict[str, tuple[int, float]] = {}  # job id -> (late runs, worst lateness) not yet logged
+        self._logged_at: dict[str, float] = {}
+
+    def __call__(self, event) -> None:
+        if event.job_id in self.skip or not event.scheduled_run_times:
+            return
+        job = self.scheduler.get_job(event.job_id)
+        interval = getattr(getattr(job, "trigger", None), "interval", None)
+        if interval is None:
+            return
+        self.observe(event.job_id, JOB_NAMES.get(event.job_id, getattr(job, "name", event.job_id)),
+                     interval.total_seconds(), event.scheduled_run_times[-1].timestamp())
+
+    def observe(self, job_id: str, name: str, interval_s: float, slot: float) -> float:
+        """One run of `job_id` submitted now for its `slot` (epoch s). Returns how late it started (s)."""
+        now = self.clock()
+        prev = self._last_slot.get(job_id)
+        self._last_slot[job_id] = slot
+        due = slot if prev is None else min(slot, prev + interval_s)
+        late = max(0.0, now - due)
+        if late <= max(self.intervals * interval_s, self.min_s):
+            return late
+        n, worst = self._late.get(job_id, (0, 0.0))
+        n, worst = n + 1, max(worst, late)
+        if now - self._logged_at.get(job_id, float("-inf")) < self.every_s:
+            self._late[job_id] = (n, worst)
+            return late
+        self._late.pop(job_id, None)
+        self._logged_at[job_id] = now
+        more = f"; {n - 1} more late run(s) since the last such line, the worst {worst:.1f} s late" if n > 1 else ""
+        self.log.warning("%s is falling behind: a run started %.1f s late (it runs every %g s)%s", name, late,
+                         interval_s, more)
+        return late
 
 
 class Service:
@@ -51,14 +142,15 @@ class Service:
         self.deadletters = DeadLetterStore.from_config(cfg)
         mq = cfg.connections.mqtt
         password = env.get(mq.password_env) if mq.password_env else None
-        self.collector = MqttCollector(mq, password, self._submit, receive_maximum=RECEIVE_MAXIMUM)
+        self.collector = MqttCollector(mq, password, self._submit, receive_maximum=RECEIVE_MAXIMUM,
+                                       metrics=self.metrics)
         # MQTT 3.1.1 has no Receive Maximum: the broker's max_inflight_messages (README) bounds the window and
         # the pipeline's idle flush keeps batches moving whatever its value.
         max_messages = RECEIVE_MAXIMUM // 4 if mq.protocol == "mqtt5" else None
         self.pipeline = IngestPipeline(cfg, self.writer, self.spool, self.deadletters, self.metrics,
                                        ack=self.collector.ack, publish=self.collector.publish,
                                        max_messages=max_messages, decode_processes=decode_processes)
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler = make_scheduler()
         self._stopped = threading.Event()
         self._started = False
 
@@ -94,10 +186,9 @@ class Service:
         if st.records:
             log.info("spool holds %d batch(es), %d bytes from before: draining them first", st.records, st.bytes)
         self.pipeline.start()
-        self.scheduler.add_job(self.pipeline.drain_spool, "interval", seconds=DRAIN_INTERVAL_S, id="spool_drain",
-                               max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.scheduler.add_job(self.pipeline.drain_spool, "interval", seconds=DRAIN_INTERVAL_S, id="spool_drain")
         self.scheduler.add_job(self.write_metrics, "interval", seconds=self.cfg.ingest.metrics_interval_s,
-                               id="self_metrics", max_instances=1, coalesce=True, misfire_grace_time=None)
+                               id="self_metrics")
         self.scheduler.start()
         self.collector.start()
         self._started = True
@@ -109,8 +200,13 @@ class Service:
         snap = self.metrics.snapshot()
         try:
             self.writer.write(self.metrics.to_lines(snap, self.cfg.connections.mqtt.client_id))
+        except RetryableWriteError as exc:
+            # An idle service learns here that InfluxDB went away (or came back): one log line per change.
+            self.pipeline.influx_write_result(exc)
+            return
         except WriteError as exc:
             log.debug("self-metrics not written: %s", exc)
+        self.pipeline.influx_write_result(None)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Graceful stop: no new messages, flush and ack what is held, last metrics, disconnect.

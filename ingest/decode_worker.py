@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +71,7 @@ def decode_chunk(decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> Ch
         try:
             decoded = decoder.decode(topic, payload, recv_ns)
             if decoded.rejects:
-                dead += records_for(decoded, topic, payload, recv_ns, dl_max)
+                dead += records_for(decoded, topic, payload, recv_ns, dl_max, decoder.deadletter_rows_listed)
             if decoded.status is not None and decoded.device_id is not None:
                 statuses.append((decoded.device_id, decoded.kind, decoded.site_id, decoded.status, recv_ns))
             before = cols.n
@@ -93,7 +94,25 @@ class WorkerDied(RuntimeError):
     """The decode worker process ended unexpectedly; its chunks were never acked (the broker keeps them)."""
 
 
+# The parent stops the worker (a None chunk, after the chunks before it) when it stops itself. Ctrl-C in a
+# terminal sends SIGINT to the whole foreground process group, and a service manager may send SIGTERM to
+# every process of the service: the worker ignores both, so that the parent can still drain what it sent.
+_PARENT_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _worker_main(conn, config_dir: str, dl_max: int) -> None:
+    for sig in _PARENT_STOPS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_STOPS)  # blocked by the parent around our start
+    try:
+        _serve(conn, config_dir, dl_max)
+    except (EOFError, OSError):
+        # The parent is gone (killed, or it closed the pipe): nothing to answer, and no one to read a
+        # traceback. Its unacked messages stay with the broker.
+        return
+
+
+def _serve(conn, config_dir: str, dl_max: int) -> None:
     from config import load_config
     from ingest.decoder import Decoder
 
@@ -129,7 +148,14 @@ class DecodeProcess:
         self._conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_worker_main, args=(child, str(config_dir), dl_max),
                                    name="citywatch-decode", daemon=True)
-        self.process.start()
+        # Blocked in this thread while the worker starts, so that the worker inherits them blocked: a Ctrl-C
+        # during its interpreter's start-up cannot interrupt it before it ignores them. Here a signal that
+        # arrives meanwhile stays pending and is delivered when the mask is restored.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_STOPS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child.close()
         # Wait until the worker has its decoder, so that it is ready before the first message arrives.
         ready = self.receive(ready_timeout_s)

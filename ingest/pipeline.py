@@ -25,6 +25,7 @@ from ingest.decoder import Decoder
 from ingest.influx_writer import Backoff, InfluxWriter, RejectedWriteError, RetryableWriteError
 from ingest.lineproto import encode, escape_key, escape_string_field
 from ingest.metrics import IngestMetrics
+from ingest.reachability import Reachability
 from ingest.spool import SpoolFull, SpoolWriter
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class IngestPipeline:
         self._threads: list[threading.Thread] = []
         self._abort = threading.Event()
         self._influx_ok = True
+        # InfluxDB's outages are logged once each (unreachable with the reason, back with how long).
+        self.influx = Reachability("InfluxDB", log, down_note="readings go to the spool until it is back")
         self.device_status: dict[str, tuple[str, int]] = {}
         self._status_lines: list[str] = []
         self.decode_processes = 1 if decode_processes else 0
@@ -412,14 +415,17 @@ class IngestPipeline:
     def _store_deadletters(self, records: list[DeadLetterRecord]) -> bool:
         while True:
             try:
-                self.deadletters.write(records)
+                stored = self.deadletters.write(records)
                 break
             except OSError:
                 log.exception("dead-letter store write failed; retrying (messages stay unacked)")
                 if self._abort.wait(1.0):
                     return False
-        for rec in records:
-            self.metrics.deadletter(rec.reason)
+        # Records over their device's budget are counted, not stored or published (the store logs it once).
+        if stored.dropped:
+            self.metrics.add("deadletter_dropped", stored.dropped)
+        for rec in stored.records:
+            self.metrics.deadletter_record(rec)
             if self._publish is not None:
                 self._publish(f"{self._dl_topic}/{rec.reason}", rec.to_json().encode())
         return True
@@ -433,17 +439,25 @@ class IngestPipeline:
         self._store_deadletters([rec])
 
     def _write_failed(self, exc: RetryableWriteError) -> None:
-        delay = self.backoff.failed(exc.retry_after_s)
+        self.backoff.failed(exc.retry_after_s)
         self.metrics.add("write_errors")
-        if self._influx_ok:
-            log.warning("InfluxDB write failed (%s): spooling, next try in %.1f s", exc, delay)
+        self.influx.down(str(exc))
         self._influx_ok = False
 
     def _write_ok(self) -> None:
         self.backoff.succeeded()
-        if not self._influx_ok:
-            log.info("InfluxDB writes succeed again")
+        if not self.influx.reachable:
+            st = self.spool.stats()
+            self.influx.up(f"the spool holds {st.records} batch(es) to drain" if st.records else "")
         self._influx_ok = True
+
+    def influx_write_result(self, exc: RetryableWriteError | None) -> None:
+        """Tell the pipeline how another write to the same InfluxDB went (the self-metrics job): None for
+        success. Keeps one view of InfluxDB's state (the log line, the backoff of the spool drain)."""
+        if exc is None:
+            self._write_ok()
+        else:
+            self._write_failed(exc)
 
     # ----- spool drain (scheduled job) -------------------------------------------------------------
 
@@ -456,7 +470,10 @@ class IngestPipeline:
         drained = 0
         try:
             while not self.spool.empty() and time.monotonic() < deadline:
-                drained += self.spool.drain(self._write_spooled, max_records=1)
+                n = self.spool.drain(self._write_spooled, max_records=1)
+                drained += n
+                if n and not self.influx.reachable:
+                    self._write_ok()  # "back" is said at the first success, with what is left to drain
         except RetryableWriteError as exc:
             self._write_failed(exc)
         else:

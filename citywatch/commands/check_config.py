@@ -8,7 +8,8 @@ from collections import Counter
 from config import ConfigError, load_config
 from config.errors import ConfigProblem
 
-# Exit codes: 0 the config is valid, 1 it has problems (each printed on stderr).
+# Exit codes: 0 the config is valid (warnings, if any, printed on stderr), 1 it has problems (each printed
+# on stderr).
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 
@@ -18,7 +19,8 @@ def register(sub) -> None:
         "check-config",
         help="validate a config directory; list every problem with file and line",
         description="Validate every *.yaml in DIR at once. Prints each problem on stderr as "
-        "'file:line: key.path: message (got X)' and exits 1, or prints a summary and exits 0. "
+        "'file:line: key.path: message (got X)' and exits 1, or prints a summary and exits 0 (after "
+        "'file:line: warning: key.path: message' lines on stderr for valid but unsafe settings). "
         "CITYWATCH_MQTT_HOST, CITYWATCH_MQTT_PORT, CITYWATCH_INFLUX_URL (and the other CITYWATCH_* "
         "overrides) are applied and checked as the service would.",
     )
@@ -49,9 +51,28 @@ def _run(args) -> int:
     problems = extra_checks(cfg)
     if problems:
         return _report(sorted(set(problems), key=lambda p: (p.file, p.line or 0, p.path, p.message)))
+    for line in warnings(cfg):
+        print(line, file=sys.stderr)
     for line in summary(cfg):
         print(line)
     return EXIT_OK
+
+
+def warnings(cfg) -> list[str]:
+    """Valid but unsafe settings, one line each: `file:line: warning: key.path: message`. A webhook sink
+    without secret_env (unsigned notices), or with a plain-http URL to another host. `citywatch run` logs
+    the same lines at start."""
+    from config.loader import locate
+
+    lines = getattr(cfg, "_lines", None) or {}
+    out = []
+    for name, sink in cfg.alerting.sinks.items():
+        for key, message in (sink.warnings() if hasattr(sink, "warnings") else []):
+            path = ("alerting", "sinks", name, key)
+            file, line = locate(lines, path)
+            where = f"{file}:{line}" if line else file
+            out.append(f"{where}: warning: {'.'.join(path)}: {message}")
+    return out
 
 
 def summary(cfg) -> list[str]:

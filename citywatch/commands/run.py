@@ -23,8 +23,19 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    # First of all: a Ctrl-C (SIGINT to the whole foreground process group) or SIGTERM from here on asks
+    # for the graceful stop, never a KeyboardInterrupt traceback. The decode worker ignores both; this
+    # process stops it once it has drained what it sent.
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # APScheduler logs every run of every job at INFO (the spool drain runs four times a second).
+    # APScheduler logs every run of every job at INFO (the spool drain runs four times a second); its
+    # per-run lateness warnings are replaced by citywatch.service.JobLag's one line.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     try:
         cfg = load_config(args.config)
@@ -33,16 +44,14 @@ def _run(args) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
+    from citywatch.commands.check_config import warnings
     from citywatch.service import Service
     from ingest.spool import SpoolLocked
 
-    stop = threading.Event()
+    log = logging.getLogger("citywatch.run")
+    for line in warnings(cfg):  # the lines `check-config` prints: valid, but unsafe (an unsigned webhook)
+        log.warning("%s", line)
 
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         service = Service(cfg)
     except SpoolLocked as exc:
@@ -63,7 +72,9 @@ def _run(args) -> int:
         return 1
     service.on_decoded(pipeline.on_batch)
     pipeline.reload_hooks.append(service.reload)
-    pipeline.start()
+    # One scheduler for the process: the alert tick, config watch and state saves run beside the spool
+    # drain and self-metrics, under the same lateness reporting (citywatch.service.JobLag).
+    pipeline.start(scheduler=service.scheduler)
     pipeline.install_signal_handlers()  # SIGHUP: validate the config directory and swap it in
     try:
         service.start()
@@ -72,7 +83,6 @@ def _run(args) -> int:
         service.stop()
         pipeline.stop()
         return 1
-    log = logging.getLogger("citywatch.run")
     mq = cfg.connections.mqtt
     log.info("citywatch running: MQTT %s:%s as %s, InfluxDB %s (%s)", mq.host, mq.port, mq.client_id,
              cfg.connections.influx.url, cfg.connections.influx.api)

@@ -1,10 +1,9 @@
 """A webhook receiver that is down for a while gets every notice afterwards, each once by idempotency key,
-signed with HMAC-SHA256. "A minute" down is compressed by the retry settings, not by sleeping."""
+signed with a timestamped HMAC-SHA256 that the receiver checks with `verify_signature`. "A minute" down is
+compressed by the retry settings, not by sleeping."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import socket
 import threading
@@ -17,6 +16,7 @@ from alerts.engine import AlertEngine
 from alerts.sinks import build_sinks, sink_rates
 from alerts.dispatch import Dispatcher
 from alerts.store import AlertStore
+from alerts.webhook import SignatureError, verify_signature
 from tests.unit.alerts.helpers import at, det, make_cfg
 
 pytestmark = pytest.mark.integration
@@ -37,14 +37,18 @@ class Receiver:
         self.raw: list[dict] = []
         self.by_key: dict[str, dict] = {}
         self.bad_signatures = 0
+        self.signature_times: list[int] = []
         self.fail_first = fail_first
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-                if self.headers.get("X-Citywatch-Signature") != sig:
+                header = self.headers.get("X-Citywatch-Signature")
+                try:
+                    verify_signature(header, body, SECRET)
+                    outer.signature_times.append(int(header.split("t=")[1].split(",")[0]))
+                except SignatureError:
                     outer.bad_signatures += 1
                 notice = json.loads(body)
                 outer.raw.append(notice)
@@ -95,7 +99,9 @@ def test_receiver_down_then_up_gets_every_notice_once(tmp_path):
         assert engine.flush(20)
         assert set(receiver.by_key) == expected
         assert len(receiver.raw) == 6  # one redelivery after the lost answer, dropped by its key
-        assert receiver.bad_signatures == 0
+        assert receiver.bad_signatures == 0 and len(receiver.signature_times) == 6
+        # Each attempt is signed when it is sent: the redelivery after the lost answer is not older.
+        assert receiver.signature_times == sorted(receiver.signature_times)
         order = [n["transition"] for n in receiver.by_key.values()]
         assert order.count("firing") == 2 and order.count("resolved") == 2
         # per alert, in transition order
