@@ -1,4 +1,5 @@
-"""Listens on the MQTT command topic, hands each operator command to the engine and publishes its result."""
+"""Listens on the MQTT command topics, takes each command's author from its topic, hands it to the engine
+and publishes the result."""
 
 from __future__ import annotations
 
@@ -10,29 +11,39 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from alerts.commands import MAX_PAYLOAD_BYTES, Author, operator_author
 from alerts.model import iso
+from ingest.reachability import Reachability, connect_error
 
 log = logging.getLogger(__name__)
 
 
 class CommandListener:
-    """Subscribes to `{command_topic}/#`, which covers `{command_topic}` too (in on_connect, so it survives
-    reconnects).
+    """Subscribes to `{command_topic}/#` (in on_connect, so it survives reconnects) and hands each
+    command sent on `{command_topic}/<username>` of a configured operator to
+    `handle(source, payload_bytes, author)`, which validates, records and applies it (never raises).
 
-    `handle(source, command_dict) -> result` is called for each JSON message; errors are logged and
-    counted, never raised into paho's loop. The result ("ok: ..." or "error: ...", or why the message was
-    not a command) is published as JSON on `command_reply_topic` and, for an MQTT 5 command that names a
-    response topic, there too with its correlation data: an operator console learns whether its ack
-    was applied without reading the store.
+    The broker's ACL lets only the account `<username>` publish on `{command_topic}/<username>`, so the
+    topic authenticates the author. A message on the bare command topic, on a deeper topic, for an
+    unknown username, or delivered as retained (an old command replayed on every reconnect) is refused
+    here: never applied, counted in `refused` by kind, logged once per kind, and answered like any
+    command. The subscription is `#` rather than `+` only so that those get their answer.
+
+    Every result ("ok: ..." or "error: ...") is published as JSON on `command_reply_topic` and, for an
+    MQTT 5 command that names a response topic, there too with its correlation data: an operator
+    console learns whether its ack was applied without reading the store.
     """
 
-    def __init__(self, cfg, handle, env: dict[str, str]):
+    def __init__(self, cfg, handle, env: dict[str, str], config=None):
+        """config: returns the config in force (after reloads), for the operator list; default `cfg`."""
         m = cfg.connections.mqtt
         self.topic = cfg.alerting.command_topic.rstrip("/")
         self.reply_topic = cfg.alerting.command_reply_topic.rstrip("/")
         self.mqtt5 = m.protocol == "mqtt5"
+        self.config = config or (lambda: cfg)
         self.handle = handle
-        self.rejected = 0
+        self.refused: dict[str, int] = {}  # kind (bare topic, deeper topic, unknown account, retained) -> count
+        self._logged_kinds: set[str] = set()
         proto = mqtt.MQTTv5 if m.protocol == "mqtt5" else mqtt.MQTTv311
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=f"{cfg.alerting.mqtt_client_id}-cmd"[:64], protocol=proto)
@@ -42,7 +53,12 @@ class CommandListener:
             self.client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
             self.client.tls_insecure_set(m.tls.insecure)
         self.client.reconnect_delay_set(m.reconnect.min_delay_s, m.reconnect.max_delay_s)
+        # One log line per outage of the broker, whatever the number of reconnect tries.
+        self.reachability = Reachability(f"MQTT broker {m.host}:{m.port} (alert command listener)", log,
+                                         down_note="operator commands wait until it is back")
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.host, self.port = m.host, m.port
         self.subscribed = False
@@ -55,27 +71,63 @@ class CommandListener:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def _on_connect_fail(self, client, userdata):
+        self.reachability.down(connect_error())
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code != 0:  # 0: our own disconnect at stop
+            self.reachability.down(f"connection lost: {reason_code}")
+
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
-        if not reason_code.is_failure:
-            # `topic/#` also matches `topic` itself; subscribing to both would deliver (and apply) a command
-            # on `topic` twice.
+        if reason_code.is_failure:
+            self.reachability.down(f"the broker refused the connection: {reason_code}")
+        else:
+            self.reachability.up()
+            # `topic/#` also matches `topic` itself; subscribing to both would deliver a command twice.
             client.subscribe(self.topic + "/#", 1)
             self.subscribed = True
 
-    def _on_message(self, client, userdata, msg):
-        cmd = None
-        try:
-            cmd = json.loads(msg.payload.decode("utf-8"))
-            result = self.handle(f"mqtt:{msg.topic}", cmd)
-        except Exception as exc:
-            self.rejected += 1
-            log.warning("rejected alert command on %s: %s", msg.topic, exc)
-            result = f"error: not a command: {exc}"
-        self._reply(msg, cmd, str(result))
+    def author_of(self, topic: str, retained: bool = False) -> Author:
+        """The operator a command on `topic` comes from. Raises TopicRefused(kind, reason)."""
+        usage = f"send commands on {self.topic}/<your operator username>"
+        if retained:
+            raise TopicRefused("retained", f"a retained command is not applied (it would be replayed on "
+                                           f"every reconnect): publish it without retain; {usage}")
+        if topic == self.topic:
+            raise TopicRefused("bare topic", f"no author: {usage}")
+        rest = topic[len(self.topic) + 1:] if topic.startswith(self.topic + "/") else ""
+        if not rest or "/" in rest:
+            raise TopicRefused("deeper topic", f"{topic!r} is not a command topic: {usage}")
+        author = operator_author(self.config(), rest)
+        if author is None:
+            raise TopicRefused("unknown account", f"{rest!r} is not an operator (alerting.operators): {usage}")
+        return author
 
-    def _reply(self, msg, cmd, result: str) -> None:
+    def _on_message(self, client, userdata, msg):
+        # Everything is caught: an exception here would stop paho's network loop (and every command after).
+        try:
+            try:
+                author = self.author_of(msg.topic, bool(msg.retain))
+            except TopicRefused as exc:
+                self._refuse(msg, exc)
+                return
+            result = self.handle(f"mqtt:{msg.topic}", bytes(msg.payload), author)
+            self._reply(msg, _preview(msg.payload), str(result), author)
+        except Exception:  # noqa: BLE001
+            log.exception("alert command on %s could not be handled", msg.topic)
+
+    def _refuse(self, msg, exc: "TopicRefused") -> None:
+        self.refused[exc.kind] = self.refused.get(exc.kind, 0) + 1
+        if exc.kind not in self._logged_kinds:  # once per kind: a flood must not flood the log
+            self._logged_kinds.add(exc.kind)
+            log.warning("refused an alert command on %s (%s: %s); further ones of this kind are only counted",
+                        msg.topic, exc.kind, exc.reason)
+        self._reply(msg, _preview(msg.payload), f"error: {exc.reason}", None)
+
+    def _reply(self, msg, cmd, result: str, author: Author | None) -> None:
         body = json.dumps({
             "topic": msg.topic, "command": cmd, "ok": result.startswith("ok"), "result": result,
+            "author": author.account if author else None, "author_name": author.name if author else None,
             "at": iso(time.time_ns()),
         }, ensure_ascii=False, default=str).encode()
         try:
@@ -90,3 +142,21 @@ class CommandListener:
                 self.client.publish(response, body, qos=1, properties=out)
         except Exception:  # noqa: BLE001 - a reply is a courtesy; the command itself was handled
             log.exception("could not publish the reply to an alert command")
+
+
+class TopicRefused(Exception):
+    """A command refused for the topic it came on (or for being retained), before its payload is read."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
+def _preview(payload: bytes):
+    """The command as echoed in the reply: its JSON when it is small and readable, else None."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except Exception:  # noqa: BLE001 - not JSON (or too deep): the result says why
+        return None

@@ -27,7 +27,7 @@ import numpy as np
 from alerts.dispatch import Dispatcher
 from alerts.grouping import GroupTimer
 from alerts.model import SEVERITY_NAMES, Alert, Notice, alert_id_for, iso
-from alerts.muting import Muter, Silence
+from alerts.muting import Muter, Silence, overridden_health, really_active
 from alerts.routing import receivers_of, route
 from alerts.store import AlertStore
 from alerts import commands as command_rules
@@ -88,6 +88,8 @@ class AlertEngine:
         self._last_persist = 0.0
         self.counters = {"late_rows": 0, "unknown_sensor_rows": 0, "notices": 0, "suppressed": 0, "pruned": 0}
         self._pruned_at: int | None = None
+        self._logged_once: set[tuple] = set()  # faults already logged (see _log_once)
+        self._commands_given_up: set[int] = set()  # command rows that could not even be marked
         self._configure(cfg)
         self._started = False
 
@@ -103,6 +105,24 @@ class AlertEngine:
         self._repeat_cache: dict[tuple, float] = {}
         self._escalate_s = {4: a.escalation.red_s, 3: a.escalation.orange_s, 2: a.escalation.yellow_s}
         self._labels = [self._device_labels(cfg, d) for d in cfg.devices]
+        # Rules raised by the clock (deadman): their clear is never a late row (see _apply_detections).
+        self._time_driven = {r.id for r in cfg.rules if r.time_driven}
+        self._remap_seen([d.id for d in cfg.devices])
+
+    def _remap_seen(self, ids: list[str]) -> None:
+        """Keep each device's newest observed reading time across a reload that changed the inventory."""
+        old_ids = getattr(self, "_seen_ids", None)
+        if old_ids == ids:
+            return
+        seen = np.full(len(ids), -1, np.int64)
+        if old_ids:
+            pos = {d: i for i, d in enumerate(old_ids)}
+            for i, d in enumerate(ids):
+                if d in pos:
+                    seen[i] = self._seen_ns[pos[d]]
+        # Event time of the newest reading with data of each device (-1: none since start), from
+        # observe_readings: an Offline verdict older than it is stale and inhibits nothing.
+        self._seen_ns, self._seen_ids = seen, ids
 
     @staticmethod
     def _device_labels(cfg, d) -> tuple[dict, dict]:
@@ -137,7 +157,7 @@ class AlertEngine:
             self.muter.silences = {s.id: s for s in self.store.silences()}
             for notice, sink, due in self.store.pending_deliveries():
                 heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
-            self._apply_inbox()
+            self._apply_inbox()  # never raises: a stored command that fails is marked failed
             self._pump(self._now())
 
     def stop(self) -> None:
@@ -229,6 +249,10 @@ class AlertEngine:
         alert loaded from the store whose device reports `recovered_clear_after_s` after the restart
         without its condition being seen again is treated as cleared at that reading."""
         with self._lock:
+            if len(sensor):
+                sensor_a = np.asarray(sensor, np.int64)
+                known = (sensor_a >= 0) & (sensor_a < len(self._seen_ns))
+                np.maximum.at(self._seen_ns, sensor_a[known], np.asarray(ts_ns, np.int64)[known])
             if self._restart_wm is None or len(sensor) == 0:
                 return []
             recovered = [a for a in self._open.values() if a.recovered]
@@ -331,8 +355,14 @@ class AlertEngine:
             if alert is not None:
                 last = max(alert.last_active_ns, alert.clear_since_ns or 0)
                 if t0 < last:
-                    self.counters["late_rows"] += i1 - i0
-                    continue
+                    if sev != 0 or rule_id not in self._time_driven:
+                        self.counters["late_rows"] += i1 - i0
+                        continue
+                    # The clear of a clock-raised rule (Offline) says "the device is alive now": its
+                    # reading may be older than the tick that raised the alert (a batch's oldest sample,
+                    # HJ 212 whole seconds, a late message), but it is never stale. Applied as of the
+                    # newest row the alert has, so the lifecycle stays in time order.
+                    t0 = last
                 self._advance(alert, t0, trans)
                 alert = self._open.get(k)
             if sev == 0:
@@ -489,18 +519,41 @@ class AlertEngine:
                 m.repeat_interval_s for m in route(self.cfg.alerting.route, alert.labels(self._levels)))
         return r
 
+    def _stale(self, alert: Alert) -> bool:
+        """A clock-raised alert (Offline) whose device has reported a reading newer than the newest one
+        its verdict knew of (`context.last_reading_ns`): its condition is gone even before the clear
+        arrives (e.g. a recovered alert after a restart, whose detector state started fresh)."""
+        if alert.rule_id not in self._time_driven or "last_reading_ns" not in (alert.context or {}):
+            return False
+        try:
+            seen = int(self._seen_ns[self.cfg.device_index(alert.device_id)])
+        except (KeyError, IndexError):
+            return False
+        if seen < 0:
+            return False
+        last = alert.context.get("last_reading_ns")
+        return last is None or seen > int(last)
+
+    def _inhibitors(self) -> list[Alert]:
+        """The alerts that may inhibit others now: really active (firing, condition not cleared) and not
+        stale (alerts.muting)."""
+        return [a for a in self._open.values() if really_active(a) and not self._stale(a)]
+
     def _advance_all(self, now: int, trans) -> None:
-        firing = [a for a in self._open.values() if a.state == "firing"]
+        firing = self._inhibitors()
         for a in list(self._open.values()):
-            if a.state == "firing":
-                reason = self.muter.reason(a, now, firing)
-                if reason != a.muted:
-                    a.muted = reason
-                    self._dirty[a.alert_id] = a
-                    # A firing notice held by a mute goes out once the mute ends and the alert still fires.
-                    if reason is None and not a.notified_firing:
-                        self._note(trans, a, "firing", now, {"late": True})
-            self._advance(a, now, trans)
+            try:  # one alert's fault must not stop the timers of the others (see _alert_fault)
+                if a.state == "firing":
+                    reason = self.muter.reason(a, now, firing)
+                    if reason != a.muted:
+                        a.muted = reason
+                        self._dirty[a.alert_id] = a
+                        # A firing notice held by a mute goes out once the mute ends and the alert still fires.
+                        if reason is None and not a.notified_firing:
+                            self._note(trans, a, "firing", now, {"late": True})
+                self._advance(a, now, trans)
+            except Exception as exc:  # noqa: BLE001
+                self._alert_fault(a, exc)
 
     # ----- notices --------------------------------------------------------------------------------
 
@@ -509,29 +562,18 @@ class AlertEngine:
         if not trans:
             return []
         trans.sort(key=lambda t: t[2])
-        firing = [a for a in self._open.values() if a.state == "firing"]
+        firing = self._inhibitors()
         out: list[tuple[Notice, list[tuple[str, int]]]] = []
         changed: dict[str, Alert] = {}
         for alert, kind, ts, extra, snap in trans:
             changed[alert.alert_id] = alert
-            reason = self.muter.reason(alert, ts, firing) if kind != "resolved" else None
-            if kind == "firing":
-                if alert.notified_firing:
-                    continue
-                if reason is not None:
-                    alert.muted = reason
-                    self.counters["suppressed"] += 1
-                    continue
-                alert.notified_firing = True
-                alert.muted = None
-            elif kind == "resolved":
-                if not alert.notified_firing:
-                    self.counters["suppressed"] += 1
-                    continue
-            elif not alert.notified_firing or reason is not None:
-                self.counters["suppressed"] += 1
+            try:  # one alert's bad record must not keep every other alert's notices from going out
+                built = self._transition_notice(alert, kind, ts, extra, snap, firing)
+            except Exception as exc:  # noqa: BLE001
+                self._alert_fault(alert, exc)
                 continue
-            out.append(self._notice(alert, kind, ts, extra, snap))
+            if built is not None:
+                out.append(built)
         alerts = list(changed.values()) + [a for k, a in self._dirty.items() if k not in changed]
         self._dirty.clear()
         flips = {k: self._flips.get(k, []) for k in self._dirty_flips}
@@ -544,6 +586,45 @@ class AlertEngine:
                 heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
         self.counters["notices"] += len(out)
         return [n for n, _ in out]
+
+    def _transition_notice(self, alert: Alert, kind: str, ts: int, extra: dict, snap: dict,
+                           firing: list[Alert]) -> tuple[Notice, list] | None:
+        """The notice of one transition with its deliveries, or None when it is held (muted, or a
+        transition of an alert whose firing was never notified)."""
+        reason = self.muter.reason(alert, ts, firing) if kind != "resolved" else None
+        if kind != "resolved":
+            self._note_device_health(alert, firing)
+        if kind == "firing":
+            if alert.notified_firing:
+                return None
+            if reason is not None:
+                alert.muted = reason
+                self.counters["suppressed"] += 1
+                return None
+            built = self._notice(alert, kind, ts, extra, snap)
+            alert.notified_firing = True
+            alert.muted = None
+            return built
+        if not alert.notified_firing or (kind != "resolved" and reason is not None):
+            self.counters["suppressed"] += 1
+            return None
+        return self._notice(alert, kind, ts, extra, snap)
+
+    def _note_device_health(self, alert: Alert, firing: list[Alert]) -> None:
+        """A red process alarm that a device-health alert of its device would have inhibited is delivered
+        anyway; its notices say so in `context.device_health` (gone again once that alert is not)."""
+        src = overridden_health(alert, self.muter.inhibit, firing)
+        ctx = alert.context or {}
+        if src is None:
+            if "device_health" in ctx:
+                alert.context = {k: v for k, v in ctx.items() if k != "device_health"}
+            return
+        last = (src.context or {}).get("last_reading_ns")
+        alert.context = {**ctx, "device_health": {
+            "alert_id": src.alert_id, "rule_id": src.rule_id, "severity": src.severity_name,
+            "since": iso(src.firing_ns if src.firing_ns is not None else src.started_ns),
+            "last_reading_ts": iso(int(last)) if last is not None else None,
+        }}
 
     def _notice(self, alert: Alert, kind: str, ts: int, extra: dict, snap: dict) -> tuple[Notice, list]:
         alert.seq += 1
@@ -604,7 +685,8 @@ class AlertEngine:
             "resolved_ts": iso(a.resolved_ns),
             "duration_s": round((ts - a.started_ns) / NS, 3),
             "flapping": a.flapping,
-            "ack": {"by": a.acked_by, "at": iso(a.acked_ns), "note": a.ack_note} if a.acked_by else None,
+            "ack": {"by": a.acked_by, "name": a.acked_by_name, "at": iso(a.acked_ns), "note": a.ack_note}
+            if a.acked_by else None,
             "escalation_level": a.escalation_level,
             "escalation_name": self._levels[min(a.escalation_level, len(self._levels) - 1)] if self._levels else None,
             "context": {k: v for k, v in ctx.items() if _jsonable(v)},
@@ -631,28 +713,97 @@ class AlertEngine:
             self._last_persist = time.monotonic()
 
     # ----- operator commands ----------------------------------------------------------------------
+    # A command is validated (alerts.commands) before it is stored as one to apply; one that does not
+    # validate is stored as refused with its reason. Applying a stored command never raises: whatever
+    # goes wrong marks it failed with the reason, and it is never tried again (at a tick or a start).
 
-    def submit_command(self, source: str, command: dict) -> str:
-        """Record an operator command (who, when, what) in the store, then apply it. Returns the result."""
+    def submit_command(self, source: str, command, author: command_rules.Author | None = None) -> str:
+        """Validate, record and apply one operator command. Never raises.
+
+        source:  where it came from, recorded (`mqtt:<topic>`, `cli:<login>`)
+        command: the parsed command, or the raw payload (bytes/str, parsed here with the size and depth
+                 bounds of alerts.commands.parse_payload)
+        author:  who sends it, authenticated by the caller (the broker account of the topic, or the
+                 local login); None is refused
+        Returns "ok..." or "error: <why>" for the operator."""
         with self._lock:
-            cid = self.store.add_command(source, command if isinstance(command, dict) else {"raw": command})
-            return self._apply_command(cid, command)
+            try:
+                return self._submit(source, command, author)
+            except Exception as exc:  # noqa: BLE001 - e.g. the store is unwritable: say so, never raise
+                self._count("commands_failed")
+                log.exception("alert command from %s could not be handled", source)
+                return f"error: internal: {type(exc).__name__}: {_cut(str(exc))}"
 
-    def _apply_inbox(self) -> None:
-        for cid, _source, cmd in self.store.unapplied_commands():
-            self._apply_command(cid, cmd)
-
-    def _apply_command(self, cid: int, command) -> str:
+    def _submit(self, source: str, command, author) -> str:
         try:
-            cmd = command_rules.validate(command)
-            result = self._apply(cmd)
+            if author is None:
+                raise ValueError("no authenticated author: send commands as your own operator account")
+            why = command_rules.author_allowed(self.cfg, author)
+            if why:
+                raise ValueError(why)
+            if isinstance(command, (bytes, bytearray, str)):
+                command = command_rules.parse_payload(command)
+            cmd = command_rules.validate(command, self.cfg, author)
         except ValueError as exc:
             result = f"error: {exc}"
-        self.store.mark_command(cid, result)
-        log.info("alert command %s: %s", command, result)
+            self.store.add_command(source, command_rules.record_form(command), author and author.account,
+                                   author and author.name, status="refused", result=result)
+            self._count("commands_refused")
+            log.info("alert command from %s refused: %s", source, result)
+            return result
+        cid = self.store.add_command(source, cmd, author.account, author.name)
+        return self._apply_command(cid, cmd, author)
+
+    def _apply_inbox(self) -> None:
+        """Apply the commands queued in the store (by the terminal, or left by a crash). Never raises."""
+        try:
+            rows = self.store.unapplied_commands()
+        except Exception:  # noqa: BLE001 - the inbox is retried on the next tick; alerting goes on
+            self._log_once(("inbox", "read"), "could not read the alert command inbox")
+            return
+        for row in rows:
+            if row.id in self._commands_given_up:
+                continue
+            try:
+                if row.error:
+                    raise ValueError(row.error)
+                if row.author is None:
+                    raise ValueError("no authenticated author (a command stored by an earlier version): send it again")
+                author = command_rules.Author(row.author, row.author_name or row.author)
+                why = command_rules.author_allowed(self.cfg, author)
+                if why:
+                    raise ValueError(why)
+                cmd = command_rules.validate(row.command, self.cfg, author)
+            except Exception as exc:  # noqa: BLE001 - any stored row, however written, is marked, never raised
+                self._mark_command(row.id, f"error: {exc}" if isinstance(exc, ValueError)
+                                   else f"error: internal: {type(exc).__name__}: {_cut(str(exc))}")
+                continue
+            self._apply_command(row.id, cmd, author)
+
+    def _apply_command(self, cid: int, cmd: dict, author: command_rules.Author) -> str:
+        """Apply a validated command and mark its row applied or failed. Never raises."""
+        try:
+            result = self._apply(cmd, author)
+        except ValueError as exc:
+            result = f"error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a command that breaks something is failed, not retried
+            log.exception("alert command %s failed", cid)
+            result = f"error: internal: {type(exc).__name__}: {_cut(str(exc))}"
+        self._mark_command(cid, result)
+        log.info("alert command %s by %s (%s): %s", cmd.get("action"), author.account, author.name, result)
         return result
 
-    def _apply(self, cmd: dict) -> str:
+    def _mark_command(self, cid: int, result: str) -> None:
+        status = "applied" if result.startswith("ok") else "failed"
+        if status == "failed":
+            self._count("commands_failed")
+        try:
+            self.store.mark_command(cid, result, status)
+        except Exception:  # noqa: BLE001 - not retried in this process either way
+            self._commands_given_up.add(cid)
+            self._log_once(("mark", cid), f"could not mark alert command {cid} as {status}")
+
+    def _apply(self, cmd: dict, author: command_rules.Author) -> str:
         now = self._now()
         trans: list = []
         if cmd["action"] == "ack":
@@ -664,7 +815,8 @@ class AlertEngine:
                 raise ValueError(f"alert {cmd['alert_id']!r} is {stored.state}: nothing to acknowledge")
             if alert.acked_by:
                 return f"ok: already acknowledged by {alert.acked_by}"
-            alert.acked_by, alert.acked_ns, alert.ack_note = cmd["by"], now, cmd.get("note") or None
+            alert.acked_by, alert.acked_by_name = author.account, author.name
+            alert.acked_ns, alert.ack_note = now, cmd.get("note") or None
             self._dirty[alert.alert_id] = alert
             if alert.state == "firing":
                 self._note(trans, alert, "acknowledged", now, {})
@@ -674,21 +826,39 @@ class AlertEngine:
             return "ok"
         if cmd["action"] == "silence":
             sid = cmd.get("id") or uuid.uuid4().hex[:12]
-            s = Silence(sid, cmd["matchers"], cmd["by"], cmd["comment"], now, now + int(cmd["expires_s"] * NS),
+            s = Silence(sid, cmd["matchers"], author.account, cmd["comment"], now, now + int(cmd["expires_s"] * NS),
                         created_ns=now)
-            self.muter.silences[sid] = s
+            # Stored first: a silence the store cannot hold must not mute anything in memory either.
             self.store.commit([], [], silences=[s])
+            self.muter.silences[sid] = s
             return f"ok: silence {sid} until {iso(s.expires_ns)}"
         s = self.muter.silences.get(cmd["silence_id"])
         if s is None:
             raise ValueError(f"no active silence {cmd['silence_id']!r}")
-        ended = Silence(**{**s.to_dict(), "ended_by": cmd["by"], "expires_ns": min(s.expires_ns, now)})
-        del self.muter.silences[s.id]
+        ended = Silence(**{**s.to_dict(), "ended_by": author.account, "expires_ns": min(s.expires_ns, now)})
         self.store.commit([], [], silences=[ended])
+        del self.muter.silences[s.id]
         self._advance_all(now, trans)
         self._emit(trans, now)
         self._pump(now)
         return "ok"
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _log_once(self, key: tuple, message: str) -> None:
+        """Log an exception once per key (e.g. (alert id, error type)): a fault repeated every tick
+        would otherwise bury everything else in the log."""
+        self._count("errors")
+        if key in self._logged_once:
+            return
+        self._logged_once.add(key)
+        log.exception("%s (logged once; counted in counters['errors'])", message)
+
+    def _alert_fault(self, alert: Alert, exc: BaseException) -> None:
+        """One alert's timers raised: count it, log it once per (alert, error type), and let the tick go
+        on with the other alerts (a bad record must not stop escalation and expiry of all the rest)."""
+        self._log_once((alert.alert_id, type(exc).__name__), f"alert {alert.alert_id} could not be advanced")
 
     # ----- views ----------------------------------------------------------------------------------
 
@@ -709,6 +879,10 @@ class AlertEngine:
 def _names(keys: Collection, alert: Alert) -> bool:
     """Whether `keys` (rule ids and (rule id, device id) keys) names the alert's rule or key."""
     return alert.rule_id in keys or alert.key in keys
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _num(v) -> float | None:

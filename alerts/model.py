@@ -56,7 +56,8 @@ class Alert:
     resolved_ns: int | None = None
     seq: int = 0  # transitions notified or suppressed so far; the idempotency key is alert_id:seq
     flapping: bool = False
-    acked_by: str | None = None
+    acked_by: str | None = None  # the account that acknowledged: an operator's username, or local:<login>
+    acked_by_name: str | None = None  # that account's display name when it acknowledged
     acked_ns: int | None = None
     ack_note: str | None = None
     escalation_level: int = 0

@@ -3,6 +3,13 @@
 As in Alertmanager's notify/mute.go, a muted alert keeps its lifecycle; only its notices wait. A firing
 notice held by a mute goes out when the mute ends and the alert still fires; a resolved notice goes
 out only if a firing notice did.
+
+Inhibition is the one mute no operator chose, so it is held to two limits (DESIGN: safety first): an
+alert inhibits only while it is really active (firing, its condition not cleared; the engine also
+leaves out an Offline whose device has reported since), and a device-health alert (category `device`:
+Offline, Batt, G-range, ...) never inhibits a red process alarm (category `gas`, severity red:
+G-highhigh, G-rupture red, G-low red), which is delivered with the device-health alert in its context
+instead. A silence is an operator's decision and still mutes whatever it names.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from alerts.model import Alert
 from alerts.routing import matches
 
 MATCHER_KEYS = ("alert_id", "rule_id", "device_id", "site_id", "district", "category", "severity")
+# Alerts about the state of the process (the gas network), and about the health of the measuring device.
+PROCESS_CATEGORIES = frozenset({"gas"})
+DEVICE_HEALTH_CATEGORY = "device"
+RED = 4  # severity code (alerts.model.SEVERITY_NAMES)
 
 
 @dataclass(frozen=True)
@@ -66,18 +77,54 @@ def in_quiet_window(q: QuietWindow, labels: dict[str, str], now_ns: int, tz: zon
     return any(s <= minute < e for w in q.windows for s, e in w.spans())
 
 
-def inhibitor(alert: Alert, rules: list[Inhibit], firing: list[Alert]) -> Alert | None:
-    """The firing alert that inhibits `alert` (same `equal` labels, source rule), or None."""
+def really_active(alert: Alert) -> bool:
+    """Firing with its condition still present: an alert whose condition has cleared (waiting out
+    clear_for_s, or held by flap damping) says nothing about now and inhibits nothing."""
+    return alert.state == "firing" and alert.clear_since_ns is None
+
+
+def is_red_process_alarm(alert: Alert) -> bool:
+    return alert.category in PROCESS_CATEGORIES and alert.severity >= RED
+
+
+def never_inhibits(source: Alert, target: Alert) -> bool:
+    """A device-health alert never mutes a red process alarm: a sensor said to be offline (or with a
+    low battery, or out of range) that reports over-pressure must still be heard."""
+    return source.category == DEVICE_HEALTH_CATEGORY and is_red_process_alarm(target)
+
+
+def _sources(alert: Alert, rules: list[Inhibit], firing: list[Alert]):
+    """Every really active alert that an inhibit rule names as a source for `alert`, in rule order."""
     mine = alert.labels()
     for rule in rules:
         if alert.rule_id not in rule.target_rule:
             continue
         for other in firing:
-            if other is alert or other.rule_id not in rule.source_rule or other.state != "firing":
+            if other is alert or other.rule_id not in rule.source_rule or not really_active(other):
                 continue
             theirs = other.labels()
             if all(mine[k] == theirs[k] for k in rule.equal):
-                return other
+                yield other
+
+
+def inhibitor(alert: Alert, rules: list[Inhibit], firing: list[Alert]) -> Alert | None:
+    """The really active alert that inhibits `alert` (same `equal` labels, source rule), or None.
+
+    firing: the candidate sources (the engine passes its firing alerts that are not stale)."""
+    for other in _sources(alert, rules, firing):
+        if not never_inhibits(other, alert):
+            return other
+    return None
+
+
+def overridden_health(alert: Alert, rules: list[Inhibit], firing: list[Alert]) -> Alert | None:
+    """The device-health alert that would inhibit `alert` but may not, because `alert` is a red process
+    alarm (its notices carry it as `context.device_health`), or None."""
+    if not is_red_process_alarm(alert):
+        return None
+    for other in _sources(alert, rules, firing):
+        if never_inhibits(other, alert):
+            return other
     return None
 
 

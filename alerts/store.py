@@ -11,14 +11,33 @@ later (e.g. `peak_severity`) therefore needs no migration: the loader gives an o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from alerts.model import Alert, Notice
 from alerts.muting import Silence
+
+log = logging.getLogger(__name__)
+
+
+def _loaded(rows, parse, what: str) -> list:
+    """Parse stored rows, skipping (and logging once per load) any that no longer parse: a damaged or
+    hand-edited row must never stop the engine from starting. Skipping fails open: a lost silence mutes
+    nothing, a lost open alert is opened again by its next detection."""
+    out, bad = [], []
+    for r in rows:
+        try:
+            out.append(parse(r))
+        except Exception as exc:  # noqa: BLE001 - any damage, whatever its kind, is this row's alone
+            bad.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+    if bad:
+        log.error("alert store: skipped %d damaged %s row(s), e.g. %s", len(bad), what, bad[0])
+    return out
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -36,7 +55,7 @@ CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(status);
 CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, expires_ns INTEGER, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL, source TEXT, body TEXT NOT NULL,
-    applied_at REAL, result TEXT);
+    applied_at REAL, result TEXT, author TEXT, author_name TEXT, status TEXT);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 """
 
@@ -70,6 +89,11 @@ class AlertStore:
             # FULL: a committed transition survives power loss, not only a process kill.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            # Stores written before commands had an author and a status: add the columns (NULL in old rows).
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(commands)")}
+            for col in ("author", "author_name", "status"):
+                if col not in have:
+                    self._db.execute(f"ALTER TABLE commands ADD COLUMN {col} TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -159,17 +183,17 @@ class AlertStore:
     def open_alerts(self) -> list[Alert]:
         with self._lock:
             rows = self._db.execute("SELECT body FROM alerts WHERE state IN ('pending', 'firing')").fetchall()
-        return [_alert(r[0]) for r in rows]
+        return _loaded(rows, lambda r: _alert(r[0]), "open alert")
 
     def flips(self) -> dict[tuple, list[int]]:
         with self._lock:
             rows = self._db.execute("SELECT rule_id, device_id, body FROM flips").fetchall()
-        return {(r[0], r[1]): json.loads(r[2]) for r in rows}
+        return dict(_loaded(rows, lambda r: ((r[0], r[1]), [int(t) for t in json.loads(r[2])]), "flap history"))
 
     def silences(self, include_ended: bool = False) -> list[Silence]:
         with self._lock:
             rows = self._db.execute("SELECT body FROM silences ORDER BY expires_ns").fetchall()
-        out = [Silence(**json.loads(r[0])) for r in rows]
+        out = _loaded(rows, lambda r: _silence(json.loads(r[0])), "silence")
         return out if include_ended else [s for s in out if s.ended_by is None]
 
     def meta(self, k: str) -> str | None:
@@ -185,7 +209,8 @@ class AlertStore:
                 "FROM deliveries d JOIN notices n ON n.key = d.key WHERE d.status = 'pending' "
                 "ORDER BY d.due_ns, n.ts_ns, n.seq"
             ).fetchall()
-        return [(Notice(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])), r[6], r[7]) for r in rows]
+        return _loaded(rows, lambda r: (Notice(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])), r[6], int(r[7])),
+                       "pending delivery")
 
     # ----- queries for the commands ---------------------------------------------------------------
 
@@ -223,26 +248,79 @@ class AlertStore:
         return dict(rows)
 
     # ----- the command inbox (CLI and MQTT commands) ----------------------------------------------
+    # A row's status: pending (validated, to apply), applied, failed (applying it went wrong: never
+    # tried again) or refused (it did not validate: recorded with its reason, never applied). Rows of
+    # earlier versions have no status; unapplied ones are pending until the engine marks them.
 
-    def add_command(self, source: str, command: dict) -> int:
+    def add_command(self, source: str, command, author: str | None = None, author_name: str | None = None,
+                    status: str = "pending", result: str | None = None) -> int:
+        """Record a command; `command` is a dict (stored as JSON) or its text already bounded
+        (alerts.commands.record_form). A row that is not pending is recorded as handled now."""
+        body = command if isinstance(command, str) else json.dumps(command, sort_keys=True)
+        now = time.time()
         with self._lock:
-            cur = self._db.execute("INSERT INTO commands (received_at, source, body) VALUES (?,?,?)",
-                                   (time.time(), source, json.dumps(command, sort_keys=True)))
+            cur = self._db.execute(
+                "INSERT INTO commands (received_at, source, body, applied_at, result, author, author_name, status) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (now, source, body, None if status == "pending" else now, result, author, author_name, status))
             return int(cur.lastrowid)
 
-    def unapplied_commands(self) -> list[tuple[int, str, dict]]:
+    def unapplied_commands(self) -> list[StoredCommand]:
+        """Commands not yet handled, oldest first. Never raises for a row's content: a body that is not
+        a JSON object comes back with `error` set, for the engine to mark failed."""
         with self._lock:
-            rows = self._db.execute("SELECT id, source, body FROM commands WHERE applied_at IS NULL ORDER BY id").fetchall()
-        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+            rows = self._db.execute(
+                "SELECT id, source, body, author, author_name FROM commands WHERE applied_at IS NULL ORDER BY id"
+            ).fetchall()
+        out = []
+        for cid, source, body, author, name in rows:
+            cmd, error = None, None
+            try:
+                cmd = json.loads(body)
+            except (TypeError, ValueError, RecursionError) as exc:
+                error = f"stored body is not JSON ({type(exc).__name__})"
+            out.append(StoredCommand(cid, _text_or_none(source), cmd, _text_or_none(author), _text_or_none(name), error))
+        return out
 
-    def mark_command(self, command_id: int, result: str) -> None:
+    def mark_command(self, command_id: int, result: str, status: str | None = None) -> None:
+        """Mark a command handled: `status` applied | failed (default: from the result, "ok..." or not)."""
+        if status is None:
+            status = "applied" if result.startswith("ok") else "failed"
         with self._lock:
-            self._db.execute("UPDATE commands SET applied_at=?, result=? WHERE id=?", (time.time(), result, command_id))
+            self._db.execute("UPDATE commands SET applied_at=?, result=?, status=? WHERE id=?",
+                             (time.time(), result, status, command_id))
 
     def command(self, command_id: int) -> tuple[dict, float | None, str | None] | None:
+        """(body, applied_at, result) of a command, or None."""
         with self._lock:
             row = self._db.execute("SELECT body, applied_at, result FROM commands WHERE id=?", (command_id,)).fetchone()
         return (json.loads(row[0]), row[1], row[2]) if row else None
+
+    def command_rows(self, limit: int = 100) -> list[dict]:
+        """The newest commands with who sent them and what became of them (for review and tests)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, received_at, source, body, applied_at, result, author, author_name, status "
+                "FROM commands ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("id", "received_at", "source", "body", "applied_at", "result", "author", "author_name", "status")
+        return [dict(zip(keys, r)) for r in rows]
+
+
+@dataclass(frozen=True)
+class StoredCommand:
+    """A command row to apply: `command` is the decoded body (None with `error` when it is unreadable);
+    `author` is None in rows written before commands had an authenticated author."""
+
+    id: int
+    source: str | None
+    command: object
+    author: str | None
+    author_name: str | None
+    error: str | None = None
+
+
+def _text_or_none(v) -> str | None:
+    return v if isinstance(v, str) else None
 
 
 def _alert(body: str) -> Alert:
@@ -254,3 +332,10 @@ def _alert(body: str) -> Alert:
     if d.get("peak_severity") is None:
         d["peak_severity"] = d.get("severity", 0)
     return Alert.from_dict(d)
+
+
+def _silence(body: dict) -> Silence:
+    s = Silence(**body)
+    if not (isinstance(s.starts_ns, int) and isinstance(s.expires_ns, int) and isinstance(s.matchers, dict)):
+        raise ValueError("silence times must be integers and its matchers a mapping")
+    return s

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,8 +28,32 @@ class MqttSink(SinkBase):
 class WebhookSink(SinkBase):
     type: Literal["webhook"]
     url: str = Field(pattern=r"^https?://")
+    # The variable holding the HMAC key of the `X-Citywatch-Signature: t=<unix>,v1=<hmac>` header
+    # (alerts/webhook.py); None sends unsigned notices, which check-config warns about.
     secret_env: str | None = None
     timeout_s: float = Field(5.0, gt=0, le=120)
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(key, message) for a valid but unsafe sink: unsigned, or plain http off this machine."""
+        out = []
+        if not self.secret_env:
+            out.append(("secret_env", "not set: notices are sent unsigned, and a receiver cannot tell them "
+                                      "from forged or replayed ones; set secret_env to the variable holding "
+                                      "an HMAC key"))
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+            out.append(("url", f"plain http to {parts.hostname}, which is not this machine: notices cross the "
+                               f"network unencrypted; use https://"))
+        return out
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class InfluxSink(SinkBase):
@@ -71,6 +97,8 @@ class Escalation(Strict):
 
 
 class Inhibit(Strict):
+    # A source mutes its targets only while really active, and a device-health source never mutes a red
+    # gas alarm (alerts/muting.py): a safety rule, deliberately not configurable here.
     source_rule: list[str] = Field(min_length=1)
     target_rule: list[str] = Field(min_length=1)
     equal: list[Literal["site_id", "device_id"]] = Field(min_length=1)
@@ -120,9 +148,15 @@ class Alerting(Strict):
     # written atomically this often and at stop, read at start (detectors/snapshot.py).
     detector_state_path: str = Field("var/detector_state.npz", min_length=1)
     detector_state_save_s: float = Field(60, ge=1, le=86400)
+    # The detectors evaluate at most this many readings of one device per step (its oldest first) and
+    # keep the rest queued for the next steps, beside everyone else's new readings: one device's long
+    # back-fill costs the others at most one such step of latency (citywatch/pipeline.py).
+    detect_step_rows_per_device: int = Field(32, ge=1, le=100_000)
     command_topic: str = Field("city/xm/alerts/cmd", pattern=r"^[^#+]+$")
     # Who may send commands (ack, silence, unsilence); usernames unique and distinct from device ids.
     operators: list[Operator] = []
+    # The longest silence a command may set (seconds); a longer one is refused, never stored.
+    silence_max_s: float = Field(30 * 86400, ge=60, le=366 * 86400)
     # The result of each MQTT command (ok or the error) is published here, and to the command's MQTT 5
     # response topic when it names one; never under command_topic (the listener would read it back).
     command_reply_topic: str = Field("city/xm/alerts/replies", pattern=r"^[^#+]+$")

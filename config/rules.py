@@ -9,6 +9,13 @@ from pydantic import ConfigDict, Field
 from config.base import Strict
 
 
+# Detector types whose active rows come from the clock (`advance`: the wall clock live, the event-time
+# watermark in replay) rather than from readings. Their clear is a reading saying "the device is alive
+# now", whatever that reading's own timestamp: the alert engine never drops it as a late row.
+# tests/unit/detectors/test_deadman_clear.py checks this against every registered detector type.
+TIME_DRIVEN_TYPES = frozenset({"deadman"})
+
+
 class RuleSpec(Strict):
     # Extra keys are the detector's own parameters; `detectors.registry` validates them.
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
@@ -19,6 +26,11 @@ class RuleSpec(Strict):
     enabled: bool = True
     for_s: float = Field(0, ge=0)
     clear_for_s: float = Field(0, ge=0)
+
+    @property
+    def time_driven(self) -> bool:
+        """Whether the rule's detector raises from the clock, not from readings (TIME_DRIVEN_TYPES)."""
+        return self.type in TIME_DRIVEN_TYPES
 
     @property
     def params(self) -> dict:

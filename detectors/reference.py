@@ -915,6 +915,7 @@ class RefDeadman(RefRule):
         self.orange = p.orange_after_s if p.orange_after_s is not None else o.orange_after_s
         self.after = {s: factor * self.cfg.devices[s].report_interval_s + grace for s in self.sensors}
         self.last: dict[int, int] = {}
+        self.raised: dict[int, int] = {}  # time of the newest active row per sensor
         self.start = None
 
     def feed(self, row, out):
@@ -922,7 +923,9 @@ class RefDeadman(RefRule):
             self.start = row.ts  # rows arrive sorted by sensor, so this is corrected in RefRuleSet.process
         self.last[row.sensor] = max(self.last.get(row.sensor, -1), row.ts)
         if self.level.get(row.sensor, 0) > 0:
-            out.append((row.sensor, row.ts, self.rule_id, self.category, 0, 0.0, self.after[row.sensor], 0.0,
+            # "Alive now": never stamped before the active row it ends.
+            ts = max(row.ts, self.raised.get(row.sensor, -1))
+            out.append((row.sensor, ts, self.rule_id, self.category, 0, 0.0, self.after[row.sensor], 0.0,
                         {"metric": self.metric, "unit": self.unit, "window": self.window}))
         self.level[row.sensor] = 0
 
@@ -937,9 +940,11 @@ class RefDeadman(RefRule):
                 lv = max(lv, self.level.get(s, 0))
             self.level[s] = lv
             if lv:
+                self.raised[s] = max(self.raised.get(s, -1), now)
                 lim = float(self.orange) if lv >= 3 else self.after[s]
                 out.append((s, now, self.rule_id, self.category, lv, silent, lim, silent / self.after[s],
-                            {"metric": self.metric, "unit": self.unit, "window": self.window, "never_reported": last < 0}))
+                            {"metric": self.metric, "unit": self.unit, "window": self.window, "never_reported": last < 0,
+                             "last_reading_ns": last if last >= 0 else None}))
 
 
 REFERENCES = {

@@ -1,7 +1,10 @@
 """`citywatch alerts list|show|ack|silence|unsilence|watch`: the duty officer's terminal view of the alert store.
 
-Commands that change state (ack, silence, unsilence) are queued in the store's command inbox with who
-and when; the running service applies them within a second (its tick), as it does MQTT commands.
+Commands that change state (ack, silence, unsilence) are validated against the config, then written to
+the store's command inbox with who and when; the running service applies them within a second (its
+tick), as it does MQTT commands. Their author is the local login, `local:<login>`: whoever may write the
+store file (its permissions) may act, and is recorded as such. A command that does not validate is
+recorded as refused and never applied.
 """
 
 from __future__ import annotations
@@ -55,26 +58,29 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_show)
 
-    q = action("ack", help="acknowledge an alert (stops its escalation and reminders)")
+    author_note = ("The author recorded is your login, local:<login>: the store file's permissions are what "
+                   "authenticate it (operators elsewhere use their own broker account).")
+    q = action("ack", help="acknowledge an alert (stops its escalation and reminders)", description=author_note)
     q.add_argument("alert_id")
-    q.add_argument("--by", required=True, help="operator name (recorded)")
+    q.add_argument("--by", default=None, help=argparse.SUPPRESS)
     q.add_argument("--note", default="", help="free text, e.g. who was dispatched")
     q.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the service to apply it")
     q.set_defaults(func=_ack)
 
-    q = action("silence", help="mute matching alerts until an expiry")
+    q = action("silence", help="mute matching alerts until an expiry", description=author_note)
     q.add_argument("--match", action="append", required=True, metavar="KEY=VALUE",
-                   help=f"label to match (repeatable): {', '.join(MATCHER_KEYS)}")
-    q.add_argument("--by", required=True, help="operator name (recorded)")
-    q.add_argument("--comment", required=True, help="why (recorded)")
-    q.add_argument("--expires", required=True, help="duration: 90s, 15m, 2h, 1d")
+                   help=f"label to match (repeatable, at most {command_rules.MAX_MATCHERS}; values known to the "
+                        f"config): {', '.join(MATCHER_KEYS)}")
+    q.add_argument("--by", default=None, help=argparse.SUPPRESS)
+    q.add_argument("--comment", required=True, help=f"why (recorded, at most {command_rules.MAX_TEXT} characters)")
+    q.add_argument("--expires", required=True, help="duration: 90s, 15m, 2h, 1d (at most alerting.silence_max_s)")
     q.add_argument("--id", default=None, help="silence id (default: generated)")
     q.add_argument("--wait", type=float, default=3.0)
     q.set_defaults(func=_silence)
 
-    q = action("unsilence", help="end a silence now")
+    q = action("unsilence", help="end a silence now", description=author_note)
     q.add_argument("silence_id")
-    q.add_argument("--by", default=None, help="operator name (default: the login name)")
+    q.add_argument("--by", default=None, help=argparse.SUPPRESS)
     q.add_argument("--wait", type=float, default=3.0)
     q.set_defaults(func=_unsilence)
 
@@ -84,16 +90,20 @@ def register(sub) -> None:
     q.set_defaults(func=_watch)
 
 
-def _store(args) -> AlertStore:
-    if args.store:
-        return AlertStore(args.store)
+def _config(args):
     from config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config)
+        return load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(EXIT_ERROR)
+
+
+def _store(args, cfg=None) -> AlertStore:
+    if args.store:
+        return AlertStore(args.store)
+    cfg = cfg or _config(args)
     return AlertStore(cfg.resolve_path(cfg.alerting.store_path))
 
 
@@ -185,7 +195,8 @@ def _show(args) -> int:
                   f"district {a.site.get('district')} ({a.site.get('lat')}, {a.site.get('lon')} {a.site.get('crs')})")
     console.print(f"peak {SEVERITY_NAMES.get(a.peak_severity, '?')} {_fmt(a.peak_value)}; firing {_local(a.firing_ns)}; resolved {_local(a.resolved_ns)}")
     if a.acked_by:
-        console.print(f"acknowledged by {a.acked_by} at {_local(a.acked_ns)}: {a.ack_note or ''}")
+        who = f"{a.acked_by} ({a.acked_by_name})" if a.acked_by_name and a.acked_by_name != a.acked_by else a.acked_by
+        console.print(f"acknowledged by {who} at {_local(a.acked_ns)}: {a.ack_note or ''}")
     if a.context:
         console.print(f"context {json.dumps(a.context, sort_keys=True)}")
     t = Table(title="notices")
@@ -197,14 +208,24 @@ def _show(args) -> int:
     return EXIT_OK
 
 
-def _queue(args, cmd: dict) -> int:
+def _queue(args, cmd: dict, store: AlertStore | None = None) -> int:
+    if getattr(args, "by", None) is not None:
+        print(f"error: --by is gone: the author is your login, local:{getpass.getuser()} (the store file's "
+              "permissions authenticate it)", file=sys.stderr)
+        return EXIT_ERROR
+    cfg = _config(args)
+    store = store or _store(args, cfg)
+    login = getpass.getuser()
+    author = command_rules.local_author(login)
     try:
-        command_rules.validate(cmd)
+        cmd = command_rules.validate(cmd, cfg, author)
     except ValueError as exc:
+        # Recorded too (refused, never applied): nothing an operator tried is silent.
+        store.add_command(f"cli:{login}", command_rules.record_form(cmd), author.account, author.name,
+                          status="refused", result=f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    store = _store(args)
-    cid = store.add_command(f"cli:{getpass.getuser()}", cmd)
+    cid = store.add_command(f"cli:{login}", cmd, author.account, author.name)
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:
         row = store.command(cid)
@@ -220,22 +241,21 @@ def _queue(args, cmd: dict) -> int:
 
 def _ack(args) -> int:
     store = _store(args)
-    if store.alert(args.alert_id) is None:
+    if args.by is None and store.alert(args.alert_id) is None:
         print(f"error: no alert {args.alert_id!r}", file=sys.stderr)
         return EXIT_ERROR
-    return _queue(args, {"action": "ack", "alert_id": args.alert_id, "by": args.by, "note": args.note})
+    return _queue(args, {"action": "ack", "alert_id": args.alert_id, "note": args.note}, store)
 
 
 def _silence(args) -> int:
-    cmd = {"action": "silence", "matchers": args.match, "by": args.by, "comment": args.comment,
-           "expires": args.expires}
+    cmd = {"action": "silence", "matchers": args.match, "comment": args.comment, "expires": args.expires}
     if args.id:
         cmd["id"] = args.id
     return _queue(args, cmd)
 
 
 def _unsilence(args) -> int:
-    return _queue(args, {"action": "unsilence", "silence_id": args.silence_id, "by": args.by or getpass.getuser()})
+    return _queue(args, {"action": "unsilence", "silence_id": args.silence_id})
 
 
 def _watch(args) -> int:

@@ -32,6 +32,7 @@ alerting:
   recovered_clear_after_s: 0
   store_path: STORE
   command_topic: city/xm/alerts/cmd
+  operators: [{username: operator, name: "Duty officer Wang"}]
 """
 RULES_YAML = """
 rules:
@@ -115,9 +116,10 @@ def test_ack_by_mqtt_command_stops_escalation(setup, mosquitto):
     pipe.on_batch(batch(gas, 0, dev.mop_kpa * 1.5))
     assert sub.wait_for(lambda m: len(sub.notices()) == 1)
     alert_id = sub.notices()[0]["alert_id"]
-    cmd = {"action": "ack", "alert_id": alert_id, "by": "duty officer Wang", "note": "crew dispatched"}
-    publish(mosquitto, "city/xm/alerts/cmd/ack", json.dumps(cmd).encode(), who="operator")
-    assert _wait(lambda: pipe.engine.alert(alert_id).acked_by == "duty officer Wang")
+    # the author is the account the command came from (its own topic), shown with its display name
+    cmd = {"action": "ack", "alert_id": alert_id, "note": "crew dispatched"}
+    publish(mosquitto, "city/xm/alerts/cmd/operator", json.dumps(cmd).encode(), who="operator")
+    assert _wait(lambda: pipe.engine.alert(alert_id).acked_by == "operator")
     clock.t = T0 + 3600 * S  # an hour later: red would have escalated twice
     pipe.tick()
     assert pipe.engine.flush(10)
@@ -126,10 +128,10 @@ def test_ack_by_mqtt_command_stops_escalation(setup, mosquitto):
     kinds = [n["transition"] for n in sub.notices()]
     assert kinds == ["firing", "acknowledged"]
     ack = sub.notices()[1]["ack"]
-    assert ack["by"] == "duty officer Wang" and ack["note"] == "crew dispatched"
+    assert (ack["by"], ack["name"], ack["note"]) == ("operator", "Duty officer Wang", "crew dispatched")
     # who and when are recorded
     a = pipe.engine.store.alert(alert_id)
-    assert a.acked_by == "duty officer Wang" and a.acked_ns == T0
+    assert (a.acked_by, a.acked_by_name, a.acked_ns) == ("operator", "Duty officer Wang", T0)
     pipe.stop()
 
 
@@ -220,16 +222,17 @@ def test_each_mqtt_command_gets_a_reply_and_an_mqtt5_response(setup, mosquitto):
     assert sub.wait_for(lambda m: len(sub.notices()) == 1)
     alert_id = sub.notices()[0]["alert_id"]
     replies = Subscriber(mosquitto, ["city/xm/alerts/replies/#", "city/xm/alerts/replies"], who="operator")
-    publish(mosquitto, "city/xm/alerts/cmd/ack", json.dumps({"action": "ack", "alert_id": alert_id, "by": "Wang"}).encode(),
+    publish(mosquitto, "city/xm/alerts/cmd/operator", json.dumps({"action": "ack", "alert_id": alert_id}).encode(),
             who="operator")
-    publish(mosquitto, "city/xm/alerts/cmd/ack", json.dumps({"action": "ack", "alert_id": "nope", "by": "Wang"}).encode(),
+    publish(mosquitto, "city/xm/alerts/cmd/operator", json.dumps({"action": "ack", "alert_id": "nope"}).encode(),
             who="operator")
-    publish(mosquitto, "city/xm/alerts/cmd", b"{not json", who="operator")
+    publish(mosquitto, "city/xm/alerts/cmd/operator", b"{not json", who="operator")
     assert replies.wait_for(lambda m: len(m) >= 3)
     got = [json.loads(p) for t, p, _ in replies.messages if t == "city/xm/alerts/replies"]
     assert [r["ok"] for r in got] == [True, False, False], got
     assert got[0]["command"]["alert_id"] == alert_id and got[0]["result"].startswith("ok")
-    assert "no alert 'nope'" in got[1]["result"] and got[2]["result"].startswith("error: not a command")
+    assert got[0]["author"] == "operator" and got[0]["author_name"] == "Duty officer Wang"
+    assert "no alert 'nope'" in got[1]["result"] and got[2]["result"].startswith("error: payload: not JSON")
     # MQTT 5 request/response: the reply also goes to the command's response topic, with its correlation data.
     console = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="console-7", protocol=mqtt.MQTTv5)
     console.username_pw_set(**mosquitto.client_args("operator"))
@@ -242,8 +245,8 @@ def test_each_mqtt_command_gets_a_reply_and_an_mqtt5_response(setup, mosquitto):
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "city/xm/alerts/replies/console-7"
     props.CorrelationData = b"req-42"
-    cmd = {"action": "silence", "matchers": {"rule_id": "G-highhigh"}, "by": "Lin", "comment": "works", "expires_s": 600}
-    console.publish("city/xm/alerts/cmd/silence", json.dumps(cmd), qos=1, properties=props).wait_for_publish(5)
+    cmd = {"action": "silence", "matchers": {"rule_id": "G-highhigh"}, "comment": "works", "expires_s": 600}
+    console.publish("city/xm/alerts/cmd/operator", json.dumps(cmd), qos=1, properties=props).wait_for_publish(5)
     assert _wait(lambda: len(answers) == 1)
     topic, corr, body = answers[0]
     assert topic == "city/xm/alerts/replies/console-7" and corr == b"req-42" and body["ok"], body

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 
+from alerts.commands import Author
 from alerts.engine import AlertEngine
 from alerts.dispatch import Dispatcher
 from alerts.model import SEVERITY_CODES, Notice
@@ -20,6 +21,9 @@ S = 1_000_000_000
 T0 = 1_748_788_200 * S  # 2025-06-01T14:30:00Z
 
 _BASE = None
+# The operator accounts of the test configs (username -> display name); AUTHORS[username] for submit_command.
+OPERATORS = {"li": "Li Wei", "chen": "Section chief Chen"}
+AUTHORS = {u: Author(u, n) for u, n in OPERATORS.items()}
 
 
 def base_cfg():
@@ -31,7 +35,8 @@ def base_cfg():
 
 def make_cfg(alerting: dict | None = None, rules: list[dict] | None = None):
     """The shipped config with `alerting` replaced (default: one `rec` sink, no grouping delay)."""
-    a = {"sinks": {"rec": {"type": "terminal"}}, "route": {"receivers": ["rec"], "group_interval_s": 0}}
+    a = {"sinks": {"rec": {"type": "terminal"}}, "route": {"receivers": ["rec"], "group_interval_s": 0},
+         "operators": [{"username": u, "name": n} for u, n in OPERATORS.items()]}
     a.update(alerting or {})
     rules = rules if rules is not None else [{"id": "N-day", "type": "noise_day_limit", "kind": "noise"}]
     cfg = base_cfg()

@@ -7,7 +7,7 @@ import pytest
 from alerts.grouping import GroupTimer
 from alerts.routing import route
 from config.alerting import Route
-from tests.unit.alerts.helpers import S, at, det, make_cfg, make_engine
+from tests.unit.alerts.helpers import AUTHORS, S, at, det, make_cfg, make_engine
 
 RULES = [{"id": "N-day", "type": "noise_day_limit", "kind": "noise"},
          {"id": "Offline", "type": "deadman", "kind": "any"},
@@ -151,12 +151,13 @@ def test_ack_stops_escalation_and_repeat(tmp_path):
     engine.process(det([(0, 0, "N-day", "red", 90)]))
     alert_id = engine.active()[0].alert_id
     engine.tick(at(100))
-    assert engine.submit_command("test", {"action": "ack", "alert_id": alert_id, "by": "Li Wei", "note": "crew sent"}) == "ok"
+    assert engine.submit_command("test", {"action": "ack", "alert_id": alert_id, "note": "crew sent"}, AUTHORS["li"]) == "ok"
     engine.tick(at(10000))
     kinds = [t for t, _ in transitions(engine, sink)]
     assert kinds == ["firing", "acknowledged"]
     ack = sink.notices[1].payload["ack"]
-    assert ack["by"] == "Li Wei" and ack["note"] == "crew sent" and ack["at"] == "2025-06-01T14:31:40.000Z"
+    assert ack["by"] == "li" and ack["name"] == "Li Wei" and ack["note"] == "crew sent"
+    assert ack["at"] == "2025-06-01T14:31:40.000Z"
     engine.stop()
 
 
@@ -174,8 +175,9 @@ def test_repeat_reminders(tmp_path):
 
 def test_ack_of_unknown_alert_is_an_error(tmp_path):
     engine, _ = engine_for(tmp_path)
-    assert engine.submit_command("test", {"action": "ack", "alert_id": "nope", "by": "x"}) == "error: no alert 'nope'"
-    assert engine.submit_command("test", {"action": "ack", "alert_id": "nope"}).startswith("error: by:")
+    assert engine.submit_command("test", {"action": "ack", "alert_id": "nope"}, AUTHORS["li"]) == "error: no alert 'nope'"
+    assert engine.submit_command("test", {"action": "ack", "alert_id": "nope"}) == (
+        "error: no authenticated author: send commands as your own operator account")
     engine.stop()
 
 
@@ -184,8 +186,8 @@ def test_ack_of_unknown_alert_is_an_error(tmp_path):
 def test_silence_holds_firing_until_it_expires(tmp_path):
     engine, sink = engine_for(tmp_path, ESC)
     engine.tick(at(0))
-    r = engine.submit_command("test", {"action": "silence", "matchers": ["device_id=XM0001NOISE"], "by": "Chen",
-                                       "comment": "mic maintenance", "expires": "10m", "id": "s1"})
+    r = engine.submit_command("test", {"action": "silence", "matchers": ["device_id=XM0001NOISE"],
+                                       "comment": "mic maintenance", "expires": "10m", "id": "s1"}, AUTHORS["chen"])
     assert r == "ok: silence s1 until 2025-06-01T14:40:00.000Z"
     engine.process(det([(0, 10, "N-day", "yellow", 72), (1, 10, "N-day", "yellow", 72)]))
     assert engine.flush(5)
@@ -203,8 +205,8 @@ def test_silence_holds_firing_until_it_expires(tmp_path):
 def test_silenced_alert_that_resolves_sends_nothing(tmp_path):
     engine, sink = engine_for(tmp_path)
     engine.tick(at(0))
-    engine.submit_command("test", {"action": "silence", "matchers": {"rule_id": "N-day"}, "by": "Chen",
-                                   "comment": "known", "expires_s": 3600})
+    engine.submit_command("test", {"action": "silence", "matchers": {"rule_id": "N-day"},
+                                   "comment": "known", "expires_s": 3600}, AUTHORS["chen"])
     engine.process(det([(0, 0, "N-day", "yellow", 72), (0, 60, "N-day", "clear", 65)]))
     engine.tick(at(5000))
     assert transitions(engine, sink) == []
@@ -214,13 +216,13 @@ def test_silenced_alert_that_resolves_sends_nothing(tmp_path):
 def test_unsilence_releases_at_once(tmp_path):
     engine, sink = engine_for(tmp_path)
     engine.tick(at(0))
-    engine.submit_command("test", {"action": "silence", "matchers": {"rule_id": "N-day"}, "by": "Chen",
-                                   "comment": "known", "expires_s": 3600, "id": "s9"})
+    engine.submit_command("test", {"action": "silence", "matchers": {"rule_id": "N-day"},
+                                   "comment": "known", "expires_s": 3600, "id": "s9"}, AUTHORS["chen"])
     engine.process(det([(0, 0, "N-day", "yellow", 72)]))
-    assert engine.submit_command("test", {"action": "unsilence", "silence_id": "s9", "by": "Chen"}) == "ok"
+    assert engine.submit_command("test", {"action": "unsilence", "silence_id": "s9"}, AUTHORS["chen"]) == "ok"
     assert [t for t, _ in transitions(engine, sink)] == ["firing"]
     silence = engine.store.silences(include_ended=True)[0]
-    assert silence.ended_by == "Chen"
+    assert silence.ended_by == "chen"
     engine.stop()
 
 

@@ -223,8 +223,14 @@ def _truncate(p):
 
 
 def _flip(p):
+    """One flipped byte inside the largest member's data (a byte at a fixed file offset may land in a
+    local header's zip64 extra field, which zipfile ignores: that damages nothing)."""
     data = bytearray(p.read_bytes())
-    data[len(data) // 3] ^= 0xFF
+    with zipfile.ZipFile(p) as z:
+        info = max(z.infolist(), key=lambda i: i.compress_size)
+    h = info.header_offset
+    name_len, extra_len = int.from_bytes(data[h + 26:h + 28], "little"), int.from_bytes(data[h + 28:h + 30], "little")
+    data[h + 30 + name_len + extra_len + info.compress_size // 2] ^= 0xFF
     p.write_bytes(bytes(data))
 
 
