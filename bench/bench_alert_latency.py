@@ -7,8 +7,14 @@ alternates over and under its G-highhigh limit. Each probe reading makes one tra
 resolved); the latency is from just before its publish to the notice's arrival at a subscriber of
 `city/xm/alerts/#`.
 
-Run:  .venv/bin/python bench/bench_alert_latency.py [--rate 5000] [--duration 40] [--probe-hz 4]
+With `--backfill-rows N` (e.g. 25000), one more gas device publishes, a third of the way into the measured
+span, one valid message of N one-second samples ending now (a back-fill), its last sample over G-highhigh:
+that notice marks the end of the device's backlog. The probes published meanwhile give the other devices'
+latency during the back-fill (issue 10: one device's history must not hold the others' alerts).
+
+Run:  .venv/bin/python bench/bench_alert_latency.py [--rate 5000] [--duration 40] [--probe-hz 4] [--backfill-rows 25000]
 Ends with: RESULT bench_alert_latency rate=.. achieved_readings_s=.. probes=.. notices=.. p50_ms=.. p99_ms=.. max_ms=..
+(and with a back-fill: backfill_rows=.. backfill_done_ms=.. during_probes=.. during_p50_ms=.. during_max_ms=..)
 """
 
 from __future__ import annotations
@@ -123,6 +129,9 @@ def main() -> int:
                     help="shipped: every rule of config/rules.yaml; probe: only G-highhigh (isolates detector cost)")
     ap.add_argument("--batch-age-ms", type=int, default=None,
                     help="override ingest.batch_max_age_ms (default: the shipped value)")
+    ap.add_argument("--backfill-rows", type=int, default=0,
+                    help="one device's back-fill of this many samples in one message, mid-run (0: none; at most "
+                         "about 25000 fit in ingest.max_payload_bytes)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (service log, alert store)")
     args = ap.parse_args()
 
@@ -148,7 +157,7 @@ def main() -> int:
         user, pw = creds.collector
         env = {**os.environ, "CITYWATCH_MQTT_HOST": "127.0.0.1", "CITYWATCH_MQTT_PORT": str(mosq.port),
                "CITYWATCH_MQTT_USERNAME": user, "CITYWATCH_MQTT_PASSWORD": pw,
-               "CITYWATCH_INFLUX_URL": f"http://127.0.0.1:{influx.port}", "CITYWATCH_INFLUX_DATABASE": "citywatch"}
+               **influx.env()}
         cfg = load_config(cfg_dir, env)
         (work / "cwd").mkdir()
         log = open(work / "service.log", "wb")
@@ -162,10 +171,12 @@ def main() -> int:
 
         json_devs = [d for d in cfg.devices if d.protocol == "json"]
         probe = next(d for d in json_devs if d.kind == "gas")
-        background = [d for d in json_devs if d is not probe]
+        filler = next((d for d in json_devs if d.kind == "gas" and d is not probe), None) if args.backfill_rows else None
+        background = [d for d in json_devs if d is not probe and d is not filler]
         tuser, tpw = creds.tester
 
         recv: list[tuple[float, dict]] = []
+        backfill: dict[str, float] = {}
         lock = threading.Lock()
 
         def on_message(c, u, msg):
@@ -176,6 +187,8 @@ def main() -> int:
             if n.get("rule_id") == "G-highhigh" and n["device"]["id"] == probe.id:
                 with lock:
                     recv.append((t, n))
+            elif filler is not None and n.get("rule_id") == "G-highhigh" and n["device"]["id"] == filler.id:
+                backfill["done"] = backfill.get("done", t)
 
         sub = client("bench-sub", tuser, tpw, mosq.port, on_message)
         sub.subscribe("city/xm/alerts/#", qos=1)
@@ -218,8 +231,19 @@ def main() -> int:
         probe_ts: dict[int, float] = {}
         high = True
         t_end = time.monotonic() + args.duration
+        t_backfill = time.monotonic() + args.duration / 3 if filler is not None else None
         readings0, t0 = sent["readings"], time.monotonic()
         while time.monotonic() < t_end:
+            if t_backfill is not None and time.monotonic() >= t_backfill:
+                t_backfill = None
+                now_ms = int(time.time() * 1000)
+                ts = list(range(now_ms - args.backfill_rows + 1, now_ms + 1))
+                doc = {"schema": "xm.gas.v1", "device_id": filler.id, "site_id": filler.site,
+                       "samples": [{"ts": t, "values": {"p": filler.set_pressure_kpa}} for t in ts[:-1]]
+                       + [{"ts": ts[-1], "values": {"p": filler.mop_kpa * 1.5}}]}
+                body = json.dumps(doc, separators=(",", ":")).encode()
+                backfill["sent"] = time.monotonic()
+                pr.publish(f"city/xm/gas/{filler.site}/{filler.id}/data", body, qos=1)
             p = probe.mop_kpa * 1.5 if high else probe.set_pressure_kpa
             ts = ts_for(probe, 1)
             body = payload(probe, ts, "gas", p)
@@ -230,6 +254,10 @@ def main() -> int:
             time.sleep(1.0 / args.probe_hz)
         achieved = (sent["readings"] - readings0) / (time.monotonic() - t0)
         time.sleep(3.0)  # the last notices arrive
+        if filler is not None:
+            deadline = time.monotonic() + 60
+            while "done" not in backfill and time.monotonic() < deadline:
+                time.sleep(0.1)
         stop.set()
         th.join(5)
 
@@ -248,8 +276,23 @@ def main() -> int:
         print(f"publish -> alert notice latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {mx:.1f} ms")
         print(f"alert engine alone (detections -> notice at a subscriber, same broker, under the same load): "
               f"p50 {engine_p50:.1f} ms, p99 {engine_p99:.1f} ms")
+        extra = ""
+        if filler is not None:
+            # Probes published while the back-fill was in flight (from its publish to its own notice).
+            t_sent, t_done = backfill.get("sent", np.inf), backfill.get("done", np.inf)
+            during = np.array([(t_recv - probe_ts[n["ts_ns"]]) * 1000 for t_recv, n in got
+                               if n["ts_ns"] in probe_ts and t_sent <= probe_ts[n["ts_ns"]] <= t_done]
+                              or [np.nan])
+            done_ms = (t_done - t_sent) * 1000
+            print(f"back-fill of {args.backfill_rows} samples by {filler.id}: its last sample's notice after "
+                  f"{done_ms:.0f} ms; probes published meanwhile: {int(np.sum(~np.isnan(during)))}, latency p50 "
+                  f"{np.nanpercentile(during, 50):.1f} ms, max {np.nanmax(during):.1f} ms")
+            extra = (f" backfill_rows={args.backfill_rows} backfill_done_ms={done_ms:.0f} "
+                     f"during_probes={int(np.sum(~np.isnan(during)))} during_p50_ms={np.nanpercentile(during, 50):.1f} "
+                     f"during_max_ms={np.nanmax(during):.1f}")
         print(f"RESULT bench_alert_latency rules={args.rules} batch_age_ms={cfg.ingest.batch_max_age_ms} rate={args.rate:.0f} achieved_readings_s={achieved:.0f} probes={len(probes)} "
-              f"notices={len(got)} p50_ms={p50:.1f} p99_ms={p99:.1f} max_ms={mx:.1f} engine_p50_ms={engine_p50:.1f} engine_p99_ms={engine_p99:.1f}")
+              f"notices={len(got)} p50_ms={p50:.1f} p99_ms={p99:.1f} max_ms={mx:.1f} engine_p50_ms={engine_p50:.1f} engine_p99_ms={engine_p99:.1f}"
+              + extra)
         for c in (sub, bg, pr):
             c.disconnect()
             c.loop_stop()
@@ -263,6 +306,7 @@ def main() -> int:
                 os.kill(svc.pid, signal.SIGKILL)
         influx.kill()
         mosq.kill()
+        mosq.remove_broker_dir()
         if args.keep:
             print(f"work directory kept: {work}")
         else:

@@ -2,7 +2,9 @@
 
 The ingest service calls `on_batch` with each ReadingBatch as soon as it is decoded (`Service.on_decoded`:
 detection does not wait for the batch age or the InfluxDB write, which only the ack waits for), in
-arrival order; the detector thread evaluates whatever has queued up meanwhile as one batch. A scheduled `tick` runs
+arrival order; the detector thread evaluates whatever has queued up meanwhile together, in bounded steps of at
+most `alerting.detect_step_rows_per_device` readings per device (one device's back-fill waits its turn
+beside everyone else's new readings instead of holding them). A scheduled `tick` runs
 the time-driven rules (deadman) and the alert timers on the wall clock; `reload` swaps a new validated
 config in atomically and keeps every open alert. Reload comes from SIGHUP and from a change of the
 config directory's YAML files (polled). The detectors' state is kept across a reload wherever a rule
@@ -19,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from alerts.command_listener import CommandListener
@@ -32,9 +35,12 @@ WATCH_INTERVAL_S = 2.0
 # Batches waiting for the detector thread; when full, `on_batch` blocks: backpressure into ingest,
 # whose unacked messages the broker keeps.
 QUEUE_BATCHES = 256
-# The detector thread evaluates every batch queued while it was busy as one (fewer, larger calls: the
-# rule set's cost is mostly per call and per reading of one sensor), up to this many readings.
-COALESCE_ROWS = 50_000
+# The detector thread takes every batch queued while it was busy (fewer, larger calls: the rule set's
+# cost is mostly per call and per reading of one sensor) while fewer than this many readings wait in its
+# own backlog (a few tens of MB at most); beyond it the queue fills and ingest is held back (its unacked
+# messages stay at the broker). Well above one big message (max_payload_bytes holds ~25,000 samples), so
+# other devices' readings are still taken in while one or two back-fills drain.
+BACKLOG_ROWS = 200_000
 
 
 class DetectionPipeline:
@@ -63,10 +69,15 @@ class DetectionPipeline:
         if self.event_clock and clock is wall_clock_ns:
             clock = None
         self._watermark_ns = 0
+        self._seen_ns = 0  # event clock: the newest reading time evaluated (the watermark may lag it, below)
+        # Devices (bool mask over the sensors) whose readings wait in the detector thread's backlog: the
+        # deadman leaves them as they are (RuleSet.advance hold) until their rows have run.
+        self._held = None
         self.clock = clock
         self.rules = RuleSet.from_config(cfg)
         self.engine = engine or AlertEngine(cfg, env=self.env, clock=clock)
-        self.listener = CommandListener(cfg, self.engine.submit_command, self.env) if listen else None
+        self.listener = (CommandListener(cfg, self.engine.submit_command, self.env, config=lambda: self.engine.cfg)
+                         if listen else None)
         self._lock = threading.RLock()
         self._scheduler: BackgroundScheduler | None = None
         self._mtimes = self._config_mtimes()
@@ -156,32 +167,64 @@ class DetectionPipeline:
         return not self._queue.unfinished_tasks
 
     def _work(self) -> None:
+        """The detector thread: each step takes what has queued up, adds it behind the rows deferred so far
+        and evaluates at most `detect_step_rows_per_device` rows of each device (oldest first); the rest
+        waits for the next step, taken together with whatever arrives meanwhile. Every reading is
+        evaluated once, each device's in event-time order, with the same detections as one big batch."""
         from detectors.batch import ReadingBatch
+        from detectors.registry import take_step
 
+        backlog = None   # rows deferred by the per-device bound (a ReadingBatch), or None
+        taken = 0        # queue items taken whose rows are not all evaluated yet (task_done when they are)
+        stop = False
         while True:
-            batches = [self._queue.get()]
-            rows = len(batches[0]) if batches[0] is not None else 0
-            while batches[-1] is not None and rows < COALESCE_ROWS:
+            got = [] if backlog is not None else [self._queue.get()]
+            rows = (len(backlog) if backlog is not None else 0) + sum(len(b) for b in got if b is not None)
+            while not (got and got[-1] is None) and rows < BACKLOG_ROWS:
                 try:
-                    batches.append(self._queue.get_nowait())
+                    got.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if batches[-1] is not None:
-                    rows += len(batches[-1])
-            stop = batches[-1] is None
-            todo = [b for b in batches if b is not None]
+                if got[-1] is not None:
+                    rows += len(got[-1])
+            stop = stop or bool(got and got[-1] is None)
+            taken += len(got)
+            todo = ([backlog] if backlog is not None else []) + [b for b in got if b is not None]
+            backlog = None
             try:
                 if todo:
-                    self._evaluate(todo[0] if len(todo) == 1 else ReadingBatch.concat(todo))
+                    batch = todo[0] if len(todo) == 1 else ReadingBatch.concat(todo)
+                    step, rest = self._split(batch, take_step)
+                    backlog = rest if len(rest) else None
+                    self._evaluate(step, deferred=backlog)
             finally:
-                for _ in batches:
-                    self._queue.task_done()
-            if stop:
+                if backlog is None:
+                    for _ in range(taken):
+                        self._queue.task_done()
+                    taken = 0
+            if stop and backlog is None:
                 return
 
-    def _evaluate(self, batch) -> None:
+    def _split(self, batch, take_step):
+        """(step, rest) of `batch` under the configured per-device bound; the whole batch if splitting fails."""
+        try:
+            return take_step(batch, self.cfg.alerting.detect_step_rows_per_device)
+        except Exception:
+            log.exception("could not split a batch of %d readings into bounded steps; evaluating it whole", len(batch))
+            return batch, batch.take(slice(0, 0))
+
+    def _evaluate(self, batch, deferred=None) -> None:
+        """Evaluate `batch`; `deferred` (a ReadingBatch or None) holds rows of the same arrivals that later
+        steps evaluate: the devices with rows there are held by the deadman, and the event-time watermark
+        does not pass their oldest row (as if the whole arrival were evaluated at once)."""
         try:
             with self._lock:
+                self._held = None
+                if deferred is not None and len(deferred):
+                    known = deferred.sensor[(deferred.sensor >= 0) & (deferred.sensor < self.rules.n_sensors)]
+                    held = np.zeros(self.rules.n_sensors, bool)
+                    held[known] = True
+                    self._held = held if len(known) else None
                 det = self.rules.process(batch)
                 self.engine.process(det)
                 # Only readings with data can show that a condition is gone (not rows refused for their
@@ -189,8 +232,13 @@ class DetectionPipeline:
                 good = batch.quality == 0
                 self.engine.observe_readings(batch.sensor[good], batch.ts_ns[good])
                 if self.event_clock and len(batch):
-                    self._watermark_ns = max(self._watermark_ns, int(batch.ts_ns.max()))
-                    timed = self.rules.advance(self._watermark_ns)
+                    # The newest time evaluated so far; while rows wait in the backlog the watermark
+                    # stops short of their oldest, and catches up once they have run.
+                    self._seen_ns = mark = max(self._seen_ns, int(batch.ts_ns.max()))
+                    if self._held is not None:
+                        mark = min(mark, int(deferred.ts_ns.min()) - 1)
+                    self._watermark_ns = max(self._watermark_ns, mark)
+                    timed = self.rules.advance(self._watermark_ns, hold=self._held)
                     if len(timed):
                         self.engine.process(timed)
                     self.engine.tick(self._watermark_ns)
@@ -210,7 +258,7 @@ class DetectionPipeline:
                         return  # event clock: nothing has happened yet
                     now_ns = self._watermark_ns
                 now = int(now_ns if now_ns is not None else self.clock())
-                det = self.rules.advance(now)
+                det = self.rules.advance(now, hold=self._held)
                 if len(det):
                     self.engine.process(det)
                 self.engine.tick(now_ns)

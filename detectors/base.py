@@ -157,8 +157,10 @@ class Detector:
     def step(self, view) -> Detections | None:
         raise NotImplementedError
 
-    def advance(self, now_ns: int) -> Detections | None:
-        """Time-driven detections at `now_ns` (event-time watermark or wall clock); none by default."""
+    def advance(self, now_ns: int, hold: np.ndarray | None = None) -> Detections | None:
+        """Time-driven detections at `now_ns` (event-time watermark or wall clock); none by default.
+        hold: bool mask over the inventory's sensors whose readings wait in the caller's queue; a
+        time-driven rule leaves their state as it is (RuleSet.advance)."""
         return None
 
     def state_bytes(self) -> int:

@@ -2,7 +2,9 @@
 
 `REGISTRY` maps the YAML rule `type` to its detector class; `check_rules(cfg)` validates every rule's
 own keys with file:line problems; `RuleSet.from_config(cfg)` builds the rules for the inventory and
-`RuleSet.process(batch)` runs them all over one batch of any mix of sensors and kinds.
+`RuleSet.process(batch)` runs them all over one batch of any mix of sensors and kinds; `take_step(batch, n)`
+splits off the rows one bounded step evaluates (at most n per sensor, oldest first), so that a caller can
+keep one sensor's long history from holding the others.
 """
 
 from __future__ import annotations
@@ -140,10 +142,7 @@ class RuleSet:
                 return Detections.empty()
         # Rows of each sensor in event-time order (ties keep input order); a time-ordered batch, the
         # usual case, needs only a stable sort by sensor.
-        if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
-            order = stable_argsort(sensor)
-        else:
-            order = np.lexsort((ts, sensor))
+        order = _sensor_time_order(sensor, ts)
         s = sensor[order]
         out = self._process_whole(batch, order, s) if self._whole else []
         # Rank of each row within its sensor: round r holds every sensor's r-th reading, noise rows first.
@@ -183,11 +182,51 @@ class RuleSet:
         _run(self._whole, rnd, "step_batch", out)
         return out
 
-    def advance(self, now_ns: int) -> Detections:
-        """Time-driven rules (deadman) at an event-time watermark or the wall clock, UTC ns."""
+    def advance(self, now_ns: int, hold: np.ndarray | None = None) -> Detections:
+        """Time-driven rules (deadman) at an event-time watermark or the wall clock, UTC ns.
+
+        hold: optional bool mask over the sensors (length n_sensors) whose readings still wait in the
+        caller's queue (`take_step` left them for a later step): their time-driven state is left as it
+        is, so a device is never called offline because of our own backlog."""
         self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
-        out = [d.advance(int(now_ns)) for d in self.rules]
+        if hold is not None and (len(hold) != self.n_sensors or not hold.any()):
+            hold = None  # nothing held, or a mask of the inventory before a reload
+        out = [d.advance(int(now_ns)) if hold is None else d.advance(int(now_ns), hold=hold) for d in self.rules]
         return Detections.concat([o for o in out if o is not None])
+
+
+def _sensor_time_order(sensor: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order by sensor, then event time, ties in input order: the order `RuleSet.process` evaluates."""
+    if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+        return stable_argsort(sensor)
+    return np.lexsort((ts, sensor))
+
+
+def take_step(batch: ReadingBatch, rows_per_sensor: int) -> tuple[ReadingBatch, ReadingBatch]:
+    """Split `batch` into one bounded detection step and the rows left for later.
+
+    The step holds the `rows_per_sensor` oldest rows of each sensor (event-time order, ties in input
+    order: the order `RuleSet.process` evaluates them in), the rest holds every other row; both keep
+    the input order. The cost of `process` grows with the most rows any one sensor has (one round per
+    reading of a sensor), so a step costs at most `rows_per_sensor` rounds whatever one device sent.
+    Processing the step, then the rest (with any later arrivals appended after it) gives the same
+    detections as the whole batch at once: each sensor's rows are still seen in the same order.
+
+    Raises ValueError when rows_per_sensor < 1.
+    """
+    if rows_per_sensor < 1:
+        raise ValueError(f"rows_per_sensor must be at least 1 (got {rows_per_sensor})")
+    n = len(batch)
+    if n <= rows_per_sensor:
+        return batch, batch.take(np.empty(0, np.intp))
+    order = _sensor_time_order(batch.sensor, batch.ts_ns)
+    s = batch.sensor[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    later = rank >= rows_per_sensor
+    if not later.any():
+        return batch, batch.take(np.empty(0, np.intp))
+    return batch.take(np.sort(order[~later])), batch.take(np.sort(order[later]))
 
 
 def _run(groups: list, rnd: Round, method: str, out: list) -> None:
