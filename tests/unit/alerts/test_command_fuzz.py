@@ -3,8 +3,10 @@ never raises, and start + tick over a command table of fuzzed raw rows never rai
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -90,6 +92,7 @@ def _engine():
     """One engine for all examples (an engine per example would be slow): commands pile up in its store."""
     if "e" not in _ENGINE:
         d = Path(tempfile.mkdtemp(prefix="cmdfuzz"))
+        atexit.register(shutil.rmtree, d, True)  # the store of the shared engine, gone with the test run
         engine, _ = make_engine(d)
         engine.process(det([(0, 0, "N-day", "red", 90)]))
         _ENGINE["e"] = engine
