@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from citywatch.service import wait_until
 from ingest.spool import SpoolWriter
 from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture
     GAS, NOISE_JSON, Stream, config_copy, counts, service_factory, wait_counts,
@@ -42,13 +43,8 @@ def gone(pid: int) -> bool:
     return state == "Z"
 
 
-def wait_for(predicate, timeout_s: float, poll_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll_s)
-    return predicate()
+def wait_for(predicate, timeout_s: float) -> bool:
+    return wait_until(predicate, timeout_s, poll_s=0.1)
 
 
 def lines_with(text: str, *parts: str) -> list[str]:
