@@ -23,6 +23,7 @@ from typing import get_args
 
 from alerts.model import SEVERITY_NAMES
 from alerts.muting import MATCHER_KEYS
+from config import durations as _durations
 from config.alerting import Category
 
 ACTIONS = ("ack", "silence", "unsilence")
@@ -39,9 +40,6 @@ KEYS = {
 }
 _ALERT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")  # alert_id_for: rule.device.stampZ
 _SILENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Bounded digits: a number that cannot overflow a float, let alone the store's 64-bit nanoseconds.
-_DURATION = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*([smhdw]?)\s*$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True)
@@ -67,9 +65,13 @@ def operator_author(cfg, username: str) -> Author | None:
 
 
 def author_allowed(cfg, author: Author) -> str | None:
-    """Why `author` may not act under `cfg` (None: it may). Local logins always may; a broker account
-    only while it is a configured operator."""
+    """Why `author` may not act under `cfg` (None: it may). Local logins and console logins always may; a
+    broker account only while it is a configured operator."""
     if author.account.startswith("local:") and len(author.account) > len("local:"):
+        return None
+    # A console login (console:<login>): the console wrote it to the store's inbox after checking the
+    # user's password and operator role; like local:, the store file's permissions authenticate the writer.
+    if author.account.startswith("console:") and len(author.account) > len("console:"):
         return None
     if operator_author(cfg, author.account) is not None:
         return None
@@ -77,19 +79,12 @@ def author_allowed(cfg, author: Author) -> str | None:
 
 
 def parse_duration(text: str) -> float:
-    """`90`, `90s`, `15m`, `2h`, `1d`, `1w` -> seconds (at most 9 digits, 6 decimals). Raises ValueError."""
-    m = _DURATION.match(str(text)[:64])
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"duration {_show(text)} must be a positive number with an optional unit s, m, h, d or w")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
+    """`90`, `90s`, `15m`, `2h`, `1d`, `1w` -> seconds, positive (at most 9 digits, 6 decimals): the one
+    grammar of config.durations. Raises ValueError."""
+    return _durations.parse_duration(str(text), positive=True)
 
 
-def format_duration(seconds: float) -> str:
-    """7200 -> `2h`, 2592000 -> `30d`, 90 -> `90s` (the largest unit that divides it)."""
-    for unit in ("w", "d", "h", "m"):
-        if seconds >= _UNIT_S[unit] and seconds % _UNIT_S[unit] == 0:
-            return f"{int(seconds // _UNIT_S[unit])}{unit}"
-    return f"{seconds:g}s"
+format_duration = _durations.format_duration
 
 
 def parse_payload(payload: bytes | str):
@@ -174,8 +169,9 @@ def _check_by(by, author: Author | None) -> None:
     if author is None:
         return
     accepted = {author.account.casefold(), author.name.strip().casefold()}
-    if author.account.startswith("local:"):
-        accepted.add(author.account[len("local:"):].casefold())
+    for prefix in ("local:", "console:"):
+        if author.account.startswith(prefix):
+            accepted.add(author.account[len(prefix):].casefold())
     if by.strip().casefold() not in accepted:
         raise ValueError(f"by: this command's author is {author.account!r} ({author.name}), taken from where it "
                          f"was sent; got {_show(by)}: leave by out")
@@ -256,6 +252,7 @@ def _matchers(raw, cfg) -> dict[str, str]:
     if len(raw) > MAX_MATCHERS:
         raise ValueError(f"matchers: at most {MAX_MATCHERS}, got {len(raw)}")
     known = _known_values(cfg)
+    aliases = _aliases(cfg)
     out: dict[str, str] = {}
     for key, value in items:
         if not isinstance(key, str) or key not in MATCHER_KEYS:
@@ -270,8 +267,13 @@ def _matchers(raw, cfg) -> dict[str, str]:
             if not _ALERT_ID.match(value):
                 raise ValueError(f"matchers.alert_id: not an alert id, got {_show(value)}")
         elif value not in known[key][1]:
-            what, values = known[key]
-            raise ValueError(f"matchers.{key}: unknown {what} {_show(value)}{_hint(value, values)}")
+            # A site by its name, a device by its HJ 212 MN: what the board shows, and what officers say.
+            alias = aliases.get(key, {}).get(value.casefold())
+            if alias is None:
+                what, values = known[key]
+                raise ValueError(f"matchers.{key}: unknown {what} {_show(value)}"
+                                 f"{_hint(value, values) or _hint(value, _alias_names(cfg, key))}")
+            value = alias
         out[key] = value
     return out
 
@@ -286,6 +288,27 @@ def _known_values(cfg) -> dict[str, tuple[str, tuple[str, ...]]]:
         "category": ("category", get_args(Category)),
         "severity": ("severity", tuple(v for k, v in sorted(SEVERITY_NAMES.items()) if k > 0)),
     }
+
+
+def _aliases(cfg) -> dict[str, dict[str, str]]:
+    """Other names a matcher value may be given by, per label: alias (casefolded) -> the id stored on
+    alerts. site_id: the site's name (when no other site has it); device_id: the device's HJ 212 MN."""
+    names: dict[str, list[str]] = {}
+    for s in cfg.sites:
+        names.setdefault(s.name.strip().casefold(), []).append(s.id)
+    return {
+        "site_id": {n: ids[0] for n, ids in names.items() if len(ids) == 1},
+        "device_id": {d.mn_or_id.casefold(): d.id for d in cfg.devices},
+    }
+
+
+def _alias_names(cfg, key: str) -> tuple[str, ...]:
+    """The aliases of a label as written in the config (for "did you mean")."""
+    if key == "site_id":
+        return tuple(sorted(s.name for s in cfg.sites))
+    if key == "device_id":
+        return tuple(sorted(d.mn for d in cfg.devices if d.mn))
+    return ()
 
 
 def _hint(value, choices) -> str:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import types
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from config.durations import is_duration_key, seconds_value
 
 Severity = Literal["red", "orange", "yellow", "blue"]
 SEVERITY_RANK = {"blue": 1, "yellow": 2, "orange": 3, "red": 4}
@@ -32,6 +36,17 @@ class KeyProblem(ValueError):
         self.message = message
 
 
+def raise_problems(model: BaseModel, problems: list[KeyProblem]) -> None:
+    """Raise every problem a model validator found at once, each at its own key (pydantic keeps only
+    the first exception of a validator, and stops at the first validator that raises)."""
+    if problems:
+        raise ValidationError.from_exception_data(type(model).__name__, [
+            InitErrorDetails(type=PydanticCustomError("cross_check", "{message}", {"message": p.message}),
+                             loc=p.key, input=None)
+            for p in problems
+        ])
+
+
 # (model class, field name) -> TypeAdapter, built on first use: only the error path needs them.
 _FIELD_ADAPTERS: dict[tuple[type, str], TypeAdapter] = {}
 
@@ -40,6 +55,23 @@ class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, no silent type coercion, immutable."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, data: Any) -> Any:
+        # Every key that carries seconds (`*_s`, here and in the detectors' own keys) also takes a
+        # duration in the one grammar of config.durations: `clear_for_s: 2m` is 120. A text that is not
+        # one is left as it is: the key's type check refuses it, and the loader says what a duration is.
+        if not isinstance(data, dict):
+            return data
+        keys = _duration_keys(cls)
+        if not keys or not any(k in data and isinstance(data[k], str) for k in keys):
+            return data
+        out = dict(data)
+        for key, whole in keys.items():
+            if isinstance(out.get(key), str):
+                out[key] = seconds_value(out[key], whole)
+        return out
 
     @model_validator(mode="wrap")
     @classmethod
@@ -53,6 +85,32 @@ class Strict(BaseModel):
             raise ValidationError.from_exception_data(cls.__name__, _reraisable(exc) + extra) from None
 
 
+# Model class -> {YAML key of a `*_s` field: whether it holds whole seconds (int, not float)}.
+_DURATION_KEYS: dict[type, dict[str, bool]] = {}
+
+
+def _duration_keys(cls: type[BaseModel]) -> dict[str, bool]:
+    keys = _DURATION_KEYS.get(cls)
+    if keys is None:
+        keys = {}
+        for name, info in cls.model_fields.items():
+            if is_duration_key(name):
+                members = _members(info.annotation)
+                if int in members or float in members:
+                    keys[info.alias or name] = int in members and float not in members
+        _DURATION_KEYS[cls] = keys
+    return keys
+
+
+def _members(tp: Any) -> list:
+    """The member types of an annotation through Optional and Union (`int | None` -> [int, NoneType])."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _members(a)]
+    if typing.get_origin(tp) is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    return [tp]
+
+
 def _partial_checks(cls: type[BaseModel], data: Any, exc: ValidationError) -> list[InitErrorDetails]:
     """Run `cls`'s after-validators on the keys of `data` that validated; their problems as error details."""
     validators = [
@@ -64,6 +122,7 @@ def _partial_checks(cls: type[BaseModel], data: Any, exc: ValidationError) -> li
     if any(not e["loc"] for e in errors):
         return []  # the model's own validators already ran and failed: nothing is hidden
     failed = {e["loc"][0] for e in errors}
+    data = cls._durations(data)
     values: dict[str, Any] = {}
     for name, info in cls.model_fields.items():
         key = info.alias or name
@@ -86,6 +145,8 @@ def _partial_checks(cls: type[BaseModel], data: Any, exc: ValidationError) -> li
     for func in validators:
         try:
             func(partial)
+        except ValidationError as several:  # raise_problems: each problem at its own key
+            out += _reraisable(several)
         except (ValueError, AssertionError) as problem:
             key = getattr(problem, "key", None)
             message = getattr(problem, "message", None) or str(problem)

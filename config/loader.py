@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from config.base import KeyProblem
+from config.durations import duration_problem, is_duration_key
 from config.errors import ConfigError, ConfigProblem, did_you_mean, path_text, show
 from config.model import Config
 from config.yamlsrc import parse_yaml
@@ -99,6 +100,8 @@ def load_config(directory: str | os.PathLike | None = None, env: dict[str, str] 
     except ValidationError as exc:
         problems += [p for p in problems_from_validation(exc, Config, (), lines) if p.path not in secret_paths]
     problems += _cross_references(root, lines)
+    if config is not None:
+        problems += _gas_levels_under_mop(config, lines)
     if unreadable:
         # The "missing" section is most likely in the file that could not be parsed: say that once, there.
         problems = [p for p in problems if not p.message.startswith("required section is missing")]
@@ -280,7 +283,8 @@ def _message(err: dict, owner: Any, field: str | None, path: tuple, is_model: bo
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return _range_text(owner, field, ctx) + _unit(key) + got
     if kind in _TYPE_WORDS:
-        return _TYPE_WORDS[kind] + got
+        why = duration_problem(value) if is_duration_key(key) else None
+        return (why or _TYPE_WORDS[kind]) + got
     if kind == "literal_error":
         options = [o.strip().strip("'") for o in str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
         return f"must be one of {', '.join(options)}{did_you_mean(str(value), options)}" + got
@@ -445,7 +449,7 @@ def _item_type(tp: Any) -> Any:
 # ----- cross references ---------------------------------------------------------------------------
 
 # Broker user names of the service's own accounts (citywatch.localstack): no operator may take one.
-RESERVED_BROKER_USERS = {"citywatch": "service (collector)", "tester": "tester"}
+RESERVED_BROKER_USERS = {"citywatch": "service (collector)", "tester": "tester", "console": "web console"}
 
 
 def _items(root: dict, key: str) -> list[tuple[int, dict]]:
@@ -499,7 +503,10 @@ def _cross_references(root: dict, lines: Lines) -> list[ConfigProblem]:
     rule_ids = _unique_ids(root, "rules", "rule", lines, out)
     alerting = root.get("alerting") if isinstance(root.get("alerting"), dict) else {}
     sinks = alerting.get("sinks") if isinstance(alerting.get("sinks"), dict) else {}
-    known = {"sink": sinks, "rule": rule_ids, "site": site_ids, "district": districts}
+    # A route may name an on-call team (`team:<id>`, alerts/roster.py) as it names a sink.
+    oncall = root.get("oncall") if isinstance(root.get("oncall"), dict) else {}
+    teams = {f"team:{t['id']}": None for _, t in _items(oncall, "teams") if isinstance(t.get("id"), str)}
+    known = {"sink": {**sinks, **teams}, "rule": rule_ids, "site": site_ids, "district": districts}
     route = alerting.get("route")
     if isinstance(route, dict):
         out += _check_route(route, ("alerting", "route"), known, lines)
@@ -519,6 +526,40 @@ def _cross_references(root: dict, lines: Lines) -> list[ConfigProblem]:
         if isinstance(name, str) and name.casefold() in taken:
             out.append(_problem(lines, ("alerting", "operators", i, "username"),
                                 f"must not be the broker user name of {taken[name.casefold()]} (got {name!r})"))
+    return out
+
+
+def _gas_levels_under_mop(config: Config, lines: Lines) -> list[ConfigProblem]:
+    """G-high (rel_high x set pressure, yellow) must lie below G-highhigh (at most the MOP, red) on every
+    gas device, or the red alarm comes first. Blames the rel_high key in force (a class default or an
+    override), once, with the devices it breaks."""
+    g = config.gas
+    hit: dict[tuple, list[tuple[str, float, float, float]]] = {}
+    for d in config.devices:
+        if d.kind != "gas":
+            continue
+        key: tuple = ("gas", "rel_high", "low" if d.pressure_class == "low" else "medium")
+        rel = g.rel_high.low if d.pressure_class == "low" else g.rel_high.medium
+        for i, o in sorted(enumerate(g.overrides), key=lambda io: io[1].device is not None):
+            if o.rel_high is not None and ((d.site == o.site) if o.site else (d.id == o.device)):
+                key, rel = ("gas", "overrides", i, "rel_high"), o.rel_high
+        if rel * d.set_pressure_kpa >= d.mop_kpa:
+            src = path_text(key)
+            if key not in lines:  # the default is in force: the device's MOP is the value to look at
+                key = ("devices", config.device_index(d.id), "mop_kpa")
+            hit.setdefault(key, []).append((d.id, rel, d.set_pressure_kpa, d.mop_kpa, src))
+    out = []
+    for key, devs in hit.items():
+        dev, rel, p_set, mop, src = devs[0]
+        if key[0] == "devices":
+            out.append(_problem(lines, key, f"must be above the G-high limit {rel:g} x set_pressure_kpa {p_set:g} = "
+                                f"{rel * p_set:.4g} kPa ({src}): G-highhigh (red, at most the MOP) would come "
+                                f"before G-high (got {mop:g})"))
+            continue
+        more = f" and {len(devs) - 1} more gas device(s)" if len(devs) > 1 else ""
+        out.append(_problem(lines, key, f"G-high limit {rel:g} x set_pressure_kpa {p_set:g} = {rel * p_set:.4g} kPa "
+                            f"is not below mop_kpa {mop:g} of device {dev!r}{more}: G-highhigh (red, at most the MOP) "
+                            f"would come before G-high (got {rel:g})"))
     return out
 
 

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from config.base import KeyProblem, Severity, Strict
+from config.base import SEVERITY_RANK, KeyProblem, Severity, Strict, raise_problems
+from config.errors import path_text
 
 
 class NoiseLimits(Strict):
@@ -14,6 +15,13 @@ class NoiseLimits(Strict):
     night_db: float = Field(55.0, ge=20, le=140)
     night_lmax_over_db: float = Field(15.0, ge=0, le=60)
     indoor_offset_db: float = Field(10.0, ge=0, le=40)
+
+    @model_validator(mode="after")
+    def _night_stricter(self) -> "NoiseLimits":
+        if self.night_db > self.day_db:
+            raise KeyProblem("night_db", f"must not be above day_db {self.day_db:g}: the night limit is the stricter "
+                             f"one (GB 12523: 70 by day, 55 at night) (got {self.night_db:g})")
+        return self
 
 
 class NoiseLimitsOverride(Strict):
@@ -33,6 +41,14 @@ class ExamNoise(Strict):
     class1_day_db: float = Field(55.0, ge=20, le=140)
     class1_night_db: float = Field(45.0, ge=20, le=140)
     listening_margin_db: float = Field(5.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _night_stricter(self) -> "ExamNoise":
+        if self.class1_night_db > self.class1_day_db:
+            raise KeyProblem("class1_night_db", f"must not be above class1_day_db {self.class1_day_db:g}: the night "
+                             f"limit is the stricter one (GB 3096 class 1: 55 by day, 45 at night) "
+                             f"(got {self.class1_night_db:g})")
+        return self
 
 
 class DataQuality(Strict):
@@ -66,6 +82,45 @@ class Noise(Strict):
     data_quality: DataQuality = DataQuality()
     overrides: list[NoiseOverride] = []
 
+    @model_validator(mode="after")
+    def _limit_orders(self) -> "Noise":
+        # Limit orders that hold whatever the values: a config that breaks one raises alerts in the wrong
+        # order or not at all. Each problem blames the key most likely to be the slip and names the other.
+        lim, out = self.limits, []
+        if self.exam.class1_day_db > lim.day_db:
+            out.append(KeyProblem(("exam", "class1_day_db"), f"must not be above limits.day_db {lim.day_db:g}: exam "
+                                  f"periods apply stricter limits, never laxer (got {self.exam.class1_day_db:g})"))
+        if self.exam.class1_night_db > lim.night_db:
+            out.append(KeyProblem(("exam", "class1_night_db"), f"must not be above limits.night_db {lim.night_db:g}: "
+                                  f"exam periods apply stricter limits, never laxer (got {self.exam.class1_night_db:g})"))
+        if self.prohibited.floor_db > lim.day_db:
+            out.append(KeyProblem(("prohibited", "floor_db"), f"must not be above limits.day_db {lim.day_db:g}: work "
+                                  "in a prohibited window that breaks even the day limit would not count as suspected "
+                                  f"illegal work (got {self.prohibited.floor_db:g})"))
+        orange = lim.night_db + lim.night_lmax_over_db
+        if self.night_lmax_red_db <= orange:
+            out.append(KeyProblem("night_lmax_red_db", f"must be above the orange night Lmax limit {orange:g} "
+                                  "(limits.night_db + limits.night_lmax_over_db): red would come before orange "
+                                  f"(got {self.night_lmax_red_db:g})"))
+        if self.hysteresis_db >= self.day_orange_over_db:
+            out.append(KeyProblem("hysteresis_db", f"must be smaller than day_orange_over_db {self.day_orange_over_db:g} "
+                                  "(the gap between the yellow and orange day levels): an orange alert could not step "
+                                  f"down to yellow (got {self.hysteresis_db:g})"))
+        for i, o in enumerate(self.overrides):
+            day = o.limits.day_db if o.limits.day_db is not None else lim.day_db
+            night = o.limits.night_db if o.limits.night_db is not None else lim.night_db
+            if night <= day:
+                continue
+            if o.limits.night_db is not None:
+                src = "" if o.limits.day_db is not None else " (noise.limits)"
+                out.append(KeyProblem(("overrides", i, "limits", "night_db"), f"must not be above day_db {day:g}{src}: "
+                                      f"the night limit is the stricter one (got {night:g})"))
+            else:
+                out.append(KeyProblem(("overrides", i, "limits", "day_db"), f"must not be below night_db {night:g} "
+                                      f"(noise.limits): the night limit is the stricter one (got {day:g})"))
+        raise_problems(self, out)
+        return self
+
 
 class RelHigh(Strict):
     low: float = Field(1.20, gt=1, le=5)
@@ -75,6 +130,20 @@ class RelHigh(Strict):
 class LowLevel(Strict):
     below: float = Field(gt=0, lt=1)
     severity: Severity
+
+
+def low_levels_problem(levels: list[LowLevel], key: tuple) -> KeyProblem | None:
+    """G-low levels go down in order, each more severe than the one above it (0.85 yellow, 0.70 orange,
+    0.50 red): the first level out of order, blamed at `key` + (index, field)."""
+    for i in range(1, len(levels)):
+        prev, cur = levels[i - 1], levels[i]
+        if cur.below >= prev.below:
+            return KeyProblem(key + (i, "below"), f"must be below {path_text(key + (i - 1, 'below'))} {prev.below:g}: "
+                              f"levels go down in order, the lowest last (got {cur.below:g})")
+        if SEVERITY_RANK[cur.severity] <= SEVERITY_RANK[prev.severity]:
+            return KeyProblem(key + (i, "severity"), f"must be more severe than {path_text(key + (i - 1, 'severity'))} "
+                              f"{prev.severity}: a lower pressure is a worse level (got {cur.severity!r})")
+    return None
 
 
 class RuptureLevel(Strict):
@@ -143,6 +212,13 @@ class GasOverride(Strict):
             raise ValueError("an override names exactly one of site or device")
         return self
 
+    @model_validator(mode="after")
+    def _low_order(self) -> "GasOverride":
+        problem = low_levels_problem(self.rel_low or [], ("rel_low",))
+        if problem:
+            raise problem
+        return self
+
 
 class Gas(Strict):
     rel_high: RelHigh = RelHigh()
@@ -162,6 +238,28 @@ class Gas(Strict):
     battery: Battery = Battery()
     hysteresis_pct: float = Field(2.0, ge=0, le=50)
     overrides: list[GasOverride] = []
+
+    @model_validator(mode="after")
+    def _level_orders(self) -> "Gas":
+        out = []
+        problem = low_levels_problem(self.rel_low, ("rel_low",))
+        if problem:
+            out.append(problem)
+        # A pressure alert clears (or steps down a level) only hysteresis_pct back inside its limit: wider
+        # than the gap to the next level, a red G-low could never step down to orange, a G-high never clear
+        # above set pressure.
+        gaps = [((self.rel_high.medium - 1) * 100, "the gap between set pressure and rel_high.medium "
+                 f"{self.rel_high.medium:g}"),
+                ((self.rel_high.low - 1) * 100, f"the gap between set pressure and rel_high.low {self.rel_high.low:g}")]
+        if problem is None:
+            for a, b in zip(self.rel_low, self.rel_low[1:]):
+                gaps.append(((a.below - b.below) * 100, f"the gap between the rel_low levels {a.below:g} and {b.below:g}"))
+        gap, what = min(gaps, key=lambda g: g[0])
+        if self.hysteresis_pct >= round(gap, 9):
+            out.append(KeyProblem("hysteresis_pct", f"must be smaller than {what} ({gap:.3g} % of set pressure) "
+                                  f"(got {self.hysteresis_pct:g})"))
+        raise_problems(self, out)
+        return self
 
 
 class Offline(Strict):

@@ -71,8 +71,13 @@ def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem
         line = mark.line + 1 if mark is not None else None
         what = getattr(exc, "problem", None) or str(exc)
         context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        tab = _indent_tab(text, line)
+        if tab:
+            # libyaml names a tab in indentation after whatever it expected there ("cannot start any
+            # token", "violates indentation"), which sends the reader after the wrong fix.
+            what = f"tab characters are not allowed in YAML indentation; indent with spaces (tab at column {tab})"
         for start_of, hint in _HINTS.items():
-            if what.startswith(start_of):
+            if not tab and what.startswith(start_of):
                 what += f"; {hint}"
         # An unclosed quote or bracket is found far below where it was opened: name that line too.
         opened = context and ("quoted" in context or "flow" in context)
@@ -86,6 +91,18 @@ def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem
     lines: dict[tuple, int] = {}
     _walk(node, (), lines, problems, file)
     return YamlDoc(file, data, lines), problems
+
+
+def _indent_tab(text: str, line: int | None) -> int | None:
+    """The 1-based column of the first tab in the indentation of `line` (1-based), or None."""
+    if not line:
+        return None
+    rows = text.splitlines()
+    if line > len(rows):
+        return None
+    row = rows[line - 1]
+    indent = row[: len(row) - len(row.lstrip(" \t"))]
+    return indent.index("\t") + 1 if "\t" in indent else None
 
 
 def _walk(node: yaml.Node, path: tuple, lines: dict, problems: list, file: str) -> None:

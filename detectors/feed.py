@@ -175,6 +175,10 @@ class InfluxUnreachable(OSError):
 INFLUX_WINDOW_S = 6 * 3600  # history is read this much event time per query (see influx_records)
 
 
+# InfluxDB measurement -> the device kind whose readings it holds (ingest/lineproto.py writes them).
+MEASUREMENT_KINDS = {"noise": "noise", "gas_pressure": "gas"}
+
+
 def influx_records(url: str, database: str, since: str, until: str, measurements=("noise", "gas_pressure"),
                    timeout_s: float = 30.0, auth: tuple[str, str] | None = None,
                    window_s: float = INFLUX_WINDOW_S) -> Iterator[tuple[int, dict]]:

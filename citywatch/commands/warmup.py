@@ -49,6 +49,6 @@ def _run(args) -> int:
         include_clear=False, watermark_s=args.watermark_s, no_deadman=False, influx=True, since=since,
         until=args.until, measurement=args.measurement, query_window_s=args.query_window_s,
         chunk_rows=args.chunk_rows, no_progress=args.no_progress, save_state=args.state or "", force=args.force,
-        no_detections=True,
+        no_detections=True, rows=False, plot=None, device=None, site=None, rule=None,
     )
     return execute(detect_args, "citywatch warmup", unreachable_rc=2, summary=sys.stdout)

@@ -68,7 +68,7 @@ def test_compare_shows_what_a_changed_threshold_adds_and_removes(tmp_path, capsy
     text = (other / "thresholds.yaml").read_text()
     assert "    night_db: 55 " in text
     (other / "thresholds.yaml").write_text(text.replace("    night_db: 55 ", "    night_db: 52 "))
-    assert main(["detect", str(FEED), "--compare", str(other), "--no-progress"]) == 0
+    assert main(["detect", str(FEED), "--compare", str(other), "--no-progress", "--rows"]) == 0
     out = capsys.readouterr().out.splitlines()
     added = [line for line in out if line.startswith("+ ")]
     assert added and all(" N-night" in line or " N-pre" in line for line in added)
