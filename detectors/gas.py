@@ -80,7 +80,12 @@ class GasProfile:
     hour of the week. An hour counts as learned after `min_weeks` weeks of its readings. The profile at
     an instant is a smooth curve through the hours around it (`smooth_profile`, no step at hour
     boundaries) and counts as learned only where all six hours it uses are. Updated after the rules
-    ran, so a reading is never judged against a profile that already contains it."""
+    ran, so a reading is never judged against a profile that already contains it.
+
+    A reading outside the sensor's normal band (below its highest G-low level, above its G-high level)
+    is an episode, not demand, and is not learned: a 90-minute sag learned into its hours would drag
+    the curve through the next hours away from the pressure there (false G-leak alarms about an hour
+    after the sag ended), and teach next week's same hours a sag that is not there. `learnable`."""
 
     def __init__(self, inv, group) -> None:
         self.inv, self.group = inv, group
@@ -91,6 +96,11 @@ class GasProfile:
         self.need = np.minimum(255, np.maximum(1, weeks * np.ceil(3600 / sample_s))).astype(np.uint8)
         self.mean_ = np.zeros((n, WEEK_HOURS), np.float32)
         self.count_ = np.zeros((n, WEEK_HOURS), np.uint8)
+        # The normal band, limits from the config (not state): [highest G-low level, G-high level] x set.
+        p_set = inv.p_set[group.global_index]
+        low = [max((lv.below for lv in inv.low_levels[int(i)]), default=-np.inf) for i in group.global_index]
+        self.band_lo = np.asarray(low, np.float64) * p_set
+        self.band_hi = inv.rel_high[group.global_index] * p_set
 
     def state_bytes(self) -> int:
         return self.mean_.nbytes + self.count_.nbytes + self.need.nbytes
@@ -98,9 +108,14 @@ class GasProfile:
     def before(self, rnd) -> None:
         pass
 
+    def learnable(self, view) -> tuple[np.ndarray, np.ndarray]:
+        """(p, learnable): valid (valid_p) and inside the sensor's normal band [band_lo, band_hi]."""
+        p, ok = valid_p(view, self.inv, self.group.global_index)
+        return p, ok & (p >= self.band_lo[view.loc]) & (p <= self.band_hi[view.loc])
+
     def after(self, rnd) -> None:
         v = rnd.view(self.group)
-        p, ok = valid_p(v, self.inv, self.group.global_index)
+        p, ok = self.learnable(v)
         flat = self._flat(v)
         if not ok.all():
             idx = np.flatnonzero(ok)
@@ -278,10 +293,16 @@ class GasRupture(GasRule):
     Each stored residual is tagged with whether the profile was learned for it, and a drop is measured
     only from residuals with the same tag as the current reading: a residual against the profile and a
     raw pressure are different quantities, so the switch from one to the other is never a drop (in
-    effect the window restarts when the profile becomes learned, or stops being learned)."""
+    effect the window restarts when the profile becomes learned, or stops being learned).
+
+    A drop counts only from the normal level down: the peak it is measured from is taken at most
+    hysteresis_pct % of set pressure above the profile (or above set pressure where none is learned).
+    A return toward set pressure after an over-pressure episode (5.25 kPa back to 2.5) is not a rupture;
+    a fall from there on below the normal level still is."""
 
     type = "gas_rupture"
     metric = "p_drop"
+    unit = "%"  # value and limit are a drop in percent of set pressure, not kPa
     Params = RuptureParams
 
     def setup(self, shared):
@@ -319,13 +340,15 @@ class GasRupture(GasRule):
             vals, age = self.ring.ages(loc[cand], ts[cand])
             same = self.ring_tag_[loc[cand]] == learned[cand][:, None]
             rc, ps = resid[cand], p_set[cand]
+            # The normal level a drop may start from, in the units of the row's tag (residual or raw).
+            ceiling = np.where(learned[cand], 0.0, ps) + self.hyst[loc[cand]]
             dc = np.zeros(len(cand))
             rr = np.zeros(len(cand), np.int8)
             hh = np.zeros(len(cand), np.int8)
             for sev, pct, w in self.levels:
                 # The drop is from the highest residual at most window_s before this reading.
                 mask = (age < self.ring.span(w + self.ring.slot_s)) & same
-                peak = np.where(mask, vals, np.float32(-np.inf)).max(axis=1)
+                peak = np.minimum(np.where(mask, vals, np.float32(-np.inf)).max(axis=1), ceiling)
                 drop = 100.0 * (peak - rc) / ps
                 dc = np.maximum(dc, np.where(np.isfinite(drop), drop, 0.0))
                 r, h, _ = levels_above(drop, [(sev, pct)], self.g.hysteresis_pct)
@@ -380,7 +403,13 @@ class GasLeakCusum(GasRule):
     rule emits nothing and keeps no state. Sigma is learned from the residuals against the profile
     (never below sigma_floor_pct of set pressure), by an exponential mean over sigma_tau_s of event
     time, and only while S is 0 so a leak does not teach itself into sigma; the CUSUM starts after
-    `warmup` such residuals."""
+    `warmup` such residuals.
+
+    An episode is a reading outside the normal band (the profile's: below the highest G-low level or
+    above G-high), owned by G-low, G-high and G-rupture. Its residuals neither move S (an active alarm
+    holds) nor teach sigma, and when the pressure is back at the profile (r >= -k sigma, inside the band)
+    S restarts at 0: the alarm clears when the episode ends instead of paying back the episode's
+    deficit over the next 2h/k readings (or bending into the next demand peak)."""
 
     type = "gas_leak_cusum"
     metric = "cusum"
@@ -401,6 +430,7 @@ class GasLeakCusum(GasRule):
         self.s_ = np.zeros(self.n)                      # CUSUM statistic, sigma units
         self.var_ = np.zeros(self.n, np.float32)        # residual variance, kPa^2
         self.last_ = np.full(self.n, -1, np.int64)      # event time of the last residual
+        self.episode_ = np.zeros(self.n, np.bool_)      # S holds an episode's residual: restart at the profile
         self.profile = _profile(shared, self.inv, self.group)
 
     def evaluate(self, view) -> Eval:
@@ -424,7 +454,12 @@ class GasLeakCusum(GasRule):
         sigma = np.maximum(np.sqrt(var.astype(np.float64)), self.floor[loc])
         seen = st.get(self.seen_)
         warm = seen >= self.warm
-        s = np.where(warm, np.clip(st.get(self.s_) - r / sigma - self.k, 0.0, 2 * self.h), 0.0)
+        inband = (p >= self.profile.band_lo[loc]) & (p <= self.profile.band_hi[loc])
+        episode = st.get(self.episode_)
+        back = episode & inband & (r >= -self.k * sigma)
+        s0 = np.where(back, 0.0, st.get(self.s_))
+        s = np.where(warm, np.where(inband, np.clip(s0 - r / sigma - self.k, 0.0, 2 * self.h), s0), 0.0)
+        st.put(self.episode_, (~inband | (episode & ~back)) & (s > 0))
         st.put(self.seen_, np.minimum(seen.astype(np.int64) + 1, 65535))
         # Sigma learns with exponential weights by elapsed event time (a running mean during warm-up),
         # frozen while the CUSUM is away from 0.
@@ -432,7 +467,7 @@ class GasLeakCusum(GasRule):
         dt = np.where(last >= 0, np.maximum(ts - last, 0), 0)
         a = np.where(last >= 0, -np.expm1(-dt / self.tau_ns), 1.0)
         a = np.where(warm, a, np.maximum(a, 1.0 / (seen + 1.0)))
-        learn = s == 0
+        learn = (s == 0) & inband
         st.put(self.var_, np.where(learn & (last >= 0), (1 - a) * var + a * r * r, var))
         st.put(self.last_, ts)
         st.put(self.s_, s)
@@ -508,11 +543,19 @@ class GasSensorRange(LevelDetector):
 class BatteryParams(RuleParams):
     yellow_v: float | None = Field(None, ge=2.0, le=4.0)
     orange_v: float | None = Field(None, ge=2.0, le=4.0)
-    hysteresis_v: float = Field(0.05, ge=0, le=1)
+    # A fading cell crosses its limit slowly, and every transmission dips it by ~0.1-0.2 V (the radio's
+    # current through the cell's internal resistance), with noise and temperature swings on top: a
+    # 0.05 V band turned one fade into an alert per report and a severity change per dip. 0.3 V (more
+    # than a dip plus noise) holds the level until the battery is replaced (a fresh Li-SOCl2 cell
+    # reads 3.65-3.7 V open-circuit, above yellow_v 3.3 + 0.3).
+    hysteresis_v: float = Field(0.3, ge=0, le=1)
 
 
 class Battery(LevelDetector):
-    """Batt: battery voltage below yellow_v (3.3 V) yellow, below orange_v (3.1 V) orange (Li-SOCl2 3.6 V)."""
+    """Batt: battery voltage below yellow_v (3.3 V) yellow, below orange_v (3.1 V) orange (Li-SOCl2 3.6 V).
+
+    The level holds until the voltage is hysteresis_v (0.3 V) above its limit; the rule's clear_for_s
+    (rules.yaml: 6 h) keeps one alert for one fading battery."""
 
     batchwise = True
 

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from config.base import Severity
 from detectors.base import Eval, LevelDetector, RuleParams, levels_above, levels_below, severity_code, stable_argsort
 from detectors.calendar import NS
-from detectors.gas import _profile, hour_of_week, valid_p
+from detectors.gas import _profile, hour_of_week
 
 Category = Literal["noise", "gas", "device", "data"]
 
@@ -131,8 +131,9 @@ class RateOfChange(FieldDetector):
 
 
 class RobustZParams(FieldParams):
-    window: int = Field(30, ge=3, le=64)
-    min_count: int = Field(10, ge=3, le=64)
+    window: int = Field(30, ge=3, le=1024)
+    min_count: int = Field(10, ge=3, le=1024)
+    min_mad: float | None = Field(None, ge=0)
     z: float = Field(3.5, gt=0)
     severity: Severity = "yellow"
     direction: Literal["rise", "fall", "both"] = "both"
@@ -151,7 +152,13 @@ MAD_Z = 0.6745
 
 class RobustZ(FieldDetector):
     """Rolling robust z-score: 0.6745 (x - median) / MAD over the previous `window` valid readings
-    (Iglewicz-Hoaglin modified z; 3.5 is their outlier cut). A zero MAD with x at the median is z = 0."""
+    (Iglewicz-Hoaglin modified z; 3.5 is their outlier cut). A zero MAD with x at the median is z = 0.
+
+    The MAD is floored at `min_mad` (field units), by default at the window's resolution: the smallest
+    gap between two distinct values in it. A quantised signal (a sensor reporting whole dB, or a few
+    levels) has MAD 0 while most of its window sits on one level, and every step to the next level
+    would be z = infinity; with the floor a one-step change is z = 0.67. A window holding one value
+    only has no resolution: any change from it is still z = infinity, unless min_mad is set."""
 
     type = "robust_z"
     Params = RobustZParams
@@ -171,6 +178,12 @@ class RobustZ(FieldDetector):
         with np.errstate(invalid="ignore", divide="ignore"):
             med = _nanmedian(hist, count)
             mad = _nanmedian(np.abs(hist - med[:, None]), count)
+            if self.params.min_mad is not None:
+                mad = np.maximum(mad, self.params.min_mad)
+            else:
+                gaps = np.diff(np.sort(hist, axis=1), axis=1)   # NaN (empty slots) sorts last: NaN gaps
+                res = np.where(gaps > 0, gaps, np.inf).min(axis=1, initial=np.inf)
+                mad = np.where(np.isfinite(res), np.maximum(mad, res), mad)
             dev = x - med
             z = np.where(dev == 0, 0.0, MAD_Z * dev / mad)
         d = self.params.direction
@@ -570,7 +583,7 @@ class GasFlatline(Flatline):
         # Every batch row of those sensors, in rank order, and where it goes in the copy.
         mine = np.flatnonzero(np.isin(loc, sens))
         srow = np.searchsorted(sens, loc)
-        p, valid = valid_p(view, self.inv, self.sensors)
+        p, valid = prof.learnable(view)   # the readings the profile learns (GasProfile.after)
         local = view.local_seconds()
         hour = hour_of_week(local)
         # The local hours the window [t - window_s, t] touches, as absolute hour numbers.

@@ -456,14 +456,21 @@ class Profile:
 
     def after(self, row):
         p, ok = valid_p(self.cfg, row)
-        if not ok:
-            return
+        if not ok or not in_band(self.cfg, row.sensor, p):
+            return  # not valid, or an episode outside the normal band: not learned
         b = self.bin(row.facts["local"])
         key = (row.sensor, b)
         c = self.count.get(key, 0) + 1
         m = self.mean.get(key, 0.0)
         self.mean[key] = _f32(m + (p - m) / min(c, 255))
         self.count[key] = min(c, 255)
+
+
+def in_band(cfg, sensor, p) -> bool:
+    """p inside the gas sensor's normal band: [highest G-low level, G-high level] x set pressure."""
+    d = cfg.devices[sensor]
+    rel_high, low = _rel_high(cfg, d)
+    return max((lv.below for lv in low), default=-math.inf) * d.set_pressure_kpa <= p <= rel_high * d.set_pressure_kpa
 
 
 def valid_p(cfg, row):
@@ -554,7 +561,8 @@ class RefRupture(GasRef):
         for i, (sev, pct, w) in enumerate(self.levels):
             span = min(self.slots, math.ceil((w + self.slot_s) / self.slot_s))
             vals = [v for kk, v, tag in ring.values() if 0 <= k - kk < span and tag == learned]
-            peak = max(vals) if vals else -math.inf
+            ceiling = (0.0 if learned else d.set_pressure_kpa) + self.pct / 100 * d.set_pressure_kpa
+            peak = min(max(vals), ceiling) if vals else -math.inf
             drop = 100.0 * (peak - resid) / d.set_pressure_kpa
             drop_pct = max(drop_pct, drop if math.isfinite(drop) else 0.0)
             r, h, _ = above(drop, [(sev, pct)], self.g.hysteresis_pct)
@@ -583,17 +591,26 @@ class RefLeak(GasRef):
         prof, learned = self.profile.baseline(row)
         if not learned:
             return none  # no CUSUM, and no learning, before the time-of-week profile is learned
-        s = self.st.setdefault(row.sensor, {"S": 0.0, "var": 0.0, "last": -1, "seen": 0})
+        s = self.st.setdefault(row.sensor, {"S": 0.0, "var": 0.0, "last": -1, "seen": 0, "episode": False})
         r = p - prof
         sigma = max(math.sqrt(s["var"]), c.sigma_floor_pct / 100 * d.set_pressure_kpa)
         warm = s["seen"] >= c.warmup
-        S = min(max(0.0, s["S"] - r / sigma - self.k), 2 * self.h) if warm else 0.0
+        inband = in_band(self.cfg, row.sensor, p)
+        back = s["episode"] and inband and r >= -self.k * sigma   # the episode is over: restart
+        S0 = 0.0 if back else s["S"]
+        if not warm:
+            S = 0.0
+        elif inband:
+            S = min(max(0.0, S0 - r / sigma - self.k), 2 * self.h)
+        else:
+            S = S0  # an episode's residual is not a leak's: S holds
+        s["episode"] = (not inband or (s["episode"] and not back)) and S > 0
         last = s["last"]
         a = -math.expm1(-max(row.ts - last, 0) / (c.sigma_tau_s * NS)) if last >= 0 else 1.0
         if not warm:
             a = max(a, 1.0 / (s["seen"] + 1.0))
         s["seen"] = min(s["seen"] + 1, 65535)
-        if S == 0 and last >= 0:
+        if S == 0 and inband and last >= 0:
             s["var"] = _f32((1 - a) * s["var"] + a * r * r)
         s["last"], s["S"] = row.ts, S
         return Out(warm, self.sev if S >= self.h else 0, self.sev if S > 0 else 0, S, {k: self.h for k in range(5)}, S)
@@ -691,6 +708,12 @@ class RefRobustZ(FieldRef):
         hist = [v for v in s["buf"] if not math.isnan(v)]
         med = _median(hist)
         mad = _median([abs(v - med) for v in hist])
+        if self.p.min_mad is not None:
+            mad = max(mad, self.p.min_mad)
+        else:
+            gaps = [b - a for a, b in zip(sorted(hist), sorted(hist)[1:]) if b - a > 0]
+            if gaps and not math.isnan(mad):
+                mad = max(mad, min(gaps))
         dev = x - med
         if dev == 0:
             z = 0.0
@@ -947,6 +970,84 @@ class RefDeadman(RefRule):
                              "last_reading_ns": last if last >= 0 else None}))
 
 
+class RefHotelling(RefRule):
+    """hotelling_t2 one reading at a time: mean and covariance as plain lists, one solve per reading."""
+
+    def setup(self):
+        from detectors.multivariate import RIDGE, TINY, t2_limit
+
+        self.category, self.unit = self.p.category, self.p.unit
+        self.limit = t2_limit(self.p)
+        self.ridge, self.tiny = RIDGE, TINY
+        self.window = f"ewm {1.0 / self.p.lam:g} readings"
+
+    def judge(self, row):
+        import numpy as np
+
+        p, k = self.p, len(self.p.fields)
+        x = [row.get(f) for f in p.fields]
+        ok = all(math.isfinite(v) for v in x) and (p.flags == "any" or row.quality == 0)
+        s = self.st.setdefault(row.sensor, {"n": 0, "mean": [0.0] * k, "cov": [[0.0] * k for _ in range(k)]})
+        d = [x[j] - s["mean"][j] for j in range(k)]
+        t2, top = NAN, p.fields[0]
+        if ok:
+            if all(v == 0 for v in d):
+                t2, shares = 0.0, [0.0] * k
+            else:
+                scale = sum(s["cov"][j][j] for j in range(k)) / k
+                reg = [[s["cov"][i][j] + ((self.ridge * scale + self.tiny) if i == j else 0.0) for j in range(k)]
+                       for i in range(k)]
+                sol = np.linalg.solve(np.array(reg), np.array(d))
+                shares = [d[j] * float(sol[j]) for j in range(k)]
+                t2 = max(sum(shares), 0.0)
+            top = p.fields[max(range(k), key=lambda j: (shares[j], -j))]
+        run = ok and s["n"] >= p.warmup
+        t2 = t2 if run else NAN
+        if ok and (s["n"] < p.warmup or t2 <= self.limit):
+            a = 1.0 / (s["n"] + 1.0) if s["n"] < p.warmup else p.lam
+            s["mean"] = [s["mean"][j] + a * d[j] for j in range(k)]
+            s["cov"] = [[(1.0 - a) * (s["cov"][i][j] + a * d[i] * d[j]) for j in range(k)] for i in range(k)]
+            s["n"] = min(s["n"] + 1, p.warmup)
+        raw, held, limits = above(t2, [(SEVERITY_RANK[p.severity], self.limit)], p.hysteresis)
+        return Out(run, raw, held, t2, limits, t2 / self.limit, {"top_field": top})
+
+
+class RefKnnCad(FieldRef):
+    """knn_cad one reading at a time: lists for the last values, the windows and the non-conformities."""
+
+    def more(self):
+        self.window = f"{self.p.dim} x {self.p.train} readings"
+
+    def judge(self, row):
+        import numpy as np
+
+        p = self.p
+        x, ok = self.read(row)
+        s = self.st.setdefault(row.sensor, {"last": [], "train": [], "cal": []})
+        win = (s["last"] + [x])[-p.dim:]
+        full = ok and len(win) == p.dim
+        alpha = math.inf
+        if full and s["train"]:
+            d = np.sqrt(((np.array(s["train"]) - np.array(win)) ** 2).sum(axis=1))
+            near = sorted(float(v) for v in d)[:p.k]
+            if len(near) == p.k:
+                alpha = sum(near) / p.k
+        known = full and len(s["train"]) > p.k and len(s["cal"]) >= p.min_calib
+        score = NAN
+        if known:
+            cal = sorted(s["cal"])
+            ref = cal[min(max(math.ceil(p.quantile * len(cal)) - 1, 0), p.calib - 1)]
+            score = 0.0 if alpha == 0 else (alpha / ref if ref > 0 else math.inf)
+        if ok:
+            s["last"] = win
+            if full:
+                s["train"] = (s["train"] + [win])[-p.train:]
+                if math.isfinite(alpha):
+                    s["cal"] = (s["cal"] + [alpha])[-p.calib:]
+        raw, held, limits = above(score, [(SEVERITY_RANK[p.severity], p.limit)], p.hysteresis)
+        return Out(known, raw, held, x, limits, score, {"nonconformity": alpha})
+
+
 REFERENCES = {
     "noise_day_limit": RefDay, "noise_night_limit": RefNight, "noise_night_lmax": RefLmax,
     "noise_prohibited": RefProhibited, "noise_exam": RefExam, "noise_pre_warning": RefPre,
@@ -954,6 +1055,7 @@ REFERENCES = {
     "gas_rupture": RefRupture, "gas_leak_cusum": RefLeak, "gas_sensor_range": RefRange, "battery": RefBattery,
     "gas_flatline": RefGasFlatline, "threshold": RefThreshold, "rate_of_change": RefRate, "robust_z": RefRobustZ,
     "ewma": RefEwma, "cusum": RefCusum, "flatline": RefFlatline, "deadman": RefDeadman,
+    "hotelling_t2": RefHotelling, "knn_cad": RefKnnCad,
 }
 
 

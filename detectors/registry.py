@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from config.errors import ConfigError, ConfigProblem, did_you_mean
 from config.loader import problems_from_validation
-from detectors import deadman, gas, generic, noise
+from detectors import deadman, gas, generic, knn_cad, multivariate, noise
 from detectors.base import Detector, stable_argsort
 from detectors.batch import Detections, ReadingBatch
 from detectors.context import KIND_CODES, Inventory, Round, SensorGroup
@@ -28,6 +28,7 @@ REGISTRY: dict[str, type[Detector]] = {
         generic.GasFlatline, generic.Threshold, generic.RateOfChange, generic.RobustZ, generic.Ewma, generic.Cusum,
         generic.Flatline,
         deadman.Deadman,
+        multivariate.Hotelling, knn_cad.KnnCad,
     )
 }
 

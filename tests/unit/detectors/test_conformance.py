@@ -28,6 +28,8 @@ RULES: dict[str, dict] = {
     "ewma": {"field": "v", "warmup": 5, "lam": 0.3},
     "cusum": {"field": "v", "warmup": 5, "h": 3.0},
     "flatline": {"field": "v", "window_s": 300},
+    "hotelling_t2": {"fields": ["leq", "lmax", "v"], "warmup": 5, "lam": 0.2},
+    "knn_cad": {"field": "v", "dim": 3, "train": 6, "k": 2, "calib": 8, "min_calib": 4, "quantile": 0.9},
 }
 EXTRA = {"cusum_reset": ("cusum", {"field": "v", "warmup": 5, "h": 3.0, "after_alarm": "reset"})}
 CASES = sorted(RULES) + sorted(EXTRA)
@@ -178,7 +180,7 @@ def test_nan_input_is_missing_never_normal(case, rows):
         assert not (cleared & nan_at)
 
 
-ANOMALY = {"robust_z", "ewma", "cusum", "cusum_reset", "rate_of_change"}
+ANOMALY = {"robust_z", "ewma", "cusum", "cusum_reset", "rate_of_change", "hotelling_t2", "knn_cad"}
 
 
 @pytest.mark.parametrize("case", sorted(ANOMALY))
