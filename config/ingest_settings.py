@@ -9,6 +9,15 @@ from pydantic import Field, field_validator
 from config.base import Strict
 
 
+class MetricsHttp(Strict):
+    """The Prometheus endpoint of the self-metrics (`GET http://host:port/metrics`)."""
+
+    enabled: bool = True
+    # Loopback by default: the endpoint has no authentication; expose it beyond the host on purpose only.
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)  # 0: any free port (logged at start)
+
+
 class IngestSettings(Strict):
     batch_max_rows: int = Field(5000, gt=0, le=1_000_000)
     batch_max_age_ms: int = Field(200, gt=0, le=60_000)
@@ -31,6 +40,7 @@ class IngestSettings(Strict):
     future_skew_s: int = Field(300, ge=0)
     backfill_max_age_s: int = Field(7 * 86400, gt=0)
     metrics_interval_s: float = Field(5, gt=0)
+    metrics_http: MetricsHttp = MetricsHttp()
     # wall: live operation; event times are checked against the receive time (future_skew_s,
     # backfill_max_age_s) and time-driven rules (deadman) run on the wall clock.
     # event: simulation and replay of recorded feeds; event times are not compared with the wall clock

@@ -91,6 +91,16 @@ class IngestMetrics:
             )
         return snap
 
+    def snapshot_counts(self) -> dict:
+        """Counters, dead letters by reason and gauges, without taking the write latencies that `snapshot`
+        reports since its last call (a Prometheus scrape must not steal them from the InfluxDB points)."""
+        with self._lock:
+            return {
+                "counters": {name: int(self.counters.get(name, 0)) for name in COUNTERS},
+                "deadletter_by_reason": dict(self.deadletter_by_reason),
+                "gauges": dict(self.gauges),
+            }
+
     def to_lines(self, snap: dict, client_id: str, now_ns: int | None = None, host: str | None = None) -> bytes:
         """Line protocol for one snapshot: one point of counters and gauges, one per dead-letter reason."""
         ts = time.time_ns() if now_ns is None else now_ns
@@ -108,3 +118,110 @@ class IngestMetrics:
 
 def _tag(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ") or "-"
+
+
+# Upper bounds (s) of the alert-latency histogram's buckets: Prometheus' `le` convention (cumulative).
+LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class LatencyHistogram:
+    """Thread-safe fixed-bucket histogram of latencies in seconds (cumulative since the process started).
+
+    `observe_many` takes an array (one call per batch of notices, no per-value Python); `snapshot` gives
+    the cumulative bucket counts in Prometheus' form; `quantile` an upper bound read from the buckets.
+    """
+
+    def __init__(self, bounds_s=LATENCY_BUCKETS_S):
+        import numpy as np
+
+        self._np = np
+        self.bounds = np.asarray(bounds_s, np.float64)
+        self._counts = np.zeros(len(self.bounds) + 1, np.int64)  # the last bucket is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, seconds) -> None:
+        np = self._np
+        v = np.asarray(seconds, np.float64)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return
+        # Bucket i holds bounds[i-1] < v <= bounds[i] (side="left" puts v == bound in that bound's bucket).
+        idx = np.searchsorted(self.bounds, np.maximum(v, 0.0), side="left")
+        add = np.bincount(idx, minlength=len(self._counts))
+        with self._lock:
+            self._counts += add
+            self._sum += float(np.maximum(v, 0.0).sum())
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float, int]:
+        """([(le, cumulative count), ..., ("+Inf", count)], sum of seconds, count)."""
+        with self._lock:
+            counts, total = self._counts.copy(), self._sum
+        cum = self._np.cumsum(counts)
+        buckets = [(_le(b), int(c)) for b, c in zip(self.bounds, cum[:-1])] + [("+Inf", int(cum[-1]))]
+        return buckets, total, int(cum[-1])
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding quantile `q` (0..1): inf beyond the last bound; None if empty."""
+        buckets, _, n = self.snapshot()
+        if not n:
+            return None
+        rank = q * n
+        for le, c in buckets:
+            if c >= rank:
+                return float("inf") if le == "+Inf" else float(le)
+        return float("inf")
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class LagWatch:
+    """Says once when a lag crosses `warn_s` and once when it is back under `warn_s / 2` (hysteresis), at
+    most one "behind" line per `every_s` (a lag that flaps around the threshold is not a log flood).
+
+    `observe(lag_s, detail)` returns the line to log (or None); `clock` is monotonic seconds. `crossings`
+    counts the times it went behind (logged or not), `worst_s` the worst lag of the current episode.
+    """
+
+    def __init__(self, what: str, warn_s: float, every_s: float = 60.0, clock=time.monotonic):
+        if warn_s <= 0:
+            raise ValueError(f"warn_s must be > 0, got {warn_s}")
+        self.what, self.warn_s, self.every_s, self.clock = what, warn_s, every_s, clock
+        self.behind = False
+        self.crossings = 0
+        self.worst_s = 0.0
+        self._since = 0.0
+        self._said_at = float("-inf")
+        self._said_behind = False
+
+    def observe(self, lag_s: float, detail: str = "") -> tuple[int, str] | None:
+        """(logging level, message) to log now, or None."""
+        import logging
+
+        now = self.clock()
+        if not self.behind:
+            if lag_s <= self.warn_s:
+                return None
+            self.behind, self._since, self.worst_s = True, now, lag_s
+            self.crossings += 1
+            if now - self._said_at < self.every_s:
+                self._said_behind = False  # within the rate limit: neither this nor its recovery is said
+                return None
+            self._said_at, self._said_behind = now, True
+            return logging.WARNING, (f"{self.what} is falling behind: {lag_s:.1f} s (over {self.warn_s:g} s)"
+                                     + (f"; {detail}" if detail else ""))
+        self.worst_s = max(self.worst_s, lag_s)
+        if lag_s > self.warn_s / 2:
+            if not self._said_behind and now - self._said_at >= self.every_s:
+                # Went behind again within the rate limit and still is: say it now.
+                self._said_at, self._said_behind = now, True
+                return logging.WARNING, (f"{self.what} is falling behind: {lag_s:.1f} s (over {self.warn_s:g} s "
+                                         f"for {now - self._since:.1f} s)" + (f"; {detail}" if detail else ""))
+            return None
+        self.behind = False
+        if not self._said_behind:
+            return None
+        return logging.INFO, (f"{self.what} caught up after {now - self._since:.1f} s (worst {self.worst_s:.1f} s)"
+                              + (f"; {detail}" if detail else ""))

@@ -71,6 +71,7 @@ def _run(args) -> int:
         service.stop()
         return 1
     service.on_decoded(pipeline.on_batch)
+    service.attach_detection(pipeline)  # its backlog and alert latency in the self-metrics
     pipeline.reload_hooks.append(service.reload)
     # One scheduler for the process: the alert tick, config watch and state saves run beside the spool
     # drain and self-metrics, under the same lateness reporting (citywatch.service.JobLag).

@@ -1,0 +1,536 @@
+"""Benchmark: the whole service as users run it (`citywatch run`, every shipped rule on) under two stream shapes.
+
+Shapes (issue 17), published by `mosquitto_pub -l` processes (one per device, its own account, QoS 1):
+  single: 8 noise devices, each message one ThingsBoard-style reading `{"ts", "values": {leq, lmax, lmin, l90}}`;
+  batch:  every JSON device of the inventory (gas and noise), each message a 60-sample batch (1 s apart).
+For each shape: a bare paho QoS 1 subscriber's rate for the same publishers and messages (same broker, same
+run); then a paced ramp of steps until a step loses or lags (its readings not all in InfluxDB within
+--grace seconds of the step's end, or the detectors' oldest waiting arrival older than --lag-s); the
+sustained rate is the best passing step's readings over the time until its last one was counted; then a
+burst as fast as the publishers go, timed until every reading is counted in InfluxDB. Meanwhile a probe
+gas device alternates over and under its G-highhigh limit at 4 Hz: publish -> alert notice latency on the
+MQTT alert topic (alerts.yaml is replaced by one MQTT sink without group timers or flap damping, so the
+latency is the pipeline's, not a routing policy's). The service's own view (detection backlog, late and
+skipped alert ticks) is read from its Prometheus endpoint.
+
+Run:  .venv/bin/python bench/bench_throughput.py [--broker raised|stock] [--shapes single,batch]
+      [--burst-single 50000] [--burst-batch 2000] [--step-s 5] [--keep]
+      (--burst-single 100000 is the issue's burst; the default run takes about 3 minutes)
+Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): sustained_readings_s=..
+           bare_readings_s=.. bare_lost_msgs=.. ratio=.. failed_step=.. burst_readings_s=.. burst_lost=..
+           alert_p99_ms=..; then alert_p99_ms=.. (whole run) ticks_skipped=.. behind_lines=..
+With --broker stock the bare subscriber gets an unpaced burst live (a stock broker keeps 1,000 queued
+messages per session), and what the broker dropped even for it is reported.
+Measures; changes nothing in the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from citywatch.localstack import Credentials, InfluxProcess, MosquittoProcess, free_port
+from config import load_config
+
+ALERTS_YAML = """
+alerting:
+  sinks:
+    ops_mqtt: {type: mqtt, topic_prefix: city/xm/alerts, qos: 1, rate_per_s: 1000}
+  route: {receivers: [ops_mqtt], group_by: [site_id, rule_id], group_wait_s: 0, group_interval_s: 0}
+  flap_max_transitions: 1000000
+  store_path: STORE
+"""
+# Mosquitto's own defaults, for --broker stock (the stack raises them: README "Broker settings").
+STOCK_LIMITS = {"max_inflight_messages": "20", "max_queued_messages": "1000", "max_queued_bytes": "0"}
+SINGLE_STEPS = (1000, 2000, 3000, 4500, 6000, 8000, 11000, 16000)            # readings/s
+BATCH_STEPS = (15_000, 30_000, 60_000, 90_000, 120_000, 180_000)              # readings/s
+BARE_PREFIX = "city/xm/internal/bench"
+
+
+class Pub:
+    """One `mosquitto_pub -l` (one device, one topic); lines written to its stdin become QoS 1 messages."""
+
+    def __init__(self, port: int, user: str, pw: str, topic: str, cid: str):
+        self.proc = subprocess.Popen(
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", pw, "-t", topic, "-q", "1",
+             "-l", "-i", cid, "-M", "1000"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def write(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Shape:
+    """Message lines for one stream shape: each device's own readings, with distinct event times."""
+
+    def __init__(self, name: str, devices, samples: int, t0_ms: int, step_ms: int):
+        self.name, self.devices, self.samples, self.step_ms = name, devices, samples, step_ms
+        self.next_ms = {d.id: t0_ms for d in devices}
+        self.t0_ms = t0_ms
+        self.sent_readings = 0
+
+    def lines(self, dev, n: int) -> bytes:
+        """n messages (lines) of `dev`, event times continuing where its last message ended."""
+        t = self.next_ms[dev.id]
+        out = []
+        for i in range(n):
+            ts = [t + j * self.step_ms for j in range(self.samples)]
+            t += self.samples * self.step_ms
+            if self.samples == 1:
+                v = 50.0 + 3.0 * np.sin(ts[0] / 7000.0)
+                out.append(f'{{"ts":{ts[0]},"values":{{"leq":{v:.1f},"lmax":{v + 8:.1f},"lmin":{v - 5:.1f},'
+                           f'"l90":{v - 3:.1f}}}}}')
+            elif dev.kind == "gas":
+                smp = ",".join(f'{{"ts":{x},"values":{{"p":{dev.set_pressure_kpa * (1 + 0.004 * np.sin(x / 9000.0)):.3f}}}}}'
+                               for x in ts)
+                out.append(f'{{"schema":"xm.gas.v1","device_id":"{dev.id}","site_id":"{dev.site}","samples":[{smp}]}}')
+            else:
+                smp = ",".join(f'{{"ts":{x},"values":{{"leq":{44 + 2 * np.sin(x / 7000.0):.1f},"lmax":52.0,"lmin":39.0}}}}'
+                               for x in ts)
+                out.append(f'{{"schema":"xm.noise.v1","device_id":"{dev.id}","site_id":"{dev.site}","interval_s":1,'
+                           f'"samples":[{smp}]}}')
+        self.next_ms[dev.id] = t
+        self.sent_readings += n * self.samples
+        return ("\n".join(out) + "\n").encode()
+
+    def span_ns(self) -> tuple[int, int]:
+        return self.t0_ms * 1_000_000, (max(self.next_ms.values()) + 1) * 1_000_000
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="bench_throughput_"))
+        self.cfg0 = load_config(ROOT / "config", env={})
+        self.creds = Credentials.generate(self.cfg0.device_ids)
+        self.mosq = MosquittoProcess(self.work / "mosquitto", free_port(), self.creds)
+        if args.broker == "stock":
+            text = self.mosq.conf.read_text()
+            for key, value in STOCK_LIMITS.items():
+                text = re.sub(rf"(?m)^{key} .*$", f"{key} {value}", text)
+            self.mosq.conf.write_text(text)
+        self.influx = InfluxProcess(self.work / "influxdb", free_port(), free_port())
+        self.svc = None
+        self.metrics_url = None
+        self.probe_lat: list[tuple[float, float]] = []  # (monotonic publish time, latency ms)
+
+    # ----- servers and the service ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.mosq.start()
+        self.influx.start()
+        cfg_dir = self.work / "config"
+        shutil.copytree(ROOT / "config", cfg_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+        (cfg_dir / "alerts.yaml").write_text(ALERTS_YAML.replace("STORE", str(self.work / "alerts.sqlite")))
+        ingest = (cfg_dir / "ingest.yaml").read_text()
+        # Port 0: a free port, read from the service's log (several benches or services may run at once).
+        (cfg_dir / "ingest.yaml").write_text(re.sub(r"(?m)^    port: 9464\b", "    port: 0", ingest, count=1))
+        user, pw = self.creds.collector
+        self.env = {**os.environ, "CITYWATCH_MQTT_HOST": "127.0.0.1", "CITYWATCH_MQTT_PORT": str(self.mosq.port),
+                    "CITYWATCH_MQTT_USERNAME": user, "CITYWATCH_MQTT_PASSWORD": pw, **self.influx.env()}
+        self.cfg = load_config(cfg_dir, self.env)
+        (self.work / "cwd").mkdir()
+        self.log_path = self.work / "service.log"
+        with open(self.log_path, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.svc = subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", str(cfg_dir)],
+                                        env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                        cwd=str(self.work / "cwd"), start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            m = re.search(r"Prometheus metrics at (http://\S+/metrics)", text)
+            if m and "connected to MQTT broker" in text:
+                self.metrics_url = m.group(1)
+                return
+            if self.svc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("citywatch run did not start:\n" + self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.svc is not None and self.svc.poll() is None:
+            os.kill(self.svc.pid, signal.SIGTERM)
+            try:
+                self.svc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.kill(self.svc.pid, signal.SIGKILL)
+        self.influx.kill()
+        self.mosq.kill()
+        self.mosq.remove_broker_dir()
+
+    def scrape(self) -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+                out[key] = s.value
+        return out
+
+    def landed(self, shape: Shape) -> int:
+        a, b = shape.span_ns()
+        where = f"time >= {a} AND time < {b}"
+        n = self.influx.count("noise", "leq", where)
+        if shape.name == "batch":
+            n += self.influx.count("gas_pressure", "p", where)
+        return n
+
+    # ----- the probe: publish -> alert notice -----------------------------------------------------------
+
+    def start_probe(self) -> None:
+        cfg = self.cfg
+        probe = next(d for d in cfg.devices if d.kind == "gas" and d.protocol == "json" and d.id not in self.used)
+        self.probe_dev = probe
+        sent: dict[int, float] = {}
+        tuser, tpw = self.creds.tester
+
+        def on_message(c, u, msg):
+            t = time.monotonic()
+            if "/active/" in msg.topic or not msg.payload:
+                return
+            n = json.loads(msg.payload)
+            if n.get("rule_id") == "G-highhigh" and n["device"]["id"] == probe.id and n["ts_ns"] in sent:
+                t_pub = sent[n["ts_ns"]]
+                self.probe_lat.append((t_pub, (t - t_pub) * 1000))
+
+        self.sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-alert-sub", protocol=mqtt.MQTTv5)
+        self.sub.username_pw_set(tuser, tpw)
+        self.sub.on_message = on_message
+        self.sub.connect("127.0.0.1", self.mosq.port)
+        self.sub.subscribe("city/xm/alerts/#", qos=1)
+        self.sub.loop_start()
+        pr = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe", protocol=mqtt.MQTTv5)
+        pr.username_pw_set(tuser, tpw)
+        pr.connect("127.0.0.1", self.mosq.port)
+        pr.loop_start()
+        self.probe_stop = threading.Event()
+
+        def loop():
+            high = True
+            last = 0
+            while not self.probe_stop.wait(0.25):
+                ts = max(int(time.time() * 1000), last + 1)
+                last = ts
+                p = probe.mop_kpa * 1.5 if high else probe.set_pressure_kpa
+                body = json.dumps({"schema": "xm.gas.v1", "device_id": probe.id, "site_id": probe.site,
+                                   "samples": [{"ts": ts, "values": {"p": p, "batt_v": 3.5}}]}).encode()
+                sent[ts * 1_000_000] = time.monotonic()
+                pr.publish(f"city/xm/gas/{probe.site}/{probe.id}/data", body, qos=1)
+                high = not high
+            pr.disconnect()
+            pr.loop_stop()
+
+        self.probe_thread = threading.Thread(target=loop, daemon=True)
+        self.probe_thread.start()
+
+    def probe_p99(self, t_from: float, t_to: float) -> tuple[float, int]:
+        lat = [ms for t, ms in self.probe_lat if t_from <= t <= t_to]
+        return (float(np.percentile(lat, 99)) if lat else float("nan")), len(lat)
+
+    # ----- measurements --------------------------------------------------------------------------------
+
+    def bare(self, shape: Shape, n_msgs: int) -> tuple[float, int]:
+        """Readings/s a bare paho QoS 1 subscriber receives, for the same publishers and messages (as the
+        service's account, on a subtree the service does not read). With raised broker limits the messages
+        are queued in its persistent session first and the drain is timed (the publishers' CPU is not on the
+        clock, as in bench_ingest); a stock broker drops a session's queue beyond 1,000 messages, so there
+        the subscriber is online while the publishers send as fast as they go, and what the broker dropped
+        even for it is reported (the ratio is then against a lossy figure). Returns (readings/s, messages lost)."""
+        user, pw = self.creds.collector
+        got = [0]
+        done = threading.Event()
+        queued = self.args.broker == "raised"
+
+        def on_message(c, u, m):
+            got[0] += 1
+            if got[0] >= n_msgs:
+                done.set()
+
+        def connect(expiry: int) -> mqtt.Client:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = expiry
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-bare-{shape.name}", protocol=mqtt.MQTTv5)
+            c.username_pw_set(user, pw)
+            c.on_message = on_message
+            c.connect("127.0.0.1", self.mosq.port, clean_start=not queued, properties=props)
+            c.loop_start()
+            return c
+
+        sub = connect(600)
+        sub.subscribe(f"{BARE_PREFIX}/#", qos=1)
+        time.sleep(0.5)
+        if queued:
+            sub.disconnect()
+            sub.loop_stop()
+        devs = shape.devices[:8] if shape.samples == 1 else shape.devices
+        pubs = [Pub(self.mosq.port, user, pw, f"{BARE_PREFIX}/{shape.name}/{d.id}", f"bench-bare-pub-{d.id}") for d in devs]
+        per = [n_msgs // len(pubs) + (1 if i < n_msgs % len(pubs) else 0) for i in range(len(pubs))]
+        probe_shape = Shape(shape.name, devs, shape.samples, shape.t0_ms, shape.step_ms)
+        data = [probe_shape.lines(d, k) for d, k in zip(devs, per)]
+        time.sleep(1.0)  # the publishers connect before the clock starts
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=p.write, args=(b,), daemon=True) for p, b in zip(pubs, data)]
+        for th in threads:
+            th.start()
+        if queued:
+            for th in threads:
+                th.join()
+            for p in pubs:
+                p.close()  # mosquitto_pub -l finishes its in-flight messages at the end of its input
+            t0 = time.monotonic()
+            sub = connect(0)
+        last, last_t = -1, time.monotonic()
+        while not done.wait(0.2):
+            if got[0] != last:
+                last, last_t = got[0], time.monotonic()
+            elif time.monotonic() - last_t > 5:
+                break  # a stock broker dropped some: the rate is of what arrived
+        rate = got[0] / ((time.monotonic() if done.is_set() else last_t) - t0)
+        if not queued:
+            for p in pubs:
+                p.close()
+        sub.disconnect()
+        sub.loop_stop()
+        lost = n_msgs - got[0]
+        print(f"  bare paho subscriber ({'queued backlog drained' if queued else 'live'}): {rate:,.0f} msg/s = "
+              f"{rate * shape.samples:,.0f} readings/s ({got[0]:,} of {n_msgs:,} messages"
+              f"{'' if not lost else f', {lost:,} never arrived'})")
+        return rate * shape.samples, lost
+
+    def wait_landed(self, shape: Shape, grace_s: float) -> int:
+        deadline = time.monotonic() + grace_s
+        n = self.landed(shape)
+        while n < shape.sent_readings and time.monotonic() < deadline:
+            time.sleep(0.25)
+            n = self.landed(shape)
+        return n
+
+    def ramp(self, shape: Shape, pubs: dict, steps) -> tuple[float, dict]:
+        """Paced steps until one loses or lags; returns (best passing achieved readings/s, the failing step)."""
+        best, failed = 0.0, {}
+        per_msg = shape.samples
+        for rate in steps:
+            msg_rate = rate / per_msg
+            n_msgs = int(msg_rate * self.args.step_s)
+            devs = list(pubs)
+            per = [n_msgs // len(devs) + (1 if i < n_msgs % len(devs) else 0) for i in range(len(devs))]
+            # Lines prebuilt before the step (not on the clock), cut into 20 ms slices per device.
+            ticks = max(1, int(self.args.step_s / 0.02))
+            slices = {}
+            for d, k in zip(devs, per):
+                lines = shape.lines(d, k).splitlines(keepends=True)
+                cuts = np.linspace(0, len(lines), ticks + 1).astype(int)
+                slices[d.id] = [b"".join(lines[cuts[i]:cuts[i + 1]]) for i in range(ticks)]
+            s0 = self.scrape()
+            t0 = time.monotonic()
+            worst_age = 0.0
+            for i in range(ticks):
+                for d in devs:
+                    if slices[d.id][i]:
+                        pubs[d].write(slices[d.id][i])
+                ahead = t0 + (i + 1) * 0.02 - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+                if i % 25 == 0:
+                    worst_age = max(worst_age, self.scrape().get("citywatch_detection_oldest_age_seconds", 0.0))
+            t_pub = time.monotonic() - t0
+            n = self.wait_landed(shape, self.args.grace)
+            t_land = time.monotonic() - t0
+            s1 = self.scrape()
+            worst_age = max(worst_age, s1.get("citywatch_detection_oldest_age_seconds", 0.0))
+            achieved = per_msg * n_msgs / t_pub
+            # What the service took in: the step's readings over the time until the last one was counted.
+            took = per_msg * n_msgs / t_land
+            skipped = s1.get("citywatch_job_skipped_total{job=alerts_tick}", 0) - s0.get(
+                "citywatch_job_skipped_total{job=alerts_tick}", 0)
+            p99, k = self.probe_p99(t0, time.monotonic())
+            ok = n >= shape.sent_readings and worst_age <= self.args.lag_s
+            missing = shape.sent_readings - n
+            why = ([f"not all in InfluxDB within {self.args.grace:g} s"] if missing else []) + (
+                [f"detection wait over {self.args.lag_s:g} s"] if worst_age > self.args.lag_s else [])
+            verdict = "ok" if ok else "LAGS (" + ", ".join(why) + ")"
+            print(f"  step {rate:>7,} readings/s: published at {achieved:>9,.0f}/s, landed at {took:>9,.0f}/s; "
+                  f"{'all in' if not missing else format(missing, ',') + ' not in'} InfluxDB {t_land - t_pub:.1f} s "
+                  f"after the last publish; detection oldest wait {worst_age:.1f} s, alert ticks skipped "
+                  f"{skipped:.0f}, probe p99 {p99:.0f} ms ({k}): {verdict}")
+            if not ok:
+                failed = {"rate": rate, "missing": shape.sent_readings - n, "detect_age_s": worst_age}
+                n = self.wait_landed(shape, 60)  # let the step finish before the burst
+                if n < shape.sent_readings:
+                    print(f"    and LOSES: {shape.sent_readings - n:,} readings still not in InfluxDB a minute later")
+                break
+            best = max(best, took)
+        return best, failed
+
+    def burst(self, shape: Shape, pubs: dict, n_msgs: int) -> tuple[float, int, float]:
+        """n_msgs messages as fast as the publishers go; (readings/s until all landed, readings lost, s)."""
+        devs = list(pubs)
+        per = [n_msgs // len(devs) + (1 if i < n_msgs % len(devs) else 0) for i in range(len(devs))]
+        before = shape.sent_readings
+        data = {d: shape.lines(d, k) for d, k in zip(devs, per)}
+        want = shape.sent_readings
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=pubs[d].write, args=(data[d],), daemon=True) for d in devs]
+        for th in threads:
+            th.start()
+        last, last_t, n = -1, time.monotonic(), 0
+        worst_age = 0.0
+        while True:
+            n = self.landed(shape)
+            worst_age = max(worst_age, self.scrape().get("citywatch_detection_oldest_age_seconds", 0.0))
+            if n >= want:
+                break
+            if n != last:
+                last, last_t = n, time.monotonic()
+            elif time.monotonic() - last_t > 15:
+                break  # no progress for 15 s: the rest is lost
+            time.sleep(0.25)
+        t = (time.monotonic() - t0) if n >= want else (last_t - t0)
+        landed_burst = n - (before - 0) if n >= before else 0
+        rate = landed_burst / t if t > 0 else float("nan")
+        print(f"  burst of {n_msgs:,} messages ({want - before:,} readings): {landed_burst:,} landed in {t:.1f} s "
+              f"= {rate:,.0f} readings/s; lost {want - n:,}; detection oldest wait up to {worst_age:.1f} s")
+        return rate, want - n, worst_age
+
+    def run_shape(self, name: str) -> dict:
+        cfg = self.cfg
+        now_ms = int(time.time() * 1000)
+        if name == "single":
+            devs = [d for d in cfg.devices if d.kind == "noise" and d.protocol == "json"][:8]
+            # 10 ms apart, from 2 h ago: distinct times, never in the future, far inside backfill_max_age_s.
+            shape = Shape("single", devs, 1, now_ms - 2 * 3600_000, 10)
+            steps, burst_n, bare_n = SINGLE_STEPS, self.args.burst_single, self.args.bare_single
+        else:
+            devs = [d for d in cfg.devices if d.protocol == "json" and d.id != self.probe_dev.id]
+            # Minute batches of 1 s samples from 6 days ago (a fast stream of many devices is a back-fill in
+            # event time: a live minute batch per device per minute would be a few hundred readings/s).
+            shape = Shape("batch", devs, 60, now_ms - 6 * 86400_000, 1000)
+            steps, burst_n, bare_n = BATCH_STEPS, self.args.burst_batch, self.args.bare_batch
+        print(f"shape {name}: {len(devs)} devices, {shape.samples} reading(s) per message")
+        t_start = time.monotonic()
+        bare, bare_lost = self.bare(shape, bare_n)
+        pubs = {d: Pub(self.mosq.port, d.id, self.creds.devices[d.id], f"city/xm/{d.kind}/{d.site}/{d.id}/data",
+                       f"bench-{d.id}") for d in devs}
+        time.sleep(1.0)  # connected before the first step
+        try:
+            sustained, failed = self.ramp(shape, pubs, steps)
+            b_rate, b_lost, _ = self.burst(shape, pubs, burst_n)
+        finally:
+            for p in pubs.values():
+                p.close()
+        p99, k = self.probe_p99(t_start, time.monotonic())
+        res = {"bare": bare, "bare_lost": bare_lost, "sustained": sustained, "ratio": sustained / bare if bare else float("nan"),
+               "failed": failed, "burst": b_rate, "burst_lost": b_lost, "burst_ratio": b_rate / bare if bare else float("nan"),
+               "p99": p99, "probes": k}
+        print(f"  => sustained {sustained:,.0f} readings/s = {res['ratio']:.0%} of the bare subscriber; burst drained "
+              f"at {b_rate:,.0f}/s = {res['burst_ratio']:.0%}; alert latency p99 {p99:.0f} ms over {k} probe notices")
+        return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--broker", choices=["raised", "stock"], default="raised",
+                    help="raised: the stack's limits (README 'Broker settings'); stock: Mosquitto's defaults")
+    ap.add_argument("--shapes", default="single,batch", help="comma-separated: single, batch")
+    ap.add_argument("--step-s", type=float, default=5.0, help="seconds per ramp step (default 5)")
+    ap.add_argument("--grace", type=float, default=2.0, help="a step's readings must all be in InfluxDB this many "
+                    "seconds after its last publish (default 2); a passing step's rate is its readings over the "
+                    "time until the last one was counted")
+    ap.add_argument("--lag-s", type=float, default=5.0, help="a step lags when an arrival waits longer than this "
+                    "for the detectors (default 5)")
+    ap.add_argument("--burst-single", type=int, default=50_000, help="messages of the single-reading burst "
+                    "(default 50000; the issue's is 100000)")
+    ap.add_argument("--burst-batch", type=int, default=2_000, help="60-sample messages of the batch burst")
+    ap.add_argument("--bare-single", type=int, default=40_000, help="messages for the bare subscriber, single")
+    ap.add_argument("--bare-batch", type=int, default=3_000, help="messages for the bare subscriber, batch")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (service log, data)")
+    args = ap.parse_args()
+    if not shutil.which("mosquitto_pub"):
+        print("bench_throughput: mosquitto_pub is missing (Debian package mosquitto-clients)", file=sys.stderr)
+        return 1
+
+    b = Bench(args)
+    t_all = time.monotonic()
+    results = {}
+    try:
+        b.start()
+        print(f"bench_throughput: {os.cpu_count()} CPUs, broker limits {args.broker}, work dir {b.work}; "
+              f"metrics {b.metrics_url}")
+        b.used = {d.id for d in b.cfg.devices if d.kind == "noise" and d.protocol == "json"}
+        b.start_probe()
+        for name in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+            results[name] = b.run_shape(name)
+        b.probe_stop.set()
+        b.probe_thread.join(5)
+        time.sleep(1.0)
+        s = b.scrape()
+        log = b.log_path.read_text(errors="replace")
+        behind = log.count("detection is falling behind")
+        tick_late = log.count("alert tick is falling behind")
+        p99_all, k_all = b.probe_p99(0, time.monotonic())
+        print(f"service: detection 'falling behind' lines {behind}, alert-tick lateness lines {tick_late}; "
+              f"alert ticks run {s.get('citywatch_job_runs_total{job=alerts_tick}', 0):.0f}, late "
+              f"{s.get('citywatch_job_late_total{job=alerts_tick}', 0):.0f}, skipped "
+              f"{s.get('citywatch_job_skipped_total{job=alerts_tick}', 0):.0f}; notices "
+              f"{s.get('citywatch_alert_notices_total', 0):.0f}")
+        print(f"alert latency over the whole run: p99 {p99_all:.0f} ms over {k_all} probe notices; "
+              f"{time.monotonic() - t_all:.0f} s in all")
+        parts = [f"broker={args.broker}"]
+        for name, r in results.items():
+            parts += [f"{name}_sustained_readings_s={r['sustained']:.0f}", f"{name}_bare_readings_s={r['bare']:.0f}", f"{name}_bare_lost_msgs={r['bare_lost']}",
+                      f"{name}_ratio={r['ratio']:.2f}", f"{name}_failed_step={r['failed'].get('rate', 0)}",
+                      f"{name}_burst_readings_s={r['burst']:.0f}", f"{name}_burst_lost={r['burst_lost']}",
+                      f"{name}_alert_p99_ms={r['p99']:.0f}"]
+        parts += [f"alert_p99_ms={p99_all:.0f}", f"ticks_skipped={s.get('citywatch_job_skipped_total{job=alerts_tick}', 0):.0f}",
+                  f"behind_lines={behind}"]
+        print("RESULT bench_throughput " + " ".join(parts))
+    finally:
+        if getattr(b, "probe_stop", None) is not None:
+            b.probe_stop.set()
+        if getattr(b, "sub", None) is not None:
+            b.sub.disconnect()
+            b.sub.loop_stop()
+        b.stop()
+        if args.keep:
+            print(f"work directory kept: {b.work}")
+        else:
+            shutil.rmtree(b.work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The service's self-metrics in the Prometheus text format on a local HTTP endpoint (`GET /metrics`).
+
+Read at scrape time from the same counters and gauges that `citywatch status` shows (ingest.metrics,
+the scheduler's JobLag, the detection pipeline's backlog and alert latency): one source, no second set
+of counters. Served by the maintained client library, `prometheus_client`, on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+from ingest.metrics import COUNTERS
+
+log = logging.getLogger(__name__)
+
+PREFIX = "citywatch_"
+
+# Gauges of IngestMetrics (name there -> (Prometheus name, help)); seconds and bytes in base units.
+_GAUGES = {
+    "spool_records": ("spool_records", "Batches in the local spool waiting for InfluxDB"),
+    "spool_bytes": ("spool_bytes", "Bytes in the local spool waiting for InfluxDB"),
+    "spool_age_s": ("spool_oldest_age_seconds", "Age of the oldest batch in the spool (0 when empty)"),
+    "inbox_depth": ("inbox_messages", "MQTT messages received and not yet decoded"),
+    "batch_rows_held": ("batch_rows_held", "Decoded rows held in the micro-batch being filled"),
+    "influx_ok": ("influxdb_up", "1 while InfluxDB takes writes, 0 while they fail"),
+    "mqtt_connected": ("mqtt_connected", "1 while the collector is connected to the MQTT broker"),
+}
+
+
+class ServiceCollector:
+    """A prometheus_client custom collector over one running `citywatch.service.Service`."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def collect(self):
+        svc = self.service
+        try:
+            svc.update_gauges()
+        except Exception:
+            log.exception("could not refresh the gauges for a scrape")
+        snap = svc.metrics.snapshot_counts()
+        for name in COUNTERS:
+            yield CounterMetricFamily(PREFIX + name, f"citywatch ingest counter {name}", value=snap["counters"][name])
+        dl = CounterMetricFamily(PREFIX + "deadletter_rejects", "Refused messages and rows by dead-letter reason "
+                                 "(each refused row, or the message's reason)", labels=["reason"])
+        for reason, n in sorted(snap["deadletter_by_reason"].items()):
+            dl.add_metric([reason], n)
+        yield dl
+        gauges = snap["gauges"]
+        for key, (name, help_) in _GAUGES.items():
+            if gauges.get(key) is not None:
+                yield GaugeMetricFamily(PREFIX + name, help_, value=float(gauges[key]))
+        jobs = svc.scheduler.job_lag.counts()
+        for what, help_ in (("runs", "Runs of each scheduled job"),
+                            ("late", "Runs that started more than 2 intervals (and 1 s) after they were due"),
+                            ("skipped", ("Due runs that did not run on their own: coalesced into a later run or "
+                                         "refused while the previous run was still going"))):
+            fam = CounterMetricFamily(PREFIX + f"job_{what}", help_, labels=["job"])
+            for job, c in sorted(jobs.items()):
+                fam.add_metric([job], c[what])
+            yield fam
+        det = svc.detection
+        if det is None:
+            return
+        b = det.backlog()
+        yield GaugeMetricFamily(PREFIX + "detection_rows_queued", "Readings handed to the detectors and not yet "
+                                "evaluated", value=b["rows_queued"])
+        yield GaugeMetricFamily(PREFIX + "detection_oldest_age_seconds", "Wall time since the oldest arrival not "
+                                "yet evaluated was handed to the detectors (0 when none waits)", value=b["oldest_age_s"])
+        yield GaugeMetricFamily(PREFIX + "detection_event_lag_seconds", "Newest event time handed to the detectors "
+                                "minus the newest evaluated, while readings wait", value=b["event_lag_s"])
+        yield CounterMetricFamily(PREFIX + "detection_readings", "Readings evaluated by the detectors",
+                                  value=b["readings"])
+        yield CounterMetricFamily(PREFIX + "detection_steps", "Detector steps", value=b["steps"])
+        yield CounterMetricFamily(PREFIX + "detection_deferred_steps", "Detector steps that left readings for a "
+                                  "later step (alerting.detect_step_rows_per_device)", value=b["deferred_steps"])
+        yield CounterMetricFamily(PREFIX + "detection_errors", "Detector steps or ticks that failed",
+                                  value=b["errors"])
+        yield CounterMetricFamily(PREFIX + "alert_notices", "Alert notices handed to the sinks", value=b["notices"])
+        buckets, total, _ = det.alert_latency.snapshot()
+        yield HistogramMetricFamily(
+            PREFIX + "alert_latency_seconds", "Wall clock only: from the event time at which an alert became due "
+            "(the reading that raised it, or the moment its timer ran out) to its firing notice handed to the sinks",
+            buckets=buckets, sum_value=total)
+
+
+class PrometheusEndpoint:
+    """`GET http://host:port/metrics` for one service, on prometheus_client's own server thread.
+
+    start() never raises for a port in use or an address that cannot be bound: it logs an error and the
+    service goes on (ingest matters more than its metrics). `port` is the bound port once started (port 0
+    picks a free one).
+    """
+
+    def __init__(self, service, host: str = "127.0.0.1", port: int = 9464):
+        self.host, self.port = host, port
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServiceCollector(service))
+        self._server = None
+        self._thread = None
+
+    def start(self) -> bool:
+        try:
+            self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        except OSError as exc:
+            log.error("Prometheus endpoint not started on %s:%s: %s (metrics still go to InfluxDB; see "
+                      "ingest.metrics_http)", self.host, self.port, exc)
+            return False
+        self.port = self._server.server_port
+        log.info("Prometheus metrics at http://%s:%d/metrics", self.host, self.port)
+        return True
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
