@@ -75,7 +75,7 @@ class _Worker:
             self._take_token()
             attempts += 1
             try:
-                self.sink.send(notice)
+                reached = self.sink.send(notice)
             except SinkError as exc:
                 if not exc.retryable:
                     log.error("alert sink %s dropped notice %s: %s", self.name, notice.key, exc)
@@ -93,7 +93,8 @@ class _Worker:
                 self.d.stopping.wait(delay)
                 delay = min(delay * 2, self.d.max_s)
                 continue
-            self.d.record(notice, self.name, "sent", attempts, None)
+            # A sink that reaches people (alerts/team_sink.py) says whom; the delivery log keeps it.
+            self.d.record(notice, self.name, "sent", attempts, None, reached if isinstance(reached, str) else None)
             return
 
 
@@ -131,11 +132,12 @@ class Dispatcher:
         w.put(notice)
         return True
 
-    def record(self, notice: Notice, sink: str, status: str, attempts: int, error: str | None) -> None:
+    def record(self, notice: Notice, sink: str, status: str, attempts: int, error: str | None,
+               reached: str | None = None) -> None:
         self.count(status, sink)
         if self.store is not None:
             try:
-                self.store.mark_delivery(notice.key, sink, status, attempts, error)
+                self.store.mark_delivery(notice.key, sink, status, attempts, error, reached)
             except Exception:
                 log.exception("cannot record delivery of %s to %s", notice.key, sink)
 

@@ -21,8 +21,9 @@ class SinkError(Exception):
 
 
 class Sink(Protocol):
-    def send(self, notice: Notice) -> None:
-        """Deliver one notice; raise SinkError on failure."""
+    def send(self, notice: Notice) -> str | None:
+        """Deliver one notice; raise SinkError on failure. A sink that reaches people may return whom
+        (e.g. "team gas-duty level 0: 林工 (email)"); the dispatcher records it in the delivery log."""
 
     def close(self) -> None:
         """Release connections."""

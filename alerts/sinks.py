@@ -9,6 +9,7 @@ from alerts.mqtt_sink import MqttSink
 from alerts.sink import Sink
 from alerts.terminal import TerminalSink
 from alerts.webhook import WebhookSink
+from config.channels import CHANNEL_TYPES
 
 
 def build_sinks(cfg, env: dict[str, str] | None = None) -> dict[str, Sink]:
@@ -27,13 +28,26 @@ def build_sinks(cfg, env: dict[str, str] | None = None) -> dict[str, Sink]:
             secret = env.get(spec.secret_env) if spec.secret_env else None
             if spec.secret_env and secret is None:
                 raise ValueError(f"alerting.sinks.{name}.secret_env: environment variable {spec.secret_env} is not set")
-            out[name] = WebhookSink(spec.url, secret.encode() if secret else None, spec.timeout_s)
+            body = None
+            if spec.body_template is not None:
+                from alerts.channels import webhook_body
+
+                body = webhook_body(cfg, name, spec.body_template)
+            out[name] = WebhookSink(spec.url, secret.encode() if secret else None, spec.timeout_s, body=body)
         elif spec.type == "influx":
             i = cfg.connections.influx
             user, password = i.credentials(env) or (None, None)
             out[name] = InfluxSink(i.url, i.database or "citywatch", spec.measurement, i.timeout_s, user, password)
+        elif spec.type in CHANNEL_TYPES:
+            from alerts.channels import build_channel
+
+            out[name] = build_channel(cfg, name, spec, env)
         else:
             out[name] = TerminalSink()
+    if cfg.oncall.teams:
+        from alerts.channels import build_teams
+
+        out.update(build_teams(cfg, out))
     return out
 
 

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS notices (
 CREATE INDEX IF NOT EXISTS notices_alert ON notices(alert_id);
 CREATE TABLE IF NOT EXISTS deliveries (
     key TEXT, sink TEXT, due_ns INTEGER, status TEXT, attempts INTEGER DEFAULT 0, error TEXT,
-    done_at REAL, PRIMARY KEY (key, sink));
+    done_at REAL, reached TEXT, PRIMARY KEY (key, sink));
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(status);
 CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, expires_ns INTEGER, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
@@ -78,9 +78,13 @@ def _clean(obj):
 class AlertStore:
     """One SQLite file (WAL). Safe to share between threads; every write is one transaction."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = True):
+        """create=False: the file must exist already (a reader must never create an empty store and show
+        an all-clear from it); raises FileNotFoundError otherwise."""
         self.path = Path(path)
         if str(path) != ":memory:":
+            if not create and not self.path.is_file():
+                raise FileNotFoundError(f"no alert store at {self.path}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.RLock()
@@ -94,6 +98,9 @@ class AlertStore:
             for col in ("author", "author_name", "status"):
                 if col not in have:
                     self._db.execute(f"ALTER TABLE commands ADD COLUMN {col} TEXT")
+            # ... and before a delivery said whom it reached (team receivers, alerts/team_sink.py).
+            if "reached" not in {r[1] for r in self._db.execute("PRAGMA table_info(deliveries)")}:
+                self._db.execute("ALTER TABLE deliveries ADD COLUMN reached TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -135,12 +142,14 @@ class AlertStore:
                 db.execute("ROLLBACK")
                 raise
 
-    def mark_delivery(self, key: str, sink: str, status: str, attempts: int, error: str | None = None) -> None:
-        """status: sent | failed (not retryable) | pending (still retrying)."""
+    def mark_delivery(self, key: str, sink: str, status: str, attempts: int, error: str | None = None,
+                      reached: str | None = None) -> None:
+        """status: sent | failed (not retryable) | pending (still retrying); error: why the last attempt
+        failed; reached: whom a sent notice reached, when the sink says (a team receiver)."""
         with self._lock:
             self._db.execute(
-                "UPDATE deliveries SET status=?, attempts=?, error=?, done_at=? WHERE key=? AND sink=?",
-                (status, attempts, error, time.time() if status != "pending" else None, key, sink),
+                "UPDATE deliveries SET status=?, attempts=?, error=?, reached=?, done_at=? WHERE key=? AND sink=?",
+                (status, attempts, error, reached, time.time() if status != "pending" else None, key, sink),
             )
 
     def prune(self, before_ns: int) -> dict[str, int]:
@@ -200,6 +209,22 @@ class AlertStore:
         with self._lock:
             row = self._db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
         return row[0] if row else None
+
+    def last_write_ns(self) -> int | None:
+        """When the store was last written (the newest mtime of the file and its WAL), wall UTC ns;
+        None for an in-memory store."""
+        if str(self.path) == ":memory:":
+            return None
+        times = []
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            # A reader opening the store creates an empty WAL: that is not a write.
+            if st.st_size:
+                times.append(st.st_mtime_ns)
+        return max(times) if times else None
 
     def pending_deliveries(self) -> list[tuple[Notice, str, int]]:
         """Every (notice, sink, due_ns) not yet sent or failed, in notice order."""

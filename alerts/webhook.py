@@ -95,14 +95,19 @@ class WebhookSink:
     receiver's tolerance.
     """
 
-    def __init__(self, url: str, secret: bytes | None = None, timeout_s: float = 5.0, clock=time.time):
+    def __init__(self, url: str, secret: bytes | None = None, timeout_s: float = 5.0, clock=time.time, body=None):
         self.url = url
         self.secret = secret
         self.timeout_s = timeout_s
         self.clock = clock
+        # body(notice) -> bytes: a configured body template (alerts/channels.py); None posts the payload.
+        self.body = body
 
     def send(self, notice: Notice) -> None:
-        body = json.dumps(notice.payload, sort_keys=True, separators=(",", ":")).encode()
+        if self.body is not None:
+            body = self.body(notice)
+        else:
+            body = json.dumps(notice.payload, sort_keys=True, separators=(",", ":")).encode()
         req = urllib.request.Request(self.url, data=body, method="POST")
         req.add_header("Content-Type", "application/json")
         req.add_header(KEY_HEADER, notice.key)

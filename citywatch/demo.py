@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                 "CITYWATCH_INFLUX_USERNAME"):
         if var not in env:
             raise SystemExit(f"demo: {var} is not set; run `source .stack/env` after `scripts/stack.sh up`")
+    from citywatch import demo_mail
+
+    # Red gas alarms also go to the on-call team by email, to a local SMTP receiver (citywatch/demo_mail.py).
+    mail = demo_mail.start(work, config_dir)
     cfg = load_config(config_dir, env=env)
     influx_url = cfg.connections.influx.url
     influx_auth = cfg.connections.influx.credentials(env)
@@ -142,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 service.wait(60)
             except subprocess.TimeoutExpired:
                 service.kill()
+        for line in mail.summary():
+            console.print(line)
+        mail.stop()
 
 
 def _learn_history(console, cfg, config_dir, env, scenario, history, work) -> None:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from config.base import Severity, Strict, Window
+from config.channels import DingtalkSink, EmailSink, SmsSink, WecomSink
 
 Category = Literal["noise", "gas", "device", "data"]
 
@@ -32,6 +33,9 @@ class WebhookSink(SinkBase):
     # (alerts/webhook.py); None sends unsigned notices, which check-config warns about.
     secret_env: str | None = None
     timeout_s: float = Field(5.0, gt=0, le=120)
+    # A Jinja2 template of the JSON body (alerts/notice_text.py: the notice's fields and `text`);
+    # None posts the notice payload as it is.
+    body_template: str | None = None
 
     def warnings(self) -> list[tuple[str, str]]:
         """(key, message) for a valid but unsafe sink: unsigned, or plain http off this machine."""
@@ -65,7 +69,8 @@ class TerminalSink(SinkBase):
     type: Literal["terminal"]
 
 
-Sink = Annotated[Union[MqttSink, WebhookSink, InfluxSink, TerminalSink], Field(discriminator="type")]
+Sink = Annotated[Union[MqttSink, WebhookSink, InfluxSink, TerminalSink, WecomSink, DingtalkSink, EmailSink, SmsSink],
+                 Field(discriminator="type")]
 
 
 class Match(Strict):
@@ -160,6 +165,8 @@ class Alerting(Strict):
     # The result of each MQTT command (ok or the error) is published here, and to the command's MQTT 5
     # response topic when it names one; never under command_topic (the listener would read it back).
     command_reply_topic: str = Field("city/xm/alerts/replies", pattern=r"^[^#+]+$")
+    # The console's base URL; notices link to <console_url>/alerts/<alert_id> when it is set.
+    console_url: str | None = Field(None, pattern=r"^https?://")
 
     @field_validator("command_reply_topic")
     @classmethod

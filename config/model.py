@@ -9,8 +9,10 @@ from pydantic import Field, PrivateAttr
 from config.alerting import Alerting
 from config.base import Strict
 from config.connections import Connections
+from config.console_settings import ConsoleSettings
 from config.ingest_settings import IngestSettings
 from config.inventory import Device, Site
+from config.oncall import OnCall
 from config.rules import RuleSpec
 from config.thresholds import Gas, Noise, Offline
 from config.time_rules import TimeRules
@@ -29,6 +31,8 @@ class Config(Strict):
     time: TimeRules = TimeRules()
     alerting: Alerting = Alerting()
     rules: list[RuleSpec] = []
+    console: ConsoleSettings = ConsoleSettings()
+    oncall: OnCall = OnCall()
 
     _dir: Path = PrivateAttr(default=Path("."))
     _lines: dict = PrivateAttr(default_factory=dict)

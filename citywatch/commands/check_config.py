@@ -30,9 +30,10 @@ def register(sub) -> None:
 
 def extra_checks(cfg) -> list[ConfigProblem]:
     """Checks that need other packages: each detector validates its own rule keys."""
+    from alerts.channels import check_roster, check_templates
     from detectors.registry import check_rules
 
-    return list(check_rules(cfg))
+    return list(check_rules(cfg)) + check_templates(cfg) + check_roster(cfg)[0]
 
 
 def _report(problems: list[ConfigProblem]) -> int:
@@ -72,6 +73,9 @@ def warnings(cfg) -> list[str]:
             file, line = locate(lines, path)
             where = f"{file}:{line}" if line else file
             out.append(f"{where}: warning: {'.'.join(path)}: {message}")
+    from alerts.channels import check_roster
+
+    out += check_roster(cfg)[1]  # hours in which an on-call team has nobody on duty
     return out
 
 

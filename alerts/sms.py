@@ -1,0 +1,80 @@
+"""SMS sink: a message through an HTTP gateway that the YAML describes (URL, method, auth header, body
+template, and the response field whose value says the gateway accepted the message).
+
+Auth `token`: header `<header>: <prefix><token>`. Auth `hmac`: header `<timestamp_header>: <unix s>` and
+`<header>: <hex HMAC-SHA256(secret, "<t>.<body>")>`, signed at each attempt. A gateway's rate-limit
+values (`retry_values`), 5xx and 429 are retried; any other answer is refused for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+from alerts.model import Notice
+from alerts.notice_text import BODY_FIELDS, Renderer, compile_source, render
+from alerts.robot_http import post_json
+from alerts.sink import SinkError
+
+
+def hmac_signature(secret: str, t: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def dotted(answer: dict, path: str):
+    node = answer
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class SmsSink:
+    def __init__(self, spec, renderer: Renderer, secret: str | None, name: str = "sms", clock=time.time):
+        self.spec = spec
+        self.renderer = renderer
+        self.secret = secret
+        self.name = name
+        self.clock = clock
+        self.body_template = compile_source(spec.body_template, f"alerting.sinks.{name}.body_template",
+                                            known=BODY_FIELDS)
+
+    def body(self, notice: Notice, to: str, person=None) -> bytes:
+        values = self.renderer.values(notice.payload, person.name if person else None)
+        text = render(self.renderer.templates["sms"], values)
+        return render(self.body_template, {**values, "text": text, "to": to}).encode("utf-8")
+
+    def _send_one(self, notice: Notice, to: str, person) -> None:
+        body = self.body(notice, to, person)
+        auth = self.spec.auth
+        headers = {}
+        if auth.kind == "token":
+            headers[auth.header] = f"{auth.prefix}{self.secret}"
+        elif auth.kind == "hmac":
+            t = int(self.clock())
+            headers[auth.timestamp_header] = str(t)
+            headers[auth.header] = hmac_signature(self.secret or "", t, body)
+        headers["Idempotency-Key"] = f"{notice.key}:{to}"
+        what = f"sms sink {self.name}"
+        answer = post_json(self.spec.url, body, self.spec.timeout_s, what, headers, self.spec.method,
+                           self.spec.content_type)
+        value = dotted(answer, self.spec.accepted_field)
+        if value is not None and str(value) == self.spec.accepted_value:
+            return
+        retry = value is not None and str(value) in self.spec.retry_values
+        raise SinkError(f"{what}: not accepted: {self.spec.accepted_field}={value!r} ({json.dumps(answer)[:200]})",
+                        retry)
+
+    def send(self, notice: Notice, person=None) -> str:
+        numbers = [person.channels.sms] if person is not None else list(self.spec.to)
+        if not numbers:
+            raise SinkError(f"sms sink {self.name}: no number (set `to`, or route through a team)", False)
+        for number in numbers:
+            self._send_one(notice, number, person)
+        return f"sms:{person.name}" if person else "sms:" + ",".join(numbers)
+
+    def close(self) -> None:
+        pass
