@@ -40,6 +40,7 @@ BROKER_LIMITS = {
 COLLECTOR_USER = "citywatch"
 OPERATOR_USER = "operator"
 TESTER_USER = "tester"
+CONSOLE_USER = "console"  # the web console: reads alerts and device data, writes nothing
 # Debian's mosquitto package creates this system user; a broker started as root switches to it.
 BROKER_RUN_USER = "mosquitto"
 
@@ -76,6 +77,7 @@ class Credentials:
     tester: tuple[str, str]
     operators: dict[str, str] = field(default_factory=dict)
     devices: dict[str, str] = field(default_factory=dict)
+    console: tuple[str, str] | None = None  # the web console's read-only account (None in older files)
 
     @property
     def operator(self) -> tuple[str, str]:
@@ -94,7 +96,7 @@ class Credentials:
 
         ops = [OPERATOR_USER] if operators is None else list(operators)
         return Credentials((COLLECTOR_USER, pw()), (TESTER_USER, pw()), {u: pw() for u in ops},
-                           {d: pw() for d in device_ids})
+                           {d: pw() for d in device_ids}, (CONSOLE_USER, pw()))
 
     def add_missing(self, device_ids: list[str], operators: list[str]) -> bool:
         """Generate passwords for devices and operators that have none yet; return whether any was added."""
@@ -102,7 +104,10 @@ class Credentials:
                                      [u for u in operators if u not in self.operators])
         self.devices.update(fresh.devices)
         self.operators.update(fresh.operators)
-        return bool(fresh.devices or fresh.operators)
+        added_console = self.console is None
+        if added_console:
+            self.console = fresh.console
+        return bool(fresh.devices or fresh.operators or added_console)
 
     def to_json(self) -> dict:
         def user(pair):
@@ -110,6 +115,8 @@ class Credentials:
 
         data = {"collector": user(self.collector), "tester": user(self.tester), "operators": dict(self.operators),
                 "devices": dict(self.devices)}
+        if self.console is not None:
+            data["console"] = user(self.console)
         if self.operators:
             data["operator"] = user(self.operator)   # the default operator, for readers of the older format
         return data
@@ -122,11 +129,13 @@ class Credentials:
         operators = dict(data.get("operators") or {})
         if not operators and isinstance(data.get("operator"), dict):
             operators = dict([pair(data["operator"])])   # the format before one account per operator
-        return Credentials(pair(data["collector"]), pair(data["tester"]), operators, dict(data["devices"]))
+        console = pair(data["console"]) if isinstance(data.get("console"), dict) else None
+        return Credentials(pair(data["collector"]), pair(data["tester"]), operators, dict(data["devices"]), console)
 
     def users(self) -> list[tuple[str, str]]:
         """Every (user name, password) the broker's password file holds."""
-        return [self.collector, self.tester, *self.operators.items(), *self.devices.items()]
+        return [self.collector, self.tester, *([self.console] if self.console else []), *self.operators.items(),
+                *self.devices.items()]
 
     def save(self, path: Path) -> None:
         """Write the JSON file, mode 0600 from its first byte (write_private_file)."""
@@ -213,6 +222,13 @@ def render_acl(creds: Credentials, cfg=None) -> str:
             reads.append(f"topic read {t.reply_topic}/#")
         block(user, "An operator: reads alerts and replies; sends commands on its own command topic only.",
               reads + [f"topic write {t.command_topic}/{user}"])
+    if creds.console is not None:
+        reads = [f"topic read {p}/#" for p in t.alert_prefixes]
+        reads += [f"topic read {t.root}/{k}/+/+/data" for k in DEVICE_KINDS]
+        reads.append(f"topic read {t.internal_topic}/presence/+")  # the service's liveness (ingest/collector.py)
+        block(creds.console[0], "The web console: reads alerts, device data and the service's presence (for the "
+              "age of its board); "
+              "writes nothing (its users' commands go through the alert store's inbox).", reads)
     # Deny lines are applied before grants by Mosquitto 2.0 (checked against 2.0.11): a device's command
     # topic stays out of the tester's data-plane wildcard, which it needs for malformed topics and unknown
     # devices (the collector dead-letters those).
@@ -779,7 +795,8 @@ def stack_up(stack_dir: Path, config_dir: Path | None, mqtt_port: int, influx_po
         f"export CITYWATCH_MQTT_USERNAME={user}\nexport CITYWATCH_MQTT_PASSWORD={pw}\n"
         f"export CITYWATCH_INFLUX_URL=http://127.0.0.1:{influx_port}\n"
         f"export CITYWATCH_INFLUX_USERNAME={influx.username}\nexport CITYWATCH_INFLUX_PASSWORD={influx.password}\n"
-        f"export CITYWATCH_CREDENTIALS={paths['creds'].resolve()}\n",
+        f"export CITYWATCH_CREDENTIALS={paths['creds'].resolve()}\n"
+        + (f"export CITYWATCH_CONSOLE_MQTT_PASSWORD={creds.console[1]}\n" if creds.console else ""),
     )
     paths["ports"].write_text(json.dumps({"mqtt": mqtt_port, "influx": influx_port}))
     print(f"environment for citywatch: source {paths['env']}")

