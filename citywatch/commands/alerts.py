@@ -13,22 +13,38 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import math
+import os
 import sys
 import time
 import zoneinfo
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from alerts import commands as command_rules
 from alerts.model import SEVERITY_NAMES, iso
 from alerts.muting import MATCHER_KEYS
 from alerts.store import AlertStore
-from alerts.terminal import SEVERITY_STYLE
+from alerts.terminal import (
+    SEVERITY_STYLE,
+    Freshness,
+    alert_peak,
+    alert_value,
+    freshness,
+    short_id,
+    words,
+)
 
-EXIT_OK, EXIT_ERROR = 0, 1
+# 1: the command ran and refused (unknown alert, invalid command); 2: it could not run as asked (no such
+# store, an ambiguous alert).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 DISPLAY_TZ = "Asia/Shanghai"
+WIDE_MIN_COLUMNS = 120  # below this the board drops to five columns that stay readable at 80
+OPEN = ("pending", "firing")
 
 
 def register(sub) -> None:
@@ -51,43 +67,61 @@ def register(sub) -> None:
     q.add_argument("--all", action="store_true", help="include resolved alerts (newest first)")
     q.add_argument("--silences", action="store_true", help="list the active silences instead")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
-    q.set_defaults(func=_list)
+    q.set_defaults(func=_returns_code(_list))
 
     q = action("show", help="one alert with its notices and their deliveries")
-    q.add_argument("alert_id")
+    q.add_argument("alert_id", help="alert id, unique prefix, or short id RULE.DEVICE (an open alert)")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(func=_show)
+    q.set_defaults(func=_returns_code(_show))
 
     author_note = ("The author recorded is your login, local:<login>: the store file's permissions are what "
                    "authenticate it (operators elsewhere use their own broker account).")
-    q = action("ack", help="acknowledge an alert (stops its escalation and reminders)", description=author_note)
-    q.add_argument("alert_id")
+    q = action("ack", help="acknowledge an alert (stops its escalation and reminders)",
+               description=author_note + " The alert is named by its id, a unique prefix of it, the short id "
+               "RULE.DEVICE that `list` shows (e.g. G-rupture.XMG0003), or --site/--rule/--device selecting "
+               "exactly one open alert.")
+    q.add_argument("alert_id", nargs="?", help="alert id, unique prefix, or short id RULE.DEVICE")
+    q.add_argument("--site", default=None, help="site id or name")
+    q.add_argument("--rule", default=None, help="rule id")
+    q.add_argument("--device", default=None, help="device id or HJ 212 MN")
     q.add_argument("--by", default=None, help=argparse.SUPPRESS)
     q.add_argument("--note", default="", help="free text, e.g. who was dispatched")
     q.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the service to apply it")
-    q.set_defaults(func=_ack)
+    q.set_defaults(func=_returns_code(_ack))
 
     q = action("silence", help="mute matching alerts until an expiry", description=author_note)
     q.add_argument("--match", action="append", required=True, metavar="KEY=VALUE",
                    help=f"label to match (repeatable, at most {command_rules.MAX_MATCHERS}; values known to the "
-                        f"config): {', '.join(MATCHER_KEYS)}")
+                        f"config; site_id also takes the site's name, device_id its HJ 212 MN): "
+                        f"{', '.join(MATCHER_KEYS)}")
     q.add_argument("--by", default=None, help=argparse.SUPPRESS)
     q.add_argument("--comment", required=True, help=f"why (recorded, at most {command_rules.MAX_TEXT} characters)")
     q.add_argument("--expires", required=True, help="duration: 90s, 15m, 2h, 1d (at most alerting.silence_max_s)")
     q.add_argument("--id", default=None, help="silence id (default: generated)")
     q.add_argument("--wait", type=float, default=3.0)
-    q.set_defaults(func=_silence)
+    q.set_defaults(func=_returns_code(_silence))
 
     q = action("unsilence", help="end a silence now", description=author_note)
     q.add_argument("silence_id")
     q.add_argument("--by", default=None, help=argparse.SUPPRESS)
     q.add_argument("--wait", type=float, default=3.0)
-    q.set_defaults(func=_unsilence)
+    q.set_defaults(func=_returns_code(_unsilence))
 
     q = action("watch", help="live board of active alerts, by severity and age")
     q.add_argument("--interval", type=float, default=1.0, help="refresh period, seconds")
     q.add_argument("--once", action="store_true", help="print the board once and exit")
-    q.set_defaults(func=_watch)
+    q.set_defaults(func=_returns_code(_watch))
+
+
+def _returns_code(func):
+    """`func(args)` with a SystemExit raised inside it (no store, a config error) returned as its code:
+    `citywatch.cli.main` returns codes, it does not exit."""
+    def run(args) -> int:
+        try:
+            return func(args)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    return run
 
 
 def _config(args):
@@ -101,10 +135,29 @@ def _config(args):
 
 
 def _store(args, cfg=None) -> AlertStore:
+    """The existing store of --store or of the config; never creates one (an empty new store would show
+    an all-clear): a missing file is one line on stderr and exit 2."""
     if args.store:
-        return AlertStore(args.store)
-    cfg = cfg or _config(args)
-    return AlertStore(cfg.resolve_path(cfg.alerting.store_path))
+        path = args.store
+    else:
+        cfg = cfg or _config(args)
+        path = cfg.resolve_path(cfg.alerting.store_path)
+    try:
+        return AlertStore(path, create=False)
+    except FileNotFoundError:
+        where = "--store" if args.store else "alerting.store_path of the config"
+        print(f"error: no alert store at {path} ({where}); check the path: `citywatch run` creates the store",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _console() -> Console:
+    """A console as wide as the terminal; piped output (no terminal) is not cut to 80 columns: the board
+    is as wide as its content, one alert per line (for grep), unless COLUMNS says otherwise."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    columns = os.environ.get("COLUMNS", "")
+    return Console(highlight=False, width=int(columns) if columns.isdigit() and int(columns) > 0 else 1000)
 
 
 def _local(ts_ns: int | None) -> str:
@@ -114,86 +167,178 @@ def _local(ts_ns: int | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+def _state(a) -> str:
+    return a.state + (" (flapping)" if a.flapping else "") + (f" [{a.muted}]" if a.muted else "")
 
 
-def _fmt(v) -> str:
-    return "-" if v is None or v != v else f"{v:g}"
+def board(alerts, as_of_ns: int | None = None, title: str = "citywatch: active alerts",
+          width: int = 200) -> Table:
+    """The alert table, red first. Durations run to `as_of_ns`, the store's clock (its watermark or the
+    engine's clock at its last heartbeat, never the wall clock against event times); open alerts show
+    their short id RULE.DEVICE (what `ack` takes), resolved ones their full id.
 
-
-def board(alerts, now_ns: int | None = None, title: str = "citywatch: active alerts") -> Table:
-    """The alert table: severity, state, site and address, device, rule, value vs limit, start, duration."""
-    now_ns = now_ns or time.time_ns()
-    t = Table(title=title, expand=True)
-    for col in ("severity", "state", "site", "address", "device", "rule", "value / limit", "started (CST)",
-                "duration", "ack / level", "alert id"):
-        t.add_column(col, overflow="fold")
+    width >= WIDE_MIN_COLUMNS: severity, state, site, device, rule, value, peak, started, for, ack, id.
+    Narrower: five columns (severity and state; site and device; alert; value and peak; for and ack)
+    that wrap within their cells instead of cutting every column to two letters."""
+    now = as_of_ns or time.time_ns()
+    wide = width >= WIDE_MIN_COLUMNS
+    # Narrow: no vertical rules (they cost 6 columns) and a rule between alerts, whose cells take lines.
+    t = Table(title=title, expand=False) if wide else Table(title=title, expand=False, box=box.SIMPLE_HEAD,
+                                                             show_lines=True, pad_edge=False)
+    cols = (("severity", "state", "site", "device", "rule", "value", "peak", "started (CST)", "for",
+             "ack / level", "alert id") if wide else ("severity", "site", "alert", "value", "for"))
+    for col in cols:
+        t.add_column(col, overflow="fold", no_wrap=col in ("rule", "alert"), min_width=6 if col == "severity" else None)
     for a in sorted(alerts, key=lambda a: (a.state == "resolved", -a.severity, a.started_ns)):
         sev = SEVERITY_NAMES.get(a.severity, "?")
         style = SEVERITY_STYLE.get(sev, "")
-        end = a.resolved_ns or now_ns
-        state = a.state + (" (flapping)" if a.flapping else "") + (f" [{a.muted}]" if a.muted else "")
+        sev_cell = Text(sev, style=style)
+        if a.peak_severity > a.severity:
+            sev_cell.append(f" (peak {a.peak_severity_name})" if wide else f"\npeak {a.peak_severity_name}",
+                            style=SEVERITY_STYLE.get(a.peak_severity_name, ""))
+        end = a.resolved_ns or now
+        dur = words((end - a.started_ns) / 1e9)
         ack = f"acked by {a.acked_by}" if a.acked_by else f"L{a.escalation_level}"
-        t.add_row(f"[{style}]{sev}[/]", state, a.site.get("name", ""), a.site.get("address", ""), a.device_id,
-                  a.rule_id, f"{_fmt(a.value)} / {_fmt(a.limit)}", _local(a.started_ns),
-                  _duration((end - a.started_ns) / 1e9), ack, a.alert_id)
+        ident = a.alert_id if a.state == "resolved" else short_id(a)
+        site = a.site.get("name") or a.site.get("id", "")
+        if wide:
+            t.add_row(sev_cell, _state(a), site, a.device_id, a.rule_id, alert_value(a), alert_peak(a),
+                      _local(a.started_ns), dur, ack, ident)
+        else:
+            value = alert_value(a)
+            if a.peak_severity > a.severity or (not math.isnan(a.peak_value) and a.peak_value != a.value):
+                value += f"\npeak {alert_peak(a)}"
+            sev_cell.append(f"\n{_state(a)}")
+            t.add_row(sev_cell, site, ident, value, f"{dur}\n{ack}")  # the short id names the device
     return t
+
+
+def header(fresh: Freshness) -> Text:
+    """`as of <store clock> CST (event clock) · service alive (heartbeat 3 s ago)`; red when the service
+    is not known to be alive, since then the board may show alerts that ended, or miss new ones."""
+    clock = f" ({fresh.clock} clock)" if fresh.clock else ""
+    as_of = f"as of {_local(fresh.as_of_ns)} CST{clock}" if fresh.as_of_ns else "as of: never (no event seen)"
+    return Text(f"{as_of} · {fresh.service_text()}", style="" if fresh.alive else "bold red")
+
+
+def _alert_board(store: AlertStore, alerts, title: str, width: int) -> Group:
+    fresh = freshness(store)
+    parts = [header(fresh)]
+    if alerts:
+        parts.append(board(alerts, fresh.as_of_ns, title, width))
+    elif fresh.alive:
+        parts.append(Text(f"{title}: none", style="green"))
+    else:
+        # A stale empty board is the most dangerous view of all: it reads as an all-clear.
+        parts.append(Text(f"{title}: none in the store, but this is NOT an all-clear: the service is not known "
+                          "to be running, so new alerts would not be here", style="bold red"))
+    return Group(*parts)
 
 
 def _list(args) -> int:
     store = _store(args)
-    console = Console(highlight=False)
+    console = _console()
+    fresh = freshness(store)
     if args.silences:
         rows = store.silences()
-        now = time.time_ns()
+        now = fresh.as_of_ns or time.time_ns()  # the engine's clock: an event-clock silence is judged in event time
         if args.json:
             for s in rows:
                 print(json.dumps(s.to_dict(), sort_keys=True))
             return EXIT_OK
         t = Table(title="silences")
-        for col in ("id", "matchers", "by", "comment", "starts", "expires", "active now"):
-            t.add_column(col)
+        for col in ("id", "matchers", "by", "comment", "starts (CST)", "expires (CST)", "active now"):
+            t.add_column(col, overflow="fold")
         for s in rows:
             t.add_row(s.id, ", ".join(f"{k}={v}" for k, v in s.matchers.items()), s.by, s.comment,
                       _local(s.starts_ns), _local(s.expires_ns), "yes" if s.active(now) else "no")
+        console.print(header(fresh))
         console.print(t)
         return EXIT_OK
-    alerts = store.alerts(None if args.all else ("pending", "firing"))
+    alerts = store.alerts(None if args.all else OPEN)
     if args.all:
         alerts = [a for a in alerts if a.state != "discarded"]
     if args.json:
         for a in alerts:
             print(json.dumps(_clean(a.to_dict()), sort_keys=True))
         return EXIT_OK
-    console.print(board(alerts, title="citywatch: alerts" if args.all else "citywatch: active alerts"))
+    console.print(_alert_board(store, alerts, "citywatch: alerts" if args.all else "citywatch: active alerts",
+                               console.width))
     return EXIT_OK
 
 
 def _clean(d):
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def _site_ids(cfg, text: str) -> set[str]:
+    folded = text.casefold()
+    return {s.id for s in cfg.sites if s.id == text or s.name.casefold() == folded}
+
+
+def _device_ids(cfg, text: str) -> set[str]:
+    return {d.id for d in cfg.devices if text in (d.id, d.mn_or_id)}
+
+
+def resolve_alert(store: AlertStore, text: str | None, site: str | None = None, rule: str | None = None,
+                  device: str | None = None, cfg=None, open_only: bool = True):
+    """The one alert named by `text` (full id, unique prefix, or short id RULE.DEVICE) and/or the
+    selectors (`site`: id or name, `rule`, `device`: id or MN; names and MNs need `cfg`).
+
+    Returns (alert, None) or (None, (exit code, message)). An exact full id matches in any state; a prefix
+    or short id and the selectors choose among open alerts only (`open_only`), so an old resolved alert
+    never makes `ack G-rupture.XMG0003` ambiguous."""
+    if text:
+        exact = store.alert(text)
+        if exact is not None:
+            return exact, None
+    pool = store.alerts(OPEN if open_only else None, limit=100_000)
+    cands = pool
+    if text:
+        cands = [a for a in cands if a.alert_id.startswith(text) or short_id(a) == text]
+        exact_short = [a for a in cands if short_id(a) == text]
+        cands = exact_short or cands  # XMG0003 is not made ambiguous by an XMG00031
+    if site:
+        ids = _site_ids(cfg, site) if cfg is not None else {site}
+        cands = [a for a in cands if a.site.get("id") in ids or (a.site.get("name") or "").casefold() == site.casefold()]
+    if rule:
+        cands = [a for a in cands if a.rule_id == rule]
+    if device:
+        ids = _device_ids(cfg, device) if cfg is not None else {device}
+        cands = [a for a in cands if a.device_id in ids or a.device_id == device]
+    named = " ".join(x for x in (repr(text) if text else "", f"--site {site!r}" if site else "",
+                                  f"--rule {rule!r}" if rule else "", f"--device {device!r}" if device else "") if x)
+    if len(cands) == 1:
+        return cands[0], None
+    if not cands:
+        among = " among the open alerts (pending, firing)" if open_only else ""
+        return None, (EXIT_ERROR, f"error: no alert {named}{among}")
+    listed = "; ".join(f"{a.alert_id} ({a.severity_name} {a.state}, {a.site.get('name') or a.site.get('id')})"
+                       for a in sorted(cands, key=lambda a: a.alert_id)[:10])
+    more = f" and {len(cands) - 10} more" if len(cands) > 10 else ""
+    return None, (EXIT_USAGE, f"error: {named} matches {len(cands)} alerts, name one: {listed}{more}")
 
 
 def _show(args) -> int:
     store = _store(args)
-    a = store.alert(args.alert_id)
+    a, err = resolve_alert(store, args.alert_id)
     if a is None:
-        print(f"no alert {args.alert_id!r}", file=sys.stderr)
-        return EXIT_ERROR
+        print(err[1], file=sys.stderr)
+        return err[0]
     notices = store.notices(a.alert_id)
     if args.json:
         print(json.dumps({"alert": _clean(a.to_dict()),
                           "notices": [{"key": n.key, "transition": n.transition, "ts": iso(n.ts_ns),
                                        "deliveries": d} for n, d in notices]}, sort_keys=True))
         return EXIT_OK
-    console = Console(highlight=False)
-    console.print(board([a], title=a.alert_id))
+    console = _console()
+    fresh = freshness(store)
+    console.print(header(fresh))
+    console.print(board([a], fresh.as_of_ns, title=a.alert_id, width=console.width))
     console.print(f"category {a.category}; site {a.site.get('id')} {a.site.get('name')}, {a.site.get('address')}, "
                   f"district {a.site.get('district')} ({a.site.get('lat')}, {a.site.get('lon')} {a.site.get('crs')})")
-    console.print(f"peak {SEVERITY_NAMES.get(a.peak_severity, '?')} {_fmt(a.peak_value)}; firing {_local(a.firing_ns)}; resolved {_local(a.resolved_ns)}")
+    console.print(f"now {alert_value(a)}; peak {alert_peak(a)}; firing {_local(a.firing_ns)}; "
+                  f"resolved {_local(a.resolved_ns)}")
     if a.acked_by:
         who = f"{a.acked_by} ({a.acked_by_name})" if a.acked_by_name and a.acked_by_name != a.acked_by else a.acked_by
         console.print(f"acknowledged by {who} at {_local(a.acked_ns)}: {a.ack_note or ''}")
@@ -201,19 +346,21 @@ def _show(args) -> int:
         console.print(f"context {json.dumps(a.context, sort_keys=True)}")
     t = Table(title="notices")
     for col in ("key", "transition", "event time (CST)", "deliveries"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for n, d in notices:
         t.add_row(n.key, n.transition, _local(n.ts_ns), ", ".join(f"{s}: {st} ({k})" for s, st, k in d))
     console.print(t)
     return EXIT_OK
 
 
-def _queue(args, cmd: dict, store: AlertStore | None = None) -> int:
+def _queue(args, cmd: dict, store: AlertStore | None = None, cfg=None, on_valid=None) -> int:
+    """Validate `cmd`, store it in the command inbox and wait up to --wait for the service's result.
+    on_valid(validated command) runs once it is stored (e.g. to say what a silence mutes)."""
     if getattr(args, "by", None) is not None:
         print(f"error: --by is gone: the author is your login, local:{getpass.getuser()} (the store file's "
               "permissions authenticate it)", file=sys.stderr)
         return EXIT_ERROR
-    cfg = _config(args)
+    cfg = cfg or _config(args)
     store = store or _store(args, cfg)
     login = getpass.getuser()
     author = command_rules.local_author(login)
@@ -226,6 +373,8 @@ def _queue(args, cmd: dict, store: AlertStore | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     cid = store.add_command(f"cli:{login}", cmd, author.account, author.name)
+    if on_valid is not None:
+        on_valid(cmd)
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:
         row = store.command(cid)
@@ -234,24 +383,54 @@ def _queue(args, cmd: dict, store: AlertStore | None = None) -> int:
             print(result, file=sys.stderr if result.startswith("error") else sys.stdout)
             return EXIT_ERROR if result.startswith("error") else EXIT_OK
         if time.monotonic() >= deadline:
-            print(f"queued as command {cid}: the running service applies it on its next tick")
+            fresh = freshness(store)
+            late = "" if fresh.alive else f" ({fresh.service_text()}: it is applied when the service runs again)"
+            print(f"queued as command {cid}: the running service applies it on its next tick{late}")
             return EXIT_OK
         time.sleep(0.1)
 
 
 def _ack(args) -> int:
-    store = _store(args)
-    if args.by is None and store.alert(args.alert_id) is None:
-        print(f"error: no alert {args.alert_id!r}", file=sys.stderr)
-        return EXIT_ERROR
-    return _queue(args, {"action": "ack", "alert_id": args.alert_id, "note": args.note}, store)
+    if args.by is not None:
+        return _queue(args, {})
+    if not (args.alert_id or args.site or args.rule or args.device):
+        print("error: name the alert: its id, a unique prefix, the short id RULE.DEVICE shown by `list`, or "
+              "--site/--rule/--device", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = _config(args)
+    store = _store(args, cfg)
+    a, err = resolve_alert(store, args.alert_id, args.site, args.rule, args.device, cfg)
+    if a is None:
+        print(err[1], file=sys.stderr)
+        return err[0]
+    if args.alert_id != a.alert_id:
+        print(f"acknowledging {a.alert_id} ({a.severity_name} {a.state}, {a.site.get('name') or a.site.get('id')})")
+    return _queue(args, {"action": "ack", "alert_id": a.alert_id, "note": args.note}, store, cfg)
+
+
+def muted_now(store: AlertStore, matchers: dict[str, str]) -> list:
+    """The open alerts (pending, firing) whose labels equal every matcher: what a silence mutes now."""
+    return [a for a in store.alerts(OPEN, limit=100_000)
+            if all(a.labels().get(k) == v for k, v in matchers.items())]
 
 
 def _silence(args) -> int:
     cmd = {"action": "silence", "matchers": args.match, "comment": args.comment, "expires": args.expires}
     if args.id:
         cmd["id"] = args.id
-    return _queue(args, cmd)
+    cfg = _config(args)
+    store = _store(args, cfg)
+
+    def say_muted(valid: dict) -> None:
+        hit = muted_now(store, valid["matchers"])
+        names = ", ".join(short_id(a) for a in hit[:10]) + (f" and {len(hit) - 10} more" if len(hit) > 10 else "")
+        what = " ".join(f"{k}={v}" for k, v in valid["matchers"].items())
+        if hit:
+            print(f"{what}: mutes {len(hit)} active alert{'s' if len(hit) != 1 else ''} now: {names}")
+        else:
+            print(f"{what}: mutes no active alert now (it mutes matching alerts until it expires)")
+
+    return _queue(args, cmd, store, cfg, on_valid=say_muted)
 
 
 def _unsilence(args) -> int:
@@ -260,11 +439,15 @@ def _unsilence(args) -> int:
 
 def _watch(args) -> int:
     store = _store(args)
-    console = Console(highlight=False)
+    console = _console()
+
+    def view():
+        return _alert_board(store, store.alerts(OPEN), "citywatch: active alerts", console.width)
+
     if args.once:
-        console.print(board(store.alerts(("pending", "firing"))))
+        console.print(view())
         return EXIT_OK
-    with Live(board(store.alerts(("pending", "firing"))), console=console, refresh_per_second=4, screen=False) as live:
+    with Live(view(), console=console, refresh_per_second=4, screen=False) as live:
         while True:
             time.sleep(args.interval)
-            live.update(board(store.alerts(("pending", "firing"))))
+            live.update(view())

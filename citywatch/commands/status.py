@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from citywatch.errors import EXIT_UNREACHABLE, report_unreachable, short_reason
 from config import ConfigError, load_config
 
 
@@ -31,6 +32,7 @@ def _run(args) -> int:
     age = f", oldest {(time.time_ns() - st.oldest_ns) / 1e9:.1f} s old" if st.oldest_ns else ""
     print(f"spool {spool_dir}: {st.records} batch(es), {st.bytes / 2**20:.2f} MiB of "
           f"{cfg.ingest.spool_max_mb:g} MiB{age}")
+    _alert_store_line(cfg)
     influx = cfg.connections.influx
     print(f"InfluxDB {influx.url} ({influx.api})")
     if influx.api != "v1":
@@ -46,9 +48,12 @@ def _run(args) -> int:
                            f"GROUP BY \"client_id\" ORDER BY time DESC LIMIT 1")
         dl = writer.query(f'SELECT last("records") FROM "{MEASUREMENT}" WHERE "kind" = \'deadletter\' '
                           f"AND time > now() - 7d GROUP BY \"reason\"")
-    except (RetryableWriteError, RuntimeError) as exc:
-        print(f"  cannot read self-metrics: {exc}")
-        return 1
+    except RetryableWriteError as exc:
+        return report_unreachable("citywatch status", "InfluxDB", influx.url, exc)
+    except RuntimeError as exc:  # reachable, but the query was refused (credentials, database)
+        print(f"citywatch status: InfluxDB at {influx.url} refused the query ({short_reason(exc)}); "
+              "check CITYWATCH_INFLUX_USERNAME / CITYWATCH_INFLUX_PASSWORD and the database", file=sys.stderr)
+        return EXIT_UNREACHABLE
     series = (res[0].get("series") if res else None) or []
     if not series:
         print("  no self-metrics yet (is `citywatch run` running?)")
@@ -66,9 +71,57 @@ def _run(args) -> int:
             if row.get(name) is not None:
                 v = row[name]
                 print(f"    {name:20s} {v:>12,.1f}" if isinstance(v, float) else f"    {name:20s} {v:>12,}")
+        for line in detection_lines(row):
+            print(f"    {line}")
     dls = (dl[0].get("series") if dl else None) or []
     if dls:
         print("  dead letters by reason (cumulative, latest run):")
         for s in sorted(dls, key=lambda s: s.get("tags", {}).get("reason", "")):
             print(f"    {s.get('tags', {}).get('reason', '?'):20s} {int(s['values'][0][1]):>12,d}")
     return rc
+
+
+def detection_lines(row: dict) -> list[str]:
+    """What a self-metrics point says about detection (issue 17: it never falls behind silently): readings
+    queued for the detectors and by how much they lag, the alert tick's late and skipped runs, alert notices
+    and their latency. Empty for a point of a collector that runs without detection."""
+    from citywatch.pipeline import DETECT_LAG_WARN_S
+
+    out = []
+    if row.get("detect_rows_queued") is not None:
+        queued, age = int(row["detect_rows_queued"]), float(row.get("detect_oldest_age_s") or 0.0)
+        lag = float(row.get("detect_event_lag_s") or 0.0)
+        state = f"BEHIND (over {DETECT_LAG_WARN_S:g} s)" if age > DETECT_LAG_WARN_S else "keeping up"
+        out.append(f"detection: {state}: {queued:,} readings queued, oldest handed over {age:.1f} s ago, "
+                   f"event-time lag {lag:.1f} s; {int(row.get('detect_steps') or 0):,} steps, "
+                   f"{int(row.get('detect_deferred_steps') or 0):,} of them left readings for later")
+    if row.get("tick_runs") is not None:
+        out.append(f"alert tick: {int(row['tick_runs']):,} runs, {int(row.get('tick_late') or 0):,} late, "
+                   f"{int(row.get('tick_skipped') or 0):,} skipped")
+    if row.get("alert_notices") is not None:
+        n = int(row.get("alert_latency_count") or 0)
+        p99 = row.get("alert_latency_p99_le_s")
+        lat = (f"; firing latency p99 <= {float(p99):g} s over {n:,} firing notices" if n and p99 is not None
+               else f"; firing latency p99 over the last bucket ({n:,} firing notices)" if n else "")
+        out.append(f"alert notices: {int(row['alert_notices']):,}{lat}")
+    return out
+
+
+def _alert_store_line(cfg) -> None:
+    """The alert store: how fresh it is and whether the engine writing it is alive (its heartbeat)."""
+    from alerts.model import iso
+    from alerts.store import AlertStore
+    from alerts.terminal import freshness
+
+    path = cfg.resolve_path(cfg.alerting.store_path)
+    try:
+        store = AlertStore(path, create=False)
+    except FileNotFoundError:
+        print(f"alert store {path}: none yet (`citywatch run` creates it)")
+        return
+    try:
+        fresh = freshness(store)
+        as_of = f"as of {iso(fresh.as_of_ns)}" if fresh.as_of_ns else "no event seen yet"
+        print(f"alert store {path}: {as_of}; {fresh.service_text()}")
+    finally:
+        store.close()

@@ -168,6 +168,7 @@ def test_the_service_writes_and_the_cli_reads_as_the_citywatch_account(tmp_path,
     ok = status(service_env)
     assert "cannot read self-metrics" not in ok.stdout, ok.stdout
     refused = status({**service_env, "CITYWATCH_INFLUX_PASSWORD": "wrong"})
-    assert refused.returncode == 1
-    assert "cannot read self-metrics" in refused.stdout and "HTTP 401" in refused.stdout
-    assert "wrong" not in refused.stdout  # the password is never echoed (no u/p in a URL)
+    # One line on stderr, exit 2, like every command that cannot use InfluxDB (citywatch/errors.py).
+    assert refused.returncode == 2
+    assert "refused the query" in refused.stderr and "HTTP 401" in refused.stderr
+    assert "wrong" not in refused.stdout + refused.stderr  # the password is never echoed (no u/p in a URL)
