@@ -94,7 +94,10 @@ def test_full_spool_stops_acking_and_the_broker_keeps_the_rest(tmp_path, mosquit
     stream = Stream(mosquitto, DEVICES, messages=4000, samples_per_message=1, rate=4000).start()
     stream.join()
     assert svc.wait_log("spool full", 30)
-    assert SpoolWriter.inspect(tmp_path / "var" / "spool").bytes <= 0.02 * 2**20
+    spooled = SpoolWriter.inspect(tmp_path / "var" / "spool")
+    # The bound holds, except that an empty spool always takes one record (else a batch larger than the
+    # bound could never be made durable): 100 rows of line protocol are about 21 kB, over 0.02 MiB.
+    assert spooled.bytes <= 0.02 * 2**20 or spooled.records == 1, spooled
     influx.start()
     expected = stream.expected()
     assert wait_counts(influx, expected, 120) == expected
