@@ -65,3 +65,12 @@ def report_unreachable(command: str, service: str, where: str, exc: BaseExceptio
 def _cut(text: str, limit: int = 120) -> str:
     line = (text.strip().splitlines() or [""])[0]
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def report_config_error(exc) -> int:
+    """Print every problem of a `config.ConfigError` (one `file:line: path: message` a line) and a count on
+    stderr; return 1, the exit code of an invalid config (for `return report_config_error(exc)`)."""
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+    return 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
+from citywatch.errors import report_config_error
 from config import ConfigError, load_config
 
 
@@ -30,10 +30,7 @@ def _console(args) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
-        return 1
+        return report_config_error(exc)
     import uvicorn
 
     from console.app import create_app

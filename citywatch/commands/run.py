@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from citywatch.errors import report_config_error
 from config import ConfigError, load_config
 
 
@@ -40,10 +41,7 @@ def _run(args) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
-        return 1
+        return report_config_error(exc)
     from citywatch.commands.check_config import warnings
     from citywatch.service import Service
     from ingest.spool import SpoolLocked
@@ -65,11 +63,8 @@ def _run(args) -> int:
     try:
         pipeline = DetectionPipeline(cfg, config_dir=args.config, threaded=True)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         service.stop()
-        return 1
+        return report_config_error(exc)
     service.on_decoded(pipeline.on_batch)
     service.attach_detection(pipeline)  # its backlog and alert latency in the self-metrics
     pipeline.reload_hooks.append(service.reload)
