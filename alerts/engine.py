@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -38,6 +40,10 @@ NS = 1_000_000_000
 # Dirty alert refreshes (last value, last seen) are persisted at most this often; transitions at once.
 REFRESH_PERSIST_S = 5.0
 PRUNE_EVERY_NS = 3600 * NS  # how often the store is pruned (retention_days), engine clock
+# A running engine writes its heartbeat (meta `heartbeat`: wall time, engine clock, clock kind) this often,
+# so that `citywatch alerts list` can tell a live board from a stale store (DESIGN: a stale view never
+# looks like an all-clear); `stop()` writes meta `stopped`.
+HEARTBEAT_S = 10.0
 
 
 def wall_clock_ns() -> int:
@@ -68,6 +74,7 @@ class AlertEngine:
         self.sinks = sinks
         self.clock = clock
         self._env = env
+        self._run_id = str((env if env is not None else os.environ).get("CITYWATCH_RUN_ID", "") or "").strip()
         if dispatcher is None:
             from alerts.sinks import sink_rates
 
@@ -88,6 +95,7 @@ class AlertEngine:
         self._last_persist = 0.0
         self.counters = {"late_rows": 0, "unknown_sensor_rows": 0, "notices": 0, "suppressed": 0, "pruned": 0}
         self._pruned_at: int | None = None
+        self._heartbeat_at = -math.inf  # time.monotonic() of the last heartbeat written
         self._logged_once: set[tuple] = set()  # faults already logged (see _log_once)
         self._commands_given_up: set[int] = set()  # command rows that could not even be marked
         self._configure(cfg)
@@ -159,12 +167,31 @@ class AlertEngine:
                 heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
             self._apply_inbox()  # never raises: a stored command that fails is marked failed
             self._pump(self._now())
+            self.heartbeat(force=True)
 
     def stop(self) -> None:
         """Persist refreshed alerts and stop the dispatcher (undelivered notices stay in the store)."""
         with self._lock:
             self._persist_refreshes(force=True)
+            if self._started:
+                self._write_meta({"stopped": str(time.time_ns())})
         self.dispatcher.stop()
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Record in the store that this engine is alive (at most every HEARTBEAT_S unless `force`):
+        wall time, the engine's clock (`now_ns`) and its kind (wall | event). Never raises."""
+        with self._lock:
+            if not force and time.monotonic() - self._heartbeat_at < HEARTBEAT_S:
+                return
+            self._heartbeat_at = time.monotonic()
+            beat = {"wall_ns": time.time_ns(), "now_ns": self._now(), "clock": "event" if self.clock is None else "wall"}
+            self._write_meta({"heartbeat": json.dumps(beat, sort_keys=True), "watermark": str(self._watermark)})
+
+    def _write_meta(self, meta: dict[str, str]) -> None:
+        try:
+            self.store.commit([], [], meta=meta)
+        except Exception:  # noqa: BLE001 - liveness bookkeeping must never stop alerting
+            self._log_once(("heartbeat",), "could not write the engine heartbeat to the alert store")
 
     def reload(self, cfg, detectors_reset: bool | Collection = False) -> None:
         """Swap in a new validated config atomically; open alerts stay open (alerts of removed or
@@ -301,6 +328,7 @@ class AlertEngine:
             self._persist_refreshes()
             self._pump(now)
             self._prune(now)
+            self.heartbeat()
             return notices
 
     def _prune(self, now: int) -> None:
@@ -341,7 +369,6 @@ class AlertEngine:
         start[1:] = (key_s[1:] != key_s[:-1]) | (sev_s[1:] != sev_s[:-1])
         bounds = np.append(np.flatnonzero(start), n)
         value, limit = det.value[order], det.limit[order]
-        excess = np.nan_to_num(np.abs(value - limit), nan=-1.0)
         for b in range(len(bounds) - 1):
             i0, i1 = int(bounds[b]), int(bounds[b + 1])
             row0 = int(order[i0])
@@ -370,15 +397,18 @@ class AlertEngine:
                     self._on_clear(alert, t0, trans)
                 continue
             last_i = i1 - 1
-            peak_i = i0 + int(np.argmax(excess[i0:i1]))
             ctx = det.context[int(order[last_i])] if det.context else {}
             alert = self._on_active(k, alert, t0, sev, str(det.category[row0]), site, device, trans,
                                     float(value[i0]), float(limit[i0]))
             alert.last_active_ns = int(ts_s[last_i])
             alert.value, alert.limit = float(value[last_i]), float(limit[last_i])
+            # The peak is the most severe value in the direction of the condition: with hysteresis an
+            # active row may lie just inside the limit, and its distance must never count as a peak.
+            d = _direction(alert)
+            signed = np.nan_to_num((value[i0:i1] - limit[i0:i1]) * d, nan=-np.inf)
+            peak_i = i0 + int(np.argmax(signed))
             pv = float(value[peak_i])
-            old_ex = abs(alert.peak_value - alert.limit) if not math.isnan(alert.peak_value) else -1.0
-            if not math.isnan(pv) and abs(pv - alert.limit) >= old_ex:
+            if not math.isnan(pv) and (math.isnan(alert.peak_value) or (pv - alert.peak_value) * d >= 0):
                 alert.peak_value = pv
             alert.context = dict(ctx or {})
             self._dirty[alert.alert_id] = alert
@@ -405,7 +435,8 @@ class AlertEngine:
     def _on_active(self, key, alert, ts, sev, category, site, device, trans, value, limit) -> Alert:
         if alert is None:
             alert = Alert(alert_id_for(key[0], key[1], ts), key[0], key[1], category, site, device,
-                          severity=sev, started_ns=ts, last_active_ns=ts, peak_value=value)
+                          severity=sev, started_ns=ts, last_active_ns=ts, peak_value=value,
+                          direction=-1 if value < limit else 1)
             self._open[key] = alert
             self._by_id[alert.alert_id] = alert
             flips = self._flip(key, ts)
@@ -692,6 +723,8 @@ class AlertEngine:
             "context": {k: v for k, v in ctx.items() if _jsonable(v)},
             "receivers": receivers,
             "group": group_labels,
+            # The run (a simulation or replay) this service run belongs to: CITYWATCH_RUN_ID, when set.
+            **({"run_id": self._run_id} if self._run_id else {}),
             **extra,
         }
 
@@ -879,6 +912,14 @@ class AlertEngine:
 def _names(keys: Collection, alert: Alert) -> bool:
     """Whether `keys` (rule ids and (rule id, device id) keys) names the alert's rule or key."""
     return alert.rule_id in keys or alert.key in keys
+
+
+def _direction(alert: Alert) -> int:
+    """+1 for a condition above its limit, -1 below; an alert from an older store infers it from its peak."""
+    if alert.direction == 0:
+        below = not math.isnan(alert.peak_value) and not math.isnan(alert.limit) and alert.peak_value < alert.limit
+        alert.direction = -1 if below else 1
+    return alert.direction
 
 
 def _cut(text: str, limit: int = 300) -> str:

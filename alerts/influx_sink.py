@@ -1,4 +1,5 @@
-"""InfluxDB sink: every transition as a point of the `alerts` measurement (v1 HTTP /write)."""
+"""InfluxDB sink: every transition as a point of the `alerts` measurement (v1 HTTP /write), tagged with the
+run id (CITYWATCH_RUN_ID) when the service has one."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def line_of(notice: Notice, measurement: str = "alerts") -> str:
         "transition": notice.transition, "site_id": p["site"].get("id", ""), "device_id": p["device"].get("id", ""),
         "district": p["site"].get("district", ""),
     }
+    if p.get("run_id"):
+        # The simulation or replay this alert belongs to (CITYWATCH_RUN_ID): `score --run-id` selects by it.
+        tags["run_id"] = p["run_id"]
     fields = {"alert_id": _str(notice.alert_id), "key": _str(notice.key), "seq": f"{notice.seq}i",
               "escalation_level": f"{p.get('escalation_level', 0)}i"}
     for name in ("value", "limit"):

@@ -44,7 +44,10 @@ class Alert:
     severity: int = 1  # the current severity: follows the latest detection, may fall
     value: float = float("nan")
     limit: float = float("nan")
-    peak_value: float = float("nan")
+    peak_value: float = float("nan")  # the most severe value: the highest above, the lowest below the limit
+    # +1 when the condition is a value above its limit (N-day, G-highhigh, Offline's silence), -1 below it
+    # (G-low, N-data's valid rate): set by the opening row; 0 in stores written before it (inferred).
+    direction: int = 0
     # The highest severity the condition reached in this lifecycle (pending included): what an alert
     # "was", for scoring and review, after its current severity has fallen. Never below `severity`.
     peak_severity: int = 0

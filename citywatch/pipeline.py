@@ -19,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from alerts.command_listener import CommandListener
 from alerts.engine import AlertEngine, wall_clock_ns
 from config import ConfigError, load_config
+from ingest.metrics import LagWatch, LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,18 @@ QUEUE_BATCHES = 256
 # messages stay at the broker). Well above one big message (max_payload_bytes holds ~25,000 samples), so
 # other devices' readings are still taken in while one or two back-fills drain.
 BACKLOG_ROWS = 200_000
+# Event clock: how far one device's readings may arrive behind other devices' newer ones (each simulated
+# device publishes on a connection of its own; `simulators.publisher` keeps that reorder within
+# REORDER_WINDOW_MS of event time at any speed). The deadman judges silence against the feed less this
+# slack, so a device whose messages are only in flight is never called offline.
+EVENT_REORDER_SLACK_S = 60.0
+# The per-row column (seconds) carrying how far the feed had got when the row arrived (see on_batch).
+FEED_LEAD = "_feed_lead_s"
+# Detection is "behind" once the oldest arrival not yet fully evaluated is this many seconds old (wall
+# time, so it means the same live and in a 1000x replay); the log says so once, and once when it is back
+# under half of it (ingest.metrics.LagWatch), checked every LAG_CHECK_S.
+DETECT_LAG_WARN_S = 10.0
+LAG_CHECK_S = 1.0
 
 
 class DetectionPipeline:
@@ -70,11 +84,14 @@ class DetectionPipeline:
             clock = None
         self._watermark_ns = 0
         self._seen_ns = 0  # event clock: the newest reading time evaluated (the watermark may lag it, below)
+        self._arrived_ns: int | None = None  # event clock: the newest reading time received (arrival order)
+        self.reorder_slack_ns = int(EVENT_REORDER_SLACK_S * 1e9)
         # Devices (bool mask over the sensors) whose readings wait in the detector thread's backlog: the
         # deadman leaves them as they are (RuleSet.advance hold) until their rows have run.
         self._held = None
         self.clock = clock
         self.rules = RuleSet.from_config(cfg)
+        self._mark_event_time(self.rules)
         self.engine = engine or AlertEngine(cfg, env=self.env, clock=clock)
         self.listener = (CommandListener(cfg, self.engine.submit_command, self.env, config=lambda: self.engine.cfg)
                          if listen else None)
@@ -87,7 +104,22 @@ class DetectionPipeline:
         # Called with each config swapped in (the ingest service re-reads its inventory there).
         self.reload_hooks: list = []
         self.counters = {"batches": 0, "readings": 0, "detections": 0, "errors": 0, "reloads": 0, "reload_errors": 0,
-                         "state_saves": 0, "state_save_errors": 0}
+                         "state_saves": 0, "state_save_errors": 0, "deferred_steps": 0}
+        # The detection backlog (issue 17: detection never falls behind silently), for `citywatch status`,
+        # the log and /metrics: rows handed over and not yet evaluated, and per arrival (monotonic time
+        # handed over, cumulative rows handed over, its oldest and newest event time). Arrivals count as
+        # done in arrival order as rows are evaluated (fair steps evaluate per device, so this is approximate).
+        self._backlog_lock = threading.Lock()
+        self._arrivals: deque = deque()
+        self._rows_in = 0
+        self._rows_done = 0
+        self._newest_in_ns = 0
+        self._newest_done_ns = 0
+        self._deferred_min_ns: int | None = None
+        self.lag_watch = LagWatch("detection", DETECT_LAG_WARN_S)
+        # Wall clock only: from the event time of the reading that raised an alert (its device's publish
+        # time, for devices that send as they measure) to the firing notice handed to the sinks.
+        self.alert_latency = LatencyHistogram()
         # What the last start or reload restored of the detectors' state (detectors.snapshot.LoadReport).
         self.state_report = None
         self._save_lock = threading.Lock()
@@ -122,6 +154,8 @@ class DetectionPipeline:
                           max_instances=1, coalesce=True, replace_existing=True)
         scheduler.add_job(self.save_state, "interval", seconds=self.cfg.alerting.detector_state_save_s,
                           id="detector_state", max_instances=1, coalesce=True, replace_existing=True)
+        scheduler.add_job(self.check_lag, "interval", seconds=LAG_CHECK_S, id="detection_lag",
+                          max_instances=1, coalesce=True, replace_existing=True)
         self._jobs = scheduler
 
     def stop(self) -> None:
@@ -148,10 +182,37 @@ class DetectionPipeline:
 
     # ----- data and time ----------------------------------------------------------------------------
 
+    def _mark_event_time(self, rules) -> None:
+        if self.event_clock:
+            for d in rules.rules:
+                if hasattr(d, "scan"):
+                    d._stamp_at_crossing = True
+                    d._slack_ns = self.reorder_slack_ns  # before the first scan, e.g. a tick after a restart
+
+    def _note_arrival(self, batch):
+        """Event clock: give each row, in arrival order, the newest reading time that had arrived before it
+        (as a lead in seconds over its own time, column FEED_LEAD). The deadman judges silences by it, so
+        the verdict does not depend on how the detector thread happens to group or split the rows."""
+        if not self.event_clock or not len(batch):
+            return batch
+        try:
+            ts = batch.ts_ns
+            seed = int(ts[0]) if self._arrived_ns is None else self._arrived_ns
+            before = np.maximum(np.r_[np.int64(seed), np.maximum.accumulate(ts)[:-1]], seed)
+            self._arrived_ns = max(seed, int(ts.max()))
+            values = dict(batch.values)
+            values[FEED_LEAD] = (before - ts) / 1e9
+            return type(batch)(batch.sensor, ts, values, batch.quality)
+        except Exception:
+            log.exception("could not note the arrival of %d readings", len(batch))
+            return batch
+
     def on_batch(self, batch) -> None:
         """Evaluate a batch (decoded readings, and rows refused for their flag without values) and feed its
         detections to the alert engine (queued when threaded).
         Never raises: a bug here must not stop ingest (the readings are already durable)."""
+        batch = self._note_arrival(batch)
+        self._arrived(batch)
         if self._worker is not None:
             self._queue.put(batch)
             return
@@ -225,8 +286,12 @@ class DetectionPipeline:
                     held = np.zeros(self.rules.n_sensors, bool)
                     held[known] = True
                     self._held = held if len(known) else None
+                scanned = self._scan_silences(batch)
                 det = self.rules.process(batch)
-                self.engine.process(det)
+                if scanned is not None:
+                    from detectors.batch import Detections
+                    det = Detections.concat([scanned, det])
+                self._observe_notices(self.engine.process(det))
                 # Only readings with data can show that a condition is gone (not rows refused for their
                 # flag, which reach the detectors without values).
                 good = batch.quality == 0
@@ -238,7 +303,7 @@ class DetectionPipeline:
                     if self._held is not None:
                         mark = min(mark, int(deferred.ts_ns.min()) - 1)
                     self._watermark_ns = max(self._watermark_ns, mark)
-                    timed = self.rules.advance(self._watermark_ns, hold=self._held)
+                    timed = self.rules.advance(self._watermark_ns - self.reorder_slack_ns, hold=self._held)
                     if len(timed):
                         self.engine.process(timed)
                     self.engine.tick(self._watermark_ns)
@@ -248,6 +313,22 @@ class DetectionPipeline:
         except Exception:
             self.counters["errors"] += 1
             log.exception("detection/alert pipeline failed on a batch of %d readings", len(batch))
+        finally:
+            self._evaluated(batch, deferred)
+
+    def _scan_silences(self, batch):
+        """Event clock: Offline episodes that ended inside `batch`, judged as the rows arrived (Deadman.scan)."""
+        lead = batch.values.get(FEED_LEAD) if self.event_clock else None
+        if lead is None or not len(batch):
+            return None
+        feed = batch.ts_ns + np.round(np.nan_to_num(lead, nan=0.0) * 1e9).astype(np.int64)
+        found = [d.scan(batch.sensor, batch.ts_ns, feed, self.reorder_slack_ns)
+                 for d in self.rules.rules if hasattr(d, "scan")]
+        found = [f for f in found if f is not None and len(f)]
+        if not found:
+            return None
+        from detectors.batch import Detections
+        return Detections.concat(found)
 
     def tick(self, now_ns: int | None = None) -> None:
         """Deadman rules and alert timers at `now_ns` (default: the clock)."""
@@ -255,16 +336,85 @@ class DetectionPipeline:
             with self._lock:
                 if now_ns is None and self.clock is None:
                     if not self._watermark_ns:
+                        self.engine.heartbeat()  # alive, only idle: `alerts list` must still say so
                         return  # event clock: nothing has happened yet
                     now_ns = self._watermark_ns
                 now = int(now_ns if now_ns is not None else self.clock())
-                det = self.rules.advance(now, hold=self._held)
+                # Event clock: the deadman is judged against the feed less the transport's reorder slack.
+                det = self.rules.advance(now - (self.reorder_slack_ns if self.event_clock else 0), hold=self._held)
                 if len(det):
-                    self.engine.process(det)
-                self.engine.tick(now_ns)
+                    self._observe_notices(self.engine.process(det))
+                self._observe_notices(self.engine.tick(now_ns))
         except Exception:
             self.counters["errors"] += 1
             log.exception("alert tick failed")
+
+    # ----- backlog and latency (self-metrics) -------------------------------------------------------
+
+    def _arrived(self, batch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        lo, hi = int(batch.ts_ns.min()), int(batch.ts_ns.max())
+        with self._backlog_lock:
+            self._rows_in += n
+            self._arrivals.append((time.monotonic(), self._rows_in, lo, hi))
+            self._newest_in_ns = max(self._newest_in_ns, hi)
+
+    def _evaluated(self, batch, deferred) -> None:
+        n = len(batch)
+        hi = int(batch.ts_ns.max()) if n else 0
+        left = deferred is not None and len(deferred) > 0
+        lo = int(deferred.ts_ns.min()) if left else None
+        with self._backlog_lock:
+            self._rows_done += n
+            self._newest_done_ns = max(self._newest_done_ns, hi)
+            self._deferred_min_ns = lo
+            while self._arrivals and self._arrivals[0][1] <= self._rows_done:
+                self._arrivals.popleft()
+        if left:
+            self.counters["deferred_steps"] += 1
+
+    def _observe_notices(self, notices) -> None:
+        if self.event_clock or not notices:
+            return  # event time is not wall time in a replay: no latency to speak of
+        now = time.time_ns()
+        lat = [(now - n.ts_ns) / 1e9 for n in notices if n.transition == "firing"]
+        if lat:
+            self.alert_latency.observe_many(lat)
+
+    def backlog(self) -> dict:
+        """The detector thread's backlog now (every key always present, numbers of a fixed type):
+        rows_queued (readings handed over, not yet evaluated), oldest_age_s (wall seconds since the oldest
+        arrival not fully evaluated was handed over), event_lag_s (newest event time handed over minus the
+        newest evaluated, or the oldest queued before any was, while rows are queued), oldest_queued_ns (the oldest event time queued, 0 if none),
+        steps and deferred_steps (detector steps; those that left rows for later), readings, notices."""
+        now = time.monotonic()
+        with self._backlog_lock:
+            queued = self._rows_in - self._rows_done
+            if queued > 0 and self._arrivals:
+                age = now - self._arrivals[0][0]
+                oldest = min(a[2] for a in self._arrivals)
+                if self._deferred_min_ns is not None:
+                    oldest = min(oldest, self._deferred_min_ns)
+                # Before the first evaluation, the lag is the span of what waits.
+                lag = max(0, self._newest_in_ns - (self._newest_done_ns or oldest)) / 1e9
+            else:
+                age, oldest, lag = 0.0, 0, 0.0
+        return {"rows_queued": int(max(queued, 0)), "oldest_age_s": float(age), "event_lag_s": float(lag),
+                "oldest_queued_ns": int(oldest), "steps": int(self.counters["batches"]),
+                "deferred_steps": int(self.counters["deferred_steps"]), "readings": int(self.counters["readings"]),
+                "notices": int(self.engine.counters.get("notices", 0)), "errors": int(self.counters["errors"])}
+
+    def check_lag(self) -> dict:
+        """Scheduled: log once when detection falls more than DETECT_LAG_WARN_S behind ingest and once when
+        it has caught up (rate-limited); returns the backlog it looked at."""
+        b = self.backlog()
+        said = self.lag_watch.observe(b["oldest_age_s"], f"{b['rows_queued']:,} readings queued for detection, "
+                                      f"event-time lag {b['event_lag_s']:.1f} s")
+        if said is not None:
+            log.log(*said)
+        return b
 
     # ----- detector state ---------------------------------------------------------------------------
 
@@ -300,6 +450,7 @@ class DetectionPipeline:
         rules = RuleSet.from_config(new_cfg)  # before taking the lock: a bad config changes nothing
         with self._lock:
             report = self.state_report = snapshot.transfer(self.rules, rules)
+            self._mark_event_time(rules)
             self.rules = rules
             old_save_s = self.cfg.alerting.detector_state_save_s
             self.cfg = new_cfg
@@ -351,6 +502,7 @@ def run(cfg, config_dir=None, env: dict | None = None, stop: threading.Event | N
     service = Service(cfg, env)
     pipeline = DetectionPipeline(cfg, env, config_dir, threaded=True)
     service.on_decoded(pipeline.on_batch)
+    service.attach_detection(pipeline)  # its backlog and alert latency in the self-metrics
     pipeline.reload_hooks.append(service.reload)
     pipeline.start()
     if threading.current_thread() is threading.main_thread():

@@ -6,14 +6,16 @@ SIGTERM: stop taking messages, flush, make durable, ack, disconnect.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import threading
 import time
+from collections import Counter
 from typing import Callable
 
-from apscheduler.events import EVENT_JOB_SUBMITTED
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from detectors.batch import ReadingBatch
@@ -25,6 +27,9 @@ from ingest.pipeline import IngestPipeline
 from ingest.spool import SpoolWriter
 
 log = logging.getLogger(__name__)
+
+# Retained, one per collector client id: {"clock": "wall"|"event", "run_id", "started_at", "pid"} (see _announce).
+SERVICE_TOPIC = "city/xm/internal/service"
 
 # MQTT 5 Receive Maximum: unacked messages the broker may have in flight to us. Acks wait for a durable
 # batch (up to batch_max_age_ms plus one InfluxDB write), so the window must hold several batches'
@@ -43,7 +48,7 @@ LATE_MIN_S = 1.0
 LATE_LOG_EVERY_S = 60.0
 # What the lateness line calls the jobs (the alert jobs are added by citywatch.pipeline).
 JOB_NAMES = {"alerts_tick": "alert tick", "config_watch": "config watch", "detector_state": "detector state save",
-             "self_metrics": "self-metrics", "spool_drain": "spool drain"}
+             "self_metrics": "self-metrics", "spool_drain": "spool drain", "detection_lag": "detection lag check"}
 
 # APScheduler's own warnings for a late or overlapping run, one per skipped run (four a second for a
 # 0.25 s job): `JobLag` says it once, with by how much, instead.
@@ -63,13 +68,15 @@ def make_scheduler() -> BackgroundScheduler:
     """The service's one scheduler (spool drain, self-metrics and, from `citywatch run`, the alert tick,
     config watch and state saves): a run that is late still runs (no misfire limit), overdue runs of a job
     are coalesced into one, a job never overlaps itself, and lateness is logged by `JobLag`, not by
-    APScheduler per run."""
+    APScheduler per run. The JobLag, which also counts each job's runs, late and skipped runs, is
+    `scheduler.job_lag`."""
     for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
         if _quiet not in logging.getLogger(name).filters:
             logging.getLogger(name).addFilter(_quiet)
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-    scheduler.add_listener(JobLag(scheduler), EVENT_JOB_SUBMITTED)
+    scheduler.job_lag = JobLag(scheduler)
+    scheduler.add_listener(scheduler.job_lag, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES)
     return scheduler
 
 
@@ -80,6 +87,10 @@ class JobLag:
     A run is late when it starts more than max(`intervals` x its interval, `min_s`) after it was due;
     "due" is one interval after the previous run's slot, so runs skipped while the job was still running
     (or while the process was too busy to start it) count as lateness. `clock`: epoch seconds.
+
+    It also counts, per job, `runs`, `late` runs and `skipped` runs (`counts()`): a slot that passed
+    without a run of its own (coalesced into a later one, or refused because the previous run was still
+    going), so that no run is ever skipped without a count (issue 17).
     """
 
     def __init__(self, scheduler, intervals: float = LATE_INTERVALS, min_s: float = LATE_MIN_S,
@@ -92,6 +103,8 @@ class JobLag:
         self._last_slot: dict[str, float] = {}
         self._late: dict[str, tuple[int, float]] = {}  # job id -> (late runs, worst lateness) not yet logged
         self._logged_at: dict[str, float] = {}
+        self._counts: dict[str, Counter] = {}
+        self._counted_slot: dict[str, float] = {}  # the latest slot counted as run or skipped, per job
 
     def __call__(self, event) -> None:
         if event.job_id in self.skip or not event.scheduled_run_times:
@@ -100,18 +113,24 @@ class JobLag:
         interval = getattr(getattr(job, "trigger", None), "interval", None)
         if interval is None:
             return
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self.refused(event.job_id, interval.total_seconds(), event.scheduled_run_times[-1].timestamp())
+            return
         self.observe(event.job_id, JOB_NAMES.get(event.job_id, getattr(job, "name", event.job_id)),
                      interval.total_seconds(), event.scheduled_run_times[-1].timestamp())
 
     def observe(self, job_id: str, name: str, interval_s: float, slot: float) -> float:
         """One run of `job_id` submitted now for its `slot` (epoch s). Returns how late it started (s)."""
         now = self.clock()
+        c = self._count_slot(job_id, interval_s, slot)
+        c["runs"] += 1
         prev = self._last_slot.get(job_id)
         self._last_slot[job_id] = slot
         due = slot if prev is None else min(slot, prev + interval_s)
         late = max(0.0, now - due)
         if late <= max(self.intervals * interval_s, self.min_s):
             return late
+        c["late"] += 1
         n, worst = self._late.get(job_id, (0, 0.0))
         n, worst = n + 1, max(worst, late)
         if now - self._logged_at.get(job_id, float("-inf")) < self.every_s:
@@ -123,6 +142,24 @@ class JobLag:
         self.log.warning("%s is falling behind: a run started %.1f s late (it runs every %g s)%s", name, late,
                          interval_s, more)
         return late
+
+    def refused(self, job_id: str, interval_s: float, slot: float) -> None:
+        """The run of `job_id` due at `slot` was not started: its previous run was still going."""
+        self._count_slot(job_id, interval_s, slot)["skipped"] += 1
+
+    def _count_slot(self, job_id: str, interval_s: float, slot: float) -> Counter:
+        # Slots between the last one counted and this one had no run of their own: APScheduler coalesced
+        # them into this run (or the process was too busy to submit them).
+        c = self._counts.setdefault(job_id, Counter())
+        seen = self._counted_slot.get(job_id)
+        if seen is not None and slot > seen and interval_s > 0:
+            c["skipped"] += max(0, round((slot - seen) / interval_s) - 1)
+        self._counted_slot[job_id] = slot if seen is None else max(seen, slot)
+        return c
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{job id: {"runs", "late", "skipped"}} since the start."""
+        return {job: {k: int(c.get(k, 0)) for k in ("runs", "late", "skipped")} for job, c in list(self._counts.items())}
 
 
 class Service:
@@ -151,6 +188,9 @@ class Service:
                                        ack=self.collector.ack, publish=self.collector.publish,
                                        max_messages=max_messages, decode_processes=decode_processes)
         self.scheduler = make_scheduler()
+        # The detection pipeline whose backlog and alert latency the self-metrics report (attach_detection).
+        self.detection = None
+        self.prometheus = None
         self._stopped = threading.Event()
         self._started = False
 
@@ -173,6 +213,11 @@ class Service:
         self.cfg = cfg
         self.pipeline.reload(cfg)
 
+    def attach_detection(self, detection) -> None:
+        """Report `detection`'s backlog, alert notices and latency (citywatch.pipeline.DetectionPipeline:
+        `backlog()`, `alert_latency`) in the self-metrics, `citywatch status` and the Prometheus endpoint."""
+        self.detection = detection
+
     def on_status(self, callback: Callable[[str, str, int], None]) -> None:
         """Call `callback(device_id, status, recv_ns)` for each device online/offline message."""
         self.pipeline.on_status(callback)
@@ -190,13 +235,32 @@ class Service:
         self.scheduler.add_job(self.write_metrics, "interval", seconds=self.cfg.ingest.metrics_interval_s,
                                id="self_metrics")
         self.scheduler.start()
+        http = self.cfg.ingest.metrics_http
+        if http.enabled:
+            from citywatch.prometheus import PrometheusEndpoint
+
+            self.prometheus = PrometheusEndpoint(self, http.host, http.port)
+            self.prometheus.start()  # a port in use is logged, never fatal: ingest goes on without /metrics
         self.collector.start()
+        self._announce()
         self._started = True
+
+    def _announce(self, clear: bool = False) -> None:
+        """Publish (retained) what simulators need to know about this service: its clock mode and run id, on
+        SERVICE_TOPIC/<client id> (`citywatch simulate` warns when it feeds a wall-clock service); cleared on
+        a graceful stop. paho queues it until the connection is up."""
+        topic = f"{SERVICE_TOPIC}/{self.cfg.connections.mqtt.client_id}"
+        body = b"" if clear else json.dumps({
+            "clock": self.cfg.ingest.clock, "run_id": os.environ.get("CITYWATCH_RUN_ID", ""),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pid": os.getpid()}).encode()
+        try:
+            self.collector.client.publish(topic, body, qos=1, retain=True)
+        except Exception as exc:  # noqa: BLE001 - an announcement must never stop the service
+            log.debug("service announcement on %s not published: %s", topic, exc)
 
     def write_metrics(self) -> None:
         """Write one self-metrics snapshot to InfluxDB (`citywatch_internal`); skipped while it is down."""
-        self.pipeline.update_gauges()
-        self.metrics.set_gauge("mqtt_connected", 1 if self.collector.connected else 0)
+        self.update_gauges()
         snap = self.metrics.snapshot()
         try:
             self.writer.write(self.metrics.to_lines(snap, self.cfg.connections.mqtt.client_id))
@@ -207,6 +271,28 @@ class Service:
         except WriteError as exc:
             log.debug("self-metrics not written: %s", exc)
         self.pipeline.influx_write_result(None)
+
+    def update_gauges(self) -> None:
+        """Refresh the gauges: spool, inbox, MQTT, the alert tick's runs and, with a detection pipeline
+        attached, its backlog and alerts (field types never change: InfluxDB refuses a point that changes one)."""
+        self.pipeline.update_gauges()
+        m = self.metrics
+        m.set_gauge("mqtt_connected", 1 if self.collector.connected else 0)
+        tick = self.scheduler.job_lag.counts().get("alerts_tick")
+        if tick is not None:
+            for k, v in tick.items():
+                m.set_gauge(f"tick_{k}", int(v))
+        if self.detection is not None:
+            b = self.detection.backlog()
+            for k in ("rows_queued", "oldest_age_s", "event_lag_s", "steps", "deferred_steps", "errors"):
+                m.set_gauge(f"detect_{k}", b[k])
+            m.set_gauge("alert_notices", b["notices"])
+            hist = self.detection.alert_latency
+            _, _, n = hist.snapshot()
+            m.set_gauge("alert_latency_count", int(n))
+            p99 = hist.quantile(0.99)
+            # An upper bound read from the histogram's buckets; beyond the last bucket it is left out.
+            m.set_gauge("alert_latency_p99_le_s", float(p99) if p99 is not None and p99 != float("inf") else None)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Graceful stop: no new messages, flush and ack what is held, last metrics, disconnect.
@@ -222,6 +308,9 @@ class Service:
         self.scheduler.shutdown(wait=True)
         self.pipeline.drain_spool(max_seconds=min(5.0, timeout_s))
         self.write_metrics()
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        self._announce(clear=True)
         self.collector.stop()
         self._close()
         return done

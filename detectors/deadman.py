@@ -8,6 +8,15 @@ and the clear is stamped no earlier than the last time `advance` found the devic
 means "the device is alive now", so it must not look older than the active row it ends (a reading's
 own time is often older than the last tick: a batch's oldest sample, HJ 212's whole seconds, a late
 message), or the alert engine would take it for a late row and the alert would never clear.
+
+In event time (replays and simulations: the pipeline sets `_stamp_at_crossing`) a device is judged by its own
+reports against the feed's progress as it arrived: `scan` sees each report with the newest reading time the feed had delivered
+before it (arrival order, whatever the detector batching), minus the transport's reorder slack, so a
+device whose messages are merely in flight behind faster devices is never called offline, and an Offline is
+stamped at the moment its silence crossed the limit (last reading + limit), the same at any replay speed.
+`advance` counts a device's silence from the newer of its last reading and the feed (less the slack) when
+its latest rows arrived: a back-fill handed over in several batches (HJ 212 sends one frame per message)
+has ended the gap with its first part, and the ticks between the parts must not raise it again.
 """
 
 from __future__ import annotations
@@ -47,6 +56,15 @@ class Deadman(Detector):
         # Time of the newest active row `advance` emitted (-1: none): the clear is stamped no earlier.
         self.raised_ = np.full(self.n, -1, np.int64)
         self.start_ns: int | None = None
+        # Event time: rows are stamped when the silence crossed the limit, not at the (batch-dependent) tick.
+        self._stamp_at_crossing = False
+        # Event time: the newest reading time the feed had delivered when the device's latest row arrived
+        # (-1: none yet); a silence is only new if the feed passed the limit after that (see scan).
+        self.heard_ = np.full(self.n, -1, np.int64)
+        # Event time: the transport's reorder slack the pipeline judges with (set by scan and the pipeline).
+        self._slack_ns = 0
+        self._local = np.full(self.inv.n, -1, np.int64)
+        self._local[self.sensors] = np.arange(self.n)
 
     def step(self, view) -> Detections | None:
         loc = view.loc
@@ -74,6 +92,15 @@ class Deadman(Detector):
     def advance(self, now_ns: int, hold: np.ndarray | None = None) -> Detections | None:
         self.note_time(now_ns)
         since = np.where(self.last_ >= 0, self.last_, self.start_ns)
+        if self._stamp_at_crossing:
+            # Event time: a device was last heard when its latest rows arrived (heard_, less the slack), even
+            # if they are older than the feed: an HJ 212 back-fill comes one frame per message, and ingest may
+            # hand it over in several batches, so between them the device's newest reading lies inside the
+            # gap it is filling. Judged by that reading alone, every tick in between raised a new Offline
+            # whose "silence" the device had just ended (one Offline per part of the back-fill, depending on
+            # the replay speed); `scan` already counts such a late report as the end of the gap, not a new one.
+            heard = np.where(self.heard_ >= 0, self.heard_ - np.int64(self._slack_ns), since)
+            since = np.maximum(since, heard)
         silent_s = (now_ns - since) / NS
         level = np.where(silent_s > self.orange_s, 3, np.where(silent_s > self.after_s, 2, 0)).astype(np.int8)
         # A watermark older than the newest reading says nothing new: never lower a level here.
@@ -88,6 +115,14 @@ class Deadman(Detector):
         if len(idx) == 0:
             return None
         self.raised_[idx] = np.maximum(self.raised_[idx], now_ns)
+        ts = np.full(len(idx), now_ns, np.int64)
+        if self._stamp_at_crossing:
+            # When the silence crossed the level's limit: a fact of the device's own reports, not of when
+            # this tick happened to run (which depends on batching and replay speed).
+            since_i = since[idx].astype(np.int64)
+            cross = since_i + np.where(level[idx] >= 3, np.int64(self.orange_s * NS),
+                                       (self.after_s[idx] * NS).astype(np.int64))
+            ts = np.minimum(cross, now_ns)
         base = self.context_base()
         # last_reading_ns: the newest reading this verdict knew of (None: never reported). The alert
         # engine uses it to tell an Offline whose device has reported since from one still true.
@@ -95,8 +130,82 @@ class Deadman(Detector):
                     last_reading_ns=int(self.last_[i]) if self.last_[i] >= 0 else None) for i in idx]
         limit = np.where(level[idx] >= 3, float(self.orange_s), self.after_s[idx])
         return self.rows(
-            self.sensors[idx], np.full(len(idx), now_ns), level[idx], silent_s[idx], limit, silent_s[idx] / self.after_s[idx], ctx
+            self.sensors[idx], ts, level[idx], silent_s[idx], limit, silent_s[idx] / self.after_s[idx], ctx
         )
+
+    def scan(self, sensor: np.ndarray, ts: np.ndarray, feed_ns: np.ndarray, slack_ns: int) -> Detections | None:
+        """Event time: silences that ended inside these rows, judged by the feed as it arrived.
+
+        sensor, ts: rows in arrival order (global sensor index, event time, UTC ns), before `step` sees them
+        feed_ns:    per row, the newest reading time the feed had delivered before that row arrived
+        slack_ns:   the transport's reorder slack: how far other devices' readings may run ahead of a
+                    device's own in-flight messages (the replay tools bound it, simulators.publisher)
+        A device whose report arrives when the feed (less the slack) is more than its limit past its
+        previous reading was silent: Offline from previous reading + limit (orange from + orange_after_s),
+        cleared by this report. Returns those rows, or None. State is left to `step`."""
+        self._slack_ns = int(slack_ns)
+        sensor = np.asarray(sensor, np.int64)
+        known = (sensor >= 0) & (sensor < len(self._local))
+        loc = np.where(known, self._local[np.where(known, sensor, 0)], -1)
+        keep = loc >= 0
+        if not keep.any():
+            return None
+        loc, ts, feed = loc[keep], np.asarray(ts, np.int64)[keep], np.asarray(feed_ns, np.int64)[keep]
+        if self.start_ns is None:
+            self.start_ns = int(ts[0])
+        order = np.argsort(loc, kind="stable")          # each device's rows, in arrival order
+        loc, ts, feed = loc[order], ts[order], feed[order]
+        first = np.r_[True, loc[1:] != loc[:-1]]
+        # Each row's previous reading time: the device's newest before this batch, then the running
+        # maximum of its own rows (a per-device cumulative max, offset so that devices never mix).
+        base = np.where(self.last_[loc] >= 0, self.last_[loc], self.start_ns)
+        lo = int(ts.min())
+        span = int(ts.max()) - lo + 1
+        group = np.cumsum(first) - 1
+        if span * (int(group[-1]) + 1) < 2**62:
+            off = group.astype(np.int64) * span
+            run = np.maximum.accumulate(ts - lo + off) - off + lo
+        else:  # absurd spans: per device (never the case for a real feed)
+            run = ts.copy()
+            starts = np.flatnonzero(first)
+            for a, b in zip(starts, np.r_[starts[1:], len(ts)]):
+                run[a:b] = np.maximum.accumulate(ts[a:b])
+        prev = np.where(first, base, np.r_[base[:1], run[:-1]])
+        prev = np.maximum(prev, base)
+        silent_ns = feed - slack_ns - prev
+        after_ns = (self.after_s[loc] * NS).astype(np.int64)
+        # The feed as it stood once the device's previous row had arrived: a silence counts only if the
+        # feed passed the limit after that (rows that arrive together, like a back-fill's, are one report).
+        heard = np.maximum(feed, ts)
+        heard_prev = np.where(first, self.heard_[loc], np.r_[heard[:1], heard[:-1]])
+        last_row = np.r_[first[1:], True]               # each device's last row here
+        self.heard_[loc[last_row]] = np.maximum(self.heard_[loc[last_row]], heard[last_row])
+        fresh = (heard_prev < 0) | (heard_prev - slack_ns - prev <= after_ns)
+        hit = np.flatnonzero((silent_ns > after_ns) & fresh)
+        if len(hit) == 0:
+            return None
+        p, lh = prev[hit], loc[hit]
+        yellow_at = p + after_ns[hit]
+        orange = silent_ns[hit] > self.orange_s * NS
+        orange_at = p + np.int64(self.orange_s * NS)
+        judged = feed[hit] - slack_ns
+        clear_at = np.maximum(np.maximum(ts[hit], judged), np.where(orange, orange_at, yellow_at))
+        sens, stamps, sev, lim, last, seen = [], [], [], [], [], []
+        for mask, at, level, limit in ((np.ones(len(hit), bool), yellow_at, 2, self.after_s[lh]),
+                                       (orange, orange_at, 3, np.full(len(hit), float(self.orange_s))),
+                                       (np.ones(len(hit), bool), clear_at, 0, self.after_s[lh])):
+            sens.append(self.sensors[lh[mask]])
+            stamps.append(at[mask])
+            sev.append(np.full(int(mask.sum()), level, np.int8))
+            lim.append(limit[mask])
+            last.append(p[mask])
+            seen.append(judged[mask])
+        sens, stamps, sev, lim, last, seen = (np.concatenate(x) for x in (sens, stamps, sev, lim, last, seen))
+        silent_s = np.where(sev > 0, (seen - last) / NS, 0.0)   # the silence as this report ended it
+        base_ctx = self.context_base()
+        ctx = [dict(base_ctx, never_reported=bool(self.last_[self._local[s]] < 0 and lp == self.start_ns),
+                    last_reading_ns=int(lp)) for s, lp in zip(sens, last)]
+        return self.rows(sens, stamps, sev, silent_s, lim, silent_s / lim, ctx)
 
     def state_bytes(self) -> int:
         return super().state_bytes() + self.after_s.nbytes

@@ -103,6 +103,8 @@ class IngestPipeline:
         self._worker: DecodeProcess | None = None
         self._pending: deque[list] = deque()
         self.failed: str | None = None
+        # Wall clock: readings refused as ts_too_old vs accepted, since the last time the log said so.
+        self._too_old = TooOldWatch()
 
     # ----- wiring ----------------------------------------------------------------------------------
 
@@ -296,6 +298,8 @@ class IngestPipeline:
         for st in res.statuses:
             self._status(*st)
         self.batcher.add_many(res.batch, tokens, res.deadletters)
+        if res.deadletters and self.cfg.ingest.clock == "wall":
+            self._too_old.observe(res.deadletters, len(res.batch), self.cfg.ingest.backfill_max_age_s)
         if not self._on_decoded:
             return
         # The valid rows and, in their place, the rows refused only for their flag (not durable data:
@@ -501,3 +505,45 @@ class IngestPipeline:
         m.set_gauge("inbox_depth", self.inbox_depth)
         m.set_gauge("batch_rows_held", self.batcher.rows)
         m.set_gauge("influx_ok", 1 if self._influx_ok else 0)
+
+
+class TooOldWatch:
+    """With the wall clock, says once (then at most every `every_s`) when most readings are refused as
+    ts_too_old: the sign of a simulation or replay fed to a wall-clock service, which then raises nothing."""
+
+    def __init__(self, min_refused: int = 100, every_s: float = 3600.0, clock=time.monotonic, logger=None):
+        self.min_refused, self.every_s, self.clock = min_refused, every_s, clock
+        self.log = logger or log
+        self.refused = self.accepted = 0
+        self.devices: dict[str, int] = {}
+        self._said_at: float | None = None
+
+    def observe(self, records, accepted: int, max_age_s: float) -> bool:
+        """Count a chunk's refused-as-too-old rows (`records`: its DeadLetterRecords) and accepted rows; logs and
+        returns True when most readings since the last line were refused so."""
+        n = 0
+        for rec in records:
+            k = (rec.rows_by_reason or {}).get("ts_too_old", 0) if rec.rows_by_reason else int(rec.reason == "ts_too_old")
+            if k:
+                n += k
+                dev = rec.device_id or "?"
+                self.devices[dev] = self.devices.get(dev, 0) + k
+        if not n:
+            return False
+        self.refused += n
+        self.accepted += accepted
+        now = self.clock()
+        if self.refused < self.min_refused or self.refused <= self.accepted:
+            return False
+        if self._said_at is not None and now - self._said_at < self.every_s:
+            return False
+        worst = sorted(self.devices.items(), key=lambda kv: -kv[1])[:3]
+        self.log.warning(
+            "most readings are refused as ts_too_old (%d refused, %d accepted; most from %s): their times are more "
+            "than ingest.backfill_max_age_s (%g s) before receipt on the wall clock. A simulation or a replay of a "
+            "recorded feed needs the event clock: run the service with CITYWATCH_CLOCK=event (ingest.clock: event)",
+            self.refused, self.accepted, ", ".join(f"{d} ({c})" for d, c in worst), max_age_s)
+        self._said_at = now
+        self.refused = self.accepted = 0
+        self.devices.clear()
+        return True

@@ -34,6 +34,15 @@ class AlertSourceError(ValueError):
     """The alert source cannot be read or holds something that is not an alert."""
 
 
+class AlertSourceUnreachable(AlertSourceError):
+    """InfluxDB did not answer (refused, timed out, host not found). url: the server; reason: the
+    underlying error, for the one line every command prints (citywatch.errors)."""
+
+    def __init__(self, url: str, reason: BaseException) -> None:
+        super().__init__(f"cannot reach InfluxDB at {url}: {reason}")
+        self.url, self.reason = url, reason
+
+
 def load_alerts(source: str, influx_auth: tuple[str, str] | None = None) -> list[ScoredAlert]:
     """Alerts from `source`: `sqlite:PATH`, `influx:URL/DB` (e.g. influx:http://127.0.0.1:8086/citywatch)
     or a path to a JSONL capture of the alert topic. Raises AlertSourceError.
@@ -89,6 +98,8 @@ def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
         if n.get("transition", "firing") != "resolved" or n.get("firing_ts"):
             a["fired"] = True
         a["severity"] = highest_severity(a["severity"], n.get("severity"), n.get("peak_severity"))
+        if n.get("run_id"):
+            a["run_id"] = str(n["run_id"])
         start = n.get("start_ts")
         if start:
             a["start"] = parse_time_ms(start)
@@ -99,7 +110,8 @@ def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
         start = a["start"] if a["start"] is not None else start_from_id(alert_id)
         if start is None:
             continue
-        out.append(ScoredAlert(alert_id, a["rule_id"], a["device_id"], a["site_id"], start, a["severity"]))
+        out.append(ScoredAlert(alert_id, a["rule_id"], a["device_id"], a["site_id"], start, a["severity"],
+                               a.get("run_id", "")))
     return sorted(out, key=lambda x: (x.start_ms, x.alert_id))
 
 
@@ -187,7 +199,9 @@ def from_influx(url: str, database: str, measurement: str = "alerts", timeout_s:
         except (ValueError, AttributeError, OSError):
             detail = exc.reason
         raise AlertSourceError(f"cannot query {url} db {database}: HTTP {exc.code}: {detail}") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # urllib's URLError included: nothing answered
+        raise AlertSourceUnreachable(url, exc) from None
+    except ValueError as exc:
         raise AlertSourceError(f"cannot query {url} db {database}: {exc}") from None
     return from_influx_result(doc, url)
 
@@ -207,5 +221,6 @@ def from_influx_result(doc: dict, where: str = "influx") -> list[ScoredAlert]:
                     "alert_id": r.get("alert_id"), "rule_id": r.get("rule_id"), "transition": r.get("transition"),
                     "severity": r.get("severity"), "peak_severity": r.get("peak_severity"),
                     "device_id": r.get("device_id") or "", "site_id": r.get("site_id") or "",
+                    "run_id": r.get("run_id") or "",
                 })
     return from_notice_payloads([n for n in notices if n["alert_id"]])

@@ -2,7 +2,14 @@
 `status` with a last will `offline`, and simulated time paced N times faster than the wall clock.
 
 Guarantee: `FeedPublisher.run` returns only when the broker has acknowledged (PUBACK) every message it
-published, or raises PublishError naming how many were not acknowledged in time. The connections speak
+published, or raises PublishError naming how many were not acknowledged in time.
+
+Order: every device has a connection of its own, so the broker may receive devices' messages in another
+order than they were published. At any speed a message is published only once every message more than
+REORDER_WINDOW_MS of event time older has been acknowledged: the service (event clock) sees the feed
+reordered by at most that much, the bound its deadman's slack covers (citywatch.pipeline).
+
+A broker that refuses the TCP connection fails at once (BrokerUnreachable); only time-outs are retried. The connections speak
 MQTT 5, so a publish the broker's ACL refuses is acknowledged with 0x87 Not authorized and counted in
 `refused` (under MQTT 3.1.1 Mosquitto would acknowledge it as usual and drop it silently).
 """
@@ -10,8 +17,10 @@ MQTT 5, so a publish the broker's ACL refuses is acknowledged with 0x87 Not auth
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -19,10 +28,43 @@ from typing import Callable, Iterable, Sequence
 import paho.mqtt.client as mqtt
 
 TESTER = "__tester__"   # key of the shared tester connection, for topics of no known device
+# Event time by which the broker may see one device's message after another device's newer one (see above);
+# citywatch.pipeline.EVENT_REORDER_SLACK_S must stay above it.
+REORDER_WINDOW_MS = 30_000
 
 
 class PublishError(RuntimeError):
     """The broker refused a connection or did not acknowledge every message in time."""
+
+
+class BrokerUnreachable(PublishError):
+    """Nothing accepts connections at the broker's address (connection refused, unknown host), or it did
+    not answer within the bounded retries: commands exit 2 with this one line (citywatch.errors wording).
+
+    where: "host:port"; reason: a few words (`connection refused`, `host not found`, ...)."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"cannot reach the MQTT broker at {where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+def probe_broker(host: str, port: int, timeout_s: float = 5.0, attempts: int = 3) -> None:
+    """Open (and close) a TCP connection to the broker. A refusal or an unknown host raises BrokerUnreachable
+    at once; a time-out is retried `attempts` times in all, then raises BrokerUnreachable."""
+    where = f"{host}:{port}"
+    for attempt in range(1, attempts + 1):
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return
+        except ConnectionRefusedError:
+            raise BrokerUnreachable(where, "connection refused") from None
+        except socket.gaierror:
+            raise BrokerUnreachable(where, "host not found") from None
+        except TimeoutError:
+            if attempt == attempts:
+                raise BrokerUnreachable(where, f"timed out ({attempts} tries of {timeout_s:g} s)") from None
+        except OSError as exc:  # no route, network down: retrying would not help
+            raise BrokerUnreachable(where, (exc.strerror or str(exc)).lower()) from None
 
 
 @dataclass(frozen=True)
@@ -73,6 +115,10 @@ class FeedPublisher:
         self.client_prefix = client_prefix
         self._conns: dict[str, _Conn] = {}
         self._lock = threading.Lock()
+        # Publish order: (seq, event time ms) of messages not yet acknowledged, oldest first; acked seqs.
+        self._seq = 0
+        self._order: deque = deque()
+        self._done: set[int] = set()
         self.refused: dict[str, int] = {}   # topic -> publishes the broker refused (PUBACK >= 0x80)
 
     def identity(self, device: str | None) -> str:
@@ -84,7 +130,10 @@ class FeedPublisher:
         return TESTER
 
     def connect(self, identities: Iterable[str], timeout_s: float = 20.0) -> None:
-        """Open (and wait for) the connections of these identities. Raises PublishError when refused."""
+        """Open (and wait for) the connections of these identities. Raises BrokerUnreachable at once when the
+        broker's address refuses connections, PublishError when the broker refuses an account."""
+        if any(ident not in self._conns for ident in identities):
+            probe_broker(self.host, self.port)
         for ident in sorted(set(identities)):
             if ident in self._conns:
                 continue
@@ -133,32 +182,65 @@ class FeedPublisher:
             # paho may call this before publish() has stored the mid: such refusals wait in `early`.
             with self._lock:
                 conn.acked += 1
-                topic = conn.inflight.pop(mid, None)
-                if topic is None:
+                got = conn.inflight.pop(mid, None)
+                if got is None:
                     conn.early[mid] = reason_code.is_failure
-                elif reason_code.is_failure:
+                    return
+                topic, seq = got
+                if seq is not None:
+                    self._done.add(seq)
+                if reason_code.is_failure:
                     self.refused[topic] = self.refused.get(topic, 0) + 1
         return on_publish
 
-    def publish(self, device: str | None, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, device: str | None, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                t_ms: int | None = None) -> None:
+        """Publish one message; `t_ms` (its event time) enters the order bound of `run`."""
         conn = self._conns[self.identity(device)]
+        seq = None
         with self._lock:
             conn.published += 1
+            if t_ms is not None and qos > 0:
+                self._seq += 1
+                seq = self._seq
+                self._order.append((seq, t_ms))
         info = conn.client.publish(topic, payload, qos=qos, retain=retain)
         if qos > 0:
-            self._track(conn, info.mid, topic)
+            self._track(conn, info.mid, topic, seq)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN is fine: paho queues QoS 1 messages and sends them when the link returns.
             raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
 
-    def _track(self, conn: _Conn, mid: int, topic: str) -> None:
+    def _track(self, conn: _Conn, mid: int, topic: str, seq: int | None = None) -> None:
         """Remember which topic a QoS 1 publish went to, so that its PUBACK can be counted by topic."""
         with self._lock:
             if mid in conn.early:
+                if seq is not None:
+                    self._done.add(seq)
                 if conn.early.pop(mid):
                     self.refused[topic] = self.refused.get(topic, 0) + 1
             else:
-                conn.inflight[mid] = topic
+                conn.inflight[mid] = (topic, seq)
+
+    def oldest_unacked_ms(self) -> int | None:
+        """Event time of the oldest message (published with t_ms) not yet acknowledged, or None."""
+        with self._lock:
+            while self._order and self._order[0][0] in self._done:
+                self._done.discard(self._order.popleft()[0])
+            return self._order[0][1] if self._order else None
+
+    def _wait_order(self, t_ms: int, timeout_s: float) -> None:
+        """Block until no message older than t_ms - REORDER_WINDOW_MS waits for its acknowledgement."""
+        deadline = None
+        while True:
+            oldest = self.oldest_unacked_ms()
+            if oldest is None or oldest >= t_ms - REORDER_WINDOW_MS:
+                return
+            now = time.monotonic()
+            deadline = deadline or now + timeout_s
+            if now > deadline:
+                raise PublishError(f"{self.pending()} messages not acknowledged by the broker within {timeout_s:g} s")
+            time.sleep(0.0005)
 
     def pending(self) -> int:
         with self._lock:
@@ -206,7 +288,8 @@ class FeedPublisher:
                 # As fast as possible, but bounded: never more than max_pending unacknowledged messages.
                 while self.pending() > max_pending:
                     time.sleep(0.001)
-            self.publish(m.device, m.topic, m.payload)
+            self._wait_order(m.t_ms, ack_timeout_s)
+            self.publish(m.device, m.topic, m.payload, t_ms=m.t_ms)
             readings += m.n
             if progress is not None:
                 now = time.monotonic()
@@ -220,3 +303,43 @@ class FeedPublisher:
             refused = sum(self.refused.values())
         return {"messages": len(messages), "readings": readings, "wall_s": time.monotonic() - wall0,
                 "refused": refused}
+
+
+SERVICE_TOPIC = "city/xm/internal/service"   # citywatch.service announces itself here (retained)
+
+
+def service_announcements(host: str, port: int, credentials: BrokerCredentials, wait_s: float = 1.0) -> dict[str, dict]:
+    """The retained announcements of citywatch services on this broker: {collector client id: {"clock",
+    "run_id", "started_at", ...}}; empty when none (or nothing could be read: this is advisory only).
+    Raises BrokerUnreachable when the broker's address refuses connections."""
+    probe_broker(host, port)
+    found: dict[str, dict] = {}
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-probe-{id(found) % 100000}",
+                         protocol=mqtt.MQTTv5)
+    if credentials.tester:
+        client.username_pw_set(*credentials.tester)
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            done.set()
+            return
+        c.subscribe(SERVICE_TOPIC + "/+", qos=0)
+
+    def on_message(c, userdata, msg):
+        try:
+            doc = json.loads(msg.payload) if msg.payload else None
+            if isinstance(doc, dict):
+                found[msg.topic.rsplit("/", 1)[-1]] = doc
+        except ValueError:
+            pass
+
+    client.on_connect, client.on_message = on_connect, on_message
+    try:
+        client.connect_async(host, port, keepalive=10)
+        client.loop_start()
+        done.wait(wait_s)   # retained messages arrive right after the SUBACK
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return found

@@ -67,7 +67,11 @@ class FeedRecorder:
             print(f"citywatch record: dropped a message on {msg.topic}: {exc}")
 
     def start(self, timeout_s: float = 20.0) -> None:
-        """Connect and wait until subscribed. Raises RuntimeError when refused or on timeout."""
+        """Connect and wait until subscribed. Raises simulators.publisher.BrokerUnreachable at once when the
+        broker's address refuses connections, RuntimeError when the broker refuses us or on timeout."""
+        from simulators.publisher import probe_broker
+
+        probe_broker(self._host, self._port)
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
         deadline = time.monotonic() + timeout_s

@@ -3,8 +3,13 @@
 `detect` format (CSV or JSONL rows with `ts`, `device_id` and reading fields), which are encoded into
 the JSON envelope per device and report interval.
 
-Spacing: a capture's receive time `t` when present, else each message's event time (the envelope's
-`sent_at` or last sample, an HJ 212 DataTime), so a replay keeps the feed's own rhythm.
+Spacing: always event time, so that `--speed N` means "event time / N" for every kind of feed: a simulator
+feed's `t` (the simulated publish time), else each message's own time (the envelope's `sent_at` or newest
+sample, an HJ 212 DataTime), never a capture's receive time `t` (that is the pace at which the capture was
+made, e.g. while `simulate --speed 1000` ran). Times never step back (a back-fill keeps its place in the file).
+
+Readings: each message's `n` is the readings it carries (samples of an envelope or array, one per valid HJ
+212 frame), so a replay's summary counts readings, not messages.
 """
 
 from __future__ import annotations
@@ -122,9 +127,43 @@ def _capture(path: Path, lines, cfg) -> list[Message]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FeedFormatError(f"{path}:{i}: not a capture line (topic, payload or payload_b64, t): {exc}") from None
         t = d.get("t")
-        t = int(t) if isinstance(t, (int, float)) else _event_time(payload, out[-1].t_ms if out else 0)
-        out.append(Message(t, device_of_topic(topic, cfg) or "", topic, payload, int(d.get("n", 1))))
-    return out
+        # A simulator feed (`simulate --out`: lines carry `n` and `device`) stamps `t` in event time; a
+        # `record` capture's `t` is the wall time of receipt: use the message's own event time instead.
+        simulated = "n" in d and "device" in d and isinstance(t, (int, float))
+        own = int(t) if simulated else _event_time(payload, None)
+        n = int(d["n"]) if simulated else readings_in(payload)
+        out.append((own, t, Message(0, device_of_topic(topic, cfg) or "", topic, payload, n)))
+    known = [own for own, _, _ in out if own is not None]
+    if not known:
+        # Nothing in the capture says when it happened (garbage, statuses): keep the capture's own pace.
+        return _monotonic([Message(int(t) if isinstance(t, (int, float)) else 0, m.device, m.topic, m.payload, m.n)
+                           for _, t, m in out])
+    # A message without a time of its own goes with the one before it (the first known, at the start).
+    msgs, last = [], known[0]
+    for own, _, m in out:
+        last = own if own is not None else last
+        msgs.append(Message(last, m.device, m.topic, m.payload, m.n))
+    return _monotonic(msgs)
+
+
+def readings_in(payload: bytes) -> int:
+    """Readings a data payload carries: samples of an envelope, items of a {ts, values} array, 1 for a bare
+    {ts, values} object or a valid HJ 212 frame with readings; 0 for anything else (status, garbage)."""
+    try:
+        if payload.startswith(b"##"):
+            from ingest.codecs.hj212 import parse_frame
+            return 1 if parse_frame(payload).values else 0
+        doc = json.loads(payload)
+    except Exception:  # noqa: BLE001 - a payload the service will refuse carries no readings
+        return 0
+    if isinstance(doc, list):
+        return sum(1 for x in doc if isinstance(x, dict))
+    if isinstance(doc, dict):
+        samples = doc.get("samples")
+        if isinstance(samples, list):
+            return len(samples)
+        return 1 if "ts" in doc else 0
+    return 0
 
 
 def _mosquitto_sub(path: Path, lines, cfg) -> list[Message]:
@@ -138,7 +177,7 @@ def _mosquitto_sub(path: Path, lines, cfg) -> list[Message]:
         if body.startswith(b"##") and not body.endswith(b"\r\n"):
             body += b"\r\n"
         t = _event_time(body, out[-1].t_ms if out else 0)
-        out.append(Message(t, device_of_topic(topic, cfg) or "", topic, body, 1))
+        out.append(Message(t, device_of_topic(topic, cfg) or "", topic, body, readings_in(body)))
     # Event times of a mixed feed can step back (back-fills); publish in file order, never reorder.
     return _monotonic(out)
 
@@ -153,7 +192,7 @@ def _monotonic(msgs: list[Message]) -> list[Message]:
     return out
 
 
-def _event_time(payload: bytes, default: int) -> int:
+def _event_time(payload: bytes, default: int | None) -> int | None:
     """When the message was sent, from its own content: envelope sent_at or last sample ts, HJ 212 DataTime."""
     try:
         if payload.startswith(b"##"):

@@ -46,6 +46,7 @@ class ScoredAlert:
     site_id: str
     start_ms: int
     severity: str = ""
+    run_id: str = ""      # the service run's CITYWATCH_RUN_ID, where the source records it
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from citywatch.errors import EXIT_UNREACHABLE, report_unreachable
 from config import ConfigError, load_config
 
 PROGRESS_MIN_BYTES = 2_000_000  # show a progress bar for inputs at least this large
@@ -303,11 +304,12 @@ def _run(args) -> int:
     return execute(args)
 
 
-def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summary=None) -> int:
+def execute(args, prog: str = "citywatch detect", unreachable_rc: int = EXIT_UNREACHABLE, summary=None) -> int:
     """The detect run behind `citywatch detect` and `citywatch warmup`.
 
-    unreachable_rc: exit code when InfluxDB cannot be reached or answers an error; summary: where the
-    --save-state report goes (default standard error: standard output may hold detections)."""
+    InfluxDB unreachable: the one line of citywatch.errors and exit EXIT_UNREACHABLE (2), as every command.
+    unreachable_rc: exit code when InfluxDB answers an error; summary: where the --save-state report goes
+    (default standard error: standard output may hold detections)."""
     from detectors.feed import FeedError, InfluxUnreachable, format_ts
 
     try:
@@ -368,8 +370,7 @@ def execute(args, prog: str = "citywatch detect", unreachable_rc: int = 1, summa
             if readings is not None and len(chunk.batch):
                 readings.append(_plotted_readings(cfg, chunk.batch))
     except InfluxUnreachable as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return unreachable_rc
+        return report_unreachable(prog, "InfluxDB", cfg.connections.influx.url, exc)
     except FeedError as exc:
         if args.influx:
             print(f"{prog}: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+from citywatch.errors import report_unreachable
 from config import ConfigError, load_config
 
 
@@ -31,7 +32,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from simulators.publisher import BrokerCredentials
+    from simulators.publisher import BrokerCredentials, BrokerUnreachable
     from simulators.recorder import DATA_TOPICS, FeedRecorder
     from simulators.scenario import parse_duration
 
@@ -58,6 +59,8 @@ def run(args) -> int:
                            user, pw, args.topics or DATA_TOPICS, out)
         try:
             rec.start()
+        except BrokerUnreachable as exc:
+            return report_unreachable("citywatch record", "the MQTT broker", exc.where, exc.reason)
         except RuntimeError as exc:
             print(f"citywatch record: {exc}", file=sys.stderr)
             return 1

@@ -6,6 +6,7 @@ import os
 import sys
 import zoneinfo
 
+from citywatch.errors import report_unreachable
 from config import ConfigError, load_config
 
 
@@ -22,7 +23,10 @@ def register(sub) -> None:
     )
     p.add_argument("file", help="the feed file")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, help="spacing divided by this (default 1: original spacing)")
+    pace.add_argument("--speed", type=float, default=1.0,
+                      help="event time / N: N simulated seconds per wall-clock second, for every kind of feed (a "
+                           "capture's receive times are not used); default 1: real time. The expected wall time "
+                           "is printed before a replay longer than 10 s")
     pace.add_argument("--fast", action="store_true", help="as fast as the broker acknowledges")
     p.add_argument("--as-tester", action="store_true", help="publish everything through the tester account")
     p.add_argument("--all-topics", action="store_true",
@@ -39,7 +43,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from simulators.progress import sim_progress
-    from simulators.publisher import BrokerCredentials, FeedPublisher, PublishError
+    from simulators.publisher import (
+        BrokerCredentials,
+        BrokerUnreachable,
+        FeedPublisher,
+        PublishError,
+    )
     from simulators.replay import FeedFormatError, read_feed
 
     if args.speed <= 0:
@@ -55,7 +64,12 @@ def run(args) -> int:
     except (OSError, FeedFormatError) as exc:
         print(f"citywatch replay: {exc}", file=sys.stderr)
         return 2
-    from simulators.replay import DATA_PLANE, FAMILY_NAMES, split_data_plane, topic_family
+    from simulators.replay import (
+        DATA_PLANE,
+        FAMILY_NAMES,
+        split_data_plane,
+        topic_family,
+    )
 
     if not args.all_topics:
         messages, skipped = split_data_plane(messages, cfg)
@@ -77,16 +91,20 @@ def run(args) -> int:
         print(f"citywatch replay: {args.file} holds no messages", file=sys.stderr)
         return 0
     t0, t1 = messages[0].t_ms, max(m.t_ms for m in messages)
+    if not args.fast:
+        say_expected_wall_time("replay", t1 - t0, args.speed)
     try:
         with sim_progress(os.path.basename(args.file), t0, t1, zoneinfo.ZoneInfo(cfg.time.timezone),
                           enabled=not args.no_progress) as update:
             result = publisher.run(messages, None if args.fast else args.speed, t0_ms=t0, progress=update)
+    except BrokerUnreachable as exc:
+        return report_unreachable("citywatch replay", "the MQTT broker", exc.where, exc.reason)
     except PublishError as exc:
         print(f"citywatch replay: {exc}", file=sys.stderr)
         return 1
     finally:
         publisher.close()
-    print(f"replayed {result['messages']} messages ({result['readings']} readings) in {result['wall_s']:.1f} s",
+    print(f"replayed {result['readings']:,} readings in {result['messages']:,} messages in {result['wall_s']:.1f} s",
           file=sys.stderr)
     if result.get("refused"):
         by_family: dict[str, int] = {}
@@ -101,3 +119,25 @@ def run(args) -> int:
         if any(f in DATA_PLANE for f in by_family):
             return 1
     return 0
+
+
+def say_expected_wall_time(command: str, span_ms: int, speed: float, threshold_s: float = 10.0) -> float:
+    """Print (stderr) how long a paced run of `span_ms` of event time takes at `speed`, when longer than
+    `threshold_s`; returns the expected wall seconds."""
+    wall_s = span_ms / 1000.0 / speed
+    if wall_s > threshold_s:
+        print(f"citywatch {command}: {_span(span_ms / 1000.0)} of event time at --speed {speed:g} takes about "
+              f"{_span(wall_s)} (--speed is event time / N; --fast goes as fast as the broker acknowledges)",
+              file=sys.stderr)
+    return wall_s
+
+
+def _span(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    h, rest = divmod(seconds, 3600)
+    m = rest // 60
+    if h >= 24:
+        return f"{h // 24} d {h % 24} h"
+    return f"{h} h {m} min" if h else f"{m} min {rest % 60} s"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from citywatch.errors import report_unreachable
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,6 +20,10 @@ def register(sub) -> None:
     p.add_argument("--alerts", required=True,
                    help="JSONL capture of the alert topic, sqlite:PATH (alert store) or influx:URL/DB (read as the "
                         "account in CITYWATCH_INFLUX_USERNAME / CITYWATCH_INFLUX_PASSWORD, if set)")
+    p.add_argument("--run-id", help="only alerts of this run (the service's CITYWATCH_RUN_ID, tagged on the InfluxDB "
+                                    "`alerts` points and in notice payloads)")
+    p.add_argument("--since", help="only alerts that started at or after this time (ISO 8601, e.g. 2025-06-02T06:00+08:00)")
+    p.add_argument("--until", help="only alerts that started before this time (ISO 8601)")
     p.add_argument("--tolerance", default="60m",
                    help="slack around each fault for a matching alert start (default 60m: hourly rules such as "
                         "the N-data valid-data rate judge an hour after it ends)")
@@ -28,7 +34,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from simulators.alert_sources import AlertSourceError, load_alerts
+    from simulators.alert_sources import (
+        AlertSourceError,
+        AlertSourceUnreachable,
+        load_alerts,
+    )
     from simulators.scenario import parse_duration
     from simulators.scoring import TruthFault, parse_time_ms, score
 
@@ -44,10 +54,21 @@ def run(args) -> int:
         print(f"citywatch score: {args.truth}: {exc}", file=sys.stderr)
         return 2
     try:
+        since = parse_time_ms(args.since) if args.since else None
+        until = parse_time_ms(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"citywatch score: --since/--until: {exc}", file=sys.stderr)
+        return 2
+    try:
         alerts = load_alerts(args.alerts)
+    except AlertSourceUnreachable as exc:
+        return report_unreachable("citywatch score", "InfluxDB", exc.url, exc.reason)
     except AlertSourceError as exc:
         print(f"citywatch score: {exc}", file=sys.stderr)
         return 2
+    alerts, note = select_alerts(alerts, args.run_id, since, until)
+    if note:
+        print(f"citywatch score: {note}", file=sys.stderr)
 
     window, device_days = None, None
     meta = next((r["scenario"] for r in records if isinstance(r.get("scenario"), dict)), None)
@@ -55,6 +76,9 @@ def run(args) -> int:
         window = (parse_time_ms(meta["start"]), parse_time_ms(meta["end"]))
         device_days = int(meta["devices"]) * (window[1] - window[0]) / 86_400_000
     card = score(faults, alerts, tolerance_s, device_days, window)
+    if window is not None and len(card.alerts) < len(alerts):
+        print(f"citywatch score: ignored {len(alerts) - len(card.alerts)} alerts that started outside the scenario's "
+              f"window (+- --tolerance): another run's? (--run-id, --since/--until select one)", file=sys.stderr)
 
     if args.json:
         print(json.dumps(card.summary(), indent=1, sort_keys=True))
@@ -68,6 +92,33 @@ def run(args) -> int:
     for f in failed:
         print(f"citywatch score: FAIL: {f}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def select_alerts(alerts: list, run_id: str | None, since_ms: int | None, until_ms: int | None) -> tuple[list, str]:
+    """(the alerts of the run and time window asked for, a line saying what was filtered or warning that the
+    source mixes runs; "" when there is nothing to say)."""
+    runs = sorted({a.run_id for a in alerts})
+    kept = [a for a in alerts if (run_id is None or a.run_id == run_id)
+            and (since_ms is None or a.start_ms >= since_ms) and (until_ms is None or a.start_ms < until_ms)]
+    if run_id is not None or since_ms is not None or until_ms is not None:
+        what = ", ".join(x for x in (f"run id {run_id}" if run_id is not None else "",
+                                     f"since {args_time(since_ms)}" if since_ms is not None else "",
+                                     f"until {args_time(until_ms)}" if until_ms is not None else "") if x)
+        note = f"scoring {len(kept)} of {len(alerts)} alerts ({what}); {len(alerts) - len(kept)} filtered out"
+        if run_id is not None and not kept and alerts:
+            named = ", ".join(r or "(none)" for r in runs[:10])
+            note += f"; the source's run ids: {named}"
+        return kept, note
+    if len(runs) > 1:
+        named = ", ".join(r or "(no run id)" for r in runs[:10])
+        return kept, (f"WARNING: the alerts come from {len(runs)} runs ({named}); pass --run-id (or --since/--until) "
+                      "to score one of them")
+    return kept, ""
+
+
+def args_time(ms: int) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _read_truth(path: str) -> list[dict]:

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from citywatch.errors import report_unreachable
 from config import ConfigError, load_config
 
 
@@ -20,7 +21,9 @@ def register(sub) -> None:
     p.add_argument("scenario", help="scenario YAML (e.g. simulators/scenarios/city_day.yaml)")
     p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG", "config"), help="config directory (default: config)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall-clock second (default 1)")
+    pace.add_argument("--speed", type=float, default=1.0,
+                      help="event time / N: N simulated seconds per wall-clock second (default 1: real time); the "
+                           "expected wall time is printed before a run longer than 10 s")
     pace.add_argument("--fast", action="store_true", help="as fast as the broker acknowledges")
     p.add_argument("--duration", help="simulated length, e.g. 90m or 24h (default: the scenario's)")
     p.add_argument("--history", help="fault-free history published first, as fast as possible, e.g. 14d "
@@ -37,9 +40,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from simulators.feed import build_feed, build_history, status_topic, write_feed, write_truth
+    from simulators.feed import (
+        build_feed,
+        build_history,
+        status_topic,
+        write_feed,
+        write_truth,
+    )
     from simulators.progress import sim_progress
-    from simulators.publisher import BrokerCredentials, FeedPublisher, PublishError
+    from simulators.publisher import (
+        BrokerCredentials,
+        BrokerUnreachable,
+        FeedPublisher,
+        PublishError,
+        service_announcements,
+    )
     from simulators.scenario import load_scenario, parse_duration
 
     if args.speed <= 0:
@@ -80,9 +95,24 @@ def run(args) -> int:
         print(f"citywatch simulate: cannot read credentials {cred_path}: {exc}", file=sys.stderr)
         return 2
     mqtt_cfg = cfg.connections.mqtt
+    host, port = args.host or mqtt_cfg.host, args.port or mqtt_cfg.port
+    try:
+        services = service_announcements(host, port, creds)
+    except BrokerUnreachable as exc:
+        return report_unreachable("citywatch simulate", "the MQTT broker", exc.where, exc.reason)
+    for client_id, info in sorted(services.items()):
+        if info.get("clock") == "wall":
+            # Simulated readings carry simulated times: a wall-clock service refuses them as ts_too_old (or
+            # ts_future) and raises nothing (README "Clock").
+            print(f"citywatch simulate: WARNING: the service {client_id} (started {info.get('started_at', '?')}) runs "
+                  "on the wall clock and will refuse simulated readings as ts_too_old; restart it with "
+                  "CITYWATCH_CLOCK=event for simulations and replays", file=sys.stderr)
     status = {d: status_topic(cfg.device(d)) for d in scenario.devices}
-    publisher = FeedPublisher(args.host or mqtt_cfg.host, args.port or mqtt_cfg.port, creds, status)
+    publisher = FeedPublisher(host, port, creds, status)
     speed = None if args.fast else args.speed
+    if speed:
+        from citywatch.commands.replay import say_expected_wall_time
+        say_expected_wall_time("simulate", scenario.end_ms - scenario.start_ms, speed)
     try:
         if history:
             # History is a back-fill: as fast as the broker takes it, whatever the speed of the day itself.
@@ -92,6 +122,8 @@ def run(args) -> int:
         with sim_progress(scenario.name, scenario.start_ms, scenario.end_ms, scenario.tz,
                           enabled=not args.no_progress) as update:
             result = publisher.run(messages, speed, t0_ms=scenario.start_ms, progress=update)
+    except BrokerUnreachable as exc:
+        return report_unreachable("citywatch simulate", "the MQTT broker", exc.where, exc.reason)
     except PublishError as exc:
         print(f"citywatch simulate: {exc}", file=sys.stderr)
         return 1

@@ -57,4 +57,5 @@ def test_detect_reports_an_unreachable_influx(tmp_path):
     res = subprocess.run([sys.executable, "-m", "citywatch", "detect", "--influx", "--since", "2025-06-01T12:00:00Z",
                           "--until", "2025-06-01T13:00:00Z", "--no-progress"], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "CITYWATCH_INFLUX_URL": "http://127.0.0.1:9"}, timeout=60)
-    assert res.returncode == 1 and "citywatch detect:" in res.stderr
+    # The wording and exit code every command uses (citywatch.errors; tests/integration/test_unreachable_errors.py).
+    assert res.returncode == 2 and res.stderr.startswith("citywatch detect: cannot reach InfluxDB at http://127.0.0.1:9: ")

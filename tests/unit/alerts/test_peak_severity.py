@@ -146,3 +146,38 @@ def test_peak_is_the_running_maximum(tmp_path_factory, sevs, cut):
         upto = [codes[s] for i, s in enumerate(sevs) if at(60 * i) <= n.ts_ns]
         assert max(upto) <= n.payload["peak_severity_code"] <= max(codes[s] for s in sevs)
     engine.stop()
+
+
+# ----- the peak value lies in the direction of the condition ------------------------------------------
+
+@pytest.mark.parametrize("rows, peak", [
+    # above the limit, then held active by hysteresis just inside it: the peak is the highest value, not
+    # the one farthest from the limit (the what-if report showed "peak 45.2 dB(A), limit 47.0").
+    ([(0, 0, "N-day", "blue", 47.3, 47.0), (0, 60, "N-day", "blue", 45.2, 47.0)], 47.3),
+    ([(0, 0, "N-day", "yellow", 71.0, 70.0), (0, 60, "N-day", "yellow", 60.5, 70.0),
+      (0, 120, "N-day", "yellow", 74.0, 70.0)], 74.0),
+    # below the limit (G-low, N-data's valid rate): the lowest value, also against a hysteresis row above
+    ([(0, 0, "N-day", "yellow", 2.0, 2.125), (0, 60, "N-day", "yellow", 1.9, 2.125),
+      (0, 120, "N-day", "yellow", 2.5, 2.125)], 1.9),
+])
+def test_peak_value_is_the_most_severe_value_in_the_conditions_direction(tmp_path, rows, peak):
+    engine, _ = run(tmp_path, [rows[:1], rows[1:]])
+    (alert,) = engine.active()
+    assert alert.peak_value == peak
+    engine.stop()
+
+
+def test_an_alert_from_an_older_store_infers_its_direction(tmp_path):
+    engine, _ = run(tmp_path, [[(0, 0, "N-day", "yellow", 2.0, 2.125)]])
+    engine.stop()
+    db = sqlite3.connect(engine.store.path)
+    (body,) = db.execute("SELECT body FROM alerts").fetchone()
+    old = json.loads(body)
+    del old["direction"]
+    db.execute("UPDATE alerts SET body=?", (json.dumps(old),))
+    db.commit()
+    db.close()
+    again, _ = run(tmp_path, [[(0, 60, "N-day", "yellow", 1.8, 2.125)], [(0, 120, "N-day", "yellow", 2.3, 2.125)]])
+    (alert,) = again.active()
+    assert alert.peak_value == 1.8 and alert.direction == -1
+    again.stop()

@@ -4,6 +4,7 @@ between the batches (the conformance suite never ticks)."""
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,3 +86,44 @@ def test_ticks_and_batches_match_the_reference(steps):
             a, b = vec.process(batch(rows, CFG)), ref.process(batch(rows, CFG))
         assert_same(a, b)
         assert [c.get("last_reading_ns") for c in a.sorted().context] == [c.get("last_reading_ns") for c in b.sorted().context]
+
+
+def _plain(dets) -> list[dict]:
+    return [r for r in rows_of(dets) if CFG.devices[r["sensor"]].id == "N-PLAIN"]
+
+
+def test_an_event_time_back_fill_split_over_batches_raises_one_offline():
+    """Event time (issue 12): an HJ 212 monitor sends its back-fill one frame per message, so ingest may hand it
+    to the detectors in several batches. Between two of them the device's newest reading lies inside the gap
+    it is filling, far behind the feed, but the device has just been heard: the tick in between must not
+    raise a second Offline (it did: one Offline per part, so the count depended on the replay speed)."""
+    rs = RuleSet.from_config(CFG)
+    dm = next(r for r in rs.rules if r.rule_id == "Offline")
+    dm._stamp_at_crossing = True                 # as the event-clock pipeline sets it
+    slack = 60 * S
+    dev = CFG.device_index("N-PLAIN")            # reports every 60 s: offline after 2 x 60 + 300 = 420 s
+    last = local_ns("2025-06-02 09:59")
+
+    def arrive(ts_ns: list[int], feed_ns: int) -> list[dict]:
+        """One batch of N-PLAIN frames arriving while the feed stands at feed_ns, then the tick after it."""
+        ts = np.array(ts_ns, np.int64)
+        found = dm.scan(np.full(len(ts), dev), ts, np.full(len(ts), feed_ns), slack)
+        out = _plain(found) if found is not None else []
+        out += _plain(rs.process(batch([("N-PLAIN", int(t), {"leq": 55.0}) for t in ts], CFG)))
+        return out + _plain(rs.advance(feed_ns - slack))
+
+    arrive([last - 60 * S, last], last + 2 * S)
+    # The comms gap (10:00-10:30): ticks past the limit raise Offline once, stamped at the crossing.
+    raised = _plain(rs.advance(last + 1200 * S))
+    assert [(r["severity"], r["ts_ns"]) for r in raised] == [("yellow", last + 420 * S)]
+    # The back-fill of 10:00..10:30 arrives at 10:30:01 in three batches (every frame is one message).
+    feed = last + 1801 * S
+    frames = [last + k * 60 * S for k in range(1, 31)]
+    got = [arrive(part, feed) for part in (frames[:2], frames[2:21], frames[21:])]
+    # The first part ends the gap (its clear); no part raises again - the device was heard at 10:30.
+    assert [r["severity"] for r in got[0] if r["severity"] != "clear"] in ([], ["yellow"])
+    assert "clear" in [r["severity"] for r in got[0]]
+    assert [r for part in got[1:] for r in part] == []
+    # A real silence after the back-fill is still caught, once.
+    later = _plain(rs.advance(frames[-1] + 1000 * S))
+    assert [r["severity"] for r in later] == ["yellow"]
