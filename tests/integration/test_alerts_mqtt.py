@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from alerts.engine import AlertEngine
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
 from detectors.batch import ReadingBatch

@@ -17,7 +17,7 @@ from alerts.sinks import build_sinks, sink_rates
 from alerts.dispatch import Dispatcher
 from alerts.store import AlertStore
 from alerts.webhook import SignatureError, verify_signature
-from tests.unit.alerts.helpers import at, det, make_cfg
+from tests.unit.alerts.helpers import det, make_cfg
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion

@@ -3,7 +3,6 @@ constant input, one sensor vs many, any batch split, and equality with the per-r
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
