@@ -254,7 +254,7 @@ class AlertStore:
         return _alert(row[0]) if row else None
 
     def notices(self, alert_id: str) -> list[tuple[Notice, list[tuple[str, str, int]]]]:
-        """The notices of an alert with their deliveries (sink, status, attempts)."""
+        """The notices of an alert with their deliveries (sink, status, attempts, whom it reached or None)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT key, alert_id, seq, transition, ts_ns, body FROM notices WHERE alert_id=? ORDER BY seq",
@@ -262,7 +262,7 @@ class AlertStore:
             ).fetchall()
             out = []
             for r in rows:
-                d = self._db.execute("SELECT sink, status, attempts FROM deliveries WHERE key=? ORDER BY sink",
+                d = self._db.execute("SELECT sink, status, attempts, reached FROM deliveries WHERE key=? ORDER BY sink",
                                      (r[0],)).fetchall()
                 out.append((Notice(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])), [tuple(x) for x in d]))
         return out

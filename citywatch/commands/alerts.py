@@ -348,7 +348,8 @@ def _show(args) -> int:
     for col in ("key", "transition", "event time (CST)", "deliveries"):
         t.add_column(col, overflow="fold")
     for n, d in notices:
-        t.add_row(n.key, n.transition, _local(n.ts_ns), ", ".join(f"{s}: {st} ({k})" for s, st, k in d))
+        t.add_row(n.key, n.transition, _local(n.ts_ns),
+                  ", ".join(f"{s}: {st} ({k})" + (f" -> {who}" if who else "") for s, st, k, who in d))
     console.print(t)
     return EXIT_OK
 

@@ -118,3 +118,21 @@ def test_config_rejects_an_unknown_escalation_level_in_a_route(tmp_path):
     assert [str(p) for p in exc.value.problems] == [
         f"{d}/alerts.yaml:1: alerting: route.routes[0].match.level: unknown escalation level 'boss'"
         " (escalation.levels: duty_officer, section_chief, bureau_leader)"]
+
+
+def test_show_says_whom_a_delivery_reached(tmp_path, capsys):
+    engine, _ = make_engine(tmp_path)
+    engine.process(det([(0, 0, "N-day", "red", 90)]))
+    assert engine.flush(5)
+    alert_id = engine.active()[0].alert_id
+    (notice, deliveries), = engine.store.notices(alert_id)
+    assert deliveries == [("rec", "sent", 1, None)]  # a sink that reaches no person says nobody
+    # A team receiver (alerts/team_sink.py) returns whom it reached; the dispatcher stores it beside the status.
+    engine.store.mark_delivery(notice.key, "rec", "sent", 1, None, "team gas level 0: 林工 (email)")
+    store = str(tmp_path / "alerts.sqlite")
+    assert main(["alerts", "--store", store, "show", alert_id, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["notices"][0]["deliveries"] == [["rec", "sent", 1, "team gas level 0: 林工 (email)"]]
+    assert main(["alerts", "--store", store, "show", alert_id]) == 0
+    assert "rec: sent (1) -> team gas level 0: 林工 (email)" in capsys.readouterr().out.replace("\n", "")
+    engine.stop()

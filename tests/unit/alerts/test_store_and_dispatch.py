@@ -126,7 +126,7 @@ def test_alert_state_is_readable_from_the_store(tmp_path):
     stored = AlertStore(tmp_path / "alerts.sqlite").alert(a.alert_id)
     assert stored.state == "firing" and stored.notified_firing and stored.seq == 1
     notices = engine.store.notices(a.alert_id)
-    assert notices[0][0].transition == "firing" and notices[0][1] == [("rec", "sent", 1)]
+    assert notices[0][0].transition == "firing" and notices[0][1] == [("rec", "sent", 1, None)]
     engine.stop()
 
 
