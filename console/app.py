@@ -29,6 +29,7 @@ from config.connections import basic_auth
 from console.feed import AlertFeed
 from console.i18n import LANGUAGES, words
 from console.ratelimit import LoginLimiter
+from console.series import MAX_HOURS, device_series
 from console.users import Session, UserStore
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,14 @@ class Console:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self._store: AlertStore | None = None
         self.vendor_dir = cfg.resolve_path(c.vendor_dir)
+        self._inventory = None
+
+    def inventory(self):
+        """The detectors' Inventory of the config (limits, set points, calendar), built once on first use."""
+        if self._inventory is None:
+            from detectors.context import Inventory
+            self._inventory = Inventory(self.cfg)
+        return self._inventory
 
     # ----- live feed -> boards --------------------------------------------------------------------
 
@@ -405,6 +414,50 @@ def _window_readings(app: Console, alert: dict) -> list[dict]:
     return rows[::-1]
 
 
+CHART_HOURS = (3, 12, 24)  # the device page's range buttons
+
+
+async def device_page(request: Request) -> Response:
+    """/devices/<id>: the device's charts (noise: Leq, Lmax, L90 and the limit in force; gas: pressure and
+    its levels), drawn by static/device.js from /api/devices/<id>/series."""
+    app: Console = request.app.state.console
+    session = app.session(request)
+    if session is None:
+        return _redirect_login()
+    lang = app.lang(request)
+    w = words(lang)
+    dev = app.cfg.device(request.path_params["device_id"])
+    if dev is None:
+        return Response(w["unknown_device"].format(id=request.path_params["device_id"]), status_code=404,
+                        media_type="text/plain; charset=utf-8")
+    site = next((s for s in app.cfg.sites if s.id == dev.site), None)
+    missing = [n for n in ("echarts.min.js",) if not (app.vendor_dir / "node_modules" / VENDOR_FILES[n]).is_file()]
+    return app.templates.TemplateResponse(request, "device.html", {
+        "w": w, "user": session.user, "csrf": session.csrf, "device": dev, "site": site, "missing": missing,
+        "hours": CHART_HOURS,
+        "boot": json.dumps({"words": w, "device_id": dev.id, "kind": dev.kind, "hours": CHART_HOURS[0]},
+                           ensure_ascii=False).replace("<", "\\u003c"),
+    })
+
+
+async def api_device_series(request: Request) -> Response:
+    """GET /api/devices/<id>/series?hours=N (1..72): the chart data of one device (console.series)."""
+    app: Console = request.app.state.console
+    if app.session(request) is None:
+        return JSONResponse({"error": "not logged in"}, status_code=401)
+    device_id = request.path_params["device_id"]
+    if app.cfg.device(device_id) is None:
+        return JSONResponse({"error": f"unknown device {device_id!r}"}, status_code=404)
+    try:
+        hours = int(request.query_params.get("hours", "3"))
+    except ValueError:
+        return JSONResponse({"error": "hours must be a whole number"}, status_code=400)
+    if not 1 <= hours <= MAX_HOURS:
+        return JSONResponse({"error": f"hours must be 1..{MAX_HOURS} (got {hours})"}, status_code=400)
+    body = await asyncio.to_thread(device_series, app.cfg, app.env, app.inventory(), device_id, hours)
+    return JSONResponse(body)
+
+
 def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> Starlette:
     """The console app for `cfg`; `env` holds the broker and InfluxDB secrets. The feed starts with the app."""
     console = Console(cfg, env, feed)
@@ -435,6 +488,8 @@ def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> Starl
         Route("/api/alerts/{alert_id}/ack", ack, methods=["POST"]),
         Route("/alerts/{alert_id}", alert_page),
         Route("/map", map_page),
+        Route("/devices/{device_id}", device_page),
+        Route("/api/devices/{device_id}/series", api_device_series),
         Route("/api/sites", api_sites),
         Route("/vendor/{name}", vendor),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

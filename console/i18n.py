@@ -47,6 +47,13 @@ STRINGS = {
         "alert": "告警", "context": "检测依据", "notices": "通知记录", "commands": "操作记录", "readings": "窗口内读数",
         "back": "返回看板", "no_readings": "无读数（InfluxDB 不可达或窗口内无数据）", "peak": "峰值",
         "when": "时间", "sink": "通道", "status": "状态", "author": "操作人", "result": "结果", "transition": "变化",
+        "device_charts": "设备曲线", "chart_link": "曲线", "device_title": "设备 {id}", "unknown_device": "未知设备：{id}",
+        "range_h": "近 {h} 小时", "leq": "Leq（1 分钟能量平均）", "lmax": "Lmax", "l90": "L90",
+        "limit": "现行限值", "prohibited": "禁止施工时段（无许可）", "exam": "考试期间", "night": "夜间",
+        "newest_reading": "最新读数 {t}（{ago} 前）", "no_readings_range": "所选时段内无读数",
+        "pressure": "压力", "set_pressure": "设定压力", "g_high": "高压告警 G-high", "g_highhigh": "高高压 G-highhigh",
+        "g_low": "低压告警 G-low", "loading": "加载中…", "chart_error": "无法读取数据：{why}", "unit_db": "dB(A)",
+        "unit_kpa": "kPa",
     },
     "en": {
         "title": "City operations · alert board", "login": "Log in", "logout": "Log out", "username": "User name",
@@ -74,6 +81,13 @@ STRINGS = {
         "no_readings": "No readings (InfluxDB unreachable or nothing in the window)", "peak": "Peak",
         "when": "When", "sink": "Sink", "status": "Status", "author": "By", "result": "Result",
         "transition": "Transition",
+        "device_charts": "Device charts", "chart_link": "chart", "device_title": "Device {id}", "unknown_device": "Unknown device: {id}",
+        "range_h": "Last {h} h", "leq": "Leq (1-min energy mean)", "lmax": "Lmax", "l90": "L90",
+        "limit": "Limit in force", "prohibited": "Prohibited hours (no permit)", "exam": "Exam period",
+        "night": "Night", "newest_reading": "Newest reading {t} ({ago} ago)",
+        "no_readings_range": "No readings in the selected range", "pressure": "Pressure",
+        "set_pressure": "Set pressure", "g_high": "G-high", "g_highhigh": "G-highhigh", "g_low": "G-low",
+        "loading": "Loading…", "chart_error": "Cannot read the data: {why}", "unit_db": "dB(A)", "unit_kpa": "kPa",
     },
 }
 

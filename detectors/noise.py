@@ -28,6 +28,50 @@ def valid_db(view, name: str) -> tuple[np.ndarray, np.ndarray]:
     return hit
 
 
+def db_to_energy(db) -> np.ndarray:
+    """Sound levels in dB as relative energies (10^(L/10)): the only quantity that may be averaged."""
+    return 10.0 ** (np.asarray(db, dtype=float) / 10.0)
+
+
+def energy_to_db(energy) -> np.ndarray:
+    """Relative energies back to dB (10 log10 E); 0 -> -inf, callers mask empty windows."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 10.0 * np.log10(energy)
+
+
+def energy_mean_db(levels) -> float:
+    """The energy mean of levels in dB, 10 log10(mean(10^(L/10))), NaN ignored; NaN when none is left.
+    Never the arithmetic mean of dB. The rules' rolling Leq (`NoiseEnergy`) uses the same two conversions."""
+    x = np.asarray(levels, dtype=float)
+    x = x[~np.isnan(x)]
+    return float(energy_to_db(db_to_energy(x).mean())) if len(x) else float("nan")
+
+
+def day_night_limit_db(day_db, night_db, night) -> np.ndarray:
+    """The GB 12523 limit in force per row: the night limit at night, else the day limit (N-day / N-night)."""
+    return np.where(night, night_db, day_db)
+
+
+def exam_class1_db(exam_cfg, night) -> np.ndarray:
+    """The GB 3096 class-1 limit of N-exam per row (night or day value of `noise.exam`)."""
+    return np.where(night, exam_cfg.class1_night_db, exam_cfg.class1_day_db)
+
+
+def limit_in_force(inv, device_index: int, ts_ns) -> dict:
+    """For one noise device and UTC ns times, the limits the rules apply at each time (same Inventory and
+    Calendar as the detectors): `limit_db` (day or night limit, lowered to the class-1 exam limit while an
+    exam applies), `night`, `prohibited` (inside a prohibited window without a permit), `permit` (a
+    permit covers the time) and `exam` (exam mode code, 0 none). Used by the console's charts."""
+    ts = np.asarray(ts_ns, dtype=np.int64)
+    f = inv.calendar.facts(np.full(len(ts), device_index, np.int64), ts)
+    lim = day_night_limit_db(inv.day_db[device_index], inv.night_db[device_index], f.night)
+    exam = f.exam >= EXAM_CLASS1
+    lim = np.where(exam, np.minimum(lim, exam_class1_db(inv.cfg.noise.exam, f.night)), lim)
+    return {"limit_db": lim.astype(float), "night": f.night.astype(bool),
+            "prohibited": (f.prohibited & (f.permit < 0)).astype(bool), "permit": (f.permit >= 0),
+            "exam": f.exam.astype(int)}
+
+
 def window_name(window_s: int) -> str:
     return f"Leq{window_s // 60}" if window_s % 60 == 0 else f"Leq{window_s}s"
 
@@ -70,12 +114,12 @@ class NoiseEnergy:
         if v.full:
             # Every sensor in order: the state is used without gathers; invalid rows change nothing.
             all_ok = ok.all()
-            loc, ts, e, sel = v.loc, v.ts, 10.0 ** (x / 10.0), slice(None)
+            loc, ts, e, sel = v.loc, v.ts, db_to_energy(x), slice(None)
             ring.insert(loc, ts, e, None if all_ok else ok)
         else:
             all_ok = True
             idx = np.flatnonzero(ok)
-            loc, ts, e, sel = v.loc[idx], v.ts[idx], 10.0 ** (x[idx] / 10.0), v.loc[idx]
+            loc, ts, e, sel = v.loc[idx], v.ts[idx], db_to_energy(x[idx]), v.loc[idx]
             ring.insert(loc, ts, e)
         b = (ts // ring.slot_ns - ring.base) // ring.slots
         bid, cur, prev = self.blk_id_[sel].astype(np.int64), self.blk_cur_[sel], self.blk_prev_[sel]
@@ -137,7 +181,7 @@ class NoiseEnergy:
         count = np.einsum("ij->i", mask.view(np.int8), dtype=np.int64)
         total = np.einsum("ij,ij->i", vals, mask)
         with np.errstate(divide="ignore", invalid="ignore"):
-            leq = 10.0 * np.log10(total / count)
+            leq = energy_to_db(total / count)
         expected = np.maximum(1, window_s // self.report_s[loc])
         enough = count >= np.ceil(self.min_coverage * expected - 1e-9)
         return np.where(count > 0, leq, np.nan), enough
@@ -368,7 +412,7 @@ class NoiseExam(NoiseRule):
         ex = self.nz.exam
         x, ok = valid_db(view, "leq")
         f = view.facts()
-        class1 = np.where(f.night, ex.class1_night_db, ex.class1_day_db)
+        class1 = exam_class1_db(ex, f.night)
         leq, enough, cand = self.leq_over(view, self.win, ok, class1 - self.hyst)
         enough = enough & cand
         raw, held, limits = levels_above(leq, [(3, class1)], self.hyst)

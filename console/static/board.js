@@ -52,7 +52,15 @@ function render() {
     tr.append(sev);
     tr.append(el("td", "site", (a.site && a.site.name) || (a.site && a.site.id) || ""));
     tr.append(el("td", "address", (a.site && a.site.address) || ""));
-    tr.append(el("td", "device", a.device && a.device.id || ""));
+    // The device id stays the cell's own text; a short link beside it opens the device's charts.
+    const dev = el("td", "device", a.device && a.device.id || "");
+    if (a.device && a.device.id) {
+      const dl = el("a", "device-link", t("chart_link"));
+      dl.href = "/devices/" + encodeURIComponent(a.device.id);
+      dl.title = t("device_charts");
+      dev.append(dl);
+    }
+    tr.append(dev);
     const rule = el("td", "rule");
     const link = el("a", "", (W.rules && W.rules[a.rule_id]) || a.rule_id);
     link.href = "/alerts/" + encodeURIComponent(a.alert_id);
