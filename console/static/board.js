@@ -2,28 +2,12 @@
 // severity (red first) then age (oldest first); a banner that says how old the data is and turns red when
 // the broker link is down, nothing was heard for stale_after_s, or the console itself cannot be reached.
 "use strict";
-const boot = JSON.parse(document.getElementById("boot").textContent);
-const W = boot.words;
 const RANK = {red: 4, orange: 3, yellow: 2, blue: 1};
 const alerts = new Map();
 let status = null;            // the feed's last status (server clock)
 let statusAt = 0;             // when we received it (our clock)
 let streamUp = false;
-const fmt = new Intl.DateTimeFormat("zh-CN", {timeZone: "Asia/Shanghai", month: "2-digit", day: "2-digit",
-  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false});
 
-function t(key, args) {
-  let s = W[key] || key;
-  for (const [k, v] of Object.entries(args || {})) s = s.replace("{" + k + "}", v);
-  return s;
-}
-function ago(seconds) {
-  seconds = Math.max(0, Math.round(seconds));
-  const h = Math.floor(seconds / 3600), m = Math.floor(seconds % 3600 / 60), s = seconds % 60;
-  if (h) return `${h}h${String(m).padStart(2, "0")}m`;
-  if (m) return `${m}m${String(s).padStart(2, "0")}s`;
-  return `${s}s`;
-}
 function num(v) {
   if (v === null || v === undefined) return "–";
   return Number.isInteger(v) ? String(v) : Number(v).toFixed(Math.abs(v) < 10 ? 2 : 1);

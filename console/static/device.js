@@ -3,27 +3,12 @@
 // (no permit) and exam minutes as bands. Gas: pressure with the set pressure and the alert levels as lines.
 // The banner says how old the newest reading is, and turns red when it is older than 10 minutes or missing.
 "use strict";
-const boot = JSON.parse(document.getElementById("boot").textContent);
-const W = boot.words;
 const STALE_MS = 10 * 60 * 1000;
-const fmt = new Intl.DateTimeFormat("zh-CN", {timeZone: "Asia/Shanghai", month: "2-digit", day: "2-digit",
-  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false});
 // The console is dark: ECharts' dark theme keeps the axis labels and the legend readable on it.
 const chart = echarts.init(document.getElementById("chart"), "dark", {renderer: "canvas"});
 window.cwChart = chart;
 let hours = boot.hours, newestMs = null, loadError = null;
 
-function t(key, args) {
-  let s = W[key] || key;
-  for (const [k, v] of Object.entries(args || {})) s = s.replace("{" + k + "}", v);
-  return s;
-}
-function ago(sec) {
-  sec = Math.max(0, Math.round(sec));
-  const h = Math.floor(sec / 3600), m = Math.floor(sec % 3600 / 60), s = sec % 60;
-  if (h) return `${h}h${String(m).padStart(2, "0")}m`;
-  return m ? `${m}m${String(s).padStart(2, "0")}s` : `${s}s`;
-}
 function banner() {
   const b = document.getElementById("data-age");
   let text, fresh = false;

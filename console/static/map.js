@@ -2,28 +2,14 @@
 // site of the inventory at its coordinates, coloured by its worst active alert, fed by the same event stream as
 // the board. A click lists the site's alerts with links to their evidence.
 "use strict";
-const boot = JSON.parse(document.getElementById("boot").textContent);
-const W = boot.words;
 const COLOURS = {red: "#d32f2f", orange: "#ef6c00", yellow: "#f9a825", blue: "#1565c0"};
 const RANK = {red: 4, orange: 3, yellow: 2, blue: 1};
 const alerts = new Map();
 let sites = [];
 let status = null, statusAt = 0, streamUp = false;
-const fmt = new Intl.DateTimeFormat("zh-CN", {timeZone: "Asia/Shanghai", month: "2-digit", day: "2-digit",
-  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false});
 const chart = echarts.init(document.getElementById("map"), "dark", {renderer: "canvas"});
 window.cwMap = chart;
 
-function t(key, args) {
-  let s = W[key] || key;
-  for (const [k, v] of Object.entries(args || {})) s = s.replace("{" + k + "}", v);
-  return s;
-}
-function ago(sec) {
-  sec = Math.max(0, Math.round(sec));
-  const m = Math.floor(sec / 60), s = sec % 60;
-  return m ? `${m}m${String(s).padStart(2, "0")}s` : `${s}s`;
-}
 function worst(siteId) {
   let best = null;
   for (const a of alerts.values()) {
