@@ -189,7 +189,9 @@ def test_duty_officer_acks_a_firing_alert_and_the_board_survives_restarts(stack,
 
     # a device's over-pressure reading, through the broker and the service, fires a red alert on the board
     publish(s["mosquitto"], f"city/xm/gas/{dev.site}/{dev.id}/data", gas_payload(dev, dev.mop_kpa * 1.5), who=dev.id)
-    row = page.wait_for_selector(f"tr.sev-row:has(td.device:text-is('{dev.id}'))")
+    # A locator, not an element handle: the board re-renders its rows on every event of the stream.
+    row = page.locator(f"tr.sev-row:has(td.device:text-is('{dev.id}'))")
+    row.wait_for()
     alert_id = row.get_attribute("data-alert-id")
     assert alert_id and alert_id.startswith("G-highhigh")
     assert "sev-red" in row.get_attribute("class") and "unacked-red" in row.get_attribute("class")
@@ -232,7 +234,7 @@ def test_duty_officer_acks_a_firing_alert_and_the_board_survives_restarts(stack,
     shot(page, "ack-dialog-1366x768")
     page.click("#ack-send")
     page.wait_for_selector(f"tr[data-alert-id='{alert_id}'] td.ack-state:has-text('已确认')")
-    row = page.query_selector(f"tr[data-alert-id='{alert_id}']")
+    row = page.locator(f"tr[data-alert-id='{alert_id}']")
     assert "unacked-red" not in row.get_attribute("class")
     assert "值班员 林" in row.inner_text() and "crew sent" in row.inner_text()
     assert page.locator(f"tr[data-alert-id='{alert_id}'] .ack-button").count() == 0

@@ -104,10 +104,12 @@ def test_board_row_and_alert_page_link_the_gas_device_page(stack, browser):  # n
     console = s["console"].start()
     ctx, page = login(browser, console.url, "duty", OPERATOR_PW)
     publish(s["mosquitto"], f"city/xm/gas/{dev.site}/{dev.id}/data", gas_payload(dev, dev.mop_kpa * 1.5), who=dev.id)
-    row = page.wait_for_selector(f"tr.sev-row:has(td.device:text-is('{dev.id}'))")
+    # A locator, not an element handle: the board re-renders its rows on every event of the stream.
+    row = page.locator(f"tr.sev-row:has(td.device:text-is('{dev.id}'))")
+    row.wait_for()
     alert_id = row.get_attribute("data-alert-id")
     # the board row's chart link opens the gas device page: pressure with set pressure and the rules' levels
-    row.query_selector("a.device-link").click()
+    row.locator("a.device-link").click()
     page.wait_for_url(f"**/devices/{dev.id}")
     page.wait_for_selector("#chart canvas")
     page.wait_for_selector("#chart[data-points]")
