@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.commands import MAX_PAYLOAD_BYTES, Author, operator_author
 from alerts.model import iso
 from ingest.reachability import Reachability, connect_error
+
+if TYPE_CHECKING:
+    from config.model import Config
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,8 @@ class CommandListener:
     console learns whether its ack was applied without reading the store.
     """
 
-    def __init__(self, cfg, handle, env: dict[str, str], config=None):
+    def __init__(self, cfg: Config, handle: Callable[[str, bytes, Author], str], env: dict[str, str],
+                 config: Callable[[], Config] | None = None) -> None:
         """config: returns the config in force (after reloads), for the operator list; default `cfg`."""
         m = cfg.connections.mqtt
         self.topic = cfg.alerting.command_topic.rstrip("/")
@@ -52,7 +59,8 @@ class CommandListener:
         if m.tls.enabled:
             self.client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
             self.client.tls_insecure_set(m.tls.insecure)
-        self.client.reconnect_delay_set(m.reconnect.min_delay_s, m.reconnect.max_delay_s)
+        # paho annotates whole seconds, but takes any number of seconds (it only compares and sleeps).
+        self.client.reconnect_delay_set(m.reconnect.min_delay_s, m.reconnect.max_delay_s)  # type: ignore[arg-type]
         # One log line per outage of the broker, whatever the number of reconnect tries.
         self.reachability = Reachability(f"MQTT broker {m.host}:{m.port} (alert command listener)", log,
                                          down_note="operator commands wait until it is back")
@@ -71,14 +79,16 @@ class CommandListener:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_connect_fail(self, client, userdata):
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.reachability.down(connect_error())
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None = None) -> None:
         if reason_code != 0:  # 0: our own disconnect at stop
             self.reachability.down(f"connection lost: {reason_code}")
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None = None) -> None:
         if reason_code.is_failure:
             self.reachability.down(f"the broker refused the connection: {reason_code}")
         else:
@@ -103,7 +113,7 @@ class CommandListener:
             raise TopicRefused("unknown account", f"{rest!r} is not an operator (alerting.operators): {usage}")
         return author
 
-    def _on_message(self, client, userdata, msg):
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Everything is caught: an exception here would stop paho's network loop (and every command after).
         try:
             try:
@@ -116,7 +126,7 @@ class CommandListener:
         except Exception:  # noqa: BLE001
             log.exception("alert command on %s could not be handled", msg.topic)
 
-    def _refuse(self, msg, exc: "TopicRefused") -> None:
+    def _refuse(self, msg: mqtt.MQTTMessage, exc: TopicRefused) -> None:
         self.refused[exc.kind] = self.refused.get(exc.kind, 0) + 1
         if exc.kind not in self._logged_kinds:  # once per kind: a flood must not flood the log
             self._logged_kinds.add(exc.kind)
@@ -124,7 +134,7 @@ class CommandListener:
                         msg.topic, exc.kind, exc.reason)
         self._reply(msg, _preview(msg.payload), f"error: {exc.reason}", None)
 
-    def _reply(self, msg, cmd, result: str, author: Author | None) -> None:
+    def _reply(self, msg: mqtt.MQTTMessage, cmd: Any, result: str, author: Author | None) -> None:
         body = json.dumps({
             "topic": msg.topic, "command": cmd, "ok": result.startswith("ok"), "result": result,
             "author": author.account if author else None, "author_name": author.name if author else None,
@@ -135,7 +145,7 @@ class CommandListener:
             props = getattr(msg, "properties", None)
             response = getattr(props, "ResponseTopic", None) if props is not None else None
             if self.mqtt5 and response:
-                out = Properties(PacketTypes.PUBLISH)
+                out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations here
                 corr = getattr(props, "CorrelationData", None)
                 if corr is not None:
                     out.CorrelationData = corr
@@ -152,7 +162,7 @@ class TopicRefused(Exception):
         self.kind, self.reason = kind, reason
 
 
-def _preview(payload: bytes):
+def _preview(payload: bytes | bytearray) -> Any:
     """The command as echoed in the reply: its JSON when it is small and readable, else None."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return None

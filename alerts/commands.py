@@ -18,13 +18,17 @@ import difflib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import get_args
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 from alerts.model import SEVERITY_NAMES
 from alerts.muting import MATCHER_KEYS
 from config import durations as _durations
 from config.alerting import Category
+
+if TYPE_CHECKING:
+    from config.model import Config
 
 ACTIONS = ("ack", "silence", "unsilence")
 MAX_PAYLOAD_BYTES = 8192  # a real command is a few hundred bytes
@@ -56,7 +60,7 @@ def local_author(login: str) -> Author:
     return Author(f"local:{login}", login)
 
 
-def operator_author(cfg, username: str) -> Author | None:
+def operator_author(cfg: Config, username: str) -> Author | None:
     """The configured operator with this broker username (alerting.operators), or None."""
     for op in cfg.alerting.operators:
         if op.username == username:
@@ -64,7 +68,7 @@ def operator_author(cfg, username: str) -> Author | None:
     return None
 
 
-def author_allowed(cfg, author: Author) -> str | None:
+def author_allowed(cfg: Config, author: Author) -> str | None:
     """Why `author` may not act under `cfg` (None: it may). Local logins and console logins always may; a
     broker account only while it is a configured operator."""
     if author.account.startswith("local:") and len(author.account) > len("local:"):
@@ -87,7 +91,7 @@ def parse_duration(text: str) -> float:
 format_duration = _durations.format_duration
 
 
-def parse_payload(payload: bytes | str):
+def parse_payload(payload: bytes | bytearray | str) -> Any:
     """The JSON value of an MQTT payload, bounded in size and depth. Raises ValueError."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8", "replace")
@@ -108,7 +112,7 @@ def parse_payload(payload: bytes | str):
     return value
 
 
-def validate(cmd, cfg, author: Author | None = None) -> dict:
+def validate(cmd: Any, cfg: Config, author: Author | None = None) -> dict[str, Any]:
     """A normalized copy of a command, every value bounded and every label known to `cfg`.
 
     cmd:    the parsed command (any JSON-ish value; see `parse_payload`)
@@ -128,7 +132,7 @@ def validate(cmd, cfg, author: Author | None = None) -> dict:
             raise ValueError(f"{_show(k)}: unknown key for {action}{_hint(k, keys)}; keys: {', '.join(keys)}")
     if "by" in cmd:
         _check_by(cmd["by"], author)
-    out: dict = {"action": action}
+    out: dict[str, Any] = {"action": action}
     if action == "ack":
         out["alert_id"] = _id(cmd, "alert_id", _ALERT_ID, "an alert id (letters, digits, . _ : -, at most 200)")
         out["note"] = _text(cmd, "note", required=False)
@@ -143,7 +147,7 @@ def validate(cmd, cfg, author: Author | None = None) -> dict:
     return out
 
 
-def record_form(value, limit: int = MAX_PAYLOAD_BYTES) -> str:
+def record_form(value: Any, limit: int = MAX_PAYLOAD_BYTES) -> str:
     """What the store keeps of a refused command: its JSON (or repr), cut to `limit` characters.
     Never raises, whatever the value (nesting, NaN, keys that are not strings)."""
     try:
@@ -163,7 +167,7 @@ def record_form(value, limit: int = MAX_PAYLOAD_BYTES) -> str:
 
 # ----- the parts ------------------------------------------------------------------------------------
 
-def _check_by(by, author: Author | None) -> None:
+def _check_by(by: Any, author: Author | None) -> None:
     if not isinstance(by, str) or len(by) > MAX_LABEL_VALUE:
         raise ValueError(f"by: must be text of at most {MAX_LABEL_VALUE} characters, got {_show(by)}")
     if author is None:
@@ -177,7 +181,7 @@ def _check_by(by, author: Author | None) -> None:
                          f"was sent; got {_show(by)}: leave by out")
 
 
-def _id(cmd: dict, key: str, pattern: re.Pattern, what: str) -> str:
+def _id(cmd: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
     v = cmd.get(key)
     if v is None or v == "":
         raise ValueError(f"{key}: required")
@@ -186,7 +190,7 @@ def _id(cmd: dict, key: str, pattern: re.Pattern, what: str) -> str:
     return v
 
 
-def _text(cmd: dict, key: str, required: bool, why: str = "") -> str:
+def _text(cmd: dict[str, Any], key: str, required: bool, why: str = "") -> str:
     v = cmd.get(key)
     if v is None or (isinstance(v, str) and not v.strip()):
         if required:
@@ -200,7 +204,7 @@ def _text(cmd: dict, key: str, required: bool, why: str = "") -> str:
     return v
 
 
-def _expires(cmd: dict, max_s: float) -> float:
+def _expires(cmd: dict[str, Any], max_s: float) -> float:
     limit = f"{_number(max_s)} s ({format_duration(max_s)}, alerting.silence_max_s)"
     if "expires_s" in cmd and "expires" in cmd:
         raise ValueError("expires, expires_s: give one of them, not both")
@@ -231,7 +235,7 @@ def _expires(cmd: dict, max_s: float) -> float:
     raise ValueError("expires: required (e.g. \"expires\": \"2h\", or \"expires_s\": 7200)")
 
 
-def _matchers(raw, cfg) -> dict[str, str]:
+def _matchers(raw: Any, cfg: Config) -> dict[str, str]:
     if raw is None:
         raise ValueError("matchers: required: a mapping {label: value} or a list of \"label=value\"")
     if isinstance(raw, dict):
@@ -278,7 +282,7 @@ def _matchers(raw, cfg) -> dict[str, str]:
     return out
 
 
-def _known_values(cfg) -> dict[str, tuple[str, tuple[str, ...]]]:
+def _known_values(cfg: Config) -> dict[str, tuple[str, tuple[str, ...]]]:
     """Per matcher label, what it names and the values the config knows (sorted, for stable hints)."""
     return {
         "rule_id": ("rule", tuple(sorted(r.id for r in cfg.rules))),
@@ -290,7 +294,7 @@ def _known_values(cfg) -> dict[str, tuple[str, tuple[str, ...]]]:
     }
 
 
-def _aliases(cfg) -> dict[str, dict[str, str]]:
+def _aliases(cfg: Config) -> dict[str, dict[str, str]]:
     """Other names a matcher value may be given by, per label: alias (casefolded) -> the id stored on
     alerts. site_id: the site's name (when no other site has it); device_id: the device's HJ 212 MN."""
     names: dict[str, list[str]] = {}
@@ -302,7 +306,7 @@ def _aliases(cfg) -> dict[str, dict[str, str]]:
     }
 
 
-def _alias_names(cfg, key: str) -> tuple[str, ...]:
+def _alias_names(cfg: Config, key: str) -> tuple[str, ...]:
     """The aliases of a label as written in the config (for "did you mean")."""
     if key == "site_id":
         return tuple(sorted(s.name for s in cfg.sites))
@@ -311,7 +315,7 @@ def _alias_names(cfg, key: str) -> tuple[str, ...]:
     return ()
 
 
-def _hint(value, choices) -> str:
+def _hint(value: Any, choices: Iterable[str]) -> str:
     if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
         return ""
     best, best_score = None, 0.6  # difflib.get_close_matches' cutoff; ties go to the first in sorted order
@@ -325,7 +329,7 @@ def _hint(value, choices) -> str:
     return f" (did you mean {best!r}?)" if best else ""
 
 
-def _show(v) -> str:
+def _show(v: Any) -> str:
     """A value for an error message, at most ~60 characters."""
     try:
         r = repr(v)
@@ -334,7 +338,7 @@ def _show(v) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
-def _kind(v) -> str:
+def _kind(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
         type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
 
@@ -343,11 +347,11 @@ def _number(v: float) -> str:
     return str(int(v)) if v == int(v) and abs(v) < 1e15 else f"{v:g}"
 
 
-def _no_constant(name: str):
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"payload: {name} is not a JSON number")
 
 
-def _depth(value) -> int:
+def _depth(value: Any) -> int:
     """Nesting depth of a parsed JSON value, without recursion."""
     deepest, stack = 0, [(value, 1)]
     while stack:

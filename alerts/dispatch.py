@@ -11,15 +11,19 @@ import collections
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING, Protocol
 
 from alerts.model import Notice
-from alerts.sink import Sink, SinkError
+from alerts.sinks.base import Sink, SinkError
+
+if TYPE_CHECKING:
+    from alerts.store import AlertStore
 
 log = logging.getLogger(__name__)
 
 
 class _Worker:
-    def __init__(self, name: str, sink: Sink | None, dispatcher: "Dispatcher", rate_per_s: float):
+    def __init__(self, name: str, sink: Sink | None, dispatcher: Dispatcher, rate_per_s: float):
         self.name = name
         self.sink = sink
         self.d = dispatcher
@@ -87,21 +91,31 @@ class _Worker:
                 self.d.stopping.wait(delay)
                 delay = min(delay * 2, self.d.max_s)
                 continue
-            except Exception as exc:  # a sink bug must not kill its worker: treat as retryable
+            except Exception:  # a sink bug must not kill its worker: treat as retryable
                 log.exception("alert sink %s raised unexpectedly", self.name)
                 self.d.count("retries", self.name)
                 self.d.stopping.wait(delay)
                 delay = min(delay * 2, self.d.max_s)
                 continue
-            # A sink that reaches people (alerts/team_sink.py) says whom; the delivery log keeps it.
+            # A sink that reaches people (alerts/sinks/team.py) says whom; the delivery log keeps it.
             self.d.record(notice, self.name, "sent", attempts, None, reached if isinstance(reached, str) else None)
             return
+
+
+class NoticeDispatcher(Protocol):
+    """What the alert engine needs of a dispatcher (`Dispatcher`, or a stand-in that sends nothing)."""
+
+    def submit(self, notice: Notice, sink_name: str) -> bool: ...
+
+    def flush(self, timeout_s: float = 10.0) -> bool: ...
+
+    def stop(self, timeout_s: float = ...) -> None: ...
 
 
 class Dispatcher:
     """Delivers (notice, sink) pairs. `store.mark_delivery` records each outcome when a store is given."""
 
-    def __init__(self, sinks: dict[str, Sink], store=None, initial_s: float = 1.0, max_s: float = 60.0,
+    def __init__(self, sinks: dict[str, Sink], store: AlertStore | None = None, initial_s: float = 1.0, max_s: float = 60.0,
                  rates: dict[str, float] | None = None):
         self.sinks = sinks
         self.store = store
@@ -112,7 +126,7 @@ class Dispatcher:
         self._workers: dict[str, _Worker] = {}
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self.counters: collections.Counter = collections.Counter()
+        self.counters: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def _worker(self, sink_name: str) -> _Worker:
         w = self._workers.get(sink_name)

@@ -13,6 +13,7 @@ injected clock when that is later (live).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -22,17 +23,29 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
-from alerts.dispatch import Dispatcher
+from alerts import commands as command_rules
+from alerts import lifecycle
+from alerts.dispatch import Dispatcher, NoticeDispatcher
 from alerts.grouping import GroupTimer
-from alerts.model import SEVERITY_NAMES, Alert, Notice, alert_id_for, iso
+from alerts.lifecycle import Activity, Snapshot, Step, Timings, Transition
+from alerts.model import Alert, Notice, iso
 from alerts.muting import Muter, Silence, overridden_health, really_active
 from alerts.routing import receivers_of, route
 from alerts.store import AlertStore
-from alerts import commands as command_rules
+
+# Detections (the shared data model) still live in detectors/ until issue #13 item 2 gives them a package
+# of their own; alerts only read them, so the import is for the type checker alone.
+if TYPE_CHECKING:
+    from alerts.sinks.base import Sink
+    from config.inventory import Device
+    from config.model import Config
+    from detectors.batch import Detections
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +76,13 @@ class AlertEngine:
     Thread-safe: process/observe_readings/tick/apply_command/reload may come from different threads.
     """
 
-    def __init__(self, cfg, store: AlertStore | None = None, sinks: dict | None = None, clock=None,
-                 dispatcher: Dispatcher | None = None, env: dict | None = None):
+    muter: Muter
+    _seen_ns: npt.NDArray[np.int64]
+    _seen_ids: list[str]
+
+    def __init__(self, cfg: Config, store: AlertStore | None = None, sinks: dict[str, Sink] | None = None,
+                 clock: Callable[[], float] | None = None, dispatcher: NoticeDispatcher | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.store = store if store is not None else AlertStore(cfg.resolve_path(cfg.alerting.store_path))
         if sinks is None:
@@ -80,38 +98,44 @@ class AlertEngine:
 
             r = cfg.alerting.retry
             dispatcher = Dispatcher(sinks, self.store, r.initial_s, r.max_s, sink_rates(cfg))
-        self.dispatcher = dispatcher
+        self.dispatcher: NoticeDispatcher = dispatcher
         self._lock = threading.RLock()
         self._open: dict[tuple[str, str], Alert] = {}
         self._by_id: dict[str, Alert] = {}
-        self._flips: dict[tuple[str, str], list[int]] = {}
+        self._flips: dict[tuple[str, str], Sequence[int]] = {}  # flap history per key (alerts.lifecycle)
         self._watermark = 0
         self._restart_wm: int | None = None
-        self._outbox: list = []  # heap of (due_ns, order, notice, sink)
+        self._outbox: list[tuple[int, int, Notice, str]] = []  # heap of (due_ns, order, notice, sink)
         self._order = itertools.count()
         self._groups = GroupTimer()
         self._dirty: dict[str, Alert] = {}
-        self._dirty_flips: set = set()
+        self._dirty_flips: set[tuple[str, str]] = set()
         self._last_persist = 0.0
         self.counters = {"late_rows": 0, "unknown_sensor_rows": 0, "notices": 0, "suppressed": 0, "pruned": 0}
         self._pruned_at: int | None = None
         self._heartbeat_at = -math.inf  # time.monotonic() of the last heartbeat written
-        self._logged_once: set[tuple] = set()  # faults already logged (see _log_once)
+        self._logged_once: set[tuple[Hashable, ...]] = set()  # faults already logged (see _log_once)
         self._commands_given_up: set[int] = set()  # command rows that could not even be marked
         self._configure(cfg)
         self._started = False
 
     # ----- configuration --------------------------------------------------------------------------
 
-    def _configure(self, cfg) -> None:
+    def _configure(self, cfg: Config) -> None:
         self.cfg = cfg
         a = cfg.alerting
         self._rules = {r.id: r for r in cfg.rules}
         silences = self.muter.silences if hasattr(self, "muter") else {}
         self.muter = Muter(silences, list(a.quiet_windows), list(a.inhibit), cfg.time.tz)
         self._levels = list(a.escalation.levels)
-        self._repeat_cache: dict[tuple, float] = {}
-        self._escalate_s = {4: a.escalation.red_s, 3: a.escalation.orange_s, 2: a.escalation.yellow_s}
+        self._repeat_cache: dict[tuple[Hashable, ...], float] = {}
+        escalate_s = {4: a.escalation.red_s, 3: a.escalation.orange_s, 2: a.escalation.yellow_s}
+        # An alert whose rule is gone: no for_s, no clear_for_s; each rule adds its own.
+        self._no_timings = Timings(flap_window_ns=int(a.flap_window_s * NS), flap_max_transitions=a.flap_max_transitions,
+                                   levels=tuple(self._levels), repeat_s=self._repeat_s,
+                                   escalate_ns={sev: int(s * NS) for sev, s in escalate_s.items()})
+        self._timings = {r.id: dataclasses.replace(self._no_timings, for_ns=int(r.for_s * NS),
+                                                   clear_for_ns=int(r.clear_for_s * NS)) for r in cfg.rules}
         self._labels = [self._device_labels(cfg, d) for d in cfg.devices]
         # Rules raised by the clock (deadman): their clear is never a late row (see _apply_detections).
         self._time_driven = {r.id for r in cfg.rules if r.time_driven}
@@ -133,8 +157,8 @@ class AlertEngine:
         self._seen_ns, self._seen_ids = seen, ids
 
     @staticmethod
-    def _device_labels(cfg, d) -> tuple[dict, dict]:
-        s = cfg.site(d.site)
+    def _device_labels(cfg: Config, d: Device) -> tuple[dict[str, Any], dict[str, Any]]:
+        s = cfg.site(d.site) if d.site is not None else None  # a generic device has no site
         site = {"id": d.site, "name": s.name if s else d.site, "address": s.address if s else "",
                 "district": s.district if s else "", "lat": s.lat if s else None, "lon": s.lon if s else None,
                 "crs": s.crs if s else "WGS84"}
@@ -143,7 +167,7 @@ class AlertEngine:
 
     # ----- life of the engine ---------------------------------------------------------------------
 
-    def start(self, kept: Collection = ()) -> None:
+    def start(self, kept: Collection[object] = ()) -> None:
         """Load open alerts, flap history, silences and undelivered notices from the store; queue them.
 
         kept: rule ids, or (rule id, device id) keys, whose detector state was restored (a detector
@@ -193,7 +217,7 @@ class AlertEngine:
         except Exception:  # noqa: BLE001 - liveness bookkeeping must never stop alerting
             self._log_once(("heartbeat",), "could not write the engine heartbeat to the alert store")
 
-    def reload(self, cfg, detectors_reset: bool | Collection = False) -> None:
+    def reload(self, cfg: Config, detectors_reset: bool | Collection[object] = False) -> None:
         """Swap in a new validated config atomically; open alerts stay open (alerts of removed or
         disabled rules resolve). Sinks are rebuilt when their settings or the connections changed.
 
@@ -212,22 +236,22 @@ class AlertEngine:
             if cfg.alerting.sinks != old.alerting.sinks or cfg.connections != old.connections:
                 self._swap_sinks(cfg)
             now = self._now()
-            trans = []
+            trans: list[Transition] = []
             for a in list(self._open.values()):
                 rule = self._rules.get(a.rule_id)
                 if rule is not None and not rule.enabled:
                     a.context = {**a.context, "resolution": "rule disabled"}
-                    self._resolve(a, now, trans)
+                    self._take(lifecycle.resolve(a, now), trans)
                 elif rule is None and self._rules_known(old, a.rule_id):
                     a.context = {**a.context, "resolution": "rule removed"}
-                    self._resolve(a, now, trans)
+                    self._take(lifecycle.resolve(a, now), trans)
             self._emit(trans, now)
 
     @staticmethod
-    def _rules_known(cfg, rule_id: str) -> bool:
+    def _rules_known(cfg: Config, rule_id: str) -> bool:
         return any(r.id == rule_id for r in cfg.rules)
 
-    def _swap_sinks(self, cfg) -> None:
+    def _swap_sinks(self, cfg: Config) -> None:
         from alerts.sinks import build_sinks, sink_rates
 
         old = self.dispatcher
@@ -254,12 +278,12 @@ class AlertEngine:
 
     # ----- input ----------------------------------------------------------------------------------
 
-    def process(self, det) -> list[Notice]:
+    def process(self, det: Detections) -> list[Notice]:
         """Apply a batch of detections (any order); returns the notices it produced."""
         with self._lock:
             if not self._started:
                 self.start()
-            trans: list = []
+            trans: list[Transition] = []
             if len(det):
                 self._watermark = max(self._watermark, int(det.ts_ns.max()))
                 self._apply_detections(det, trans)
@@ -289,7 +313,7 @@ class AlertEngine:
             after = self._restart_wm + int(self.cfg.alerting.recovered_clear_after_s * NS)
             sensor = np.asarray(sensor)
             ts_ns = np.asarray(ts_ns, np.int64)
-            trans: list = []
+            trans: list[Transition] = []
             for a in recovered:
                 try:
                     idx = self.cfg.device_index(a.device_id)
@@ -322,7 +346,7 @@ class AlertEngine:
                 self._watermark = max(self._watermark, int(now_ns))
             self._apply_inbox()
             now = self._now()
-            trans: list = []
+            trans: list[Transition] = []
             self._advance_all(now, trans)
             notices = self._emit(trans, now)
             self._persist_refreshes()
@@ -347,7 +371,7 @@ class AlertEngine:
             log.info("alert store: deleted %s older than %g days", ", ".join(f"{v} {k}" for k, v in gone.items() if v),
                      self.cfg.alerting.retention_days)
 
-    def _apply_detections(self, det, trans: list) -> None:
+    def _apply_detections(self, det: Detections, trans: list[Transition]) -> None:
         ndev = len(self._labels)
         known = (det.sensor >= 0) & (det.sensor < ndev)
         if not known.all():
@@ -398,8 +422,9 @@ class AlertEngine:
                 continue
             last_i = i1 - 1
             ctx = det.context[int(order[last_i])] if det.context else {}
-            alert = self._on_active(k, alert, t0, sev, str(det.category[row0]), site, device, trans,
-                                    float(value[i0]), float(limit[i0]))
+            row = Activity(rule_id, device["id"], str(det.category[row0]), site, device, t0, sev, float(value[i0]),
+                           float(limit[i0]))
+            alert = self._on_active(alert, row, trans)
             alert.last_active_ns = int(ts_s[last_i])
             alert.value, alert.limit = float(value[last_i]), float(limit[last_i])
             # The peak is the most severe value in the direction of the condition: with hysteresis an
@@ -413,132 +438,41 @@ class AlertEngine:
             alert.context = dict(ctx or {})
             self._dirty[alert.alert_id] = alert
 
-    # ----- the lifecycle (pure state changes; `trans` collects (alert, kind, ts, extra)) -----------
+    # ----- the lifecycle (alerts.lifecycle: each call returns a Step; `trans` collects Transitions) ----
 
-    def _rule_times(self, rule_id: str) -> tuple[int, int]:
-        r = self._rules.get(rule_id)
-        return (int(r.for_s * NS), int(r.clear_for_s * NS)) if r else (0, 0)
+    def _timings_of(self, rule_id: str) -> Timings:
+        return self._timings.get(rule_id, self._no_timings)
 
-    def _flip(self, key: tuple, ts: int) -> int:
-        """Record a change of the condition's activity; returns flips within the window."""
-        window = int(self.cfg.alerting.flap_window_s * NS)
-        flips = [t for t in self._flips.get(key, []) if t > ts - window]
-        flips.append(ts)
-        self._flips[key] = flips
-        self._dirty_flips.add(key)
-        return len(flips)
-
-    def _flips_in_window(self, key: tuple, now: int) -> int:
-        window = int(self.cfg.alerting.flap_window_s * NS)
-        return sum(1 for t in self._flips.get(key, []) if t > now - window)
-
-    def _on_active(self, key, alert, ts, sev, category, site, device, trans, value, limit) -> Alert:
-        if alert is None:
-            alert = Alert(alert_id_for(key[0], key[1], ts), key[0], key[1], category, site, device,
-                          severity=sev, started_ns=ts, last_active_ns=ts, peak_value=value,
-                          direction=-1 if value < limit else 1)
-            self._open[key] = alert
+    def _take(self, step: Step, trans: list[Transition]) -> Alert:
+        """Apply a lifecycle Step to the engine's maps, flap histories and dirty set; collect its transitions."""
+        alert = step.alert
+        if step.flips is not None:
+            self._flips[alert.key] = step.flips
+            self._dirty_flips.add(alert.key)
+        if step.opened:
+            self._open[alert.key] = alert
             self._by_id[alert.alert_id] = alert
-            flips = self._flip(key, ts)
-        elif alert.clear_since_ns is not None:
-            alert.clear_since_ns = None
-            flips = self._flip(key, ts)
-        else:
-            flips = 0
-        alert.recovered = False
-        alert.value, alert.limit = value, limit
-        # Before the severity notice is noted, so that notice already carries the new peak.
-        alert.peak_severity = max(alert.peak_severity, sev)
-        if alert.state == "firing" and sev != alert.severity:
-            prev = alert.severity
-            alert.severity = sev
-            self._note(trans, alert, "severity", ts, {"previous_severity": SEVERITY_NAMES[prev]})
-        else:
-            alert.severity = sev
-        if flips > self.cfg.alerting.flap_max_transitions and not alert.flapping:
-            alert.flapping = True
-            if alert.state == "pending":
-                self._fire(alert, ts, trans)  # held firing: a flapping condition must not hide in pending
-            else:
-                self._note(trans, alert, "flapping", ts, {})
-        self._advance(alert, ts, trans)
+        if step.closed:
+            self._open.pop(alert.key, None)
+            self._by_id.pop(alert.alert_id, None)
+            self._dirty[alert.alert_id] = alert
+        trans.extend(step.transitions)
         return alert
 
-    def _on_clear(self, alert: Alert, ts: int, trans) -> None:
-        if alert.clear_since_ns is not None:
-            return
-        flips = self._flip(alert.key, ts)
-        if flips > self.cfg.alerting.flap_max_transitions and not alert.flapping and alert.state == "firing":
-            alert.flapping = True
-            self._note(trans, alert, "flapping", ts, {})
-        if alert.state == "pending" and not alert.flapping:
-            self._discard(alert)
-            return
-        alert.clear_since_ns = ts
-        self._dirty[alert.alert_id] = alert
-        self._advance(alert, ts, trans)
+    def _on_active(self, alert: Alert | None, row: Activity, trans: list[Transition]) -> Alert:
+        flips = self._flips.get((row.rule_id, row.device_id), [])
+        return self._take(lifecycle.on_active(alert, row, self._timings_of(row.rule_id), flips), trans)
 
-    @staticmethod
-    def _note(trans: list, alert: Alert, kind: str, ts: int, extra: dict) -> None:
-        """Collect a transition with the alert's fields as they are now (a later row may change them)."""
-        snap = {"severity": alert.severity, "peak_severity": alert.peak_severity, "value": alert.value,
-                "limit": alert.limit, "state": alert.state, "escalation_level": alert.escalation_level,
-                "flapping": alert.flapping}
-        trans.append((alert, kind, ts, extra, snap))
-
-    def _fire(self, alert: Alert, ts: int, trans) -> None:
-        alert.state = "firing"
-        alert.firing_ns = ts
-        alert.escalated_ns = ts
-        self._note(trans, alert, "firing", ts, {})
-
-    def _discard(self, alert: Alert) -> None:
-        alert.state = "discarded"
-        self._open.pop(alert.key, None)
-        self._by_id.pop(alert.alert_id, None)
-        self._dirty[alert.alert_id] = alert
-
-    def _resolve(self, alert: Alert, ts: int, trans) -> None:
-        alert.state = "resolved"
-        alert.resolved_ns = ts
-        self._open.pop(alert.key, None)
-        self._by_id.pop(alert.alert_id, None)
-        if alert.firing_ns is None:
+    def _on_clear(self, alert: Alert, ts: int, trans: list[Transition]) -> None:
+        step = lifecycle.on_clear(alert, ts, self._timings_of(alert.rule_id), self._flips.get(alert.key, []))
+        self._take(step, trans)
+        if step.flips is not None:  # the condition flipped: the alert changed (clear_since, or discarded)
             self._dirty[alert.alert_id] = alert
-            return
-        self._note(trans, alert, "resolved", ts, {})
 
-    def _advance(self, alert: Alert, now: int, trans) -> None:
-        """Run an alert's timers up to `now`; transitions are stamped with the time they fell due."""
-        for_ns, clear_ns = self._rule_times(alert.rule_id)
-        if alert.state == "pending" and alert.clear_since_ns is None and now >= alert.started_ns + for_ns:
-            self._fire(alert, alert.started_ns + for_ns, trans)
-        if alert.state == "firing" and alert.clear_since_ns is not None:
-            due = alert.clear_since_ns + clear_ns
-            if now >= due:
-                if alert.flapping:
-                    if self._flips_in_window(alert.key, now) > self.cfg.alerting.flap_max_transitions // 2:
-                        return
-                    alert.flapping = False
-                    due = max(due, now)
-                self._resolve(alert, due, trans)
-                return
-        if alert.state != "firing" or alert.acked_by or alert.muted:
-            return
-        period = self._escalate_s.get(alert.severity)
-        while period and alert.escalation_level < len(self._levels) - 1:
-            due = alert.escalated_ns + int(period * NS)
-            if now < due:
-                break
-            alert.escalation_level += 1
-            alert.escalated_ns = due
-            self._note(trans, alert, "escalated", due, {"escalation_to": self._levels[alert.escalation_level]})
-        if alert.notified_firing and alert.last_notice_ns is not None:
-            repeat = self._repeat_s(alert)
-            if repeat > 0 and now >= alert.last_notice_ns + int(repeat * NS):
-                due = alert.last_notice_ns + int(repeat * NS)
-                alert.last_notice_ns = due  # so one reminder per interval, even before it is emitted
-                self._note(trans, alert, "repeat", due, {})
+    def _advance(self, alert: Alert, now: int, trans: list[Transition]) -> None:
+        """Run an alert's timers up to `now` (lifecycle.advance)."""
+        self._take(lifecycle.advance(alert, now, self._timings_of(alert.rule_id), self._flips.get(alert.key, [])),
+                   trans)
 
     def _repeat_s(self, alert: Alert) -> float:
         """The shortest repeat interval of the routes an alert takes (cached: routing is pure)."""
@@ -570,7 +504,7 @@ class AlertEngine:
         stale (alerts.muting)."""
         return [a for a in self._open.values() if really_active(a) and not self._stale(a)]
 
-    def _advance_all(self, now: int, trans) -> None:
+    def _advance_all(self, now: int, trans: list[Transition]) -> None:
         firing = self._inhibitors()
         for a in list(self._open.values()):
             try:  # one alert's fault must not stop the timers of the others (see _alert_fault)
@@ -581,25 +515,26 @@ class AlertEngine:
                         self._dirty[a.alert_id] = a
                         # A firing notice held by a mute goes out once the mute ends and the alert still fires.
                         if reason is None and not a.notified_firing:
-                            self._note(trans, a, "firing", now, {"late": True})
+                            trans.append(lifecycle.transition(a, "firing", now, {"late": True}))
                 self._advance(a, now, trans)
             except Exception as exc:  # noqa: BLE001
                 self._alert_fault(a, exc)
 
     # ----- notices --------------------------------------------------------------------------------
 
-    def _emit(self, trans: list, now: int) -> list[Notice]:
+    def _emit(self, trans: list[Transition], now: int) -> list[Notice]:
         """Turn transitions into notices (or suppress them), commit, then queue for the sinks."""
         if not trans:
             return []
-        trans.sort(key=lambda t: t[2])
+        trans.sort(key=lambda t: t.ts_ns)
         firing = self._inhibitors()
         out: list[tuple[Notice, list[tuple[str, int]]]] = []
         changed: dict[str, Alert] = {}
-        for alert, kind, ts, extra, snap in trans:
+        for t in trans:
+            alert = t.alert
             changed[alert.alert_id] = alert
             try:  # one alert's bad record must not keep every other alert's notices from going out
-                built = self._transition_notice(alert, kind, ts, extra, snap, firing)
+                built = self._transition_notice(t, firing)
             except Exception as exc:  # noqa: BLE001
                 self._alert_fault(alert, exc)
                 continue
@@ -618,10 +553,10 @@ class AlertEngine:
         self.counters["notices"] += len(out)
         return [n for n, _ in out]
 
-    def _transition_notice(self, alert: Alert, kind: str, ts: int, extra: dict, snap: dict,
-                           firing: list[Alert]) -> tuple[Notice, list] | None:
+    def _transition_notice(self, t: Transition, firing: list[Alert]) -> tuple[Notice, list[tuple[str, int]]] | None:
         """The notice of one transition with its deliveries, or None when it is held (muted, or a
         transition of an alert whose firing was never notified)."""
+        alert, kind, ts = t.alert, t.kind, t.ts_ns
         reason = self.muter.reason(alert, ts, firing) if kind != "resolved" else None
         if kind != "resolved":
             self._note_device_health(alert, firing)
@@ -632,14 +567,14 @@ class AlertEngine:
                 alert.muted = reason
                 self.counters["suppressed"] += 1
                 return None
-            built = self._notice(alert, kind, ts, extra, snap)
+            built = self._notice(t)
             alert.notified_firing = True
             alert.muted = None
             return built
         if not alert.notified_firing or (kind != "resolved" and reason is not None):
             self.counters["suppressed"] += 1
             return None
-        return self._notice(alert, kind, ts, extra, snap)
+        return self._notice(t)
 
     def _note_device_health(self, alert: Alert, firing: list[Alert]) -> None:
         """A red process alarm that a device-health alert of its device would have inhibited is delivered
@@ -657,19 +592,19 @@ class AlertEngine:
             "last_reading_ts": iso(int(last)) if last is not None else None,
         }}
 
-    def _notice(self, alert: Alert, kind: str, ts: int, extra: dict, snap: dict) -> tuple[Notice, list]:
+    def _notice(self, t: Transition) -> tuple[Notice, list[tuple[str, int]]]:
+        alert = t.alert
         alert.seq += 1
-        alert.last_notice_ns = max(alert.last_notice_ns or 0, ts)
-        current = {k: getattr(alert, k) for k in snap}
-        for k, v in snap.items():  # the notice shows the alert as it was at the transition
-            setattr(alert, k, v)
+        alert.last_notice_ns = max(alert.last_notice_ns or 0, t.ts_ns)
+        current = Snapshot.of(alert)
+        t.snapshot.put(alert)  # the notice shows the alert as it was at the transition
         try:
-            return self._build_notice(alert, kind, ts, extra)
+            return self._build_notice(alert, t.kind, t.ts_ns, dict(t.extra))
         finally:
-            for k, v in current.items():
-                setattr(alert, k, v)
+            current.put(alert)
 
-    def _build_notice(self, alert: Alert, kind: str, ts: int, extra: dict) -> tuple[Notice, list]:
+    def _build_notice(self, alert: Alert, kind: str, ts: int, extra: dict[str, Any]
+                      ) -> tuple[Notice, list[tuple[str, int]]]:
         labels = alert.labels(self._levels)
         matched = route(self.cfg.alerting.route, labels)
         receivers = receivers_of(matched)
@@ -684,7 +619,8 @@ class AlertEngine:
         notice = Notice(key, alert.alert_id, alert.seq, kind, ts, payload)
         return notice, [(r, due) for r in receivers]
 
-    def _payload(self, a: Alert, kind, ts, key, extra, receivers, group_labels) -> dict:
+    def _payload(self, a: Alert, kind: str, ts: int, key: str, extra: dict[str, Any], receivers: list[str],
+                 group_labels: dict[str, str]) -> dict[str, Any]:
         ctx = a.context or {}
         return {
             "idempotency_key": key,
@@ -750,7 +686,7 @@ class AlertEngine:
     # validate is stored as refused with its reason. Applying a stored command never raises: whatever
     # goes wrong marks it failed with the reason, and it is never tried again (at a tick or a start).
 
-    def submit_command(self, source: str, command, author: command_rules.Author | None = None) -> str:
+    def submit_command(self, source: str, command: Any, author: command_rules.Author | None = None) -> str:
         """Validate, record and apply one operator command. Never raises.
 
         source:  where it came from, recorded (`mqtt:<topic>`, `cli:<login>`)
@@ -767,7 +703,7 @@ class AlertEngine:
                 log.exception("alert command from %s could not be handled", source)
                 return f"error: internal: {type(exc).__name__}: {_cut(str(exc))}"
 
-    def _submit(self, source: str, command, author) -> str:
+    def _submit(self, source: str, command: Any, author: command_rules.Author | None) -> str:
         try:
             if author is None:
                 raise ValueError("no authenticated author: send commands as your own operator account")
@@ -779,8 +715,8 @@ class AlertEngine:
             cmd = command_rules.validate(command, self.cfg, author)
         except ValueError as exc:
             result = f"error: {exc}"
-            self.store.add_command(source, command_rules.record_form(command), author and author.account,
-                                   author and author.name, status="refused", result=result)
+            self.store.add_command(source, command_rules.record_form(command),
+                                   author.account if author else None, author.name if author else None, status="refused", result=result)
             self._count("commands_refused")
             log.info("alert command from %s refused: %s", source, result)
             return result
@@ -813,7 +749,7 @@ class AlertEngine:
                 continue
             self._apply_command(row.id, cmd, author)
 
-    def _apply_command(self, cid: int, cmd: dict, author: command_rules.Author) -> str:
+    def _apply_command(self, cid: int, cmd: dict[str, Any], author: command_rules.Author) -> str:
         """Apply a validated command and mark its row applied or failed. Never raises."""
         try:
             result = self._apply(cmd, author)
@@ -836,9 +772,9 @@ class AlertEngine:
             self._commands_given_up.add(cid)
             self._log_once(("mark", cid), f"could not mark alert command {cid} as {status}")
 
-    def _apply(self, cmd: dict, author: command_rules.Author) -> str:
+    def _apply(self, cmd: dict[str, Any], author: command_rules.Author) -> str:
         now = self._now()
-        trans: list = []
+        trans: list[Transition] = []
         if cmd["action"] == "ack":
             alert = self._by_id.get(cmd["alert_id"])
             if alert is None or not alert.open:
@@ -852,7 +788,7 @@ class AlertEngine:
             alert.acked_ns, alert.ack_note = now, cmd.get("note") or None
             self._dirty[alert.alert_id] = alert
             if alert.state == "firing":
-                self._note(trans, alert, "acknowledged", now, {})
+                trans.append(lifecycle.transition(alert, "acknowledged", now))
             self._emit(trans, now)
             self._persist_refreshes(force=True)
             self._pump(now)
@@ -865,12 +801,12 @@ class AlertEngine:
             self.store.commit([], [], silences=[s])
             self.muter.silences[sid] = s
             return f"ok: silence {sid} until {iso(s.expires_ns)}"
-        s = self.muter.silences.get(cmd["silence_id"])
-        if s is None:
+        active = self.muter.silences.get(cmd["silence_id"])
+        if active is None:
             raise ValueError(f"no active silence {cmd['silence_id']!r}")
-        ended = Silence(**{**s.to_dict(), "ended_by": author.account, "expires_ns": min(s.expires_ns, now)})
+        ended = Silence(**{**active.to_dict(), "ended_by": author.account, "expires_ns": min(active.expires_ns, now)})
         self.store.commit([], [], silences=[ended])
-        del self.muter.silences[s.id]
+        del self.muter.silences[active.id]
         self._advance_all(now, trans)
         self._emit(trans, now)
         self._pump(now)
@@ -879,7 +815,7 @@ class AlertEngine:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def _log_once(self, key: tuple, message: str) -> None:
+    def _log_once(self, key: tuple[Hashable, ...], message: str) -> None:
         """Log an exception once per key (e.g. (alert id, error type)): a fault repeated every tick
         would otherwise bury everything else in the log."""
         self._count("errors")
@@ -909,7 +845,7 @@ class AlertEngine:
         return self.dispatcher.flush(timeout_s)
 
 
-def _names(keys: Collection, alert: Alert) -> bool:
+def _names(keys: Collection[object], alert: Alert) -> bool:
     """Whether `keys` (rule ids and (rule id, device id) keys) names the alert's rule or key."""
     return alert.rule_id in keys or alert.key in keys
 
@@ -926,9 +862,9 @@ def _cut(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _num(v) -> float | None:
+def _num(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def _jsonable(v) -> bool:
+def _jsonable(v: object) -> bool:
     return v is None or isinstance(v, (str, int, float, bool, list, dict))

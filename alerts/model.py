@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast, overload
 
 SEVERITY_NAMES = {0: "clear", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 SEVERITY_CODES = {v: k for k, v in SEVERITY_NAMES.items()}
@@ -14,18 +14,22 @@ SEVERITY_CODES = {v: k for k, v in SEVERITY_NAMES.items()}
 TRANSITIONS = ("firing", "severity", "escalated", "repeat", "acknowledged", "flapping", "resolved")
 
 
+@overload
+def iso(ts_ns: int) -> str: ...
+@overload
+def iso(ts_ns: None) -> None: ...
 def iso(ts_ns: int | None) -> str | None:
     """UTC ISO 8601 with milliseconds, or None."""
     if ts_ns is None:
         return None
-    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )
 
 
 def alert_id_for(rule_id: str, device_id: str, started_ns: int) -> str:
     """A readable id, unique per lifecycle and deterministic in replay; safe as an MQTT topic level."""
-    stamp = dt.datetime.fromtimestamp(started_ns / 1e9, dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = dt.datetime.fromtimestamp(started_ns / 1e9, dt.UTC).strftime("%Y%m%dT%H%M%S")
     ms = (started_ns // 1_000_000) % 1000
     return f"{rule_id}.{device_id}.{stamp}{ms:03d}Z"
 
@@ -38,8 +42,8 @@ class Alert:
     rule_id: str
     device_id: str
     category: str
-    site: dict
-    device: dict
+    site: dict[str, Any]
+    device: dict[str, Any]
     state: str = "pending"  # pending | firing | resolved
     severity: int = 1  # the current severity: follows the latest detection, may fall
     value: float = float("nan")
@@ -51,7 +55,7 @@ class Alert:
     # The highest severity the condition reached in this lifecycle (pending included): what an alert
     # "was", for scoring and review, after its current severity has fallen. Never below `severity`.
     peak_severity: int = 0
-    context: dict = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
     started_ns: int = 0  # first active detection
     firing_ns: int | None = None
     last_active_ns: int = 0
@@ -70,7 +74,7 @@ class Alert:
     muted: str | None = None  # why notices are held: silence:<id> | quiet:<id> | inhibited:<alert_id>
     recovered: bool = False  # loaded from the store and not yet seen by the detectors since
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # 0 (the default, or a record written before the field existed) means "not tracked yet".
         self.peak_severity = max(int(self.peak_severity or 0), int(self.severity))
 
@@ -108,11 +112,11 @@ class Alert:
             "level": level,
         }
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "Alert":
+    def from_dict(d: dict[str, Any]) -> Alert:
         """Unknown keys are ignored; a missing `peak_severity` (older stores) becomes the severity."""
         names = {f.name for f in dataclasses.fields(Alert)}
         return Alert(**{k: v for k, v in d.items() if k in names})
@@ -131,8 +135,8 @@ class Notice:
 
     @property
     def category(self) -> str:
-        return self.payload["category"]
+        return cast(str, self.payload["category"])
 
     @property
     def site_id(self) -> str:
-        return self.payload["site"].get("id", "")
+        return cast(str, self.payload["site"].get("id", ""))

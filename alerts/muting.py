@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from config.alerting import Inhibit, QuietWindow
 from alerts.model import Alert
 from alerts.routing import matches
+from config.alerting import Inhibit, QuietWindow
 
 MATCHER_KEYS = ("alert_id", "rule_id", "device_id", "site_id", "district", "category", "severity")
 # Alerts about the state of the process (the gas network), and about the health of the measuring device.
@@ -48,7 +50,7 @@ class Silence:
     def mutes(self, labels: dict[str, str], now_ns: int) -> bool:
         return self.active(now_ns) and all(labels.get(k) == v for k, v in self.matchers.items())
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -93,7 +95,7 @@ def never_inhibits(source: Alert, target: Alert) -> bool:
     return source.category == DEVICE_HEALTH_CATEGORY and is_red_process_alarm(target)
 
 
-def _sources(alert: Alert, rules: list[Inhibit], firing: list[Alert]):
+def _sources(alert: Alert, rules: list[Inhibit], firing: list[Alert]) -> Iterator[Alert]:
     """Every really active alert that an inhibit rule names as a source for `alert`, in rule order."""
     mine = alert.labels()
     for rule in rules:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -94,14 +95,14 @@ def _duration(seconds: float, language: str) -> str:
     return (f"{h} h " if h else "") + f"{m} min" if (h or m) else f"{s} s"
 
 
-def _num(v) -> str:
+def _num(v: object) -> str:
     if v is None:
         return "-"
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
-def fields(payload: dict, language: str = "zh-CN", console_url: str | None = None, person: str | None = None,
-           timezone: str = "Asia/Shanghai") -> dict:
+def fields(payload: dict[str, Any], language: str = "zh-CN", console_url: str | None = None, person: str | None = None,
+           timezone: str = "Asia/Shanghai") -> dict[str, Any]:
     """The template fields of a notice payload (alerts/engine.py `_payload`), words in `language`."""
     lang = language if language in LANGUAGES else "zh-CN"
     tz = ZoneInfo(timezone)
@@ -176,7 +177,7 @@ def compile_source(source: str, name: str, html: bool = False, known: tuple[str,
     return env.from_string(source)
 
 
-def render(template: jinja2.Template, values: dict) -> str:
+def render(template: jinja2.Template, values: dict[str, Any]) -> str:
     """Render in the sandbox; a refused operation or undefined value raises TemplateProblem."""
     try:
         return template.render(**values).strip()
@@ -199,9 +200,9 @@ class Renderer:
         main = MAIN_PART.get(channel)
         self.templates = {p: load(p, language, custom if p == main else None) for p in CHANNEL_PARTS[channel]}
 
-    def values(self, payload: dict, person: str | None = None, language: str | None = None) -> dict:
+    def values(self, payload: dict[str, Any], person: str | None = None, language: str | None = None) -> dict[str, Any]:
         return fields(payload, language or self.language, self.console_url, person, self.timezone)
 
-    def render(self, payload: dict, person: str | None = None) -> dict[str, str]:
+    def render(self, payload: dict[str, Any], person: str | None = None) -> dict[str, str]:
         values = self.values(payload, person)
         return {part: render(t, values) for part, t in self.templates.items()}

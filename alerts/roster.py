@@ -11,10 +11,10 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from config.base import minutes
-from config.oncall import WEEKDAYS, OnCall, Person, Team
+from config.oncall import WEEKDAYS, OnCall, Person, Shift, Team
 
 
-def _covers(shift, local: dt.datetime) -> bool:
+def _covers(shift: Shift, local: dt.datetime) -> bool:
     minute = local.hour * 60 + local.minute
     today = WEEKDAYS[local.weekday()]
     yesterday = WEEKDAYS[(local.weekday() - 1) % 7]

@@ -8,6 +8,7 @@ when no child matches, the route itself applies. Children inherit unset timers f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from config.alerting import Match, Route
 
@@ -41,7 +42,7 @@ def matches(match: Match, labels: dict[str, str]) -> bool:
 
 def route(root: Route, labels: dict[str, str]) -> list[RouteMatch]:
     """The routes that apply to an alert with these labels (at least the root)."""
-    settings = {
+    settings: dict[str, Any] = {
         "receivers": tuple(root.receivers),
         "group_by": tuple(root.group_by or ()),
         **{k: (getattr(root, k) if getattr(root, k) is not None else v) for k, v in ROOT_DEFAULTS.items()},
@@ -50,7 +51,7 @@ def route(root: Route, labels: dict[str, str]) -> list[RouteMatch]:
     return found or [RouteMatch("root", **settings)]
 
 
-def _walk(node: Route, labels: dict, inherited: dict, path: str) -> list[RouteMatch]:
+def _walk(node: Route, labels: dict[str, str], inherited: dict[str, Any], path: str) -> list[RouteMatch]:
     out: list[RouteMatch] = []
     for i, child in enumerate(node.routes):
         if not matches(child.match, labels):

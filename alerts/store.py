@@ -16,20 +16,25 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alerts.model import Alert, Notice
 from alerts.muting import Silence
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def _loaded(rows, parse, what: str) -> list:
+
+def _loaded(rows: list[Any], parse: Callable[[Any], T], what: str) -> list[T]:
     """Parse stored rows, skipping (and logging once per load) any that no longer parse: a damaged or
     hand-edited row must never stop the engine from starting. Skipping fails open: a lost silence mutes
     nothing, a lost open alert is opened again by its next detection."""
-    out, bad = [], []
+    out: list[T] = []
+    bad: list[str] = []
     for r in rows:
         try:
             out.append(parse(r))
@@ -60,12 +65,12 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 """
 
 
-def _dumps(obj) -> str:
+def _dumps(obj: Any) -> str:
     # NaN is not JSON: store it as null and read it back as NaN where a float is expected.
     return json.dumps(_clean(obj), sort_keys=True)
 
 
-def _clean(obj):
+def _clean(obj: Any) -> Any:
     if isinstance(obj, float) and math.isnan(obj):
         return None
     if isinstance(obj, dict):
@@ -98,7 +103,7 @@ class AlertStore:
             for col in ("author", "author_name", "status"):
                 if col not in have:
                     self._db.execute(f"ALTER TABLE commands ADD COLUMN {col} TEXT")
-            # ... and before a delivery said whom it reached (team receivers, alerts/team_sink.py).
+            # ... and before a delivery said whom it reached (team receivers, alerts/sinks/team.py).
             if "reached" not in {r[1] for r in self._db.execute("PRAGMA table_info(deliveries)")}:
                 self._db.execute("ALTER TABLE deliveries ADD COLUMN reached TEXT")
 
@@ -109,7 +114,7 @@ class AlertStore:
     # ----- the engine's transaction ---------------------------------------------------------------
 
     def commit(self, alerts: list[Alert], notices: list[tuple[Notice, list[tuple[str, int]]]],
-               flips: dict[tuple, list[int]] | None = None, silences: list[Silence] | None = None,
+               flips: Mapping[tuple[str, str], Sequence[int]] | None = None, silences: list[Silence] | None = None,
                meta: dict[str, str] | None = None) -> None:
         """Write changed alerts, new notices with their (sink, due_ns) deliveries, flips, silences, meta."""
         with self._lock:
@@ -194,7 +199,7 @@ class AlertStore:
             rows = self._db.execute("SELECT body FROM alerts WHERE state IN ('pending', 'firing')").fetchall()
         return _loaded(rows, lambda r: _alert(r[0]), "open alert")
 
-    def flips(self) -> dict[tuple, list[int]]:
+    def flips(self) -> dict[tuple[str, str], Sequence[int]]:
         with self._lock:
             rows = self._db.execute("SELECT rule_id, device_id, body FROM flips").fetchall()
         return dict(_loaded(rows, lambda r: ((r[0], r[1]), [int(t) for t in json.loads(r[2])]), "flap history"))
@@ -253,7 +258,7 @@ class AlertStore:
             row = self._db.execute("SELECT body FROM alerts WHERE alert_id=?", (alert_id,)).fetchone()
         return _alert(row[0]) if row else None
 
-    def notices(self, alert_id: str) -> list[tuple[Notice, list[tuple[str, str, int]]]]:
+    def notices(self, alert_id: str) -> list[tuple[Notice, list[tuple[str, str, int, str | None]]]]:
         """The notices of an alert with their deliveries (sink, status, attempts, whom it reached or None)."""
         with self._lock:
             rows = self._db.execute(
@@ -277,7 +282,7 @@ class AlertStore:
     # tried again) or refused (it did not validate: recorded with its reason, never applied). Rows of
     # earlier versions have no status; unapplied ones are pending until the engine marks them.
 
-    def add_command(self, source: str, command, author: str | None = None, author_name: str | None = None,
+    def add_command(self, source: str, command: Any, author: str | None = None, author_name: str | None = None,
                     status: str = "pending", result: str | None = None) -> int:
         """Record a command; `command` is a dict (stored as JSON) or its text already bounded
         (alerts.commands.record_form). A row that is not pending is recorded as handled now."""
@@ -288,7 +293,9 @@ class AlertStore:
                 "INSERT INTO commands (received_at, source, body, applied_at, result, author, author_name, status) "
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (now, source, body, None if status == "pending" else now, result, author, author_name, status))
-            return int(cur.lastrowid)
+            if cur.lastrowid is None:  # never after an INSERT into a rowid table; sqlite3 types it optional
+                raise RuntimeError("alert store: the command row got no id")
+            return cur.lastrowid
 
     def unapplied_commands(self) -> list[StoredCommand]:
         """Commands not yet handled, oldest first. Never raises for a row's content: a body that is not
@@ -315,13 +322,13 @@ class AlertStore:
             self._db.execute("UPDATE commands SET applied_at=?, result=?, status=? WHERE id=?",
                              (time.time(), result, status, command_id))
 
-    def command(self, command_id: int) -> tuple[dict, float | None, str | None] | None:
+    def command(self, command_id: int) -> tuple[Any, float | None, str | None] | None:
         """(body, applied_at, result) of a command, or None."""
         with self._lock:
             row = self._db.execute("SELECT body, applied_at, result FROM commands WHERE id=?", (command_id,)).fetchone()
         return (json.loads(row[0]), row[1], row[2]) if row else None
 
-    def command_rows(self, limit: int = 100) -> list[dict]:
+    def command_rows(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest commands with who sent them and what became of them (for review and tests)."""
         with self._lock:
             rows = self._db.execute(
@@ -344,7 +351,7 @@ class StoredCommand:
     error: str | None = None
 
 
-def _text_or_none(v) -> str | None:
+def _text_or_none(v: object) -> str | None:
     return v if isinstance(v, str) else None
 
 
@@ -359,7 +366,7 @@ def _alert(body: str) -> Alert:
     return Alert.from_dict(d)
 
 
-def _silence(body: dict) -> Silence:
+def _silence(body: dict[str, Any]) -> Silence:
     s = Silence(**body)
     if not (isinstance(s.starts_ns, int) and isinstance(s.expires_ns, int) and isinstance(s.matchers, dict)):
         raise ValueError("silence times must be integers and its matchers a mapping")

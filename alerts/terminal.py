@@ -1,45 +1,21 @@
-"""Terminal output: the terminal sink (one coloured line per notice, rich) and how the duty officer's
-board words values, durations and the freshness of what it shows."""
+"""How the duty officer's board words values, durations and the freshness of what it shows (the
+terminal, the console and the terminal sink, alerts/sinks/terminal.py, use it)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from alerts.model import Notice
+if TYPE_CHECKING:
+    from alerts.model import Alert
+    from alerts.store import AlertStore
 
 # A heartbeat older than this means the service is not running (it writes one every
 # alerts.engine.HEARTBEAT_S = 10 s; the margin covers a busy or briefly late scheduler).
 STALE_AFTER_S = 60.0
 
 SEVERITY_STYLE = {"red": "bold red", "orange": "bold dark_orange", "yellow": "yellow", "blue": "blue", "clear": "green"}
-
-
-def notice_line(notice: Notice) -> str:
-    """A one-line rich-markup summary of a notice."""
-    p = notice.payload
-    style = "green" if notice.transition == "resolved" else SEVERITY_STYLE.get(p["severity"], "white")
-    return (
-        f"[{style}]{notice.transition.upper():<12}[/] [{style}]{p['severity']:<6}[/] {p['rule_id']} "
-        f"{p['site'].get('name', p['site'].get('id', ''))} ({p['site'].get('address', '')}) "
-        f"device {p['device'].get('id', '')}: {value_text(p.get('value'), p.get('limit'), p.get('unit'), p.get('metric'))} "
-        f"since {p.get('start_ts')} "
-        f"[dim]{notice.key}[/]"
-    )
-
-
-class TerminalSink:
-    def __init__(self, console: Console | None = None):
-        self.console = console or Console(highlight=False)
-
-    def send(self, notice: Notice) -> None:
-        self.console.print(notice_line(notice))
-
-    def close(self) -> None:
-        pass
-
 
 # ----- what the duty officer reads: values in words, durations, short ids, how fresh the board is -----
 
@@ -65,19 +41,21 @@ def words(seconds: float) -> str:
     return f"{sec} s"
 
 
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+def _known(v: float | None) -> float | None:
+    """The value as a float, or None when it is missing (None or NaN)."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
 def _number(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
-def quantity(v, unit: str | None, metric: str | None = None) -> str:
+def quantity(v: float | None, unit: str | None, metric: str | None = None) -> str:
     """One value with its unit in words (`69.89 dB(A)`, `151.1 % of set pressure`, `5 h 0 min`); `-` if unknown."""
-    if _missing(v):
+    known = _known(v)
+    if known is None:
         return "-"
-    v = float(v)
+    v = known
     if unit == "s":
         return words(v)
     if metric == "vdr" or unit == "ratio":
@@ -89,32 +67,33 @@ def quantity(v, unit: str | None, metric: str | None = None) -> str:
     return f"{_number(v)} {unit}".rstrip() if unit else _number(v)
 
 
-def value_text(value, limit, unit: str | None, metric: str | None = None) -> str:
+def value_text(value: float | None, limit: float | None, unit: str | None, metric: str | None = None) -> str:
     """The value against its limit: `69.89 dB(A), limit 70`, `5 h 0 min silent, limit 2 h 5 min`."""
     if unit == "s" and metric == "silence":
-        head = "-" if _missing(value) else f"{quantity(value, unit, metric)} silent"
+        head = "-" if _known(value) is None else f"{quantity(value, unit, metric)} silent"
     else:
         head = quantity(value, unit, metric)
-    if _missing(limit):
+    limit = _known(limit)
+    if limit is None:
         return head
     if unit == "s":
         lim = words(limit)
     elif metric == "vdr" or unit == "ratio":
-        lim = f"{100 * float(limit):.0f} %"
+        lim = f"{100 * limit:.0f} %"
     elif metric in _QUANTITY:
-        lim = f"{_number(float(limit))} %"
+        lim = f"{_number(limit)} %"
     else:
-        lim = _number(float(limit))
+        lim = _number(limit)
     return f"{head}, limit {lim}"
 
 
-def alert_value(alert) -> str:
+def alert_value(alert: Alert) -> str:
     """`value_text` of an alert (units from its context)."""
     ctx = alert.context or {}
     return value_text(alert.value, alert.limit, ctx.get("unit"), ctx.get("metric"))
 
 
-def alert_peak(alert) -> str:
+def alert_peak(alert: Alert) -> str:
     """The peak: `orange 81.8 dB(A)` (the severity it peaked at and the most extreme value)."""
     from alerts.model import SEVERITY_NAMES
 
@@ -122,7 +101,7 @@ def alert_peak(alert) -> str:
     return f"{SEVERITY_NAMES.get(alert.peak_severity, '?')} {quantity(alert.peak_value, ctx.get('unit'), ctx.get('metric'))}"
 
 
-def short_id(alert) -> str:
+def short_id(alert: Alert) -> str:
     """`RULE.DEVICE` (e.g. `G-rupture.XMG0003`): unique among open alerts (one per rule and device), and
     accepted by `citywatch alerts ack`."""
     return f"{alert.rule_id}.{alert.device_id}"
@@ -163,25 +142,25 @@ class Freshness:
         def ago(ns: int) -> str:
             return words((self.now_ns - ns) / 1e9) + " ago"
 
-        alive = self.alive
-        if alive:
-            return f"service alive (heartbeat {ago(self.heartbeat_ns)})"
-        if alive is False:
-            if self.stopped_ns is not None and self.stopped_ns >= (self.heartbeat_ns or 0):
+        alive, beat = self.alive, self.heartbeat_ns  # alive is None exactly when beat is
+        if alive and beat is not None:
+            return f"service alive (heartbeat {ago(beat)})"
+        if alive is False and beat is not None:
+            if self.stopped_ns is not None and self.stopped_ns >= beat:
                 return f"SERVICE NOT RUNNING: stopped {ago(self.stopped_ns)}"
-            return f"SERVICE NOT RESPONDING: last heartbeat {ago(self.heartbeat_ns)}"
+            return f"SERVICE NOT RESPONDING: last heartbeat {ago(beat)}"
         written = f"; store last written {ago(self.written_ns)}" if self.written_ns else ""
         return f"service state UNKNOWN (no heartbeat in this store{written})"
 
 
-def freshness(store, now_ns: int | None = None) -> Freshness:
+def freshness(store: AlertStore, now_ns: int | None = None) -> Freshness:
     """Read a store's watermark, heartbeat and stop marks (alerts.engine.AlertEngine.heartbeat)."""
     import json
     import time
 
     now_ns = time.time_ns() if now_ns is None else now_ns
     wm = _int(store.meta("watermark"))
-    beat = {}
+    beat: Any = {}
     try:
         beat = json.loads(store.meta("heartbeat") or "{}")
     except ValueError:
@@ -193,7 +172,7 @@ def freshness(store, now_ns: int | None = None) -> Freshness:
                      store.last_write_ns(), _int(beat.get("wall_ns")), _int(store.meta("stopped")), now_ns)
 
 
-def _int(v) -> int | None:
+def _int(v: Any) -> int | None:
     try:
         return int(v) if v is not None else None
     except (TypeError, ValueError):

@@ -5,7 +5,7 @@
 """
 
 from config.errors import ConfigError, ConfigProblem
-from config.loader import load_config, DEFAULT_CONFIG_DIR
+from config.loader import DEFAULT_CONFIG_DIR, load_config
 from config.model import Config
 
 __all__ = ["Config", "ConfigError", "ConfigProblem", "load_config", "DEFAULT_CONFIG_DIR"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from config.base import Severity, Strict, Window
 from config.channels import DingtalkSink, EmailSink, SmsSink, WecomSink
@@ -30,7 +30,7 @@ class WebhookSink(SinkBase):
     type: Literal["webhook"]
     url: str = Field(pattern=r"^https?://")
     # The variable holding the HMAC key of the `X-Citywatch-Signature: t=<unix>,v1=<hmac>` header
-    # (alerts/webhook.py); None sends unsigned notices, which check-config warns about.
+    # (alerts/sinks/webhook.py); None sends unsigned notices, which check-config warns about.
     secret_env: str | None = None
     timeout_s: float = Field(5.0, gt=0, le=120)
     # A Jinja2 template of the JSON body (alerts/notice_text.py: the notice's fields and `text`);
@@ -69,7 +69,7 @@ class TerminalSink(SinkBase):
     type: Literal["terminal"]
 
 
-Sink = Annotated[Union[MqttSink, WebhookSink, InfluxSink, TerminalSink, WecomSink, DingtalkSink, EmailSink, SmsSink],
+Sink = Annotated[MqttSink | WebhookSink | InfluxSink | TerminalSink | WecomSink | DingtalkSink | EmailSink | SmsSink,
                  Field(discriminator="type")]
 
 
@@ -91,7 +91,7 @@ class Route(Strict):
     group_interval_s: float | None = Field(None, ge=0)
     repeat_interval_s: float | None = Field(None, ge=0)
     continue_: bool = Field(False, alias="continue")
-    routes: list["Route"] = []
+    routes: list[Route] = []
 
 
 class Escalation(Strict):
@@ -114,7 +114,7 @@ class Retry(Strict):
     max_s: float = Field(60.0, gt=0, le=86400)
 
     @model_validator(mode="after")
-    def _order(self) -> "Retry":
+    def _order(self) -> Retry:
         if self.max_s < self.initial_s:
             raise ValueError(f"max_s ({self.max_s}) must not be below initial_s ({self.initial_s})")
         return self
@@ -170,7 +170,7 @@ class Alerting(Strict):
 
     @field_validator("command_reply_topic")
     @classmethod
-    def _reply_outside_commands(cls, v: str, info) -> str:
+    def _reply_outside_commands(cls, v: str, info: ValidationInfo) -> str:
         cmd = (info.data.get("command_topic") or "").rstrip("/")
         reply = v.rstrip("/")
         if cmd and (reply == cmd or reply.startswith(cmd + "/")):
@@ -188,7 +188,7 @@ class Alerting(Strict):
         return v
 
     @model_validator(mode="after")
-    def _levels_known(self) -> "Alerting":
+    def _levels_known(self) -> Alerting:
         known = set(self.escalation.levels)
 
         def walk(route: Route, path: str) -> None:

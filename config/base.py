@@ -13,7 +13,15 @@ import types
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from config.durations import is_duration_key, seconds_value
@@ -30,7 +38,7 @@ class KeyProblem(ValueError):
     The loader points the error (and its line) at `key`; `message` should end with the value received.
     """
 
-    def __init__(self, key: str | tuple, message: str):
+    def __init__(self, key: str | tuple[Any, ...], message: str) -> None:
         super().__init__(message)
         self.key = (key,) if isinstance(key, str) else tuple(key)
         self.message = message
@@ -48,7 +56,7 @@ def raise_problems(model: BaseModel, problems: list[KeyProblem]) -> None:
 
 
 # (model class, field name) -> TypeAdapter, built on first use: only the error path needs them.
-_FIELD_ADAPTERS: dict[tuple[type, str], TypeAdapter] = {}
+_FIELD_ADAPTERS: dict[tuple[type, str], TypeAdapter[Any]] = {}
 
 
 class Strict(BaseModel):
@@ -59,23 +67,11 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _durations(cls, data: Any) -> Any:
-        # Every key that carries seconds (`*_s`, here and in the detectors' own keys) also takes a
-        # duration in the one grammar of config.durations: `clear_for_s: 2m` is 120. A text that is not
-        # one is left as it is: the key's type check refuses it, and the loader says what a duration is.
-        if not isinstance(data, dict):
-            return data
-        keys = _duration_keys(cls)
-        if not keys or not any(k in data and isinstance(data[k], str) for k in keys):
-            return data
-        out = dict(data)
-        for key, whole in keys.items():
-            if isinstance(out.get(key), str):
-                out[key] = seconds_value(out[key], whole)
-        return out
+        return _with_durations(cls, data)
 
     @model_validator(mode="wrap")
     @classmethod
-    def _cross_checks_despite_field_errors(cls, data: Any, handler):
+    def _cross_checks_despite_field_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         try:
             return handler(data)
         except ValidationError as exc:
@@ -83,6 +79,22 @@ class Strict(BaseModel):
             if not extra:
                 raise
             raise ValidationError.from_exception_data(cls.__name__, _reraisable(exc) + extra) from None
+
+
+def _with_durations(cls: type[BaseModel], data: Any) -> Any:
+    """Every key that carries seconds (`*_s`, here and in the detectors' own keys) also takes a duration in
+    the one grammar of config.durations: `clear_for_s: 2m` is 120. A text that is not one is left as it is:
+    the key's type check refuses it, and the loader says what a duration is."""
+    if not isinstance(data, dict):
+        return data
+    keys = _duration_keys(cls)
+    if not keys or not any(k in data and isinstance(data[k], str) for k in keys):
+        return data
+    out = dict(data)
+    for key, whole in keys.items():
+        if isinstance(out.get(key), str):
+            out[key] = seconds_value(out[key], whole)
+    return out
 
 
 # Model class -> {YAML key of a `*_s` field: whether it holds whole seconds (int, not float)}.
@@ -102,7 +114,7 @@ def _duration_keys(cls: type[BaseModel]) -> dict[str, bool]:
     return keys
 
 
-def _members(tp: Any) -> list:
+def _members(tp: Any) -> list[Any]:
     """The member types of an annotation through Optional and Union (`int | None` -> [int, NoneType])."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return [m for a in typing.get_args(tp) for m in _members(a)]
@@ -122,7 +134,7 @@ def _partial_checks(cls: type[BaseModel], data: Any, exc: ValidationError) -> li
     if any(not e["loc"] for e in errors):
         return []  # the model's own validators already ran and failed: nothing is hidden
     failed = {e["loc"][0] for e in errors}
-    data = cls._durations(data)
+    data = _with_durations(cls, data)
     values: dict[str, Any] = {}
     for name, info in cls.model_fields.items():
         key = info.alias or name
@@ -148,13 +160,13 @@ def _partial_checks(cls: type[BaseModel], data: Any, exc: ValidationError) -> li
         except ValidationError as several:  # raise_problems: each problem at its own key
             out += _reraisable(several)
         except (ValueError, AssertionError) as problem:
-            key = getattr(problem, "key", None)
+            blamed = getattr(problem, "key", None)  # a KeyProblem's key path
             message = getattr(problem, "message", None) or str(problem)
             out.append(
                 InitErrorDetails(
                     type=PydanticCustomError("cross_check", "{message}", {"message": message}),
-                    loc=tuple(key) if key else (),
-                    input=data.get(key[0]) if key else data,
+                    loc=tuple(blamed) if blamed else (),
+                    input=data.get(blamed[0]) if blamed else data,
                 )
             )
         except Exception:  # noqa: BLE001 - most often AttributeError: the check needs a key that failed,
@@ -162,11 +174,11 @@ def _partial_checks(cls: type[BaseModel], data: Any, exc: ValidationError) -> li
     return out
 
 
-def _adapter(cls: type[BaseModel], name: str) -> TypeAdapter:
+def _adapter(cls: type[BaseModel], name: str) -> TypeAdapter[Any]:
     adapter = _FIELD_ADAPTERS.get((cls, name))
     if adapter is None:
         info = cls.model_fields[name]
-        annotated = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        annotated: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
         try:
             adapter = TypeAdapter(annotated, config=ConfigDict(strict=True))
         except Exception:  # a model type carries its own config and refuses another one
@@ -194,7 +206,7 @@ def _reraisable(exc: ValidationError) -> list[InitErrorDetails]:
 def _time_of_day(value: Any) -> str:
     # Checked before pydantic's own str check so that `start: 1200` gets the same clear message.
     m = _HHMM.match(value) if isinstance(value, str) else None
-    if not m:
+    if not m or not isinstance(value, str):
         raise ValueError('must be a time of day written "HH:MM" (quote it in YAML)')
     hh, mm = int(m.group(1)), int(m.group(2))
     if not (hh < 24 and mm < 60) and (hh, mm) != (24, 0):
@@ -235,7 +247,7 @@ class Window(Strict):
     end: TimeOfDay
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "Window":
+    def _not_empty(self) -> Window:
         if minutes(self.start) % 1440 == minutes(self.end) % 1440:
             raise KeyProblem("end", f"window is empty: end must differ from start {self.start!r} (got {self.end!r})")
         return self

@@ -1,10 +1,12 @@
-"""Config problems with file, line and key path, and their conversion from pydantic's errors."""
+"""Config problems with file, line and key path, and the words their messages use (values, key paths,
+"did you mean"). pydantic's errors become problems in config/pydantic_errors.py."""
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)

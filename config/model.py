@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, PrivateAttr
 
@@ -16,6 +17,7 @@ from config.oncall import OnCall
 from config.rules import RuleSpec
 from config.thresholds import Gas, Noise, Offline
 from config.time_rules import TimeRules
+from config.yamlsrc import Lines, locate
 
 
 class Config(Strict):
@@ -35,13 +37,13 @@ class Config(Strict):
     oncall: OnCall = OnCall()
 
     _dir: Path = PrivateAttr(default=Path("."))
-    _lines: dict = PrivateAttr(default_factory=dict)
-    _site_by_id: dict = PrivateAttr(default_factory=dict)
-    _device_by_id: dict = PrivateAttr(default_factory=dict)
-    _device_by_mn: dict = PrivateAttr(default_factory=dict)
-    _index: dict = PrivateAttr(default_factory=dict)
+    _lines: Lines = PrivateAttr(default_factory=dict)
+    _site_by_id: dict[str, Site] = PrivateAttr(default_factory=dict)
+    _device_by_id: dict[str, Device] = PrivateAttr(default_factory=dict)
+    _device_by_mn: dict[str, Device] = PrivateAttr(default_factory=dict)
+    _index: dict[str, int] = PrivateAttr(default_factory=dict)
 
-    def model_post_init(self, __context) -> None:
+    def model_post_init(self, __context: Any) -> None:
         self._site_by_id = {s.id: s for s in self.sites}
         self._device_by_id = {d.id: d for d in self.devices}
         self._device_by_mn = {d.mn_or_id: d for d in self.devices}
@@ -69,10 +71,8 @@ class Config(Strict):
     def device_ids(self) -> list[str]:
         return [d.id for d in self.devices]
 
-    def line_of(self, *path) -> tuple[str, int | None]:
+    def line_of(self, *path: Any) -> tuple[str, int | None]:
         """(file, line) where a key path was written, for errors raised after loading (rule params)."""
-        from config.loader import locate
-
         return locate(self._lines, tuple(path))
 
     def resolve_path(self, value: str) -> Path:

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from config.base import Date, KeyProblem, Strict, Window
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ID = r"^[a-z][a-z0-9_-]{0,63}$"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -17,7 +17,7 @@ class NoiseLimits(Strict):
     indoor_offset_db: float = Field(10.0, ge=0, le=40)
 
     @model_validator(mode="after")
-    def _night_stricter(self) -> "NoiseLimits":
+    def _night_stricter(self) -> NoiseLimits:
         if self.night_db > self.day_db:
             raise KeyProblem("night_db", f"must not be above day_db {self.day_db:g}: the night limit is the stricter "
                              f"one (GB 12523: 70 by day, 55 at night) (got {self.night_db:g})")
@@ -43,7 +43,7 @@ class ExamNoise(Strict):
     listening_margin_db: float = Field(5.0, ge=0, le=60)
 
     @model_validator(mode="after")
-    def _night_stricter(self) -> "ExamNoise":
+    def _night_stricter(self) -> ExamNoise:
         if self.class1_night_db > self.class1_day_db:
             raise KeyProblem("class1_night_db", f"must not be above class1_day_db {self.class1_day_db:g}: the night "
                              f"limit is the stricter one (GB 3096 class 1: 55 by day, 45 at night) "
@@ -62,7 +62,7 @@ class NoiseOverride(Strict):
     limits: NoiseLimitsOverride = NoiseLimitsOverride()
 
     @model_validator(mode="after")
-    def _one_target(self) -> "NoiseOverride":
+    def _one_target(self) -> NoiseOverride:
         if (self.site is None) == (self.device is None):
             raise ValueError("an override names exactly one of site or device")
         return self
@@ -83,7 +83,7 @@ class Noise(Strict):
     overrides: list[NoiseOverride] = []
 
     @model_validator(mode="after")
-    def _limit_orders(self) -> "Noise":
+    def _limit_orders(self) -> Noise:
         # Limit orders that hold whatever the values: a config that breaks one raises alerts in the wrong
         # order or not at all. Each problem blames the key most likely to be the slip and names the other.
         lim, out = self.limits, []
@@ -132,7 +132,7 @@ class LowLevel(Strict):
     severity: Severity
 
 
-def low_levels_problem(levels: list[LowLevel], key: tuple) -> KeyProblem | None:
+def low_levels_problem(levels: list[LowLevel], key: tuple[Any, ...]) -> KeyProblem | None:
     """G-low levels go down in order, each more severe than the one above it (0.85 yellow, 0.70 orange,
     0.50 red): the first level out of order, blamed at `key` + (index, field)."""
     for i in range(1, len(levels)):
@@ -183,7 +183,7 @@ class Flatline(Strict):
     vary_pct: float = Field(1.0, gt=0, le=100)
 
     @model_validator(mode="after")
-    def _scopes(self) -> "Flatline":
+    def _scopes(self) -> Flatline:
         if len(set(self.peer_scopes)) != len(self.peer_scopes):
             raise KeyProblem("peer_scopes", f"must not repeat a scope (got {self.peer_scopes})")
         return self
@@ -194,7 +194,7 @@ class Battery(Strict):
     orange_v: float = Field(3.1, ge=2.0, le=4.0)
 
     @model_validator(mode="after")
-    def _order(self) -> "Battery":
+    def _order(self) -> Battery:
         if self.orange_v > self.yellow_v:
             raise ValueError(f"orange_v ({self.orange_v}) must not exceed yellow_v ({self.yellow_v})")
         return self
@@ -207,13 +207,13 @@ class GasOverride(Strict):
     rel_low: list[LowLevel] | None = None
 
     @model_validator(mode="after")
-    def _one_target(self) -> "GasOverride":
+    def _one_target(self) -> GasOverride:
         if (self.site is None) == (self.device is None):
             raise ValueError("an override names exactly one of site or device")
         return self
 
     @model_validator(mode="after")
-    def _low_order(self) -> "GasOverride":
+    def _low_order(self) -> GasOverride:
         problem = low_levels_problem(self.rel_low or [], ("rel_low",))
         if problem:
             raise problem
@@ -240,7 +240,7 @@ class Gas(Strict):
     overrides: list[GasOverride] = []
 
     @model_validator(mode="after")
-    def _level_orders(self) -> "Gas":
+    def _level_orders(self) -> Gas:
         out = []
         problem = low_levels_problem(self.rel_low, ("rel_low",))
         if problem:

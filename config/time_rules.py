@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from collections.abc import Sequence
 from functools import lru_cache
 
 from pydantic import Field, field_validator, model_validator
@@ -23,13 +24,13 @@ class Permit(Strict):
     reason: str = ""
 
     @model_validator(mode="after")
-    def _dates(self) -> "Permit":
+    def _dates(self) -> Permit:
         if self.to < self.from_:
             raise KeyProblem("to", f"must not be before from ({self.from_}) (got {self.to})")
         return self
 
     @model_validator(mode="after")
-    def _windows(self) -> "Permit":
+    def _windows(self) -> Permit:
         pair = overlapping(self.windows)
         if pair:
             i, j = pair
@@ -64,7 +65,7 @@ class ExamPeriod(Strict):
     to: Date
 
     @model_validator(mode="after")
-    def _dates(self) -> "ExamPeriod":
+    def _dates(self) -> ExamPeriod:
         if self.to < self.from_:
             raise KeyProblem("to", f"must not be before from ({self.from_}) (got {self.to})")
         return self
@@ -76,7 +77,7 @@ class ListeningTest(Strict):
     end: TimeOfDay
 
     @model_validator(mode="after")
-    def _order(self) -> "ListeningTest":
+    def _order(self) -> ListeningTest:
         # A listening test is a daytime sitting: it never runs past midnight.
         if minutes(self.end) <= minutes(self.start):
             raise KeyProblem("end", f"must be after start {self.start!r} (got {self.end!r})")
@@ -92,8 +93,10 @@ class Exam(Strict):
     listening_tests: list[ListeningTest] = []
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "Exam":
-        for key, what, items in (("sites", "exam site", self.sites), ("periods", "exam period", self.periods)):
+    def _unique_ids(self) -> Exam:
+        groups: tuple[tuple[str, str, Sequence[ExamSite | ExamPeriod]], ...] = (
+            ("sites", "exam site", self.sites), ("periods", "exam period", self.periods))
+        for key, what, items in groups:
             seen: dict[str, int] = {}
             for j, item in enumerate(items):
                 if item.id in seen:
@@ -104,7 +107,7 @@ class Exam(Strict):
         return self
 
     @model_validator(mode="after")
-    def _tests_in_periods(self) -> "Exam":
+    def _tests_in_periods(self) -> Exam:
         for j, test in enumerate(self.listening_tests):
             if not any(p.from_ <= test.date <= p.to for p in self.periods):
                 raise KeyProblem(
@@ -132,7 +135,7 @@ class TimeRules(Strict):
         return value
 
     @model_validator(mode="after")
-    def _windows(self) -> "TimeRules":
+    def _windows(self) -> TimeRules:
         pair = overlapping(self.prohibited_windows)
         if pair:
             i, j = pair
@@ -141,13 +144,13 @@ class TimeRules(Strict):
         return self
 
     @model_validator(mode="after")
-    def _day_night(self) -> "TimeRules":
+    def _day_night(self) -> TimeRules:
         if self.day_start == self.night_start:
             raise KeyProblem("night_start", f"must differ from day_start (got {self.night_start!r})")
         return self
 
     @model_validator(mode="after")
-    def _permits(self) -> "TimeRules":
+    def _permits(self) -> TimeRules:
         ids: dict[str, int] = {}
         for j, permit in enumerate(self.permits):
             if permit.id in ids:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from config.errors import ConfigProblem
-
+from config.errors import ConfigProblem, path_text
 
 # libyaml's parser when PyYAML was built with it: load_config runs often (tests, reloads) and the
 # pure-Python scanner is most of its time. Both give the same nodes and line marks.
-_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:  # the same interface; the checker sees the pure-Python class
+    _Base = yaml.SafeLoader
+else:
+    _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Loader(_Base):
@@ -56,7 +58,7 @@ class YamlDoc:
 
     file: str
     data: Any
-    lines: dict[tuple, int] = field(default_factory=dict)
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
 
 def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem]]:
@@ -88,7 +90,7 @@ def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem
         loader.dispose()
     if node is None:
         return None, [ConfigProblem(file, 1, "", "file is empty; remove it or give it content")]
-    lines: dict[tuple, int] = {}
+    lines: dict[tuple[Any, ...], int] = {}
     _walk(node, (), lines, problems, file)
     return YamlDoc(file, data, lines), problems
 
@@ -105,7 +107,8 @@ def _indent_tab(text: str, line: int | None) -> int | None:
     return indent.index("\t") + 1 if "\t" in indent else None
 
 
-def _walk(node: yaml.Node, path: tuple, lines: dict, problems: list, file: str) -> None:
+def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], problems: list[ConfigProblem],
+          file: str) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
@@ -126,7 +129,25 @@ def _walk(node: yaml.Node, path: tuple, lines: dict, problems: list, file: str) 
             _walk(item, path + (i,), lines, problems, file)
 
 
-def _fmt(path: tuple) -> str:
-    from config.errors import path_text
-
+def _fmt(path: tuple[Any, ...]) -> str:
     return path_text(path)
+
+
+# Lines: key path -> (file, line) where it was written. A path's first element is the top-level key.
+Lines = dict[tuple[Any, ...], tuple[str, int | None]]
+
+
+def locate(lines: Lines, path: tuple[Any, ...]) -> tuple[str, int | None]:
+    """The (file, line) of a key path, or of its nearest written parent."""
+    p = tuple(path)
+    while p:
+        if p in lines:
+            return lines[p]
+        p = p[:-1]
+    return lines.get((), ("config", None))
+
+
+def problem_at(lines: Lines, path: tuple[Any, ...], message: str) -> ConfigProblem:
+    """A problem reported at the file and line where `path` (or its nearest written parent) was written."""
+    file, line = locate(lines, path)
+    return ConfigProblem(file, line, path_text(path), message)

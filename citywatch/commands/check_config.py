@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 def extra_checks(cfg) -> list[ConfigProblem]:
     """Checks that need other packages: each detector validates its own rule keys."""
-    from alerts.channels import check_roster, check_templates
+    from alerts.sinks.channels import check_roster, check_templates
     from detectors.registry import check_rules
 
     return list(check_rules(cfg)) + check_templates(cfg) + check_roster(cfg)[0]
@@ -63,7 +63,7 @@ def warnings(cfg) -> list[str]:
     """Valid but unsafe settings, one line each: `file:line: warning: key.path: message`. A webhook sink
     without secret_env (unsigned notices), or with a plain-http URL to another host. `citywatch run` logs
     the same lines at start."""
-    from config.loader import locate
+    from config.yamlsrc import locate
 
     lines = getattr(cfg, "_lines", None) or {}
     out = []
@@ -73,7 +73,7 @@ def warnings(cfg) -> list[str]:
             file, line = locate(lines, path)
             where = f"{file}:{line}" if line else file
             out.append(f"{where}: warning: {'.'.join(path)}: {message}")
-    from alerts.channels import check_roster
+    from alerts.sinks.channels import check_roster
 
     out += check_roster(cfg)[1]  # hours in which an on-call team has nobody on duty
     return out
@@ -99,6 +99,9 @@ def summary(cfg) -> list[str]:
         f"  mqtt:    {cfg.connections.mqtt.host}:{cfg.connections.mqtt.port}; "
         f"influx: {cfg.connections.influx.url} ({cfg.connections.influx.api})",
     ]
+    from detectors.autolimit import planned_lines
+
+    out += planned_lines(cfg)  # rules with `limit: auto`: what each limit resolves from
     return out
 
 

@@ -66,8 +66,8 @@ def _find_payload(store, alert: str) -> dict | None:
 
 
 def _preview(args) -> int:
-    from alerts.channels import renderer_for
     from alerts.notice_text import Renderer
+    from alerts.sinks.channels import renderer_for
     from alerts.store import AlertStore
 
     cfg = _load(args)
@@ -107,10 +107,10 @@ def _preview(args) -> int:
 
 
 def _test(args) -> int:
-    from alerts.channels import SAMPLE_PAYLOAD
     from alerts.model import Notice
-    from alerts.sink import SinkError
     from alerts.sinks import build_sinks
+    from alerts.sinks.base import SinkError
+    from alerts.sinks.channels import SAMPLE_PAYLOAD
 
     cfg = _load(args)
     if cfg is None:

@@ -41,7 +41,7 @@ class AlertService:
         self.config_dir, self.env, self.log_path = config_dir, env, log_path
         self.proc = None
 
-    def start(self, timeout_s: float = 30.0) -> "AlertService":
+    def start(self, timeout_s: float = 30.0) -> AlertService:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         cwd = self.log_path.parent / "cwd"
         cwd.mkdir(exist_ok=True)

@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine
 from alerts.sinks import build_sinks, sink_rates
-from alerts.dispatch import Dispatcher
+from alerts.sinks.webhook import SignatureError, verify_signature
 from alerts.store import AlertStore
-from alerts.webhook import SignatureError, verify_signature
 from tests.unit.alerts.helpers import det, make_cfg
 
 pytestmark = pytest.mark.integration

@@ -313,7 +313,7 @@ def test_webhook_body_template_posts_the_rendered_json(tmp_path):
         assert engine.flush(20)
         (req,) = hook.requests
         assert req["body"]["severity"] == "红色" and req["body"]["msg"].startswith("【citywatch】红色告警")
-        from alerts.webhook import verify_signature
+        from alerts.sinks.webhook import verify_signature
 
         assert verify_signature(req["headers"]["X-Citywatch-Signature"], req["raw"], "k")
         assert store.delivery_counts() == {"sent": 1}

@@ -13,7 +13,7 @@ def test_alerts_measurement_is_read_one_alert_per_lifecycle(influx):
     aid = "N-day.XM0002NOISE.20250602T010100000Z"
     base = 1748826060000 * 1_000_000
     lines = [
-        # as alerts/influx_sink.py writes them: low-cardinality tags, alert id as a field, ts = notice time + seq
+        # as alerts/sinks/influx.py writes them: low-cardinality tags, alert id as a field, ts = notice time + seq
         f'alerts,category=noise,device_id=XM0002NOISE,district=Huli,rule_id=N-day,severity=yellow,site_id=HL-2025-102,'
         f'transition=firing alert_id="{aid}",key="{aid}:1",seq=1i,escalation_level=0i,value=72.5,limit=70.0 {base + 1}',
         f'alerts,category=noise,device_id=XM0002NOISE,district=Huli,rule_id=N-day,severity=orange,site_id=HL-2025-102,'

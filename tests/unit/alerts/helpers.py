@@ -7,10 +7,10 @@ import threading
 import numpy as np
 
 from alerts.commands import Author
-from alerts.engine import AlertEngine
 from alerts.dispatch import Dispatcher
+from alerts.engine import AlertEngine
 from alerts.model import SEVERITY_CODES, Notice
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError
 from alerts.store import AlertStore
 from config import load_config
 from config.alerting import Alerting

@@ -10,12 +10,11 @@ import json
 import pytest
 
 from alerts import commands
-from alerts.influx_sink import line_of
 from alerts.model import Notice
-from alerts.webhook import sign
+from alerts.sinks.influx import line_of
+from alerts.sinks.webhook import sign
 from citywatch.cli import main
 from tests.unit.alerts.helpers import at, det, make_engine
-
 
 # The validator's table (every bound, every refusal text) is in test_command_validation.py.
 
@@ -127,7 +126,7 @@ def test_show_says_whom_a_delivery_reached(tmp_path, capsys):
     alert_id = engine.active()[0].alert_id
     (notice, deliveries), = engine.store.notices(alert_id)
     assert deliveries == [("rec", "sent", 1, None)]  # a sink that reaches no person says nobody
-    # A team receiver (alerts/team_sink.py) returns whom it reached; the dispatcher stores it beside the status.
+    # A team receiver (alerts/sinks/team.py) returns whom it reached; the dispatcher stores it beside the status.
     engine.store.mark_delivery(notice.key, "rec", "sent", 1, None, "team gas level 0: 林工 (email)")
     store = str(tmp_path / "alerts.sqlite")
     assert main(["alerts", "--store", store, "show", alert_id, "--json"]) == 0

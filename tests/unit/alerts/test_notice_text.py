@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.channels import SAMPLE_PAYLOAD, check_templates
 from alerts.notice_text import (
     CHANNEL_PARTS,
     LANGUAGES,
@@ -14,6 +13,7 @@ from alerts.notice_text import (
     compile_source,
     render,
 )
+from alerts.sinks.channels import SAMPLE_PAYLOAD, check_templates
 
 FIRING = {**SAMPLE_PAYLOAD, "transition": "firing", "duration_s": 4000.0}
 

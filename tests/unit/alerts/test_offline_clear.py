@@ -18,7 +18,7 @@ from citywatch.pipeline import DetectionPipeline
 from config.alerting import Alerting
 from config.rules import RuleSpec
 from detectors.batch import ReadingBatch
-from tests.unit.alerts.helpers import S, T0, at, base_cfg, det, make_engine
+from tests.unit.alerts.helpers import T0, S, at, base_cfg, det, make_engine
 
 CLEAR_FOR_S = 120  # Offline's clear_for_s in these tests (the shipped rule has 0), so resolving is timed
 

@@ -12,7 +12,7 @@ from citywatch.pipeline import DetectionPipeline
 from config import load_config
 from detectors.batch import ReadingBatch
 from detectors.context import Inventory
-from tests.unit.alerts.helpers import S, T0, RecordingSink, at, det, make_cfg, make_engine, write_config
+from tests.unit.alerts.helpers import T0, RecordingSink, S, at, det, make_cfg, make_engine, write_config
 
 ALERTS = """
 alerting:

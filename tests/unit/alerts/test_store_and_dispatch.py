@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine
 from alerts.model import Notice
 from alerts.store import AlertStore
-from tests.unit.alerts.helpers import RecordingSink, at, det, make_cfg, make_engine
 from detectors.batch import Detections
+from tests.unit.alerts.helpers import RecordingSink, at, det, make_cfg, make_engine
 
 
 class Blocked(Dispatcher):

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from alerts.webhook import SignatureError, sign, verify_signature
+from alerts.sinks.webhook import SignatureError, sign, verify_signature
 
 SECRET = b"whsec-test"
 OLD_SECRET = b"whsec-old"

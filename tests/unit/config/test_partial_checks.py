@@ -6,7 +6,7 @@ import pytest
 from pydantic import Field, ValidationError, model_validator
 
 from config.base import KeyProblem, Strict
-from config.loader import problems_from_validation
+from config.pydantic_errors import problems_from_validation
 
 
 class Pair(Strict):
@@ -15,7 +15,7 @@ class Pair(Strict):
     label: str = "x"
 
     @model_validator(mode="after")
-    def _order(self) -> "Pair":
+    def _order(self) -> Pair:
         if self.high < self.low:
             raise KeyProblem("high", f"must not be below low {self.low} (got {self.high})")
         return self
@@ -66,7 +66,7 @@ class WithPostInit(Strict):
         self.__dict__["_sum"] = self.a + self.b  # needs `a`, which may have failed
 
     @model_validator(mode="after")
-    def _b_small(self) -> "WithPostInit":
+    def _b_small(self) -> WithPostInit:
         if self.b > 5:
             raise KeyProblem("b", f"must be at most 5 (got {self.b})")
         return self

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alerts.influx_sink import line_of
 from alerts.model import Notice
+from alerts.sinks.influx import line_of
 from citywatch.cli import main
 from citywatch.commands.replay import say_expected_wall_time
 from ingest.codecs.hj212 import build_noise_frame

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.model import Notice
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError
+from config.connections import Tls
 from ingest.reachability import Reachability, connect_error
 
 log = logging.getLogger(__name__)
@@ -33,13 +37,14 @@ class MqttSink:
 
     def __init__(self, host: str, port: int, client_id: str, username: str | None = None,
                  password: str | None = None, topic_prefix: str = "city/xm/alerts", qos: int = 1,
-                 timeout_s: float = 5.0, protocol: str = "mqtt5", tls=None):
+                 timeout_s: float = 5.0, protocol: str = "mqtt5", tls: Tls | None = None) -> None:
         self.prefix = topic_prefix.rstrip("/")
         self.qos = qos
         self.timeout_s = timeout_s
         proto = mqtt.MQTTv5 if protocol == "mqtt5" else mqtt.MQTTv311
-        kwargs = {} if proto == mqtt.MQTTv5 else {"clean_session": True}
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kwargs)
+        # clean_session is a 3.1.1 flag; paho refuses it for MQTT 5 (None: not set).
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
+                                  clean_session=None if proto == mqtt.MQTTv5 else True)
         if username is not None:
             self.client.username_pw_set(username, password)
         if tls is not None and getattr(tls, "enabled", False):
@@ -56,17 +61,19 @@ class MqttSink:
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None = None) -> None:
         if reason_code.is_failure:
             self.reachability.down(f"the broker refused the connection: {reason_code}")
             return
         self._connected.set()
         self.reachability.up()
 
-    def _on_connect_fail(self, client, userdata):
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.reachability.down(connect_error())
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None = None) -> None:
         self._connected.clear()
         if reason_code != 0:  # 0: our own disconnect at close
             self.reachability.down(f"connection lost: {reason_code}")

@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 
 from alerts.model import Notice
 from alerts.roster import recipients
-from alerts.sink import SinkError
+from alerts.sinks.base import PersonSink, SinkError
+from config.oncall import OnCall, Person
 
 log = logging.getLogger(__name__)
 
 
 class TeamSink:
-    def __init__(self, oncall, team_id: str, sinks: dict):
+    def __init__(self, oncall: OnCall, team_id: str, sinks: Mapping[str, PersonSink]) -> None:
         self.oncall = oncall
         self.team_id = team_id
         self.team = oncall.team(team_id)
         self.sinks = sinks  # channel kind -> the channel sink object
         self._done: set[tuple[str, str, str]] = set()
 
-    def plan(self, notice: Notice) -> tuple[str, list]:
+    def plan(self, notice: Notice) -> tuple[str, list[Person]]:
         at = dt.datetime.fromtimestamp(notice.ts_ns / 1e9, dt.UTC)
         return recipients(self.oncall, self.team_id, int(notice.payload.get("escalation_level") or 0), at)
 
@@ -37,7 +39,9 @@ class TeamSink:
         where, people = self.plan(notice)
         if not people:
             raise SinkError(f"team {self.team_id}: nobody on duty and no duty chief", False)
-        reached, errors, retryable = [], [], False
+        reached: list[str] = []
+        errors: list[str] = []
+        retryable = False
         for person in people:
             for kind, sink in self.sinks.items():
                 if getattr(person.channels, kind) is None:

@@ -13,10 +13,14 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 
 from alerts.model import Notice
 from alerts.notice_text import Renderer
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError
+
+if TYPE_CHECKING:
+    from config.oncall import Person
 
 
 def _safe(text: str) -> str:
@@ -45,7 +49,7 @@ class EmailSink:
         self.domain = sender.rpartition("@")[2]
         self.ssl_context = ssl_context
 
-    def message(self, notice: Notice, to: list[str], person=None) -> EmailMessage:
+    def message(self, notice: Notice, to: list[str], person: Person | None = None) -> EmailMessage:
         parts = self.renderer.render(notice.payload, person.name if person else None)
         msg = EmailMessage()
         msg["Subject"] = parts["email_subject"]
@@ -62,8 +66,13 @@ class EmailSink:
         msg.add_alternative(parts["email_html"] + "\n", subtype="html")
         return msg
 
-    def send(self, notice: Notice, person=None) -> str:
-        to = [person.channels.email] if person is not None else self.to
+    def send(self, notice: Notice, person: Person | None = None) -> str:
+        if person is not None:
+            if not person.channels.email:  # a team sends only to channels a person has; a direct call may not
+                raise SinkError(f"email sink {self.name}: {person.name} has no email address in the roster", False)
+            to = [person.channels.email]
+        else:
+            to = self.to
         if not to:
             raise SinkError(f"email sink {self.name}: no recipient (set `to`, or route through a team)", False)
         msg = self.message(notice, to, person)

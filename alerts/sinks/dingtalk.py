@@ -15,11 +15,16 @@ import hmac
 import json
 import time
 import urllib.parse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from alerts.model import Notice
 from alerts.notice_text import Renderer
-from alerts.robot_http import post_json
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError
+from alerts.sinks.robot_http import post_json
+
+if TYPE_CHECKING:
+    from config.oncall import Person
 
 RETRY_ERRCODES = {130101, -1}
 
@@ -39,7 +44,7 @@ def signed_url(url: str, token: str, secret: str | None, timestamp_ms: int) -> s
 
 class DingtalkSink:
     def __init__(self, url: str, token: str, secret: str | None, renderer: Renderer, timeout_s: float = 5.0,
-                 mention: bool = True, name: str = "dingtalk", clock=time.time):
+                 mention: bool = True, name: str = "dingtalk", clock: Callable[[], float] = time.time):
         self.url = url
         self.token = token
         self.secret = secret
@@ -49,7 +54,7 @@ class DingtalkSink:
         self.name = name
         self.clock = clock
 
-    def body(self, notice: Notice, person=None) -> bytes:
+    def body(self, notice: Notice, person: Person | None = None) -> bytes:
         parts = self.renderer.render(notice.payload, person.name if person else None)
         text = parts["dingtalk"]
         mobile = person.channels.dingtalk if person is not None and self.mention else None
@@ -62,7 +67,7 @@ class DingtalkSink:
             "at": {"atMobiles": [mobile] if mobile else [], "isAtAll": False},
         }, ensure_ascii=False).encode()
 
-    def send(self, notice: Notice, person=None) -> str:
+    def send(self, notice: Notice, person: Person | None = None) -> str:
         # Signed at each attempt: a retry an hour later still carries a fresh timestamp.
         url = signed_url(self.url, self.token, self.secret, int(self.clock() * 1000))
         answer = post_json(url, self.body(notice, person), self.timeout_s, f"dingtalk sink {self.name}")

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 
 from alerts.model import Notice
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError
 from config.connections import basic_auth
 
 

@@ -12,19 +12,25 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from alerts.model import Notice
 from alerts.notice_text import BODY_FIELDS, Renderer, compile_source, render
-from alerts.robot_http import post_json
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError
+from alerts.sinks.robot_http import post_json
+
+if TYPE_CHECKING:
+    from config.channels import SmsSink as SmsSpec
+    from config.oncall import Person
 
 
 def hmac_signature(secret: str, t: int, body: bytes) -> str:
     return hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def dotted(answer: dict, path: str):
-    node = answer
+def dotted(answer: dict[str, Any], path: str) -> Any:
+    node: Any = answer
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
@@ -33,7 +39,8 @@ def dotted(answer: dict, path: str):
 
 
 class SmsSink:
-    def __init__(self, spec, renderer: Renderer, secret: str | None, name: str = "sms", clock=time.time):
+    def __init__(self, spec: SmsSpec, renderer: Renderer, secret: str | None, name: str = "sms",
+                 clock: Callable[[], float] = time.time):
         self.spec = spec
         self.renderer = renderer
         self.secret = secret
@@ -42,15 +49,15 @@ class SmsSink:
         self.body_template = compile_source(spec.body_template, f"alerting.sinks.{name}.body_template",
                                             known=BODY_FIELDS)
 
-    def body(self, notice: Notice, to: str, person=None) -> bytes:
+    def body(self, notice: Notice, to: str, person: Person | None = None) -> bytes:
         values = self.renderer.values(notice.payload, person.name if person else None)
         text = render(self.renderer.templates["sms"], values)
         return render(self.body_template, {**values, "text": text, "to": to}).encode("utf-8")
 
-    def _send_one(self, notice: Notice, to: str, person) -> None:
+    def _send_one(self, notice: Notice, to: str, person: Person | None) -> None:
         body = self.body(notice, to, person)
         auth = self.spec.auth
-        headers = {}
+        headers: dict[str, str] = {}
         if auth.kind == "token":
             headers[auth.header] = f"{auth.prefix}{self.secret}"
         elif auth.kind == "hmac":
@@ -68,8 +75,13 @@ class SmsSink:
         raise SinkError(f"{what}: not accepted: {self.spec.accepted_field}={value!r} ({json.dumps(answer)[:200]})",
                         retry)
 
-    def send(self, notice: Notice, person=None) -> str:
-        numbers = [person.channels.sms] if person is not None else list(self.spec.to)
+    def send(self, notice: Notice, person: Person | None = None) -> str:
+        if person is not None:
+            if not person.channels.sms:  # a team sends only to channels a person has; a direct call may not
+                raise SinkError(f"sms sink {self.name}: {person.name} has no sms number in the roster", False)
+            numbers = [person.channels.sms]
+        else:
+            numbers = list(self.spec.to)
         if not numbers:
             raise SinkError(f"sms sink {self.name}: no number (set `to`, or route through a team)", False)
         for number in numbers:

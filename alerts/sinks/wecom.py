@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from typing import TYPE_CHECKING
 
 from alerts.model import Notice
 from alerts.notice_text import Renderer
-from alerts.robot_http import post_json
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError
+from alerts.sinks.robot_http import post_json
+
+if TYPE_CHECKING:
+    from config.oncall import Person
 
 RETRY_ERRCODES = {45009, -1}
 # WeCom markdown content is at most 4096 bytes (UTF-8).
@@ -36,7 +40,7 @@ class WecomSink:
         self.timeout_s = timeout_s
         self.name = name
 
-    def send(self, notice: Notice, person=None) -> str:
+    def send(self, notice: Notice, person: Person | None = None) -> str:
         text = self.renderer.render(notice.payload, person.name if person else None)["wecom"]
         answer = post_json(self.url, markdown_body(text), self.timeout_s, f"wecom sink {self.name}")
         code = answer.get("errcode")

@@ -14,9 +14,10 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from alerts.model import Notice
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError, retryable_status
 
 SIGNATURE_HEADER = "X-Citywatch-Signature"
 KEY_HEADER = "Idempotency-Key"
@@ -95,12 +96,13 @@ class WebhookSink:
     receiver's tolerance.
     """
 
-    def __init__(self, url: str, secret: bytes | None = None, timeout_s: float = 5.0, clock=time.time, body=None):
+    def __init__(self, url: str, secret: bytes | None = None, timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.time, body: Callable[[Notice], bytes] | None = None):
         self.url = url
         self.secret = secret
         self.timeout_s = timeout_s
         self.clock = clock
-        # body(notice) -> bytes: a configured body template (alerts/channels.py); None posts the payload.
+        # body(notice) -> bytes: a configured body template (alerts/sinks/channels.py); None posts the payload.
         self.body = body
 
     def send(self, notice: Notice) -> None:
@@ -117,8 +119,7 @@ class WebhookSink:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
-            retryable = exc.code >= 500 or exc.code in (408, 429)
-            raise SinkError(f"webhook {self.url}: HTTP {exc.code}", retryable) from None
+            raise SinkError(f"webhook {self.url}: HTTP {exc.code}", retryable_status(exc.code)) from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise SinkError(f"webhook {self.url}: {getattr(exc, 'reason', exc)}", True) from None
 

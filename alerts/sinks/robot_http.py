@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
-from alerts.sink import SinkError
+from alerts.sinks.base import SinkError, retryable_status
 
 
 def post_json(url: str, body: bytes, timeout_s: float, what: str, headers: dict[str, str] | None = None,
-              method: str = "POST", content_type: str = "application/json") -> dict:
+              method: str = "POST", content_type: str = "application/json") -> dict[str, Any]:
     """POST (or PUT) `body`; return the parsed JSON object of the answer. `what` names the sink in errors
     (never the URL: robot URLs carry their key)."""
     req = urllib.request.Request(url, data=body, method=method)
@@ -22,7 +23,7 @@ def post_json(url: str, body: bytes, timeout_s: float, what: str, headers: dict[
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as exc:
-        raise SinkError(f"{what}: HTTP {exc.code}", exc.code >= 500 or exc.code in (408, 429)) from None
+        raise SinkError(f"{what}: HTTP {exc.code}", retryable_status(exc.code)) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise SinkError(f"{what}: {getattr(exc, 'reason', exc)}", True) from None
     try:
