@@ -7,12 +7,17 @@ records of those messages, so that the messages are acked only once the whole ba
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from detectors.batch import ReadingBatch
+
+if TYPE_CHECKING:
+    from ingest.deadletter import DeadLetterRecord
 
 
 @dataclass
@@ -25,28 +30,31 @@ class Flush:
     messages:    number of messages in the flush
     first_mono:  monotonic time (s) the oldest message entered the batcher
     status_lines: line protocol of device status messages in the flush (set by the pipeline)
-    lines:       the flush encoded as line protocol (set by the pipeline)
+    lines:       the flush encoded as line protocol (set by the pipeline; None when it could not be encoded)
     """
 
     batch: ReadingBatch
     tokens: list[Any] = field(default_factory=list)
-    deadletters: list[Any] = field(default_factory=list)
+    deadletters: list[DeadLetterRecord] = field(default_factory=list)
     messages: int = 0
     first_mono: float = 0.0
     status_lines: list[str] = field(default_factory=list)
-    lines: bytes = b""
+    lines: bytes | None = b""
+
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 class _Columns:
     """Growable numpy column buffers for ReadingBatch rows; a field seen late is NaN in earlier rows."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int) -> None:
         self.capacity = max(16, capacity)
         self.n = 0
-        self.sensor = np.empty(self.capacity, np.int32)
-        self.ts_ns = np.empty(self.capacity, np.int64)
-        self.quality = np.empty(self.capacity, np.uint8)
-        self.values: dict[str, np.ndarray] = {}
+        self.sensor: npt.NDArray[np.int32] = np.empty(self.capacity, np.int32)
+        self.ts_ns: npt.NDArray[np.int64] = np.empty(self.capacity, np.int64)
+        self.quality: npt.NDArray[np.uint8] = np.empty(self.capacity, np.uint8)
+        self.values: dict[str, npt.NDArray[np.float64]] = {}
 
     def _grow(self, need: int) -> None:
         cap = self.capacity
@@ -55,7 +63,7 @@ class _Columns:
         if cap == self.capacity:
             return
 
-        def grown(a: np.ndarray, fill=None) -> np.ndarray:
+        def grown(a: npt.NDArray[_Scalar], fill: float | None = None) -> npt.NDArray[_Scalar]:
             b = np.empty(cap, a.dtype) if fill is None else np.full(cap, fill, a.dtype)
             b[: self.n] = a[: self.n]
             return b
@@ -73,6 +81,8 @@ class _Columns:
         end = self.n + k
         if end > self.capacity:
             self._grow(end)
+        # ReadingBatch.__post_init__ sets quality (typed optional only for its constructor argument).
+        assert b.quality is not None
         self.sensor[self.n:end] = b.sensor
         self.ts_ns[self.n:end] = b.ts_ns
         self.quality[self.n:end] = b.quality
@@ -120,7 +130,7 @@ class MicroBatcher:
         self._clock = clock
         self._cols = _Columns(min(self.max_rows, 65536))
         self._tokens: list[Any] = []
-        self._dead: list[Any] = []
+        self._dead: list[DeadLetterRecord] = []
         self._messages = 0
         self._first: float | None = None
 
@@ -132,7 +142,8 @@ class MicroBatcher:
     def messages(self) -> int:
         return self._messages
 
-    def add(self, batch: ReadingBatch | None, token: Any = None, deadletters: list | None = None) -> bool:
+    def add(self, batch: ReadingBatch | None, token: Any = None,
+            deadletters: list[DeadLetterRecord] | None = None) -> bool:
         """Add one message's rows, its ack token and its dead-letter records; return whether a flush is due."""
         if self._first is None:
             self._first = self._clock()
@@ -145,7 +156,8 @@ class MicroBatcher:
         self._messages += 1
         return self.full()
 
-    def add_many(self, batch: ReadingBatch | None, tokens: list, deadletters: list | None = None) -> bool:
+    def add_many(self, batch: ReadingBatch | None, tokens: list[Any],
+                 deadletters: list[DeadLetterRecord] | None = None) -> bool:
         """Add the rows of several messages at once (a decoded chunk) with their tokens, in order."""
         if not tokens and (batch is None or not len(batch)):
             return self.full()

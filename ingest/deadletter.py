@@ -13,15 +13,23 @@ record's `to_json()` on the dead-letter topic.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, overload
+
+if TYPE_CHECKING:
+    from config.model import Config
+    from ingest.decoder import Decoded, Reject
+
+# A value as strict JSON holds it: what a record's bounded copy of a refused row is made of.
+Json: TypeAlias = "None | bool | int | float | str | list[Json] | dict[str, Json]"
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +76,16 @@ class DeadLetterRecord:
     recv_time: str
     recv_ns: int
     device_id: str | None = None
-    row: dict | None = None
-    rows: list | None = None
+    row: dict[str, Json] | None = None
+    rows: list[dict[str, Any]] | None = None
     rows_refused: int = 0
-    rows_by_reason: dict | None = None
+    rows_by_reason: dict[str, int] | None = None
 
     @staticmethod
     def build(
         reason: str, detail: str, topic: str, payload: bytes, recv_ns: int,
-        device_id: str | None = None, row: dict | None = None, max_payload_bytes: int = 65536,
-    ) -> "DeadLetterRecord":
+        device_id: str | None = None, row: dict[str, Any] | None = None, max_payload_bytes: int = 65536,
+    ) -> DeadLetterRecord:
         """A record for one reject; the payload is cut to `max_payload_bytes` (and says so), the detail to
         DETAIL_MAX_CHARS, and the row copied within bounds (depth, items, string length)."""
         payload = bytes(payload or b"")
@@ -112,7 +120,7 @@ class DeadLetterRecord:
             return base64.b64decode(self.payload)
         return self.payload.encode("utf-8")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_json(self) -> str:
@@ -120,7 +128,7 @@ class DeadLetterRecord:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def records_for(decoded, topic: str, payload: bytes, recv_ns: int, max_payload_bytes: int = 65536,
+def records_for(decoded: Decoded, topic: str, payload: bytes, recv_ns: int, max_payload_bytes: int = 65536,
                 rows_listed: int = 100) -> list[DeadLetterRecord]:
     """The dead-letter record of a `Decoded`: one per refused message (empty list when nothing was refused).
 
@@ -148,7 +156,7 @@ def records_for(decoded, topic: str, payload: bytes, recv_ns: int, max_payload_b
     return [rec]
 
 
-def _row_entry(r) -> dict:
+def _row_entry(r: Reject) -> dict[str, Any]:
     try:
         return {"index": getattr(r, "index", None), "reason": str(r.reason), "field": _cut(getattr(r, "field", None)),
                 "detail": _cut(r.detail)}
@@ -157,7 +165,11 @@ def _row_entry(r) -> dict:
                 "field": None, "detail": f"entry could not be built ({type(exc).__name__})"}
 
 
-def _cut(text, limit: int = DETAIL_MAX_CHARS):
+@overload
+def _cut(text: None, limit: int = ...) -> None: ...
+@overload
+def _cut(text: str, limit: int = ...) -> str: ...
+def _cut(text: str | None, limit: int = DETAIL_MAX_CHARS) -> str | None:
     if text is None:
         return None
     text = str(text)
@@ -167,44 +179,47 @@ def _cut(text, limit: int = DETAIL_MAX_CHARS):
 def iso_ns(ns: int) -> str:
     """UTC ns -> 2025-06-01T14:30:05.123456Z."""
     sec, rem = divmod(int(ns), 1_000_000_000)
-    return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1000:06d}Z"
+    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1000:06d}Z"
 
 
-def _safe_row(row):
+def _safe_row(row: dict[str, Any] | None) -> dict[str, Json] | None:
     """A bounded, strict-JSON copy of a refused row; never raises (a row that cannot be copied says so)."""
     if row is None:
         return None
     try:
-        return _jsonable(row, 0)
+        copied = _jsonable(row, 0)
     except Exception as exc:  # noqa: BLE001
         return {"unprintable": f"{type(exc).__name__}"}
+    # A plain dict copies as a dict; a dict subclass (no caller passes one: rows are parsed JSON) as its repr.
+    return copied if isinstance(copied, dict) else {"row": copied}
 
 
-def _jsonable(v, depth: int):
+def _jsonable(v: object, depth: int) -> Json:
     """`v` with non-finite floats as strings (strict JSON), containers cut below ROW_MAX_DEPTH levels and
     after ROW_MAX_ITEMS items, strings after ROW_MAX_STR characters (recursion bounded by ROW_MAX_DEPTH)."""
-    t = type(v)
-    if t is float:
+    if type(v) is float:
         return v if v - v == 0 else repr(v)
-    if t is bool or v is None:
+    if type(v) is bool or v is None:
         return v
-    if t is int:
+    if type(v) is int:
         return v if -(2**63) <= v < 2**63 else _cut(repr(v), ROW_MAX_STR)
-    if t is str:
+    if type(v) is str:
         return _cut(v, ROW_MAX_STR)
-    if t is dict or t is list or t is tuple:
+    if type(v) is dict or type(v) is list or type(v) is tuple:
         if depth >= ROW_MAX_DEPTH:
             return f"<{len(v)} item(s) nested deeper than {ROW_MAX_DEPTH} levels: not copied>"
-        if t is dict:
+        if type(v) is dict:
             items = list(v.items())
-            out = {_cut(str(k), ROW_MAX_STR): _jsonable(x, depth + 1) for k, x in items[:ROW_MAX_ITEMS]}
+            out: dict[str, Json] = {
+                _cut(str(k), ROW_MAX_STR): _jsonable(x, depth + 1) for k, x in items[:ROW_MAX_ITEMS]
+            }
             if len(items) > ROW_MAX_ITEMS:
                 out["..."] = f"{len(items) - ROW_MAX_ITEMS} more key(s) not copied"
             return out
-        out = [_jsonable(x, depth + 1) for x in v[:ROW_MAX_ITEMS]]
+        seq: list[Json] = [_jsonable(x, depth + 1) for x in v[:ROW_MAX_ITEMS]]
         if len(v) > ROW_MAX_ITEMS:
-            out.append(f"... {len(v) - ROW_MAX_ITEMS} more item(s) not copied")
-        return out
+            seq.append(f"... {len(v) - ROW_MAX_ITEMS} more item(s) not copied")
+        return seq
     return _cut(repr(v), ROW_MAX_STR)
 
 
@@ -212,7 +227,7 @@ class Stored(NamedTuple):
     """What `DeadLetterStore.write` did: the records stored (including any `deadletter_capped` notice),
     and how many of the given records were counted but not stored (over their device's budget)."""
 
-    records: list
+    records: list[DeadLetterRecord]
     dropped: int
 
 
@@ -239,7 +254,7 @@ class DeadLetterStore:
                     device: per reason); None = unbounded. Periods are windows of the records' receive time.
     """
 
-    def __init__(self, directory: str | os.PathLike, file_max_bytes: int = 64 * 2**20, files_kept: int = 10,
+    def __init__(self, directory: str | os.PathLike[str], file_max_bytes: int = 64 * 2**20, files_kept: int = 10,
                  device_budget_bytes: int | None = None, budget_period_s: float = 3600.0) -> None:
         if file_max_bytes <= 0 or files_kept < 1:
             raise ValueError("file_max_bytes must be > 0 and files_kept >= 1")
@@ -254,10 +269,10 @@ class DeadLetterStore:
         self._budgets: dict[str, _Budget] = {}
         self.dropped = 0  # records counted but not stored since the store was opened
         self._lock = threading.Lock()
-        self._fh = None
+        self._fh: io.BufferedWriter | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> "DeadLetterStore":
+    def from_config(cls, cfg: Config) -> DeadLetterStore:
         s = cfg.ingest
         return cls(cfg.resolve_path(s.deadletter_dir), int(s.deadletter_file_max_mb * 2**20), s.deadletter_files_kept,
                    int(s.deadletter_device_budget_mb * 2**20), s.deadletter_budget_period_s)
@@ -290,12 +305,15 @@ class DeadLetterStore:
                         "that ended %s", key, b.dropped, b.dropped_bytes, iso_ns((b.window + 1) * self.budget_period_ns))
         return Stored(stored, dropped)
 
-    def _admit(self, records: list[DeadLetterRecord]):
+    def _admit(self, records: list[DeadLetterRecord]) -> tuple[
+        list[DeadLetterRecord], list[bytes], dict[str, _Budget], int, list[tuple[str, _Budget]],
+        list[tuple[str, _Budget]],
+    ]:
         """Which records fit their budgets: (stored records, their encoded lines, updated budgets, dropped,
         keys that went over budget now, budgets of periods that ended with drops). Budgets are updated on
         copies, applied by the caller once the write succeeded."""
-        notices: list[tuple] = []
-        closed: list[tuple] = []
+        notices: list[tuple[str, _Budget]] = []
+        closed: list[tuple[str, _Budget]] = []
         stored: list[DeadLetterRecord] = []
         lines: list[bytes] = []
         budgets: dict[str, _Budget] = {}
@@ -353,10 +371,10 @@ class DeadLetterStore:
         fh.flush()
         os.fsync(fh.fileno())
 
-    def read_all(self) -> list[dict]:
+    def read_all(self) -> list[dict[str, Any]]:
         """Every record still kept, oldest first. A torn last line (crash mid-write) is skipped."""
         with self._lock:
-            out: list[dict] = []
+            out: list[dict[str, Any]] = []
             for path in self.files():
                 try:
                     lines = path.read_bytes().split(b"\n")
@@ -382,19 +400,20 @@ class DeadLetterStore:
                 self._fh.close()
                 self._fh = None
 
-    def _open(self):
+    def _open(self) -> io.BufferedWriter:
         if self._fh is None:
-            self._fh = open(self.path, "ab")
+            fh = self._fh = open(self.path, "ab")
             # A torn tail from a crash would glue the next record onto half a line: start a fresh line.
-            if self._fh.tell() > 0:
+            if fh.tell() > 0:
                 with open(self.path, "rb") as r:
                     r.seek(-1, os.SEEK_END)
                     if r.read(1) != b"\n":
-                        self._fh.write(b"\n")
+                        fh.write(b"\n")
         return self._fh
 
     def _rotate(self) -> None:
-        self._fh.close()
+        if self._fh is not None:  # always open here: _append rotates a file it wrote to
+            self._fh.close()
         self._fh = None
         oldest = self.dir / f"deadletter.{self.files_kept}.jsonl"
         if oldest.exists():

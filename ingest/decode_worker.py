@@ -11,12 +11,27 @@ import logging
 import multiprocessing
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from detectors.batch import ReadingBatch
 from ingest.batcher import _Columns
 from ingest.deadletter import DeadLetterRecord, records_for
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from ingest.decoder import Decoder
+
+# What the parent sends the worker: a chunk of (topic, payload, recv_ns), ("reload", config_dir), or None (finish).
+Chunk: TypeAlias = "list[tuple[str, bytes, int]] | tuple[str, str] | None"
+# What the worker answers: "ready" once, then per chunk a ChunkResult, per reload ("reloaded", "") or
+# ("failed", reason), and None after the finishing None.
+WorkerReply: TypeAlias = "ChunkResult | tuple[str, str] | str | None"
+# A device status message: (device_id, kind, site_id, "online" | "offline", recv_ns).
+StatusRow: TypeAlias = "tuple[str, str | None, str | None, str, int]"
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +55,10 @@ class ChunkResult:
 
     batch: ReadingBatch
     deadletters: list[DeadLetterRecord] = field(default_factory=list)
-    statuses: list[tuple] = field(default_factory=list)
+    statuses: list[StatusRow] = field(default_factory=list)
     ignored: int = 0
     flagged: ReadingBatch = field(default_factory=lambda: ReadingBatch(_NO_SENSOR, _NO_TS))
-    flagged_at: np.ndarray = field(default_factory=lambda: _NO_TS)
+    flagged_at: npt.NDArray[np.int64] = field(default_factory=lambda: _NO_TS)
 
     def with_flagged(self) -> ReadingBatch:
         """`batch` with the `flagged` rows in their arrival place (message, then row): the detectors' feed."""
@@ -55,14 +70,14 @@ class ChunkResult:
         return ReadingBatch.concat([self.batch, self.flagged]).take(np.argsort(key, kind="stable"))
 
 
-def decode_chunk(decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> ChunkResult:
+def decode_chunk(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> ChunkResult:
     """Decode (topic, payload, recv_ns) messages with `decoder`; never raises for bad input."""
     cols = _Columns(max(16, len(msgs)))
     dead: list[DeadLetterRecord] = []
-    statuses: list[tuple] = []
+    statuses: list[StatusRow] = []
     ignored = 0
     flagged: list[ReadingBatch] = []
-    flagged_at: list[np.ndarray] = []
+    flagged_at: list[npt.NDArray[np.int64]] = []
     for topic, payload, recv_ns in msgs:
         if topic.endswith("/cmd"):
             # Commands to devices share the subtrees we subscribe to; they are not ours to store.
@@ -76,7 +91,7 @@ def decode_chunk(decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> Ch
                 statuses.append((decoded.device_id, decoded.kind, decoded.site_id, decoded.status, recv_ns))
             before = cols.n
             cols.append(decoded.batch)
-            if decoded.flagged is not None:
+            if decoded.flagged is not None and decoded.flagged_pos is not None:  # set together (_set_flagged)
                 flagged.append(decoded.flagged)
                 flagged_at.append(decoded.flagged_pos + before)
         except Exception as exc:  # noqa: BLE001 - bad input or a bug must never stop the collector
@@ -100,7 +115,7 @@ class WorkerDied(RuntimeError):
 _PARENT_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _worker_main(conn, config_dir: str, dl_max: int) -> None:
+def _worker_main(conn: Connection[WorkerReply, Chunk], config_dir: str, dl_max: int) -> None:
     for sig in _PARENT_STOPS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_STOPS)  # blocked by the parent around our start
@@ -112,7 +127,7 @@ def _worker_main(conn, config_dir: str, dl_max: int) -> None:
         return
 
 
-def _serve(conn, config_dir: str, dl_max: int) -> None:
+def _serve(conn: Connection[WorkerReply, Chunk], config_dir: str, dl_max: int) -> None:
     from config import load_config
     from ingest.decoder import Decoder
 
@@ -142,9 +157,10 @@ class DecodeProcess:
     `send` is called from one thread and `receive` from another.
     """
 
-    def __init__(self, config_dir: str, dl_max: int, ready_timeout_s: float = 120.0):
+    def __init__(self, config_dir: str, dl_max: int, ready_timeout_s: float = 120.0) -> None:
         # spawn, not fork: the collector runs threads (paho, APScheduler) whose locks a fork would copy.
         ctx = multiprocessing.get_context("spawn")
+        self._conn: Connection[Chunk, WorkerReply]
         self._conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_worker_main, args=(child, str(config_dir), dl_max),
                                    name="citywatch-decode", daemon=True)
@@ -163,7 +179,7 @@ class DecodeProcess:
             self.close(1.0)
             raise WorkerDied(f"decode worker did not start within {ready_timeout_s:.0f} s")
 
-    def send(self, msgs: list[tuple[str, bytes, int]] | tuple | None) -> None:
+    def send(self, msgs: Chunk) -> None:
         """Queue a chunk (None: finish after the chunks before it; ("reload", config_dir): decode the chunks
         after it with that config, answered by ("reloaded", "") or ("failed", reason)). Raises WorkerDied."""
         try:
@@ -171,9 +187,9 @@ class DecodeProcess:
         except (OSError, EOFError, BrokenPipeError) as exc:
             raise WorkerDied(f"decode worker is gone: {exc}") from None
 
-    def receive(self, timeout_s: float) -> ChunkResult | None | bool:
-        """The next result; False if none arrived within `timeout_s`; None once the worker finished.
-        Raises WorkerDied."""
+    def receive(self, timeout_s: float) -> WorkerReply | Literal[False]:
+        """The next result (see WorkerReply); False if none arrived within `timeout_s`; None once the worker
+        finished. Raises WorkerDied."""
         try:
             if not self._conn.poll(timeout_s):
                 if not self.process.is_alive():

@@ -7,18 +7,42 @@ into dead-letter records (`ingest.deadletter.records_for`), and only then acks t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from detectors.batch import FLAG_CODES, ReadingBatch
 from ingest.codecs import hj212
 from ingest.codecs.errors import DecodeError
-from ingest.codecs.json_envelope import decode_json, envelope_of
+from ingest.codecs.json_envelope import Envelope, decode_json, envelope_of
 from ingest.validation import (
-    CHECK_ORDER, FIELDS, HJ212_FLAG, P_MAX_OF_FULL_SCALE, PRESSURE_UNITS, Limits, check_rows, explain, extract_rows,
-    field_of, flag_only, reason_codes, rows_from_values,
+    CHECK_ORDER,
+    FIELDS,
+    HJ212_FLAG,
+    PRESSURE_UNITS,
+    Limits,
+    Rows,
+    check_rows,
+    explain,
+    extract_rows,
+    field_of,
+    flag_only,
+    p_hi_of,
+    reason_codes,
+    rows_from_values,
 )
+
+if TYPE_CHECKING:
+    from config.inventory import Device
+    from config.model import Config
+
+# Row positions in a batch or a payload (np.flatnonzero gives intp, built ones are int64).
+Index: TypeAlias = "npt.NDArray[np.integer[Any]]"
+# (message number, or per-row message numbers; the rows) of one part of a decode_many batch.
+Part: TypeAlias = "tuple[int | npt.NDArray[np.int64], ReadingBatch]"
 
 TOPIC_ROOT = "city/xm"
 KINDS = ("noise", "gas")
@@ -76,7 +100,7 @@ class Reject:
 
     reason: str
     detail: str
-    row: dict | None = None
+    row: dict[str, Any] | None = None
     index: int | None = None
     field: str | None = None
 
@@ -103,21 +127,23 @@ class Decoded:
     def __init__(self, batch: ReadingBatch | None = None, rejects: list[Reject] | None = None, kind: str | None = None,
                  device_id: str | None = None, site_id: str | None = None, status: str | None = None) -> None:
         self._batch = batch
-        self._src: tuple | None = None
+        self._src: tuple[ReadingBatch, int, int] | None = None
         self.rejects = [] if rejects is None else rejects
         self.kind = kind
         self.device_id = device_id
         self.site_id = site_id
         self.status = status
         self.flagged: ReadingBatch | None = None
-        self.flagged_pos: np.ndarray | None = None
+        self.flagged_pos: npt.NDArray[np.int64] | None = None
 
     @property
     def batch(self) -> ReadingBatch:
         if self._batch is None:
             if self._src is not None:
                 big, start, stop = self._src
-                self._batch = big.take(slice(start, stop))
+                # ReadingBatch.take indexes with any numpy index (a slice: views, no copy); its annotation
+                # (detectors/batch.py) says ndarray only.
+                self._batch = big.take(slice(start, stop))  # type: ignore[arg-type]
             else:
                 self._batch = _empty_batch()
         return self._batch
@@ -147,7 +173,7 @@ class _Route:
 
     channel: str  # data | status | hj212
     kind: str | None = None
-    device: object = None
+    device: Device | None = None
     site_id: str | None = None
     index: int = -1
     error: Reject | None = None
@@ -159,7 +185,7 @@ class Decoder:
 
     ROUTE_CACHE_MAX = 100_000
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         s = cfg.ingest
         self.limits = Limits.from_settings(s)
@@ -176,7 +202,7 @@ class Decoder:
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the collector or lose the message
             return Decoded(_empty_batch(), [Reject("internal_error", f"{type(exc).__name__}: {exc}")])
 
-    def decode_many(self, messages) -> tuple[ReadingBatch, list[Decoded]]:
+    def decode_many(self, messages: Sequence[tuple[str, bytes, int]]) -> tuple[ReadingBatch, list[Decoded]]:
         """Decode many messages at once: the same outcome as `decode` on each, at a fraction of the cost.
 
         messages: a sequence of (topic, payload, recv_ns)
@@ -247,8 +273,9 @@ class Decoder:
             return Decoded(_empty_batch(), [Reject(
                 "oversize", f"payload of {len(payload)} bytes exceeds ingest.{key}={limit}")],
                 route.kind, device_id, route.site_id)
+        kind, device = _resolved(route)
         if route.channel == "status":
-            return self._status(route, payload)
+            return self._status(route, device.id, payload)
         if route.channel == "event":
             return Decoded(_empty_batch(), [Reject("device_event", "device events are not ingested as readings")],
                            route.kind, device_id, route.site_id)
@@ -257,37 +284,40 @@ class Decoder:
                            route.kind, device_id, route.site_id)
         recv_ms = recv_ns // 1_000_000
         try:
+            units: dict[str, str] | None
             if route.channel == "hj212":
                 rows, units = self._hj212_rows(route, payload), None
             else:
-                rows, units = self._json_rows(route, payload)
+                rows, units = self._json_rows(route, kind, payload)
         except DecodeError as exc:
             return Decoded(_empty_batch(), [Reject(exc.reason, exc.detail)], route.kind, device_id, route.site_id)
-        keep, bad = check_rows(rows, route.kind, device, recv_ms, self.limits, units)
+        keep, bad = check_rows(rows, kind, device, recv_ms, self.limits, units)
         if keep is None:
             return Decoded(_batch_of(route.index, rows), [], route.kind, device_id, route.site_id)
         raw = rows.raw
-        rejects = [Reject(reason, detail, _row_dict(raw[i]), i, field_of(reason, i, rows, route.kind, device))
+        rejects = [Reject(reason, detail, _row_dict(raw[i]), i, field_of(reason, i, rows, kind, device))
                    for i, reason, detail in bad]
+        ts_ms, values, quality = rows.arrays()  # check_rows converted them when it refused a row
         if keep.any():
             idx = np.flatnonzero(keep)
             batch = ReadingBatch(
-                np.full(len(idx), route.index, np.int32), rows.ts_ms[idx] * 1_000_000,
-                {k: v[idx] for k, v in rows.values.items()}, rows.quality[idx],
+                np.full(len(idx), route.index, np.int32), ts_ms[idx] * 1_000_000,
+                {k: v[idx] for k, v in values.items()}, quality[idx],
             )
         else:
             batch = _empty_batch()
         out = Decoded(batch, rejects, route.kind, device_id, route.site_id)
         refused = [i for i, reason, _ in bad if reason == "hj212_flag"]
         if refused:
-            idx = flag_only(np.array(refused, np.int64), keep, rows.ts_ms)
-            _set_flagged(out, route.index, rows.ts_ms, rows.quality, keep, idx)
+            flag_idx = flag_only(np.array(refused, np.int64), keep, ts_ms)
+            _set_flagged(out, route.index, ts_ms, quality, keep, flag_idx)
         return out
 
-    def _decode_many(self, messages) -> tuple[ReadingBatch, list[Decoded]]:
+    def _decode_many(self, messages: Sequence[tuple[str, bytes, int]]) -> tuple[ReadingBatch, list[Decoded]]:
         m = len(messages)
+        # Placeholders: the loop below sets every slot before anything reads it.
         outcomes: list[Decoded] = [None] * m  # type: ignore[list-item]
-        parts: list[tuple[int | np.ndarray, ReadingBatch]] = []
+        parts: list[Part] = []
         groups = {"noise": _Group(), "gas": _Group()}
         max_bytes = self.max_payload_bytes
         for i, (topic, payload, recv_ns) in enumerate(messages):
@@ -297,7 +327,7 @@ class Decoder:
                 if out.rows:
                     parts.append((i, out.batch))
                 continue
-            device = route.device
+            kind, device = _resolved(route)
             try:
                 env = self._envelope(route, payload)
             except DecodeError as exc:
@@ -305,29 +335,31 @@ class Decoder:
                 continue
             factor = 1.0
             if env.units:
-                factor = _p_factor(env.units, route.kind)
-                if factor is None:  # an unsupported unit: the one-message path words the rejects
+                unit_factor = _p_factor(env.units, kind)
+                if unit_factor is None:  # an unsupported unit: the one-message path words the rejects
                     out = outcomes[i] = self.decode(topic, payload, recv_ns)
                     if out.rows:
                         parts.append((i, out.batch))
                     continue
-            groups[route.kind].add(i, route, env.samples, recv_ns // 1_000_000, factor)
+                factor = unit_factor
+            groups[kind].add(i, route, env.samples, recv_ns // 1_000_000, factor)
             outcomes[i] = Decoded(None, [], route.kind, device.id, route.site_id)
         for kind, g in groups.items():
             if g.msgs:
                 parts.append(self._check_group(kind, g, outcomes))
         return _assemble(m, parts, outcomes)
 
-    def _check_group(self, kind: str, g: "_Group", outcomes: list[Decoded]):
+    def _check_group(self, kind: str, g: _Group, outcomes: list[Decoded]) -> tuple[npt.NDArray[np.int64], ReadingBatch]:
         counts = np.array(g.counts, np.int64)
         msg_of_row = np.repeat(np.array(g.msgs, np.int64), counts)
         rows = extract_rows(g.samples, kind)
-        rows.to_arrays()
+        ts_ms, values, quality = rows.arrays()
+        p_hi: float | npt.NDArray[np.float64]
         if kind == "gas":
-            p = rows.values.get("p")
+            p = values.get("p")
             factors = np.array(g.factors)
             if p is not None and (factors != 1.0).any():
-                rows.values["p"] = p * np.repeat(factors, counts)
+                values["p"] = p * np.repeat(factors, counts)
             p_hi = np.repeat(np.array(g.p_hi), counts)
         else:
             p_hi = 0.0
@@ -348,20 +380,21 @@ class Decoder:
             refused = np.flatnonzero(code == HJ212_FLAG)
             if len(refused):
                 self._group_flagged(g, outcomes, rows, keep, msg_of_row, counts,
-                                    flag_only(refused, keep, rows.ts_ms, msg_of_row))
+                                    flag_only(refused, keep, ts_ms, msg_of_row))
             sensor = np.repeat(np.array(g.index, np.int32), counts)[keep]
-            batch = ReadingBatch(sensor, rows.ts_ms[keep] * 1_000_000, {k: v[keep] for k, v in rows.values.items()},
-                                 rows.quality[keep])
+            batch = ReadingBatch(sensor, ts_ms[keep] * 1_000_000, {k: v[keep] for k, v in values.items()},
+                                 quality[keep])
             return msg_of_row[keep], batch
         sensor = np.repeat(np.array(g.index, np.int32), counts)
-        return msg_of_row, ReadingBatch(sensor, rows.ts_ms * 1_000_000, rows.values, rows.quality)
+        return msg_of_row, ReadingBatch(sensor, ts_ms * 1_000_000, dict(values), quality)
 
     @staticmethod
-    def _group_flagged(g: "_Group", outcomes: list[Decoded], rows, keep: np.ndarray, msg_of_row: np.ndarray,
-                       counts: np.ndarray, idx: np.ndarray) -> None:
+    def _group_flagged(g: _Group, outcomes: list[Decoded], rows: Rows, keep: npt.NDArray[np.bool_],
+                       msg_of_row: npt.NDArray[np.int64], counts: npt.NDArray[np.int64], idx: Index) -> None:
         """Each message's flag-only rows (`idx`, rows of the combined check) onto its outcome, as `decode` does."""
         if len(idx) == 0:
             return
+        ts_ms, _, quality = rows.arrays()
         starts = np.cumsum(counts) - counts
         where = {msg: j for j, msg in enumerate(g.msgs)}
         msgs, first = np.unique(msg_of_row[idx], return_index=True)
@@ -369,17 +402,17 @@ class Decoder:
             j = where[msg]
             s = starts[j]
             own = slice(s, s + counts[j])
-            _set_flagged(outcomes[msg], g.index[j], rows.ts_ms[own], rows.quality[own], keep[own], idx[a:b] - s)
+            _set_flagged(outcomes[msg], g.index[j], ts_ms[own], quality[own], keep[own], idx[a:b] - s)
 
-    def _json_rows(self, route: _Route, payload: bytes):
+    def _json_rows(self, route: _Route, kind: str, payload: bytes) -> tuple[Rows, dict[str, str]]:
         env = self._envelope(route, payload)
-        return extract_rows(env.samples, route.kind), env.units
+        return extract_rows(env.samples, kind), env.units
 
-    def _envelope(self, route: _Route, payload: bytes):
+    def _envelope(self, route: _Route, payload: bytes) -> Envelope:
         if _looks_binary(payload):
             raise DecodeError("binary_garbage", "payload holds control bytes; not a JSON text")
         env = envelope_of(decode_json(payload))
-        device = route.device
+        _, device = _resolved(route)
         if env.kind is not None and env.kind != route.kind:
             raise DecodeError("wrong_kind", f"schema {env.schema} on a {route.kind} topic")
         if env.device_id is not None and env.device_id != device.id:
@@ -388,7 +421,7 @@ class Decoder:
             raise DecodeError("envelope_mismatch", f"envelope site_id {env.site_id!r} on the topic of site {route.site_id}")
         return env
 
-    def _hj212_rows(self, route: _Route, payload: bytes):
+    def _hj212_rows(self, route: _Route, payload: bytes) -> Rows:
         if not payload.startswith(b"##") and _looks_binary(payload):
             raise DecodeError("binary_garbage", "payload holds control bytes; not an HJ 212 frame")
         frame = hj212.parse_frame(payload)
@@ -413,8 +446,7 @@ class Decoder:
         quality = refused[0] if refused else flagged[0] if flagged else 0
         return rows_from_values(frame.ts_ms, frame.values, quality, raw_row)
 
-    def _status(self, route: _Route, payload: bytes) -> Decoded:
-        device_id = route.device.id
+    def _status(self, route: _Route, device_id: str, payload: bytes) -> Decoded:
         if not payload:
             # An empty retained publish clears the retained status: nothing to record, nothing lost.
             return Decoded(_empty_batch(), [], route.kind, device_id, route.site_id, status=None)
@@ -446,15 +478,15 @@ class _Group:
     def __init__(self) -> None:
         self.msgs: list[int] = []
         self.counts: list[int] = []
-        self.samples: list = []
+        self.samples: list[Any] = []
         self.index: list[int] = []
-        self.devices: list = []
+        self.devices: list[Device] = []
         self.recv_ms: list[int] = []
         self.factors: list[float] = []
         self.p_hi: list[float] = []
 
-    def add(self, msg: int, route: _Route, samples: list, recv_ms: int, factor: float) -> None:
-        device = route.device
+    def add(self, msg: int, route: _Route, samples: list[Any], recv_ms: int, factor: float) -> None:
+        _, device = _resolved(route)
         self.msgs.append(msg)
         self.counts.append(len(samples))
         self.samples.extend(samples)
@@ -463,10 +495,16 @@ class _Group:
         self.recv_ms.append(recv_ms)
         self.factors.append(factor)
         if route.kind == "gas":
-            self.p_hi.append(P_MAX_OF_FULL_SCALE * device.full_scale_kpa)
+            self.p_hi.append(p_hi_of(device))
 
 
-def _p_factor(units: dict, kind: str) -> float | None:
+def _resolved(route: _Route) -> tuple[str, Device]:
+    """The kind and device of a route that resolved (no `error`: _resolve sets both then)."""
+    assert route.kind is not None and route.device is not None, f"unresolved route {route!r}"
+    return route.kind, route.device
+
+
+def _p_factor(units: dict[str, str], kind: str) -> float | None:
     """The factor to kPa a payload's `units` asks for; None when it names a unit check_rows refuses."""
     factor = 1.0
     for name, unit in units.items():
@@ -479,7 +517,7 @@ def _p_factor(units: dict, kind: str) -> float | None:
     return factor
 
 
-def _assemble(m: int, parts: list, outcomes: list[Decoded]) -> tuple[ReadingBatch, list[Decoded]]:
+def _assemble(m: int, parts: list[Part], outcomes: list[Decoded]) -> tuple[ReadingBatch, list[Decoded]]:
     """One batch in message order from the parts, and each outcome pointed at its slice."""
     if not parts:
         return _empty_batch(), outcomes
@@ -504,11 +542,11 @@ _CONTROL = bytes(b for b in range(32) if b not in (9, 10, 13)) + b"\x7f"
 _DELETE_NOTHING = bytes.maketrans(b"", b"")
 
 
-def _batch_of(index: int, rows) -> ReadingBatch:
+def _batch_of(index: int, rows: Rows) -> ReadingBatch:
     """All rows as a ReadingBatch. Columns that are still lists (small payloads) are converted here;
     the dtypes are exact, so ReadingBatch's own conversions are skipped on this hot path."""
     ts = rows.ts_ms
-    if type(ts) is list:
+    if isinstance(ts, list):
         n = len(ts)
         batch = ReadingBatch.__new__(ReadingBatch)
         batch.sensor = np.full(n, index, np.int32)
@@ -516,11 +554,12 @@ def _batch_of(index: int, rows) -> ReadingBatch:
         batch.values = {k: np.array(c, np.float64) for k, c in rows.values.items()}
         batch.quality = np.array(rows.quality, np.uint8)
         return batch
-    return ReadingBatch(np.full(len(ts), index, np.int32), ts * 1_000_000, rows.values, rows.quality)
+    ts_ms, values, quality = rows.arrays()
+    return ReadingBatch(np.full(len(ts_ms), index, np.int32), ts_ms * 1_000_000, dict(values), quality)
 
 
-def _set_flagged(out: Decoded, index: int, ts_ms: np.ndarray, quality: np.ndarray, keep: np.ndarray,
-                 idx: np.ndarray) -> None:
+def _set_flagged(out: Decoded, index: int, ts_ms: npt.NDArray[np.int64], quality: npt.NDArray[np.uint8],
+                 keep: npt.NDArray[np.bool_], idx: Index) -> None:
     """Give `out` the flag-only rows `idx` of its payload (columns of that payload's rows): sensor, ts,
     quality, and no value columns, so that no value rule can judge them."""
     if len(idx) == 0:
@@ -533,7 +572,7 @@ def _looks_binary(payload: bytes) -> bool:
     return len(payload.translate(_DELETE_NOTHING, _CONTROL)) != len(payload)
 
 
-def _row_dict(raw) -> dict | None:
+def _row_dict(raw: object) -> dict[str, Any] | None:
     if type(raw) is dict:
         return raw
     return {"row": raw}

@@ -14,10 +14,15 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 
 from config.connections import basic_auth
+
+if TYPE_CHECKING:
+    from config.connections import Influx
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ class RetryableWriteError(WriteError):
     retry_after_s: the server's Retry-After, when it sent one.
     """
 
-    def __init__(self, message: str, retry_after_s: float | None = None, status: int | None = None):
+    def __init__(self, message: str, retry_after_s: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.status = status
@@ -48,7 +53,7 @@ class RejectedWriteError(WriteError):
     message: InfluxDB's error text; lines: the refused lines (newline-separated). The rest was written.
     """
 
-    def __init__(self, message: str, lines: bytes):
+    def __init__(self, message: str, lines: bytes) -> None:
         super().__init__(message)
         self.message = message
         self.lines = lines
@@ -76,7 +81,7 @@ class InfluxWriter:
         if rejected:
             raise RejectedWriteError(messages[0] if messages else "rejected", b"\n".join(rejected))
 
-    def _write_split(self, lines: bytes, rejected: list, messages: list, budget: list) -> None:
+    def _write_split(self, lines: bytes, rejected: list[bytes], messages: list[str], budget: list[int]) -> None:
         status, message, retry_after = self._post(lines)
         budget[0] -= 1
         if 200 <= status < 300:
@@ -126,7 +131,7 @@ class V1Writer(InfluxWriter):
     """
 
     def __init__(self, url: str, database: str, username: str | None = None, password: str | None = None,
-                 timeout_s: float = 10.0):
+                 timeout_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self.database = database
         self._params = {"db": database, "precision": "ns"}
@@ -157,7 +162,7 @@ class V1Writer(InfluxWriter):
         except (urllib3.exceptions.HTTPError, OSError):
             return False
 
-    def query(self, influxql: str) -> list[dict]:
+    def query(self, influxql: str) -> list[dict[str, Any]]:
         """Run InfluxQL; return the `results` list. Raises RetryableWriteError if the server is unreachable,
         RuntimeError with the server's message for an error result."""
         params = dict(self._params, q=influxql, epoch="ns")
@@ -167,13 +172,14 @@ class V1Writer(InfluxWriter):
                                       headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
             raise RetryableWriteError(f"cannot reach InfluxDB at {self.url}: {exc}") from None
-        body = json.loads(resp.data or b"{}")
+        body: dict[str, Any] = json.loads(resp.data or b"{}")
         if resp.status >= 300 or "error" in body:
             raise RuntimeError(f"InfluxQL {influxql!r}: HTTP {resp.status}: {body.get('error', '')}")
         for result in body.get("results", []):
             if "error" in result:
                 raise RuntimeError(f"InfluxQL {influxql!r}: {result['error']}")
-        return body.get("results", [])
+        results: list[dict[str, Any]] = body.get("results", [])
+        return results
 
     def close(self) -> None:
         self._http.clear()
@@ -186,8 +192,8 @@ class V2Writer(InfluxWriter):
     failures reach the spool logic. The client's own retries are off: retry and backoff live in the spool.
     """
 
-    def __init__(self, url: str, bucket: str, org: str, token: str | None, timeout_s: float = 10.0):
-        from influxdb_client import InfluxDBClient
+    def __init__(self, url: str, bucket: str, org: str, token: str | None, timeout_s: float = 10.0) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.url = url.rstrip("/")
@@ -198,18 +204,21 @@ class V2Writer(InfluxWriter):
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def _post(self, lines: bytes) -> tuple[int, str, float | None]:
-        from influxdb_client.client.write_api import WritePrecision
+        from influxdb_client.domain.write_precision import WritePrecision
         from influxdb_client.rest import ApiException
 
         try:
-            self._api.write(bucket=self.bucket, org=self.org, record=lines, write_precision=WritePrecision.NS)
+            # influxdb-client annotates write_precision as WritePrecision, whose members are plain str class
+            # attributes (WritePrecision.NS == "ns"): its own documented call does not type-check.
+            self._api.write(bucket=self.bucket, org=self.org, record=lines,
+                            write_precision=WritePrecision.NS)  # type: ignore[arg-type]
         except ApiException as exc:
             message = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or exc.reason)
             try:
                 message = json.loads(message).get("message", message)
             except (ValueError, AttributeError):
                 pass
-            headers = exc.headers or {}
+            headers: Mapping[str, str] = exc.headers or {}
             return int(exc.status or 0) or 503, message, _retry_after(headers.get("Retry-After"))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise RetryableWriteError(f"cannot reach InfluxDB at {self.url}: {exc}") from None
@@ -222,25 +231,29 @@ class V2Writer(InfluxWriter):
             return False
 
     def close(self) -> None:
-        self._api.close()
-        self._client.close()
+        # influxdb-client's close() methods carry no annotations.
+        self._api.close()  # type: ignore[no-untyped-call]
+        self._client.close()  # type: ignore[no-untyped-call]
 
 
-def make_writer(influx, env: dict | None = None) -> InfluxWriter:
+def make_writer(influx: Influx, env: Mapping[str, str] | None = None) -> InfluxWriter:
     """Build the writer the `connections.influx` config section asks for; secrets come from `env`."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
 
+    # config.connections.Influx requires bucket and org with api v2, database with v1 (_api_fields).
     if influx.api == "v2":
-        token = env.get(influx.token_env) if influx.token_env else None
+        assert influx.bucket is not None and influx.org is not None
+        token = environ.get(influx.token_env) if influx.token_env else None
         return V2Writer(influx.url, influx.bucket, influx.org, token, influx.timeout_s)
-    user, password = influx.credentials(env) or (None, None)
+    assert influx.database is not None
+    user, password = influx.credentials(environ) or (None, None)
     return V1Writer(influx.url, influx.database, user, password, influx.timeout_s)
 
 
 class Backoff:
     """Capped exponential backoff with an injected clock: `ready()` says whether to try now."""
 
-    def __init__(self, min_s: float = 0.5, max_s: float = 30.0, clock=time.monotonic):
+    def __init__(self, min_s: float = 0.5, max_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.min_s, self.max_s = min_s, max_s
         self._clock = clock
         self._delay = 0.0

@@ -8,9 +8,15 @@ instead of adding a point: that is what makes writes idempotent. Tags come only 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from detectors.batch import FLAG_CODES, GAS_FIELDS, NOISE_FIELDS, ReadingBatch
+
+if TYPE_CHECKING:
+    from config.model import Config
 
 MEASUREMENTS = {"noise": "noise", "gas": "gas_pressure"}
 FIELD_ORDER = tuple(dict.fromkeys((*NOISE_FIELDS, *GAS_FIELDS)))
@@ -43,11 +49,12 @@ def _no_newline(s: str) -> str:
 class LineProtocolEncoder:
     """Encodes batches for one configuration; per-sensor `measurement,tags ` prefixes are built once."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: Config) -> None:
         prefixes = []
         for d in cfg.devices:
-            site = cfg.site(d.site)
-            tags = {"device_id": d.id, "site_id": d.site}
+            # Every noise and gas device has a site (config.inventory); `citywatch run` refuses generic ones.
+            site = cfg.site(d.site) if d.site is not None else None
+            tags = {"device_id": d.id, "site_id": d.site or ""}
             if site is not None and site.district:
                 tags["district"] = site.district
             if d.kind == "gas" and d.pressure_class:
@@ -63,7 +70,7 @@ class LineProtocolEncoder:
 
     CACHE_MAX = 50_000  # ~10 MB at most
 
-    def _floats(self, vals: list) -> list:
+    def _floats(self, vals: list[float]) -> list[str]:
         cache = self._text
         try:
             return list(map(cache.__getitem__, vals))
@@ -105,7 +112,7 @@ class LineProtocolEncoder:
         ts = batch.ts_ns
         if len(groups) == 1:
             return self._lines(int(groups[0]), names, cols, prefix, flag, ts, None).encode("utf-8")
-        out = [None] * n
+        out = [""] * n  # every row is in exactly one group
         for g in groups.tolist():
             idx = np.flatnonzero(pattern == g)
             lines = self._lines(g, names, cols, prefix, flag, ts, idx).split("\n")
@@ -113,7 +120,8 @@ class LineProtocolEncoder:
                 out[i] = line
         return ("\n".join(out) + "\n").encode("utf-8")
 
-    def _lines(self, g: int, names, cols, prefix, flag, ts, idx) -> str:
+    def _lines(self, g: int, names: list[str], cols: list[npt.NDArray[np.float64]], prefix: npt.NDArray[np.object_],
+               flag: npt.NDArray[np.object_], ts: npt.NDArray[np.int64], idx: npt.NDArray[np.intp] | None) -> str:
         chosen = [j for j in range(len(names)) if g >> j & 1]
         fmt = "%s" + "".join(escape_key(names[j]).replace("%", "%%") + "=%s," for j in chosen) + "%s %d"
         if idx is None:
@@ -128,7 +136,7 @@ class LineProtocolEncoder:
 _ENCODERS: dict[int, tuple[object, LineProtocolEncoder]] = {}
 
 
-def encode(batch: ReadingBatch, cfg) -> bytes:
+def encode(batch: ReadingBatch, cfg: Config) -> bytes:
     """Line protocol for `batch` (see LineProtocolEncoder.encode); the encoder of `cfg` is cached."""
     hit = _ENCODERS.get(id(cfg))
     if hit is None or hit[0] is not cfg:

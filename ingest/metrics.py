@@ -10,7 +10,15 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    # numpy is imported when a histogram is built (see LatencyHistogram), not with this module.
+    import numpy.typing as npt
+
+    from ingest.deadletter import DeadLetterRecord
 
 MEASUREMENT = "citywatch_internal"
 
@@ -35,15 +43,23 @@ COUNTERS = (
 )
 
 
+class MetricsSnapshot(TypedDict):
+    """What `IngestMetrics.snapshot` returns: counters by name, dead letters by reason, gauges by name."""
+
+    counters: dict[str, int]
+    deadletter_by_reason: dict[str, int]
+    gauges: dict[str, float | None]
+
+
 @dataclass
 class IngestMetrics:
     """Thread-safe counters and gauges of one running collector."""
 
-    counters: Counter = field(default_factory=Counter)
-    deadletter_by_reason: Counter = field(default_factory=Counter)
-    gauges: dict = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
+    deadletter_by_reason: Counter[str] = field(default_factory=Counter)
+    gauges: dict[str, float | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _latencies: list = field(default_factory=list, repr=False)
+    _latencies: list[float] = field(default_factory=list, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -54,7 +70,7 @@ class IngestMetrics:
             self.deadletter_by_reason[reason] += n
             self.counters["deadletter_records"] += n
 
-    def deadletter_record(self, rec) -> None:
+    def deadletter_record(self, rec: DeadLetterRecord) -> None:
         """Count one stored dead-letter record: the record, and its rejects by reason (each refused row, or
         the payload-level reason), so the per-reason counts do not depend on how rows are grouped."""
         by_reason = rec.rows_by_reason or {rec.reason: 1}
@@ -64,7 +80,7 @@ class IngestMetrics:
             for reason, n in by_reason.items():
                 self.deadletter_by_reason[reason] += n
 
-    def set_gauge(self, name: str, value: float) -> None:
+    def set_gauge(self, name: str, value: float | None) -> None:
         with self._lock:
             self.gauges[name] = value
 
@@ -74,11 +90,11 @@ class IngestMetrics:
             if len(self._latencies) > 10_000:
                 del self._latencies[:5_000]
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> MetricsSnapshot:
         """Counters, dead letters by reason, gauges, and write latency (ms: last, mean, max since last call)."""
         with self._lock:
             lat, self._latencies = self._latencies, []
-            snap = {
+            snap: MetricsSnapshot = {
                 "counters": {name: int(self.counters.get(name, 0)) for name in COUNTERS},
                 "deadletter_by_reason": dict(self.deadletter_by_reason),
                 "gauges": dict(self.gauges),
@@ -91,7 +107,7 @@ class IngestMetrics:
             )
         return snap
 
-    def snapshot_counts(self) -> dict:
+    def snapshot_counts(self) -> MetricsSnapshot:
         """Counters, dead letters by reason and gauges, without taking the write latencies that `snapshot`
         reports since its last call (a Prometheus scrape must not steal them from the InfluxDB points)."""
         with self._lock:
@@ -101,7 +117,8 @@ class IngestMetrics:
                 "gauges": dict(self.gauges),
             }
 
-    def to_lines(self, snap: dict, client_id: str, now_ns: int | None = None, host: str | None = None) -> bytes:
+    def to_lines(self, snap: MetricsSnapshot, client_id: str, now_ns: int | None = None,
+                 host: str | None = None) -> bytes:
         """Line protocol for one snapshot: one point of counters and gauges, one per dead-letter reason."""
         ts = time.time_ns() if now_ns is None else now_ns
         tags = f"host={_tag(host or socket.gethostname())},client_id={_tag(client_id)}"
@@ -131,7 +148,7 @@ class LatencyHistogram:
     the cumulative bucket counts in Prometheus' form; `quantile` an upper bound read from the buckets.
     """
 
-    def __init__(self, bounds_s=LATENCY_BUCKETS_S):
+    def __init__(self, bounds_s: Sequence[float] = LATENCY_BUCKETS_S) -> None:
         import numpy as np
 
         self._np = np
@@ -140,7 +157,7 @@ class LatencyHistogram:
         self._sum = 0.0
         self._lock = threading.Lock()
 
-    def observe_many(self, seconds) -> None:
+    def observe_many(self, seconds: npt.ArrayLike) -> None:
         np = self._np
         v = np.asarray(seconds, np.float64)
         v = v[np.isfinite(v)]
@@ -185,7 +202,8 @@ class LagWatch:
     counts the times it went behind (logged or not), `worst_s` the worst lag of the current episode.
     """
 
-    def __init__(self, what: str, warn_s: float, every_s: float = 60.0, clock=time.monotonic):
+    def __init__(self, what: str, warn_s: float, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if warn_s <= 0:
             raise ValueError(f"warn_s must be > 0, got {warn_s}")
         self.what, self.warn_s, self.every_s, self.clock = what, warn_s, every_s, clock

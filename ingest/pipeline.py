@@ -14,7 +14,8 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from detectors.batch import ReadingBatch
 from ingest.batcher import Flush, MicroBatcher
@@ -28,6 +29,9 @@ from ingest.metrics import IngestMetrics
 from ingest.reachability import Reachability
 from ingest.spool import SpoolFull, SpoolWriter
 
+if TYPE_CHECKING:
+    from config.model import Config
+
 log = logging.getLogger(__name__)
 
 # Reason code of lines InfluxDB refused with HTTP 400 (its message is the record's detail).
@@ -35,23 +39,29 @@ INFLUX_REJECTED = "influx_rejected"
 # Topic recorded for those lines: they come from a batch, not from one MQTT message.
 INFLUX_REJECTED_TOPIC = "influxdb/write"
 
-_STOP = object()
+
+class _Stop:
+    """Inbox and flush-queue marker: finish what came before it, then stop."""
+
+
+_STOP = _Stop()
 
 
 class _Reload:
     """Inbox marker: messages after it are decoded with `cfg` (those before it with the old one)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+
+
+_Control: TypeAlias = "_Reload | _Stop"
+
+
 # A chunk for the decode worker: at most this many messages or payload bytes (about 5,000 rows of 60-sample
 # messages: a chunk should not outgrow a batch), gathered for at most this long.
 CHUNK_MAX = 1000
 CHUNK_MAX_BYTES = 256 * 1024
 CHUNK_WAIT_S = 0.005
-
-
-def _is_control(item) -> bool:
-    return item is _STOP or isinstance(item, _Reload)
 
 
 class IngestPipeline:
@@ -69,10 +79,10 @@ class IngestPipeline:
     decode_processes: 1 = decode in a worker process (loads its config from cfg.base_dir), 0 = in a thread
     """
 
-    def __init__(self, cfg, writer: InfluxWriter, spool: SpoolWriter, deadletters: DeadLetterStore,
-                 metrics: IngestMetrics, ack: Callable[[list], object],
+    def __init__(self, cfg: Config, writer: InfluxWriter, spool: SpoolWriter, deadletters: DeadLetterStore,
+                 metrics: IngestMetrics, ack: Callable[[list[Any]], object],
                  publish: Callable[[str, bytes], None] | None = None, max_messages: int | None = None,
-                 idle_s: float = 0.02, decoder: Decoder | None = None, decode_processes: int = 1):
+                 idle_s: float = 0.02, decoder: Decoder | None = None, decode_processes: int = 1) -> None:
         s = cfg.ingest
         self.cfg = cfg
         self.decoder = decoder or (None if decode_processes else Decoder(cfg))
@@ -87,8 +97,8 @@ class IngestPipeline:
         self.batcher = MicroBatcher(s.batch_max_rows, s.batch_max_age_ms / 1000.0, max_messages)
         self.idle_s = idle_s
         self.backoff = Backoff(0.5, 30.0)
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._flushes: queue.Queue = queue.Queue(maxsize=2)
+        self._inbox: queue.SimpleQueue[Message | _Control] = queue.SimpleQueue()
+        self._flushes: queue.Queue[Flush | _Stop] = queue.Queue(maxsize=2)
         self._on_batch: list[Callable[[ReadingBatch], None]] = []
         self._on_decoded: list[Callable[[ReadingBatch], None]] = []
         self._on_status: list[Callable[[str, str, int], None]] = []
@@ -101,7 +111,8 @@ class IngestPipeline:
         self._status_lines: list[str] = []
         self.decode_processes = 1 if decode_processes else 0
         self._worker: DecodeProcess | None = None
-        self._pending: deque[list] = deque()
+        # Per chunk sent to the worker its ack tokens, per reload sent its marker: in the order the worker answers.
+        self._pending: deque[list[Any] | _Reload] = deque()
         self.failed: str | None = None
         # Wall clock: readings refused as ts_too_old vs accepted, since the last time the log said so.
         self._too_old = TooOldWatch()
@@ -130,7 +141,7 @@ class IngestPipeline:
         """Call `callback(device_id, "online"|"offline", recv_ns)` for each device status message."""
         self._on_status.append(callback)
 
-    def reload(self, cfg) -> None:
+    def reload(self, cfg: Config) -> None:
         """Decode and encode with `cfg` from the next message on (a validated config; process mode loads
         it again from cfg.base_dir). Batching, batch size and age keep their values until a restart."""
         self._inbox.put(_Reload(cfg))
@@ -145,6 +156,7 @@ class IngestPipeline:
 
     def start(self) -> None:
         """Start the worker process (if any) and the pipeline threads."""
+        loops: tuple[tuple[str, Callable[[], None]], ...]
         if self.decode_processes:
             self._worker = DecodeProcess(str(self.cfg.base_dir), self._dl_max)
             loops = (("cw-dispatch", self._dispatch_loop), ("cw-results", self._result_loop))
@@ -173,17 +185,18 @@ class IngestPipeline:
 
     # ----- decode side ------------------------------------------------------------------------------
 
-    def _next_chunk(self, timeout: float) -> list | None:
+    def _next_chunk(self, timeout: float) -> tuple[list[Message], _Control | None] | None:
         """Messages from the inbox: wait up to `timeout` for the first; in process mode then let more
         arrive for CHUNK_WAIT_S (up to CHUNK_MAX messages or CHUNK_MAX_BYTES), so that the worker gets
-        chunks worth sending. None if idle."""
+        chunks worth sending. Returns (messages, the control marker that ended the chunk or None); None if
+        idle."""
         try:
             first = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
+        if isinstance(first, (_Reload, _Stop)):
+            return [], first
         chunk = [first]
-        if _is_control(first):
-            return chunk
         if self._worker is not None and self._inbox.qsize() < CHUNK_MAX:
             # Sleep rather than wait on the queue: waking per message would hand the GIL back and forth
             # with paho's thread for every message.
@@ -194,11 +207,11 @@ class IngestPipeline:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(msg, (_Reload, _Stop)):
+                return chunk, msg
             chunk.append(msg)
-            if _is_control(msg):
-                break
             nbytes += len(msg.payload)
-        return chunk
+        return chunk, None
 
     def _timeout(self) -> float:
         left = self.batcher.time_left()
@@ -214,12 +227,12 @@ class IngestPipeline:
                 if self.batcher.messages:
                     self._hand_on(self.batcher.take())
                 continue
-            control = chunk[-1] if _is_control(chunk[-1]) else None
-            msgs = chunk[:-1] if control is not None else chunk
+            msgs, control = chunk
             if msgs:
+                assert self.decoder is not None  # thread mode always has one (__init__)
                 res = decode_chunk(self.decoder, [(m.topic, m.payload, m.recv_ns) for m in msgs], self._dl_max)
                 self._consume(res, [m.token for m in msgs])
-            if control is _STOP:
+            if isinstance(control, _Stop):
                 self._hand_on(self.batcher.take())
                 self._flushes.put(_STOP)
                 return
@@ -234,30 +247,33 @@ class IngestPipeline:
 
     def _dispatch_loop(self) -> None:
         """Process mode: send chunks to the decode worker; their tokens wait in `_pending`, in order."""
+        worker = self._worker
+        assert worker is not None  # start() creates it before this thread
         try:
             while True:
                 chunk = self._next_chunk(0.5)
                 if chunk is None:
                     continue
-                control = chunk[-1] if _is_control(chunk[-1]) else None
-                msgs = chunk[:-1] if control is not None else chunk
+                msgs, control = chunk
                 if msgs:
                     self._pending.append([m.token for m in msgs])
-                    self._worker.send([(m.topic, m.payload, m.recv_ns) for m in msgs])
-                if control is _STOP:
-                    self._worker.send(None)
+                    worker.send([(m.topic, m.payload, m.recv_ns) for m in msgs])
+                if isinstance(control, _Stop):
+                    worker.send(None)
                     return
                 if control is not None:
                     self._pending.append(control)
-                    self._worker.send(("reload", str(control.cfg.base_dir)))
+                    worker.send(("reload", str(control.cfg.base_dir)))
         except WorkerDied as exc:
             self._die(str(exc))
 
     def _result_loop(self) -> None:
         """Process mode: take decoded chunks back in order, batch them, hand flushes on."""
+        worker = self._worker
+        assert worker is not None  # start() creates it before this thread
         try:
             while True:
-                res = self._worker.receive(self._timeout())
+                res = worker.receive(self._timeout())
                 if res is None:  # the worker finished after the last chunk
                     self._hand_on(self.batcher.take())
                     self._flushes.put(_STOP)
@@ -268,6 +284,7 @@ class IngestPipeline:
                     continue
                 if isinstance(res, tuple):  # the worker's answer to a reload
                     control = self._pending.popleft()
+                    assert isinstance(control, _Reload)  # answers come in the order of what was sent
                     self._hand_on(self.batcher.take())  # rows decoded with the old config leave with it
                     if res[0] == "reloaded":
                         self.cfg = control.cfg
@@ -276,7 +293,11 @@ class IngestPipeline:
                     else:
                         log.error("decode worker could not load the new config (%s); keeping the old one", res[1])
                     continue
-                self._consume(res, self._pending.popleft())
+                # The worker says "ready" only once, before DecodeProcess() returns.
+                assert isinstance(res, ChunkResult), f"unexpected answer from the decode worker: {res!r}"
+                tokens = self._pending.popleft()
+                assert isinstance(tokens, list)  # answers come in the order of what was sent
+                self._consume(res, tokens)
                 if self.batcher.due():
                     self._hand_on(self.batcher.take())
         except WorkerDied as exc:
@@ -288,7 +309,7 @@ class IngestPipeline:
         self._abort.set()
         self._flushes.put(_STOP)
 
-    def _consume(self, res: ChunkResult, tokens: list) -> None:
+    def _consume(self, res: ChunkResult, tokens: list[Any]) -> None:
         m = self.metrics
         m.add("messages_received", len(tokens))
         if len(res.batch):
@@ -350,7 +371,7 @@ class IngestPipeline:
     def _durable_loop(self) -> None:
         while True:
             flush = self._flushes.get()
-            if flush is _STOP:
+            if isinstance(flush, _Stop):
                 return
             try:
                 if not self._make_durable(flush):
@@ -511,14 +532,15 @@ class TooOldWatch:
     """With the wall clock, says once (then at most every `every_s`) when most readings are refused as
     ts_too_old: the sign of a simulation or replay fed to a wall-clock service, which then raises nothing."""
 
-    def __init__(self, min_refused: int = 100, every_s: float = 3600.0, clock=time.monotonic, logger=None):
+    def __init__(self, min_refused: int = 100, every_s: float = 3600.0, clock: Callable[[], float] = time.monotonic,
+                 logger: logging.Logger | None = None) -> None:
         self.min_refused, self.every_s, self.clock = min_refused, every_s, clock
         self.log = logger or log
         self.refused = self.accepted = 0
         self.devices: dict[str, int] = {}
         self._said_at: float | None = None
 
-    def observe(self, records, accepted: int, max_age_s: float) -> bool:
+    def observe(self, records: list[DeadLetterRecord], accepted: int, max_age_s: float) -> bool:
         """Count a chunk's refused-as-too-old rows (`records`: its DeadLetterRecords) and accepted rows; logs and
         returns True when most readings since the last line were refused so."""
         n = 0

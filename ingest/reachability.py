@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 
 class Reachability:
@@ -28,7 +29,7 @@ class Reachability:
     """
 
     def __init__(self, what: str, logger: logging.Logger, down_note: str = "", up_note: str = "",
-                 clock=time.monotonic):
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.log = logger
         self.down_note = down_note

@@ -8,6 +8,7 @@ a torn or corrupt tail (a crash mid-append) is cut off; records before it are ke
 from __future__ import annotations
 
 import fcntl
+import io
 import logging
 import os
 import struct
@@ -15,9 +16,9 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class SpoolWriter:
     re-deliver the last record (InfluxDB writes are idempotent) but never lose one.
     """
 
-    def __init__(self, directory: str | os.PathLike, max_bytes: int, segment_max_bytes: int = 16 * 1024 * 1024,
-                 fsync: bool = True):
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_max_bytes: int = 16 * 1024 * 1024,
+                 fsync: bool = True) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be above 0, got {max_bytes}")
         self.directory = Path(directory)
@@ -84,7 +85,7 @@ class SpoolWriter:
         self._pending: deque[tuple[int, int, int, int]] = deque()  # (segment, offset, size, appended_ns)
         self._pending_bytes = 0
         self._active: int | None = None
-        self._active_file = None
+        self._active_file: io.BufferedWriter | None = None
         self._active_size = 0
         self.recovered_bytes_cut = 0
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -111,14 +112,16 @@ class SpoolWriter:
                 raise SpoolFull(f"spool holds {self._pending_bytes} bytes; bound is {self.max_bytes}")
             if self._active_file is None or self._active_size >= self.segment_max_bytes:
                 self._roll()
+            fh, segment = self._active_file, self._active
+            assert fh is not None and segment is not None  # _roll opened a segment
             crc = zlib.crc32(payload, zlib.crc32(struct.pack("<q", ts)))
             offset = self._active_size
-            self._active_file.write(_HEADER.pack(_MAGIC, len(payload), crc, ts) + payload)
-            self._active_file.flush()
+            fh.write(_HEADER.pack(_MAGIC, len(payload), crc, ts) + payload)
+            fh.flush()
             if self._fsync:
-                os.fsync(self._active_file.fileno())
+                os.fsync(fh.fileno())
             self._active_size += size
-            self._pending.append((self._active, offset, size, ts))
+            self._pending.append((segment, offset, size, ts))
             self._pending_bytes += size
 
     def room_for(self, nbytes: int) -> bool:
@@ -169,7 +172,7 @@ class SpoolWriter:
                 self._lock_file.close()
 
     @staticmethod
-    def inspect(directory: str | os.PathLike) -> SpoolStats:
+    def inspect(directory: str | os.PathLike[str]) -> SpoolStats:
         """Read-only statistics of a spool directory that another process may own (for `citywatch status`)."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -224,8 +227,8 @@ class SpoolWriter:
         if self._active_file is not None:
             self._active_file.close()
         self._active = 0 if self._active is None else self._active + 1
-        self._active_file = open(self._path(self._active), "ab")
-        self._active_size = self._active_file.tell()
+        fh = self._active_file = open(self._path(self._active), "ab")
+        self._active_size = fh.tell()
         if self._fsync:
             _fsync_dir(self.directory)
 
@@ -287,7 +290,7 @@ def _read_cursor(directory: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _scan(path: Path):
+def _scan(path: Path) -> Iterator[tuple[int, int, int, int]]:
     """Yield (offset, size, appended_ns, payload_len) of each intact record, stopping at the first bad one."""
     try:
         data = path.read_bytes()

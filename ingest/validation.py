@@ -11,10 +11,24 @@ from __future__ import annotations
 import math
 import reprlib
 from dataclasses import dataclass, field
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, TypeAlias, cast, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from detectors.batch import FLAG_CODES, GAS_FIELDS, NOISE_FIELDS
+
+if TYPE_CHECKING:
+    from config.ingest_settings import IngestSettings
+    from config.inventory import Device
+
+# A column of Rows: a plain list while rows are few, a numpy array once converted (Rows.to_arrays).
+IntColumn: TypeAlias = "list[int] | npt.NDArray[np.int64]"
+FloatColumn: TypeAlias = "list[float] | npt.NDArray[np.float64]"
+FlagColumn: TypeAlias = "list[int] | npt.NDArray[np.uint8]"
+# (reason, detail, field) of a row that failed while being extracted.
+Failure: TypeAlias = "tuple[str, str, str | None]"
 
 FIELDS = {"noise": NOISE_FIELDS, "gas": GAS_FIELDS}
 
@@ -80,7 +94,7 @@ class Limits:
     refuse_flags: frozenset[int] = frozenset()
 
     @staticmethod
-    def from_settings(settings) -> "Limits":
+    def from_settings(settings: IngestSettings) -> Limits:
         if getattr(settings, "clock", "wall") == "event":
             return Limits(EVENT_CLOCK_SPAN_MS, EVENT_CLOCK_SPAN_MS,
                           frozenset(FLAG_CODES.index(f) for f in getattr(settings, "refuse_flags", ())))
@@ -103,11 +117,11 @@ class Rows:
     single-reading messages are checked on the lists, which is ~30x faster than numpy on 1-element arrays.
     """
 
-    ts_ms: list | np.ndarray
-    values: dict
-    quality: list | np.ndarray
-    failed: dict[int, tuple[str, str, str | None]] = field(default_factory=dict)
-    raw: list = field(default_factory=list)
+    ts_ms: IntColumn
+    values: dict[str, FloatColumn]
+    quality: FlagColumn
+    failed: dict[int, Failure] = field(default_factory=dict)
+    raw: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts_ms)
@@ -118,8 +132,16 @@ class Rows:
             self.values = {k: np.array(c, dtype=np.float64) for k, c in self.values.items()}
             self.quality = np.array(self.quality, dtype=np.uint8)
 
+    def arrays(self) -> tuple[npt.NDArray[np.int64], dict[str, npt.NDArray[np.float64]], npt.NDArray[np.uint8]]:
+        """(ts_ms, values, quality) as numpy arrays, converting the lists first (`to_arrays`); the arrays
+        are the Rows' own, so writing to them writes to the rows."""
+        self.to_arrays()
+        # to_arrays converted every column together: none is a list any more.
+        return (cast("npt.NDArray[np.int64]", self.ts_ms), cast("dict[str, npt.NDArray[np.float64]]", self.values),
+                cast("npt.NDArray[np.uint8]", self.quality))
 
-def extract_rows(samples: list, kind: str, columnar: bool | None = None) -> Rows:
+
+def extract_rows(samples: list[Any], kind: str, columnar: bool | None = None) -> Rows:
     """Pull `{ts, values}` objects into columns. Cells of the wrong type fail their row here.
 
     Unknown value names are ignored (devices add telemetry citywatch does not store); `null` means
@@ -135,14 +157,14 @@ def extract_rows(samples: list, kind: str, columnar: bool | None = None) -> Rows
     n = len(samples)
     ts = [0] * n
     qual = [0] * n
-    cols: dict[str, list] = {}
-    failed: dict[int, tuple[str, str, str | None]] = {}
+    cols: dict[str, FloatColumn] = {}
+    failed: dict[int, Failure] = {}
     for i, s in enumerate(samples):
         if type(s) is not dict:
             failed[i] = _deep("sample", s) or (
                 "bad_schema", f"sample must be an object with ts and values, got {_typename(s)}", "sample")
             continue
-        t = s.get("ts")
+        t: Any = s.get("ts")  # a JSON cell of any type: checked by its exact type below
         tt = type(t)
         if tt is int:
             if -TS_MS_LIMIT < t < TS_MS_LIMIT:
@@ -207,7 +229,7 @@ _NUMBER_TYPES = frozenset((float, int))
 _FLAG_INDEX = {c: i for i, c in enumerate(FLAG_CODES)}
 
 
-def _extract_columnar(samples: list, kind: str) -> Rows | None:
+def _extract_columnar(samples: list[Any], kind: str) -> Rows | None:
     """Column-at-a-time extraction for the common case: every sample a well-typed `{ts, values}` with
     the same value names, numbers finite, ts integers. Returns None for anything else, and the caller
     takes the per-cell path, which names each failure; so both paths yield the same Rows."""
@@ -223,8 +245,8 @@ def _extract_columnar(samples: list, kind: str) -> Rows | None:
             return None
         ts = np.clip(np.array(ts_list, dtype=np.int64), -TS_MS_LIMIT, TS_MS_LIMIT)
         known = FIELDS[kind]
-        cols: dict[str, np.ndarray] = {}
-        quality = None
+        cols: dict[str, FloatColumn] = {}
+        quality: npt.NDArray[np.uint8] | None = None
         for k in names:
             col = [v[k] for v in vals]  # KeyError when a sample lacks a name the first one has
             if k in known:
@@ -246,9 +268,9 @@ def _extract_columnar(samples: list, kind: str) -> Rows | None:
     return Rows(ts, cols, quality, {}, samples)
 
 
-def rows_from_values(ts_ms: int, values: dict[str, float], quality: int, raw) -> Rows:
+def rows_from_values(ts_ms: int, values: dict[str, float], quality: int, raw: object) -> Rows:
     """A single row (HJ 212 frames) in the same form as `extract_rows` gives."""
-    failed = {}
+    failed: dict[int, Failure] = {}
     for k, v in values.items():
         if not math.isfinite(v):
             failed[0] = ("non_finite", f"{k} is {v}", k)
@@ -262,9 +284,9 @@ SCALAR_MAX_ROWS = 16
 
 
 def check_rows(
-    rows: Rows, kind: str, device, recv_ms: int, limits: Limits, units: dict | None = None,
+    rows: Rows, kind: str, device: Device, recv_ms: int, limits: Limits, units: dict[str, str] | None = None,
     vectorized: bool | None = None,
-):
+) -> tuple[npt.NDArray[np.bool_] | None, list[tuple[int, str, str]]]:
     """Convert units and check every row.
 
     device:     the inventory Device (gas: full_scale_kpa bounds `p`)
@@ -288,21 +310,22 @@ def check_rows(
                 continue
             col = rows.values.get("p")
             if factor != 1.0 and col is not None:
-                rows.values["p"] = [v * factor for v in col] if type(col) is list else col * factor
-    p_hi = P_MAX_OF_FULL_SCALE * device.full_scale_kpa if kind == "gas" else 0.0
+                rows.values["p"] = [v * factor for v in col] if isinstance(col, list) else col * factor
+    p_hi = p_hi_of(device) if kind == "gas" else 0.0
     if vectorized is None:
         vectorized = n > SCALAR_MAX_ROWS
+    found: npt.NDArray[np.int8] | list[int]
     if vectorized:
         rows.to_arrays()
-        code = _codes_vectorized(rows, kind, p_hi, recv_ms, limits)
-        if not code.any():
+        found = _codes_vectorized(rows, kind, p_hi, recv_ms, limits)
+        if not found.any():
             return None, []
     else:
-        code = _codes_scalar(rows, kind, p_hi, recv_ms, limits)
-        if not any(code):
+        found = _codes_scalar(rows, kind, p_hi, recv_ms, limits)
+        if not any(found):
             return None, []
         rows.to_arrays()
-    code = np.array(code, dtype=np.int8)
+    code = np.array(found, dtype=np.int8)
     keep = code == 0
     rejects = []
     for i in np.flatnonzero(~keep).tolist():
@@ -393,15 +416,29 @@ def _codes_scalar(rows: Rows, kind: str, p_hi: float, recv_ms: int, limits: Limi
     return code
 
 
-def _p_band(p_hi):
+def p_hi_of(device: Device) -> float:
+    """The top of a gas device's valid pressure range, kPa: P_MAX_OF_FULL_SCALE x its full scale."""
+    full_scale = device.full_scale_kpa
+    # config.inventory.Device requires full_scale_kpa of every gas device; only gas rows ask for it.
+    assert full_scale is not None, f"gas device {device.id} has no full_scale_kpa"
+    return P_MAX_OF_FULL_SCALE * full_scale
+
+
+@overload
+def _p_band(p_hi: float) -> tuple[float, float]: ...
+@overload
+def _p_band(p_hi: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def _p_band(
+    p_hi: float | npt.NDArray[np.float64],
+) -> tuple[float | npt.NDArray[np.float64], float | npt.NDArray[np.float64]]:
     """(low, high) kPa beyond which a pressure is refused; inside it but outside the valid range it is a
     sensor-fault reading kept with flag T. `p_hi` is 1.1 x full scale (a scalar or per-row array)."""
     full_scale = p_hi / P_MAX_OF_FULL_SCALE
     return P_MIN_KPA - FAULT_BAND_BELOW_OF_FULL_SCALE * full_scale, FAULT_BAND_ABOVE_OF_FULL_SCALE * full_scale
 
 
-def _row_disorder(row: dict) -> bool:
-    running = None
+def _row_disorder(row: dict[str, float]) -> bool:
+    running: float | None = None
     for name in NOISE_CHAIN:
         v = row.get(name)
         if v is None:
@@ -418,7 +455,9 @@ def _row_disorder(row: dict) -> bool:
     return False
 
 
-def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, groups: np.ndarray | None = None) -> np.ndarray:
+def _codes_vectorized(rows: Rows, kind: str, p_hi: float | npt.NDArray[np.float64],
+                      recv_ms: int | npt.NDArray[np.int64], limits: Limits,
+                      groups: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.int8]:
     """Per-row reason codes (0 = ok), every row at once.
 
     p_hi, recv_ms: scalars, or per-row arrays when rows of several messages are checked together
@@ -428,10 +467,9 @@ def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, grou
     code = np.zeros(n, np.int8)
     for i, failure in rows.failed.items():
         code[i] = _C[failure[0]]
-    vals = rows.values
-    ts = rows.ts_ms
+    ts, vals, quality = rows.arrays()
 
-    def mark(reason: str, bad: np.ndarray) -> None:
+    def mark(reason: str, bad: npt.NDArray[np.bool_]) -> None:
         code[bad & (code == 0)] = _C[reason]
 
     have = np.zeros(n, bool)
@@ -460,12 +498,12 @@ def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, grou
     if limits.refuse_flags:
         lut = np.zeros(256, bool)
         lut[list(limits.refuse_flags)] = True
-        mark("hj212_flag", lut[rows.quality])
+        mark("hj212_flag", lut[quality])
 
     p = vals.get("p")
     if p is not None:
-        fault = (code == 0) & ((p < P_MIN_KPA) | (p > p_hi)) & (rows.quality == 0)
-        rows.quality[fault] = FLAG_T
+        fault = (code == 0) & ((p < P_MIN_KPA) | (p > p_hi)) & (quality == 0)
+        quality[fault] = FLAG_T
 
     ok = np.flatnonzero(code == 0)
     if len(ok) > 1:
@@ -481,8 +519,8 @@ def _codes_vectorized(rows: Rows, kind: str, p_hi, recv_ms, limits: Limits, grou
     return code
 
 
-def reason_codes(rows: Rows, kind: str, p_hi: np.ndarray, recv_ms: np.ndarray, limits: Limits,
-                 groups: np.ndarray) -> np.ndarray:
+def reason_codes(rows: Rows, kind: str, p_hi: float | npt.NDArray[np.float64], recv_ms: npt.NDArray[np.int64],
+                 limits: Limits, groups: npt.NDArray[np.int64]) -> npt.NDArray[np.int8]:
     """Reason codes (0 = ok, else 1 + index in CHECK_ORDER) of rows from several messages of one kind,
     with per-row full-scale bound `p_hi` (kPa), receive time `recv_ms` and message number `groups`.
     The same checks as `check_rows`, per message; units must already be converted."""
@@ -490,17 +528,17 @@ def reason_codes(rows: Rows, kind: str, p_hi: np.ndarray, recv_ms: np.ndarray, l
     return _codes_vectorized(rows, kind, p_hi, recv_ms, limits, groups)
 
 
-def explain(reason: str, i: int, rows: Rows, kind: str, device, recv_ms: int, limits: Limits) -> str:
+def explain(reason: str, i: int, rows: Rows, kind: str, device: Device, recv_ms: int, limits: Limits) -> str:
     """The detail text of row i's reject (the extraction detail when it failed there)."""
     if i in rows.failed:
         return rows.failed[i][1]
     return _explain(reason, i, rows, kind, device, recv_ms, limits)
 
 
-def _noise_disorder(vals: dict[str, np.ndarray], n: int) -> np.ndarray:
+def _noise_disorder(vals: dict[str, npt.NDArray[np.float64]], n: int) -> npt.NDArray[np.bool_]:
     """Rows where the levels present break lmin <= l95 <= .. <= l5 <= lmax or lmin <= leq <= lmax."""
     bad = np.zeros(n, bool)
-    running = None
+    running: npt.NDArray[np.float64] | None = None
     for name in NOISE_CHAIN:
         col = vals.get(name)
         if col is None:
@@ -520,11 +558,11 @@ def _noise_disorder(vals: dict[str, np.ndarray], n: int) -> np.ndarray:
     return bad
 
 
-def _explain(reason: str, i: int, rows: Rows, kind: str, device, recv_ms: int, limits: Limits) -> str:
+def _explain(reason: str, i: int, rows: Rows, kind: str, device: Device, recv_ms: int, limits: Limits) -> str:
     """The detail text of a rejected row (computed only for rejects, so the hot path stays vectorized)."""
     ts = int(rows.ts_ms[i])
     raw = rows.raw[i] if i < len(rows.raw) else None
-    sent = raw.get("ts") if type(raw) is dict else None
+    sent: Any = raw.get("ts") if type(raw) is dict else None  # the ts cell as sent: any JSON type
     if type(sent) in (int, float) and sent - sent == 0 and sent != ts:
         # Clamped for int64 ns or rounded: name the value as sent, and the date it would be.
         ts = sent if type(sent) is int else int(sent) if abs(sent) < 1e30 else sent
@@ -545,7 +583,7 @@ def _explain(reason: str, i: int, rows: Rows, kind: str, device, recv_ms: int, l
     if reason == "out_of_range":
         out = []
         for name, v in row.items():
-            lo, hi = _p_band(P_MAX_OF_FULL_SCALE * device.full_scale_kpa) if name == "p" else RANGES[name]
+            lo, hi = _p_band(p_hi_of(device)) if name == "p" else RANGES[name]
             if not lo <= v <= hi:
                 unit = " kPa" if name == "p" else ""
                 out.append(f"{name}={v:g}{unit} outside [{lo:g}, {hi:g}]")
@@ -561,15 +599,15 @@ def _explain(reason: str, i: int, rows: Rows, kind: str, device, recv_ms: int, l
 
 
 def _iso(ms: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
-        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
     except (OverflowError, OSError, ValueError):
         return "out of calendar range"
 
 
-def _typename(v) -> str:
+def _typename(v: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(v), "a number"
     )
@@ -580,7 +618,7 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 40, 40
 
 
-def _show(v) -> str:
+def _show(v: object) -> str:
     text = _REPR.repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -588,13 +626,13 @@ def _show(v) -> str:
 _CONTAINERS = (list, dict)
 
 
-def _deep(name: str, v) -> tuple[str, str, str] | None:
+def _deep(name: str, v: object) -> tuple[str, str, str] | None:
     """A `too_deep` failure for cell `name` when `v` nests containers more than MAX_ROW_DEPTH levels, else None.
 
     Iterative, so that no depth can raise RecursionError; it stops at the first path that is too deep."""
     if type(v) not in _CONTAINERS:
         return None
-    stack = [(v, 1)]
+    stack: list[tuple[Any, int]] = [(v, 1)]
     while stack:
         x, depth = stack.pop()
         if depth > MAX_ROW_DEPTH:
@@ -604,7 +642,7 @@ def _deep(name: str, v) -> tuple[str, str, str] | None:
     return None
 
 
-def field_of(reason: str, i: int, rows: Rows, kind: str, device) -> str | None:
+def field_of(reason: str, i: int, rows: Rows, kind: str, device: Device) -> str | None:
     """The field a refused row is refused for (the cell that failed extraction, else from the check), for
     the dead-letter record's list of refused rows. Computed only for rejects."""
     if i in rows.failed:
@@ -625,7 +663,7 @@ def field_of(reason: str, i: int, rows: Rows, kind: str, device) -> str | None:
             v = float(col[i])
             if v != v:
                 continue
-            lo, hi = _p_band(P_MAX_OF_FULL_SCALE * device.full_scale_kpa) if name == "p" else RANGES[name]
+            lo, hi = _p_band(p_hi_of(device)) if name == "p" else RANGES[name]
             if not lo <= v <= hi:
                 out.append(name)
         return ",".join(out) or None

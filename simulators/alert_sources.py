@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from config.connections import Influx, basic_auth
 from simulators.scoring import ScoredAlert, parse_time_ms
@@ -64,25 +65,25 @@ def start_from_id(alert_id: str) -> int | None:
     m = _ID_STAMP.search(alert_id)
     if not m:
         return None
-    t = dt.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000) + int(m.group(2))
 
 
-def highest_severity(*names) -> str:
+def highest_severity(*names: object) -> str:
     """The highest of severity names ("" when none is a severity); unknown names rank as nothing."""
     best = ""
     for name in names:
-        name = str(name or "")
-        if _SEVERITY_RANK.get(name, 0) > _SEVERITY_RANK.get(best, 0):
-            best = name
+        text = str(name or "")
+        if _SEVERITY_RANK.get(text, 0) > _SEVERITY_RANK.get(best, 0):
+            best = text
     return best
 
 
-def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
+def from_notice_payloads(notices: list[dict[str, Any]]) -> list[ScoredAlert]:
     """One ScoredAlert per alert_id from notice payloads (engine notices: alert_id, rule_id, site{id},
     device{id}, severity, peak_severity, transition, start_ts); the highest severity any notice
     reported, current or peak, wins."""
-    by_id: dict[str, dict] = {}
+    by_id: dict[str, dict[str, Any]] = {}
     for n in notices:
         if not isinstance(n, dict) or "alert_id" not in n or "rule_id" not in n:
             continue
@@ -91,8 +92,9 @@ def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
             continue
         a = by_id.setdefault(n["alert_id"], {"severity": "", "start": None, "fired": False})
         a["rule_id"] = n["rule_id"]
-        dev = n.get("device") if isinstance(n.get("device"), dict) else {}
-        site = n.get("site") if isinstance(n.get("site"), dict) else {}
+        device_doc, site_doc = n.get("device"), n.get("site")
+        dev: dict[str, Any] = device_doc if isinstance(device_doc, dict) else {}
+        site: dict[str, Any] = site_doc if isinstance(site_doc, dict) else {}
         a["device_id"] = dev.get("id") or n.get("device_id") or ""
         a["site_id"] = site.get("id") or n.get("site_id") or ""
         if n.get("transition", "firing") != "resolved" or n.get("firing_ts"):
@@ -103,7 +105,7 @@ def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
         start = n.get("start_ts")
         if start:
             a["start"] = parse_time_ms(start)
-    out = []
+    out: list[ScoredAlert] = []
     for alert_id, a in by_id.items():
         if not a["fired"]:
             continue
@@ -118,7 +120,7 @@ def from_notice_payloads(notices: list[dict]) -> list[ScoredAlert]:
 def from_notices(path: Path) -> list[ScoredAlert]:
     """A JSONL capture of the alert topic: lines of `citywatch record` ({topic, payload|payload_b64}),
     `mosquitto_sub -v` (`topic {json}`), or bare notice JSON objects."""
-    notices = []
+    notices: list[dict[str, Any]] = []
     try:
         fh = open(path, encoding="utf-8")
     except OSError as exc:
@@ -136,7 +138,9 @@ def from_notices(path: Path) -> list[ScoredAlert]:
     return from_notice_payloads(notices)
 
 
-def _line_doc(line: str):
+def _line_doc(line: str) -> Any:
+    """The JSON document a line carries (a notice, if anything): {} for a line of another topic, None for
+    a line of no known shape."""
     try:
         doc = json.loads(line)
     except json.JSONDecodeError:
@@ -154,7 +158,7 @@ def _line_doc(line: str):
     return doc
 
 
-def stored_severity(body: dict) -> str:
+def stored_severity(body: dict[str, Any]) -> str:
     """The highest severity of a stored alert body: `peak_severity`, or `severity` in older stores."""
     codes = [body.get("severity"), body.get("peak_severity")]
     return highest_severity(*(_SEVERITY_NAMES.get(int(c), "") for c in codes
@@ -171,7 +175,7 @@ def from_sqlite(path: str) -> list[ScoredAlert]:
         db.close()
     except sqlite3.Error as exc:
         raise AlertSourceError(f"{path}: {exc}") from None
-    out = []
+    out: list[ScoredAlert] = []
     for (body,) in rows:
         a = json.loads(body)
         if a.get("firing_ns") is None:
@@ -206,10 +210,10 @@ def from_influx(url: str, database: str, measurement: str = "alerts", timeout_s:
     return from_influx_result(doc, url)
 
 
-def from_influx_result(doc: dict, where: str = "influx") -> list[ScoredAlert]:
+def from_influx_result(doc: dict[str, Any], where: str = "influx") -> list[ScoredAlert]:
     """Alerts from a v1 /query response over the `alerts` measurement; severity = the highest over the
     alert's transitions (the `severity` tag of each point, and a `peak_severity` field where present)."""
-    notices = []
+    notices: list[dict[str, Any]] = []
     for result in doc.get("results", []):
         if "error" in result:
             raise AlertSourceError(f"{where}: {result['error']}")

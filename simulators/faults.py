@@ -8,6 +8,10 @@ fire as a side effect without counting as false alerts (a blue pre-warning befor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simulators.scenario import Fault
 
 
 @dataclass(frozen=True)
@@ -18,7 +22,7 @@ class FaultType:
     rules: tuple[str, ...]
     allowed: tuple[str, ...] = ()
     severity: str | None = None
-    params: dict = field(default_factory=dict)   # parameter -> default
+    params: dict[str, Any] = field(default_factory=dict)   # parameter -> default
     protocol: str | None = None         # a protocol the fault needs (C4 crc/length: hj212)
 
 
@@ -62,6 +66,7 @@ _TYPES = [
 FAULT_TYPES: dict[str, FaultType] = {t.code: t for t in _TYPES}
 
 
-def param(fault, key: str):
-    """A fault parameter: the scenario's value, else the type's default."""
+def param(fault: Fault, key: str) -> Any:
+    """A fault parameter: the scenario's value, else the type's default (any YAML value: the caller
+    converts it)."""
     return fault.params.get(key, fault.type.params.get(key))

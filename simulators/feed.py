@@ -10,19 +10,26 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ingest.codecs.hj212 import build_noise_frame
 from ingest.codecs.json_envelope import encode_batch
 from simulators.faults import param
-from simulators.scenario import iso_utc
 from simulators.gas_sensor import simulate_gas
 from simulators.noise_monitor import simulate_noise
+from simulators.scenario import iso_utc
 from simulators.series import DeviceSeries, device_rng
+
+if TYPE_CHECKING:
+    from config.inventory import Device
+    from config.model import Config
+    from simulators.scenario import Fault, Scenario
 
 _Y2K_MS = 946684800000  # 2000-01-01T00:00Z: where a device clock lands after a reset (C3)
 
@@ -43,7 +50,7 @@ class Message:
     payload: bytes
     n: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         try:
             body = {"payload": self.payload.decode("utf-8")}
         except UnicodeDecodeError:
@@ -51,23 +58,34 @@ class Message:
         return {"t": self.t_ms, "device": self.device, "topic": self.topic, "n": self.n, **body}
 
 
-def data_topic(device) -> str:
+def data_topic(device: Device) -> str:
     """The topic a device publishes readings on (domain.md section 3)."""
     if device.protocol == "hj212":
         return f"city/xm/hj212/{device.mn_or_id}"
     return f"city/xm/{device.kind}/{device.site}/{device.id}/data"
 
 
-def status_topic(device) -> str:
+def status_topic(device: Device) -> str:
     return f"city/xm/{device.kind}/{device.site}/{device.id}/status"
 
 
-def _utc_offset_s(scenario) -> int:
+def _utc_offset_s(scenario: Scenario) -> int:
     # One offset for the whole scenario: Asia/Shanghai has had no daylight saving since 1991.
-    return int(dt.datetime.fromtimestamp(scenario.start_ms / 1000, scenario.tz).utcoffset().total_seconds())
+    offset = dt.datetime.fromtimestamp(scenario.start_ms / 1000, scenario.tz).utcoffset()
+    assert offset is not None  # an aware datetime (scenario.tz is a ZoneInfo) has one
+    return int(offset.total_seconds())
 
 
-def simulate_device(device, scenario) -> DeviceSeries:
+def site_of(device: Device) -> str:
+    """The site of a device the simulators publish for. Raises ValueError for a device without one (a
+    generic device: it has no topic, and only `citywatch detect` reads it)."""
+    if device.site is None:
+        raise ValueError(f"device {device.id} is of kind {device.kind} and has no site: only noise and gas "
+                         "devices can be simulated or replayed")
+    return device.site
+
+
+def simulate_device(device: Device, scenario: Scenario) -> DeviceSeries:
     """The readings of one device over the scenario, its faults applied."""
     offset_s = _utc_offset_s(scenario)
     if device.kind == "noise":
@@ -75,11 +93,11 @@ def simulate_device(device, scenario) -> DeviceSeries:
     return simulate_gas(device, scenario, offset_s)
 
 
-def build_feed(scenario, cfg) -> list[Message]:
+def build_feed(scenario: Scenario, cfg: Config) -> list[Message]:
     """Every message of the scenario day (history excluded), ordered by (simulated publish time, inventory order)."""
     out: list[tuple[int, int, int, Message]] = []
     for index, device_id in enumerate(scenario.devices):
-        device = cfg.device(device_id)
+        device = cfg.devices[cfg.device_index(device_id)]  # the scenario's devices are the config's
         for k, msg in enumerate(device_messages(device, scenario, _history_seq(device, scenario))):
             out.append((msg.t_ms, index, k, msg))
     out.sort(key=lambda r: r[:3])
@@ -89,7 +107,7 @@ def build_feed(scenario, cfg) -> list[Message]:
 HISTORY_BATCH_S = 3600
 
 
-def build_history(scenario, cfg) -> list[Message]:
+def build_history(scenario: Scenario, cfg: Config) -> list[Message]:
     """The fault-free history before the scenario's start: one JSON envelope per device and hour (a
     back-fill, as a data migration would send it; HJ 212 devices too), ordered like build_feed."""
     hist = scenario.history()
@@ -97,7 +115,7 @@ def build_history(scenario, cfg) -> list[Message]:
         return []
     out: list[tuple[int, int, Message]] = []
     for index, device_id in enumerate(scenario.devices):
-        device = cfg.device(device_id)
+        device = cfg.devices[cfg.device_index(device_id)]  # the scenario's devices are the config's
         series = simulate_device(device, hist)
         hour = (series.ts_ms - hist.start_ms - 1) // (HISTORY_BATCH_S * 1000)
         bounds = np.flatnonzero(np.r_[True, hour[1:] != hour[:-1], True])
@@ -105,20 +123,20 @@ def build_history(scenario, cfg) -> list[Message]:
         for seq, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]), 1):
             samples = [(int(series.ts_ms[r]), _values(series, r)) for r in range(a, b)]
             t = samples[-1][0]
-            payload = encode_batch(device.id, device.site, device.kind, samples, seq, device.sample_s, t)
+            payload = encode_batch(device.id, site_of(device), device.kind, samples, seq, device.sample_s, t)
             out.append((t, index, Message(t, device.id, topic, payload, len(samples))))
     out.sort(key=lambda r: r[:2])
     return [r[2] for r in out]
 
 
-def _history_seq(device, scenario) -> int:
+def _history_seq(device: Device, scenario: Scenario) -> int:
     """Envelope seq numbers of the scenario day continue after the history's (one per hour)."""
     if scenario.history_ms <= 0:
         return 0
     return -(-scenario.history_ms // (HISTORY_BATCH_S * 1000))
 
 
-def device_messages(device, scenario, seq0: int = 0) -> list[Message]:
+def device_messages(device: Device, scenario: Scenario, seq0: int = 0) -> list[Message]:
     """The messages of one device, in its own publish order; envelope seq numbers start after `seq0`."""
     series = simulate_device(device, scenario)
     rng = device_rng(scenario.seed, device.id, "comms")
@@ -151,7 +169,8 @@ def device_messages(device, scenario, seq0: int = 0) -> list[Message]:
     for f in faults:
         if f.type.code != "C1":
             continue
-        held, kept = [], []
+        held: list[tuple[int, list[int]]] = []
+        kept: list[tuple[int, list[int]]] = []
         for t, rows in groups:
             (held if f.start_ms <= t < f.end_ms else kept).append((t, rows))
         if held:
@@ -178,7 +197,7 @@ def device_messages(device, scenario, seq0: int = 0) -> list[Message]:
             if not samples:
                 continue
             seq += 1
-            payload = encode_batch(device.id, device.site, device.kind, samples, seq, device.sample_s, t_pub)
+            payload = encode_batch(device.id, site_of(device), device.kind, samples, seq, device.sample_s, t_pub)
             msgs.append(Message(t_pub, device.id, data_topic(device), payload, len(samples)))
 
     for f in faults:
@@ -190,8 +209,8 @@ def device_messages(device, scenario, seq0: int = 0) -> list[Message]:
     return msgs
 
 
-def _values(series: DeviceSeries, r: int) -> dict:
-    out = {}
+def _values(series: DeviceSeries, r: int) -> dict[str, float | str]:
+    out: dict[str, float | str] = {}
     for k, col in series.values.items():
         v = col[r]
         if not np.isnan(v):
@@ -201,14 +220,15 @@ def _values(series: DeviceSeries, r: int) -> dict:
     return out
 
 
-def _frame(device, series: DeviceSeries, ts: np.ndarray, r: int, offset_s: int) -> bytes:
+def _frame(device: Device, series: DeviceSeries, ts: npt.NDArray[np.int64], r: int, offset_s: int) -> bytes:
     # Minute data (CN 2051) is stamped with the start of its minute in Beijing time.
     start_local = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(ts[r]) - device.sample_s * 1000 + offset_s * 1000)
     values = {k: float(series.values[k][r]) for k in ("leq", "lmax", "lmin", "l10", "l50", "l90")}
+    assert series.flags is not None  # noise series always carry flags (simulate_noise)
     return build_noise_frame(device.mn_or_id, start_local, values, str(series.flags[r]), cn=2051)
 
 
-def _dup_and_reorder(msgs: list[Message], f, rng: np.random.Generator) -> list[Message]:
+def _dup_and_reorder(msgs: list[Message], f: Fault, rng: np.random.Generator) -> list[Message]:
     """C2: a share of messages is sent twice (QoS 1 redelivery), another share swaps order with the next."""
     p_dup, p_ooo = float(param(f, "dup_pct")) / 100.0, float(param(f, "ooo_pct")) / 100.0
     draws = rng.uniform(0, 1, (2, len(msgs)))
@@ -227,7 +247,7 @@ def _dup_and_reorder(msgs: list[Message], f, rng: np.random.Generator) -> list[M
     return result
 
 
-def _corrupt(msgs: list[Message], f, rng: np.random.Generator, protocol: str) -> list[Message]:
+def _corrupt(msgs: list[Message], f: Fault, rng: np.random.Generator, protocol: str) -> list[Message]:
     """C4: frames with a wrong CRC or length field (HJ 212), or truncated JSON."""
     share = float(param(f, "pct")) / 100.0
     out = []
@@ -257,7 +277,7 @@ def write_feed(messages: Iterable[Message], out: IO[str]) -> int:
     return n
 
 
-def write_truth(scenario, path: Path) -> int:
+def write_truth(scenario: Scenario, path: Path) -> int:
     """Write the ground truth: one JSON record per injected fault, ordered by start."""
     faults = sorted(scenario.faults, key=lambda f: (f.start_ms, f.id))
     # Each record also names its scenario's span and device count: `score` needs them for false alerts
@@ -270,7 +290,7 @@ def write_truth(scenario, path: Path) -> int:
     return len(faults)
 
 
-def iter_json_lines(path: Path) -> Iterator[dict]:
+def iter_json_lines(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             line = line.strip()

@@ -3,10 +3,17 @@ voltage and device temperature, with the gas faults of domain.md section 6 (G1-G
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from simulators.faults import param
 from simulators.series import DeviceSeries, device_rng, in_fault, local_minutes
+
+if TYPE_CHECKING:
+    from config.inventory import Device
+    from simulators.scenario import Scenario
 
 # Demand peaks 07-09 and 17-20 pull the pressure down; night demand is low (G1: +-5 % daily profile).
 _PEAKS = ((8.0 * 60, 55.0), (18.5 * 60, 70.0))   # (centre minute, sigma minutes)
@@ -14,18 +21,18 @@ PROFILE_HIGH, PROFILE_SPAN = 1.03, 0.08           # pressure factor = HIGH - SPA
 NOISE_FRACTION = 0.003                            # sensor + flow noise, fraction of the set pressure
 
 
-def demand(minute: np.ndarray) -> np.ndarray:
+def demand(minute: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Relative demand in [0, 1] by local minute of day."""
     d = sum(np.exp(-0.5 * ((minute - c) / s) ** 2) for c, s in _PEAKS)
     return np.clip(0.1 + 0.9 * d, 0.0, 1.0)
 
 
-def pressure_decimals(device) -> int:
+def pressure_decimals(device: Device) -> int:
     """Resolution the sensor reports: 1 Pa on low-pressure points, 10 Pa above."""
     return 3 if device.pressure_class == "low" else 2
 
 
-def simulate_gas(device, scenario, offset_s: int) -> DeviceSeries:
+def simulate_gas(device: Device, scenario: Scenario, offset_s: int) -> DeviceSeries:
     """Samples of one gas-pressure sensor over the scenario (p kPa, batt_v V, t_dev degC), faults applied.
 
     device:   config Device (kind gas) with set_pressure_kpa, full_scale_kpa, sample_s
@@ -38,6 +45,8 @@ def simulate_gas(device, scenario, offset_s: int) -> DeviceSeries:
     rng = device_rng(scenario.seed, device.id)
     d_p, d_b, d_t = rng.normal(0, 1, n), rng.normal(0, 1, n), rng.normal(0, 1, n)
     minute = local_minutes(ts, offset_s)
+    # config.inventory.Device requires set_pressure_kpa and full_scale_kpa of every gas device.
+    assert device.set_pressure_kpa is not None and device.full_scale_kpa is not None
     ps = float(device.set_pressure_kpa)
     base = ps * (PROFILE_HIGH - PROFILE_SPAN * demand(minute))
     p = base + ps * NOISE_FRACTION * d_p

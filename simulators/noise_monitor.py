@@ -3,10 +3,19 @@ site's background, its crews' work schedule and the noise faults of domain.md se
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from simulators.faults import param
 from simulators.series import DeviceSeries, device_rng, energy_sum, in_fault, local_minutes, uniform
+
+if TYPE_CHECKING:
+    from config.inventory import Device
+    from simulators.scenario import Scenario
+
+_Floats = npt.NDArray[np.float64]
 
 # Background Leq by local minute of day (S2: day 55-62, night 42-50 dB(A)). The evening falls off
 # before 22:00 so that the 20-minute Leq has settled below the night limit when night begins.
@@ -16,7 +25,7 @@ _BG_KNOTS_DB = [45.0, 47.0, 57.0, 57.0, 49.0, 45.0, 45.0]
 NOISE_ORDER = ("leq", "lmax", "lmin", "l10", "l50", "l90")
 
 
-def simulate_noise(device, scenario, offset_s: int) -> DeviceSeries:
+def simulate_noise(device: Device, scenario: Scenario, offset_s: int) -> DeviceSeries:
     """Readings of one noise monitor over the scenario, faults applied.
 
     device:   config Device (kind noise); its report interval is the aggregation interval
@@ -99,7 +108,9 @@ def simulate_noise(device, scenario, offset_s: int) -> DeviceSeries:
     return DeviceSeries(device.id, ts, values, flags)
 
 
-def _set_source(mask, src, src_lmax, leq, l10, l50, l90, lmax, lmin, u, impulsive: bool) -> None:
+def _set_source(mask: npt.NDArray[np.bool_], src: _Floats, src_lmax: _Floats | float | None, leq: _Floats,
+                l10: _Floats, l50: _Floats, l90: _Floats, lmax: _Floats, lmin: _Floats, u: _Floats,
+                impulsive: bool) -> None:
     """Energy-add a source of level `src` (one value per masked row) to the background in place."""
     if not mask.any():
         return

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 @contextmanager
-def sim_progress(label: str, start_ms: int, end_ms: int, tz, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+def sim_progress(label: str, start_ms: int, end_ms: int, tz: dt.tzinfo,
+                 enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """Yield `update(sim_ms, readings)`; draws `label  <local sim time>  [bar]  readings  elapsed` on stderr.
 
     Disabled (a no-op callback) when `enabled` is false.
@@ -39,5 +40,5 @@ def sim_progress(label: str, start_ms: int, end_ms: int, tz, enabled: bool = Tru
         yield update
 
 
-def _clock(ms: int, tz) -> str:
+def _clock(ms: int, tz: dt.tzinfo) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M")

@@ -21,11 +21,18 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+if TYPE_CHECKING:
+    from simulators.feed import Message
 
 TESTER = "__tester__"   # key of the shared tester connection, for topics of no known device
 # Event time by which the broker may see one device's message after another device's newer one (see above);
@@ -75,7 +82,7 @@ class BrokerCredentials:
     tester: tuple[str, str] | None = None
 
     @staticmethod
-    def load(path: str | Path) -> "BrokerCredentials":
+    def load(path: str | Path) -> BrokerCredentials:
         """Read a credentials JSON file. Raises OSError or ValueError (bad JSON or shape)."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("devices", {}), dict):
@@ -93,8 +100,17 @@ class _Conn:
     published: int = 0
     acked: int = 0
     # mid -> topic of messages in flight; refusals whose mid arrived before publish() stored it.
-    inflight: dict = field(default_factory=dict)
-    early: dict = field(default_factory=dict)
+    inflight: dict[int, tuple[str, int | None]] = field(default_factory=dict)   # mid -> (topic, order seq)
+    early: dict[int, bool] = field(default_factory=dict)                        # mid -> refused
+
+
+class RunSummary(TypedDict):
+    """What FeedPublisher.run did: messages and readings published, wall seconds, publishes refused."""
+
+    messages: int
+    readings: int
+    wall_s: float
+    refused: int
 
 
 class FeedPublisher:
@@ -107,7 +123,7 @@ class FeedPublisher:
     """
 
     def __init__(self, host: str, port: int, credentials: BrokerCredentials, status: dict[str, str] | None = None,
-                 max_inflight: int = 1000, client_prefix: str = "sim"):
+                 max_inflight: int = 1000, client_prefix: str = "sim") -> None:
         self.host, self.port = host, port
         self.credentials = credentials
         self.status = status or {}
@@ -117,7 +133,7 @@ class FeedPublisher:
         self._lock = threading.Lock()
         # Publish order: (seq, event time ms) of messages not yet acknowledged, oldest first; acked seqs.
         self._seq = 0
-        self._order: deque = deque()
+        self._order: deque[tuple[int, int]] = deque()
         self._done: set[int] = set()
         self.refused: dict[str, int] = {}   # topic -> publishes the broker refused (PUBACK >= 0x80)
 
@@ -138,12 +154,14 @@ class FeedPublisher:
             if ident in self._conns:
                 continue
             if ident == TESTER:
+                if self.credentials.tester is None:
+                    raise PublishError("no tester account in the credentials")
                 user, pw = self.credentials.tester
                 cid = f"{self.client_prefix}-tester-{id(self) % 100000}"
             else:
                 user, pw = ident, self.credentials.devices[ident]
                 cid = f"{self.client_prefix}-{ident}"
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
             client.username_pw_set(user, pw)
             client.max_inflight_messages_set(self.max_inflight)
             client.max_queued_messages_set(0)
@@ -152,7 +170,8 @@ class FeedPublisher:
             conn = _Conn(client)
             client.on_connect = self._on_connect(ident, conn)
             client.on_publish = self._on_publish(conn)
-            client.reconnect_delay_set(0.2, 5)
+            # paho annotates the delays as int seconds; it computes with them as numbers, and 0.2 s is meant.
+            client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]
             self._conns[ident] = conn
             client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
             client.loop_start()
@@ -164,8 +183,9 @@ class FeedPublisher:
                 if time.monotonic() > deadline:
                     raise PublishError(f"could not connect to {self.host}:{self.port} as {ident} within {timeout_s:g} s")
 
-    def _on_connect(self, ident: str, conn: _Conn):
-        def on_connect(client, userdata, flags, reason_code, properties):
+    def _on_connect(self, ident: str, conn: _Conn) -> mqtt.CallbackOnConnect_v2:
+        def on_connect(client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                       properties: Properties | None) -> None:
             if reason_code.is_failure:
                 conn.refused = str(reason_code)
                 return
@@ -177,8 +197,9 @@ class FeedPublisher:
             conn.connected.set()
         return on_connect
 
-    def _on_publish(self, conn: _Conn):
-        def on_publish(client, userdata, mid, reason_code, properties):
+    def _on_publish(self, conn: _Conn) -> mqtt.CallbackOnPublish_v2:
+        def on_publish(client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                       properties: Properties) -> None:
             # paho may call this before publish() has stored the mid: such refusals wait in `early`.
             with self._lock:
                 conn.acked += 1
@@ -197,7 +218,7 @@ class FeedPublisher:
                 t_ms: int | None = None) -> None:
         """Publish one message; `t_ms` (its event time) enters the order bound of `run`."""
         conn = self._conns[self.identity(device)]
-        seq = None
+        seq: int | None = None
         with self._lock:
             conn.published += 1
             if t_ms is not None and qos > 0:
@@ -231,7 +252,7 @@ class FeedPublisher:
 
     def _wait_order(self, t_ms: int, timeout_s: float) -> None:
         """Block until no message older than t_ms - REORDER_WINDOW_MS waits for its acknowledgement."""
-        deadline = None
+        deadline: float | None = None
         while True:
             oldest = self.oldest_unacked_ms()
             if oldest is None or oldest >= t_ms - REORDER_WINDOW_MS:
@@ -260,9 +281,9 @@ class FeedPublisher:
             conn.client.loop_stop()
         self._conns.clear()
 
-    def run(self, messages: Sequence, speed: float | None, t0_ms: int | None = None,
+    def run(self, messages: Sequence[Message], speed: float | None, t0_ms: int | None = None,
             progress: Callable[[int, int], None] | None = None, max_pending: int = 20000,
-            ack_timeout_s: float = 120.0) -> dict:
+            ack_timeout_s: float = 120.0) -> RunSummary:
         """Publish `messages` (objects with t_ms, device, topic, payload, n), paced by their t_ms.
 
         speed:    simulated seconds per wall second; None = as fast as the broker acknowledges
@@ -308,25 +329,27 @@ class FeedPublisher:
 SERVICE_TOPIC = "city/xm/internal/service"   # citywatch.service announces itself here (retained)
 
 
-def service_announcements(host: str, port: int, credentials: BrokerCredentials, wait_s: float = 1.0) -> dict[str, dict]:
+def service_announcements(host: str, port: int, credentials: BrokerCredentials,
+                          wait_s: float = 1.0) -> dict[str, dict[str, Any]]:
     """The retained announcements of citywatch services on this broker: {collector client id: {"clock",
     "run_id", "started_at", ...}}; empty when none (or nothing could be read: this is advisory only).
     Raises BrokerUnreachable when the broker's address refuses connections."""
     probe_broker(host, port)
-    found: dict[str, dict] = {}
+    found: dict[str, dict[str, Any]] = {}
     done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-probe-{id(found) % 100000}",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-probe-{id(found) % 100000}",
                          protocol=mqtt.MQTTv5)
     if credentials.tester:
         client.username_pw_set(*credentials.tester)
 
-    def on_connect(c, userdata, flags, reason_code, properties):
+    def on_connect(c: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                   properties: Properties | None) -> None:
         if reason_code.is_failure:
             done.set()
             return
         c.subscribe(SERVICE_TOPIC + "/+", qos=0)
 
-    def on_message(c, userdata, msg):
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             doc = json.loads(msg.payload) if msg.payload else None
             if isinstance(doc, dict):

@@ -7,14 +7,18 @@ import base64
 import json
 import threading
 import time
-from typing import IO
+from collections.abc import Iterable
+from typing import IO, Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 DATA_TOPICS = ("city/xm/+/+/+/data", "city/xm/hj212/#")
 
 
-def record_line(topic: str, payload: bytes, t_ms: int, qos: int = 1, retain: bool = False) -> str:
+def record_line(topic: str, payload: bytes | bytearray, t_ms: int, qos: int = 1, retain: bool = False) -> str:
     """One capture line (JSON, no trailing newline)."""
     try:
         body = {"payload": payload.decode("utf-8")}
@@ -31,14 +35,14 @@ class FeedRecorder:
     """
 
     def __init__(self, host: str, port: int, username: str | None, password: str | None,
-                 topics=DATA_TOPICS, out: IO[str] | None = None, client_id: str | None = None):
+                 topics: Iterable[str] = DATA_TOPICS, out: IO[str] | None = None, client_id: str | None = None) -> None:
         self.topics = list(topics)
         self.out = out
         self.count = 0
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         self.refused: str | None = None
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                    client_id=client_id or f"citywatch-record-{id(self) % 100000}",
                                    protocol=mqtt.MQTTv311, clean_session=True)
         if username:
@@ -46,16 +50,18 @@ class FeedRecorder:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *a: self.subscribed.set()
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.2, 5)
+        # paho annotates the delays as int seconds; it computes with them as numbers, and 0.2 s is meant.
+        self._client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]
         self._host, self._port = host, port
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         if reason_code.is_failure:
             self.refused = str(reason_code)
             return
         client.subscribe([(t, 1) for t in self.topics])
 
-    def _on_message(self, client, userdata, msg):
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Never let an exception escape: it would stop paho's network loop and the capture with it.
         try:
             line = record_line(msg.topic, msg.payload, int(time.time() * 1000), msg.qos, msg.retain)

@@ -19,10 +19,16 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ingest.codecs.json_envelope import encode_batch
-from simulators.feed import Message, data_topic
+from simulators.feed import Message, data_topic, site_of
 from simulators.scoring import parse_time_ms
+
+if TYPE_CHECKING:
+    from config.model import Config
+
+_Default = TypeVar("_Default", int, None)
 
 _ID_KEYS = {"ts", "device_id", "site_id", "kind", "sensor"}
 
@@ -31,7 +37,7 @@ class FeedFormatError(ValueError):
     """The file is none of the replayable formats, or a line of it is malformed (message names the line)."""
 
 
-def read_feed(path: str | Path, cfg) -> list[Message]:
+def read_feed(path: str | Path, cfg: Config) -> list[Message]:
     """Messages of a recorded feed in publish order. Raises FeedFormatError (or OSError)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
@@ -54,7 +60,7 @@ def read_feed(path: str | Path, cfg) -> list[Message]:
     return _mosquitto_sub(path, lines, cfg)
 
 
-def device_of_topic(topic: str, cfg) -> str | None:
+def device_of_topic(topic: str, cfg: Config | None) -> str | None:
     """The device a data topic belongs to: `city/xm/{kind}/{site}/{device}/...` or `city/xm/hj212/{mn}`."""
     parts = topic.split("/")
     if len(parts) >= 5 and parts[:2] == ["city", "xm"] and parts[2] in ("noise", "gas"):
@@ -75,7 +81,7 @@ FAMILY_NAMES = {"data": "device data", "status": "device status", "event": "devi
                 "other": "other topics"}
 
 
-def topic_family(topic: str, cfg=None) -> str:
+def topic_family(topic: str, cfg: Config | None = None) -> str:
     """The family of a topic (a key of FAMILY_NAMES); cfg names the alert, command, reply and dead-letter
     topics (default: the shipped ones)."""
     def under(prefix: str) -> bool:
@@ -105,9 +111,10 @@ def topic_family(topic: str, cfg=None) -> str:
     return "other"
 
 
-def split_data_plane(messages: list[Message], cfg=None) -> tuple[list[Message], dict[str, int]]:
+def split_data_plane(messages: list[Message], cfg: Config | None = None) -> tuple[list[Message], dict[str, int]]:
     """(the messages on data-plane topics, {family: count} of the others), in file order."""
-    keep, skipped = [], {}
+    keep: list[Message] = []
+    skipped: dict[str, int] = {}
     for m in messages:
         family = topic_family(m.topic, cfg)
         if family in DATA_PLANE:
@@ -117,8 +124,8 @@ def split_data_plane(messages: list[Message], cfg=None) -> tuple[list[Message], 
     return keep, skipped
 
 
-def _capture(path: Path, lines, cfg) -> list[Message]:
-    out = []
+def _capture(path: Path, lines: list[tuple[int, str]], cfg: Config) -> list[Message]:
+    out: list[tuple[int | None, Any, Message]] = []
     for i, ln in lines:
         try:
             d = json.loads(ln)
@@ -139,7 +146,8 @@ def _capture(path: Path, lines, cfg) -> list[Message]:
         return _monotonic([Message(int(t) if isinstance(t, (int, float)) else 0, m.device, m.topic, m.payload, m.n)
                            for _, t, m in out])
     # A message without a time of its own goes with the one before it (the first known, at the start).
-    msgs, last = [], known[0]
+    msgs: list[Message] = []
+    last = known[0]
     for own, _, m in out:
         last = own if own is not None else last
         msgs.append(Message(last, m.device, m.topic, m.payload, m.n))
@@ -166,8 +174,8 @@ def readings_in(payload: bytes) -> int:
     return 0
 
 
-def _mosquitto_sub(path: Path, lines, cfg) -> list[Message]:
-    out = []
+def _mosquitto_sub(path: Path, lines: list[tuple[int, str]], cfg: Config) -> list[Message]:
+    out: list[Message] = []
     for i, ln in lines:
         topic, sep, payload = ln.partition(" ")
         if not sep or "/" not in topic:
@@ -183,8 +191,8 @@ def _mosquitto_sub(path: Path, lines, cfg) -> list[Message]:
 
 
 def _monotonic(msgs: list[Message]) -> list[Message]:
-    last = None
-    out = []
+    last: int | None = None
+    out: list[Message] = []
     for m in msgs:
         t = m.t_ms if last is None else max(m.t_ms, last)
         out.append(Message(t, m.device, m.topic, m.payload, m.n))
@@ -192,7 +200,7 @@ def _monotonic(msgs: list[Message]) -> list[Message]:
     return out
 
 
-def _event_time(payload: bytes, default: int | None) -> int | None:
+def _event_time(payload: bytes, default: _Default) -> int | _Default:
     """When the message was sent, from its own content: envelope sent_at or last sample ts, HJ 212 DataTime."""
     try:
         if payload.startswith(b"##"):
@@ -209,26 +217,29 @@ def _event_time(payload: bytes, default: int | None) -> int | None:
     return default
 
 
-def _json_row(path: Path, i: int, ln: str):
+def _json_row(path: Path, i: int, ln: str) -> tuple[int, Any]:
     try:
         return i, json.loads(ln)
     except json.JSONDecodeError as exc:
         raise FeedFormatError(f"{path}:{i}: not JSON: {exc}") from None
 
 
-def _readings(path: Path, rows, cfg) -> list[Message]:
+def _readings(path: Path, rows: list[tuple[int, Any]], cfg: Config) -> list[Message]:
     """Readings rows -> one envelope per device and report interval, published at the interval's last reading."""
-    per_device: dict[str, list[tuple[int, dict]]] = {}
+    per_device: dict[str, list[tuple[int, dict[str, float | str]]]] = {}
     for i, r in rows:
         dev_id = str(r.get("device_id", "")).strip()
         device = cfg.device(dev_id)
         if device is None:
             raise FeedFormatError(f"{path}:{i}: unknown device_id {dev_id!r}")
+        if device.site is None:
+            raise FeedFormatError(f"{path}:{i}: device {dev_id} is of kind {device.kind}: it has no site and so no "
+                                  "topic (only noise and gas devices can be replayed)")
         try:
             ts = _ts(r["ts"])
         except (KeyError, ValueError) as exc:
             raise FeedFormatError(f"{path}:{i}: bad ts: {exc}") from None
-        values = {}
+        values: dict[str, float | str] = {}
         for k, v in r.items():
             if k in _ID_KEYS or v is None or v == "":
                 continue
@@ -243,23 +254,23 @@ def _readings(path: Path, rows, cfg) -> list[Message]:
     out: list[tuple[int, int, Message]] = []
     order = {d: k for k, d in enumerate(cfg.device_ids)}
     for dev_id, samples in per_device.items():
-        device = cfg.device(dev_id)
+        device = cfg.devices[cfg.device_index(dev_id)]  # known: checked above
         rep = device.report_interval_s * 1000
         samples.sort(key=lambda s: s[0])
-        buckets: dict[int, list] = {}
+        buckets: dict[int, list[tuple[int, dict[str, float | str]]]] = {}
         for ts, v in samples:
             buckets.setdefault(-(-ts // rep), []).append((ts, v))   # ceil: a reading at the report time belongs to it
         for seq, key in enumerate(sorted(buckets), 1):
             batch = buckets[key]
             t = batch[-1][0]
-            payload = encode_batch(device.id, device.site, device.kind, batch, seq, device.sample_s, t)
+            payload = encode_batch(device.id, site_of(device), device.kind, batch, seq, device.sample_s, t)
             topic = f"city/xm/{device.kind}/{device.site}/{device.id}/data" if device.protocol == "hj212" else data_topic(device)
             out.append((t, order[dev_id], Message(t, device.id, topic, payload, len(batch))))
     out.sort(key=lambda x: x[:2])
     return [m for _, _, m in out]
 
 
-def _ts(value) -> int:
+def _ts(value: object) -> int:
     if isinstance(value, (int, float)):
         return int(value)
     text = str(value).strip()

@@ -20,10 +20,11 @@ from pydantic import Field, ValidationError, field_validator
 from config import durations
 from config.base import SEVERITY_RANK, Strict
 from config.errors import ConfigError, ConfigProblem, did_you_mean, path_text
-from config.loader import problems_from_validation
 from config.model import Config
+from config.pydantic_errors import problems_from_validation
 from config.yamlsrc import parse_yaml
 from simulators.faults import FAULT_TYPES, FaultType
+
 
 def parse_duration(text: str | int | float) -> float:
     """Seconds in a duration written `90m`, `24h`, `30s`, `2d`, `2w` (a bare number is seconds; zero is
@@ -117,13 +118,13 @@ class Fault:
     site: str
     start_ms: int
     end_ms: int
-    params: dict
+    params: dict[str, Any]
     rules: tuple[str, ...]
     allowed: tuple[str, ...]
     severity: str | None
     note: str
 
-    def truth_record(self) -> dict:
+    def truth_record(self) -> dict[str, Any]:
         """The ground-truth JSONL record of this fault."""
         return {
             "id": self.id, "type": self.type.code, "name": self.type.name, "device": self.device, "site": self.site,
@@ -149,7 +150,7 @@ class Scenario:
     source: str
     history_ms: int = 0
 
-    def with_duration(self, seconds: float) -> "Scenario":
+    def with_duration(self, seconds: float) -> Scenario:
         """The same scenario cut (or extended) to `seconds` of simulated time."""
         if seconds <= 0:
             raise ValueError(f"duration must be positive (got {seconds:g} s)")
@@ -157,11 +158,11 @@ class Scenario:
         faults = tuple(f for f in self.faults if f.start_ms < end)
         return dataclasses.replace(self, end_ms=end, faults=faults)
 
-    def with_history(self, seconds: float) -> "Scenario":
+    def with_history(self, seconds: float) -> Scenario:
         """The same scenario with `seconds` of fault-free history before its start."""
         return dataclasses.replace(self, history_ms=int(round(seconds * 1000)))
 
-    def history(self) -> "Scenario | None":
+    def history(self) -> Scenario | None:
         """The fault-free history before the start as a scenario of its own (None when there is none)."""
         if self.history_ms <= 0:
             return None
@@ -174,7 +175,7 @@ class Scenario:
 
 def iso_utc(ms: int) -> str:
     """UTC ISO-8601 with a Z, millisecond precision dropped when zero."""
-    t = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
     text = t.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
     return text.replace("+00:00", "Z")
 
@@ -198,9 +199,9 @@ def load_scenario(path: str | Path, cfg: Config) -> Scenario:
     doc, problems = parse_yaml(text, name)
     if doc is None:
         raise ConfigError(problems)
-    lines = {p: (name, ln) for p, ln in doc.lines.items()}
+    lines: dict[tuple[Any, ...], tuple[str, int | None]] = {p: (name, ln) for p, ln in doc.lines.items()}
 
-    def problem(p: tuple, message: str) -> ConfigProblem:
+    def problem(p: tuple[Any, ...], message: str) -> ConfigProblem:
         return ConfigProblem(name, lines.get(p, (name, None))[1], path_text(p), message)
 
     data = doc.data
@@ -280,7 +281,8 @@ def load_scenario(path: str | Path, cfg: Config) -> Scenario:
         severity = f.severity if f.severity is not None else ftype.severity
         if severity is not None and severity not in SEVERITY_RANK:
             problems.append(problem(base + ("severity",), f"unknown severity {severity!r}"))
-        faults.append(Fault(f.id, ftype, device.id, device.site, fstart_ms, min(fend_ms, end_ms), dict(f.params),
+        # device.site is None only for a generic device (no site); truth records write a missing site as "".
+        faults.append(Fault(f.id, ftype, device.id, device.site or "", fstart_ms, min(fend_ms, end_ms), dict(f.params),
                             rules, allowed, severity if rules else None, f.note))
     if problems:
         raise ConfigError(problems)

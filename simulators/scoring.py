@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class TruthFault:
     note: str = ""
 
     @staticmethod
-    def from_record(r: dict) -> "TruthFault":
+    def from_record(r: dict[str, Any]) -> TruthFault:
         """From a ground-truth JSONL record. Raises KeyError/ValueError on a malformed record."""
         return TruthFault(
             str(r["id"]), str(r["type"]), str(r["device"]), str(r.get("site", "")),
@@ -57,8 +58,8 @@ class Scorecard:
     allowed: list[tuple[ScoredAlert, str]]             # (alert, fault id) tolerated side effects
     false_alerts: list[tuple[ScoredAlert, str | None]] # (alert, id of a fault it was near, or None)
     device_days: float
-    per_rule: dict[str, dict] = field(default_factory=dict)
-    per_type: dict[str, dict] = field(default_factory=dict)
+    per_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_type: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def caught(self) -> list[TruthFault]:
@@ -104,13 +105,13 @@ class Scorecard:
                 out.append((f, seen))
         return out
 
-    def delay_stats(self) -> dict:
+    def delay_stats(self) -> dict[str, float | None]:
         d = self.delays_s()
         if not d:
             return {"median_s": None, "p95_s": None}
         return {"median_s": float(np.median(d)), "p95_s": float(np.percentile(d, 95))}
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "faults": len(self.faults), "expected_to_fire": sum(1 for f in self.faults if f.rules),
             "caught": len(self.caught), "recall": self.recall, "alerts": len(self.alerts),
@@ -130,13 +131,13 @@ def _rank(severity: str | None) -> int:
     return _SEVERITY_RANK.get(severity or "", 0)
 
 
-def parse_time_ms(value) -> int:
+def parse_time_ms(value: object) -> int:
     """UTC ms from an ISO 8601 string (Z or offset; naive = UTC) or a number of ms."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value)
     t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return int(round(t.timestamp() * 1000))
 
 
@@ -187,10 +188,10 @@ def _same_place(a: ScoredAlert, f: TruthFault) -> bool:
     return bool(a.site_id) and a.site_id == f.site
 
 
-def _per_rule(card: Scorecard) -> dict:
+def _per_rule(card: Scorecard) -> dict[str, dict[str, Any]]:
     rules = sorted({r for f in card.faults for r in f.rules} | {a.rule_id for a, _ in card.false_alerts}
                    | {r for h in card.hits.values() for r in h})
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for r in rules:
         expecting = [f for f in card.faults if r in f.rules]
         caught = [f for f in expecting if card.hits[f.id].get(r)]
@@ -205,8 +206,8 @@ def _per_rule(card: Scorecard) -> dict:
     return out
 
 
-def _per_type(card: Scorecard) -> dict:
-    out: dict[str, dict] = {}
+def _per_type(card: Scorecard) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     by_id = {f.id: f for f in card.faults}
     for t in sorted({f.type for f in card.faults}, key=_type_order):
         fs = [f for f in card.faults if f.type == t]
@@ -226,5 +227,5 @@ def _per_type(card: Scorecard) -> dict:
     return out
 
 
-def _type_order(code: str) -> tuple:
+def _type_order(code: str) -> tuple[str, int, str]:
     return (code[:1], int(code[1:]) if code[1:].isdigit() else 0, code)

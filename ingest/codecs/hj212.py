@@ -91,8 +91,8 @@ def _fmt_value(v: float) -> str:
 def build_noise_frame(
     mn: str,
     local_dt: datetime,
-    values: dict,
-    flags: dict | str | None = None,
+    values: dict[str, float],
+    flags: dict[str, str] | str | None = None,
     qn: str | None = None,
     st: int = 23,
     cn: int = 2011,
@@ -239,13 +239,13 @@ def _parse_segment(text: str) -> Hj212Frame:
     values: dict[str, float] = {}
     flags: dict[str, str] = {}
     for code, name in NOISE_CODES.items():
-        v = raw.get(f"{code}-{suffix}")
-        if v is None:
+        text_value = raw.get(f"{code}-{suffix}")
+        if text_value is None:
             continue
         try:
-            values[name] = float(v)
+            values[name] = float(text_value)
         except ValueError:
-            raise DecodeError("hj212_format", f"{code}-{suffix}={v!r} is not a number") from None
+            raise DecodeError("hj212_format", f"{code}-{suffix}={text_value!r} is not a number") from None
         flags[name] = raw.get(f"{code}-Flag", "N")
     return Hj212Frame(
         qn=head.get("QN", ""), st=st, cn=cn, pw=head.get("PW", ""), mn=mn, flag=flag, data_time=data_time,

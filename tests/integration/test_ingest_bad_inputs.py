@@ -15,7 +15,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from config import load_config
 from ingest.decoder import Decoder
 from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture
-    NOISE_JSON, config_copy, counts, data_topic, noise_payload, service_factory, wait_counts,
+    NOISE_JSON,
+    config_copy,
+    counts,
+    data_topic,
+    noise_payload,
+    service_factory,
+    wait_counts,
 )
 from tests.unit.ingest.bad_inputs import catalogue
 

@@ -61,7 +61,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 30.0) -> "ServiceProcess":
+    def start(self, timeout_s: float = 30.0) -> ServiceProcess:
         self._log = open(self.log_path, "ab")
         # Not the config's parent: a `config/` directory in the working directory would shadow the package.
         workdir = self.log_path.parent / "cwd"
@@ -239,7 +239,7 @@ class Stream:
         except BaseException as exc:  # noqa: BLE001 - reported by join()
             self.error = exc
 
-    def start(self) -> "Stream":
+    def start(self) -> Stream:
         self._thread.start()
         return self
 

@@ -7,7 +7,13 @@ import pytest
 
 from ingest.spool import SpoolWriter
 from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture
-    GAS, NOISE_JSON, Stream, config_copy, counts, service_factory, wait_counts,
+    GAS,
+    NOISE_JSON,
+    Stream,
+    config_copy,
+    counts,
+    service_factory,
+    wait_counts,
 )
 
 pytestmark = pytest.mark.integration

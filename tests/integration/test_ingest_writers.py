@@ -19,7 +19,13 @@ from detectors.batch import ReadingBatch
 from ingest.influx_writer import RejectedWriteError, RetryableWriteError, V1Writer, V2Writer
 from ingest.lineproto import encode
 from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture
-    CFG, GAS, NOISE_JSON, ServiceProcess, Stream, config_copy, service_factory,
+    CFG,
+    GAS,
+    NOISE_JSON,
+    ServiceProcess,
+    Stream,
+    config_copy,
+    service_factory,
 )
 from tests.servers import InfluxServer
 

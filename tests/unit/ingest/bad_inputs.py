@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ingest.codecs.hj212 import build_noise_frame, encode_frame
 from ingest.codecs.json_envelope import encode_batch
@@ -46,7 +46,7 @@ def _noise(samples, **env) -> bytes:
 
 def _bj(now_ms: int, offset_s: int = 0) -> datetime:
     """Beijing local time (naive) of now + offset."""
-    return datetime.fromtimestamp(now_ms // 1000 + offset_s, tz=timezone.utc).replace(tzinfo=None) + timedelta(hours=8)
+    return datetime.fromtimestamp(now_ms // 1000 + offset_s, tz=UTC).replace(tzinfo=None) + timedelta(hours=8)
 
 
 def _frame(now_ms: int, flags=None, mn: str = HJ_ID, offset_s: int = 0, **kw) -> bytes:

@@ -59,7 +59,7 @@ def test_decode_many_equals_decode_one_by_one(seed, n):
     rng = random.Random(seed)
     devices = ["XM0001NOISE", "XM0002NOISE", "XMG0001", "XMG0017"]
     messages = []
-    for i in range(n):
+    for _ in range(n):
         r = rng.random()
         if r < 0.25:
             topic, payload = rng.choice(CATALOGUE)

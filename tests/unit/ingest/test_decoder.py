@@ -4,7 +4,7 @@ messages, HJ 212 frames, and that no input makes it raise."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from hypothesis import given, settings
@@ -75,7 +75,7 @@ def test_mixed_payload_keeps_the_valid_rows_in_order():
 
 def test_hj212_frame_lands_in_utc_with_its_flag_as_quality():
     dec = Decoder(CFG)
-    local = datetime.fromtimestamp(NOW_MS // 1000, tz=timezone.utc).replace(tzinfo=None) + timedelta(hours=8)
+    local = datetime.fromtimestamp(NOW_MS // 1000, tz=UTC).replace(tzinfo=None) + timedelta(hours=8)
     frame = build_noise_frame("XM0004NOISE", local, {"LA": 63.4, "Leq": 61.8, "LMx": 78.2}, {"LA": "C"})
     out = dec.decode("city/xm/hj212/XM0004NOISE", frame, RECV)
     assert out.rejects == [] and out.device_id == "XM0004NOISE" and out.kind == "noise"

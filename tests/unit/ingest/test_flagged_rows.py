@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -36,7 +36,7 @@ def payload(samples) -> bytes:
 
 def hj212(flags, ts_ms: int = NOW_MS) -> tuple[str, bytes, int]:
     """An HJ 212 frame (CRC16 included) of the HJ 212 noise monitor, as a (topic, payload, recv_ns) message."""
-    local = datetime.fromtimestamp(ts_ms // 1000, tz=timezone.utc).replace(tzinfo=None) + timedelta(hours=8)
+    local = datetime.fromtimestamp(ts_ms // 1000, tz=UTC).replace(tzinfo=None) + timedelta(hours=8)
     mn = HJ_DEV.mn_or_id
     return f"city/xm/hj212/{mn}", build_noise_frame(mn, local, {"LA": 63.4, "Leq": 61.8, "LMx": 78.2}, flags), RECV
 

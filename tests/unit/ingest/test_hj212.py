@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import calendar
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -145,9 +145,8 @@ def test_round_trip(dt, values, flags, mn):
 
 
 def test_an_aware_datetime_is_converted_to_beijing_time():
-    from datetime import timezone
 
-    aware = datetime(2025, 6, 1, 14, 30, tzinfo=timezone.utc)
+    aware = datetime(2025, 6, 1, 14, 30, tzinfo=UTC)
     assert build_noise_frame("XM0001NOISE", aware, {"LA": 63.4, "Leq": 61.8, "LMx": 78.2}, {}) == NOISE
 
 

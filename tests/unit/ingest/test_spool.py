@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.spool import SpoolFull, SpoolLocked, SpoolWriter, _HEADER
+from ingest.spool import _HEADER, SpoolFull, SpoolLocked, SpoolWriter
 
 
 def drain_all(spool: SpoolWriter) -> list[bytes]:
@@ -93,7 +92,7 @@ def test_one_record_larger_than_the_bound_still_fits_an_empty_spool(tmp_path):
 
 def test_drained_segments_are_deleted(tmp_path):
     s = SpoolWriter(tmp_path, max_bytes=100_000, segment_max_bytes=100)
-    for i in range(50):
+    for _ in range(50):
         s.append(b"p" * 40)
     assert len(list(tmp_path.glob("*.seg"))) > 10
     drain_all(s)

@@ -9,8 +9,14 @@ import pytest
 
 from alerts.model import Alert
 from alerts.store import AlertStore
-from simulators.alert_sources import (from_influx_result, from_notice_payloads, from_notices, from_sqlite,
-                                      highest_severity, load_alerts)
+from simulators.alert_sources import (
+    from_influx_result,
+    from_notice_payloads,
+    from_notices,
+    from_sqlite,
+    highest_severity,
+    load_alerts,
+)
 from simulators.scoring import TruthFault, parse_time_ms, score
 
 S = 1_000_000_000
