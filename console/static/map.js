@@ -1,6 +1,6 @@
 // The city map: Xiamen's districts (public data from the npm registry, served by the console itself) with every
 // site of the inventory at its coordinates, coloured by its worst active alert, fed by the same event stream as
-// the board. A click lists the site's alerts with links to their evidence.
+// the board. A click opens the site's page; pointing at a site lists its alerts with links to their evidence.
 "use strict";
 const COLOURS = {red: "#d32f2f", orange: "#ef6c00", yellow: "#f9a825", blue: "#1565c0"};
 const RANK = {red: 4, orange: 3, yellow: 2, blue: 1};
@@ -36,6 +36,7 @@ function banner() {
   if (!streamUp || !status || Date.now() - statusAt > 10000) text = t("console_down");
   else if (!status.connected) text = t("link_down", {why: status.link_error || "?"});
   else if (status.service !== "online") text = t(status.service === "offline" ? "service_down" : "service_unknown");
+  else if (influxDown(status)) text = influxDown(status);
   else if (!status.last_heard) text = t("no_data");
   else {
     const age = status.now - status.last_heard + (Date.now() - statusAt) / 1000;
@@ -87,7 +88,9 @@ async function start() {
       itemStyle: {areaColor: "#1c2733", borderColor: "#3d5166"}, emphasis: {itemStyle: {areaColor: "#24313d"}}},
     series: [{id: "sites", type: "scatter", coordinateSystem: "geo", data: [], zlevel: 2}],
   });
-  chart.on("click", (p) => { if (p.data && p.data.site) showSite(p.data.site); });
+  // A click opens the site page; pointing at a marker lists its alerts in the side panel.
+  chart.on("click", (p) => { if (p.data && p.data.site) location.href = "/sites/" + encodeURIComponent(p.data.site.id); });
+  chart.on("mouseover", (p) => { if (p.data && p.data.site) showSite(p.data.site); });
   window.addEventListener("resize", () => chart.resize());
   draw();
   window.cwMapReady = true;

@@ -77,7 +77,7 @@ class ConsoleProcess:
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{port}"
 
-    def start(self, timeout_s: float = 30.0) -> "ConsoleProcess":
+    def start(self, timeout_s: float = 30.0) -> ConsoleProcess:
         log = open(self.log_path, "ab")
         workdir = self.log_path.parent / "console-cwd"
         workdir.mkdir(exist_ok=True)
