@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -23,8 +24,12 @@ from ingest.collector import MqttCollector
 from ingest.deadletter import DeadLetterStore
 from ingest.influx_writer import InfluxWriter, RetryableWriteError, WriteError, make_writer
 from ingest.metrics import IngestMetrics
+from ingest.partitioned_collector import PartitionedCollector
 from ingest.pipeline import IngestPipeline
 from ingest.spool import SpoolWriter
+
+if TYPE_CHECKING:
+    from citywatch.prometheus import PrometheusEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +171,12 @@ class Service:
     """One collector process.
 
     cfg: loaded Config; env: environment for secrets (default os.environ); decode_processes: 1 decodes in a
-    worker process (it loads the config again from cfg.base_dir), 0 in a thread of this process.
+    worker process (it loads the config again from cfg.base_dir), 0 in a thread of this process; partitions:
+    the partitions this worker owns in partitioned mode (connections.cluster), None for the single broker.
     """
 
-    def __init__(self, cfg, env: dict | None = None, writer: InfluxWriter | None = None, decode_processes: int = 1):
+    def __init__(self, cfg, env: dict | None = None, writer: InfluxWriter | None = None, decode_processes: int = 1,
+                 partitions: tuple[int, ...] | None = None):
         self.cfg = cfg
         env = dict(os.environ) if env is None else env
         s = cfg.ingest
@@ -179,8 +186,13 @@ class Service:
         self.deadletters = DeadLetterStore.from_config(cfg)
         mq = cfg.connections.mqtt
         password = env.get(mq.password_env) if mq.password_env else None
-        self.collector = MqttCollector(mq, password, self._submit, receive_maximum=RECEIVE_MAXIMUM,
-                                       metrics=self.metrics)
+        self.collector: MqttCollector | PartitionedCollector
+        if partitions:  # partitioned mode (README "Cluster mode"): one session per owned partition
+            self.collector = PartitionedCollector(mq, cfg.connections.cluster, partitions, password, self._submit,
+                                                  metrics=self.metrics)
+        else:
+            self.collector = MqttCollector(mq, password, self._submit, receive_maximum=RECEIVE_MAXIMUM,
+                                           metrics=self.metrics)
         # MQTT 3.1.1 has no Receive Maximum: the broker's max_inflight_messages (README) bounds the window and
         # the pipeline's idle flush keeps batches moving whatever its value.
         max_messages = RECEIVE_MAXIMUM // 4 if mq.protocol == "mqtt5" else None
@@ -190,7 +202,7 @@ class Service:
         self.scheduler = make_scheduler()
         # The detection pipeline whose backlog and alert latency the self-metrics report (attach_detection).
         self.detection = None
-        self.prometheus = None
+        self.prometheus: PrometheusEndpoint | None = None
         self._stopped = threading.Event()
         self._started = False
 

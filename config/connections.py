@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from config.base import KeyProblem, Strict
 
@@ -24,7 +24,7 @@ class Tls(Strict):
     insecure: bool = False
 
     @model_validator(mode="after")
-    def _pair(self) -> "Tls":
+    def _pair(self) -> Tls:
         # A client certificate is useless without its key, and the other way round.
         if (self.cert_file is None) != (self.key_file is None):
             missing = "key_file" if self.key_file is None else "cert_file"
@@ -38,7 +38,7 @@ class Reconnect(Strict):
     max_delay_s: float = Field(60.0, gt=0, le=3600)
 
     @model_validator(mode="after")
-    def _order(self) -> "Reconnect":
+    def _order(self) -> Reconnect:
         if self.max_delay_s < self.min_delay_s:
             raise KeyProblem("max_delay_s", f"must not be below min_delay_s {self.min_delay_s:g} (got {self.max_delay_s:g})")
         return self
@@ -70,7 +70,7 @@ class Influx(Strict):
     timeout_s: float = Field(10.0, gt=0, le=300)
 
     @model_validator(mode="after")
-    def _url(self) -> "Influx":
+    def _url(self) -> Influx:
         problem = _url_problem(self.url)
         if problem:
             raise KeyProblem("url", f"{problem} (got {self.url!r})")
@@ -88,7 +88,7 @@ class Influx(Strict):
         return user, password or ""
 
     @model_validator(mode="after")
-    def _api_fields(self) -> "Influx":
+    def _api_fields(self) -> Influx:
         if self.api == "v1" and not self.database:
             raise KeyProblem("database", "is required when api is v1 (got nothing)")
         if self.api == "v2":
@@ -126,6 +126,45 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+class Cluster(Strict):
+    """Partitioned mode (README "Cluster mode"): the broker is a NATS cluster whose MQTT listeners route each
+    device topic to a partition topic `cw/p/<k>/...`; each `citywatch run --partitions ...` owns some of them."""
+
+    mode: Literal["single", "partitioned"] = "single"
+    partitions: int = Field(6, ge=1, le=256)
+    # host:port of each node's MQTT listener, in failover order (CITYWATCH_CLUSTER_NODES: comma-separated).
+    nodes: list[str] = []
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _nodes(self) -> Cluster:
+        for i, node in enumerate(self.nodes):
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise KeyProblem(("nodes", i), f"must be host:port with a port between 1 and 65535 (got {node!r})")
+        if self.mode == "partitioned" and not self.nodes:
+            raise KeyProblem("nodes", "must list the MQTT listeners (host:port) of the cluster's nodes when mode is "
+                             "partitioned (got nothing)")
+        return self
+
+    def hosts(self) -> list[tuple[str, int]]:
+        """The nodes as (host, port) pairs, in failover order."""
+        return [(h, int(p)) for h, _, p in (n.rpartition(":") for n in self.nodes)]
+
+
 class Connections(Strict):
     mqtt: Mqtt = Mqtt()
     influx: Influx = Influx()
+    cluster: Cluster = Cluster()
+
+    @model_validator(mode="after")
+    def _cluster_protocol(self) -> Connections:
+        # NATS speaks MQTT 3.1.1 only: an MQTT 5 CONNECT is refused by every node.
+        if self.cluster.mode == "partitioned" and self.mqtt.protocol != "mqtt311":
+            raise KeyProblem(("mqtt", "protocol"), "must be mqtt311 when cluster.mode is partitioned (the NATS "
+                             f"cluster speaks MQTT 3.1.1 only; got {self.mqtt.protocol})")
+        return self

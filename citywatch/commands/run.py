@@ -20,6 +20,9 @@ def register(sub) -> None:
     )
     p.add_argument("--config", default=None, metavar="DIR", help="config directory (default: the shipped config/)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--partitions", default=None, metavar="LIST",
+                   help="partitioned mode (connections.cluster.mode: partitioned): the partitions this worker owns, "
+                   "e.g. 0,1,2 or 0-2 (README, Cluster mode)")
     p.set_defaults(func=_run)
 
 
@@ -42,6 +45,13 @@ def _run(args) -> int:
         cfg = load_config(args.config)
     except ConfigError as exc:
         return report_config_error(exc)
+    generic = [d.id for d in cfg.devices if d.kind == "generic"]
+    if generic:
+        # Ingest knows noise monitors and gas sensors (their topics, fields, ranges); a generic device is for
+        # offline `citywatch detect` (config/inventory.py).
+        print(f"citywatch run: device(s) of kind generic are for `citywatch detect` only, not the service: "
+              f"{', '.join(generic[:5])}{' ...' if len(generic) > 5 else ''}", file=sys.stderr)
+        return 1
     from citywatch.commands.check_config import warnings
     from citywatch.service import Service
     from ingest.spool import SpoolLocked
@@ -51,7 +61,12 @@ def _run(args) -> int:
         log.warning("%s", line)
 
     try:
-        service = Service(cfg)
+        partitions = _partitions(args.partitions, cfg.connections.cluster)
+    except ValueError as exc:
+        print(f"citywatch run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        service = Service(cfg, partitions=partitions)
     except SpoolLocked as exc:
         print(f"citywatch run: {exc}", file=sys.stderr)
         return 1
@@ -80,8 +95,14 @@ def _run(args) -> int:
         pipeline.stop()
         return 1
     mq = cfg.connections.mqtt
-    log.info("citywatch running: MQTT %s:%s as %s, InfluxDB %s (%s)", mq.host, mq.port, mq.client_id,
-             cfg.connections.influx.url, cfg.connections.influx.api)
+    if partitions:
+        log.info("citywatch running: partitions %s of %d on the cluster %s as %s-p<k>, InfluxDB %s (%s)",
+                 ",".join(map(str, partitions)), cfg.connections.cluster.partitions,
+                 ",".join(cfg.connections.cluster.nodes), mq.client_id, cfg.connections.influx.url,
+                 cfg.connections.influx.api)
+    else:
+        log.info("citywatch running: MQTT %s:%s as %s, InfluxDB %s (%s)", mq.host, mq.port, mq.client_id,
+                 cfg.connections.influx.url, cfg.connections.influx.api)
     service.wait(stop)
     log.info("stopping: flushing and acking held messages")
     clean = service.stop()
@@ -95,3 +116,19 @@ def _run(args) -> int:
         print(f"citywatch run: {service.failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def _partitions(text: str | None, cluster) -> tuple[int, ...] | None:
+    """The owned partitions of `--partitions` in partitioned mode; None in single mode. Raises ValueError when
+    the flag and connections.cluster.mode disagree or a partition is malformed, repeated or out of range."""
+    if cluster.mode != "partitioned":
+        if text is not None:
+            raise ValueError("--partitions needs connections.cluster.mode: partitioned (config/connections.yaml); "
+                             "the single broker has no partitions")
+        return None
+    if text is None:
+        raise ValueError(f"connections.cluster.mode is partitioned: give the partitions this worker owns, e.g. "
+                         f"--partitions 0-{cluster.partitions - 1} (partitions are 0 to {cluster.partitions - 1})")
+    from citywatch.cluster import parse_partitions
+
+    return parse_partitions(text, cluster.partitions)
