@@ -3,13 +3,28 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo stack-up stack-down stack-status bench clean
+.PHONY: setup test test-fast lint typecheck check demo stack-up stack-down stack-status bench clean
 
 setup:
 	bash scripts/bootstrap.sh
 
+# The whole suite, after lint and types (CI runs this).
 test: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+# The fast loop: unit tests only (no broker, database or browser).
+test-fast:
+	$(PY) -m pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS) tests/unit
+
+lint:
+	.venv/bin/ruff check .
+
+typecheck:
+	.venv/bin/mypy
+
+check: setup lint typecheck test-fast
 
 demo: setup
 	bash scripts/demo.sh

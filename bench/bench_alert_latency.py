@@ -149,8 +149,8 @@ def main() -> int:
         (cfg_dir / "alerts.yaml").write_text(ALERTS_YAML.replace("STORE", str(work / "alerts.sqlite")))
         if args.batch_age_ms is not None:
             ingest = (cfg_dir / "ingest.yaml").read_text()
-            ingest = "\n".join(f"  batch_max_age_ms: {args.batch_age_ms}" if l.strip().startswith("batch_max_age_ms:")
-                               else l for l in ingest.splitlines())
+            ingest = "\n".join(f"  batch_max_age_ms: {args.batch_age_ms}" if line.strip().startswith("batch_max_age_ms:")
+                               else line for line in ingest.splitlines())
             (cfg_dir / "ingest.yaml").write_text(ingest + "\n")
         if args.rules == "probe":
             (cfg_dir / "rules.yaml").write_text("rules:\n  - {id: G-highhigh, type: gas_highhigh, kind: gas}\n")

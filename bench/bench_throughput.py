@@ -47,10 +47,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the bench runs as a script from any directory: the project before its imports
 
-from citywatch.localstack import Credentials, InfluxProcess, MosquittoProcess, free_port
-from config import load_config
+from citywatch.localstack import Credentials, InfluxProcess, MosquittoProcess, free_port  # noqa: E402
+from config import load_config  # noqa: E402
 
 ALERTS_YAML = """
 alerting:
@@ -104,7 +104,7 @@ class Shape:
         """n messages (lines) of `dev`, event times continuing where its last message ended."""
         t = self.next_ms[dev.id]
         out = []
-        for i in range(n):
+        for _ in range(n):
             ts = [t + j * self.step_ms for j in range(self.samples)]
             t += self.samples * self.step_ms
             if self.samples == 1:

@@ -31,7 +31,8 @@ class DemoMail:
 
     def summary(self) -> list[str]:
         box = mailbox.Maildir(self.maildir, create=False,
-                              factory=lambda f: email.message_from_binary_file(f, policy=email.policy.default))
+                              # typeshed types the file mailbox hands over as its own class, not a binary file
+                              factory=lambda f: email.message_from_binary_file(f, policy=email.policy.default))  # type: ignore[call-overload]
         mails = sorted(box, key=lambda m: str(m["Date"]))
         lines = [f"mails to the people on duty: {len(mails)} in {self.maildir} (a Maildir: `mutt -f {self.maildir}`, "
                  f"or any mail reader)"]

@@ -21,14 +21,19 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from alerts.command_listener import CommandListener
 from alerts.engine import AlertEngine, wall_clock_ns
 from config import ConfigError, load_config
 from ingest.metrics import LagWatch, LatencyHistogram
+
+if TYPE_CHECKING:
+    from detectors.snapshot import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +93,7 @@ class DetectionPipeline:
         self.reorder_slack_ns = int(EVENT_REORDER_SLACK_S * 1e9)
         # Devices (bool mask over the sensors) whose readings wait in the detector thread's backlog: the
         # deadman leaves them as they are (RuleSet.advance hold) until their rows have run.
-        self._held = None
+        self._held: npt.NDArray[np.bool_] | None = None
         self.clock = clock
         self.rules = RuleSet.from_config(cfg)
         self._mark_event_time(self.rules)
@@ -121,9 +126,9 @@ class DetectionPipeline:
         # time, for devices that send as they measure) to the firing notice handed to the sinks.
         self.alert_latency = LatencyHistogram()
         # What the last start or reload restored of the detectors' state (detectors.snapshot.LoadReport).
-        self.state_report = None
+        self.state_report: LoadReport | None = None
         self._save_lock = threading.Lock()
-        self._jobs = None
+        self._jobs: BackgroundScheduler | None = None
         self._started = False
 
     # ----- lifecycle --------------------------------------------------------------------------------
@@ -166,7 +171,7 @@ class DetectionPipeline:
             self._scheduler = None
         if self.listener is not None:
             self.listener.stop()
-        if self._worker is not None:
+        if self._worker is not None and self._queue is not None:  # a worker runs only with a queue
             self._queue.put(None)
             self._worker.join(30)
             self._worker = None
@@ -213,7 +218,7 @@ class DetectionPipeline:
         Never raises: a bug here must not stop ingest (the readings are already durable)."""
         batch = self._note_arrival(batch)
         self._arrived(batch)
-        if self._worker is not None:
+        if self._worker is not None and self._queue is not None:  # a worker runs only with a queue
             self._queue.put(batch)
             return
         self._evaluate(batch)
@@ -235,15 +240,18 @@ class DetectionPipeline:
         from detectors.batch import ReadingBatch
         from detectors.registry import take_step
 
+        q = self._queue
+        if q is None:  # started only when the pipeline is threaded, which gives it a queue
+            return
         backlog = None   # rows deferred by the per-device bound (a ReadingBatch), or None
         taken = 0        # queue items taken whose rows are not all evaluated yet (task_done when they are)
         stop = False
         while True:
-            got = [] if backlog is not None else [self._queue.get()]
+            got = [] if backlog is not None else [q.get()]
             rows = (len(backlog) if backlog is not None else 0) + sum(len(b) for b in got if b is not None)
             while not (got and got[-1] is None) and rows < BACKLOG_ROWS:
                 try:
-                    got.append(self._queue.get_nowait())
+                    got.append(q.get_nowait())
                 except queue.Empty:
                     break
                 if got[-1] is not None:
@@ -261,7 +269,7 @@ class DetectionPipeline:
             finally:
                 if backlog is None:
                     for _ in range(taken):
-                        self._queue.task_done()
+                        q.task_done()
                     taken = 0
             if stop and backlog is None:
                 return
@@ -461,7 +469,8 @@ class DetectionPipeline:
             self.counters["reloads"] += 1
         log.info("config reloaded from %s", self.config_dir)
         snapshot.log_report(report)
-        if new_cfg.alerting.detector_state_save_s != old_save_s and hasattr(self._jobs, "reschedule_job"):
+        if (new_cfg.alerting.detector_state_save_s != old_save_s and self._jobs is not None
+                and hasattr(self._jobs, "reschedule_job")):
             self._jobs.reschedule_job("detector_state", trigger="interval", seconds=new_cfg.alerting.detector_state_save_s)
 
     def reload_from_disk(self) -> bool:

@@ -8,6 +8,8 @@ of counters. Served by the maintained client library, `prometheus_client`, on it
 from __future__ import annotations
 
 import logging
+import threading
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -17,6 +19,9 @@ from prometheus_client.core import (
 )
 
 from ingest.metrics import COUNTERS
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +109,8 @@ class PrometheusEndpoint:
         self.host, self.port = host, port
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServiceCollector(service))
-        self._server = None
-        self._thread = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> bool:
         try:

@@ -40,7 +40,7 @@ class Span:
     limit: float
     unit: str
 
-    def overlaps(self, other: "Span") -> bool:
+    def overlaps(self, other: Span) -> bool:
         inf = 2**63 - 1
         return self.started_ns < (other.end_ns or inf) and other.started_ns < (self.end_ns or inf)
 
@@ -113,11 +113,11 @@ def compare_spans(before: list[Span], after: list[Span]) -> list[Change]:
         for _, side, s in tagged:
             g = groups[-1] if groups else None
             if g is not None and (g[2] is None or s.started_ns < g[2]):
-                g[side].append(s)
+                (g[0], g[1])[side].append(s)
                 groups[-1] = (g[0], g[1], None if (g[2] is None or s.end_ns is None) else max(g[2], s.end_ns))
             else:
                 new: tuple[list, list, int | None] = ([], [], s.end_ns)
-                new[side].append(s)
+                (new[0], new[1])[side].append(s)
                 groups.append(new)
         for ga, gb, _ in groups:
             one = (ga or gb)[0]
@@ -252,7 +252,7 @@ def plot_device(series: DeviceSeries, changes: list[Change], names: tuple[str, s
         return np.asarray(ns, "datetime64[ns]").astype("datetime64[ms]").astype(dt.datetime)
 
     def local(ns):
-        return [t.replace(tzinfo=dt.timezone.utc).astimezone(tz) for t in times(ns)]
+        return [t.replace(tzinfo=dt.UTC).astimezone(tz) for t in times(ns)]
 
     # Only the rules whose alerts change: the others' limits would bury the ones that matter.
     rules = sorted({c.rule_id for c in changes if c.kind != "same"}) or sorted({c.rule_id for c in changes})

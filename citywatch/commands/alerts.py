@@ -20,7 +20,7 @@ import time
 import zoneinfo
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -131,7 +131,7 @@ def _config(args):
         return load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        raise SystemExit(EXIT_ERROR)
+        raise SystemExit(EXIT_ERROR) from None
 
 
 def _store(args, cfg=None) -> AlertStore:
@@ -223,7 +223,7 @@ def header(fresh: Freshness) -> Text:
 
 def _alert_board(store: AlertStore, alerts, title: str, width: int) -> Group:
     fresh = freshness(store)
-    parts = [header(fresh)]
+    parts: list[RenderableType] = [header(fresh)]
     if alerts:
         parts.append(board(alerts, fresh.as_of_ns, title, width))
     elif fresh.alive:

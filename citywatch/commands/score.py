@@ -118,7 +118,7 @@ def select_alerts(alerts: list, run_id: str | None, since_ms: int | None, until_
 
 def args_time(ms: int) -> str:
     import datetime as dt
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _read_truth(path: str) -> list[dict]:

@@ -107,7 +107,8 @@ def run(args) -> int:
             print(f"citywatch simulate: WARNING: the service {client_id} (started {info.get('started_at', '?')}) runs "
                   "on the wall clock and will refuse simulated readings as ts_too_old; restart it with "
                   "CITYWATCH_CLOCK=event for simulations and replays", file=sys.stderr)
-    status = {d: status_topic(cfg.device(d)) for d in scenario.devices}
+    # load_scenario keeps only devices of the inventory, so each has an index.
+    status = {d: status_topic(cfg.devices[cfg.device_index(d)]) for d in scenario.devices}
     publisher = FeedPublisher(host, port, creds, status)
     speed = None if args.fast else args.speed
     if speed:

@@ -42,6 +42,9 @@ def _run(args) -> int:
 
     env = os.environ
     user, password = influx.credentials(env) or (None, None)
+    if not influx.database:  # the config requires it for api v1; said plainly should that ever change
+        print("  connections.influx.database is not set: no self-metrics to read")
+        return rc
     writer = V1Writer(influx.url, influx.database, user, password, influx.timeout_s)
     try:
         res = writer.query(f'SELECT * FROM "{MEASUREMENT}" WHERE "kind" = \'collector\' '

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-START = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)  # 20:00 local
+START = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)  # 20:00 local
 HOURS = 6
 COLUMNS = ["ts", "device_id", "flag", "leq", "lmax", "lmin", "l10", "l50", "l90", "p", "batt_v"]
 

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -44,7 +44,7 @@ def _topic(cfg, device_id: str) -> str:
 def _valid(cfg, rng: random.Random, now_ms: int) -> tuple[str, bytes]:
     """A valid message of a fuzz device: a JSON envelope (noise or gas, 1-70 samples) or an HJ 212 frame."""
     if rng.random() < 0.3:
-        local = datetime.fromtimestamp(now_ms // 1000 - rng.randint(60, 3600), tz=timezone.utc).replace(tzinfo=None)
+        local = datetime.fromtimestamp(now_ms // 1000 - rng.randint(60, 3600), tz=UTC).replace(tzinfo=None)
         frame = build_noise_frame(FUZZ_HJ, local + timedelta(hours=8), {"LA": 63.4, "Leq": 61.8, "LMx": 78.2}, {})
         return f"city/xm/hj212/{FUZZ_HJ}", frame
     dev = cfg.device(rng.choice(FUZZ_JSON))

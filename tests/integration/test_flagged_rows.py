@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,7 +20,7 @@ from tests.unit.alerts.helpers import Subscriber, write_config
 pytestmark = pytest.mark.integration
 
 # 2025-09-10 10:00 Beijing: daytime, outside the prohibited windows and the exam period.
-T0_MS = int(datetime(2025, 9, 10, 2, 0, tzinfo=timezone.utc).timestamp() * 1000)
+T0_MS = int(datetime(2025, 9, 10, 2, 0, tzinfo=UTC).timestamp() * 1000)
 MIN_MS = 60_000
 GOOD = {"leq": 61.8, "lmax": 78.2, "lmin": 52.0, "l10": 65.1, "l50": 60.2, "l90": 55.3}
 N_ROWS, D_ROWS = 3, 22  # 22 minutes of D: longer than bad_flag_for_s (900 s) and the deadman's silence limit
@@ -119,4 +119,4 @@ def test_device_flagging_d_raises_n_data_while_it_still_flags_d(tmp_path, mosqui
 
 def _iso(ms: int) -> str:
     """UTC ms as the notices write times: 2025-09-10T02:17:00.000Z."""
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"

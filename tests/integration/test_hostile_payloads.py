@@ -13,7 +13,13 @@ import pytest
 
 from ingest.deadletter import DeadLetterStore
 from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture
-    GAS, NOISE_JSON, DevicePublisher, data_topic, mosquitto_pub, noise_payload, service_factory,
+    GAS,
+    NOISE_JSON,
+    DevicePublisher,
+    data_topic,
+    mosquitto_pub,
+    noise_payload,
+    service_factory,
 )
 
 pytestmark = pytest.mark.integration

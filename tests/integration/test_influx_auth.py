@@ -13,8 +13,7 @@ import pytest
 
 from citywatch.localstack import InfluxAccounts, InfluxProcess
 from ingest.influx_writer import RetryableWriteError, V1Writer
-from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture
-    GAS, DevicePublisher, data_topic, gas_payload, service_factory)
+from tests.integration.test_ingest_harness import GAS, DevicePublisher, data_topic, gas_payload, service_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 

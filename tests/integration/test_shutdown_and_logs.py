@@ -15,7 +15,13 @@ import pytest
 from citywatch.service import wait_until
 from ingest.spool import SpoolWriter
 from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture
-    GAS, NOISE_JSON, Stream, config_copy, counts, service_factory, wait_counts,
+    GAS,
+    NOISE_JSON,
+    Stream,
+    config_copy,
+    counts,
+    service_factory,
+    wait_counts,
 )
 
 pytestmark = pytest.mark.integration
@@ -113,12 +119,12 @@ def test_broker_outage_is_logged_once_down_and_once_back_per_connection(tmp_path
     svc = service_factory(config_copy(tmp_path))
     mosquitto.stop()
     for who in MQTT_CLIENTS:
-        assert wait_for(lambda: lines_with(svc.log_text(), who, "unreachable"), 30), (who, svc.log_tail())
+        assert wait_for(lambda who=who: lines_with(svc.log_text(), who, "unreachable"), 30), (who, svc.log_tail())
     # Several reconnect attempts fail meanwhile (1 s, then 2 s apart): none of them adds a line.
     time.sleep(4)
     mosquitto.start()
     for who in MQTT_CLIENTS:
-        assert wait_for(lambda: lines_with(svc.log_text(), who, "back after"), 60), (who, svc.log_tail())
+        assert wait_for(lambda who=who: lines_with(svc.log_text(), who, "back after"), 60), (who, svc.log_tail())
     text = svc.log_text()
     for who in MQTT_CLIENTS:
         down = lines_with(text, f"MQTT broker {mosquitto.host}:{mosquitto.port} {who} unreachable (")

@@ -101,7 +101,7 @@ def test_device_cannot_publish_under_another_devices_topic(mosquitto):
     own = dev.publish("city/xm/noise/SM-2025-101/XM0001NOISE/data", b"own", qos=1)
     own.wait_for_publish(5)
     foreign.wait_for_publish(5)
-    msgs = inbox.wait_for(1)
+    inbox.wait_for(1)
     time.sleep(0.3)  # let any wrongly forwarded message arrive before we assert its absence
     assert [m[1] for m in inbox.messages] == [b"own"]
     # MQTT 5: the broker answers a refused QoS 1 publish with "Not authorized" (0x87).
@@ -127,8 +127,8 @@ def test_mosquitto_pub_cli_as_device(mosquitto):
 
 def test_persistent_session_queue_survives_broker_restart(mosquitto):
     """QoS 1 messages queued for an offline persistent session are still delivered after a broker restart."""
-    from paho.mqtt.properties import Properties
     from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
