@@ -160,7 +160,8 @@ class MqttCollector:
             self._props.ReceiveMaximum = max(1, min(65535, int(receive_maximum)))
         # The broker's outages are logged once each (unreachable with the reason, back with how long).
         where = f"{mqtt.host}:{mqtt.port}" if hosts is None else ", ".join(f"{h}:{p}" for h, p in self._hosts)
-        self.reachability = Reachability(f"MQTT broker {where} (collector {client_id})", log,
+        who = "collector" if client_id == mqtt.client_id else f"collector {client_id}"  # a partition's own session
+        self.reachability = Reachability(f"MQTT broker {where} ({who})", log,
                                          down_note="readings wait at the broker; reconnecting")
         self.presence_topic = presence_topic(client_id)
         self.client.will_set(self.presence_topic, b'{"state":"offline"}', qos=1, retain=True)
