@@ -5,6 +5,11 @@ monitor's 15 one-minute aggregates (leq, lmax, lmin, l10, l50, l90) and every ga
 samples (p, batt_v, t_dev), with a few planted events. The inventory is synthetic (built in memory).
 
     .venv/bin/python bench/bench_detectors.py [--sensors 10000] [--batches 8] [--ref-batches 1] [--repeat 10]
+        [--long-rows 1000000] [--long-repeat 3]
+
+Beside it, the long-series case (issue 16, item 8): one generic device's history of --long-rows readings
+in 50,000-row batches (the chunks `citywatch detect` reads a file in), each generic rule alone and all of
+them together; the rules that still step one reading at a time run over --slow-rows readings.
 
 Prints figures and ends with one line `RESULT bench_detectors key=value ...`.
 """
@@ -94,6 +99,63 @@ def make_batches(cfg: Config, n_batches: int, seed: int = 7) -> list[ReadingBatc
     return out
 
 
+# The generic rules of the long-series case (field `v` of one generic device), by name in the RESULT line.
+LONG_RULES = {
+    "threshold": {"type": "threshold", "field": "v", "levels": [{"above": 4.0, "severity": "yellow"}], "hysteresis": 0.5},
+    "rate_of_change": {"type": "rate_of_change", "field": "v", "limit": 400.0},
+    "robust_z": {"type": "robust_z", "field": "v"},
+    "ewma": {"type": "ewma", "field": "v"},
+    "cusum": {"type": "cusum", "field": "v"},
+    "cusum_reset": {"type": "cusum", "field": "v", "after_alarm": "reset"},
+    "flatline": {"type": "flatline", "field": "v", "window_s": 600},
+    "deadman": {"type": "deadman"},
+}
+# Rules whose recursion steps one reading at a time (see the README): measured over --slow-rows.
+SLOW_RULES = {
+    "flatline_min_change": {"type": "flatline", "field": "v", "window_s": 600, "min_change": 0.05},
+    "hotelling_t2": {"type": "hotelling_t2", "fields": ["v", "w"]},
+    "knn_cad": {"type": "knn_cad", "field": "v"},
+}
+LONG_BATCH = 50_000
+
+
+def long_config(rules: dict) -> Config:
+    base = load_config().model_dump(by_alias=True)
+    base["devices"] = [{"id": "X-LONG", "kind": "generic", "report_interval_s": 60}]
+    base["rules"] = [{"id": name, "kind": "generic", **r} for name, r in rules.items()]
+    return Config.model_validate(base)
+
+
+def long_series(n: int, seed: int = 11) -> ReadingBatch:
+    """One device, one reading a minute: noise around 0 with 0.1 % spikes, a 100-reading level shift every
+    50,000 readings and a stuck stretch; a second field `w` follows `v`."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(0.0, 1.0, n)
+    v[np.arange(n) % 50_000 >= 49_900] += 3.0
+    v[rng.random(n) < 0.001] += 8.0
+    v[n // 2:n // 2 + 50] = 1.0
+    ts = int(np.datetime64("2025-06-01T00:00:00", "ns").astype(np.int64)) + np.arange(n, dtype=np.int64) * MIN_NS
+    return ReadingBatch(np.zeros(n, np.int32), ts, {"v": v, "w": 0.5 * v + rng.normal(0, 0.1, n)})
+
+
+def run_long(rules: dict, batch: ReadingBatch, repeat: int) -> tuple[float, float, int]:
+    """(best readings/s wall, best per CPU-second, detection rows) of a fresh rule set over the batch in
+    LONG_BATCH chunks, best of `repeat` runs."""
+    cfg = long_config(rules)
+    best = best_cpu = 0.0
+    found = 0
+    for _ in range(repeat):
+        rs = RuleSet.from_config(cfg)
+        gc.collect()
+        found = 0
+        t, c = time.perf_counter(), time.process_time()
+        for a in range(0, len(batch), LONG_BATCH):
+            found += len(rs.process(batch.take(np.arange(a, min(len(batch), a + LONG_BATCH)))))
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        best, best_cpu = max(best, len(batch) / wall), max(best_cpu, len(batch) / max(cpu, 1e-9))
+    return best, best_cpu, found
+
+
 def same(a, b) -> bool:
     a, b = a.sorted(), b.sorted()
     return (len(a) == len(b) and a.sensor.tolist() == b.sensor.tolist() and a.ts_ns.tolist() == b.ts_ns.tolist()
@@ -108,6 +170,10 @@ def main() -> None:
     ap.add_argument("--ref-batches", type=int, default=1, help="batches for the reference run (it is slow)")
     ap.add_argument("--repeat", type=int, default=10,
                     help="vectorized runs (each over every batch); the best is reported, with the median and the worst")
+    ap.add_argument("--long-rows", type=int, default=1_000_000, help="readings of the one long series")
+    ap.add_argument("--long-repeat", type=int, default=3, help="runs per long-series row; the best is reported")
+    ap.add_argument("--slow-rows", type=int, default=5_000,
+                    help="readings for the rules that step one reading at a time")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -165,13 +231,37 @@ def main() -> None:
         load = os.getloadavg()[0]
     except OSError:
         load = float("nan")
+
+    # One sensor's long history: each generic rule alone, then all of them together.
+    long_batch = long_series(args.long_rows)
+    long_rate: dict[str, float] = {}
+    for name, rule in list(LONG_RULES.items()) + [("all", None)]:
+        rules = LONG_RULES if rule is None else {name: rule}
+        rps, rps_cpu, found = run_long(rules, long_batch, args.long_repeat)
+        long_rate[name] = rps_cpu
+        print(f"long series, {name}: {args.long_rows} readings of one sensor at {rps:,.0f} readings/s wall, "
+              f"{rps_cpu:,.0f} per CPU-second; {found} detection rows")
+    slow_batch = long_series(args.slow_rows)
+    slow_rate: dict[str, float] = {}
+    for name, rule in SLOW_RULES.items():
+        rps, rps_cpu, found = run_long({name: rule}, slow_batch, 1)
+        slow_rate[name] = rps_cpu
+        print(f"long series, {name} (one reading at a time): {args.slow_rows} readings at {rps:,.0f} readings/s "
+              f"wall, {rps_cpu:,.0f} per CPU-second; {found} detection rows")
+    long_min = min(v for k, v in long_rate.items() if k != "all")
     ok = best_cpu >= 2_000_000 and speedup >= 100 and state <= 2048 and equal
+    long_ok = long_min >= 1_000_000
     print(f"RESULT bench_detectors sensors={args.sensors} rules={len(rs.rules)} batch_rows={len(batches[0])} "
           f"readings_per_s_wall={best:.0f} median_readings_per_s_wall={median:.0f} worst_readings_per_s_wall={worst:.0f} "
           f"readings_per_cpu_s={best_cpu:.0f} "
           f"reference_readings_per_cpu_s={ref_rps_cpu:.0f} speedup={speedup:.1f} "
           f"state_bytes_per_sensor={state:.0f} reference_equal={str(equal).lower()} load_avg={load:.1f} "
-          f"targets=2000000/100x/2048 pass={str(ok).lower()}")
+          f"targets=2000000/100x/2048 pass={str(ok).lower()} "
+          f"long_rows={args.long_rows} long_all_readings_per_cpu_s={long_rate['all']:.0f} "
+          f"long_min_rule_readings_per_cpu_s={long_min:.0f} "
+          + " ".join(f"long_{k}={v:.0f}" for k, v in long_rate.items() if k != "all") + " "
+          + " ".join(f"stepwise_{k}={v:.0f}" for k, v in slow_rate.items())
+          + f" long_target=1000000 long_pass={str(long_ok).lower()}")
 
 
 if __name__ == "__main__":

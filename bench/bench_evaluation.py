@@ -74,7 +74,13 @@ GENERIC: dict[str, tuple[str, dict]] = {
     "flatline": ("flatline", {}),
     "knn_cad": ("knn_cad", {}),
     "hotelling_t2": ("hotelling_t2", {}),      # fields per kind: T2_FIELDS
+    "spectral_residual": ("spectral_residual", {}),
+    "fuzzy_art": ("fuzzy_art", {}),
+    # Over groups of related devices: a district's monitors, a district's gas sensors of one pressure class
+    # (the UCR feed is one series: no group to judge).
+    "group_t2": ("group_t2", {}),
 }
+GROUP_BY = {"noise": "district", "gas": "district_class", "ucr": "all"}
 FIELDS = {"noise": "leq", "gas": "p", "ucr": "value"}
 T2_FIELDS = {"noise": ["leq", "lmax", "l90"], "gas": ["p", "batt_v"], "ucr": ["value", "d1"]}
 
@@ -236,6 +242,8 @@ def generic_rules(rtype: str, extra: dict, feed: Feed) -> list[dict]:
         rule: dict = {"id": f"{rtype}-{k}", "type": rtype, "kind": kind, **extra}
         if rtype == "hotelling_t2":
             rule["fields"] = T2_FIELDS[k]
+        elif rtype == "group_t2":
+            rule["field"], rule["group_by"] = FIELDS[k], GROUP_BY[k]
         else:
             rule["field"] = FIELDS[k]
         if rtype == "rate_of_change":

@@ -33,12 +33,17 @@ class Site(Strict):
     lon: float = Field(ge=-180, le=180)
     crs: Literal["WGS84", "GCJ02"] = "WGS84"
     kind: Literal["construction", "gas_station", "gas_network"] = "construction"
+    # The site's surveyed background level (GB 12523 background correction, detectors/background.py).
+    background_db: float | None = Field(None, ge=25, le=140)
 
 
 class Device(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-    kind: Literal["noise", "gas"]
-    site: str
+    # generic: any numeric series (a benchmark's, a machine's) with no noise or gas meaning; only the
+    # generic detector types judge it, and it needs no site. Offline (`citywatch detect`) only: the
+    # service's ingest knows noise monitors and gas sensors.
+    kind: Literal["noise", "gas", "generic"]
+    site: str | None = None  # required for noise and gas devices
     report_interval_s: int = Field(gt=0, le=86400)
     # How the device reports: JSON batches on its data topic, or raw HJ 212 frames on city/xm/hj212/{mn}.
     protocol: Literal["json", "hj212"] = "json"
@@ -51,7 +56,14 @@ class Device(Strict):
     full_scale_kpa: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _gas_fields(self) -> "Device":
+    def _site(self) -> Device:
+        if self.site is None and self.kind != "generic":
+            raise KeyProblem("site", f"required key is missing (a {self.kind} device belongs to a site; only a "
+                             "generic device may have none)")
+        return self
+
+    @model_validator(mode="after")
+    def _gas_fields(self) -> Device:
         gas_keys = ("pressure_class", "set_pressure_kpa", "mop_kpa", "full_scale_kpa")
         if self.kind != "gas":
             given = [k for k in gas_keys if getattr(self, k) is not None]
@@ -59,22 +71,23 @@ class Device(Strict):
                 raise KeyProblem(given[0], f"only applies to gas devices; this device's kind is {self.kind!r} (got {show(getattr(self, given[0]))})")
             return self
         missing = [k for k in gas_keys if getattr(self, k) is None]
-        if missing:
+        pclass, set_kpa, mop, full = self.pressure_class, self.set_pressure_kpa, self.mop_kpa, self.full_scale_kpa
+        if missing or pclass is None or set_kpa is None or mop is None or full is None:  # (the same test, for mypy)
             raise KeyProblem(missing[0], f"required key is missing (a gas device needs {', '.join(missing)})")
-        lo, hi = PRESSURE_CLASSES_KPA[self.pressure_class]
-        if not (lo < self.set_pressure_kpa <= hi):
+        lo, hi = PRESSURE_CLASSES_KPA[pclass]
+        if not (lo < set_kpa <= hi):
             raise KeyProblem(
                 "set_pressure_kpa",
-                f"must lie inside pressure_class {self.pressure_class} ({_class_range(lo, hi)}) (got {self.set_pressure_kpa:g})",
+                f"must lie inside pressure_class {pclass} ({_class_range(lo, hi)}) (got {set_kpa:g})",
             )
-        if self.mop_kpa < self.set_pressure_kpa:
-            raise KeyProblem("mop_kpa", f"must not be below set_pressure_kpa {self.set_pressure_kpa:g} (got {self.mop_kpa:g})")
-        if self.full_scale_kpa < self.mop_kpa:
-            raise KeyProblem("full_scale_kpa", f"must not be below mop_kpa {self.mop_kpa:g} (got {self.full_scale_kpa:g})")
+        if mop < set_kpa:
+            raise KeyProblem("mop_kpa", f"must not be below set_pressure_kpa {set_kpa:g} (got {mop:g})")
+        if full < mop:
+            raise KeyProblem("full_scale_kpa", f"must not be below mop_kpa {mop:g} (got {full:g})")
         return self
 
     @model_validator(mode="after")
-    def _intervals(self) -> "Device":
+    def _intervals(self) -> Device:
         if self.sample_interval_s and self.sample_interval_s > self.report_interval_s:
             raise KeyProblem(
                 "sample_interval_s",

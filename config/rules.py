@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from config.base import Strict
 
-
 # Detector types whose active rows come from the clock (`advance`: the wall clock live, the event-time
 # watermark in replay) rather than from readings. Their clear is a reading saying "the device is alive
 # now", whatever that reading's own timestamp: the alert engine never drops it as a late row.
 # tests/unit/detectors/test_deadman_clear.py checks this against every registered detector type.
-TIME_DRIVEN_TYPES = frozenset({"deadman"})
+TIME_DRIVEN_TYPES = frozenset({"deadman", "group_t2"})  # group_t2 judges a bucket when the watermark closes it
 
 
 class RuleSpec(Strict):
@@ -22,7 +21,7 @@ class RuleSpec(Strict):
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     type: str = Field(min_length=1)
-    kind: Literal["noise", "gas", "any"] = "any"
+    kind: Literal["noise", "gas", "generic", "any"] = "any"
     enabled: bool = True
     for_s: float = Field(0, ge=0)
     clear_for_s: float = Field(0, ge=0)
@@ -33,6 +32,6 @@ class RuleSpec(Strict):
         return self.type in TIME_DRIVEN_TYPES
 
     @property
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:
         """The detector-specific keys of this rule."""
         return dict(self.model_extra or {})

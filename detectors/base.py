@@ -3,7 +3,8 @@
 A `RuleSet` (registry.py) splits each batch into rounds with at most one reading per sensor, in time
 order per sensor, and hands every detector a `View` of the round's rows it runs on. So a detector only
 ever sees each sensor once per call and its per-reading semantics hold by construction: a batch split
-anywhere gives the same detections as one batch.
+anywhere gives the same detections as one batch. `batchwise` and `series` detectors (LevelDetector)
+take the whole batch in one call instead, every reading of a sensor at once, with the same result.
 
 Lifecycle: `__init__` validates nothing itself (the registry validated `Params`) and allocates state;
 `step(view)` may be called any number of times; `advance(now_ns)` is called for time-driven rules.
@@ -12,13 +13,19 @@ State lives in numpy attributes whose names end in `_`, sized by the rule's own 
 
 from __future__ import annotations
 
-from typing import ClassVar
+import builtins
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from config.base import SEVERITY_RANK, Strict
 from detectors.batch import Detections
 from detectors.calendar import EXAM_MODES
+
+if TYPE_CHECKING:  # annotations only: autolimit imports this module
+    from detectors.autolimit import AutoLimit
+    from detectors.context import Inventory, SensorGroup, View
 
 
 class RuleParams(Strict):
@@ -58,7 +65,9 @@ def severity_code(name: str) -> int:
     return SEVERITY_RANK[name]
 
 
-def levels_above(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]], hysteresis) -> tuple:
+def levels_above(
+    value: np.ndarray, levels: Sequence[tuple[int, np.ndarray | float]], hysteresis
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Severity of `value` against ascending thresholds: (raw, held, limits table).
 
     levels: (severity, threshold) pairs; a value strictly above a threshold reaches its severity.
@@ -67,24 +76,27 @@ def levels_above(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]]
     n = len(value)
     limits = np.empty((5, n))
     levels = sorted(levels, key=lambda x: x[0])
-    raw = held = None
+    raw: np.ndarray | None = None
+    held: np.ndarray | None = None
     for sev, thr in levels:
         limits[sev] = thr
         r = (value > thr).view(np.int8)
         h = (value > thr - hysteresis).view(np.int8)
-        if raw is None:
+        if raw is None or held is None:  # both are None together: the first level
             limits[0] = thr
             raw, held = r * np.int8(sev), h * np.int8(sev)
         else:
             # Severities only grow along the list, so a higher level simply overrides a lower one.
             raw = np.where(r, np.int8(sev), raw)
             held = np.where(h, np.int8(sev), held)
-    if raw is None:
+    if raw is None or held is None:  # no levels
         return np.zeros(n, np.int8), np.zeros(n, np.int8), np.full((5, n), np.nan)
     return raw, held, limits
 
 
-def levels_below(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]], hysteresis) -> tuple:
+def levels_below(
+    value: np.ndarray, levels: Sequence[tuple[int, np.ndarray | float]], hysteresis
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """As `levels_above` for lower limits: a value strictly below a threshold reaches its severity, and
     an active level holds until the value is `hysteresis` above it (levels_above of the negated values)."""
     ordered = sorted(levels, key=lambda x: x[0])
@@ -92,7 +104,7 @@ def levels_below(value: np.ndarray, levels: list[tuple[int, np.ndarray | float]]
     return raw, held, -limits
 
 
-def take(arr: np.ndarray, view) -> np.ndarray:
+def take(arr: np.ndarray, view: View) -> np.ndarray:
     """Per-sensor state of the view's rows (the array itself, copied, when the view is every sensor in order)."""
     return arr.copy() if view.full else arr[view.loc]
 
@@ -116,13 +128,13 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     return order
 
 
-def at(arr: np.ndarray, view) -> np.ndarray:
+def at(arr: np.ndarray, view: View) -> np.ndarray:
     """Per-sensor values (state or settings) of the view's rows, read-only: the array itself when the
     view is every sensor in order."""
     return arr if view.full else arr[view.loc]
 
 
-def put(arr: np.ndarray, view, values) -> None:
+def put(arr: np.ndarray, view: View, values) -> None:
     """Store per-row values into per-sensor state."""
     if view.full:
         arr[:] = values
@@ -134,15 +146,19 @@ class Detector:
     """Base of all detectors. Subclasses set the class attributes and implement `step`."""
 
     type: ClassVar[str] = ""
-    category: ClassVar[str] = "data"
+    # Class defaults that a rule's params may override per instance in `setup` (a field's unit, ...).
+    category: str = "data"
     kinds: ClassVar[tuple[str, ...]] = ("noise", "gas")  # device kinds this detector can run on
-    metric: ClassVar[str] = ""
-    unit: ClassVar[str] = ""
-    window: ClassVar[str] = ""
+    metric: str = ""
+    unit: str = ""
+    window: str = ""
     uses_calendar: ClassVar[bool] = False
-    Params: ClassVar[type[RuleParams]] = RuleParams
+    # `builtins.type`: the class attribute `type` above shadows the builtin in this class body.
+    Params: ClassVar[builtins.type[RuleParams]] = RuleParams
+    # Subclasses narrow this to their own Params class (`params: ThresholdParams`).
+    params: RuleParams
 
-    def __init__(self, rule_id: str, params: RuleParams, inv, group, shared: dict) -> None:
+    def __init__(self, rule_id: str, params: RuleParams, inv: Inventory, group: SensorGroup, shared: dict) -> None:
         self.rule_id = rule_id
         self.params = params
         self.inv = inv
@@ -154,7 +170,7 @@ class Detector:
     def setup(self, shared: dict) -> None:
         """Allocate state (numpy attributes ending in `_`) and take shared components."""
 
-    def step(self, view) -> Detections | None:
+    def step(self, view: View) -> Detections | None:
         raise NotImplementedError
 
     def advance(self, now_ns: int, hold: np.ndarray | None = None) -> Detections | None:
@@ -178,7 +194,7 @@ class Detector:
             np.asarray(value, np.float64), np.asarray(limit, np.float64), np.asarray(score, np.float64), contexts,
         )
 
-    def contexts(self, view, idx: np.ndarray, extra: dict | None = None) -> list[dict]:
+    def contexts(self, view: View, idx: np.ndarray, extra: dict | None = None) -> list[dict]:
         base = self.context_base()
         out = [dict(base) for _ in range(len(idx))]
         if self.uses_calendar and len(idx):
@@ -189,6 +205,11 @@ class Detector:
                 c["permit_id"] = cal.permit_id(int(f.permit[i]))
                 c["exam_mode"] = EXAM_MODES[int(f.exam[i])]
         for name, col in (extra or {}).items():
+            if isinstance(col, np.ndarray) and col.dtype != object:
+                # One conversion for the column (a long alarm emits a row per reading).
+                for c, v in zip(out, col[idx].tolist()):
+                    c[name] = v
+                continue
             for c, i in zip(out, idx):
                 v = col[i]
                 c[name] = v.item() if hasattr(v, "item") else v
@@ -232,17 +253,43 @@ class LevelDetector(Detector):
     `batchwise` detectors judge each reading on its own (their `evaluate` reads no state of theirs and
     has no side effects): the rule set evaluates them once over a whole batch (`step_batch`), every
     reading of a sensor in one call, and only the hysteresis runs in time order per sensor.
+
+    `series` detectors have state, but a recursion that can be computed along time without a loop over
+    the readings (a linear filter, clamped cumulative sums, a sliding window, run lengths): their
+    `evaluate_series` takes a whole batch too (each sensor's rows contiguous and in time order) and
+    leaves the state as `evaluate` would after those rows one at a time, with the same Eval per row.
+    So one sensor's long history costs a few numpy passes instead of one round per reading. A rule
+    may turn it off for settings its recursion does not allow (`self.series = False` in setup).
     """
 
     batchwise: ClassVar[bool] = False
+    series: bool = False  # per instance where the settings decide (Flatline)
+    # What `RuleSet.trace_scores` records per evaluated row: the Eval's score (the statistic the rule
+    # thresholds: z, CUSUM S, T^2 / limit, ...) or, where the score is only a 0/1 marker, its value.
+    traced: ClassVar[str] = "score"
+    # None, or a list collecting (sensor, ts, score) arrays of every row evaluated (RuleSet.trace_scores).
+    # While tracing, the cheap `candidates` pre-test is skipped, so every row gets its score.
+    trace: list | None = None
+    # None, or an AutoLimit (detectors/autolimit.py, `limit: auto`): it judges each Eval's scores against
+    # a limit resolved per sensor from its training scores, instead of the detector's fixed limit.
+    auto: AutoLimit | None = None
 
     def setup(self, shared: dict) -> None:
         self.level_ = np.zeros(self.n, np.int8)
 
-    def evaluate(self, view) -> Eval:
+    def _record(self, view: View, ev: Eval) -> None:
+        assert self.trace is not None  # called only while tracing
+        score = np.broadcast_to(np.asarray(ev.value if self.traced == "value" else ev.score, np.float64), len(view))
+        self.trace.append((view.sensor.copy(), view.ts.copy(), np.where(ev.known, score, np.nan)))
+
+    def evaluate(self, view: View) -> Eval:
         raise NotImplementedError
 
-    def candidates(self, view) -> np.ndarray | None:
+    def evaluate_series(self, view: View) -> Eval:
+        """`evaluate` over a view with any number of rows per sensor (see `series`)."""
+        raise NotImplementedError
+
+    def candidates(self, view: View) -> np.ndarray | None:
         """Rows that could reach a level now (raw or held above 0), by a cheap test that may include
         more rows than needed but never fewer; None: every row (the default).
 
@@ -251,8 +298,8 @@ class LevelDetector(Detector):
         only. Most readings are normal: for them a rule costs this test and nothing else."""
         return None
 
-    def step(self, view) -> Detections | None:
-        cand = self.candidates(view)
+    def step(self, view: View) -> Detections | None:
+        cand = self.candidates(view) if self.trace is None else None
         if cand is not None:
             rows = cand | (self.level_[view.loc] > 0) if self.level_.any() else cand
             idx = np.flatnonzero(rows)
@@ -261,6 +308,10 @@ class LevelDetector(Detector):
             if len(idx) < len(view):
                 view = view.subset(idx)
         ev = self.evaluate(view)
+        if self.auto is not None:
+            ev = self.auto.apply(view, ev)
+        if self.trace is not None:
+            self._record(view, ev)
         prev = take(self.level_, view)
         new = np.maximum(ev.raw, np.minimum(prev, ev.held))
         new = np.where(ev.known, new, prev)
@@ -270,17 +321,18 @@ class LevelDetector(Detector):
             return None
         return self._emit(view, ev, idx, new[idx])
 
-    def _emit(self, view, ev: Eval, idx: np.ndarray, sev: np.ndarray) -> Detections:
+    def _emit(self, view: View, ev: Eval, idx: np.ndarray, sev: np.ndarray) -> Detections:
         limit = ev.limits[sev] if ev.limits.ndim == 1 else ev.limits[sev, idx]
         return self.rows(
             view.sensor[idx], view.ts[idx], sev, ev.value[idx], limit, ev.score[idx],
             self.contexts(view, idx, ev.extra),
         )
 
-    def step_batch(self, view) -> Detections | None:
+    def step_batch(self, view: View) -> Detections | None:
         """A batchwise detector over a view holding any number of readings per sensor, each sensor's
-        rows contiguous and in time order: the same detections as `step` over one reading at a time."""
-        cand = self.candidates(view)
+        rows contiguous and in time order: the same detections as `step` over one reading at a time.
+        A `series` detector's state runs along time in `evaluate_series` (it has no `candidates`)."""
+        cand = self.candidates(view) if self.trace is None and not self.series else None
         if cand is not None:
             # Every row of the sensors with a candidate row or an active level (a later row may hold or
             # clear the level); the other sensors stay at 0.
@@ -291,7 +343,11 @@ class LevelDetector(Detector):
                 return None
             if len(idx) < len(view):
                 view = view.subset(idx)
-        ev = self.evaluate(view)
+        ev = self.evaluate_series(view) if self.series else self.evaluate(view)
+        if self.auto is not None:
+            ev = self.auto.apply(view, ev)
+        if self.trace is not None:
+            self._record(view, ev)
         idx = np.flatnonzero(ev.known)
         if len(idx) == 0:
             return None

@@ -33,7 +33,8 @@ class ReadingBatch:
     sensor: np.ndarray
     ts_ns: np.ndarray
     values: dict[str, np.ndarray] = field(default_factory=dict)
-    quality: np.ndarray | None = None
+    # Omitted (None): every row 'N'; __post_init__ always makes it an array, so readers see one.
+    quality: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.sensor = np.asarray(self.sensor, dtype=np.int32)
@@ -55,14 +56,14 @@ class ReadingBatch:
         col = self.values.get(name)
         return col if col is not None else np.full(len(self), np.nan)
 
-    def take(self, index: np.ndarray) -> "ReadingBatch":
+    def take(self, index: np.ndarray) -> ReadingBatch:
         """The rows at `index` (an integer or boolean array), in that order."""
         return ReadingBatch(
             self.sensor[index], self.ts_ns[index], {k: v[index] for k, v in self.values.items()}, self.quality[index]
         )
 
     @staticmethod
-    def concat(batches: list["ReadingBatch"]) -> "ReadingBatch":
+    def concat(batches: list[ReadingBatch]) -> ReadingBatch:
         if not batches:
             return ReadingBatch(np.empty(0, np.int32), np.empty(0, np.int64))
         names = sorted({k for b in batches for k in b.values})
@@ -102,14 +103,14 @@ class Detections:
         return len(self.sensor)
 
     @staticmethod
-    def empty() -> "Detections":
+    def empty() -> Detections:
         return Detections(
             np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, object), np.empty(0, object),
             np.empty(0, np.int8), np.empty(0), np.empty(0), np.empty(0), [],
         )
 
     @staticmethod
-    def concat(parts: list["Detections"]) -> "Detections":
+    def concat(parts: list[Detections]) -> Detections:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Detections.empty()
@@ -125,7 +126,7 @@ class Detections:
             [c for p in parts for c in p.context],
         )
 
-    def sorted(self) -> "Detections":
+    def sorted(self) -> Detections:
         """Rows ordered by (ts_ns, sensor, rule_id): the canonical order for comparisons."""
         order = np.lexsort((self.rule_id.astype(str), self.sensor, self.ts_ns)) if len(self) else np.empty(0, int)
         return Detections(

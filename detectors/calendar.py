@@ -94,7 +94,9 @@ class Calendar:
 
     # ----- local time -------------------------------------------------------------------------
     def _offset_s(self, epoch_s: int) -> int:
-        return int(dt.datetime.fromtimestamp(epoch_s, self.tz).utcoffset().total_seconds())
+        off = dt.datetime.fromtimestamp(epoch_s, self.tz).utcoffset()
+        assert off is not None  # a datetime with a zone always has an offset
+        return int(off.total_seconds())
 
     def local_seconds(self, ts_ns: np.ndarray) -> np.ndarray:
         """Local wall-clock seconds since 1970-01-01 00:00 local, int64, for UTC ns timestamps."""
@@ -120,7 +122,7 @@ class Calendar:
             np.minimum(out, np.where(d < 0, d + DAY_S, d), out=out)
         return out
 
-    def facts(self, sensor: np.ndarray, ts_ns: np.ndarray) -> "TimeFacts":
+    def facts(self, sensor: np.ndarray, ts_ns: np.ndarray) -> TimeFacts:
         """Period, prohibited window, permit and exam mode of readings (sensor index, UTC ns)."""
         local = self.local_seconds(ts_ns)
         if len(local) > 1:
@@ -131,7 +133,7 @@ class Calendar:
                     return self._facts_at(sensor, local, lo)
         return self._facts(sensor, local)
 
-    def _facts_at(self, sensor: np.ndarray, local: np.ndarray, lo: int) -> "TimeFacts":
+    def _facts_at(self, sensor: np.ndarray, local: np.ndarray, lo: int) -> TimeFacts:
         """`facts` when every row lies on one day between the same two edges (the usual round: readings
         of about the same minute): the time-of-day facts are those of `lo` for all rows, and only the
         per-sensor parts (permit sites, exam radius) are looked up per row."""
@@ -156,7 +158,7 @@ class Calendar:
                 exam[self.exam_near[sensor]] = EXAM_LISTENING if listening else EXAM_CLASS1
         return TimeFacts(np.full(n, night), np.full(n, prohibited), permit, exam, local)
 
-    def _facts(self, sensor: np.ndarray, local: np.ndarray) -> "TimeFacts":
+    def _facts(self, sensor: np.ndarray, local: np.ndarray) -> TimeFacts:
         day = local // DAY_S
         sod = local - day * DAY_S
         if self.night_start_s > self.day_start_s:
@@ -200,7 +202,7 @@ class TimeFacts:
     def __init__(self, night, prohibited, permit, exam, local) -> None:
         self.night, self.prohibited, self.permit, self.exam, self.local = night, prohibited, permit, exam, local
 
-    def take(self, idx: np.ndarray) -> "TimeFacts":
+    def take(self, idx: np.ndarray) -> TimeFacts:
         return TimeFacts(self.night[idx], self.prohibited[idx], self.permit[idx], self.exam[idx], self.local[idx])
 
     def period_name(self, i: int) -> str:

@@ -3,11 +3,17 @@ row views a rule set hands to its detectors (one reading per sensor at a time)."
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 import numpy as np
 
-from detectors.calendar import Calendar
+from detectors.calendar import Calendar, TimeFacts
 
-KIND_CODES = {"noise": 0, "gas": 1}
+if TYPE_CHECKING:
+    from config.model import Config
+
+# Device kinds as codes; rounds order their rows by this code (noise, then gas, then generic).
+KIND_CODES = {"noise": 0, "gas": 1, "generic": 2}
 
 
 def device_start_kpa(set_kpa: float) -> float:
@@ -26,7 +32,7 @@ def device_start_kpa(set_kpa: float) -> float:
 class Inventory:
     """Per-sensor facts of a Config: kind, interval, noise limits and gas set points after overrides."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         devs = cfg.devices
         self.n = len(devs)
@@ -57,19 +63,27 @@ class Inventory:
             [(g.rel_high.low if d.pressure_class == "low" else g.rel_high.medium) if d.kind == "gas" else nan for d in devs]
         )
         low_levels: list[list] = [list(g.rel_low) for _ in devs]
-        for o in sorted(g.overrides, key=lambda o: o.device is not None):
+        for go in sorted(g.overrides, key=lambda o: o.device is not None):
             for i, d in enumerate(devs):
-                if (d.site == o.site) if o.site else (d.id == o.device):
-                    if o.rel_high is not None:
-                        rel_high[i] = o.rel_high
-                    if o.rel_low is not None:
-                        low_levels[i] = list(o.rel_low)
+                if (d.site == go.site) if go.site else (d.id == go.device):
+                    if go.rel_high is not None:
+                        rel_high[i] = go.rel_high
+                    if go.rel_low is not None:
+                        low_levels[i] = list(go.rel_low)
         self.rel_high = rel_high
         self.low_levels = low_levels
         self.highhigh_kpa = np.array(
-            [min(d.mop_kpa, device_start_kpa(d.set_pressure_kpa)) if d.kind == "gas" else nan for d in devs]
+            # A valid gas device has both (config/inventory.py); the None tests narrow the types.
+            [min(d.mop_kpa, device_start_kpa(d.set_pressure_kpa))
+             if d.kind == "gas" and d.mop_kpa is not None and d.set_pressure_kpa is not None else nan for d in devs]
         )
         self.calendar = Calendar(cfg)
+
+
+class Columns(Protocol):
+    """A round's value columns: `take(name, sel)` is column `name` at round rows `sel`, None if absent."""
+
+    def take(self, name: str, sel: slice | np.ndarray) -> np.ndarray | None: ...
 
 
 class View:
@@ -82,22 +96,22 @@ class View:
 
     __slots__ = ("round", "sel", "loc", "sensor", "ts", "quality", "_cols", "_facts", "_local", "cache", "full")
 
-    def __init__(self, rnd: "Round", sel, loc: np.ndarray, full: bool = False) -> None:
+    def __init__(self, rnd: Round, sel: slice | np.ndarray, loc: np.ndarray, full: bool = False) -> None:
         self.round, self.sel, self.loc = rnd, sel, loc
         # Every sensor of the group, in local-index order: state arrays can be used without gathering.
         self.full = full
         self.sensor = rnd.sensor[sel]
         self.ts = rnd.ts[sel]
         self.quality = rnd.quality[sel]
-        self._cols: dict = {}
-        self._facts = None
-        self._local = None
-        self.cache: dict = {}  # results shared components compute once per view (rolling Leq)
+        self._cols: dict[str, np.ndarray] = {}
+        self._facts: TimeFacts | None = None
+        self._local: np.ndarray | None = None
+        self.cache: dict[str, Any] = {}  # results shared components compute once per view (rolling Leq)
 
     def __len__(self) -> int:
         return len(self.sensor)
 
-    def subset(self, idx: np.ndarray) -> "View":
+    def subset(self, idx: np.ndarray) -> View:
         """The view of rows `idx` of this one. What this view has computed (columns, time facts, the
         per-row results of shared components in `cache`) is carried over for those rows."""
         if isinstance(self.sel, slice):
@@ -135,7 +149,7 @@ class View:
             self._local = self.round.calendar.local_seconds(self.ts)
         return self._local
 
-    def facts(self):
+    def facts(self) -> TimeFacts:
         if self._facts is None:
             self._facts = self.round.calendar.facts(self.sensor, self.ts)
         return self._facts
@@ -144,31 +158,42 @@ class View:
 class Round:
     """Readings with at most one row per sensor, in the order a rule set evaluates them.
 
-    `kind_split` is the row where gas rows start when the round is ordered noise first (else None).
+    `kind_split` is the row where gas rows start when the round is ordered by kind code (else None), and
+    `kind_end` the row where the generic devices' rows start (None: there are none, gas runs to the end).
     `once=False`: a whole batch for batchwise detectors instead, any number of rows per sensor (each
     sensor's rows contiguous and in time order); its views are then never `full`.
     """
 
-    __slots__ = ("sensor", "ts", "values", "quality", "calendar", "kind_split", "once", "_views")
+    __slots__ = ("sensor", "ts", "values", "quality", "calendar", "kind_split", "kind_end", "once", "_views")
 
-    def __init__(self, sensor, ts, values, quality, calendar, kind_split=None, once: bool = True) -> None:
+    def __init__(self, sensor: np.ndarray, ts: np.ndarray, values: Columns, quality: np.ndarray, calendar: Calendar,
+                 kind_split: int | None = None, once: bool = True, kind_end: int | None = None) -> None:
         self.sensor, self.ts, self.values, self.quality, self.calendar = sensor, ts, values, quality, calendar
         self.kind_split = kind_split
+        self.kind_end = kind_end
         self.once = once
-        self._views: dict = {}
+        self._views: dict[int, View] = {}
 
-    def view(self, group: "SensorGroup") -> View:
+    def view(self, group: SensorGroup) -> View:
         v = self._views.get(id(group))
         if v is None:
             sel = None
             if self.kind_split is not None and group.kinds is not None:
                 # Rows are ordered by kind: a group of whole kinds is a contiguous slice (no gathers).
+                n = len(self.sensor)
+                end = n if self.kind_end is None else self.kind_end
                 if group.kinds == (0,):
                     sel = slice(0, self.kind_split)
                 elif group.kinds == (1,):
-                    sel = slice(self.kind_split, len(self.sensor))
+                    sel = slice(self.kind_split, end)
                 elif group.kinds == (0, 1):
-                    sel = slice(0, len(self.sensor))
+                    sel = slice(0, end)
+                elif group.kinds == (2,):
+                    sel = slice(end, n)
+                elif group.kinds == (1, 2):
+                    sel = slice(self.kind_split, n)
+                elif group.kinds == (0, 1, 2):
+                    sel = slice(0, n)
             if sel is not None:
                 n = sel.stop - sel.start
                 v = View(self, sel, group.local[self.sensor[sel]], self.once and n == len(group))

@@ -38,11 +38,14 @@ class DeadmanParams(RuleParams):
 class Deadman(Detector):
     type = "deadman"
     category = "device"
-    kinds = ("noise", "gas")
+    kinds = ("noise", "gas", "generic")
     metric = "silence"
     unit = "s"
     window = "deadman"
     Params = DeadmanParams
+    params: DeadmanParams
+    # A reading only moves last_ and clears a raised level: a whole batch is one step (`step_batch`).
+    batchwise = True
 
     def setup(self, shared):
         o = self.inv.cfg.offline
@@ -85,12 +88,41 @@ class Deadman(Detector):
             np.zeros(len(idx)), self.contexts(view, idx),
         )
 
+    def step_batch(self, view) -> Detections | None:
+        """`step` over a whole batch (each sensor's rows contiguous and in time order): the same as one
+        round per reading, since only each sensor's first row can clear and its last sets last_."""
+        n = len(view)
+        if n == 0:
+            return None
+        loc = view.loc
+        first = np.flatnonzero(np.r_[True, loc[1:] != loc[:-1]])
+        last = np.r_[first[1:] - 1, n - 1]
+        # The first round holds every sensor's first row, and those are each sensor's earliest.
+        if self.start_ns is None:
+            self.start_ns = int(view.ts[first].min())
+        sl = loc[last]
+        self.last_[sl] = np.maximum(self.last_[sl], np.maximum.reduceat(view.ts, first))
+        if not self.level_.any():
+            return None
+        fl = loc[first]
+        prev = self.level_[fl]
+        self.level_[fl] = 0
+        idx = first[prev > 0]
+        if len(idx) == 0:
+            return None
+        ts = np.maximum(view.ts[idx], self.raised_[loc[idx]])
+        return self.rows(
+            view.sensor[idx], ts, np.zeros(len(idx)), np.zeros(len(idx)), self.after_s[loc[idx]],
+            np.zeros(len(idx)), self.contexts(view, idx),
+        )
+
     def note_time(self, ts_ns: int) -> None:
         if self.start_ns is None:
             self.start_ns = int(ts_ns)
 
     def advance(self, now_ns: int, hold: np.ndarray | None = None) -> Detections | None:
         self.note_time(now_ns)
+        assert self.start_ns is not None  # note_time set it
         since = np.where(self.last_ >= 0, self.last_, self.start_ns)
         if self._stamp_at_crossing:
             # Event time: a device was last heard when its latest rows arrived (heard_, less the slack), even
@@ -190,17 +222,14 @@ class Deadman(Detector):
         orange_at = p + np.int64(self.orange_s * NS)
         judged = feed[hit] - slack_ns
         clear_at = np.maximum(np.maximum(ts[hit], judged), np.where(orange, orange_at, yellow_at))
-        sens, stamps, sev, lim, last, seen = [], [], [], [], [], []
+        parts: tuple[list[np.ndarray], ...] = ([], [], [], [], [], [])  # sens, stamps, sev, lim, last, seen
         for mask, at, level, limit in ((np.ones(len(hit), bool), yellow_at, 2, self.after_s[lh]),
                                        (orange, orange_at, 3, np.full(len(hit), float(self.orange_s))),
                                        (np.ones(len(hit), bool), clear_at, 0, self.after_s[lh])):
-            sens.append(self.sensors[lh[mask]])
-            stamps.append(at[mask])
-            sev.append(np.full(int(mask.sum()), level, np.int8))
-            lim.append(limit[mask])
-            last.append(p[mask])
-            seen.append(judged[mask])
-        sens, stamps, sev, lim, last, seen = (np.concatenate(x) for x in (sens, stamps, sev, lim, last, seen))
+            for part, col in zip(parts, (self.sensors[lh[mask]], at[mask], np.full(int(mask.sum()), level, np.int8),
+                                         limit[mask], p[mask], judged[mask])):
+                part.append(col)
+        sens, stamps, sev, lim, last, seen = (np.concatenate(x) for x in parts)
         silent_s = np.where(sev > 0, (seen - last) / NS, 0.0)   # the silence as this report ended it
         base_ctx = self.context_base()
         ctx = [dict(base_ctx, never_reported=bool(self.last_[self._local[s]] < 0 and lp == self.start_ns),

@@ -1,8 +1,11 @@
 """Recorded feeds for offline detection: CSV or JSONL rows (`ts`, `device_id`, reading fields, optional
 `flag`) and InfluxDB v1 history, turned into ReadingBatch chunks in the inventory's sensor indexes.
 
-`ts` is ISO 8601 (a zone is required unless it ends in Z; naive times are rejected rather than guessed)
-or epoch milliseconds. Empty cells are missing values (NaN), never zero.
+`ts` is ISO 8601 (a zone is required unless it ends in Z; naive times are rejected rather than guessed,
+unless the caller names the zone they are in) or an epoch number (milliseconds unless told otherwise).
+The time column may have another name (`timestamp`), and a file that is one device's series may have
+no `device_id` column. Empty cells are missing values (NaN), never zero; a row with more or fewer cells
+than its header is an error naming the line.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 
@@ -28,23 +33,64 @@ class FeedError(ValueError):
     """A feed row that cannot be read; the message names the line."""
 
 
-def parse_ts_ns(text) -> int:
-    """UTC ns from epoch milliseconds (int or digits) or ISO 8601 with a zone; raises ValueError."""
+class NaiveTimestamp(ValueError):
+    """An ISO 8601 time without a zone, and no zone was given to read it in."""
+
+
+# Nanoseconds per unit of an epoch number (`--epoch-unit`).
+EPOCH_UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_EPOCH_NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]*)?$")
+_UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_tz(text: str) -> dt.tzinfo:
+    """A zone for naive times: an IANA name (`Asia/Shanghai`), `UTC`/`Z`, or a fixed offset `+08:00`,
+    `-0530`, `+8`. Raises ValueError naming the accepted forms."""
+    t = text.strip()
+    if t.upper() in ("Z", "UTC"):
+        return dt.UTC
+    m = re.fullmatch(r"([+-])([0-9]{1,2})(?::?([0-9]{2}))?", t)
+    if m:
+        hours, minutes = int(m.group(2)), int(m.group(3) or 0)
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"offset {t!r} is out of range (at most +/-23:59)")
+        sign = -1 if m.group(1) == "-" else 1
+        return dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(t)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {t!r} (give an IANA name such as Asia/Shanghai, UTC, or an "
+                         "offset such as +08:00)") from None
+
+
+def parse_ts_ns(text, tz: dt.tzinfo | None = None, epoch_unit: str = "ms") -> int:
+    """UTC ns of a time: an epoch number (int, float or its text; in `epoch_unit`, default milliseconds)
+    or ISO 8601 (`T` or a space between date and time). A time without a zone is read in `tz`; with no
+    `tz` it raises NaiveTimestamp. Raises ValueError for anything else.
+
+    In a zone with daylight saving time, a local time that occurs twice is read as its first occurrence
+    (Python's fold=0) and one that never occurs as if the clock had not moved."""
+    scale = EPOCH_UNITS[epoch_unit]
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return int(round(float(text) * 1_000_000))
+        return int(text) * scale if isinstance(text, int) else int(round(float(text) * scale))
     s = str(text).strip()
-    if s.lstrip("-").isdigit():
-        return int(s) * 1_000_000
+    if _EPOCH_NUMBER.match(s):
+        whole, _, frac = s.partition(".")
+        return int(whole) * scale if not frac.strip("0") else int(round(float(s) * scale))
     t = dt.datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
     if t.tzinfo is None:
-        raise ValueError(f"timestamp {s!r} has no time zone (add Z or +08:00)")
-    delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        if tz is None:
+            raise NaiveTimestamp(f"timestamp {s!r} has no time zone (add Z or +08:00)")
+        t = t.replace(tzinfo=tz)
+    delta = t - _UTC_EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def format_ts(ts_ns: int) -> str:
     """ISO 8601 UTC with milliseconds, e.g. 2025-06-01T14:30:00.000Z."""
-    t = dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, dt.UTC)
     ms = (ts_ns // 1_000_000) % 1000
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
 
@@ -53,6 +99,9 @@ def format_ts(ts_ns: int) -> str:
 class FeedStats:
     rows: int = 0
     unknown_devices: dict = field(default_factory=dict)  # device_id -> rows skipped
+    columns: set = field(default_factory=set)  # reading fields the feed has (a CSV header, JSONL keys)
+    # Epoch numbers read as milliseconds that fall before 1973-03-04 (likely seconds): (line, text) of the first.
+    small_epoch: tuple | None = None
 
 
 @dataclass
@@ -64,13 +113,26 @@ class Chunk:
     input_ts: np.ndarray
 
 
-class FeedReader:
-    """Reads a feed in chunks of `chunk_rows` rows for a Config's inventory."""
+# An epoch number below this read as milliseconds is before 1973-03-04: likely seconds (or a row index).
+SMALL_EPOCH_MS = 100_000_000_000
 
-    def __init__(self, cfg, chunk_rows: int = 50_000) -> None:
+
+class FeedReader:
+    """Reads a feed in chunks of `chunk_rows` rows for a Config's inventory.
+
+    time_column: the key or column holding the time (default `ts`). device: the device id of every row
+    when the feed has no `device_id` (a file that is one device's series); with a `device_id` column it
+    is not used. tz: the zone of times written without one (None: such times are an error).
+    epoch_unit: s, ms (default), us or ns, for times written as numbers.
+    """
+
+    def __init__(self, cfg, chunk_rows: int = 50_000, time_column: str = "ts", device: str | None = None,
+                 tz: dt.tzinfo | None = None, epoch_unit: str = "ms") -> None:
         self.index = {d.id: i for i, d in enumerate(cfg.devices)}
         self.chunk_rows = chunk_rows
         self.stats = FeedStats()
+        self.time_column, self.device, self.tz, self.epoch_unit = time_column, device, tz, epoch_unit
+        self.reserved = RESERVED | {time_column}
 
     def _chunk(self, sensors: list, ts: list, cols: dict, flags: list, n: int) -> Chunk:
         s = np.array(sensors, np.int32)
@@ -81,26 +143,40 @@ class FeedReader:
         batch = ReadingBatch(s[keep], t[keep], {k: v[keep] for k, v in values.items()}, q[keep])
         return Chunk(batch, s, t)
 
+    def _ts(self, raw, line: int) -> int:
+        try:
+            t = parse_ts_ns(raw, self.tz, self.epoch_unit)
+        except NaiveTimestamp as exc:
+            raise FeedError(f"line {line}: {self.time_column}: {exc}; or give --tz with the zone these times "
+                            "are in (e.g. --tz Asia/Shanghai or --tz +08:00)") from None
+        except ValueError as exc:
+            raise FeedError(f"line {line}: {self.time_column}: {exc}") from None
+        if (self.epoch_unit == "ms" and self.stats.small_epoch is None and -SMALL_EPOCH_MS < t // 1_000_000
+                < SMALL_EPOCH_MS and _EPOCH_NUMBER.match(str(raw).strip())):
+            self.stats.small_epoch = (line, str(raw).strip())
+        return t
+
     def rows(self, records: Iterator[tuple[int, dict]]) -> Iterator[Chunk]:
         """Chunks from (line number, record) pairs."""
         sensors, ts, flags = [], [], []
         cols: dict[str, list] = {}
         ts_cache: dict[str, int] = {}
         n = 0
+        time_key, reserved, single = self.time_column, self.reserved, self.device
         for line, rec in records:
             dev = rec.get("device_id")
             if dev is None or dev == "":
-                raise FeedError(f"line {line}: device_id is missing")
-            raw_ts = rec.get("ts")
+                if single is None or "device_id" in rec:
+                    raise FeedError(f"line {line}: device_id is missing" + (
+                        "" if "device_id" in rec else " (give --device ID for a feed that is one device's series)"))
+                dev = single
+            raw_ts = rec.get(time_key)
             if raw_ts is None or raw_ts == "":
-                raise FeedError(f"line {line}: ts is missing")
+                raise FeedError(f"line {line}: {time_key} is missing")
             # Feeds repeat each timestamp for every device: parse each distinct text once.
             t = ts_cache.get(raw_ts) if isinstance(raw_ts, str) else None
             if t is None:
-                try:
-                    t = parse_ts_ns(raw_ts)
-                except ValueError as exc:
-                    raise FeedError(f"line {line}: ts: {exc}") from None
+                t = self._ts(raw_ts, line)
                 if isinstance(raw_ts, str):
                     if len(ts_cache) > 100_000:
                         ts_cache.clear()
@@ -112,10 +188,11 @@ class FeedReader:
             code = FLAG_CODES.find(str(flag).strip().upper())
             if code < 0 or len(str(flag).strip()) != 1:
                 raise FeedError(f"line {line}: flag must be one of {', '.join(FLAG_CODES)} (got {flag!r})")
-            for k, v in rec.items():
-                if k in RESERVED or k in cols:
+            for k in rec:
+                if k in reserved or k in cols:
                     continue
                 cols[k] = [np.nan] * n
+                self.stats.columns.add(k)
             for k, col in cols.items():
                 v = rec.get(k)
                 if v is None or v == "":
@@ -137,17 +214,79 @@ class FeedReader:
             yield self._chunk(sensors, ts, cols, flags, n)
 
     def read(self, stream: IO[str], fmt: str) -> Iterator[Chunk]:
-        """Chunks of a CSV (with header) or JSONL text stream."""
+        """Chunks of a CSV (with header) or JSONL text stream. A UTF-8 byte-order mark is skipped.
+        Raises FeedError (lazily, as the chunks are read) naming the line of a row that cannot be read."""
         if fmt == "csv":
-            reader = csv.DictReader(stream)
-            if reader.fieldnames is None or "ts" not in reader.fieldnames or "device_id" not in reader.fieldnames:
-                raise FeedError("line 1: the CSV header must name ts and device_id")
-            return self.rows((reader.line_num, rec) for rec in reader)
+            return self.rows(self._csv(stream))
         return self.rows(_jsonl(stream))
+
+    def header(self, names: list[str]) -> list[str]:
+        """The CSV header's column names (trimmed, without a byte-order mark), checked: raises FeedError."""
+        names = [c.strip() for c in names]
+        if names:
+            names[0] = names[0].lstrip("\ufeff").strip()
+        seen: set[str] = set()
+        for c in names:
+            if c in seen:
+                raise FeedError(f"line 1: the CSV header names column {c!r} twice")
+            seen.add(c)
+        shown = ", ".join(names) if len(names) <= 12 else ", ".join(names[:12]) + ", ..."
+        if self.time_column not in seen:
+            hint = did_you_mean_any(self.time_column, names, ("ts", "timestamp", "time", "datetime", "date"))
+            raise FeedError(f"line 1: the CSV header has no time column {self.time_column!r} (columns: {shown})"
+                            + (f"; give --time-column {hint}" if hint else "; give --time-column NAME"))
+        if "device_id" not in seen and self.device is None:
+            raise FeedError(f"line 1: the CSV header has no device_id column (columns: {shown}); give --device ID "
+                            "when the file is one device's series")
+        return names
+
+    def _csv(self, stream: IO[str]) -> Iterator[tuple[int, dict]]:
+        reader = csv.reader(stream)
+        try:
+            first = next(reader, None)
+        except csv.Error as exc:
+            raise FeedError(f"line 1: {exc}") from None
+        if first is None:
+            raise FeedError("line 1: the file is empty (a CSV feed starts with a header line)")
+        names = self.header(first)
+        width = len(names)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise FeedError(f"line {reader.line_num}: {exc}") from None
+            if len(row) != width:
+                if not row:  # a blank line
+                    continue
+                line = reader.line_num
+                if len(row) > width:
+                    extra = ", ".join(repr(c) for c in row[width:][:3])
+                    raise FeedError(f"line {line}: {len(row)} cells, but the header names {width} columns (extra: "
+                                    f"{extra}); a value with a comma must be quoted")
+                missing = ", ".join(names[len(row):][:5])
+                raise FeedError(f"line {line}: {len(row)} cells, but the header names {width} columns (no cell for "
+                                f"{missing}); write an empty cell for a missing value")
+            yield reader.line_num, dict(zip(names, row))
+
+
+def did_you_mean_any(wanted: str, names: list[str], usual: tuple[str, ...] = ()) -> str | None:
+    """The column among `names` most likely meant for `wanted`: one equal to it ignoring case, else one of
+    the `usual` names for it (in that order), else None."""
+    folded = {c.casefold(): c for c in names}
+    if wanted.casefold() in folded:
+        return folded[wanted.casefold()]
+    for u in usual:
+        if u in folded:
+            return folded[u]
+    return None
 
 
 def _jsonl(stream: IO[str]) -> Iterator[tuple[int, dict]]:
     for i, line in enumerate(stream, 1):
+        if i == 1:
+            line = line.lstrip("\ufeff")
         if not line.strip():
             continue
         try:

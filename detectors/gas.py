@@ -8,6 +8,8 @@ them, and readings not flagged N, as missing.
 
 from __future__ import annotations
 
+from typing import TypeVar, overload
+
 import numpy as np
 from pydantic import Field
 
@@ -18,6 +20,7 @@ from detectors.rolling import SlotRing
 
 WEEK_HOURS = 168
 _AROUND = np.arange(-2, 4)  # the hours `smooth_profile` reads, relative to the one before the instant
+_Local = TypeVar("_Local", np.ndarray, int)  # local seconds: an array of them, or one plain int
 
 
 def valid_p(view, inv, loc_sensors) -> tuple[np.ndarray, np.ndarray]:
@@ -41,12 +44,22 @@ def _local_span(view) -> tuple[np.ndarray, int, int]:
     return hit
 
 
-def hour_of_week(local_s: np.ndarray) -> np.ndarray:
+def hour_of_week(local_s: _Local) -> _Local:
     """Hour of the local week, Monday 00:00 = 0 (1970-01-01 was a Thursday); also of a plain int."""
     return ((local_s // 86400 + 3) % 7) * 24 + (local_s % 86400) // 3600
 
 
-def week_position(local_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def week_number(local_s) -> np.ndarray:
+    """The local week (Monday to Sunday) a local instant falls in, counted from 1 (the week of
+    1970-01-01), as uint16: fits until the year 3200."""
+    return ((np.asarray(local_s, np.int64) // 86400 + 3) // 7 + 1).astype(np.uint16)
+
+
+@overload
+def week_position(local_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def week_position(local_s: int) -> tuple[int, float]: ...
+def week_position(local_s: np.ndarray | int) -> tuple[np.ndarray | int, np.ndarray | float]:
     """(h0, w): the hour-of-week bin whose middle (h:30) is at or before each local instant, and the
     fraction of the hour from that middle to the next one (the middle of h0 + 1, modulo the week).
     Plain integer arithmetic: an array or a single int."""
@@ -77,7 +90,10 @@ def smooth_profile(m, w):
 
 class GasProfile:
     """Shared time-of-week pressure profile per gas sensor: the mean of valid readings in each local
-    hour of the week. An hour counts as learned after `min_weeks` weeks of its readings. The profile at
+    hour of the week. An hour counts as learned once its readings come from at least `min_weeks`
+    distinct local weeks and number at least `min_weeks` hours' worth (`learned_bins`): a count of
+    readings alone would call one week's hour learned from a device sampling twice as fast, or from
+    a back-fill that replays one week twice (a weekly profile needs several weeks). The profile at
     an instant is a smooth curve through the hours around it (`smooth_profile`, no step at hour
     boundaries) and counts as learned only where all six hours it uses are. Updated after the rules
     ran, so a reading is never judged against a profile that already contains it.
@@ -94,8 +110,13 @@ class GasProfile:
         weeks = inv.cfg.gas.profile.min_weeks
         # Readings per hour bin and week, times the weeks needed; the counter saturates at 255.
         self.need = np.minimum(255, np.maximum(1, weeks * np.ceil(3600 / sample_s))).astype(np.uint8)
+        self.min_weeks = int(weeks)
         self.mean_ = np.zeros((n, WEEK_HOURS), np.float32)
         self.count_ = np.zeros((n, WEEK_HOURS), np.uint8)
+        # Distinct local weeks each hour bin has readings from (saturates at 255), and the latest such
+        # week (`week_number`; 0: none yet). A reading of an earlier week than the latest adds no week.
+        self.weeks_ = np.zeros((n, WEEK_HOURS), np.uint8)
+        self.last_week_ = np.zeros((n, WEEK_HOURS), np.uint16)
         # The normal band, limits from the config (not state): [highest G-low level, G-high level] x set.
         p_set = inv.p_set[group.global_index]
         low = [max((lv.below for lv in inv.low_levels[int(i)]), default=-np.inf) for i in group.global_index]
@@ -103,7 +124,12 @@ class GasProfile:
         self.band_hi = inv.rel_high[group.global_index] * p_set
 
     def state_bytes(self) -> int:
-        return self.mean_.nbytes + self.count_.nbytes + self.need.nbytes
+        return self.mean_.nbytes + self.count_.nbytes + self.weeks_.nbytes + self.last_week_.nbytes + self.need.nbytes
+
+    def learned_bins(self, count, weeks, need) -> np.ndarray:
+        """Whether hour bins count as learned, from their reading `count`s, distinct `weeks` and the
+        sensor's readings `need`ed (arrays that broadcast together)."""
+        return (count >= need) & (weeks >= self.min_weeks)
 
     def before(self, rnd) -> None:
         pass
@@ -117,11 +143,22 @@ class GasProfile:
         v = rnd.view(self.group)
         p, ok = self.learnable(v)
         flat = self._flat(v)
+        local, lo, hi = _local_span(v)
+        # The usual round lies within one week: one week number for every row.
+        wlo, whi = week_number(lo), week_number(hi)
+        week = wlo if wlo == whi else week_number(local)
         if not ok.all():
             idx = np.flatnonzero(ok)
             if not len(idx):
                 return
             flat, p = flat[idx], p[idx]
+            if wlo != whi:
+                week = week[idx]
+        # One reading per sensor in a round: `flat` holds no bin twice.
+        weeks, last = self.weeks_.reshape(-1), self.last_week_.reshape(-1)
+        later = week > last[flat]
+        weeks[flat] = np.minimum(weeks[flat].astype(np.int16) + later, 255)
+        last[flat] = np.maximum(last[flat], week)
         # Flat indexes into the (sensor, hour-of-week) tables: cheaper than 2-D fancy indexing.
         counts, means = self.count_.reshape(-1), self.mean_.reshape(-1)
         c = np.minimum(counts[flat], 254).astype(np.int16) + 1
@@ -156,13 +193,15 @@ class GasProfile:
         h0, w = week_position(local)
         # The six hours around each row, as flat indexes into the (sensor, hour) tables: one gather.
         flat = view.loc.astype(np.int64)[:, None] * WEEK_HOURS + (h0[:, None] + _AROUND) % WEEK_HOURS
-        learned = (self.count_.reshape(-1)[flat] >= self.need[view.loc][:, None]).all(axis=1)
+        learned = self.learned_bins(self.count_.reshape(-1)[flat], self.weeks_.reshape(-1)[flat],
+                                    self.need[view.loc][:, None]).all(axis=1)
         prof = np.zeros(len(w))
         rows = np.flatnonzero(learned)
         if len(rows):
             m = self.mean_.reshape(-1)[flat[rows]].astype(np.float64).T
             prof[rows] = smooth_profile(m, w[rows])
-        return prof, learned
+        # numpy stubs: all(axis=1) may be a scalar; over a 2-D array it is a 1-D array.
+        return prof, learned  # type: ignore[return-value]
 
     def _baseline_one_hour(self, view, local, lo: int) -> tuple[np.ndarray, np.ndarray]:
         """`_baseline_any` when every row lies between the same two hour middles (the usual round: one
@@ -173,14 +212,14 @@ class GasProfile:
         loc = view.loc
         need = self.need if view.full else self.need[loc]
         base = None if view.full else loc.astype(np.int64) * WEEK_HOURS
-        counts = self.count_.reshape(-1)
+        counts, weeks = self.count_.reshape(-1), self.weeks_.reshape(-1)
 
         def column(table, flat_table, h):
             return table[:, h] if base is None else flat_table[base + h]
 
-        learned = column(self.count_, counts, hours[0]) >= need
+        learned = self.learned_bins(column(self.count_, counts, hours[0]), column(self.weeks_, weeks, hours[0]), need)
         for h in hours[1:]:
-            learned &= column(self.count_, counts, h) >= need
+            learned &= self.learned_bins(column(self.count_, counts, h), column(self.weeks_, weeks, h), need)
         prof = np.zeros(len(w))
         rows = np.flatnonzero(learned)
         if len(rows):
@@ -207,7 +246,8 @@ class GasRule(LevelDetector):
         super().setup(shared)
         self.g = self.inv.cfg.gas
         self.p_set = self.inv.p_set[self.sensors]
-        pct = self.params.hysteresis_pct if getattr(self.params, "hysteresis_pct", None) is not None else self.g.hysteresis_pct
+        pct = getattr(self.params, "hysteresis_pct", None)  # not every gas rule's Params has it
+        pct = pct if pct is not None else self.g.hysteresis_pct
         self.hyst = pct / 100.0 * self.p_set
 
     def pressure(self, view):
@@ -225,6 +265,7 @@ class GasHigh(GasRule):
 
     type = "gas_high"
     Params = LevelParams
+    params: LevelParams
     severity = 2
 
     def setup(self, shared):
@@ -259,6 +300,7 @@ class GasLow(GasRule):
 
     type = "gas_low"
     Params = LevelParams
+    params: LevelParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -304,10 +346,11 @@ class GasRupture(GasRule):
     metric = "p_drop"
     unit = "%"  # value and limit are a drop in percent of set pressure, not kPa
     Params = RuptureParams
+    params: RuptureParams
 
     def setup(self, shared):
         super().setup(shared)
-        self.levels = sorted(((severity_code(r.severity), r.drop_pct, r.window_s) for r in self.g.rupture))
+        self.levels = sorted((severity_code(r.severity), r.drop_pct, r.window_s) for r in self.g.rupture)
         longest = max((w for _, _, w in self.levels), default=300)
         slot_s = int(self.inv.sample_s[self.sensors].min()) if self.n else 60
         self.window = "/".join(f"{w}s" for _, _, w in self.levels)
@@ -416,6 +459,7 @@ class GasLeakCusum(GasRule):
     unit = "sigma"
     window = "cusum"
     Params = LeakParams
+    params: LeakParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -519,6 +563,7 @@ class GasSensorRange(LevelDetector):
     unit = "kPa"
     window = "sample"
     Params = RangeParams
+    params: RangeParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -566,6 +611,7 @@ class Battery(LevelDetector):
     unit = "V"
     window = "sample"
     Params = BatteryParams
+    params: BatteryParams
 
     def setup(self, shared):
         super().setup(shared)

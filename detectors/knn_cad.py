@@ -12,22 +12,26 @@ alarming after `k` repeats.
 
 from __future__ import annotations
 
+from typing import Annotated, ClassVar, Literal
+
 import numpy as np
 from pydantic import Field, model_validator
 
 from config.base import Severity
+from detectors.autolimit import AutoLimitParams
 from detectors.base import Eval, levels_above, severity_code
 from detectors.generic import FieldDetector, FieldParams
 
 
-class KnnCadParams(FieldParams):
+class KnnCadParams(FieldParams, AutoLimitParams):
+    fixed_limit_key: ClassVar[str] = ""
     dim: int = Field(8, ge=1, le=32)
     train: int = Field(64, ge=2, le=256)
     k: int = Field(3, ge=1, le=16)
     calib: int = Field(128, ge=8, le=512)
     min_calib: int = Field(32, ge=4, le=512)
     quantile: float = Field(0.99, gt=0, le=1)
-    limit: float = Field(2.0, gt=0)
+    limit: Annotated[float, Field(gt=0)] | Literal["auto"] = 2.0   # auto: resolved per sensor (detectors/autolimit.py)
     severity: Severity = "yellow"
     hysteresis: float = Field(0.0, ge=0)
 
@@ -59,6 +63,7 @@ class KnnCad(FieldDetector):
     type = "knn_cad"
     window = "knn"
     Params = KnnCadParams
+    params: KnnCadParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -102,5 +107,6 @@ class KnnCad(FieldDetector):
             lc = loc[c]
             self.cal_[lc, self.cpos_[lc]] = alpha[c]
             self.cpos_[lc] = (self.cpos_[lc] + 1) % p.calib
-        raw, held, limits = levels_above(score, [(severity_code(p.severity), p.limit)], p.hysteresis)
+        fixed = p.limit if p.limit != "auto" else np.inf   # auto: AutoLimit judges the scores
+        raw, held, limits = levels_above(score, [(severity_code(p.severity), fixed)], p.hysteresis)
         return Eval(known, raw, held, x, limits, score, {"nonconformity": alpha})

@@ -8,13 +8,14 @@ single-field rule sees. T^2 = d' S^-1 d with d = x - mean, mean and covariance S
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from config.base import Severity
-from detectors.base import Eval, LevelDetector, RuleParams, levels_above, severity_code
+from detectors.autolimit import AutoLimit, AutoLimitParams
+from detectors.base import Eval, LevelDetector, levels_above, severity_code
 from detectors.generic import Category
 
 # Relative ridge on the covariance diagonal: a field constant so far (variance 0) stays invertible;
@@ -26,7 +27,8 @@ TINY = 1e-12
 FieldName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
-class HotellingParams(RuleParams):
+class HotellingParams(AutoLimitParams):
+    fixed_limit_key: ClassVar[str] = ""
     fields: list[FieldName] = Field(min_length=2, max_length=8)
     flags: Literal["n_only", "any"] = "n_only"
     category: Category = "data"
@@ -34,7 +36,9 @@ class HotellingParams(RuleParams):
     lam: float = Field(0.01, gt=0, lt=1)
     warmup: int = Field(50, ge=4, le=100000)
     alpha: float = Field(0.001, gt=0, lt=0.5)
-    limit: float | None = Field(None, gt=0)
+    # auto: the alarm limit is resolved per sensor from training T^2 (detectors/autolimit.py); learning
+    # keeps the alpha limit as its gate (a reading beyond it is not learned)
+    limit: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
     severity: Severity = "yellow"
     hysteresis: float = Field(0.0, ge=0)
 
@@ -52,7 +56,7 @@ def t2_limit(params: HotellingParams) -> float:
     """The T^2 limit: `limit`, else the chi-square (1 - alpha) quantile with one degree of freedom per
     field (T^2 of a normal vector with known mean and covariance; with a learned covariance T^2 runs a
     little wider, so alpha is a lower bound of the false-alarm rate per reading)."""
-    if params.limit is not None:
+    if params.limit is not None and params.limit != "auto":
         return float(params.limit)
     from scipy.stats import chi2
 
@@ -70,10 +74,11 @@ class Hotelling(LevelDetector):
     State per sensor: count, mean (k fields), covariance (k x k) and level: 8 (k^2 + k + 1) + 1 bytes."""
 
     type = "hotelling_t2"
-    kinds = ("noise", "gas")
+    kinds = ("noise", "gas", "generic")
     metric = "t2"
     window = "ewm"
     Params = HotellingParams
+    params: HotellingParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -82,6 +87,7 @@ class Hotelling(LevelDetector):
         self.category = p.category
         self.unit = p.unit
         self.limit = t2_limit(p)
+        self.auto = AutoLimit.of(self, scale=self.limit)   # scores are T^2 / limit: limits in T^2 units
         self.window = f"ewm {1.0 / p.lam:g} readings"
         self.n_ = np.zeros(self.n, np.int64)            # complete readings learned (saturates at warmup)
         self.mean_ = np.zeros((self.n, k))
@@ -92,7 +98,8 @@ class Hotelling(LevelDetector):
         ok = np.isfinite(x).all(axis=1)
         if self.params.flags == "n_only":
             ok &= view.quality == 0
-        return x, ok
+        # numpy stubs: all(axis=1) may be a scalar; over a 2-D array it is a 1-D array.
+        return x, ok  # type: ignore[return-value]
 
     def evaluate(self, view) -> Eval:
         p = self.params

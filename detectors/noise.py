@@ -7,10 +7,13 @@ averaged as energy, never as an arithmetic mean of dB. Only readings flagged N c
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import Field
 
 from config.base import Severity
+from detectors.background import gb12523_correct, site_background_db
 from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_above, put, severity_code, take
 from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING, NS
 from detectors.rolling import SlotRing
@@ -113,7 +116,7 @@ class NoiseEnergy:
         ring = self._ring()
         if v.full:
             # Every sensor in order: the state is used without gathers; invalid rows change nothing.
-            all_ok = ok.all()
+            all_ok = bool(ok.all())
             loc, ts, e, sel = v.loc, v.ts, db_to_energy(x), slice(None)
             ring.insert(loc, ts, e, None if all_ok else ok)
         else:
@@ -239,11 +242,12 @@ class NoiseRule(LevelDetector):
         self.nz = self.inv.cfg.noise
         self.energy = _shared(shared, self.inv, self.group, "noise_energy")
         self.background = _shared(shared, self.inv, self.group, "noise_background")
-        self.hyst = self.params.hysteresis_db if getattr(self.params, "hysteresis_db", None) is not None else self.nz.hysteresis_db
+        hyst = getattr(self.params, "hysteresis_db", None)  # not every noise rule's Params has it
+        self.hyst = hyst if hyst is not None else self.nz.hysteresis_db
 
     def use_window(self, default_s: int) -> None:
         """The rule's Leq window (its `window_s`, else `default_s`), kept by the shared energy store."""
-        self.win = self.params.window_s or default_s
+        self.win = getattr(self.params, "window_s", None) or default_s  # the Params of the rules that call this have it
         self.window = window_name(self.win)
         self.energy.need(self.win)
 
@@ -264,10 +268,24 @@ class LimitParams(RuleParams):
     hysteresis_db: float | None = Field(None, ge=0, le=20)
 
 
-class RollingLeqLimit(NoiseRule):
-    """Shared body of N-day and N-night: the rolling energy Leq against the site's limit of one period."""
+class RollingLimitParams(LimitParams):
+    # off: the measured Leq is judged as it is; gb12523: measured minus background by GB 12523-2011
+    # Table 2 (detectors/background.py), a reading within 3 dB of the background is not judged.
+    background_correction: Literal["off", "gb12523"] = "off"
 
-    Params = LimitParams
+
+class RollingLeqLimit(NoiseRule):
+    """Shared body of N-day and N-night: the rolling energy Leq against the site's limit of one period.
+
+    With `background_correction: gb12523` the level judged is the Leq corrected for the background
+    (GB 12523-2011 Table 2; the site's surveyed background_db, else the measured L90 background): a
+    difference of 3-10 dB lowers it by 3, 2 or 1 dB, over 10 dB leaves it, and under 3 dB the reading
+    is not valid for assessment: not judged (the level neither rises nor clears; `detect --scores`
+    shows no score). Rows carry measured_db, background_db, background_source, correction_db and
+    corrected_db in their context."""
+
+    Params = RollingLimitParams
+    params: RollingLimitParams
     limit_key = ""  # the NoiseLimits key of the period's limit
     at_night = False
 
@@ -276,6 +294,9 @@ class RollingLeqLimit(NoiseRule):
         self.use_window(self.nz.rolling_window_s)
         self.limit_db = self.lim(self.limit_key)
         self.cand_db = self.limit_db - self.hyst  # the lowest level held: the limit minus the hysteresis
+        # A correction only lowers the level, so the candidates above stay a superset.
+        self.correct = self.params.background_correction == "gb12523"
+        self.site_bg = site_background_db(self.inv.cfg, self.sensors) if self.correct else None
 
     def levels(self, lim) -> list:
         """(severity code, limit array) pairs, lowest first."""
@@ -293,10 +314,26 @@ class RollingLeqLimit(NoiseRule):
         _, ok = valid_db(view, "leq")
         lim = self.limit_db[view.loc]
         leq, enough, cand = self.leq_over(view, self.win, ok, lim - self.hyst)
+        known, extra = cand & enough, None
+        if self.correct:
+            leq, known, extra = self.corrected(view, leq, known)
         raw, held, limits = levels_above(leq, self.levels(lim), self.hyst)
         period = self.in_period(view)
-        return Eval(cand & enough, (raw * period).astype(np.int8), (held * period).astype(np.int8), leq, limits,
-                    leq - lim)
+        return Eval(known, (raw * period).astype(np.int8), (held * period).astype(np.int8), leq, limits,
+                    leq - lim, extra)
+
+    def corrected(self, view, leq, known):
+        """(assessed level, known, context) under GB 12523 background correction (see the class)."""
+        assert self.site_bg is not None  # set in setup when correcting
+        site = at(self.site_bg, view)
+        measured = self.background.background(view)
+        bg = np.where(np.isnan(site), measured, site)
+        value, valid, corr = gb12523_correct(leq, bg)
+        source = Labels(np.where(~np.isnan(site), 1, np.where(np.isnan(bg), 0, 2)).astype(np.int8),
+                        (None, "site", "l90"))
+        extra = {"measured_db": np.round(leq, 1), "background_db": np.round(bg, 1), "background_source": source,
+                 "correction_db": corr, "corrected_db": np.round(value, 1)}
+        return value, known & valid, extra
 
 
 class NoiseDayLimit(RollingLeqLimit):
@@ -333,6 +370,7 @@ class NoiseNightLmax(NoiseRule):
     metric = "lmax"
     window = "Lmax1"
     Params = LmaxParams
+    params: LmaxParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -366,6 +404,7 @@ class NoiseProhibited(NoiseRule):
 
     type = "noise_prohibited"
     Params = ProhibitedParams
+    params: ProhibitedParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -400,6 +439,7 @@ class NoiseExam(NoiseRule):
 
     type = "noise_exam"
     Params = LimitParams
+    params: LimitParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -442,6 +482,7 @@ class NoisePreWarning(NoiseRule):
 
     type = "noise_pre_warning"
     Params = PreParams
+    params: PreParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -483,6 +524,7 @@ class NoiseDataQuality(LevelDetector):
     unit = "ratio"
     window = "1h"
     Params = DataQualityParams
+    params: DataQualityParams
 
     def setup(self, shared):
         super().setup(shared)
@@ -527,6 +569,7 @@ class NoiseDataQuality(LevelDetector):
         put(self.count_, view, np.where(hour >= cur, count, count0))
         put(self.hour_, view, np.maximum(hour, cur))
         bad = view.quality != 0
+        since: np.ndarray | int
         if bad.any():
             since0 = take(self.bad_since_, view)
             since = np.where(bad, np.where(since0 < 0, ts, since0), -1)

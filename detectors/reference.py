@@ -14,13 +14,12 @@ import math
 
 import numpy as np
 
-from config.base import minutes
+from config.base import SEVERITY_RANK, minutes
 from detectors.batch import Detections, ReadingBatch
 from detectors.calendar import EXAM_MODES, distance_m
 from detectors.context import device_start_kpa
 from detectors.generic import PEER_SLOTS
 from detectors.registry import _rule_kinds, _validate
-from config.base import SEVERITY_RANK
 
 NS = 1_000_000_000
 NAN = float("nan")
@@ -145,6 +144,7 @@ def below(value, levels, hyst):
 class RefRule:
     category = "data"
     calendar = False
+    kinds: tuple[str, ...]  # device kinds it runs on, set by ReferenceRuleSet
 
     def __init__(self, rule_id, cls, params, cfg, sensors, shared) -> None:
         self.rule_id, self.cls, self.p, self.cfg, self.sensors, self.shared = rule_id, cls, params, cfg, sensors, shared
@@ -165,6 +165,8 @@ class RefRule:
 
     def feed(self, row, out: list) -> None:
         o = self.judge(row)
+        if getattr(self.p, "limit", None) == "auto":
+            o = self.auto_limit(row, o)
         prev = self.level.get(row.sensor, 0)
         new = max(o.raw, min(prev, o.held)) if o.known else prev
         self.level[row.sensor] = new
@@ -178,6 +180,34 @@ class RefRule:
     def advance(self, now_ns, out) -> None:
         pass
 
+    def auto_limit(self, row, o: Out) -> Out:
+        """`limit: auto` one reading at a time (detectors.autolimit.AutoLimit): the first limit_train
+        scored readings of a sensor train, the limit is resolved from them, later ones are judged."""
+        from detectors.autolimit import resolve_limit, training_quantile
+        from detectors.multivariate import t2_limit
+
+        p = self.p
+        opts = getattr(self.cls, "auto_options", {})
+        scale = t2_limit(p) if self.cls.type == "hotelling_t2" else 1.0
+        st = self.state(row.sensor).setdefault("auto", {"scores": [], "t0": 0, "lim": None})
+        if not o.known or o.score != o.score:
+            return Out(False, 0, 0, o.value, {}, o.score, o.extra)
+        if st["lim"] is None:
+            if not st["scores"]:
+                st["t0"] = row.ts
+            st["scores"].append(_f32(o.score))
+            if len(st["scores"]) == p.limit_train:
+                q = training_quantile(p, p.limit_train, row.ts - st["t0"])
+                st["lim"] = resolve_limit(st["scores"], q)
+            return Out(False, 0, 0, o.value, {}, o.score, o.extra)
+        lim, sev = st["lim"], SEVERITY_RANK[p.severity]
+        over = (o.score >= lim and o.score > 0) if opts.get("inclusive") else o.score > lim
+        raw = sev if over else 0
+        hyst = getattr(p, "hysteresis", 0.0) or 0.0
+        held = o.held if opts.get("held_own") else (sev if o.score > lim - hyst else 0)
+        return Out(True, raw, max(held, raw), o.value, {k: lim * scale for k in range(5)}, o.score,
+                   {**o.extra, "limit_auto": lim * scale})
+
 
 # ----- noise -------------------------------------------------------------------------------------
 
@@ -186,7 +216,7 @@ class Energy:
 
     def __init__(self, cfg, sensors) -> None:
         self.cfg = cfg
-        self.windows = set()
+        self.windows: set[int] = set()
         self.report = {s: cfg.devices[s].report_interval_s for s in sensors}
         self.slot_s = min(self.report.values()) if self.report else 60
         self.slots: dict[int, dict] = {}
@@ -284,10 +314,13 @@ class RefDay(NoiseRef):
         _, ok = row.valid_db("leq")
         leq, enough = self.energy.leq(row, self.w)
         lim = self.limits[row.device][0]
+        known, extra = ok and enough, {}
+        if self.p.background_correction == "gb12523":
+            leq, known, extra = _corrected(self, row, leq, known)
         raw, held, limits = above(leq, [(2, lim), (3, lim + self.nz.day_orange_over_db)], self.hyst)
         if row.facts["night"]:
             raw = held = 0
-        return Out(ok and enough, raw, held, leq, limits, leq - lim)
+        return Out(known, raw, held, leq, limits, leq - lim, extra)
 
 
 class RefNight(NoiseRef):
@@ -298,10 +331,26 @@ class RefNight(NoiseRef):
         _, ok = row.valid_db("leq")
         leq, enough = self.energy.leq(row, self.w)
         lim = self.limits[row.device][1]
+        known, extra = ok and enough, {}
+        if self.p.background_correction == "gb12523":
+            leq, known, extra = _corrected(self, row, leq, known)
         raw, held, limits = above(leq, [(3, lim)], self.hyst)
         if not row.facts["night"]:
             raw = held = 0
-        return Out(ok and enough, raw, held, leq, limits, leq - lim)
+        return Out(known, raw, held, leq, limits, leq - lim, extra)
+
+
+def _corrected(rule, row, leq, known):
+    """GB 12523 background correction of one reading (detectors.noise.RollingLeqLimit.corrected)."""
+    from detectors.background import gb12523_correct_one
+
+    site = next(s.background_db for s in rule.cfg.sites if s.id == rule.cfg.devices[row.sensor].site)
+    bg = float(site) if site is not None else rule.bgs.bg.get(row.sensor, NAN)
+    value, valid, corr = gb12523_correct_one(leq, bg)
+    source = "site" if site is not None else (None if bg != bg else "l90")
+    extra = {"measured_db": round(leq, 1), "background_db": round(bg, 1), "background_source": source,
+             "correction_db": corr, "corrected_db": round(value, 1)}
+    return value, known and valid, extra
 
 
 class RefLmax(NoiseRef):
@@ -424,10 +473,17 @@ class Profile:
         self.cfg = cfg
         self.mean: dict = {}
         self.count: dict = {}
+        self.weeks: dict = {}   # distinct local weeks per (sensor, hour bin)
+        self.last: dict = {}    # the latest of those weeks
 
     def need(self, sensor) -> int:
         d = self.cfg.devices[sensor]
         return int(min(255, max(1, self.cfg.gas.profile.min_weeks * math.ceil(3600 / d.sample_s))))
+
+    def learned(self, sensor, h) -> bool:
+        """An hour bin is learned with min_weeks hours' worth of readings from min_weeks distinct weeks."""
+        return (self.count.get((sensor, h), 0) >= self.need(sensor)
+                and self.weeks.get((sensor, h), 0) >= self.cfg.gas.profile.min_weeks)
 
     @staticmethod
     def bin(local) -> int:
@@ -442,8 +498,7 @@ class Profile:
         h0 = (x // 3600) % 168
         w = (x % 3600) / 3600.0
         hours = [(h0 + d) % 168 for d in range(-2, 4)]
-        need = self.need(row.sensor)
-        learned = all(self.count.get((row.sensor, h), 0) >= need for h in hours)
+        learned = all(self.learned(row.sensor, h) for h in hours)
         m = [float(self.mean.get((row.sensor, h), 0.0)) for h in hours]
         v = [m[j] - (m[j - 1] - 2.0 * m[j] + m[j + 1]) / 8.0 for j in (1, 2, 3, 4)]
         v1, v2, v3, v4 = v
@@ -464,6 +519,10 @@ class Profile:
         m = self.mean.get(key, 0.0)
         self.mean[key] = _f32(m + (p - m) / min(c, 255))
         self.count[key] = min(c, 255)
+        week = (row.facts["local"] // 86400 + 3) // 7 + 1   # Monday-to-Sunday local weeks
+        if week > self.last.get(key, 0):
+            self.weeks[key] = min(self.weeks.get(key, 0) + 1, 255)
+            self.last[key] = week
 
 
 def in_band(cfg, sensor, p) -> bool:
@@ -907,8 +966,7 @@ class RefGasFlatline(RefFlatline):
             local = row.facts["local"]
             a0, a1 = (local - self.win) // 3600, local // 3600
             bins = [Profile.bin(a * 3600) for a in range(a0, a1 + 1)]
-            need = prof.need(row.sensor)
-            learned = all(prof.count.get((row.sensor, h), 0) >= need for h in bins)
+            learned = all(prof.learned(row.sensor, h) for h in bins)
             if learned:
                 m = [float(prof.mean.get((row.sensor, h), 0.0)) for h in bins]
                 swing = 100.0 * (max(m) - min(m)) / self.cfg.devices[row.sensor].set_pressure_kpa
@@ -1044,11 +1102,281 @@ class RefKnnCad(FieldRef):
                 s["train"] = (s["train"] + [win])[-p.train:]
                 if math.isfinite(alpha):
                     s["cal"] = (s["cal"] + [alpha])[-p.calib:]
-        raw, held, limits = above(score, [(SEVERITY_RANK[p.severity], p.limit)], p.hysteresis)
+        fixed = p.limit if p.limit != "auto" else math.inf   # auto: auto_limit judges the score
+        raw, held, limits = above(score, [(SEVERITY_RANK[p.severity], fixed)], p.hysteresis)
         return Out(known, raw, held, x, limits, score, {"nonconformity": alpha})
 
 
+class RefSpectralResidual(FieldRef):
+    """spectral_residual one reading at a time: a list of the last values, one 1-D FFT per reading,
+    the extension, the trailing means and the score written out as loops."""
+
+    def more(self):
+        self.window = f"{self.p.window} readings"
+
+    def score(self, win):
+        import numpy as np
+
+        from detectors.spectral import REL_EPS, TINY
+
+        p, w = self.p, self.p.window
+        x = list(win)
+        if p.extend:
+            m = p.grad_points
+            y = x[w - m - 2:w - 1]
+            x += [y[1] + sum((y[m] - y[i]) / (m - i) for i in range(m))] * p.extend
+        mean = sum(win) / w
+        f = np.fft.fft(np.array([v - mean for v in x]))
+        mag = [abs(complex(v)) for v in f]
+        eps = REL_EPS * max(mag) + TINY
+        logm = [math.log(a) if a > eps else 0.0 for a in mag]
+        q = p.mag_window
+        avg = [sum(logm[max(0, i - q + 1):i + 1]) / min(i + 1, q) for i in range(len(logm))]
+        g2 = [0.0 if mag[i] <= eps else complex(f[i]) * math.exp(logm[i] - avg[i]) / mag[i] for i in range(len(f))]
+        s = [abs(complex(v)) for v in np.fft.ifft(np.array(g2, complex))]
+        prev = s[w - 1 - p.score_window:w - 1]
+        ref = sum(prev) / len(prev)
+        return (s[w - 1] - ref) / max(ref, REL_EPS * max(s) + TINY)
+
+    def judge(self, row):
+        p = self.p
+        x, ok = self.read(row)
+        st = self.state(row.sensor)
+        last = st.setdefault("last", [])
+        win = (last + [x])[-p.window:]
+        full = ok and len(win) == p.window
+        score = self.score(win) if full else NAN
+        if ok:
+            st["last"] = win
+        raw, held, limits = above(score, [(SEVERITY_RANK[p.severity], p.limit)], p.hysteresis)
+        return Out(full, raw, held, x, limits, score)
+
+
+class RefGroupT2(RefRule):
+    """group_t2 bucket by bucket: dicts of open buckets per group, plain lists for the mean and
+    covariance, one sub-block inverse per judged bucket. Readings are collected as they come; buckets
+    close at the end of each batch (`finish`) or at a watermark (`advance`), as in detectors.group."""
+
+    def setup(self):
+        from detectors.group import NEVER, build_groups, group_keys
+
+        p = self.p
+        self.category, self.unit = p.category, p.unit
+        self.metric = "group_t2"
+        self.window = f"{p.bucket_s} s buckets, ewm {1.0 / p.lam:g} buckets"
+        self.bucket = p.bucket_s * NS
+        self.groups = [(name, [self.sensors[i] for i in m])
+                       for name, m in build_groups(group_keys(self.cfg, self.sensors, p.group_by), p.max_members)]
+        self.where = {s: (g, j) for g, (_, m) in enumerate(self.groups) for j, s in enumerate(m)}
+        self.last: dict[int, int] = {}
+        self.never = NEVER
+        self.gs = []
+        for _, m in self.groups:
+            k = len(m)
+            self.gs.append({"done": NEVER, "open": {}, "mean": [0.0] * k, "cov": [[0.0] * k for _ in range(k)],
+                            "n": [[0] * k for _ in range(k)], "level": 0, "anchor": None, "warm": max(p.warmup, k + 2)})
+
+    def feed(self, row, out):
+        if row.sensor not in self.where:
+            return
+        g, j = self.where[row.sensor]
+        key = (row.ts - 1) // self.bucket
+        self.last[row.sensor] = max(self.last.get(row.sensor, self.never), key)
+        st = self.gs[g]
+        x = row.get(self.p.field)
+        if key <= st["done"] or not math.isfinite(x) or (self.p.flags == "n_only" and row.quality != 0):
+            return
+        cell = st["open"].setdefault(key, {}).setdefault(j, [0.0, 0])
+        cell[0] += x
+        cell[1] += 1
+
+    def finish(self, out):
+        for g, (_, members) in enumerate(self.groups):
+            last = [self.last.get(s, self.never) for s in members]
+            newest = max(last)
+            bound = max(min(last) - 1, self.never if newest == self.never else newest - self.p.max_open)
+            self.close(g, [k for k in self.gs[g]["open"] if k <= bound], out)
+
+    def advance(self, now_ns, out):
+        limit = (now_ns - self.p.grace_s * NS) // self.bucket - 1
+        for g in range(len(self.groups)):
+            self.close(g, [k for k in self.gs[g]["open"] if k <= limit], out)
+
+    def close(self, g, keys, out):
+        for k in sorted(keys):
+            cells = self.gs[g]["open"].pop(k)
+            self.gs[g]["done"] = max(self.gs[g]["done"], k)
+            self.judge_bucket(g, k, cells, out)
+
+    def judge_bucket(self, g, key, cells, out):
+        import numpy as np
+
+        from detectors.group import RIDGE, TINY
+
+        p, st = self.p, self.gs[g]
+        name, members = self.groups[g]
+        k, warm = len(members), st["warm"]
+        n = st["n"]
+        present = [j for j in range(k) if j in cells]
+        x = {j: cells[j][0] / cells[j][1] for j in present}
+        d = {j: x[j] - st["mean"][j] for j in present}
+        pres = [j for j in present if n[j][j] >= warm]
+        pairs_ok = all(n[a][b] >= warm for a in pres for b in pres)
+        t2, z = NAN, {}
+        if pres:
+            sub = np.array([[st["cov"][a][b] + ((RIDGE * st["cov"][a][a] + TINY) if a == b else 0.0) for b in pres]
+                            for a in pres])
+            inv = np.linalg.inv(sub)
+            dv = np.array([d[j] for j in pres])
+            sol = inv @ dv
+            t2 = 0.0 if all(d[j] == 0 for j in pres) else max(float(dv @ sol), 0.0)
+            z = {j: float(sol[i]) / math.sqrt(max(float(inv[i, i]), TINY)) for i, j in enumerate(pres)}
+        if p.limit is not None:
+            limit = float(p.limit) if pres else NAN
+        else:
+            from scipy.stats import chi2
+
+            limit = float(chi2.ppf(1.0 - p.alpha, len(pres))) if pres else NAN
+        judged = pairs_ok and len(pres) >= p.min_present
+        if not judged or t2 <= limit:
+            mean = list(st["mean"])
+            for i in present:
+                a = p.lam if n[i][i] >= warm else 1.0 / (n[i][i] + 1.0)
+                st["mean"][i] = mean[i] + a * d[i]
+                for j in present:
+                    a = p.lam if n[i][j] >= warm else 1.0 / (n[i][j] + 1.0)
+                    st["cov"][i][j] = (1.0 - a) * (st["cov"][i][j] + a * d[i] * d[j])
+            for i in present:
+                for j in present:
+                    n[i][j] = min(n[i][j] + 1, warm)
+        if not judged:
+            return
+        sev = SEVERITY_RANK[p.severity]
+        raw = sev if t2 > limit else 0
+        held = sev if t2 > limit - p.hysteresis else 0
+        prev = st["level"]
+        new = max(raw, min(prev, held))
+        st["level"] = new
+        top = pres[0]
+        for j in pres:
+            if abs(z[j]) > abs(z[top]):
+                top = j
+        if prev == 0 and new > 0:
+            st["anchor"] = top
+        if new or prev:
+            ctx = {"metric": self.metric, "unit": self.unit, "window": self.window, "group": name,
+                   "top_device": self.cfg.devices[members[top]].id, "top_z": z[top], "present": len(pres),
+                   "members": k}
+            out.append((members[st["anchor"]], (key + 1) * self.bucket, self.rule_id, self.category, new, t2, limit,
+                        t2 / limit, ctx))
+        if new == 0:
+            st["anchor"] = None
+
+
+class RefCombinator(RefRule):
+    """any_of / all_of one reading at a time: fed after every other rule, it reads the rows the rules
+    appended for this reading (detectors.combinators.Combinator)."""
+
+    def setup(self):
+        self.seen = 0
+        self.members = list(self.p.rules)
+        self.need_all = self.cls.type == "all_of"
+        self.tol = round(getattr(self.p, "tolerance_s", 0.0) * NS)
+        self.category = self.p.category
+        self.window = f"{getattr(self.p, 'tolerance_s', 0.0):g}s" if self.need_all else ""
+
+    def feed(self, row, out: list) -> None:
+        new = [r for r in out[self.seen:] if r[2] in self.members and r[0] == row.sensor and r[1] == row.ts]
+        self.seen = len(out)
+        if not new:
+            return
+        st = self.state(row.sensor)
+        lv, last, sev = st.setdefault("lv", {}), st.setdefault("last", {}), st.setdefault("sev", {})
+        for r in new:
+            lv[r[2]] = r[4]
+            if r[4] > 0:
+                last[r[2]], sev[r[2]] = row.ts, r[4]
+        cur = [lv.get(m, 0) for m in self.members]
+        if not self.need_all:
+            level = max(cur)
+            firing = [m for m, c in zip(self.members, cur) if c > 0]
+        elif not any(cur):
+            level, firing = 0, []
+        else:
+            eff = [c if c > 0 else (sev[m] if m in last and row.ts - last[m] <= self.tol else 0)
+                   for m, c in zip(self.members, cur)]
+            level, firing = min(eff), [m for m, e in zip(self.members, eff) if e > 0]
+        prev = self.level.get(row.sensor, 0)
+        self.level[row.sensor] = level
+        if level or prev:
+            k = len(self.members) if self.need_all else 1
+            ctx = {"metric": "members", "unit": "", "window": self.window, "members": ",".join(firing)}
+            out.append((row.sensor, row.ts, self.rule_id, self.category, level, float(len(firing)), float(k),
+                        len(firing) / k, ctx))
+        self.seen = len(out)
+
+
+class RefFuzzyArt(FieldRef):
+    """fuzzy_art one reading at a time: lists for the window and the categories, one category at a time."""
+
+    def more(self):
+        self.window = f"{self.p.dim} readings, {self.p.categories} categories"
+
+    def judge(self, row):
+        import numpy as np
+
+        from detectors.art import CHOICE
+
+        p = self.p
+        x, ok = self.read(row)
+        s = self.st.setdefault(row.sensor, {"last": [], "lo": math.inf, "hi": -math.inf, "w": [], "seen": [], "n": 0})
+        warm = s["n"] >= p.warmup
+        if not ok:
+            return Out(False, 0, 0, x, {0: p.limit, SEVERITY_RANK[p.severity]: p.limit}, NAN)
+        tick = min(s["n"] + 1, 2**31 - 2)
+        if not warm:
+            s["lo"], s["hi"] = min(s["lo"], x), max(s["hi"], x)
+        win = (s["last"] + [x])[-p.dim:]
+        full = len(win) == p.dim
+        score = NAN
+        if full:
+            lo, hi = s["lo"], s["hi"]
+            span = hi - lo
+            scale = span * (1.0 + 2.0 * p.margin) if span > 0 else 1.0
+            f = [min(max((v - (lo - p.margin * span)) / scale, 0.0), 1.0) for v in win]
+            feat = np.array(f + [1.0 - v for v in f])
+            best, pick, pick_t = 0.0, None, -math.inf
+            for j, w in enumerate(s["w"]):
+                inter = float(np.minimum(feat, w).sum())
+                m = inter / p.dim
+                best = max(best, m) if j else m
+                if m >= p.rho:
+                    t = inter / (CHOICE + float(w.sum()))
+                    if t > pick_t:
+                        pick, pick_t = j, t
+            if not s["w"]:
+                best = 0.0
+            score = (1.0 - best) / (1.0 - p.rho)
+            if pick is not None:
+                w = s["w"][pick]
+                s["w"][pick] = p.beta * np.minimum(feat, w) + (1.0 - p.beta) * w
+            elif len(s["w"]) < p.categories:
+                pick = len(s["w"])
+                s["w"].append(feat)
+                s["seen"].append(0)
+            else:
+                pick = min(range(len(s["seen"])), key=lambda k: (s["seen"][k], k))
+                s["w"][pick] = feat
+            s["seen"][pick] = tick
+        s["last"], s["n"] = win, tick
+        known = full and warm
+        score = score if known else NAN
+        raw, held, limits = above(score, [(SEVERITY_RANK[p.severity], p.limit)], p.hysteresis)
+        return Out(known, raw, held, x, limits, score)
+
+
 REFERENCES = {
+    "any_of": RefCombinator, "all_of": RefCombinator,
     "noise_day_limit": RefDay, "noise_night_limit": RefNight, "noise_night_lmax": RefLmax,
     "noise_prohibited": RefProhibited, "noise_exam": RefExam, "noise_pre_warning": RefPre,
     "noise_data_quality": RefDataQuality, "gas_high": RefHigh, "gas_highhigh": RefHighHigh, "gas_low": RefLow,
@@ -1056,6 +1384,7 @@ REFERENCES = {
     "gas_flatline": RefGasFlatline, "threshold": RefThreshold, "rate_of_change": RefRate, "robust_z": RefRobustZ,
     "ewma": RefEwma, "cusum": RefCusum, "flatline": RefFlatline, "deadman": RefDeadman,
     "hotelling_t2": RefHotelling, "knn_cad": RefKnnCad,
+    "group_t2": RefGroupT2, "spectral_residual": RefSpectralResidual, "fuzzy_art": RefFuzzyArt,
 }
 
 
@@ -1066,7 +1395,7 @@ class ReferenceRuleSet:
         self.cfg = cfg
         self.clock = Clock(cfg)
         self.rules: list[RefRule] = []
-        self.components = []
+        self.components: list = []
         shared_by_kinds: dict = {}
         kind_of = [d.kind for d in cfg.devices]
         _, built = _validate(cfg)
@@ -1076,6 +1405,8 @@ class ReferenceRuleSet:
             shared = shared_by_kinds.setdefault(tuple(sorted(kinds)), {})
             self.rules.append(REFERENCES[cls.type](rule.id, cls, params, cfg, sensors, shared))
             self.rules[-1].kinds = kinds
+        # any_of / all_of read the rows the other rules append for a reading: they are fed last.
+        self.rules.sort(key=lambda r: isinstance(r, RefCombinator))
         for shared in shared_by_kinds.values():
             for name in ("energy", "background", "profile"):
                 if name in shared and shared[name] not in self.components:
@@ -1109,6 +1440,9 @@ class ReferenceRuleSet:
                     r.feed(row, out)
             for c in self.components:
                 c.after(row)
+        for r in self.rules:
+            if hasattr(r, "finish"):  # rules that judge once the batch is in (group_t2's closed buckets)
+                r.finish(out)
         return _detections(out)
 
     def advance(self, now_ns: int) -> Detections:

@@ -13,11 +13,12 @@ import numpy as np
 from pydantic import ValidationError
 
 from config.errors import ConfigError, ConfigProblem, did_you_mean
-from config.loader import problems_from_validation
-from detectors import deadman, gas, generic, knn_cad, multivariate, noise
-from detectors.base import Detector, stable_argsort
+from config.pydantic_errors import problems_from_validation
+from detectors import art, combinators, deadman, gas, generic, knn_cad, multivariate, noise, spectral
+from detectors.base import Detector, LevelDetector, stable_argsort
 from detectors.batch import Detections, ReadingBatch
 from detectors.context import KIND_CODES, Inventory, Round, SensorGroup
+from detectors.group import GroupT2
 
 REGISTRY: dict[str, type[Detector]] = {
     cls.type: cls
@@ -28,7 +29,8 @@ REGISTRY: dict[str, type[Detector]] = {
         generic.GasFlatline, generic.Threshold, generic.RateOfChange, generic.RobustZ, generic.Ewma, generic.Cusum,
         generic.Flatline,
         deadman.Deadman,
-        multivariate.Hotelling, knn_cad.KnnCad,
+        multivariate.Hotelling, knn_cad.KnnCad, GroupT2, spectral.SpectralResidual, art.FuzzyArt,
+        combinators.AnyOf, combinators.AllOf,
     )
 }
 
@@ -71,6 +73,7 @@ def _validate(cfg) -> tuple[list[ConfigProblem], list]:
             continue
         if rule.enabled:
             built.append((rule, cls, params))
+    problems += combinators.combinator_problems(cfg, REGISTRY)  # any_of / all_of members
     return problems, built
 
 
@@ -87,7 +90,9 @@ class RuleSet:
     provided each sensor's readings arrive in time order across batches.
     """
 
-    def __init__(self, inv: Inventory, rules: list) -> None:
+    def __init__(self, inv: Inventory, rules: list, series: bool = True) -> None:
+        """series: False steps every stateful rule round by round, `series` rules too (their per-reading
+        path: tests compare the two)."""
         self.inv = inv
         self.n_sensors = inv.n
         self.shared: dict = {}
@@ -95,8 +100,13 @@ class RuleSet:
         groups: dict[tuple, SensorGroup] = {}
         self._groups: list[tuple[SensorGroup, list[Detector]]] = []   # run round by round
         self._whole: list[tuple[SensorGroup, list[Detector]]] = []    # batchwise: once per batch
+        self._combinators: list = []                                  # any_of / all_of (detectors/combinators.py)
+        # Generic devices (config/inventory.py) take a third place in each round; without any, the rule
+        # groups (and the snapshot's names of shared state) stay as they were before that kind existed.
+        generic = bool((inv.kind == KIND_CODES["generic"]).any())
+        self._n_kinds = 3 if generic else 2
         for rule, cls, params in rules:
-            kinds = _rule_kinds(rule, cls)
+            kinds = tuple(k for k in _rule_kinds(rule, cls) if generic or k != "generic" or rule.kind == "generic")
             key = tuple(sorted(kinds))
             if key not in groups:
                 codes = tuple(sorted(KIND_CODES[k] for k in kinds))
@@ -104,8 +114,15 @@ class RuleSet:
             group = groups[key]
             shared = self.shared.setdefault(key, {})
             det = cls(rule.id, params, inv, group, shared)
+            if getattr(det, "combinator", False):
+                self.rules.append(det)
+                self._combinators.append(det)  # judges the other rules' detections, after them
+                continue
+            if not series:
+                det.series = False
             self.rules.append(det)
-            runs = self._whole if getattr(cls, "batchwise", False) else self._groups
+            # Batchwise and series rules take a whole batch at once; the others step round by round.
+            runs = self._whole if getattr(det, "batchwise", False) or getattr(det, "series", False) else self._groups
             slot = next((g for g in runs if g[0] is group), None)
             if slot is None:
                 slot = (group, [])
@@ -115,12 +132,12 @@ class RuleSet:
         self.watermark_ns: int | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> "RuleSet":
+    def from_config(cls, cfg, series: bool = True) -> RuleSet:
         """Build every enabled rule; raises config.ConfigError listing every bad rule key."""
         problems, built = _validate(cfg)
         if problems:
             raise ConfigError(problems)
-        return cls(Inventory(cfg), built)
+        return cls(Inventory(cfg), built, series)
 
     @property
     def rule_ids(self) -> list[str]:
@@ -128,6 +145,40 @@ class RuleSet:
 
     def state_bytes(self) -> int:
         return sum(r.state_bytes() for r in self.rules) + sum(c.state_bytes() for c in self.components)
+
+    def time_driven(self) -> np.ndarray:
+        """Bool mask over the inventory's sensors that a time-driven rule (one with its own `advance`,
+        such as Offline) runs on. A caller that advances the clock between slices of a batch need not
+        slice a batch of other sensors: every other rule gives the same detections for the whole batch
+        in one call, and one call per slice costs a long series dearly (`citywatch detect` with the
+        deadman on cuts a one-minute series into five-reading slices)."""
+        mask = np.zeros(self.n_sensors, bool)
+        for r in self.rules:
+            if type(r).advance is not Detector.advance:
+                mask[r.sensors] = True
+        return mask
+
+    def trace_scores(self) -> None:
+        """From now on, record the score of every row each level rule evaluates (`detect --scores`).
+        Rules with their own batch step (gas_flatline) and time-driven rules (deadman) record none."""
+        for r in self.rules:
+            if isinstance(r, LevelDetector) and type(r).step_batch is LevelDetector.step_batch:
+                r.trace = []
+
+    def traced_scores(self) -> dict[str, tuple | None]:
+        """Rule id -> (sensor, ts ns, score) arrays of the rows it evaluated since `trace_scores` (score NaN:
+        the row was not judged: missing value, warm-up), or None for a rule that records no scores."""
+        out: dict[str, tuple | None] = {}
+        for r in self.rules:
+            if not isinstance(r, LevelDetector) or r.trace is None:
+                out[r.rule_id] = None
+                continue
+            parts = r.trace
+            if not parts:
+                out[r.rule_id] = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+                continue
+            out[r.rule_id] = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+        return out
 
     def process(self, batch: ReadingBatch) -> Detections:
         """Run every rule over a batch (any mix of sensors, kinds, times); rows of unknown sensors are ignored."""
@@ -146,11 +197,13 @@ class RuleSet:
         order = _sensor_time_order(sensor, ts)
         s = sensor[order]
         out = self._process_whole(batch, order, s) if self._whole else []
+        if not self._groups and not self.components:
+            return self._combine(Detections.concat(out))  # every rule took the whole batch: no rounds to step
         # Rank of each row within its sensor: round r holds every sensor's r-th reading, noise rows first.
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
         rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
         kind = self.inv.kind[s]
-        by_round = stable_argsort(rank * 2 + kind)
+        by_round = stable_argsort(rank * self._n_kinds + kind)
         order, rank, kind = order[by_round], rank[by_round], kind[by_round]
         bounds = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1], True])
         # One gather into round order; rounds are then contiguous slices (views). Columns are gathered
@@ -160,25 +213,35 @@ class RuleSet:
         cal = self.inv.calendar
         for a, b in zip(bounds[:-1], bounds[1:]):
             split = int(np.searchsorted(kind[a:b], 1))
-            rnd = Round(sensor[a:b], ts[a:b], values.window(a, b), quality[a:b], cal, split)
+            end = int(np.searchsorted(kind[a:b], 2)) if self._n_kinds > 2 else None
+            rnd = Round(sensor[a:b], ts[a:b], values.window(a, b), quality[a:b], cal, split, kind_end=end)
             for c in self.components:
                 c.before(rnd)
             _run(self._groups, rnd, "step", out)
             for c in self.components:
                 c.after(rnd)
-        return Detections.concat(out)
+        return self._combine(Detections.concat(out))
+
+    def _combine(self, dets: Detections) -> Detections:
+        """The batch's detections with the any_of / all_of rows judged from them appended."""
+        if not self._combinators or not len(dets):
+            return dets
+        more = [c.combine(dets) for c in self._combinators]
+        return Detections.concat([dets] + [m for m in more if m is not None])
 
     def _process_whole(self, batch: ReadingBatch, order: np.ndarray, s: np.ndarray) -> list:
         """The batchwise rules over the whole batch at once: rows by kind, then sensor, then time."""
         kind = self.inv.kind[s]
         if kind.min() == kind.max():
             split = len(s) if kind[0] == 0 else 0
+            end = 0 if kind[0] == 2 else None
         else:
             by_kind = np.argsort(kind, kind="stable")
             order, s = order[by_kind], s[by_kind]
             split = int(np.searchsorted(kind[by_kind], 1))
+            end = int(np.searchsorted(kind[by_kind], 2)) if kind.max() == 2 else None
         rnd = Round(s, batch.ts_ns[order], _Gathered(batch.values, order).window(0, len(order)), batch.quality[order],
-                    self.inv.calendar, split, once=False)
+                    self.inv.calendar, split, once=False, kind_end=end)
         out: list = []
         _run(self._whole, rnd, "step_batch", out)
         return out
@@ -209,7 +272,8 @@ def take_step(batch: ReadingBatch, rows_per_sensor: int) -> tuple[ReadingBatch, 
     The step holds the `rows_per_sensor` oldest rows of each sensor (event-time order, ties in input
     order: the order `RuleSet.process` evaluates them in), the rest holds every other row; both keep
     the input order. The cost of `process` grows with the most rows any one sensor has (one round per
-    reading of a sensor), so a step costs at most `rows_per_sensor` rounds whatever one device sent.
+    reading of a sensor, for the rules that step in rounds: not the `batchwise` and `series` ones), so a
+    step costs at most `rows_per_sensor` rounds whatever one device sent.
     Processing the step, then the rest (with any later arrivals appended after it) gives the same
     detections as the whole batch at once: each sensor's rows are still seen in the same order.
 
@@ -249,7 +313,7 @@ class _Gathered:
     def __init__(self, columns: dict, order: np.ndarray) -> None:
         self.columns, self.order = columns, order
 
-    def window(self, a: int, b: int) -> "_Window":
+    def window(self, a: int, b: int) -> _Window:
         return _Window(self, a, b)
 
 

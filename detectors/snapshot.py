@@ -103,7 +103,7 @@ class LoadReport:
 
     def kept(self) -> set[tuple[str, str]]:
         """(rule id, device id) of every rule device whose state was restored."""
-        out = set()
+        out: set[tuple[str, str]] = set()
         for r in self.rule_results():
             rid = r.key[5:]
             out.update((rid, d) for d in np.asarray(r.devices, object)[r.restored])
@@ -142,8 +142,8 @@ class LoadReport:
                 keys.add(r.key)
         out = [f"detector state restored from {self.source}: {full} of {len(self.pieces)} rules and shared"
                f" components whole" + (f", {part} for some of their devices" if part else "")]
-        for reason, keys in sorted(whole.items()):
-            out.append(f"detector state starts fresh for {', '.join(sorted(keys))}: {reason}")
+        for reason, names in sorted(whole.items()):
+            out.append(f"detector state starts fresh for {', '.join(sorted(names))}: {reason}")
         for reason, (ds, keys) in sorted(devs.items()):
             out.append(f"detector state starts fresh for {len(ds)} device(s) ({', '.join(sorted(ds)[:5])}"
                        f"{', ...' if len(ds) > 5 else ''}) in {', '.join(sorted(keys))}: {reason}")
@@ -320,6 +320,7 @@ def restore(ruleset, snap: Snapshot, source: str = "reload") -> LoadReport:
         if res.reason is not None:
             kept_ids[key] = set()
             continue
+        assert old is not None  # else res.reason is set
         new_idx, old_idx = _match(old.devices, devices)
         same = np.all(old.dev_fp[old_idx] == dev_fp[new_idx], axis=1) if len(new_idx) else np.zeros(0, bool)
         ok = np.zeros(len(devices), bool)
@@ -387,7 +388,7 @@ def transfer(old_ruleset, new_ruleset) -> LoadReport:
 def active_keys(ruleset) -> set[tuple[str, str]]:
     """(rule id, device id) of every rule device whose condition is active (hysteresis level above 0)."""
     ids = ruleset.inv.ids
-    out = set()
+    out: set[tuple[str, str]] = set()
     for d in ruleset.rules:
         level = getattr(d, "level_", None)
         if isinstance(level, np.ndarray) and level.shape == (d.n,):
@@ -420,7 +421,7 @@ def write(snap: Snapshot, path: str | os.PathLike) -> int:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs: **kwds could be allow_pickle
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from detectors.batch import Detections, ReadingBatch
 from detectors.registry import RuleSet, take_step
 from tests.unit.detectors.helpers import small_config
-from tests.unit.detectors.test_conformance import CASES, assert_same, config_for, feeds, to_batch
+from tests.unit.detectors.test_conformance import CASES, CROSS_SENSOR, assert_same, config_for, feeds, to_batch
 
 FAST = settings(max_examples=15, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -78,6 +78,10 @@ def test_a_small_batch_is_one_step_and_the_bound_must_be_positive():
 @FAST
 @given(rows=feeds(), n=st.sampled_from([1, 2, 3, 7]), cut=st.floats(0, 1))
 def test_bounded_steps_give_the_same_detections_as_one_batch(case, rows, n, cut):
+    if case in CROSS_SENSOR:
+        # group_t2 closes a group's bucket once one member is max_open buckets ahead: a step bound that holds
+        # back one lagging member by more than that closes buckets without it (documented in detectors/group.py).
+        pytest.skip("a group detector depends on which members' readings share a step")
     cfg = config_for(case)
     whole = RuleSet.from_config(cfg).process(to_batch(rows))
     # The readings come in two arrivals (each device's rows in time order across them); the second joins

@@ -17,7 +17,6 @@ from config.thresholds import Gas, Noise, Offline
 from detectors.base import latch_levels
 from detectors.registry import REGISTRY, RuleSet, check_rules
 
-
 SHIPPED = (DEFAULT_CONFIG_DIR / "rules.yaml").read_text()
 BASE_LINE = SHIPPED.count("\n")          # appended rules start on the line after this
 BASE_INDEX = SHIPPED.count("\n  - ")     # and at this index (alerts.yaml names the shipped rules)

@@ -11,8 +11,17 @@ from detectors.calendar import Calendar, distance_m
 from detectors.context import device_start_kpa
 from detectors.registry import RuleSet
 from detectors.rolling import energy_mean_db
-from tests.unit.detectors.helpers import EXAM_SITE, TEST_DEVICES, TEST_SITES, batch, local_ns, make_config, rows_of, \
-    series, small_config
+from tests.unit.detectors.helpers import (
+    EXAM_SITE,
+    TEST_DEVICES,
+    TEST_SITES,
+    batch,
+    local_ns,
+    make_config,
+    rows_of,
+    series,
+    small_config,
+)
 
 MIN = 60_000_000_000
 
