@@ -133,27 +133,7 @@ function tick() {
 
 function banner() {
   const b = document.getElementById("banner");
-  let text, bad = true;
-  if (!streamUp || !status || Date.now() - statusAt > 10000) {
-    text = t("console_down");
-  } else if (!status.connected) {
-    text = t("link_down", {why: status.link_error || "?"}) + lastHeard();
-  } else if (status.service !== "online") {
-    text = t(status.service === "offline" ? "service_down" : "service_unknown") + lastHeard();
-  } else if (influxDown(status)) {
-    text = influxDown(status) + lastHeard();
-  } else if (!status.last_heard) {
-    text = t("no_data");
-  } else {
-    // The server's own clock says how old the last message is; our clock only adds the time since.
-    const age = status.now - status.last_heard + (Date.now() - statusAt) / 1000;
-    if (age > boot.stale_after_s) {
-      text = t("stale", {ago: ago(age)}) + lastHeard();
-    } else {
-      text = t("data_as_of", {t: fmt.format(new Date(status.last_heard * 1000)), ago: ago(age)});
-      bad = false;
-    }
-  }
+  const {text, bad} = feedBanner(status, streamUp, statusAt, lastHeard);
   if (b.textContent !== text) b.textContent = text;
   const cls = "banner " + (bad ? "stale" : "fresh");
   if (b.className !== cls) b.className = cls;

@@ -26,3 +26,21 @@ function influxDown(status) {
   return t("influx_down", {t: fmt.format(new Date(x.since * 1000)),
     ago: ago(status.now - x.since), why: x.error || "?"});
 }
+
+// The banner of every live page (board, map, site) for the console's last status: its text and whether it is
+// red. The console itself, the broker link, the service, InfluxDB, then the age of the data, in that order: a
+// stale or broken feed never looks like an all-clear. `tail` adds to a red text (the board: how old its data is).
+function feedBanner(status, streamUp, statusAt, tail) {
+  const more = tail || (() => "");
+  if (!streamUp || !status || Date.now() - statusAt > 10000) return {text: t("console_down"), bad: true};
+  if (!status.connected) return {text: t("link_down", {why: status.link_error || "?"}) + more(), bad: true};
+  if (status.service !== "online") {
+    return {text: t(status.service === "offline" ? "service_down" : "service_unknown") + more(), bad: true};
+  }
+  if (influxDown(status)) return {text: influxDown(status) + more(), bad: true};
+  if (!status.last_heard) return {text: t("no_data"), bad: true};
+  // The server's own clock says how old the last message is; our clock only adds the time since.
+  const age = status.now - status.last_heard + (Date.now() - statusAt) / 1000;
+  if (age > boot.stale_after_s) return {text: t("stale", {ago: ago(age)}) + more(), bad: true};
+  return {text: t("data_as_of", {t: fmt.format(new Date(status.last_heard * 1000)), ago: ago(age)}), bad: false};
+}

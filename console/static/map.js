@@ -32,18 +32,7 @@ function draw() {
 }
 function banner() {
   const b = document.getElementById("banner");
-  let text, bad = true;
-  if (!streamUp || !status || Date.now() - statusAt > 10000) text = t("console_down");
-  else if (!status.connected) text = t("link_down", {why: status.link_error || "?"});
-  else if (status.service !== "online") text = t(status.service === "offline" ? "service_down" : "service_unknown");
-  else if (influxDown(status)) text = influxDown(status);
-  else if (!status.last_heard) text = t("no_data");
-  else {
-    const age = status.now - status.last_heard + (Date.now() - statusAt) / 1000;
-    text = age > boot.stale_after_s ? t("stale", {ago: ago(age)})
-      : t("data_as_of", {t: fmt.format(new Date(status.last_heard * 1000)), ago: ago(age)});
-    bad = age > boot.stale_after_s;
-  }
+  const {text, bad} = feedBanner(status, streamUp, statusAt);
   b.textContent = text;
   b.className = "banner " + (bad ? "stale" : "fresh");
 }
