@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import sqlite3
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -25,6 +26,7 @@ from starlette.templating import Jinja2Templates
 
 from alerts.model import SEVERITY_NAMES
 from alerts.store import AlertStore
+from alerts.terminal import freshness
 from config.connections import basic_auth
 from console.audit import audit_page
 from console.feed import AlertFeed
@@ -37,9 +39,11 @@ from console.silences import (
     api_preview,
     api_silence,
     api_unsilence,
+    engine_now,
     json_object,
     operator_session,
     send_command,
+    silenced_alerts,
     silences_page,
     silences_touching,
 )
@@ -81,6 +85,8 @@ class Console:
         self._store: AlertStore | None = None
         self.vendor_dir = cfg.resolve_path(c.vendor_dir)
         self._inventory: Inventory | None = None
+        self._silenced_lock = threading.Lock()
+        self._silenced: tuple[float, dict[str, dict]] = (-1e9, {})
         self.learned = LearnedRules(cfg)  # the detectors' saved state: the gas profile band
 
     def inventory(self):
@@ -93,8 +99,25 @@ class Console:
     # ----- live feed -> boards --------------------------------------------------------------------
 
     def status(self) -> dict:
-        """The feed's status (broker link, service presence, data age) with InfluxDB's reachability."""
-        return {**self.feed.status(), "influx": self.influx.state()}
+        """The feed's status (broker link, service presence, data age) with InfluxDB's reachability and the
+        alerts an active silence mutes now (alert_id -> silence)."""
+        return {**self.feed.status(), "influx": self.influx.state(), "silenced": self.silenced()}
+
+    def silenced(self) -> dict[str, dict]:
+        """The board's silence marks, read from the store at most every STATUS_EVERY_S (status() is asked by
+        every board and by the feed's thread). An unreadable store marks nothing: the alerts stay shown."""
+        with self._silenced_lock:
+            at, value = self._silenced
+            if time.monotonic() - at < STATUS_EVERY_S:
+                return value
+            try:
+                store = self.store()
+                value = silenced_alerts(store.silences(), self.feed.snapshot(), engine_now(freshness(store)))
+            except Exception as exc:  # a missing or locked store must not stop the status
+                log.debug("console: silences not read: %s", exc)
+                value = {}
+            self._silenced = (time.monotonic(), value)
+            return value
 
     def _from_feed(self, event: str, data: dict) -> None:
         if event == "status":

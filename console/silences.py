@@ -171,6 +171,34 @@ def draft(body: dict) -> dict:
 
 # ----- handlers ----------------------------------------------------------------------------------------
 
+def payload_labels(a: dict) -> dict[str, str]:
+    """The silence-matcher labels of an alert as the service publishes it (the board's rows), the same keys as
+    `Alert.labels()`."""
+    site_v, dev_v = a.get("site"), a.get("device")
+    site: dict = site_v if isinstance(site_v, dict) else {}
+    dev: dict = dev_v if isinstance(dev_v, dict) else {}
+    return {"alert_id": str(a.get("alert_id", "")), "rule_id": str(a.get("rule_id", "")),
+            "device_id": str(dev.get("id", "")), "site_id": str(site.get("id", "")),
+            "district": str(site.get("district", "")), "category": str(a.get("category", "")),
+            "severity": str(a.get("severity", ""))}
+
+
+def silenced_alerts(silences: list[Silence], alerts: list[dict], now_ns: int) -> dict[str, dict]:
+    """alert_id -> the active silence that mutes it now ({id, by, expires_ns}; the one ending last when several
+    do): what the board marks, so a muted alert never looks like one the duty officers are being told about."""
+    live = sorted((s for s in silences if s.active(now_ns)), key=lambda s: -s.expires_ns)
+    out: dict[str, dict] = {}
+    if not live:
+        return out
+    for a in alerts:
+        labels = payload_labels(a)
+        for s in live:
+            if all(labels.get(k) == v for k, v in s.matchers.items()):
+                out[labels["alert_id"]] = {"id": s.id, "by": s.by, "expires_ns": s.expires_ns}
+                break
+    return out
+
+
 def engine_now(fresh) -> int:
     """The engine's clock now, from a store's Freshness: a silence runs in the engine's time. A wall-clock
     engine's time is the wall clock (also when it has stopped: its silences expire all the same); an event-clock

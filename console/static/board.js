@@ -31,6 +31,8 @@ function forText(a, now) {
   return since ? ago((now - since) / 1000) : "–";
 }
 
+function silenceOf(id) { return (status && status.silenced && status.silenced[id]) || null; }
+
 function buildRow(a, now) {
   const tr = el("tr", "sev-row sev-" + a.severity);
   tr.dataset.alertId = a.alert_id;
@@ -61,8 +63,17 @@ function buildRow(a, now) {
   const since = startMs(a);
   tr.append(el("td", "since", since ? fmt.format(new Date(since)) + " CST" : "–"));
   tr.append(el("td", "for", forText(a, now)));
-  tr.append(el("td", "ack-state", a.ack ? t("acked_by", {who: a.ack.name || a.ack.by}) +
-    (a.ack.note ? ": " + a.ack.note : "") : t("not_acked")));
+  const ackCell = el("td", "ack-state", a.ack ? t("acked_by", {who: a.ack.name || a.ack.by}) +
+    (a.ack.note ? ": " + a.ack.note : "") : t("not_acked"));
+  // A silence mutes the alert's notices, not the board: say so on the row, with who and until when.
+  const sil = silenceOf(a.alert_id);
+  if (sil) {
+    tr.classList.add("silenced");
+    const tag = el("a", "silenced-tag", t("silenced_until", {t: fmt.format(new Date(sil.expires_ns / 1e6)), who: sil.by}));
+    tag.href = "/silences";
+    ackCell.append(tag);
+  }
+  tr.append(ackCell);
   const act = el("td", "action");
   if (boot.may_ack && !a.ack) {
     const b = el("button", "ack-button", t("ack"));
@@ -301,7 +312,16 @@ function connect() {
     alerts.delete(id);
     changed(id);
   });
-  es.addEventListener("status", (e) => { status = JSON.parse(e.data); statusAt = Date.now(); banner(); });
+  es.addEventListener("status", (e) => {
+    const before = (status && status.silenced) || {};
+    status = JSON.parse(e.data); statusAt = Date.now(); banner();
+    // Rows whose silence began, ended or changed are drawn again.
+    const now = status.silenced || {};
+    for (const id of new Set([...Object.keys(before), ...Object.keys(now)])) {
+      const x = before[id], y = now[id];
+      if (!x || !y || x.id !== y.id || x.expires_ns !== y.expires_ns) changed(id);
+    }
+  });
   es.addEventListener("logout", () => { es.close(); location.href = "/login"; });
 }
 connect();

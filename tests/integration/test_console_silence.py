@@ -156,6 +156,12 @@ def test_operator_silences_a_device_from_its_alert_and_the_audit_log_shows_it(st
     assert f"已静默（{sil['id']}）" in page.inner_text("#alert-muted")
     assert "console:duty" in page.inner_text("#alert-silences")
     shot(page, "alert-silenced-1366x768")
+    # the board keeps the alert and marks it silenced, with who and until when
+    page.goto(f"{console.url}/")
+    tag = page.locator(f'#alerts tr[data-alert-id="{alert_id}"].silenced .silenced-tag')
+    tag.wait_for(timeout=15_000)
+    assert "console:duty" in tag.inner_text() and "已静默至" in tag.inner_text()
+    shot(page, "board-silenced-1366x768")
 
     # a viewer sees the silence but has no control, and a forged silence with its own token is refused
     vctx, vpage = login(browser, console.url, "watcher", VIEWER_PW)
@@ -186,6 +192,10 @@ def test_operator_silences_a_device_from_its_alert_and_the_audit_log_shows_it(st
     page.wait_for_url("**/silences?ended=*")
     page.locator("#no-silences").wait_for()
     assert silences_json(s) == []
+    # ... and the board's mark goes with it
+    page.goto(f"{console.url}/")
+    page.locator(f'#alerts tr[data-alert-id="{alert_id}"]').wait_for()
+    page.locator(f'#alerts tr[data-alert-id="{alert_id}"].silenced').wait_for(state="detached", timeout=15_000)
 
     # the audit log: newest first, every action with its author and result; filtered by action
     page.goto(f"{console.url}/audit")

@@ -354,3 +354,22 @@ def test_the_audit_log_pages_back_200_at_a_time(console_env):
     second = c.get(older).text
     assert re.findall(r'<td class="target">([^<]*)</td>', second) == ["s4", "s3", "s2", "s1", "s0"]
     assert 'id="older"' not in second
+
+
+def test_the_board_marks_the_alerts_an_active_silence_mutes():
+    from alerts.muting import Silence
+    from console.silences import silenced_alerts
+
+    a = {"alert_id": "G-high.X1.1", "rule_id": "G-high", "severity": "red", "category": "gas",
+         "device": {"id": "X1"}, "site": {"id": "S1", "district": "Siming"}}
+    b = {**a, "alert_id": "N-day.N1.1", "rule_id": "N-day", "device": {"id": "N1"}, "site": None}
+    now = 1_000
+    site = Silence("s1", {"site_id": "S1"}, "console:lin", "works", 0, 2_000)
+    later = Silence("s2", {"rule_id": "G-high"}, "local:chen", "drill", 0, 5_000)
+    ended = Silence("s3", {"device_id": "N1"}, "console:lin", "x", 0, 5_000, ended_by="console:lin")
+    expired = Silence("s4", {"device_id": "N1"}, "console:lin", "x", 0, 900)
+    got = silenced_alerts([site, later, ended, expired], [a, b], now)
+    # The silence ending last is named; an ended or expired silence marks nothing; a malformed site is no label.
+    assert got == {"G-high.X1.1": {"id": "s2", "by": "local:chen", "expires_ns": 5_000}}
+    assert silenced_alerts([], [a, b], now) == {}
+    assert silenced_alerts([site], [a], 3_000) == {}
