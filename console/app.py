@@ -111,8 +111,11 @@ class Console:
             if time.monotonic() - at < STATUS_EVERY_S:
                 return value
             try:
-                store = self.store()
-                value = silenced_alerts(store.silences(), self.feed.snapshot(), engine_now(freshness(store)))
+                if not self.store_path.exists():  # never created by the console: the service owns the store
+                    value = {}
+                else:
+                    store = self.store()
+                    value = silenced_alerts(store.silences(), self.feed.snapshot(), engine_now(freshness(store)))
             except Exception as exc:  # a missing or locked store must not stop the status
                 log.debug("console: silences not read: %s", exc)
                 value = {}
