@@ -74,14 +74,13 @@ def test_a_small_batch_is_one_step_and_the_bound_must_be_positive():
         take_step(batch, 0)
 
 
-@pytest.mark.parametrize("case", CASES)
+# group_t2 closes a group's bucket once one member is max_open buckets ahead: a step bound that holds back one
+# lagging member by more than that closes buckets without it (documented in detectors/group.py), so group
+# detectors are outside this property; test_group_t2.py pins their split invariance in event-time order.
+@pytest.mark.parametrize("case", [c for c in CASES if c not in CROSS_SENSOR])
 @FAST
 @given(rows=feeds(), n=st.sampled_from([1, 2, 3, 7]), cut=st.floats(0, 1))
 def test_bounded_steps_give_the_same_detections_as_one_batch(case, rows, n, cut):
-    if case in CROSS_SENSOR:
-        # group_t2 closes a group's bucket once one member is max_open buckets ahead: a step bound that holds
-        # back one lagging member by more than that closes buckets without it (documented in detectors/group.py).
-        pytest.skip("a group detector depends on which members' readings share a step")
     cfg = config_for(case)
     whole = RuleSet.from_config(cfg).process(to_batch(rows))
     # The readings come in two arrivals (each device's rows in time order across them); the second joins
