@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
-from alerts.model import SEVERITY_NAMES
 from alerts.muting import MATCHER_KEYS
 from config import durations as _durations
 from config.alerting import Category
+from core.severity import SEVERITY_NAMES
 
 if TYPE_CHECKING:
     from config.model import Config

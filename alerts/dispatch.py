@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from alerts.model import Notice
 from alerts.sinks.base import Sink, SinkError
+from core.backoff import Backoff
 
 if TYPE_CHECKING:
     from alerts.store import AlertStore
@@ -71,7 +72,7 @@ class _Worker:
 
     def _deliver(self, notice: Notice) -> None:
         attempts = 0
-        delay = self.d.initial_s
+        backoff = Backoff(self.d.initial_s, self.d.max_s)
         while not self.d.stopping.is_set():
             if self.sink is None:
                 self.d.record(notice, self.name, "failed", 1, f"no sink named {self.name!r}")
@@ -88,14 +89,12 @@ class _Worker:
                 self.d.count("retries", self.name)
                 if attempts == 1 or attempts % 20 == 0:
                     log.warning("alert sink %s: %s (attempt %d, retrying)", self.name, exc, attempts)
-                self.d.stopping.wait(delay)
-                delay = min(delay * 2, self.d.max_s)
+                self.d.stopping.wait(backoff.failed())
                 continue
             except Exception:  # a sink bug must not kill its worker: treat as retryable
                 log.exception("alert sink %s raised unexpectedly", self.name)
                 self.d.count("retries", self.name)
-                self.d.stopping.wait(delay)
-                delay = min(delay * 2, self.d.max_s)
+                self.d.stopping.wait(backoff.failed())
                 continue
             # A sink that reaches people (alerts/sinks/team.py) says whom; the delivery log keeps it.
             self.d.record(notice, self.name, "sent", attempts, None, reached if isinstance(reached, str) else None)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alerts.model import SEVERITY_NAMES, Alert, alert_id_for
-
-NS = 1_000_000_000
+from alerts.model import Alert, alert_id_for
+from core.severity import SEVERITY_NAMES
+from core.timefmt import NS_PER_S as NS
 
 # The transitions that are notified (alerts.model.TRANSITIONS); "discarded" and a resolve of an alert that
 # never fired change the alert without a notice.

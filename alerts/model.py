@@ -7,8 +7,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, cast, overload
 
-SEVERITY_NAMES = {0: "clear", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
-SEVERITY_CODES = {v: k for k, v in SEVERITY_NAMES.items()}
+from core.severity import SEVERITY_NAMES
+from core.timefmt import iso_utc
 
 # Transition kinds, each one notice. "firing" may come late for an alert that was muted when it fired.
 TRANSITIONS = ("firing", "severity", "escalated", "repeat", "acknowledged", "flapping", "resolved")
@@ -20,11 +20,7 @@ def iso(ts_ns: int) -> str: ...
 def iso(ts_ns: None) -> None: ...
 def iso(ts_ns: int | None) -> str | None:
     """UTC ISO 8601 with milliseconds, or None."""
-    if ts_ns is None:
-        return None
-    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return None if ts_ns is None else iso_utc(ts_ns)
 
 
 def alert_id_for(rule_id: str, device_id: str, started_ns: int) -> str:

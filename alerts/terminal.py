@@ -95,7 +95,7 @@ def alert_value(alert: Alert) -> str:
 
 def alert_peak(alert: Alert) -> str:
     """The peak: `orange 81.8 dB(A)` (the severity it peaked at and the most extreme value)."""
-    from alerts.model import SEVERITY_NAMES
+    from core.severity import SEVERITY_NAMES
 
     ctx = alert.context or {}
     return f"{SEVERITY_NAMES.get(alert.peak_severity, '?')} {quantity(alert.peak_value, ctx.get('unit'), ctx.get('metric'))}"

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from config import load_config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.codecs.hj212 import build_noise_frame
 from ingest.codecs.json_envelope import encode_batch
 from ingest.decoder import Decoder

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from citywatch.localstack import Credentials, InfluxProcess, MosquittoProcess, free_port  # noqa: E402
 from config import load_config  # noqa: E402
-from detectors.batch import ReadingBatch  # noqa: E402
+from core import ReadingBatch  # noqa: E402
 from ingest.influx_writer import V1Writer  # noqa: E402
 from ingest.lineproto import encode  # noqa: E402
 

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from alerts.engine import AlertEngine
-from alerts.model import SEVERITY_NAMES
 from alerts.store import AlertStore
+from core.severity import SEVERITY_NAMES
+from core.timefmt import NS_PER_S as NS
 
-NS = 1_000_000_000
 # matplotlib colours of the severity scale used everywhere else (red, orange, yellow, blue).
 SEVERITY_COLOURS = {4: "#d62728", 3: "#ff7f0e", 2: "#e6b800", 1: "#1f77b4", 0: "#999999"}
 
@@ -229,7 +229,7 @@ class DeviceSeries:
 
     device_id: str
     kind: str
-    field: str
+    field: str            # the field drawn; several: "a, b" with values (n, m), one column each
     ts_ns: np.ndarray
     values: np.ndarray
     limits: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]  # (rule, 0 before | 1 after) -> (ts, limit)
@@ -260,7 +260,13 @@ def plot_device(series: DeviceSeries, changes: list[Change], names: tuple[str, s
     fig, (ax, lanes) = plt.subplots(2, 1, figsize=(13, 5.2 + 0.35 * len(rules)), sharex=True,
                                     gridspec_kw={"height_ratios": [3.0, 0.35 + 0.4 * len(rules)]})
     if len(series.ts_ns):
-        ax.plot(local(series.ts_ns), series.values, color="#555555", lw=0.8, label=f"readings ({series.field})")
+        # values (n, m) with field "a, b": one line per field the changed rules read.
+        cols = np.asarray(series.values).reshape(len(series.ts_ns), -1)
+        names_ = series.field.split(", ") if cols.shape[1] > 1 else [series.field]
+        greys = ["#555555", "#8c8c8c", "#2f4f4f", "#b0a080", "#6b8e23", "#708090", "#a0522d", "#4682b4"]
+        when = local(series.ts_ns)
+        for j in range(cols.shape[1]):
+            ax.plot(when, cols[:, j], color=greys[j % len(greys)], lw=0.8, label=f"readings ({names_[j]})")
     styles = {0: dict(ls="--", lw=1.6), 1: dict(ls="-", lw=1.8)}
     palette = ["#9467bd", "#2ca02c", "#8c564b", "#e377c2", "#17becf"]
     for i, rule in enumerate(rules):

@@ -24,7 +24,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from alerts.model import SEVERITY_NAMES
 from alerts.store import AlertStore
 from alerts.terminal import freshness
 from config.connections import basic_auth
@@ -49,6 +48,7 @@ from console.silences import (
 )
 from console.sites import site_page
 from console.users import Session, UserStore
+from core.severity import SEVERITY_NAMES
 
 if TYPE_CHECKING:
     from detectors.context import Inventory

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
+from core.reachability import Reachability, connect_error
 from ingest.collector import presence_topic
-from ingest.reachability import Reachability, connect_error
 
 log = logging.getLogger(__name__)
 

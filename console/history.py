@@ -20,8 +20,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from alerts.model import SEVERITY_CODES, SEVERITY_NAMES
 from console.i18n import words
+from core.severity import SEVERITY_CODES, SEVERITY_NAMES
 
 MAX_DAYS = 92              # the widest search: a quarter (the store is read without an index on time)
 DEFAULT_DAYS = 7           # the search when none is given: the last week, today included

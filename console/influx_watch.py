@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 
 from config.connections import basic_auth
-from ingest.reachability import Reachability
+from core.reachability import Reachability
 
 log = logging.getLogger(__name__)
 

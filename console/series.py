@@ -24,12 +24,12 @@ import urllib.request
 import numpy as np
 
 from config.connections import basic_auth
+from core.timefmt import NS_PER_S as NS
 from detectors.context import Inventory, Round
 from detectors.noise import VALID_DB, db_to_energy, energy_to_db, limit_in_force
 
 log = logging.getLogger(__name__)
 
-NS = 1_000_000_000
 BUCKET_S = 60           # at most one chart point a minute
 MAX_HOURS = 72
 MAX_ROWS = 200_000      # a bound on what one request reads from InfluxDB
@@ -179,7 +179,7 @@ def profile_band(learned: LearnedRules, device_index: int, t0_ns: int, t1_ns: in
 def battery_series(rules, device_index: int, ts_ns: np.ndarray, volts: np.ndarray) -> dict:
     """Battery voltage, the lowest of each minute (the rule judges every reading, transmit dips included),
     with the levels of the battery rule that runs on the device (None when none does)."""
-    from detectors.gas import Battery
+    from detectors.device_health import Battery
 
     ts_ns, volts = np.asarray(ts_ns, np.int64), np.asarray(volts, float)
     keep = np.isfinite(volts)
@@ -209,7 +209,7 @@ def data_quality(rules, device_index: int, ts_ns: np.ndarray, valid: np.ndarray,
     interval_factor x report interval + grace; 2 x the sample interval where no Offline rule runs),
     including one still going on at t1 ("open")."""
     from detectors.deadman import Deadman
-    from detectors.noise import NoiseDataQuality
+    from detectors.device_health import NoiseDataQuality
 
     inv = rules.inv
     ts_ns, valid = np.asarray(ts_ns, np.int64), np.asarray(valid, bool)

@@ -1,5 +1,5 @@
 """Vectorized detectors: per-sensor state in numpy arrays, one pass over a whole batch of readings."""
 
-from detectors.batch import FLAG_CODES, SEVERITY_NAMES, Detections, ReadingBatch
+from core import FLAG_CODES, SEVERITY_NAMES, Detections, ReadingBatch
 
 __all__ = ["FLAG_CODES", "SEVERITY_NAMES", "Detections", "ReadingBatch"]

@@ -24,12 +24,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from config.errors import ConfigProblem
+from core import Detections
+from core.timefmt import NS_PER_S as NS
 from detectors.base import Detector, RuleParams
-from detectors.batch import Detections
 from detectors.generic import Category
 
 RuleRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-NS = 10**9
 
 
 class AnyOfParams(RuleParams):

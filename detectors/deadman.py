@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from core import Detections
 from detectors.base import Detector, RuleParams
-from detectors.batch import Detections
 from detectors.calendar import NS
 
 

@@ -24,7 +24,7 @@ from typing import IO
 import numpy as np
 
 from config.connections import basic_auth
-from detectors.batch import FLAG_CODES, ReadingBatch
+from core import FLAG_CODES, ReadingBatch
 
 RESERVED = {"ts", "device_id", "flag"}
 
@@ -88,11 +88,6 @@ def parse_ts_ns(text, tz: dt.tzinfo | None = None, epoch_unit: str = "ms") -> in
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
-def format_ts(ts_ns: int) -> str:
-    """ISO 8601 UTC with milliseconds, e.g. 2025-06-01T14:30:00.000Z."""
-    t = dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, dt.UTC)
-    ms = (ts_ns // 1_000_000) % 1000
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
 
 
 @dataclass

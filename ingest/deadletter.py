@@ -20,9 +20,11 @@ import os
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, overload
+
+from core.fsio import fsync_dir
+from core.timefmt import iso_utc
 
 if TYPE_CHECKING:
     from config.model import Config
@@ -103,7 +105,7 @@ class DeadLetterRecord:
                 text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
         return DeadLetterRecord(
             reason=reason, detail=_cut(detail), topic=topic, payload=text, payload_encoding=encoding,
-            payload_bytes=size, truncated=truncated, recv_time=iso_ns(recv_ns), recv_ns=int(recv_ns),
+            payload_bytes=size, truncated=truncated, recv_time=iso_utc(recv_ns, 6), recv_ns=int(recv_ns),
             device_id=device_id, row=_safe_row(row),
         )
 
@@ -174,12 +176,6 @@ def _cut(text: str | None, limit: int = DETAIL_MAX_CHARS) -> str | None:
         return None
     text = str(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def iso_ns(ns: int) -> str:
-    """UTC ns -> 2025-06-01T14:30:05.123456Z."""
-    sec, rem = divmod(int(ns), 1_000_000_000)
-    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1000:06d}Z"
 
 
 def _safe_row(row: dict[str, Any] | None) -> dict[str, Json] | None:
@@ -299,10 +295,10 @@ class DeadLetterStore:
         for key, b in notices:
             log.warning("%s went over its dead-letter budget of %d bytes per %g s: its further dead letters "
                         "until %s are counted, not stored", key, self.device_budget_bytes,
-                        self.budget_period_ns / 1e9, iso_ns((b.window + 1) * self.budget_period_ns))
+                        self.budget_period_ns / 1e9, iso_utc((b.window + 1) * self.budget_period_ns, 6))
         for key, b in closed:
             log.warning("%s: %d dead letter(s) (%d bytes) over budget were counted, not stored, in the period "
-                        "that ended %s", key, b.dropped, b.dropped_bytes, iso_ns((b.window + 1) * self.budget_period_ns))
+                        "that ended %s", key, b.dropped, b.dropped_bytes, iso_utc((b.window + 1) * self.budget_period_ns, 6))
         return Stored(stored, dropped)
 
     def _admit(self, records: list[DeadLetterRecord]) -> tuple[
@@ -344,7 +340,7 @@ class DeadLetterStore:
                 notice = DeadLetterRecord.build(
                     CAPPED, f"{key} went over its dead-letter budget of {cap} bytes per "
                     f"{self.budget_period_ns / 1e9:g} s (ingest.deadletter_device_budget_mb): its further dead letters "
-                    f"until {iso_ns((window + 1) * self.budget_period_ns)} are counted (citywatch status: "
+                    f"until {iso_utc((window + 1) * self.budget_period_ns, 6)} are counted (citywatch status: "
                     "deadletter_dropped), not stored", rec.topic, b"", rec.recv_ns, rec.device_id)
                 stored.append(notice)
                 lines.append((notice.to_json() + "\n").encode("utf-8"))
@@ -423,15 +419,9 @@ class DeadLetterStore:
             if src.exists():
                 os.replace(src, self.dir / f"deadletter.{i + 1}.jsonl")
         os.replace(self.path, self.dir / "deadletter.1.jsonl")
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy(b: _Budget) -> _Budget:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from detectors.batch import FLAG_CODES, ReadingBatch
+from core import FLAG_CODES, ReadingBatch
 from ingest.codecs import hj212
 from ingest.codecs.errors import DecodeError
 from ingest.codecs.json_envelope import Envelope, decode_json, envelope_of

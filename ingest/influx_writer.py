@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import urllib3
@@ -248,30 +247,3 @@ def make_writer(influx: Influx, env: Mapping[str, str] | None = None) -> InfluxW
     assert influx.database is not None
     user, password = influx.credentials(environ) or (None, None)
     return V1Writer(influx.url, influx.database, user, password, influx.timeout_s)
-
-
-class Backoff:
-    """Capped exponential backoff with an injected clock: `ready()` says whether to try now."""
-
-    def __init__(self, min_s: float = 0.5, max_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.min_s, self.max_s = min_s, max_s
-        self._clock = clock
-        self._delay = 0.0
-        self._next = 0.0
-
-    def ready(self) -> bool:
-        return self._clock() >= self._next
-
-    def failed(self, retry_after_s: float | None = None) -> float:
-        self._delay = min(self.max_s, max(self.min_s, self._delay * 2))
-        delay = max(self._delay, retry_after_s or 0.0)
-        self._next = self._clock() + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self._delay = 0.0
-        self._next = 0.0
-
-    @property
-    def failing(self) -> bool:
-        return self._delay > 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from detectors.batch import FLAG_CODES, GAS_FIELDS, NOISE_FIELDS, ReadingBatch
+from core import FLAG_CODES, GAS_FIELDS, NOISE_FIELDS, ReadingBatch
 
 if TYPE_CHECKING:
     from config.model import Config

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import reprlib
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import TYPE_CHECKING, Any, TypeAlias, cast, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from detectors.batch import FLAG_CODES, GAS_FIELDS, NOISE_FIELDS
+from core import FLAG_CODES, GAS_FIELDS, NOISE_FIELDS
+from core.timefmt import iso_utc_ms
 
 if TYPE_CHECKING:
     from config.ingest_settings import IngestSettings
@@ -599,10 +599,8 @@ def _explain(reason: str, i: int, rows: Rows, kind: str, device: Device, recv_ms
 
 
 def _iso(ms: int) -> str:
-    from datetime import datetime
-
     try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+        return iso_utc_ms(ms, trim=False)
     except (OverflowError, OSError, ValueError):
         return "out of calendar range"
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from config.connections import Influx, basic_auth
+from core.severity import SEVERITY_NAMES
 from simulators.scoring import ScoredAlert, parse_time_ms
 
 _SEVERITY_RANK = {"": 0, "clear": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
-_SEVERITY_NAMES = {0: "clear", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 # alert ids are `{rule}.{device}.{YYYYmmddTHHMMSSmmm}Z` (alerts.model.alert_id_for): the start is in the id.
 _ID_STAMP = re.compile(r"\.(\d{8}T\d{6})(\d{3})Z$")
 
@@ -161,7 +161,7 @@ def _line_doc(line: str) -> Any:
 def stored_severity(body: dict[str, Any]) -> str:
     """The highest severity of a stored alert body: `peak_severity`, or `severity` in older stores."""
     codes = [body.get("severity"), body.get("peak_severity")]
-    return highest_severity(*(_SEVERITY_NAMES.get(int(c), "") for c in codes
+    return highest_severity(*(SEVERITY_NAMES.get(int(c), "") for c in codes
                               if isinstance(c, (int, float)) and c == c))
 
 

@@ -18,12 +18,12 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from core.timefmt import iso_utc_ms
 from ingest.codecs.hj212 import build_noise_frame
 from ingest.codecs.json_envelope import encode_batch
 from simulators.faults import param
 from simulators.gas_sensor import simulate_gas
 from simulators.noise_monitor import simulate_noise
-from simulators.scenario import iso_utc
 from simulators.series import DeviceSeries, device_rng
 
 if TYPE_CHECKING:
@@ -282,8 +282,8 @@ def write_truth(scenario: Scenario, path: Path) -> int:
     faults = sorted(scenario.faults, key=lambda f: (f.start_ms, f.id))
     # Each record also names its scenario's span and device count: `score` needs them for false alerts
     # per device-day, and a record stays meaningful on its own.
-    meta = {"name": scenario.name, "seed": scenario.seed, "start": iso_utc(scenario.start_ms),
-            "end": iso_utc(scenario.end_ms), "devices": len(scenario.devices)}
+    meta = {"name": scenario.name, "seed": scenario.seed, "start": iso_utc_ms(scenario.start_ms),
+            "end": iso_utc_ms(scenario.end_ms), "devices": len(scenario.devices)}
     with open(path, "w", encoding="utf-8") as fh:
         for f in faults:
             fh.write(json.dumps({**f.truth_record(), "scenario": meta}, sort_keys=True) + "\n")

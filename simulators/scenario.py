@@ -23,6 +23,7 @@ from config.errors import ConfigError, ConfigProblem, did_you_mean, path_text
 from config.model import Config
 from config.pydantic_errors import problems_from_validation
 from config.yamlsrc import parse_yaml
+from core.timefmt import iso_utc_ms
 from simulators.faults import FAULT_TYPES, FaultType
 
 
@@ -128,7 +129,7 @@ class Fault:
         """The ground-truth JSONL record of this fault."""
         return {
             "id": self.id, "type": self.type.code, "name": self.type.name, "device": self.device, "site": self.site,
-            "start": iso_utc(self.start_ms), "end": iso_utc(self.end_ms),
+            "start": iso_utc_ms(self.start_ms), "end": iso_utc_ms(self.end_ms),
             "rules": list(self.rules), "allowed": list(self.allowed), "severity": self.severity, "note": self.note,
         }
 
@@ -171,13 +172,6 @@ class Scenario:
 
     def faults_of(self, device: str) -> list[Fault]:
         return [f for f in self.faults if f.device == device]
-
-
-def iso_utc(ms: int) -> str:
-    """UTC ISO-8601 with a Z, millisecond precision dropped when zero."""
-    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-    text = t.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
-    return text.replace("+00:00", "Z")
 
 
 def _hhmm(text: str) -> int:

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from alerts import commands as command_rules
-from alerts.model import SEVERITY_NAMES, iso
+from alerts.model import iso
 from alerts.muting import MATCHER_KEYS
 from alerts.store import AlertStore
 from alerts.terminal import (
@@ -38,6 +38,7 @@ from alerts.terminal import (
     short_id,
     words,
 )
+from core.severity import SEVERITY_NAMES
 
 # 1: the command ran and refused (unknown alert, invalid command); 2: it could not run as asked (no such
 # store, an ambiguous alert).

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from core.timefmt import iso_utc_ms
 from ingest.codecs.errors import DecodeError
 
 SCHEMAS = {"noise": "xm.noise.v1", "gas": "xm.gas.v1"}
@@ -63,14 +63,6 @@ class Envelope:
 
     def __repr__(self) -> str:
         return f"Envelope({self.form!r}, {len(self.samples)} samples, schema={self.schema!r}, device_id={self.device_id!r})"
-
-
-def iso_utc_ms(ms: int) -> str:
-    """UTC ISO 8601 with a Z, millisecond precision only when needed: 2025-06-01T14:30:05Z."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    if ms % 1000:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def encode_batch(

@@ -11,7 +11,7 @@ import pytest
 
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from tests.unit.alerts.helpers import T0, S, Subscriber, mqtt_env, publish, write_config
 
 pytestmark = pytest.mark.integration

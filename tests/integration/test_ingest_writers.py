@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from citywatch.localstack import free_port
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.influx_writer import RejectedWriteError, RetryableWriteError, V1Writer, V2Writer
 from ingest.lineproto import encode
 from tests.integration.test_ingest_harness import (  # noqa: F401 - fixture

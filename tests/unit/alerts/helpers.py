@@ -9,13 +9,14 @@ import numpy as np
 from alerts.commands import Author
 from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine
-from alerts.model import SEVERITY_CODES, Notice
+from alerts.model import Notice
 from alerts.sinks.base import SinkError
 from alerts.store import AlertStore
 from config import load_config
 from config.alerting import Alerting
 from config.rules import RuleSpec
-from detectors.batch import Detections
+from core import Detections
+from core.severity import SEVERITY_CODES
 
 S = 1_000_000_000
 T0 = 1_748_788_200 * S  # 2025-06-01T14:30:00Z

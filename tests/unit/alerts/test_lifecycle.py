@@ -11,7 +11,8 @@ import pytest
 
 from alerts import lifecycle
 from alerts.lifecycle import Activity, Step, Timings
-from alerts.model import SEVERITY_CODES, Alert
+from alerts.model import Alert
+from core.severity import SEVERITY_CODES
 
 S = 1_000_000_000
 T0 = 1_748_788_200 * S  # 2025-06-01T14:30:00Z

@@ -17,7 +17,7 @@ from alerts.store import AlertStore
 from alerts.terminal import STALE_AFTER_S, Freshness, value_text, words
 from citywatch.cli import main
 from citywatch.commands.alerts import board
-from detectors.batch import Detections
+from core import Detections
 from tests.unit.alerts.helpers import T0, S, at, base_cfg, make_cfg, make_engine
 
 RULES = [{"id": r, "type": t, "kind": k} for r, t, k in (

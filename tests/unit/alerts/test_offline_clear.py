@@ -17,7 +17,7 @@ from alerts.muting import Silence
 from citywatch.pipeline import DetectionPipeline
 from config.alerting import Alerting
 from config.rules import RuleSpec
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from tests.unit.alerts.helpers import T0, S, at, base_cfg, det, make_engine
 
 CLEAR_FOR_S = 120  # Offline's clear_for_s in these tests (the shipped rule has 0), so resolving is timed

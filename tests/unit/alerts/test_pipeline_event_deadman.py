@@ -6,6 +6,7 @@ starts when the silence crossed the limit."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine
@@ -13,7 +14,7 @@ from alerts.model import alert_id_for
 from alerts.store import AlertStore
 from citywatch.pipeline import EVENT_REORDER_SLACK_S, DetectionPipeline
 from config import load_config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from tests.unit.alerts.helpers import T0, RecordingSink, S, write_config
 
 ALERTS = """
@@ -78,6 +79,7 @@ def _offline(cfg, sink):
     return sorted({n.alert_id for n in sink.notices if n.alert_id.startswith("Offline.") and n.transition == "firing"})
 
 
+@pytest.mark.slow
 def test_offline_in_event_time_does_not_depend_on_batching_or_in_flight_lag(tmp_path):
     results = []
     for tag, group in (("one_by_one", 1), ("in_threes", 3), ("all_at_once", 10_000)):

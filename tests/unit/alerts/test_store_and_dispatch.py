@@ -10,7 +10,7 @@ from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine
 from alerts.model import Notice
 from alerts.store import AlertStore
-from detectors.batch import Detections
+from core import Detections
 from tests.unit.alerts.helpers import RecordingSink, at, det, make_cfg, make_engine
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.batcher import MicroBatcher
 
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from ingest.deadletter import DeadLetterRecord, DeadLetterStore, iso_ns
+from core.timefmt import iso_utc
+from ingest.deadletter import DeadLetterRecord, DeadLetterStore
 
 RECV = 1_748_788_205_123_456_789
 
@@ -81,4 +82,4 @@ def test_bad_arguments():
 
 
 def test_iso_ns():
-    assert iso_ns(0) == "1970-01-01T00:00:00.000000Z"
+    assert iso_utc(0, 6) == "1970-01-01T00:00:00.000000Z"

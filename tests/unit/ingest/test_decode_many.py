@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config import load_config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.codecs.json_envelope import encode_batch
 from ingest.decoder import Decoder
 from tests.unit.ingest.bad_inputs import catalogue

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config import load_config
-from detectors.batch import FLAG_CODES
+from core import FLAG_CODES
 from ingest.codecs.hj212 import build_noise_frame
 from ingest.codecs.json_envelope import encode_batch
 from ingest.decoder import REASONS, Decoder

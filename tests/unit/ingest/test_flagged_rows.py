@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from config import load_config
-from detectors.batch import FLAG_CODES, ReadingBatch
+from core import FLAG_CODES, ReadingBatch
 from ingest.codecs.hj212 import build_noise_frame
 from ingest.codecs.json_envelope import encode_batch
 from ingest.decode_worker import decode_chunk

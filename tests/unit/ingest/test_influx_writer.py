@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.influx_writer import Backoff, InfluxWriter, RejectedWriteError, RetryableWriteError
+from core.backoff import Backoff
+from ingest.influx_writer import InfluxWriter, RejectedWriteError, RetryableWriteError
 
 
 class Scripted(InfluxWriter):

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.timefmt import iso_utc_ms
 from ingest.codecs.errors import DecodeError
-from ingest.codecs.json_envelope import decode_envelope, encode_batch, iso_utc_ms
+from ingest.codecs.json_envelope import decode_envelope, encode_batch
 
 
 def test_encode_matches_the_domain_example():

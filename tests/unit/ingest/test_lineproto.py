@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config import load_config
-from detectors.batch import FLAG_CODES, NOISE_FIELDS, ReadingBatch
+from core import FLAG_CODES, NOISE_FIELDS, ReadingBatch
 from ingest.lineproto import encode, escape_key, escape_measurement, escape_string_field
 
 CFG = load_config("config")

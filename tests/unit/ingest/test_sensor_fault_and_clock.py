@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from config import load_config
-from detectors.batch import FLAG_CODES
+from core import FLAG_CODES
 from ingest.codecs.json_envelope import encode_batch
 from ingest.decoder import Decoder
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ingest.reachability import Reachability, connect_error, format_duration
+from core.reachability import Reachability, connect_error, format_duration
 
 
 class Clock:
