@@ -1,7 +1,7 @@
 """Benchmark: time from a device's publish to the alert notice on the MQTT alert topic, under steady load.
 
 Starts a local Mosquitto (auth, ACL) and InfluxDB on free ports, runs the service with alerts
-(`python -m citywatch.pipeline`, i.e. ingest + every shipped rule + the alert engine) and publishes, at a
+(`python -m citywatch run`, i.e. ingest + every shipped rule + the alert engine) and publishes, at a
 steady rate, background readings (noise and gas devices, inside their limits) while one probe gas device
 alternates over and under its G-highhigh limit. Each probe reading makes one transition (firing, then
 resolved); the latency is from just before its publish to the notice's arrival at a subscriber of
@@ -79,7 +79,7 @@ def engine_only(cfg, env, creds, port: int, work: Path, n: int = 100) -> tuple[f
     time from `process()` to the notice at a subscriber. Runs while the background load still flows."""
     from alerts.engine import AlertEngine
     from alerts.store import AlertStore
-    from detectors.batch import Detections
+    from core import Detections
 
     store = AlertStore(work / "engine-only.sqlite")
     # Its own MQTT client id: sharing the service's would make the broker drop one of the two.
@@ -161,7 +161,7 @@ def main() -> int:
         cfg = load_config(cfg_dir, env)
         (work / "cwd").mkdir()
         log = open(work / "service.log", "wb")
-        svc = subprocess.Popen([sys.executable, "-m", "citywatch.pipeline", "--config", str(cfg_dir),
+        svc = subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", str(cfg_dir),
                                 "--log-level", "WARNING"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                cwd=str(work / "cwd"), start_new_session=True)
         time.sleep(3.0)  # the service connects (WARNING level logs nothing on success)

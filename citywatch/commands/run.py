@@ -1,4 +1,8 @@
-"""`citywatch run [--config DIR]`: run the collector service until SIGTERM or SIGINT, then stop gracefully."""
+"""`citywatch run [--config DIR]`: run the collector service until SIGTERM or SIGINT, then stop gracefully.
+
+This command parses its arguments, sets up logging and the stop signals, then hands over to
+`citywatch.runner.run_service`, the one way the service starts (tests and benchmarks start this command).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,12 @@ def register(sub) -> None:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--partitions", default=None, metavar="LIST",
                    help="partitioned mode (connections.cluster.mode: partitioned): the partitions this worker owns, "
-                   "e.g. 0,1,2 or 0-2 (README, Cluster mode)")
+                   "e.g. 0,1,2 or 0-2, or auto: the live workers divide them through leases in the cluster "
+                   "(README, Cluster mode)")
+    p.add_argument("--worker-id", default=None, metavar="NAME",
+                   help="partitioned mode: this worker's name (default host-pid); suffixes alerting.mqtt_client_id")
+    p.add_argument("--metrics-port", default=None, type=int, metavar="PORT",
+                   help="partitioned mode: the Prometheus port of this worker (default: any free one, logged)")
     p.set_defaults(func=_run)
 
 
@@ -38,8 +47,8 @@ def _run(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # APScheduler logs every run of every job at INFO (the spool drain runs four times a second); its
-    # per-run lateness warnings are replaced by citywatch.service.JobLag's one line.
+    # APScheduler logs every run of every job at INFO (with ack_after: influxdb the spool drain runs four times
+    # a second); its per-run lateness warnings are replaced by citywatch.service.JobLag's one line.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     try:
         cfg = load_config(args.config)
@@ -53,8 +62,6 @@ def _run(args) -> int:
               f"{', '.join(generic[:5])}{' ...' if len(generic) > 5 else ''}", file=sys.stderr)
         return 1
     from citywatch.commands.check_config import warnings
-    from citywatch.service import Service
-    from ingest.spool import SpoolLocked
 
     log = logging.getLogger("citywatch.run")
     for line in warnings(cfg):  # the lines `check-config` prints: valid, but unsafe (an unsigned webhook)
@@ -65,61 +72,28 @@ def _run(args) -> int:
     except ValueError as exc:
         print(f"citywatch run: {exc}", file=sys.stderr)
         return 2
-    try:
-        service = Service(cfg, partitions=partitions)
-    except SpoolLocked as exc:
-        print(f"citywatch run: {exc}", file=sys.stderr)
-        return 1
-    from citywatch.pipeline import DetectionPipeline
-    from ingest.decode_worker import WorkerDied
+    worker_id: str | None = None  # partitioned mode: this worker's name (the leases of --partitions auto use it)
+    if partitions is not None:  # partitioned: each worker its own alert client id and Prometheus port
+        from citywatch.partition_lease import check_worker_options, default_worker_id, worker_config
 
-    # Detectors and the alert engine evaluate each decoded chunk on a thread of their own as soon as it
-    # is decoded (not after the batch age and the InfluxDB write, which only the ack waits for).
-    try:
-        pipeline = DetectionPipeline(cfg, config_dir=args.config, threaded=True)
-    except ConfigError as exc:
-        service.stop()
-        return report_config_error(exc)
-    service.on_decoded(pipeline.on_batch)
-    service.attach_detection(pipeline)  # its backlog and alert latency in the self-metrics
-    pipeline.reload_hooks.append(service.reload)
-    # One scheduler for the process: the alert tick, config watch and state saves run beside the spool
-    # drain and self-metrics, under the same lateness reporting (citywatch.service.JobLag).
-    pipeline.start(scheduler=service.scheduler)
-    pipeline.install_signal_handlers()  # SIGHUP: validate the config directory and swap it in
-    try:
-        service.start()
-    except WorkerDied as exc:
-        print(f"citywatch run: {exc}", file=sys.stderr)
-        service.stop()
-        pipeline.stop()
-        return 1
-    mq = cfg.connections.mqtt
-    if partitions:
-        log.info("citywatch running: partitions %s of %d on the cluster %s as %s-p<k>, InfluxDB %s (%s)",
-                 ",".join(map(str, partitions)), cfg.connections.cluster.partitions,
-                 ",".join(cfg.connections.cluster.nodes), mq.client_id, cfg.connections.influx.url,
-                 cfg.connections.influx.api)
-    else:
-        log.info("citywatch running: MQTT %s:%s as %s, InfluxDB %s (%s)", mq.host, mq.port, mq.client_id,
-                 cfg.connections.influx.url, cfg.connections.influx.api)
-    service.wait(stop)
-    log.info("stopping: flushing and acking held messages")
-    clean = service.stop()
-    pipeline.stop()  # after the service: the last durable batches are still evaluated
-    c = service.metrics.snapshot()["counters"]
-    log.info("stopped%s; this run: %d messages received, %d acked, %d rows decoded, %d written, %d spooled, "
-             "%d dead letters", "" if clean else " (some messages left unacked; the broker will redeliver them)",
-             c["messages_received"], c["messages_acked"], c["rows_decoded"], c["rows_written"], c["rows_spooled"],
-             c["deadletter_records"])
-    if service.failed:
-        print(f"citywatch run: {service.failed}", file=sys.stderr)
-        return 1
-    return 0
+        try:
+            check_worker_options(args.worker_id, args.metrics_port)
+        except ValueError as exc:
+            print(f"citywatch run: {exc}", file=sys.stderr)
+            return 2
+        worker_id = args.worker_id or default_worker_id()
+        cfg = worker_config(cfg, worker_id, args.metrics_port)
+    elif args.worker_id is not None or args.metrics_port is not None:
+        print("citywatch run: --worker-id and --metrics-port are for partitioned mode (--partitions); the single "
+              "service takes ingest.metrics_http.port and alerting.mqtt_client_id", file=sys.stderr)
+        return 2
+    from citywatch.runner import run_service
+
+    return run_service(cfg, stop, config_dir=args.config, partitions=partitions, worker_id=worker_id)
 
 
 def _partitions(text: str | None, cluster) -> tuple[int, ...] | None:
-    """The owned partitions of `--partitions` in partitioned mode; None in single mode. Raises ValueError when
+    """The owned partitions of `--partitions` in partitioned mode (() for `auto`); None in single mode. Raises ValueError when
     the flag and connections.cluster.mode disagree or a partition is malformed, repeated or out of range."""
     if cluster.mode != "partitioned":
         if text is not None:
@@ -129,6 +103,11 @@ def _partitions(text: str | None, cluster) -> tuple[int, ...] | None:
     if text is None:
         raise ValueError(f"connections.cluster.mode is partitioned: give the partitions this worker owns, e.g. "
                          f"--partitions 0-{cluster.partitions - 1} (partitions are 0 to {cluster.partitions - 1})")
+    if text.strip() == "auto":
+        if not cluster.nats:
+            raise ValueError("--partitions auto needs connections.cluster.nats: the NATS client listeners (host:port) "
+                             "of the cluster's nodes (CITYWATCH_CLUSTER_NATS; .stack/cluster.env sets it)")
+        return ()
     from citywatch.cluster import parse_partitions
 
     return parse_partitions(text, cluster.partitions)

@@ -35,22 +35,27 @@ rules:
 
 
 class AlertService:
-    """The service with alerts (`python -m citywatch.pipeline`) as a subprocess, stopped by pid."""
+    """The service with alerts (`python -m citywatch run`, i.e. citywatch.runner.run_service) as a subprocess,
+    stopped by pid."""
 
     def __init__(self, config_dir: Path, env: dict, log_path: Path):
         self.config_dir, self.env, self.log_path = config_dir, env, log_path
         self.proc = None
 
     def start(self, timeout_s: float = 30.0) -> AlertService:
+        self.launch()
+        assert self.wait_log("connected to MQTT broker", timeout_s), self.log_text()
+        return self
+
+    def launch(self) -> None:
+        """Start the process, the way every test and benchmark starts the service; do not wait for it."""
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         cwd = self.log_path.parent / "cwd"
         cwd.mkdir(exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "citywatch.pipeline", "--config", str(self.config_dir)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", str(self.config_dir)],
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(cwd))
-        assert self.wait_log("connected to MQTT broker", timeout_s), self.log_text()
-        return self
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")[self._offset:]
@@ -137,3 +142,23 @@ def test_sighup_reload_keeps_the_open_alert(stack):
     notices = sub.notices()
     assert [n["transition"] for n in notices] == ["firing", "resolved"]
     assert notices[0]["alert_id"] == notices[1]["alert_id"]
+
+
+def test_a_spool_held_by_another_process_is_refused_with_exit_1_and_one_line(stack, service_env):
+    """The service the tests start is `citywatch run`'s (citywatch.runner.run_service): it refuses a spool
+    directory that another collector holds, in one line and without a traceback, instead of sharing it."""
+    from ingest.spool import SpoolWriter
+
+    svc, _, _, _ = stack
+    cfg = load_config(svc.config_dir, service_env)
+    spool_dir = cfg.resolve_path(cfg.ingest.spool_dir)
+    holder = SpoolWriter(spool_dir, 2**20)  # the other collector: holds the spool's lock while it lives
+    try:
+        svc.launch()
+        assert svc.proc.wait(60) == 1, svc.log_text()
+    finally:
+        holder.close()
+    text = svc.log_text()
+    assert f"citywatch run: spool directory {spool_dir} is in use by another process" in text.splitlines()
+    assert "Traceback" not in text
+    assert "connected to MQTT broker" not in text

@@ -1,6 +1,6 @@
 """Fair detection under a large batch (issue 10): one device's 25,000-sample back-fill must not hold another
 device's alert, and the back-filling device must not go Offline while its own readings wait in our queue.
-Real broker, InfluxDB and service (`python -m citywatch.pipeline`) with every shipped rule."""
+Real broker, InfluxDB and service (`python -m citywatch run`) with every shipped rule."""
 
 from __future__ import annotations
 

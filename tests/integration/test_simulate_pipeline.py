@@ -27,7 +27,7 @@ TEN_YEARS_S = 10 * 365 * 86400
 
 
 class PipelineProcess:
-    """`python -m citywatch.pipeline` (ingest + detectors + alerts) as a subprocess, stopped by pid."""
+    """`python -m citywatch run` (ingest + detectors + alerts) as a subprocess, stopped by pid."""
 
     def __init__(self, config_dir: Path, env: dict, log_path: Path):
         self.config_dir, self.env, self.log_path = config_dir, env, log_path
@@ -37,7 +37,7 @@ class PipelineProcess:
         self._log = open(self.log_path, "wb")
         workdir = self.log_path.parent / "cwd"
         workdir.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "citywatch.pipeline", "--config", str(self.config_dir)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", str(self.config_dir)],
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, cwd=str(workdir))
         deadline = time.monotonic() + timeout_s
