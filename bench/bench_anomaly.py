@@ -27,11 +27,15 @@ RULES = {
     "ewma": {"field": "leq"},
     "cusum": {"field": "leq"},
     "hotelling_t2": {"fields": ["leq", "lmax", "l90"]},
+    "pca_residual": {"fields": ["leq", "lmax", "l90"]},   # judged from its 101st reading (--warm 8)
     "knn_cad": {"field": "leq"},
     "spectral_residual": {"field": "leq"},
     "fuzzy_art": {"field": "leq"},
     # The synthetic city puts 10 noise monitors on each even-numbered site: 500 groups of 10, vectorized.
     "group_t2": {"field": "leq", "group_by": "site"},
+    "group_residual": {"field": "leq", "group_by": "site"},
+    # The same with the model fixed after the warm-up: its eigendecomposition cached per group (--warm 8).
+    "group_residual_train": {"type": "group_residual", "field": "leq", "group_by": "site", "fit": "train"},
 }
 
 

@@ -12,7 +12,8 @@ from config.base import Strict
 # watermark in replay) rather than from readings. Their clear is a reading saying "the device is alive
 # now", whatever that reading's own timestamp: the alert engine never drops it as a late row.
 # tests/unit/detectors/test_deadman_clear.py checks this against every registered detector type.
-TIME_DRIVEN_TYPES = frozenset({"deadman", "group_t2"})  # group_t2 judges a bucket when the watermark closes it
+# group_t2 and group_residual judge a bucket when the watermark closes it
+TIME_DRIVEN_TYPES = frozenset({"deadman", "group_t2", "group_residual"})
 
 
 class RuleSpec(Strict):

@@ -53,8 +53,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from config.base import Severity
+from core import Detections
 from detectors.base import Detector, RuleParams, severity_code
-from detectors.batch import Detections
 from detectors.calendar import NS
 from detectors.generic import Category
 from detectors.multivariate import FieldName
@@ -338,6 +338,12 @@ class GroupT2(Detector):
                 out.append(found)
         return Detections.concat(out) if out else None
 
+    def _statistic(self, x, elig, mean, cov, npres) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(statistic, per-member z, limit) of each bucket over its judged members: T^2 here; the
+        residual in detectors/residual.py (group_residual)."""
+        t2, z = masked_t2(x, elig, mean, cov)
+        return t2, z, self.limits[npres]
+
     def _judge_once(self, g, key, sums, cnts) -> Detections | None:
         """One bucket of each of the groups g (distinct)."""
         p = self.params
@@ -352,8 +358,7 @@ class GroupT2(Detector):
         npres = elig.sum(axis=1)
         pairs = (elig[:, :, None] & elig[:, None, :] & ~ready).any(axis=(1, 2))
         judged = ~pairs & (npres >= p.min_present)
-        t2, z = masked_t2(x, elig, mean, cov)
-        limit = self.limits[npres]
+        t2, z, limit = self._statistic(x, elig, mean, cov, npres)
         # Learn the entries of the present members (each mean, each pair's covariance): always while
         # the bucket is not judged, else only within the limit.
         learn = ~judged | (t2 <= limit)

@@ -71,3 +71,21 @@ def test_sim_feed_is_labelled_and_its_training_day_is_not_scored(tmp_path):
     assert len(feed.ts_ns) == len((tmp_path / "sim_eval.csv").read_text().splitlines()) - 1
     assert feed.rules_of["F09"] == ("G-rupture", "G-low")
     assert [w.kind for w in b.rule_windows(feed, "G-rupture") if w.kind == "anomaly"] == ["anomaly"] * 2
+
+
+def test_group_t2_groups_the_sim_feeds_gas_sensors_by_district_in_15_minute_buckets():
+    """By pressure class every gas sensor of the sim feed is alone in its district (never judged); by
+    district they form groups, in buckets as long as their 15-minute reports (README "Evaluation")."""
+    from config import load_config
+    from detectors.group import build_groups, group_keys
+    from simulators.scenario import load_scenario
+
+    b = _bench()
+    cfg = load_config(None)
+    feed = b.Feed("sim", ROOT / "unused.csv", [], np.zeros(0, np.int64), [], [], {}, {"leq": 1.0, "p": 1.0})
+    gas = next(r for r in b.generic_rules("group_t2", {}, feed) if r["kind"] == "gas")
+    assert (gas["field"], gas["group_by"], gas["bucket_s"]) == ("p", "district", 900)
+    devices = [cfg.device_index(d) for d in load_scenario(b.SIM_SCENARIO, cfg).devices
+               if cfg.device(d).kind == "gas"]
+    assert build_groups(group_keys(cfg, devices, "district_class"), 12) == []
+    assert len(build_groups(group_keys(cfg, devices, "district"), 12)) == 3

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.batch import Detections, ReadingBatch
-from detectors.reference import ReferenceRuleSet
+from core import Detections, ReadingBatch
 from detectors.registry import REGISTRY, RuleSet
 from tests.unit.detectors.helpers import local_ns, small_config
+from tests.unit.detectors.reference import ReferenceRuleSet
 
 # One rule per registered type, with the keys a generic detector needs (field `v` on every device).
 RULES: dict[str, dict] = {
@@ -34,6 +34,11 @@ RULES: dict[str, dict] = {
                  "max_open": 4, "grace_s": 120, "limit": 2.0, "hysteresis": 0.5},
     "spectral_residual": {"field": "v", "window": 8, "score_window": 4, "extend": 2, "grad_points": 3, "limit": 0.8},
     "fuzzy_art": {"field": "v", "dim": 3, "categories": 4, "rho": 0.8, "warmup": 4},
+    # Online (gated, forgetting) here; the frozen training window is pca_residual_train in EXTRA.
+    "pca_residual": {"fields": ["leq", "lmax", "v"], "fit": "online", "train": 5, "lam": 0.2, "hysteresis": 0.2},
+    # group_t2's groups and buckets with the PCA residual: Huli's three members judged with one component kept.
+    "group_residual": {"field": "v", "group_by": "district", "flags": "any", "warmup": 4, "lam": 0.2, "bucket_s": 120,
+                       "max_open": 4, "grace_s": 120, "limit": 2.0, "hysteresis": 0.5},
     # Combinators judge member rules' rows (COMBINED_MEMBERS, added to their configs by config_for).
     "any_of": {"rules": ["M-thr", "M-rate", "M-night"]},
     "all_of": {"rules": ["M-thr", "M-rate", "M-night"], "tolerance_s": 120},
@@ -51,10 +56,17 @@ EXTRA = {"cusum_reset": ("cusum", {"field": "v", "warmup": 5, "h": 3.0, "after_a
                                                 "limit_quantile": 0.75, "limit_train": 5}),
          "knn_cad_auto": ("knn_cad", {"field": "v", "dim": 3, "train": 6, "k": 2, "calib": 8, "min_calib": 4,
                                       "quantile": 0.9, "limit": "auto", "far": "1/h", "limit_train": 5})}
+EXTRA["group_residual_alpha"] = ("group_residual", {"field": "v", "group_by": "district", "flags": "any", "warmup": 4,
+                                                   "lam": 0.2, "bucket_s": 120, "max_open": 4, "alpha": 0.2})
+EXTRA["pca_residual_train"] = ("pca_residual", {"fields": ["leq", "lmax", "l90", "v"], "components": 2, "train": 6})
+# The model fixed after the warm-up (its eigendecomposition cached per group).
+EXTRA["group_residual_train"] = ("group_residual", {"field": "v", "group_by": "district", "flags": "any", "warmup": 4,
+                                                   "fit": "train", "bucket_s": 120, "max_open": 4, "grace_s": 120,
+                                                   "limit": 2.0, "hysteresis": 0.5})
 AUTO = {"robust_z_auto", "ewma_auto", "cusum_auto", "hotelling_t2_auto", "knn_cad_auto"}
 CASES = sorted(RULES) + sorted(EXTRA)
 # Rules whose findings for one sensor depend on other sensors' readings by design.
-CROSS_SENSOR = {"group_t2"}
+CROSS_SENSOR = {"group_t2", "group_residual", "group_residual_alpha", "group_residual_train"}
 
 
 def test_every_registered_type_is_covered():
@@ -220,7 +232,8 @@ def test_nan_input_is_missing_never_normal(case, rows):
         assert not (cleared & nan_at)
 
 
-ANOMALY = {"robust_z", "ewma", "cusum", "cusum_reset", "rate_of_change", "hotelling_t2", "knn_cad", "group_t2", "spectral_residual", "fuzzy_art"}
+ANOMALY = {"robust_z", "ewma", "cusum", "cusum_reset", "rate_of_change", "hotelling_t2", "knn_cad", "group_t2", "spectral_residual", "fuzzy_art",
+           "pca_residual", "pca_residual_train", "group_residual", "group_residual_train"}
 
 
 @pytest.mark.parametrize("case", sorted(ANOMALY | AUTO))
