@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from config.base import SEVERITY_RANK, Strict
-from detectors.batch import Detections
+from core import Detections
 from detectors.calendar import EXAM_MODES
 
 if TYPE_CHECKING:  # annotations only: autolimit imports this module
@@ -153,10 +153,22 @@ class Detector:
     unit: str = ""
     window: str = ""
     uses_calendar: ClassVar[bool] = False
+    # The reading fields the detector reads when its rule names none in `field` / `fields` (see
+    # `fields_read`): `citywatch detect` warns when a feed has no column for one.
+    reads: ClassVar[tuple[str, ...]] = ()
+    without_field: ClassVar[str] = "it judged nothing"  # what the warning says a missing field does
     # `builtins.type`: the class attribute `type` above shadows the builtin in this class body.
     Params: ClassVar[builtins.type[RuleParams]] = RuleParams
     # Subclasses narrow this to their own Params class (`params: ThresholdParams`).
     params: RuleParams
+
+    @classmethod
+    def fields_read(cls, params: RuleParams, kind: str) -> tuple[str, ...]:
+        """The reading fields a rule of this type with (validated) `params` reads on devices of `kind`:
+        its `field` / `fields` keys where it has them, else `reads`."""
+        field, fields = getattr(params, "field", None), getattr(params, "fields", None)
+        own = ([field] if isinstance(field, str) else []) + (list(fields) if isinstance(fields, list) else [])
+        return tuple(dict.fromkeys(own)) if own else cls.reads
 
     def __init__(self, rule_id: str, params: RuleParams, inv: Inventory, group: SensorGroup, shared: dict) -> None:
         self.rule_id = rule_id

@@ -12,8 +12,8 @@ import math
 import numpy as np
 
 from config.base import minutes
+from core.timefmt import NS_PER_S as NS
 
-NS = 1_000_000_000
 DAY_S = 86_400
 _EPOCH = dt.date(1970, 1, 1)
 
@@ -82,6 +82,7 @@ class Calendar:
         # ... and with the listening-test windows, every time of day at which any fact can change.
         self._edges = np.array(sorted(set(self.boundaries) | {x % DAY_S for _, s, e in self.listening for x in (s, e)}),
                                np.int64)
+        self._at_cache: dict[tuple[int, int], tuple] = {}  # (day, edge interval) -> `_time_facts`
         sites = {s.id: s for s in cfg.sites}
         near = []
         for d in cfg.devices:
@@ -139,24 +140,42 @@ class Calendar:
         per-sensor parts (permit sites, exam radius) are looked up per row."""
         n = len(local)
         day, sod = lo // DAY_S, lo % DAY_S
+        # The time-of-day facts are the same from one edge to the next on a day: computed once per
+        # (day, edge interval) and kept (rounds of a few readings each ask for the same ones).
+        key = (day, int(np.searchsorted(self._edges, sod, "right")))
+        hit = self._at_cache.get(key)
+        if hit is None:
+            hit = self._time_facts(day, sod)
+            if len(self._at_cache) >= 64:
+                self._at_cache.clear()
+            self._at_cache[key] = hit
+        night, prohibited, active, exam_mode = hit
+        permit = np.full(n, -1, np.int16)
+        if active:
+            site = self.sensor_site[sensor]
+            for i, site_i in active:
+                permit[(site == site_i) & (permit < 0)] = i
+        exam = np.zeros(n, np.int8)
+        if exam_mode:
+            exam[self.exam_near[sensor]] = exam_mode
+        return TimeFacts(np.full(n, night), np.full(n, prohibited), permit, exam, local)
+
+    def _time_facts(self, day: int, sod: int) -> tuple[bool, bool, list[tuple[int, int]], int]:
+        """(night, prohibited, [(permit index, site index) of the permits in force], exam mode) at one time."""
         if self.night_start_s > self.day_start_s:
             night = sod >= self.night_start_s or sod < self.day_start_s
         else:
             night = self.night_start_s <= sod < self.day_start_s
         prohibited = any((s <= sod < e) if s < e else (sod >= s or sod < e) for s, e in self.prohibited)
-        permit = np.full(n, -1, np.int16)
-        site = None
-        for i, (site_i, first, last, spans) in enumerate(self.permits):
-            if any(_in_window(np.array([sod]), np.array([day]), s, e, first, last)[0] for s, e in spans):
-                site = self.sensor_site[sensor] if site is None else site
-                permit[(site == site_i) & (permit < 0)] = i
-        exam = np.zeros(n, np.int8)
+        active = [(i, site_i) for i, (site_i, first, last, spans) in enumerate(self.permits)
+                  if any(_in_window(np.array([sod]), np.array([day]), s, e, first, last)[0] for s, e in spans)]
+        exam_mode = EXAM_NONE
         if self.exam_days:
             on = any(first <= day <= last for first, last in self.exam_days)
             listening = any(d == day and s <= sod < e for d, s, e in self.listening)
             if on or listening:
-                exam[self.exam_near[sensor]] = EXAM_LISTENING if listening else EXAM_CLASS1
-        return TimeFacts(np.full(n, night), np.full(n, prohibited), permit, exam, local)
+                exam_mode = EXAM_LISTENING if listening else EXAM_CLASS1
+        return night, prohibited, active, exam_mode
 
     def _facts(self, sensor: np.ndarray, local: np.ndarray) -> TimeFacts:
         day = local // DAY_S

@@ -1,6 +1,6 @@
 """Gas-pipeline pressure rules (domain.md §2, §5): levels against each device's set pressure and MOP,
-rupture (fast drop), slow leak (CUSUM on the residual against a time-of-week profile), sensor range
-faults and low battery. Pressures are kPa gauge.
+rupture (fast drop), slow leak (CUSUM on the residual against a time-of-week profile) and sensor range
+faults (G-flatline: detectors/gas_flatline.py; low battery: detectors/device_health.py). Pressures are kPa gauge.
 
 Readings outside the sensor's physical range are device faults (G-range); every process rule treats
 them, and readings not flagged N, as missing.
@@ -239,6 +239,7 @@ class GasRule(LevelDetector):
     category = "gas"
     kinds = ("gas",)
     metric = "p"
+    reads = ("p",)
     unit = "kPa"
     window = "sample"
 
@@ -560,6 +561,7 @@ class GasSensorRange(LevelDetector):
     category = "device"
     kinds = ("gas",)
     metric = "p"
+    reads = ("p",)
     unit = "kPa"
     window = "sample"
     Params = RangeParams
@@ -583,47 +585,3 @@ class GasSensorRange(LevelDetector):
         raw = (out * self.sev).astype(np.int8)
         limits = np.broadcast_to(np.where(p < self.lo, self.lo, hi), (5, len(view)))
         return Eval(~np.isnan(p), raw, raw, p, limits, np.maximum(self.lo - p, p - hi))
-
-
-class BatteryParams(RuleParams):
-    yellow_v: float | None = Field(None, ge=2.0, le=4.0)
-    orange_v: float | None = Field(None, ge=2.0, le=4.0)
-    # A fading cell crosses its limit slowly, and every transmission dips it by ~0.1-0.2 V (the radio's
-    # current through the cell's internal resistance), with noise and temperature swings on top: a
-    # 0.05 V band turned one fade into an alert per report and a severity change per dip. 0.3 V (more
-    # than a dip plus noise) holds the level until the battery is replaced (a fresh Li-SOCl2 cell
-    # reads 3.65-3.7 V open-circuit, above yellow_v 3.3 + 0.3).
-    hysteresis_v: float = Field(0.3, ge=0, le=1)
-
-
-class Battery(LevelDetector):
-    """Batt: battery voltage below yellow_v (3.3 V) yellow, below orange_v (3.1 V) orange (Li-SOCl2 3.6 V).
-
-    The level holds until the voltage is hysteresis_v (0.3 V) above its limit; the rule's clear_for_s
-    (rules.yaml: 6 h) keeps one alert for one fading battery."""
-
-    batchwise = True
-
-    type = "battery"
-    category = "device"
-    kinds = ("gas", "noise")
-    metric = "batt_v"
-    unit = "V"
-    window = "sample"
-    Params = BatteryParams
-    params: BatteryParams
-
-    def setup(self, shared):
-        super().setup(shared)
-        b = self.inv.cfg.gas.battery
-        self.yellow = self.params.yellow_v if self.params.yellow_v is not None else b.yellow_v
-        self.orange = self.params.orange_v if self.params.orange_v is not None else b.orange_v
-
-    def candidates(self, view):
-        return view.col("batt_v") < max(self.yellow, self.orange) + self.params.hysteresis_v
-
-    def evaluate(self, view) -> Eval:
-        v = view.col("batt_v")
-        ok = (v > 0) & (v < 6)  # beyond this the reading itself is broken, not the battery
-        raw, held, limits = levels_below(v, [(2, self.yellow), (3, self.orange)], self.params.hysteresis_v)
-        return Eval(ok, raw, held, v, limits, self.yellow - v)

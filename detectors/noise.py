@@ -1,5 +1,6 @@
 """Construction-noise rules (domain.md §1, §5): GB 12523 day/night limits on the rolling Leq, night Lmax,
-Xiamen's prohibited windows and permits, exam periods, the pre-warning and data quality.
+Xiamen's prohibited windows and permits, exam periods and the pre-warning (data quality, which every
+device kind runs: detectors/device_health.py).
 
 Readings are 1-minute aggregates (leq, lmax, l90, ...) stamped with their interval end. Levels are
 averaged as energy, never as an arithmetic mean of dB. Only readings flagged N count (HJ 212).
@@ -14,8 +15,8 @@ from pydantic import Field
 
 from config.base import Severity
 from detectors.background import gb12523_correct, site_background_db
-from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_above, put, severity_code, take
-from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING, NS
+from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_above, severity_code
+from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING
 from detectors.rolling import SlotRing
 
 VALID_DB = (25.0, 140.0)  # domain.md §4: plausible range of every level field
@@ -234,6 +235,7 @@ class NoiseRule(LevelDetector):
     category = "noise"
     kinds = ("noise",)
     metric = "leq"
+    reads = ("leq",)
     unit = "dB(A)"
     uses_calendar = True
 
@@ -368,6 +370,7 @@ class NoiseNightLmax(NoiseRule):
 
     type = "noise_night_lmax"
     metric = "lmax"
+    reads = ("lmax",)
     window = "Lmax1"
     Params = LmaxParams
     params: LmaxParams
@@ -505,81 +508,3 @@ class NoisePreWarning(NoiseRule):
         leq, enough, cand = self.leq_over(view, self.win, ok, limit - self.margin - self.hyst)
         raw, held, limits = levels_above(leq, [(1, limit - self.margin)], self.hyst)
         return Eval(cand & enough, raw, held, leq, limits, leq - limit)
-
-
-class DataQualityParams(RuleParams):
-    min_vdr: float | None = Field(None, ge=0, le=1)
-    bad_flag_for_s: int | None = Field(None, gt=0)
-    severity: Severity = "yellow"
-
-
-class NoiseDataQuality(LevelDetector):
-    """N-data: the last complete hour's valid-data rate (HJ 906: n/N; valid = flag N with the device's
-    main value: leq for a noise monitor, p for a gas sensor) below the minimum, or flags other than N for at least `bad_flag_for_s` in a row."""
-
-    type = "noise_data_quality"
-    category = "data"
-    kinds = ("noise", "gas")
-    metric = "vdr"
-    unit = "ratio"
-    window = "1h"
-    Params = DataQualityParams
-    params: DataQualityParams
-
-    def setup(self, shared):
-        super().setup(shared)
-        dq = self.inv.cfg.noise.data_quality
-        self.min_vdr = self.params.min_vdr if self.params.min_vdr is not None else dq.min_vdr
-        self.bad_s = self.params.bad_flag_for_s or dq.bad_flag_for_s
-        self.sev = severity_code(self.params.severity)
-        self.interval_s = self.inv.report_s[self.sensors]
-        self.expected = np.maximum(1, 3600 // self.interval_s)  # readings a complete hour holds
-        self.hour_ = np.full(self.n, -1, np.int64)      # hour bucket being counted (-1: none yet)
-        self.count_ = np.zeros(self.n, np.int16)        # valid readings in that hour
-        self.first_ = np.ones(self.n, bool)             # the bucket being counted is the first (partial) one
-        self.vdr_ = np.full(self.n, np.nan, np.float32)  # VDR of the last complete hour
-        self.bad_since_ = np.full(self.n, -1, np.int64)  # event time of the first reading of a bad-flag run
-
-    def evaluate(self, view) -> Eval:
-        loc, ts = view.loc, view.ts
-        # A reading stamped at its interval end belongs to the hour that interval lies in.
-        hour = (ts - 1) // (3600 * NS)
-        cur = take(self.hour_, view)
-        rolled = hour > cur
-        vdr = take(self.vdr_, view).astype(np.float64)
-        count0 = take(self.count_, view)
-        if rolled.any():
-            started = cur >= 0
-            first = take(self.first_, view)
-            done = np.where(hour == cur + 1, count0 / self.expected[loc], 0.0)
-            vdr = np.where(rolled & started & ~first, done, vdr)
-            put(self.vdr_, view, vdr)
-            put(self.first_, view, np.where(rolled, ~started, first))
-        # A valid reading is flagged N and has its main value (leq or p); an empty row is not data.
-        # A noise monitor's main value is leq, a gas sensor's p (a group of one kind reads one column).
-        kinds = self.group.kinds or (0, 1)
-        if kinds == (0,):
-            main = np.isfinite(view.col("leq"))
-        elif kinds == (1,):
-            main = np.isfinite(view.col("p"))
-        else:
-            main = np.where(self.inv.kind[view.sensor] == 0, np.isfinite(view.col("leq")), np.isfinite(view.col("p")))
-        valid = (view.quality == 0) & main
-        count = np.where(rolled, 0, count0) + valid
-        put(self.count_, view, np.where(hour >= cur, count, count0))
-        put(self.hour_, view, np.maximum(hour, cur))
-        bad = view.quality != 0
-        since: np.ndarray | int
-        if bad.any():
-            since0 = take(self.bad_since_, view)
-            since = np.where(bad, np.where(since0 < 0, ts, since0), -1)
-            bad_s = np.where(bad, (ts - since) / NS + self.interval_s[loc], 0.0)
-        else:
-            since, bad_s = -1, np.zeros(len(view))
-        put(self.bad_since_, view, since)
-        flag_bad = bad_s >= self.bad_s
-        cond = flag_bad | (vdr < self.min_vdr)
-        raw = (cond * self.sev).astype(np.int8)
-        reason = Labels(np.where(flag_bad, 1, np.where(vdr < self.min_vdr, 2, 0)), (None, "flag", "vdr"))
-        known = np.ones(len(view), bool)
-        return Eval(known, raw, raw, vdr, np.full(5, self.min_vdr), 1.0 - vdr, {"bad_flag_s": bad_s, "reason": reason})

@@ -14,9 +14,22 @@ from pydantic import ValidationError
 
 from config.errors import ConfigError, ConfigProblem, did_you_mean
 from config.pydantic_errors import problems_from_validation
-from detectors import art, combinators, deadman, gas, generic, knn_cad, multivariate, noise, spectral
+from core import Detections, ReadingBatch
+from detectors import (
+    art,
+    combinators,
+    deadman,
+    device_health,
+    gas,
+    gas_flatline,
+    generic,
+    knn_cad,
+    multivariate,
+    noise,
+    residual,
+    spectral,
+)
 from detectors.base import Detector, LevelDetector, stable_argsort
-from detectors.batch import Detections, ReadingBatch
 from detectors.context import KIND_CODES, Inventory, Round, SensorGroup
 from detectors.group import GroupT2
 
@@ -24,24 +37,27 @@ REGISTRY: dict[str, type[Detector]] = {
     cls.type: cls
     for cls in (
         noise.NoiseDayLimit, noise.NoiseNightLimit, noise.NoiseNightLmax, noise.NoiseProhibited, noise.NoiseExam,
-        noise.NoisePreWarning, noise.NoiseDataQuality,
-        gas.GasHigh, gas.GasHighHigh, gas.GasLow, gas.GasRupture, gas.GasLeakCusum, gas.GasSensorRange, gas.Battery,
-        generic.GasFlatline, generic.Threshold, generic.RateOfChange, generic.RobustZ, generic.Ewma, generic.Cusum,
+        noise.NoisePreWarning, device_health.NoiseDataQuality,
+        gas.GasHigh, gas.GasHighHigh, gas.GasLow, gas.GasRupture, gas.GasLeakCusum, gas.GasSensorRange,
+        device_health.Battery, gas_flatline.GasFlatline, generic.Threshold, generic.RateOfChange, generic.RobustZ, generic.Ewma, generic.Cusum,
         generic.Flatline,
         deadman.Deadman,
         multivariate.Hotelling, knn_cad.KnnCad, GroupT2, spectral.SpectralResidual, art.FuzzyArt,
+        residual.PcaResidual, residual.GroupResidual,
         combinators.AnyOf, combinators.AllOf,
     )
 }
 
 
-def _rule_kinds(rule, cls: type[Detector]) -> tuple[str, ...]:
+def rule_kinds(rule, cls: type[Detector]) -> tuple[str, ...]:
+    """The device kinds a rule runs on: its `kind`, or every kind of its detector class for `any`."""
     kinds = cls.kinds if rule.kind == "any" else (rule.kind,)
     return tuple(k for k in kinds if k in cls.kinds)
 
 
-def _validate(cfg) -> tuple[list[ConfigProblem], list]:
-    """Problems of every rule, and (rule, class, params) of the enabled rules without problems."""
+def validate_rules(cfg) -> tuple[list[ConfigProblem], list]:
+    """Problems of every rule (file:line, key path, message), and (rule, class, params) of the enabled rules
+    without problems; raises nothing."""
     problems: list[ConfigProblem] = []
     built = []
     seen: dict[str, int] = {}
@@ -79,7 +95,7 @@ def _validate(cfg) -> tuple[list[ConfigProblem], list]:
 
 def check_rules(cfg) -> list[ConfigProblem]:
     """Every problem with the rules' own keys (unknown type, bad or unknown parameters, duplicate ids)."""
-    return _validate(cfg)[0]
+    return validate_rules(cfg)[0]
 
 
 class RuleSet:
@@ -106,7 +122,7 @@ class RuleSet:
         generic = bool((inv.kind == KIND_CODES["generic"]).any())
         self._n_kinds = 3 if generic else 2
         for rule, cls, params in rules:
-            kinds = tuple(k for k in _rule_kinds(rule, cls) if generic or k != "generic" or rule.kind == "generic")
+            kinds = tuple(k for k in rule_kinds(rule, cls) if generic or k != "generic" or rule.kind == "generic")
             key = tuple(sorted(kinds))
             if key not in groups:
                 codes = tuple(sorted(KIND_CODES[k] for k in kinds))
@@ -129,12 +145,15 @@ class RuleSet:
                 runs.append(slot)
             slot[1].append(det)
         self.components = [c for d in self.shared.values() for c in d.values()]
+        # (component, its sensor group or None): a round without rows of a component's group skips it
+        # (its before/after on no rows change nothing).
+        self._component_groups = [(c, getattr(c, "group", None)) for c in self.components]
         self.watermark_ns: int | None = None
 
     @classmethod
     def from_config(cls, cfg, series: bool = True) -> RuleSet:
         """Build every enabled rule; raises config.ConfigError listing every bad rule key."""
-        problems, built = _validate(cfg)
+        problems, built = validate_rules(cfg)
         if problems:
             raise ConfigError(problems)
         return cls(Inventory(cfg), built, series)
@@ -203,22 +222,30 @@ class RuleSet:
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
         rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
         kind = self.inv.kind[s]
-        by_round = stable_argsort(rank * self._n_kinds + kind)
-        order, rank, kind = order[by_round], rank[by_round], kind[by_round]
+        key = rank * self._n_kinds + kind
+        by_round = stable_argsort(key)
+        order, rank, key = order[by_round], rank[by_round], key[by_round]
         bounds = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1], True])
+        # Each round's rows are ordered by kind: where its gas (and generic) rows start, for all rounds at once.
+        heads = rank[bounds[:-1]] * self._n_kinds
+        splits = (np.searchsorted(key, heads + 1) - bounds[:-1]).tolist()
+        ends = (np.searchsorted(key, heads + 2) - bounds[:-1]).tolist() if self._n_kinds > 2 else None
         # One gather into round order; rounds are then contiguous slices (views). Columns are gathered
         # when a rule first reads them (a batch often carries fields no rule uses).
         sensor, ts, quality = sensor[order], ts[order], batch.quality[order]
         values = _Gathered(batch.values, order)
         cal = self.inv.calendar
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            split = int(np.searchsorted(kind[a:b], 1))
-            end = int(np.searchsorted(kind[a:b], 2)) if self._n_kinds > 2 else None
+        comps = self._component_groups
+        edges = bounds.tolist()
+        for r, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            split = splits[r]
+            end = ends[r] if ends is not None else None
             rnd = Round(sensor[a:b], ts[a:b], values.window(a, b), quality[a:b], cal, split, kind_end=end)
-            for c in self.components:
+            busy = [c for c, g in comps if g is None or len(rnd.view(g))]
+            for c in busy:
                 c.before(rnd)
             _run(self._groups, rnd, "step", out)
-            for c in self.components:
+            for c in busy:
                 c.after(rnd)
         return self._combine(Detections.concat(out))
 

@@ -1,19 +1,20 @@
 """One fading battery holds one Batt alert (issue 12: a slow, noisy crossing raised 7 alerts in a day).
 
-The shipped Batt rule (detectors.gas.Battery hysteresis_v, rules.yaml clear_for_s) runs through the real
+The shipped Batt rule (detectors.device_health.Battery hysteresis_v, rules.yaml clear_for_s) runs through the real
 detectors and alert engine on a day of a cell fading 3.6 -> 3.0 V with sensor noise and a transmit dip
 at every report, the way simulators/gas_sensor.py fades it (fault G9)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine
 from alerts.store import AlertStore
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from tests.unit.alerts.helpers import T0, RecordingSink, S, write_config
 
 ALERTS = """
@@ -56,6 +57,7 @@ def run_day(tmp_path, rules_yaml: str | None, seed: int):
     return batt
 
 
+@pytest.mark.slow
 def test_a_fading_noisy_battery_holds_one_alert_for_the_day(tmp_path):
     for seed in (1, 2, 3):
         batt = run_day(tmp_path, None, seed)  # the shipped rules.yaml and detector defaults

@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from citywatch.errors import EXIT_UNREACHABLE, short_reason, unreachable
-from detectors.batch import Detections
+from core import Detections
 from tests.unit.alerts.helpers import at, base_cfg, make_cfg, make_engine, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -53,6 +54,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_alerts_list_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
     store = store_with_alerts(tmp_path)
     res = closed_pipe_run("alerts", "--store", str(store), "list")

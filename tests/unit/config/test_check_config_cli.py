@@ -92,6 +92,7 @@ def test_every_command_module_registers_a_parser():
     assert set(sub.choices) >= {m.replace("_", "-") for m in COMMAND_MODULES}
 
 
+@pytest.mark.slow
 def test_the_installed_command_in_a_real_process():
     """The console script end to end: --help, the shipped config, and a broken one."""
     exe = Path(sys.executable).parent / "citywatch"

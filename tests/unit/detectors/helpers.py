@@ -9,7 +9,7 @@ import numpy as np
 
 from config import load_config
 from config.model import Config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
@@ -76,7 +76,7 @@ def local_ns(text: str) -> int:
 
 def batch(rows: list[tuple], cfg: Config) -> ReadingBatch:
     """Rows (device_id, ts_ns, {field: value}, flag letter or None) -> ReadingBatch."""
-    from detectors.batch import FLAG_CODES
+    from core import FLAG_CODES
 
     names = sorted({k for r in rows for k in r[2]})
     return ReadingBatch(

@@ -119,6 +119,7 @@ def test_a_spike_after_training_is_caught_and_one_during_training_is_not():
     assert hit[0]["limit"] == pytest.approx(hit[0]["context"]["limit_auto"])
 
 
+@pytest.mark.slow
 def test_hotelling_auto_limit_is_in_t2_units():
     rng = np.random.default_rng(4)
     n = 400
@@ -197,8 +198,8 @@ def test_detect_prints_the_resolved_limits_on_stderr(tmp_path, monkeypatch, caps
 
 def test_training_and_resolved_limits_survive_a_snapshot(tmp_path):
     """The training buffer and limits are detector state (`auto_*_`): a restart mid-feed resumes them."""
+    from core import Detections
     from detectors import snapshot
-    from detectors.batch import Detections
     from tests.unit.detectors.test_conformance import assert_same
 
     cfg = cfg_for(type="robust_z", field="v", limit="auto", far="2/day", limit_train=50)

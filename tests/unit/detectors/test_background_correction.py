@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core import Detections
 from detectors.background import gb12523_correct, gb12523_correct_one
-from detectors.batch import Detections
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import TEST_DEVICES, TEST_SITES, batch, local_ns, make_config, rows_of, series
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import FAST, assert_same, feeds, to_batch
 
 NAN = float("nan")

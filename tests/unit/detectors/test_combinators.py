@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from config.errors import ConfigError
-from detectors.batch import Detections
-from detectors.reference import ReferenceRuleSet
+from core import Detections
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import TEST_DEVICES, TEST_SITES, batch, local_ns, make_config, rows_of, series
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same
 
 T0 = local_ns("2025-06-02 10:00")

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from config.rules import TIME_DRIVEN_TYPES
 from detectors.base import Detector
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import REGISTRY, RuleSet
 from tests.unit.detectors.helpers import batch, local_ns, rows_of, small_config
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same
 
 S = 1_000_000_000

@@ -381,6 +381,7 @@ def test_flags_output_unchanged_without_scores(work, capsys):
 
 # ----- end to end ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_end_to_end_on_a_benchmark_style_csv(tmp_path):
     """A benchmark's file as published: a byte-order mark, `timestamp` and `value`, naive local times, one
     series; the command run as a user runs it."""

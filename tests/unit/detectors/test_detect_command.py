@@ -62,6 +62,7 @@ def test_flags_one_per_input_row(capsys):
     assert by[("XMG0010", "2025-06-01T17:00:00Z")] == "0"
 
 
+@pytest.mark.slow
 def test_compare_shows_what_a_changed_threshold_adds_and_removes(tmp_path, capsys):
     other = tmp_path / "cfg"
     shutil.copytree(DEFAULT_CONFIG_DIR, other, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
@@ -102,6 +103,7 @@ def test_unknown_devices_are_counted_not_fatal(tmp_path, capsys):
     assert "skipped 1 row(s) of device 'NOPE': not in the inventory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_command_line_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "citywatch", "detect", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "--compare" in res.stdout

@@ -12,7 +12,7 @@ import pytest
 from citywatch import whatif
 from citywatch.cli import main
 from config import DEFAULT_CONFIG_DIR, load_config
-from detectors.batch import Detections
+from core import Detections
 
 ROOT = Path(__file__).resolve().parents[3]
 FEED = ROOT / "examples" / "feeds" / "xm_night_2025-06-01.csv"
@@ -49,6 +49,7 @@ def report(night50, tmp_path_factory):
     return buf.getvalue().splitlines(), plots
 
 
+@pytest.mark.slow
 def test_the_night_limit_example_reads_as_a_short_alert_report(report):
     lines, _ = report
     # It printed 1,337 per-minute lines ending `N-night: +6 -0 / N-pre: +1331 -0`.
@@ -67,6 +68,7 @@ def test_the_night_limit_example_reads_as_a_short_alert_report(report):
     assert "after:  orange 06-01 23:00 -> 06-02 01:51" in lines[night + 3] and "limit 50.0" in lines[night + 3]
 
 
+@pytest.mark.slow
 def test_the_plot_is_one_png_per_device_whose_alerts_change(report):
     lines, plots = report
     changed = {line.split()[1] for line in lines if line.startswith(("    +", "    -", "    ~"))}
@@ -77,6 +79,7 @@ def test_the_plot_is_one_png_per_device_whose_alerts_change(report):
     assert any(line.startswith(f"plots: {len(files)} device(s) in {plots}") for line in lines)
 
 
+@pytest.mark.slow
 def test_rows_only_on_request(night50, capsys):
     assert main(["detect", str(FEED), "--compare", str(night50), "--no-progress", "--rows", "--rule", "N-night"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -86,6 +89,7 @@ def test_rows_only_on_request(night50, capsys):
     assert any(line.startswith("compare ") and "opened" in line for line in out)  # and the alerts'
 
 
+@pytest.mark.slow
 def test_filters_by_device_site_and_rule(night50, capsys):
     assert main(["detect", str(FEED), "--compare", str(night50), "--no-progress", "--device", "XM0004NOISE"]) == 0
     out = capsys.readouterr().out
@@ -101,6 +105,7 @@ def test_filters_by_device_site_and_rule(night50, capsys):
     assert "--rule 'N-nite': no such rule; did you mean 'N-night'?" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_same_config_changes_nothing(capsys):
     assert main(["detect", str(FEED), "--compare", str(DEFAULT_CONFIG_DIR), "--no-progress"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -109,6 +114,7 @@ def test_the_same_config_changes_nothing(capsys):
     assert not any(line.startswith(("    +", "    -", "    ~")) for line in out)
 
 
+@pytest.mark.slow
 def test_for_s_of_the_other_config_is_applied(tmp_path, capsys):
     # Same thresholds; N-pre must hold 3 hours before it fires: the night's N-pre alerts are no longer opened.
     other = _config(tmp_path, "slow", [("rules.yaml", "{id: N-pre, type: noise_pre_warning, kind: noise",

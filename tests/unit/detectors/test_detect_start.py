@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from citywatch.cli import COMMAND_MODULES, build_parser
 
 
@@ -15,6 +17,7 @@ def _modules_after(code: str) -> set[str]:
     return set(out.stdout.split())
 
 
+@pytest.mark.slow
 def test_detect_imports_only_the_detect_command():
     mods = _modules_after("from citywatch.cli import build_parser\nbuild_parser(['detect', 'feed.csv'])")
     loaded = {m.rsplit(".", 1)[1] for m in mods if m.startswith("citywatch.commands.")}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.batch import Detections, ReadingBatch
+from core import Detections, ReadingBatch
 from detectors.registry import RuleSet, take_step
 from tests.unit.detectors.helpers import small_config
 from tests.unit.detectors.test_conformance import CASES, CROSS_SENSOR, assert_same, config_for, feeds, to_batch

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.batch import Detections
-from detectors.generic import peer_groups
-from detectors.reference import ReferenceRuleSet
+from core import Detections
+from detectors.gas_flatline import peer_groups
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import batch, local_ns, make_config, rows_of
+from tests.unit.detectors.reference import ReferenceRuleSet
 
 SITES = [
     {"id": "GS-1", "name": "station 1", "district": "Huli", "lat": 24.5, "lon": 118.1, "kind": "gas_network"},

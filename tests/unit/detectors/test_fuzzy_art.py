@@ -27,6 +27,7 @@ def test_a_value_at_the_wrong_phase_is_caught_while_in_the_window():
     assert 1000 in hits
 
 
+@pytest.mark.slow
 def test_a_step_alarms_then_is_learned():
     v = wave(1500, 3)
     v[1000:] += 15.0

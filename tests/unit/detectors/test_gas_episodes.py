@@ -9,7 +9,6 @@ import copy
 import numpy as np
 import pytest
 
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from simulators.gas_sensor import NOISE_FRACTION, PROFILE_HIGH, PROFILE_SPAN, demand
 from tests.unit.detectors.helpers import (
@@ -21,7 +20,11 @@ from tests.unit.detectors.helpers import (
     series,
     small_config,
 )
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same
+
+# Weeks of minute readings through the learned gas profile: long by nature (`make test` runs them).
+pytestmark = pytest.mark.slow
 
 START = "2025-06-02 00:00"   # a Monday, local time
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from detectors.gas import smooth_profile, week_position
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import TEST_SITES, batch, local_ns, make_config, rows_of
+from tests.unit.detectors.reference import ReferenceRuleSet
 
 STEP_S = 300
 DAY = 86400 // STEP_S
@@ -60,6 +60,7 @@ def fifteen_days():
     return cfg, found, leak_start
 
 
+@pytest.mark.slow
 def test_no_leak_or_rupture_before_the_profile_is_learned(fifteen_days):
     cfg, found, _ = fifteen_days
     learned_at = local_ns(START) + 14 * 86400 * 10**9   # min_weeks 2: every hour has two weeks of readings
@@ -67,12 +68,14 @@ def test_no_leak_or_rupture_before_the_profile_is_learned(fifteen_days):
     assert [r for r in found if r["rule_id"] == "G-rupture"] == []   # not even at the switch to the profile
 
 
+@pytest.mark.slow
 def test_fault_free_sensor_stays_silent_after_the_profile_is_learned(fifteen_days):
     cfg, found, _ = fifteen_days
     ok = cfg.device_index("G-OK")
     assert [r for r in found if r["sensor"] == ok] == []
 
 
+@pytest.mark.slow
 def test_slow_leak_of_1_5_percent_per_hour_is_caught(fifteen_days):
     cfg, found, leak_start = fifteen_days
     hits = [r for r in found if r["sensor"] == cfg.device_index("G-LEAK") and r["rule_id"] == "G-leak"]
@@ -89,6 +92,7 @@ def test_without_a_learned_profile_a_leak_raises_nothing():
     assert [r for r in rows_of(RuleSet.from_config(cfg).process(batch(rows, cfg))) if r["rule_id"] == "G-leak"] == []
 
 
+@pytest.mark.slow
 def test_leak_clears_when_the_pressure_is_back_on_the_profile():
     cfg = config(profile={"min_weeks": 1})
     rows, leak_start = feed(days=9, leak_from_h=7 * 24 + 10, leak_h=3, pct_per_h=1.5)
@@ -98,6 +102,7 @@ def test_leak_clears_when_the_pressure_is_back_on_the_profile():
     assert found[0]["ts_ns"] >= leak_start
 
 
+@pytest.mark.slow
 def test_vectorized_equals_reference_over_the_switch_to_the_profile():
     from tests.unit.detectors.test_conformance import assert_same
 

@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.errors import ConfigError
-from detectors.batch import Detections
+from core import Detections
 from detectors.group import build_groups
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import TEST_SITES, batch, local_ns, make_config, rows_of
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same
 
 START = local_ns("2025-06-05 10:00")

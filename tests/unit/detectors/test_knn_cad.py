@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from config.errors import ConfigError
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import batch, local_ns, rows_of, series, small_config
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same
 
 RULE = {"id": "K", "type": "knn_cad", "field": "v"}

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core import Detections
 from detectors import series as series_mod
-from detectors.batch import Detections
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from detectors.series import Runs, clamped_cusum, clamped_sums, ewma_filter
 from tests.unit.detectors.helpers import local_ns
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same, config_for, to_batch
 
 # The conformance cases whose rules take whole batches along time (or judge each reading alone).
@@ -107,6 +107,7 @@ def test_series_state_equals_round_state(case):
             assert np.array_equal(arr, getattr(rb, name), equal_nan=True), name
 
 
+@pytest.mark.slow
 def test_a_long_series_takes_no_rounds():
     """A rule set of series rules only does not step one round per reading (the rounds' view machinery
     is never built): 20,000 readings of one sensor give the per-reading detections."""

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from detectors.gas import GasProfile, week_number
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import TEST_SITES, batch, local_ns, make_config, rows_of
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same
+
+# Weeks of minute readings through the learned gas profile: long by nature (`make test` runs them).
+pytestmark = pytest.mark.slow
 
 START = "2025-06-02 00:00"   # a Monday, local time
 WEEK_S = 7 * 86400

@@ -113,6 +113,7 @@ def feed():
     return cfg, batches(all_rows(), cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split_h", [100, 185, 203])
 def test_saved_and_loaded_state_continues_as_one_rule_set(feed, tmp_path, split_h):
     cfg, parts = feed

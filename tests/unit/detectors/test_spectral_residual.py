@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from config.errors import ConfigError
-from detectors.reference import ReferenceRuleSet
 from detectors.registry import RuleSet
 from detectors.spectral import SpectralResidualParams, sr_score
 from tests.unit.detectors.helpers import batch, local_ns, rows_of, series, small_config
+from tests.unit.detectors.reference import ReferenceRuleSet
 from tests.unit.detectors.test_conformance import assert_same
 
 RULE = {"id": "SR", "type": "spectral_residual", "field": "v"}
@@ -105,7 +105,7 @@ def test_a_long_history_in_one_batch_equals_reading_by_reading():
     assert_same(whole, stepped)
     rs = RuleSet.from_config(cfg)
     parts = [rs.process(batch(rows[a:b], cfg)) for a, b in ((0, 13), (13, 400), (400, len(rows)))]
-    from detectors.batch import Detections
+    from core import Detections
 
     assert_same(whole, Detections.concat(parts))
     assert len(whole) > 10

@@ -74,6 +74,7 @@ def learned_hours(rs: RuleSet, dev: str) -> int:
     return int((prof.count_[i] >= prof.need[i]).sum())
 
 
+@pytest.mark.slow
 def test_saved_state_continues_as_one_rule_set_over_both_feeds(cfg_dir, tmp_path, capsys):
     feed, state = tmp_path / "history.csv", tmp_path / "state.npz"
     write_feed(feed, HISTORY)

@@ -15,13 +15,13 @@ import math
 import numpy as np
 
 from config.base import SEVERITY_RANK, minutes
-from detectors.batch import Detections, ReadingBatch
+from core import Detections, ReadingBatch
+from core.timefmt import NS_PER_S as NS
 from detectors.calendar import EXAM_MODES, distance_m
 from detectors.context import device_start_kpa
-from detectors.generic import PEER_SLOTS
-from detectors.registry import _rule_kinds, _validate
+from detectors.gas_flatline import PEER_SLOTS
+from detectors.registry import rule_kinds, validate_rules
 
-NS = 1_000_000_000
 NAN = float("nan")
 BASE_S = 1_577_836_800  # slot keys count from 2020-01-01 UTC, as in detectors.rolling
 
@@ -878,7 +878,7 @@ class RefFlatline(FieldRef):
 
 class RefGasFlatline(RefFlatline):
     """G-flatline: a flat window counts only where the peers' median change or the learned profile's
-    swing over it says the sensor should have varied (detectors.generic.GasFlatline)."""
+    swing over it says the sensor should have varied (detectors.gas_flatline.GasFlatline)."""
 
     def more(self):
         super().more()
@@ -1208,23 +1208,16 @@ class RefGroupT2(RefRule):
             self.gs[g]["done"] = max(self.gs[g]["done"], k)
             self.judge_bucket(g, k, cells, out)
 
-    def judge_bucket(self, g, key, cells, out):
+    def statistic(self, pres, d, cov, k):
+        """(T^2, z per judged member, limit) over the judged members `pres` (slots) of a group of k."""
         import numpy as np
 
         from detectors.group import RIDGE, TINY
 
-        p, st = self.p, self.gs[g]
-        name, members = self.groups[g]
-        k, warm = len(members), st["warm"]
-        n = st["n"]
-        present = [j for j in range(k) if j in cells]
-        x = {j: cells[j][0] / cells[j][1] for j in present}
-        d = {j: x[j] - st["mean"][j] for j in present}
-        pres = [j for j in present if n[j][j] >= warm]
-        pairs_ok = all(n[a][b] >= warm for a in pres for b in pres)
+        p = self.p
         t2, z = NAN, {}
         if pres:
-            sub = np.array([[st["cov"][a][b] + ((RIDGE * st["cov"][a][a] + TINY) if a == b else 0.0) for b in pres]
+            sub = np.array([[cov[a][b] + ((RIDGE * cov[a][a] + TINY) if a == b else 0.0) for b in pres]
                             for a in pres])
             inv = np.linalg.inv(sub)
             dv = np.array([d[j] for j in pres])
@@ -1237,15 +1230,31 @@ class RefGroupT2(RefRule):
             from scipy.stats import chi2
 
             limit = float(chi2.ppf(1.0 - p.alpha, len(pres))) if pres else NAN
+        return t2, z, limit
+
+    def judge_bucket(self, g, key, cells, out):
+        p, st = self.p, self.gs[g]
+        name, members = self.groups[g]
+        k, warm = len(members), st["warm"]
+        n = st["n"]
+        present = [j for j in range(k) if j in cells]
+        x = {j: cells[j][0] / cells[j][1] for j in present}
+        d = {j: x[j] - st["mean"][j] for j in present}
+        pres = [j for j in present if n[j][j] >= warm]
+        pairs_ok = all(n[a][b] >= warm for a in pres for b in pres)
+        t2, z, limit = self.statistic(pres, d, st["cov"], k)
         judged = pairs_ok and len(pres) >= p.min_present
         if not judged or t2 <= limit:
             mean = list(st["mean"])
+            fixed = getattr(p, "fit", "online") == "train"   # group_residual's fit: train: entries past warm-up stay
             for i in present:
                 a = p.lam if n[i][i] >= warm else 1.0 / (n[i][i] + 1.0)
-                st["mean"][i] = mean[i] + a * d[i]
+                if not (fixed and n[i][i] >= warm):
+                    st["mean"][i] = mean[i] + a * d[i]
                 for j in present:
                     a = p.lam if n[i][j] >= warm else 1.0 / (n[i][j] + 1.0)
-                    st["cov"][i][j] = (1.0 - a) * (st["cov"][i][j] + a * d[i] * d[j])
+                    if not (fixed and n[i][j] >= warm):
+                        st["cov"][i][j] = (1.0 - a) * (st["cov"][i][j] + a * d[i] * d[j])
             for i in present:
                 for j in present:
                     n[i][j] = min(n[i][j] + 1, warm)
@@ -1271,6 +1280,40 @@ class RefGroupT2(RefRule):
                         t2 / limit, ctx))
         if new == 0:
             st["anchor"] = None
+
+
+class RefGroupResidual(RefGroupT2):
+    """group_residual: group_t2's buckets with the PCA residual of the judged members, from the same
+    padded correlation as detectors.residual.masked_spe (one eigh per judged bucket)."""
+
+    def setup(self):
+        super().setup()
+        self.metric = "group_spe"
+        if self.p.fit == "train":
+            self.window = f"{self.p.bucket_s} s buckets, first {self.p.warmup} buckets"
+
+    def statistic(self, pres, d, cov, k):
+        from scipy.stats import chi2
+
+        from detectors.residual import ABSENT, EIG_FLOOR, RIDGE, TINY
+
+        p, c = self.p, self.p.components
+        if len(pres) <= c:
+            return NAN, {}, NAN
+        sd = [math.sqrt(cov[j][j] + RIDGE * cov[j][j] + TINY) for j in range(k)]
+        on = set(pres)
+        corr = np.array([[cov[a][b] / (sd[a] * sd[b]) if a in on and b in on else (ABSENT if a == b else 0.0)
+                          for b in range(k)] for a in range(k)])
+        w, v = np.linalg.eigh(corr)
+        z = [d[j] / sd[j] if j in on else 0.0 for j in range(k)]
+        keep = range(k - len(pres), k - c)
+        u = {m: sum(float(v[j, m]) * z[j] for j in range(k)) for m in keep}
+        r = {j: sum(float(v[j, m]) * u[m] for m in keep) for j in pres}
+        spe = 0.0 if all(d[j] == 0 for j in pres) else sum(e * e for e in r.values())
+        lam_r = [max(float(w[m]), EIG_FLOOR) for m in keep]
+        th1, th2 = sum(lam_r), sum(e * e for e in lam_r)
+        limit = float(p.limit) if p.limit is not None else th2 / th1 * float(chi2.ppf(1.0 - p.alpha, th1 * th1 / th2))
+        return spe, r, limit
 
 
 class RefCombinator(RefRule):
@@ -1375,6 +1418,51 @@ class RefFuzzyArt(FieldRef):
         return Out(known, raw, held, x, limits, score)
 
 
+class RefPcaResidual(RefRule):
+    """pca_residual one reading at a time: mean and covariance as plain lists, one eigh per reading."""
+
+    def setup(self):
+        p = self.p
+        self.category, self.unit = p.category, p.unit
+        self.window = f"first {p.train} readings" if p.fit == "train" else f"{p.train} readings, then ewm {1.0 / p.lam:g} readings"
+
+    def judge(self, row):
+        from scipy.stats import chi2
+
+        from detectors.residual import EIG_FLOOR, RIDGE, TINY
+
+        p, k, c = self.p, len(self.p.fields), self.p.components
+        x = [row.get(f) for f in p.fields]
+        ok = all(math.isfinite(v) for v in x) and (p.flags == "any" or row.quality == 0)
+        s = self.st.setdefault(row.sensor, {"n": 0, "mean": [0.0] * k, "cov": [[0.0] * k for _ in range(k)]})
+        d = [x[j] - s["mean"][j] for j in range(k)]
+        var = [s["cov"][j][j] for j in range(k)]
+        ridge = RIDGE * (sum(var) / k) + TINY
+        sd = [math.sqrt(var[j] + ridge) for j in range(k)]
+        corr = np.array([[s["cov"][i][j] / (sd[i] * sd[j]) for j in range(k)] for i in range(k)])
+        w, v = np.linalg.eigh(corr)
+        z = [d[j] / sd[j] for j in range(k)]
+        u = [sum(float(v[j, m]) * z[j] for j in range(k)) for m in range(k - c)]
+        res = [sum(float(v[j, m]) * u[m] for m in range(k - c)) ** 2 for j in range(k)]
+        lam_r = [max(float(w[m]), EIG_FLOOR) for m in range(k - c)]
+        th1, th2 = sum(lam_r), sum(e * e for e in lam_r)
+        limit = th2 / th1 * float(chi2.ppf(1.0 - p.alpha, th1 * th1 / th2))
+        spe, top = NAN, p.fields[0]
+        if ok:
+            spe = 0.0 if all(e == 0 for e in d) else sum(res)
+            top = p.fields[max(range(k), key=lambda j: (res[j], -j))]
+        run = ok and s["n"] >= p.train
+        spe = spe if run else NAN
+        learn = ok and (s["n"] < p.train or (p.fit == "online" and spe <= limit))
+        if learn:
+            a = 1.0 / (s["n"] + 1.0) if s["n"] < p.train else p.lam
+            s["mean"] = [s["mean"][j] + a * d[j] for j in range(k)]
+            s["cov"] = [[(1.0 - a) * (s["cov"][i][j] + a * d[i] * d[j]) for j in range(k)] for i in range(k)]
+            s["n"] = min(s["n"] + 1, p.train)
+        raw, held, limits = above(spe, [(SEVERITY_RANK[p.severity], limit)], p.hysteresis * limit)
+        return Out(run, raw, held, spe, limits, spe / limit, {"top_field": top})
+
+
 REFERENCES = {
     "any_of": RefCombinator, "all_of": RefCombinator,
     "noise_day_limit": RefDay, "noise_night_limit": RefNight, "noise_night_lmax": RefLmax,
@@ -1385,6 +1473,7 @@ REFERENCES = {
     "ewma": RefEwma, "cusum": RefCusum, "flatline": RefFlatline, "deadman": RefDeadman,
     "hotelling_t2": RefHotelling, "knn_cad": RefKnnCad,
     "group_t2": RefGroupT2, "spectral_residual": RefSpectralResidual, "fuzzy_art": RefFuzzyArt,
+    "pca_residual": RefPcaResidual, "group_residual": RefGroupResidual,
 }
 
 
@@ -1398,9 +1487,9 @@ class ReferenceRuleSet:
         self.components: list = []
         shared_by_kinds: dict = {}
         kind_of = [d.kind for d in cfg.devices]
-        _, built = _validate(cfg)
+        _, built = validate_rules(cfg)
         for rule, cls, params in built:
-            kinds = _rule_kinds(rule, cls)
+            kinds = rule_kinds(rule, cls)
             sensors = [i for i, k in enumerate(kind_of) if k in kinds]
             shared = shared_by_kinds.setdefault(tuple(sorted(kinds)), {})
             self.rules.append(REFERENCES[cls.type](rule.id, cls, params, cfg, sensors, shared))
