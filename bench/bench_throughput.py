@@ -14,7 +14,8 @@ latency is the pipeline's, not a routing policy's). The service's own view (dete
 skipped alert ticks) is read from its Prometheus endpoint.
 
 Run:  .venv/bin/python bench/bench_throughput.py [--broker raised|stock] [--shapes single,batch]
-      [--burst-single 50000] [--burst-batch 2000] [--step-s 5] [--keep]
+      [--burst-single 50000] [--burst-batch 2000] [--step-s 5] [--rules on|off] [--ack-after spool|influxdb]
+      [--profile DIR] [--keep]
       (--burst-single 100000 is the issue's burst; the default run takes about 3 minutes)
 Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): sustained_readings_s=..
            bare_readings_s=.. bare_lost_msgs=.. ratio=.. failed_step=.. burst_readings_s=.. burst_lost=..
@@ -153,6 +154,14 @@ class Bench:
         cfg_dir = self.work / "config"
         shutil.copytree(ROOT / "config", cfg_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
         (cfg_dir / "alerts.yaml").write_text(ALERTS_YAML.replace("STORE", str(self.work / "alerts.sqlite")))
+        if self.args.ack_after:  # A/B of the ack paths in one tree (config/ingest.yaml ack_after)
+            text = (cfg_dir / "ingest.yaml").read_text()
+            text, n = re.subn(r"(?m)^  ack_after: \w+", f"  ack_after: {self.args.ack_after}", text, count=1)
+            if not n:
+                raise SystemExit("bench_throughput: --ack-after needs ingest.ack_after in config/ingest.yaml")
+            (cfg_dir / "ingest.yaml").write_text(text)
+        if self.args.rules == "off":  # ingest alone, for the profile with and without the detectors
+            (cfg_dir / "rules.yaml").write_text("rules: []\n")
         ingest = (cfg_dir / "ingest.yaml").read_text()
         # Port 0: a free port, read from the service's log (several benches or services may run at once).
         (cfg_dir / "ingest.yaml").write_text(re.sub(r"(?m)^    port: 9464\b", "    port: 0", ingest, count=1))
@@ -262,6 +271,28 @@ class Bench:
         return (float(np.percentile(lat, 99)) if lat else float("nan")), len(lat)
 
     # ----- measurements --------------------------------------------------------------------------------
+
+    def start_profile(self, name: str) -> subprocess.Popen | None:
+        """--profile DIR: py-spy samples the service and its decode worker during the shape's ramp and burst."""
+        if not self.args.profile:
+            return None
+        out = Path(self.args.profile)
+        out.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        path = out / f"{name}_rules_{self.args.rules}_{self.args.broker}.txt"
+        print(f"  profiling into {path}")
+        return subprocess.Popen([spy, "record", "--pid", str(self.svc.pid), "--subprocesses", "--rate", "97",
+                                 "--format", "raw", "--output", str(path), "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_profile(self, spy: subprocess.Popen | None) -> None:
+        if spy is None:
+            return
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
 
     def bare(self, shape: Shape, n_msgs: int) -> tuple[float, int]:
         """Readings/s a bare paho QoS 1 subscriber receives, for the same publishers and messages (as the
@@ -443,6 +474,7 @@ class Bench:
         print(f"shape {name}: {len(devs)} devices, {shape.samples} reading(s) per message")
         t_start = time.monotonic()
         bare, bare_lost = self.bare(shape, bare_n)
+        spy = self.start_profile(name)
         pubs = {d: Pub(self.mosq.port, d.id, self.creds.devices[d.id], f"city/xm/{d.kind}/{d.site}/{d.id}/data",
                        f"bench-{d.id}") for d in devs}
         time.sleep(1.0)  # connected before the first step
@@ -452,6 +484,7 @@ class Bench:
         finally:
             for p in pubs.values():
                 p.close()
+            self.stop_profile(spy)
         p99, k = self.probe_p99(t_start, time.monotonic())
         res = {"bare": bare, "bare_lost": bare_lost, "sustained": sustained, "ratio": sustained / bare if bare else float("nan"),
                "failed": failed, "burst": b_rate, "burst_lost": b_lost, "burst_ratio": b_rate / bare if bare else float("nan"),
@@ -477,6 +510,12 @@ def main() -> int:
     ap.add_argument("--burst-batch", type=int, default=2_000, help="60-sample messages of the batch burst")
     ap.add_argument("--bare-single", type=int, default=40_000, help="messages for the bare subscriber, single")
     ap.add_argument("--bare-batch", type=int, default=3_000, help="messages for the bare subscriber, batch")
+    ap.add_argument("--rules", choices=["on", "off"], default="on", help="on: every shipped rule (default); "
+                    "off: an empty rule set (ingest alone, to see what detection costs)")
+    ap.add_argument("--ack-after", choices=["spool", "influxdb"], default=None, help="override "
+                    "ingest.ack_after (default: the shipped config's)")
+    ap.add_argument("--profile", default=None, metavar="DIR", help="sample the service with py-spy (pip install "
+                    "py-spy) during each shape's ramp and burst; collapsed stacks into DIR/<shape>_rules_<on|off>_<broker>.txt")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (service log, data)")
     args = ap.parse_args()
     if not shutil.which("mosquitto_pub"):
@@ -509,7 +548,7 @@ def main() -> int:
               f"{s.get('citywatch_alert_notices_total', 0):.0f}")
         print(f"alert latency over the whole run: p99 {p99_all:.0f} ms over {k_all} probe notices; "
               f"{time.monotonic() - t_all:.0f} s in all")
-        parts = [f"broker={args.broker}"]
+        parts = [f"broker={args.broker}", f"rules={args.rules}", f"ack_after={getattr(b.cfg.ingest, 'ack_after', 'influxdb')}"]
         for name, r in results.items():
             parts += [f"{name}_sustained_readings_s={r['sustained']:.0f}", f"{name}_bare_readings_s={r['bare']:.0f}", f"{name}_bare_lost_msgs={r['bare_lost']}",
                       f"{name}_ratio={r['ratio']:.2f}", f"{name}_failed_step={r['failed'].get('rate', 0)}",

@@ -14,14 +14,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.collector import MqttCollector
 from ingest.deadletter import DeadLetterStore
+from ingest.influx_target import Replica
 from ingest.influx_writer import InfluxWriter, RetryableWriteError, WriteError, make_writer
 from ingest.metrics import IngestMetrics
 from ingest.partitioned_collector import PartitionedCollector
@@ -172,7 +174,8 @@ class Service:
 
     cfg: loaded Config; env: environment for secrets (default os.environ); decode_processes: 1 decodes in a
     worker process (it loads the config again from cfg.base_dir), 0 in a thread of this process; partitions:
-    the partitions this worker owns in partitioned mode (connections.cluster), None for the single broker.
+    the partitions this worker owns in partitioned mode (connections.cluster; () for `--partitions auto`, whose
+    leases add them), None for the single broker.
     """
 
     def __init__(self, cfg, env: dict | None = None, writer: InfluxWriter | None = None, decode_processes: int = 1,
@@ -183,13 +186,19 @@ class Service:
         self.metrics = IngestMetrics()
         self.writer = writer or make_writer(cfg.connections.influx, env)
         self.spool = SpoolWriter(cfg.resolve_path(s.spool_dir), int(s.spool_max_mb * 2**20))
+        # connections.influx_replicas: each its own writer and spool (README "Several InfluxDB targets").
+        self.replicas = [
+            Replica(r.name, f"InfluxDB replica {r.name} ({r.url})", make_writer(r, env),
+                    SpoolWriter(replica_spool_dir(cfg, r.name), int(s.spool_max_mb * 2**20)))
+            for r in cfg.connections.influx_replicas]
         self.deadletters = DeadLetterStore.from_config(cfg)
         mq = cfg.connections.mqtt
         password = env.get(mq.password_env) if mq.password_env else None
         self.collector: MqttCollector | PartitionedCollector
-        if partitions:  # partitioned mode (README "Cluster mode"): one session per owned partition
+        if partitions is not None:  # partitioned mode (README "Cluster mode"): one session per owned partition;
+            # () is `--partitions auto`: the partition leases add and remove them (citywatch/partition_lease.py)
             self.collector = PartitionedCollector(mq, cfg.connections.cluster, partitions, password, self._submit,
-                                                  metrics=self.metrics)
+                                                  metrics=self.metrics, dynamic=not partitions)
         else:
             self.collector = MqttCollector(mq, password, self._submit, receive_maximum=RECEIVE_MAXIMUM,
                                            metrics=self.metrics)
@@ -198,7 +207,8 @@ class Service:
         max_messages = RECEIVE_MAXIMUM // 4 if mq.protocol == "mqtt5" else None
         self.pipeline = IngestPipeline(cfg, self.writer, self.spool, self.deadletters, self.metrics,
                                        ack=self.collector.ack, publish=self.collector.publish,
-                                       max_messages=max_messages, decode_processes=decode_processes)
+                                       max_messages=max_messages, decode_processes=decode_processes,
+                                       replicas=self.replicas)
         self.scheduler = make_scheduler()
         # The detection pipeline whose backlog and alert latency the self-metrics report (attach_detection).
         self.detection = None
@@ -242,8 +252,17 @@ class Service:
         st = self.spool.stats()
         if st.records:
             log.info("spool holds %d batch(es), %d bytes from before: draining them first", st.records, st.bytes)
+        if self.replicas:
+            log.info("every reading also goes to %s; acked once every InfluxDB has it or has it spooled",
+                     ", ".join(r.label for r in self.replicas))
+        for r in self.replicas:
+            st = r.spool.stats()
+            if st.records:
+                log.info("spool of InfluxDB replica %s holds %d batch(es), %d bytes from before: draining them first",
+                         r.name, st.records, st.bytes)
         self.pipeline.start()
-        self.scheduler.add_job(self.pipeline.drain_spool, "interval", seconds=DRAIN_INTERVAL_S, id="spool_drain")
+        if self.pipeline.ack_after == "influxdb":  # with ack_after spool the pipeline's drain thread does it
+            self.scheduler.add_job(self.pipeline.drain_spool, "interval", seconds=DRAIN_INTERVAL_S, id="spool_drain")
         self.scheduler.add_job(self.write_metrics, "interval", seconds=self.cfg.ingest.metrics_interval_s,
                                id="self_metrics")
         self.scheduler.start()
@@ -265,8 +284,11 @@ class Service:
         body = b"" if clear else json.dumps({
             "clock": self.cfg.ingest.clock, "run_id": os.environ.get("CITYWATCH_RUN_ID", ""),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pid": os.getpid()}).encode()
+        client = self.collector.client
+        if client is None:  # a `--partitions auto` worker that owns no partition yet has no session to publish on
+            return
         try:
-            self.collector.client.publish(topic, body, qos=1, retain=True)
+            client.publish(topic, body, qos=1, retain=True)
         except Exception as exc:  # noqa: BLE001 - an announcement must never stop the service
             log.debug("service announcement on %s not published: %s", topic, exc)
 
@@ -330,6 +352,9 @@ class Service:
     def _close(self) -> None:
         self.writer.close()
         self.spool.close()
+        for r in self.replicas:
+            r.writer.close()
+            r.spool.close()
         self.deadletters.close()
 
     @property
@@ -342,6 +367,11 @@ class Service:
         while not stop_event.wait(poll_s):
             if self.failed:
                 return
+
+
+def replica_spool_dir(cfg, name: str) -> Path:
+    """The spool directory of InfluxDB replica `name`: `<ingest.spool_dir>/replicas/<name>` (a Path)."""
+    return cfg.resolve_path(cfg.ingest.spool_dir) / "replicas" / name
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 
 if TYPE_CHECKING:
     from ingest.deadletter import DeadLetterRecord
@@ -31,6 +31,8 @@ class Flush:
     first_mono:  monotonic time (s) the oldest message entered the batcher
     status_lines: line protocol of device status messages in the flush (set by the pipeline)
     lines:       the flush encoded as line protocol (set by the pipeline; None when it could not be encoded)
+    encoded:     the rows' line protocol as encoded chunk by chunk where they were decoded, in order; None
+                 when some chunk with rows came unencoded (the pipeline then encodes `batch` whole)
     """
 
     batch: ReadingBatch
@@ -40,6 +42,7 @@ class Flush:
     first_mono: float = 0.0
     status_lines: list[str] = field(default_factory=list)
     lines: bytes | None = b""
+    encoded: list[bytes] | None = None
 
 
 _Scalar = TypeVar("_Scalar", bound=np.generic)
@@ -133,6 +136,7 @@ class MicroBatcher:
         self._dead: list[DeadLetterRecord] = []
         self._messages = 0
         self._first: float | None = None
+        self._encoded: list[bytes] | None = []
 
     @property
     def rows(self) -> int:
@@ -149,6 +153,7 @@ class MicroBatcher:
             self._first = self._clock()
         if batch is not None and len(batch):
             self._cols.append(batch)
+            self._encoded = None  # rows without their line protocol: the flush is encoded whole
         if token is not None:
             self._tokens.append(token)
         if deadletters:
@@ -157,14 +162,19 @@ class MicroBatcher:
         return self.full()
 
     def add_many(self, batch: ReadingBatch | None, tokens: list[Any],
-                 deadletters: list[DeadLetterRecord] | None = None) -> bool:
-        """Add the rows of several messages at once (a decoded chunk) with their tokens, in order."""
+                 deadletters: list[DeadLetterRecord] | None = None, lines: bytes | None = None) -> bool:
+        """Add the rows of several messages at once (a decoded chunk) with their tokens, in order; `lines`:
+        those rows already encoded as line protocol (None: not encoded)."""
         if not tokens and (batch is None or not len(batch)):
             return self.full()
         if self._first is None:
             self._first = self._clock()
         if batch is not None and len(batch):
             self._cols.append(batch)
+            if lines is None:
+                self._encoded = None
+            elif self._encoded is not None:
+                self._encoded.append(lines)
         self._tokens.extend(tokens)
         if deadletters:
             self._dead.extend(deadletters)
@@ -192,6 +202,7 @@ class MicroBatcher:
         """The held batch (None when nothing is held); the batcher is empty afterwards."""
         if self._first is None:
             return None
-        out = Flush(self._cols.take(), self._tokens, self._dead, self._messages, self._first)
+        out = Flush(self._cols.take(), self._tokens, self._dead, self._messages, self._first, encoded=self._encoded)
         self._tokens, self._dead, self._messages, self._first = [], [], 0, None
+        self._encoded = []
         return out

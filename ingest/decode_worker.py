@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.batcher import _Columns
 from ingest.deadletter import DeadLetterRecord, records_for
+from ingest.lineproto import encode
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from config.model import Config
     from ingest.decoder import Decoder
 
 # What the parent sends the worker: a chunk of (topic, payload, recv_ns), ("reload", config_dir), or None (finish).
@@ -51,6 +53,8 @@ class ChunkResult:
                  ts, quality and no values, for the detectors (`Decoded.flagged`); numpy columns, as they
                  cross the worker pipe
     flagged_at:  per flagged row, how many `batch` rows precede it in arrival order (int64, ascending)
+    lines:       `batch` as line protocol, encoded where it was decoded (the worker process: off the collector's
+                 GIL); None when not encoded there (the pipeline then encodes the batch itself)
     """
 
     batch: ReadingBatch
@@ -59,6 +63,7 @@ class ChunkResult:
     ignored: int = 0
     flagged: ReadingBatch = field(default_factory=lambda: ReadingBatch(_NO_SENSOR, _NO_TS))
     flagged_at: npt.NDArray[np.int64] = field(default_factory=lambda: _NO_TS)
+    lines: bytes | None = None
 
     def with_flagged(self) -> ReadingBatch:
         """`batch` with the `flagged` rows in their arrival place (message, then row): the detectors' feed."""
@@ -70,8 +75,10 @@ class ChunkResult:
         return ReadingBatch.concat([self.batch, self.flagged]).take(np.argsort(key, kind="stable"))
 
 
-def decode_chunk(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> ChunkResult:
-    """Decode (topic, payload, recv_ns) messages with `decoder`; never raises for bad input."""
+def decode_chunk(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: int,
+                 cfg: Config | None = None) -> ChunkResult:
+    """Decode (topic, payload, recv_ns) messages with `decoder`; never raises for bad input. With `cfg` (the
+    config the decoder was built from) the valid rows are also encoded as line protocol (`lines`)."""
     cols = _Columns(max(16, len(msgs)))
     dead: list[DeadLetterRecord] = []
     statuses: list[StatusRow] = []
@@ -99,6 +106,11 @@ def decode_chunk(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: i
             dead.append(DeadLetterRecord.build("internal_error", f"{type(exc).__name__}: {exc}", topic, payload,
                                                recv_ns, None, None, dl_max))
     res = ChunkResult(cols.take(), dead, statuses, ignored)
+    if cfg is not None:
+        try:
+            res.lines = encode(res.batch, cfg)
+        except Exception:  # noqa: BLE001 - left to the pipeline, which encodes again and reports it there
+            log.exception("could not encode a decoded chunk of %d rows", len(res.batch))
     if flagged:
         res.flagged = flagged[0] if len(flagged) == 1 else ReadingBatch.concat(flagged)
         res.flagged_at = np.concatenate(flagged_at)
@@ -131,7 +143,8 @@ def _serve(conn: Connection[WorkerReply, Chunk], config_dir: str, dl_max: int) -
     from config import load_config
     from ingest.decoder import Decoder
 
-    decoder = Decoder(load_config(config_dir))
+    cfg = load_config(config_dir)
+    decoder = Decoder(cfg)
     conn.send("ready")
     while True:
         chunk = conn.recv()
@@ -140,12 +153,13 @@ def _serve(conn: Connection[WorkerReply, Chunk], config_dir: str, dl_max: int) -
             return
         if isinstance(chunk, tuple):  # ("reload", config_dir)
             try:
-                decoder = Decoder(load_config(chunk[1]))
+                new_cfg = load_config(chunk[1])
+                decoder, cfg = Decoder(new_cfg), new_cfg
                 conn.send(("reloaded", ""))
             except Exception as exc:  # noqa: BLE001 - keep decoding with the old config; the parent logs it
                 conn.send(("failed", str(exc)))
             continue
-        conn.send(decode_chunk(decoder, chunk, dl_max))
+        conn.send(decode_chunk(decoder, chunk, dl_max, cfg))
 
 
 class DecodeProcess:

@@ -1,7 +1,9 @@
 """Self-metrics of the collector: counters and gauges, rendered as InfluxDB points (`citywatch_internal`).
 
 Counters are cumulative since the process started (InfluxQL `non_negative_difference` gives rates);
-`citywatch status` reads the latest point back.
+`citywatch status` reads the latest point back. Each InfluxDB replica (`connections.influx_replicas`) adds
+gauges `replica_<name>_spool_records`, `_spool_bytes`, `_spool_age_s`, `_influx_ok` and its own counts
+(`REPLICA_COUNTERS` of ingest/influx_target.py); the counters above are those of `connections.influx`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ COUNTERS = (
     "messages_ignored",    # device command messages (.../cmd) seen on the subscribed subtrees
     "rows_decoded",        # valid rows decoded from payloads
     "rows_written",        # rows (lines) InfluxDB accepted, directly or from the spool
-    "rows_spooled",        # rows that went to the spool because InfluxDB was slow, down or behind
+    "rows_spooled",        # rows made durable in the spool (ack_after: spool: every row; influxdb: while it was slow or down)
     "batches_written",     # direct writes that succeeded
     "batches_spooled",     # batches appended to the spool
     "write_errors",        # retryable write failures (InfluxDB down, 5xx, 429)

@@ -2,9 +2,16 @@
 
 Threads: the decode side (a thread, or a worker process fed by a dispatch thread and read by a result
 thread) turns messages into rows and dead-letter records and cuts batches on size,
-age or idleness; the durability thread writes each batch to InfluxDB (or, when InfluxDB is slow, down or
-behind, appends it to the spool), stores its dead letters, and only then acks the batch's messages, in
-arrival order. `drain_spool` (a scheduled job) empties the spool in order, with backoff.
+age or idleness; the durability thread stores each batch's dead letters and makes its rows durable, and
+only then acks the batch's messages, in arrival order. With `ingest.ack_after: spool` (the default) rows are
+durable once fsynced into the spool, batches are cut whenever the durability thread is free (group commit),
+and a drain thread writes the spool to InfluxDB in order, many records per write. With `influxdb` the batch
+is written to InfluxDB first (to the spool only while InfluxDB is slow, down or behind) and `drain_spool`
+runs as a scheduled job. Either way the drain goes in order, with backoff.
+
+With `connections.influx_replicas` every InfluxDB is a target of its own (ingest/influx_target.py: its own
+spool, backoff, log line and drain): a batch is acked once every target has written it or has it fsynced in
+its spool, so each reading reaches every target exactly once (rewrites of a point are idempotent).
 """
 
 from __future__ import annotations
@@ -14,20 +21,20 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.batcher import Flush, MicroBatcher
 from ingest.collector import Message
 from ingest.deadletter import DeadLetterRecord, DeadLetterStore
 from ingest.decode_worker import ChunkResult, DecodeProcess, WorkerDied, decode_chunk
 from ingest.decoder import Decoder
-from ingest.influx_writer import Backoff, InfluxWriter, RejectedWriteError, RetryableWriteError
+from ingest.influx_target import PRIMARY, InfluxTarget, Replica
+from ingest.influx_writer import InfluxWriter, RejectedWriteError, RetryableWriteError
 from ingest.lineproto import encode, escape_key, escape_string_field
 from ingest.metrics import IngestMetrics
-from ingest.reachability import Reachability
-from ingest.spool import SpoolFull, SpoolWriter
+from ingest.spool import SpoolWriter
 
 if TYPE_CHECKING:
     from config.model import Config
@@ -36,7 +43,8 @@ log = logging.getLogger(__name__)
 
 # Reason code of lines InfluxDB refused with HTTP 400 (its message is the record's detail).
 INFLUX_REJECTED = "influx_rejected"
-# Topic recorded for those lines: they come from a batch, not from one MQTT message.
+# Topic recorded for those lines: they come from a batch, not from one MQTT message (a replica's:
+# "influxdb/write/<name>").
 INFLUX_REJECTED_TOPIC = "influxdb/write"
 
 
@@ -62,14 +70,18 @@ _Control: TypeAlias = "_Reload | _Stop"
 CHUNK_MAX = 1000
 CHUNK_MAX_BYTES = 256 * 1024
 CHUNK_WAIT_S = 0.005
+# ... or until no message came for this long (the broker waits for acks: a stock Mosquitto sends 20 at a time).
+CHUNK_QUIET_S = 0.001
 
 
 class IngestPipeline:
     """Decode -> batch -> durable -> ack, for one configuration.
 
     cfg:       the loaded Config (ingest settings, inventory for decoding and line protocol)
-    writer:    an InfluxWriter (v1 or v2)
-    spool:     the SpoolWriter used while InfluxDB is slow, down, or the spool is not yet empty
+    writer:    an InfluxWriter (v1 or v2) of `connections.influx`
+    spool:     its SpoolWriter (ack_after spool: every batch; influxdb: while it is slow, down, or the spool is
+               not yet empty)
+    replicas:  more InfluxDB targets (`connections.influx_replicas`), each with its own writer and spool
     deadletters: the DeadLetterStore (fsynced JSONL)
     metrics:   IngestMetrics to count into
     ack:       called with a list of ack tokens once their messages are durable or dead-lettered
@@ -82,7 +94,8 @@ class IngestPipeline:
     def __init__(self, cfg: Config, writer: InfluxWriter, spool: SpoolWriter, deadletters: DeadLetterStore,
                  metrics: IngestMetrics, ack: Callable[[list[Any]], object],
                  publish: Callable[[str, bytes], None] | None = None, max_messages: int | None = None,
-                 idle_s: float = 0.02, decoder: Decoder | None = None, decode_processes: int = 1) -> None:
+                 idle_s: float = 0.02, decoder: Decoder | None = None, decode_processes: int = 1,
+                 replicas: Sequence[Replica] = ()) -> None:
         s = cfg.ingest
         self.cfg = cfg
         self.decoder = decoder or (None if decode_processes else Decoder(cfg))
@@ -96,7 +109,6 @@ class IngestPipeline:
         self._dl_max = s.deadletter_max_payload_bytes
         self.batcher = MicroBatcher(s.batch_max_rows, s.batch_max_age_ms / 1000.0, max_messages)
         self.idle_s = idle_s
-        self.backoff = Backoff(0.5, 30.0)
         self._inbox: queue.SimpleQueue[Message | _Control] = queue.SimpleQueue()
         self._flushes: queue.Queue[Flush | _Stop] = queue.Queue(maxsize=2)
         self._on_batch: list[Callable[[ReadingBatch], None]] = []
@@ -104,9 +116,13 @@ class IngestPipeline:
         self._on_status: list[Callable[[str, str, int], None]] = []
         self._threads: list[threading.Thread] = []
         self._abort = threading.Event()
-        self._influx_ok = True
+        # The primary first: its counters are the ingest counters; then the replicas, in config order.
+        self.primary = InfluxTarget(PRIMARY, writer, spool, metrics, self._rejected)
+        self.targets = [self.primary] + [InfluxTarget(r.name, r.writer, r.spool, metrics, self._rejected, r.label)
+                                         for r in replicas]
         # InfluxDB's outages are logged once each (unreachable with the reason, back with how long).
-        self.influx = Reachability("InfluxDB", log, down_note="readings go to the spool until it is back")
+        self.influx = self.primary.reach
+        self.backoff = self.primary.backoff
         self.device_status: dict[str, tuple[str, int]] = {}
         self._status_lines: list[str] = []
         self.decode_processes = 1 if decode_processes else 0
@@ -114,6 +130,10 @@ class IngestPipeline:
         # Per chunk sent to the worker its ack tokens, per reload sent its marker: in the order the worker answers.
         self._pending: deque[list[Any] | _Reload] = deque()
         self.failed: str | None = None
+        # ack_after spool: acks wait for the spool's fsync only; the drain thread writes to InfluxDB.
+        self.ack_after = s.ack_after
+        self._durable_busy = False
+        self._halt = threading.Event()
         # Wall clock: readings refused as ts_too_old vs accepted, since the last time the log said so.
         self._too_old = TooOldWatch()
 
@@ -166,6 +186,9 @@ class IngestPipeline:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        if self.ack_after == "spool":
+            for tgt in self.targets:
+                tgt.start_drain(self._halt)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Flush what is held, make it durable and ack it; True if everything finished within the timeout.
@@ -179,6 +202,9 @@ class IngestPipeline:
             self._abort.set()
             for t in self._threads:
                 t.join(2.0)
+        self._halt.set()  # what the spool still holds drains at the next start (or in Service.stop)
+        for target in self.targets:
+            target.join(10.0)
         if self._worker is not None:
             self._worker.close()
         return done and self.failed is None
@@ -199,8 +225,16 @@ class IngestPipeline:
         chunk = [first]
         if self._worker is not None and self._inbox.qsize() < CHUNK_MAX:
             # Sleep rather than wait on the queue: waking per message would hand the GIL back and forth
-            # with paho's thread for every message.
-            time.sleep(CHUNK_WAIT_S)
+            # with paho's thread for every message. Stop early once the inbox stops growing: the broker
+            # is then waiting for acks (its in-flight window is full), and waiting longer only delays them.
+            deadline = time.monotonic() + CHUNK_WAIT_S
+            seen = self._inbox.qsize()
+            while True:
+                time.sleep(CHUNK_QUIET_S)
+                now = self._inbox.qsize()
+                if now == seen or now >= CHUNK_MAX or time.monotonic() >= deadline:
+                    break
+                seen = now
         nbytes = len(first.payload)
         while len(chunk) < CHUNK_MAX and nbytes < CHUNK_MAX_BYTES:
             try:
@@ -242,7 +276,7 @@ class IngestPipeline:
                 self.decoder = Decoder(control.cfg)
                 log.info("ingest now decodes with the reloaded config")
                 continue
-            if self.batcher.due():
+            if self.batcher.due() or self._commit_now():
                 self._hand_on(self.batcher.take())
 
     def _dispatch_loop(self) -> None:
@@ -298,10 +332,17 @@ class IngestPipeline:
                 tokens = self._pending.popleft()
                 assert isinstance(tokens, list)  # answers come in the order of what was sent
                 self._consume(res, tokens)
-                if self.batcher.due():
+                if self.batcher.due() or self._commit_now():
                     self._hand_on(self.batcher.take())
         except WorkerDied as exc:
             self._die(str(exc))
+
+    def _commit_now(self) -> bool:
+        """ack_after spool: cut the batch as soon as the durability thread is free (group commit). Its next
+        fsync then takes everything decoded while the last one ran, so acks flow back continuously and the
+        broker's in-flight window never waits for a batch age."""
+        return (self.ack_after == "spool" and self.batcher.messages > 0 and not self._durable_busy
+                and self._flushes.empty())
 
     def _die(self, reason: str) -> None:
         log.critical("%s: stopping; unacked messages stay with the broker", reason)
@@ -318,7 +359,7 @@ class IngestPipeline:
             m.add("messages_ignored", res.ignored)
         for st in res.statuses:
             self._status(*st)
-        self.batcher.add_many(res.batch, tokens, res.deadletters)
+        self.batcher.add_many(res.batch, tokens, res.deadletters, res.lines)
         if res.deadletters and self.cfg.ingest.clock == "wall":
             self._too_old.observe(res.deadletters, len(res.batch), self.cfg.ingest.backfill_max_age_s)
         if not self._on_decoded:
@@ -352,7 +393,12 @@ class IngestPipeline:
         flush.status_lines, self._status_lines = self._status_lines, []
         # Encoded here, not in the durability thread: this overlaps with that thread's InfluxDB round trip.
         try:
-            lines = encode(flush.batch, self.cfg) if len(flush.batch) else b""
+            if not len(flush.batch):
+                lines = b""
+            elif flush.encoded is not None:  # encoded chunk by chunk in the decode worker, rows in order
+                lines = b"".join(flush.encoded)
+            else:
+                lines = encode(flush.batch, self.cfg)
             if flush.status_lines:
                 lines += ("\n".join(flush.status_lines) + "\n").encode()
             flush.lines = lines
@@ -373,11 +419,14 @@ class IngestPipeline:
             flush = self._flushes.get()
             if isinstance(flush, _Stop):
                 return
+            self._durable_busy = True
             try:
                 if not self._make_durable(flush):
                     return  # aborted while the spool was full: the broker keeps the unacked messages
             except Exception:  # noqa: BLE001 - keep running; the batch stays unacked and will be redelivered
                 log.exception("could not make a batch durable; its messages stay unacked")
+            finally:
+                self._durable_busy = False
 
     def _make_durable(self, flush: Flush) -> bool:
         lines = flush.lines
@@ -388,11 +437,13 @@ class IngestPipeline:
                 return False
         rows = len(flush.batch)
         if lines:
-            written = False
-            if self.spool.empty() and self.backoff.ready():
-                written = self._write_direct(lines, rows)
-            if not written and not self._spool(lines, rows):
-                return False
+            # Acked only once every target has the batch: written, or fsynced in its own spool.
+            for target in self.targets:
+                written = False
+                if self.ack_after == "influxdb" and target.spool.empty() and target.backoff.ready():
+                    written = target.write_direct(lines)
+                if not written and not target.append(lines, self._abort):
+                    return False
         self._ack(flush.tokens)
         self.metrics.add("messages_acked", len(flush.tokens))
         if rows:
@@ -402,40 +453,6 @@ class IngestPipeline:
                 except Exception:  # noqa: BLE001
                     log.exception("on_batch callback failed")
         return True
-
-    def _write_direct(self, lines: bytes, rows: int) -> bool:
-        t0 = time.perf_counter()
-        try:
-            self.writer.write(lines)
-        except RetryableWriteError as exc:
-            self._write_failed(exc)
-            return False
-        except RejectedWriteError as exc:
-            self._rejected(exc)
-        self.metrics.write_latency(time.perf_counter() - t0)
-        self.metrics.add("rows_written", lines.count(b"\n"))
-        self.metrics.add("batches_written")
-        self._write_ok()
-        return True
-
-    def _spool(self, lines: bytes, rows: int) -> bool:
-        waited = False
-        while True:
-            try:
-                self.spool.append(lines)
-                self.metrics.add("rows_spooled", lines.count(b"\n"))
-                self.metrics.add("batches_spooled")
-                return True
-            except SpoolFull:
-                if not waited:
-                    self.metrics.add("spool_full_waits")
-                    log.warning("spool full (%d bytes): not acking until it drains; the broker keeps the messages",
-                                self.spool.max_bytes)
-                    waited = True
-            except OSError:
-                log.exception("spool append failed; retrying (messages stay unacked)")
-            if self._abort.wait(0.2):
-                return False
 
     def _store_deadletters(self, records: list[DeadLetterRecord]) -> bool:
         while True:
@@ -455,77 +472,43 @@ class IngestPipeline:
                 self._publish(f"{self._dl_topic}/{rec.reason}", rec.to_json().encode())
         return True
 
-    def _rejected(self, exc: RejectedWriteError) -> None:
+    def _rejected(self, exc: RejectedWriteError, topic: str = INFLUX_REJECTED_TOPIC) -> None:
+        """Dead-letter the lines one InfluxDB refused (HTTP 400), under `topic` (a replica's names it)."""
         n = exc.lines.count(b"\n") + 1
-        self.metrics.add("rows_rejected", n)
-        log.warning("InfluxDB refused %d line(s): %s", n, exc.message)
-        rec = DeadLetterRecord.build(INFLUX_REJECTED, exc.message, INFLUX_REJECTED_TOPIC, exc.lines, time.time_ns(),
+        log.warning("InfluxDB%s refused %d line(s): %s", "" if topic == INFLUX_REJECTED_TOPIC else f" ({topic})",
+                    n, exc.message)
+        rec = DeadLetterRecord.build(INFLUX_REJECTED, exc.message, topic, exc.lines, time.time_ns(),
                                      None, None, self._dl_max)
         self._store_deadletters([rec])
 
-    def _write_failed(self, exc: RetryableWriteError) -> None:
-        self.backoff.failed(exc.retry_after_s)
-        self.metrics.add("write_errors")
-        self.influx.down(str(exc))
-        self._influx_ok = False
-
-    def _write_ok(self) -> None:
-        self.backoff.succeeded()
-        if not self.influx.reachable:
-            st = self.spool.stats()
-            self.influx.up(f"the spool holds {st.records} batch(es) to drain" if st.records else "")
-        self._influx_ok = True
-
     def influx_write_result(self, exc: RetryableWriteError | None) -> None:
-        """Tell the pipeline how another write to the same InfluxDB went (the self-metrics job): None for
+        """Tell the pipeline how another write to the primary InfluxDB went (the self-metrics job): None for
         success. Keeps one view of InfluxDB's state (the log line, the backoff of the spool drain)."""
         if exc is None:
-            self._write_ok()
+            self.primary.write_ok()
         else:
-            self._write_failed(exc)
+            self.primary.write_failed(exc)
 
-    # ----- spool drain (scheduled job) -------------------------------------------------------------
+    # ----- spool drain (threads with ack_after spool, else a scheduled job) ----------------------------
 
     def drain_spool(self, max_seconds: float = 2.0) -> int:
-        """Write spooled batches to InfluxDB in order until the spool is empty, a write fails (backoff), or
-        `max_seconds` passed. Returns the number of batches drained."""
-        if self.spool.empty() or not self.backoff.ready():
-            return 0
-        deadline = time.monotonic() + max_seconds
-        drained = 0
-        try:
-            while not self.spool.empty() and time.monotonic() < deadline:
-                n = self.spool.drain(self._write_spooled, max_records=1)
-                drained += n
-                if n and not self.influx.reachable:
-                    self._write_ok()  # "back" is said at the first success, with what is left to drain
-        except RetryableWriteError as exc:
-            self._write_failed(exc)
-        else:
-            if drained:
-                self._write_ok()
-        return drained
+        """Write every target's spooled batches to its InfluxDB in order (InfluxTarget.drain: until its spool is
+        empty, a write fails, or `max_seconds` passed; 0: one write each). Returns the records drained."""
+        return sum(target.drain(max_seconds) for target in self.targets)
 
-    def _write_spooled(self, lines: bytes) -> None:
-        t0 = time.perf_counter()
-        try:
-            self.writer.write(lines)
-        except RejectedWriteError as exc:
-            self._rejected(exc)  # the refused lines are dead-lettered; the record counts as drained
-        self.metrics.write_latency(time.perf_counter() - t0)
-        self.metrics.add("rows_written", lines.count(b"\n"))
+    def spools_empty(self) -> bool:
+        """Whether every target's spool is drained."""
+        return all(target.spool.empty() for target in self.targets)
 
     # ----- self-metrics ----------------------------------------------------------------------------
 
     def update_gauges(self) -> None:
-        st = self.spool.stats()
         m = self.metrics
-        m.set_gauge("spool_records", st.records)
-        m.set_gauge("spool_bytes", st.bytes)
-        m.set_gauge("spool_age_s", (time.time_ns() - st.oldest_ns) / 1e9 if st.oldest_ns else 0.0)
+        for target in self.targets:
+            for name, value in target.gauges().items():
+                m.set_gauge(name, value)
         m.set_gauge("inbox_depth", self.inbox_depth)
         m.set_gauge("batch_rows_held", self.batcher.rows)
-        m.set_gauge("influx_ok", 1 if self._influx_ok else 0)
 
 
 class TooOldWatch:

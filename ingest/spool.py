@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.fsio import fsync_dir
+
 log = logging.getLogger(__name__)
 
 # magic, payload length, CRC32 of (append time + payload), append time (UTC ns).
@@ -82,6 +84,7 @@ class SpoolWriter:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()
+        self._appended = threading.Event()  # set by each append: wakes a drain thread (wait_appended)
         self._pending: deque[tuple[int, int, int, int]] = deque()  # (segment, offset, size, appended_ns)
         self._pending_bytes = 0
         self._active: int | None = None
@@ -123,6 +126,13 @@ class SpoolWriter:
             self._active_size += size
             self._pending.append((segment, offset, size, ts))
             self._pending_bytes += size
+        self._appended.set()
+
+    def wait_appended(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for an append since the last call; True if one came (for a drain thread)."""
+        got = self._appended.wait(timeout_s)
+        self._appended.clear()
+        return got
 
     def room_for(self, nbytes: int) -> bool:
         """Whether a payload of `nbytes` would fit now."""
@@ -163,6 +173,28 @@ class SpoolWriter:
                 done += 1
         return done
 
+    def drain_merged(self, write: Callable[[bytes], None], max_bytes: int, max_records: int = 1024) -> int:
+        """Hand the oldest pending records to `write` as one payload (joined in order, each ending in a
+        newline: line protocol), at most `max_records` records and `max_bytes` bytes (always at least one
+        record); remove them all once `write` returned, with one cursor update. Many small records (one per
+        group commit) thus cost one InfluxDB write and two fsyncs. On an exception nothing is removed and it
+        propagates. Returns the number of records drained. Only one drain runs at a time."""
+        with self._drain_lock:
+            with self._lock:
+                locs: list[tuple[int, int, int, int]] = []
+                total = 0
+                for loc in self._pending:
+                    if len(locs) >= max_records or (locs and total + loc[2] > max_bytes):
+                        break
+                    locs.append(loc)
+                    total += loc[2]
+            if not locs:
+                return 0
+            recs = [self._read(seg, off, size, ts) for seg, off, size, ts in locs]
+            write(b"".join(r.payload if r.payload.endswith(b"\n") else r.payload + b"\n" for r in recs))
+            self._consume_many(recs)
+            return len(recs)
+
     def close(self) -> None:
         with self._lock:
             if self._active_file is not None:
@@ -194,12 +226,16 @@ class SpoolWriter:
     # ----- internals -------------------------------------------------------------------------------
 
     def _consume(self, rec: SpoolRecord) -> None:
+        self._consume_many([rec])
+
+    def _consume_many(self, recs: list[SpoolRecord]) -> None:
         with self._lock:
-            head = self._pending[0]
-            if (head[0], head[1]) != (rec.segment, rec.offset):  # pragma: no cover - guarded by _drain_lock
-                raise RuntimeError("spool drained out of order")
-            self._pending.popleft()
-            self._pending_bytes -= head[2]
+            for rec in recs:
+                head = self._pending[0]
+                if (head[0], head[1]) != (rec.segment, rec.offset):  # pragma: no cover - guarded by _drain_lock
+                    raise RuntimeError("spool drained out of order")
+                self._pending.popleft()
+                self._pending_bytes -= head[2]
             if self._pending:
                 cursor = (self._pending[0][0], self._pending[0][1])
             else:
@@ -230,7 +266,7 @@ class SpoolWriter:
         fh = self._active_file = open(self._path(self._active), "ab")
         self._active_size = fh.tell()
         if self._fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _write_cursor(self, seg: int, off: int) -> None:
         tmp = self.directory / (_CURSOR + ".tmp")
@@ -241,7 +277,7 @@ class SpoolWriter:
                 os.fsync(f.fileno())
         os.replace(tmp, self.directory / _CURSOR)
         if self._fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _recover(self) -> None:
         cur_seg, cur_off = _read_cursor(self.directory)
@@ -308,11 +344,3 @@ def _scan(path: Path) -> Iterator[tuple[int, int, int, int]]:
             return
         yield pos, end - pos, ts, length
         pos = end
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

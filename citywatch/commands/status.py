@@ -32,6 +32,8 @@ def _run(args) -> int:
     age = f", oldest {(time.time_ns() - st.oldest_ns) / 1e9:.1f} s old" if st.oldest_ns else ""
     print(f"spool {spool_dir}: {st.records} batch(es), {st.bytes / 2**20:.2f} MiB of "
           f"{cfg.ingest.spool_max_mb:g} MiB{age}")
+    for line in replica_spool_lines(cfg):
+        print(line)
     _alert_store_line(cfg)
     influx = cfg.connections.influx
     print(f"InfluxDB {influx.url} ({influx.api})")
@@ -74,6 +76,8 @@ def _run(args) -> int:
             if row.get(name) is not None:
                 v = row[name]
                 print(f"    {name:20s} {v:>12,.1f}" if isinstance(v, float) else f"    {name:20s} {v:>12,}")
+        for line in replica_lines(row):
+            print(f"    {line}")
         for line in detection_lines(row):
             print(f"    {line}")
     dls = (dl[0].get("series") if dl else None) or []
@@ -82,6 +86,37 @@ def _run(args) -> int:
         for s in sorted(dls, key=lambda s: s.get("tags", {}).get("reason", "")):
             print(f"    {s.get('tags', {}).get('reason', '?'):20s} {int(s['values'][0][1]):>12,d}")
     return rc
+
+
+def replica_spool_lines(cfg) -> list[str]:
+    """The local spool depth of each InfluxDB replica (`connections.influx_replicas`), read from its directory."""
+    from citywatch.service import replica_spool_dir
+    from ingest.spool import SpoolWriter
+
+    out = []
+    for r in cfg.connections.influx_replicas:
+        path = replica_spool_dir(cfg, r.name)
+        st = SpoolWriter.inspect(path)
+        age = f", oldest {(time.time_ns() - st.oldest_ns) / 1e9:.1f} s old" if st.oldest_ns else ""
+        out.append(f"spool of InfluxDB replica {r.name} ({r.url}) {path}: {st.records} batch(es), "
+                   f"{st.bytes / 2**20:.2f} MiB of {cfg.ingest.spool_max_mb:g} MiB{age}")
+    return out
+
+
+def replica_lines(row: dict) -> list[str]:
+    """What a self-metrics point says about each InfluxDB replica (its `replica_<name>_*` gauges)."""
+    from ingest.influx_target import REPLICA_COUNTERS
+
+    names = sorted({k[len("replica_"):-len("_spool_records")] for k in row
+                    if k.startswith("replica_") and k.endswith("_spool_records") and row[k] is not None})
+    out = []
+    for name in names:
+        g = {k[len(f"replica_{name}_"):]: v for k, v in row.items() if k.startswith(f"replica_{name}_")}
+        counts = ", ".join(f"{c} {int(g.get(c) or 0):,}" for c in REPLICA_COUNTERS)
+        out.append(f"InfluxDB replica {name}: {'ok' if g.get('influx_ok', 1) else 'FAILING'}, spool "
+                   f"{int(g.get('spool_records') or 0):,} batch(es), {int(g.get('spool_bytes') or 0):,} bytes, "
+                   f"oldest {float(g.get('spool_age_s') or 0.0):.1f} s; {counts}")
+    return out
 
 
 def detection_lines(row: dict) -> list[str]:

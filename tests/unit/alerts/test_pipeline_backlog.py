@@ -14,7 +14,7 @@ from alerts.engine import AlertEngine
 from alerts.store import AlertStore
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from ingest.metrics import LagWatch
 from tests.unit.alerts.helpers import RecordingSink, S, write_config
 

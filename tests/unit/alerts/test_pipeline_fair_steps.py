@@ -10,7 +10,7 @@ from alerts.engine import AlertEngine
 from alerts.store import AlertStore
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
-from detectors.batch import ReadingBatch
+from core import ReadingBatch
 from tests.unit.alerts.helpers import T0, RecordingSink, S, write_config
 
 ALERTS = """
