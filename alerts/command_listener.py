@@ -16,7 +16,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.commands import MAX_PAYLOAD_BYTES, Author, operator_author
 from alerts.model import iso
-from ingest.reachability import Reachability, connect_error
+from core.node_rotation import NodeRotation
+from core.reachability import Reachability, connect_error
 
 if TYPE_CHECKING:
     from config.model import Config
@@ -61,14 +62,17 @@ class CommandListener:
             self.client.tls_insecure_set(m.tls.insecure)
         # paho annotates whole seconds, but takes any number of seconds (it only compares and sleeps).
         self.client.reconnect_delay_set(m.reconnect.min_delay_s, m.reconnect.max_delay_s)  # type: ignore[arg-type]
+        # Partitioned mode: the cluster's nodes in failover order (connections.cluster.nodes), as the collector.
+        cl = cfg.connections.cluster
+        self.nodes = NodeRotation(cl.hosts() if cl.mode == "partitioned" and cl.nodes else [(m.host, m.port)])
         # One log line per outage of the broker, whatever the number of reconnect tries.
-        self.reachability = Reachability(f"MQTT broker {m.host}:{m.port} (alert command listener)", log,
+        self.reachability = Reachability(f"MQTT broker {self.nodes.describe()} (alert command listener)", log,
                                          down_note="operator commands wait until it is back")
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.host, self.port = m.host, m.port
+        self.host, self.port = self.nodes.current
         self.subscribed = False
 
     def start(self) -> None:
@@ -81,11 +85,13 @@ class CommandListener:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.reachability.down(connect_error())
+        self.nodes.advance(client)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                        reason_code: ReasonCode, properties: Properties | None = None) -> None:
         if reason_code != 0:  # 0: our own disconnect at stop
             self.reachability.down(f"connection lost: {reason_code}")
+            self.nodes.advance(client)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
                     properties: Properties | None = None) -> None:

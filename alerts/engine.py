@@ -38,18 +38,16 @@ from alerts.model import Alert, Notice, iso
 from alerts.muting import Muter, Silence, overridden_health, really_active
 from alerts.routing import receivers_of, route
 from alerts.store import AlertStore
+from core import Detections
+from core.timefmt import NS_PER_S as NS
 
-# Detections (the shared data model) still live in detectors/ until issue #13 item 2 gives them a package
-# of their own; alerts only read them, so the import is for the type checker alone.
 if TYPE_CHECKING:
     from alerts.sinks.base import Sink
     from config.inventory import Device
     from config.model import Config
-    from detectors.batch import Detections
 
 log = logging.getLogger(__name__)
 
-NS = 1_000_000_000
 # Dirty alert refreshes (last value, last seen) are persisted at most this often; transitions at once.
 REFRESH_PERSIST_S = 5.0
 PRUNE_EVERY_NS = 3600 * NS  # how often the store is pruned (retention_days), engine clock
@@ -116,6 +114,11 @@ class AlertEngine:
         self._heartbeat_at = -math.inf  # time.monotonic() of the last heartbeat written
         self._logged_once: set[tuple[Hashable, ...]] = set()  # faults already logged (see _log_once)
         self._commands_given_up: set[int] = set()  # command rows that could not even be marked
+        # Partitioned mode: the devices whose alerts this engine owns (None: every device, single mode), as
+        # a mask over cfg.devices; `on_transitions` is told the devices of each batch of new notices.
+        self._owned: frozenset[str] | None = None
+        self._owned_mask: npt.NDArray[np.bool_] | None = None
+        self.on_transitions: Callable[[set[str]], None] | None = None
         self._configure(cfg)
         self._started = False
 
@@ -140,6 +143,8 @@ class AlertEngine:
         # Rules raised by the clock (deadman): their clear is never a late row (see _apply_detections).
         self._time_driven = {r.id for r in cfg.rules if r.time_driven}
         self._remap_seen([d.id for d in cfg.devices])
+        if self._owned is not None:
+            self._owned_mask = np.array([d.id in self._owned for d in cfg.devices], bool)
 
     def _remap_seen(self, ids: list[str]) -> None:
         """Keep each device's newest observed reading time across a reload that changed the inventory."""
@@ -180,12 +185,18 @@ class AlertEngine:
             self._started = True
             wm = self.store.meta("watermark")
             self._watermark = max(self._watermark, int(wm) if wm else 0)
+            foreign = []
             for a in self.store.open_alerts():
+                if self._owned is not None and a.device_id not in self._owned:
+                    foreign.append(a)  # another worker's now (partitioned mode): its state moved with its partition
+                    continue
                 a.recovered = not _names(kept, a)
                 self._open[a.key] = a
                 self._by_id[a.alert_id] = a
             self._restart_wm = self._watermark if any(a.recovered for a in self._open.values()) else None
             self._flips = self.store.flips()
+            if foreign:
+                self._forget(foreign)
             self.muter.silences = {s.id: s for s in self.store.silences()}
             for notice, sink, due in self.store.pending_deliveries():
                 heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
@@ -264,6 +275,107 @@ class AlertEngine:
         for notice, sink, due in self.store.pending_deliveries():
             if (notice.key, sink) not in queued:
                 heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
+
+    # ----- partitioned mode: alerts owned by one worker at a time ------------------------------------
+
+    @property
+    def owned(self) -> frozenset[str] | None:
+        """The device ids whose alerts this engine owns; None: every device (single mode)."""
+        return self._owned
+
+    def set_owned(self, devices: Collection[str] | None) -> None:
+        """Own the alerts of `devices` only (None: every device, as in single mode). Detections of other
+        devices are dropped (counted in counters['foreign_rows']); open alerts of devices no longer owned
+        are forgotten without a notice (in memory and in this engine's store): their state moves with
+        their partition (`release_alerts` / `adopt_alerts`)."""
+        with self._lock:
+            self._owned = None if devices is None else frozenset(devices)
+            self._owned_mask = (None if self._owned is None else
+                                np.array([d.id in self._owned for d in self.cfg.devices], bool))
+            if self._owned is not None and self._started:
+                self._forget([a for a in self._open.values() if a.device_id not in self._owned])
+
+    def export_alerts(self, devices: Collection[str], pending: bool = True) -> dict[str, Any]:
+        """The open alerts of `devices` with their flap histories (and, with `pending`, the notices of the
+        devices' alerts not yet delivered by every sink), as JSON-able data for `adopt_alerts` on another worker."""
+        with self._lock:
+            devs = set(devices)
+            alerts = [a for a in self._open.values() if a.device_id in devs]
+            flips = [[k[0], k[1], list(v)] for k, v in self._flips.items() if k[1] in devs and v]
+            notices = []
+            if pending:  # also those of alerts resolved since the last save: their resolved notice may be pending
+                for n, sink, due in self.store.pending_deliveries():
+                    if (n.payload.get("device") or {}).get("id") in devs:
+                        notices.append({"key": n.key, "alert_id": n.alert_id, "seq": n.seq, "transition": n.transition,
+                                        "ts_ns": n.ts_ns, "payload": n.payload, "sink": sink, "due_ns": due})
+            return {"version": 1, "watermark_ns": self._watermark,
+                    "alerts": [_json_safe(a.to_dict()) for a in alerts], "flips": flips, "notices": notices}
+
+    def release_alerts(self, devices: Collection[str]) -> dict[str, Any]:
+        """Give up the alerts of `devices` (their partition moves to another worker): returns what
+        `export_alerts` returns (without pending notices: this engine still delivers what it queued), then
+        stops owning them and forgets their open alerts without sending anything."""
+        with self._lock:
+            state = self.export_alerts(devices, pending=False)
+            if self._owned is not None:
+                self.set_owned(self._owned - set(devices))
+            else:
+                self._forget([a for a in self._open.values() if a.device_id in set(devices)])
+            return state
+
+    def adopt_alerts(self, devices: Collection[str], state: dict[str, Any] | None,
+                     kept: Collection[object] = ()) -> int:
+        """Own the alerts of `devices` from now on and go on with the open alerts of `state` (from
+        `export_alerts` on their last owner): same alert id, sequence and idempotency keys, no new firing.
+        kept: (rule id, device id) keys whose detector state was restored holding the condition active;
+        the other adopted alerts are handled as after a restart (`observe_readings`). Notices in `state`
+        not yet delivered are queued again under their own keys. Returns the number of alerts adopted."""
+        with self._lock:
+            if not self._started:
+                self.start()
+            if self._owned is not None:
+                self.set_owned(self._owned | set(devices))
+            if not state:
+                return 0
+            devs = set(devices)
+            adopted: list[Alert] = []
+            for d in state.get("alerts", []):
+                a = _alert_from_state(d)
+                if a.device_id not in devs or not a.open:
+                    continue
+                old = self._open.get(a.key)
+                if old is not None and old.alert_id != a.alert_id:
+                    self._forget([old])
+                a.recovered = not _names(kept, a)
+                self._open[a.key] = a
+                self._by_id[a.alert_id] = a
+                adopted.append(a)
+            if any(a.recovered for a in adopted):
+                self._restart_wm = max(self._restart_wm or 0, self._watermark)
+            flips = {(r, d): [int(t) for t in ts] for r, d, ts in state.get("flips", []) if d in devs}
+            self._flips.update(flips)
+            out: list[tuple[Notice, list[tuple[str, int]]]] = []
+            for n in state.get("notices", []):
+                notice = Notice(n["key"], n["alert_id"], int(n["seq"]), n["transition"], int(n["ts_ns"]), n["payload"])
+                out.append((notice, [(n["sink"], int(n["due_ns"]))]))
+            self.store.commit(adopted, out, flips)
+            for notice, deliveries in out:
+                for sink, due in deliveries:
+                    heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
+            self._watermark = max(self._watermark, int(state.get("watermark_ns") or 0))
+            self._pump(self._now())
+            return len(adopted)
+
+    def _forget(self, alerts: list[Alert]) -> None:
+        """Drop open alerts without a notice (another worker owns them now), here and in the store."""
+        for a in alerts:
+            self._open.pop(a.key, None)
+            self._by_id.pop(a.alert_id, None)
+            self._dirty.pop(a.alert_id, None)
+            self._flips.pop(a.key, None)
+            self._dirty_flips.discard(a.key)
+        if alerts:
+            self.store.forget([a.alert_id for a in alerts], [a.key for a in alerts])
 
     # ----- time -----------------------------------------------------------------------------------
 
@@ -376,12 +488,17 @@ class AlertEngine:
         known = (det.sensor >= 0) & (det.sensor < ndev)
         if not known.all():
             self.counters["unknown_sensor_rows"] += int((~known).sum())
-            idx = np.flatnonzero(known)
-            det = type(det)(det.sensor[idx], det.ts_ns[idx], det.rule_id[idx], det.category[idx], det.severity[idx],
-                            det.value[idx], det.limit[idx], det.score[idx],
-                            [det.context[i] for i in idx] if det.context else [])
+            det = det.take(known)
             if len(det) == 0:
                 return
+        if self._owned_mask is not None:
+            # Partitioned mode: another worker owns the alerts of the other partitions' devices.
+            mine = self._owned_mask[det.sensor]
+            if not mine.all():
+                self.counters["foreign_rows"] = self.counters.get("foreign_rows", 0) + int((~mine).sum())
+                det = det.take(mine)
+                if len(det) == 0:
+                    return
         n = len(det)
         rule_ids, rule_code = np.unique(det.rule_id.astype(str), return_inverse=True)
         sensor = det.sensor.astype(np.int64)
@@ -547,6 +664,11 @@ class AlertEngine:
         # The durable write comes first: a crash after it re-sends these notices with the same keys.
         self.store.commit(alerts, out, flips, meta={"watermark": str(self._watermark)})
         self._last_persist = time.monotonic()
+        if self.on_transitions is not None and out:
+            try:  # partitioned mode: the partition's state is saved to the cluster soon (never raises here)
+                self.on_transitions({n.payload["device"]["id"] for n, _ in out})
+            except Exception:  # noqa: BLE001
+                self._log_once(("on_transitions",), "could not signal new alert transitions")
         for notice, deliveries in out:
             for sink, due in deliveries:
                 heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
@@ -843,6 +965,19 @@ class AlertEngine:
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every due notice has been sent (or failed for good)."""
         return self.dispatcher.flush(timeout_s)
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """An alert's fields for JSON: NaN values as None (read back as NaN by `_alert_from_state`)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def _alert_from_state(d: dict[str, Any]) -> Alert:
+    d = dict(d)
+    for k in ("value", "limit", "peak_value"):
+        if d.get(k) is None:
+            d[k] = float("nan")
+    return Alert.from_dict(d)
 
 
 def _names(keys: Collection[object], alert: Alert) -> bool:

@@ -147,6 +147,20 @@ class AlertStore:
                 db.execute("ROLLBACK")
                 raise
 
+    def forget(self, alert_ids: Sequence[str], keys: Sequence[tuple[str, str]] = ()) -> None:
+        """Delete alerts (and the flap histories of `keys`) that another worker owns now (partitioned mode:
+        they moved with their partition). Their notices stay, as the log of what this store's engine sent."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM alerts WHERE alert_id=?", [(a,) for a in alert_ids])
+                db.executemany("DELETE FROM flips WHERE rule_id=? AND device_id=?", [tuple(k) for k in keys])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def mark_delivery(self, key: str, sink: str, status: str, attempts: int, error: str | None = None,
                       reached: str | None = None) -> None:
         """status: sent | failed (not retryable) | pending (still retrying); error: why the last attempt

@@ -30,6 +30,7 @@ from citywatch.localstack import (
     free_port,
     write_private_file,
 )
+from citywatch.partition_lease import LEASE_BUCKET, STATE_BUCKET
 from ingest.partitioned_collector import PARTITION_PREFIX
 
 MIN_VERSION = (2, 11)  # consumer priority groups (pinned consumer per partition) arrive in 2.11; Debian ships 2.9
@@ -177,6 +178,11 @@ def nats_users(creds: Credentials, cfg=None, total: int | None = None) -> list[d
                     grants[verb] += [m for m in mapped_subjects(subject, total) if m not in grants[verb]]
         if block.user == service:
             grants["read"] += mqtt_filter_subjects(f"{PARTITION_PREFIX}/#")
+            # `--partitions auto`: the workers' leases live in the JetStream key-value bucket LEASE_BUCKET and
+            # the partitions' detector state in the object store STATE_BUCKET, reached over a NATS client
+            # connection (citywatch/partition_lease.py, citywatch/partition_state.py).
+            grants["write"] += ["$JS.API.>", "$JS.FC.>", "$JS.ACK.>", f"$KV.{LEASE_BUCKET}.>", f"$O.{STATE_BUCKET}.>"]
+            grants["read"] += ["_INBOX.>"]
         # An empty allow list would mean no restriction in NATS: an account that writes nothing (the console)
         # is allowed one subject that nobody reads.
         perms: dict = {"publish": {"allow": grants["write"] or ["_citywatch.nothing"]},
@@ -185,7 +191,7 @@ def nats_users(creds: Credentials, cfg=None, total: int | None = None) -> list[d
             perms["publish"]["deny"] = grants["deny"]
             perms["subscribe"]["deny"] = grants["deny"]
         users.append({"user": block.user, "password": passwords[block.user], "permissions": perms,
-                      "allowed_connection_types": ["MQTT"]})
+                      "allowed_connection_types": ["MQTT", "STANDARD"] if block.user == service else ["MQTT"]})
     return users
 
 
@@ -258,6 +264,11 @@ class NatsCluster:
         """host:port of every node's MQTT listener (connections.cluster.nodes / CITYWATCH_CLUSTER_NODES)."""
         return [f"127.0.0.1:{n.ports.mqtt}" for n in self.nodes]
 
+    @property
+    def nats_nodes(self) -> list[str]:
+        """host:port of every node's NATS client listener (connections.cluster.nats / CITYWATCH_CLUSTER_NATS)."""
+        return [f"127.0.0.1:{n.ports.client}" for n in self.nodes]
+
     def write_configs(self) -> None:
         """nats.conf per node and the shared accounts file (mode 0600: NATS takes bcrypt or plain passwords, and
         no bcrypt is at hand here, so they are plain, in a file only its owner reads)."""
@@ -329,7 +340,8 @@ include "../{auth.name}"
         """CITYWATCH_* variables for a partitioned worker (the service account, every node). MQTT host and port
         name the first node, for the clients that still take one broker (alert sinks, the command listener)."""
         user, pw = self.credentials.collector
-        return {"CITYWATCH_CLUSTER_NODES": ",".join(self.mqtt_nodes), "CITYWATCH_MQTT_USERNAME": user,
+        return {"CITYWATCH_CLUSTER_NODES": ",".join(self.mqtt_nodes), "CITYWATCH_CLUSTER_NATS": ",".join(self.nats_nodes),
+                "CITYWATCH_MQTT_USERNAME": user,
                 "CITYWATCH_MQTT_PASSWORD": pw, "CITYWATCH_MQTT_HOST": "127.0.0.1",
                 "CITYWATCH_MQTT_PORT": str(self.nodes[0].ports.mqtt)}
 

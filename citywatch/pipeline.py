@@ -48,6 +48,9 @@ QUEUE_BATCHES = 256
 # messages stay at the broker). Well above one big message (max_payload_bytes holds ~25,000 samples), so
 # other devices' readings are still taken in while one or two back-fills drain.
 BACKLOG_ROWS = 200_000
+# The per-device step grows with a backlog spread over the devices (DetectionPipeline._split), up to this
+# many times alerting.detect_step_rows_per_device.
+STEP_GROWTH_MAX = 8
 # Event clock: how far one device's readings may arrive behind other devices' newer ones (each simulated
 # device publishes on a connection of its own; `simulators.publisher` keeps that reorder within
 # REORDER_WINDOW_MS of event time at any speed). The deadman judges silence against the feed less this
@@ -94,6 +97,9 @@ class DetectionPipeline:
         # Devices (bool mask over the sensors) whose readings wait in the detector thread's backlog: the
         # deadman leaves them as they are (RuleSet.advance hold) until their rows have run.
         self._held: npt.NDArray[np.bool_] | None = None
+        # Partitioned mode: devices of partitions another worker owns (mask over the sensors, cached per rule
+        # set and owned set); the deadman leaves them as they are, like held ones (see _hold_mask).
+        self._foreign: tuple[object, object, npt.NDArray[np.bool_]] | None = None
         self.clock = clock
         self.rules = RuleSet.from_config(cfg)
         self._mark_event_time(self.rules)
@@ -237,7 +243,7 @@ class DetectionPipeline:
         and evaluates at most `detect_step_rows_per_device` rows of each device (oldest first); the rest
         waits for the next step, taken together with whatever arrives meanwhile. Every reading is
         evaluated once, each device's in event-time order, with the same detections as one big batch."""
-        from detectors.batch import ReadingBatch
+        from core import ReadingBatch
         from detectors.registry import take_step
 
         q = self._queue
@@ -275,9 +281,22 @@ class DetectionPipeline:
                 return
 
     def _split(self, batch, take_step):
-        """(step, rest) of `batch` under the configured per-device bound; the whole batch if splitting fails."""
+        """(step, rest) of `batch` under the per-device bound; the whole batch if splitting fails.
+
+        The bound is `detect_step_rows_per_device`, or, when several devices have rows waiting, the
+        (lower) median of their rows if that is larger, up to STEP_GROWTH_MAX times the setting: a backlog
+        spread over the devices (minute batches of many devices) then goes in a few steps instead of
+        being re-gathered and re-split every 32 rows of each device, while one device's back-fill (the
+        median is then another device's few rows) still waits its turn beside everyone else's new
+        readings. Any split gives the same detections (registry.take_step)."""
         try:
-            return take_step(batch, self.cfg.alerting.detect_step_rows_per_device)
+            bound = self.cfg.alerting.detect_step_rows_per_device
+            if len(batch) > bound:
+                counts = np.unique(batch.sensor, return_counts=True)[1]
+                if len(counts) > 1:
+                    median = int(np.partition(counts, (len(counts) - 1) // 2)[(len(counts) - 1) // 2])
+                    bound = min(max(bound, median), bound * STEP_GROWTH_MAX)
+            return take_step(batch, bound)
         except Exception:
             log.exception("could not split a batch of %d readings into bounded steps; evaluating it whole", len(batch))
             return batch, batch.take(slice(0, 0))
@@ -297,7 +316,7 @@ class DetectionPipeline:
                 scanned = self._scan_silences(batch)
                 det = self.rules.process(batch)
                 if scanned is not None:
-                    from detectors.batch import Detections
+                    from core import Detections
                     det = Detections.concat([scanned, det])
                 self._observe_notices(self.engine.process(det))
                 # Only readings with data can show that a condition is gone (not rows refused for their
@@ -311,7 +330,7 @@ class DetectionPipeline:
                     if self._held is not None:
                         mark = min(mark, int(deferred.ts_ns.min()) - 1)
                     self._watermark_ns = max(self._watermark_ns, mark)
-                    timed = self.rules.advance(self._watermark_ns - self.reorder_slack_ns, hold=self._held)
+                    timed = self.rules.advance(self._watermark_ns - self.reorder_slack_ns, hold=self._hold_mask())
                     if len(timed):
                         self.engine.process(timed)
                     self.engine.tick(self._watermark_ns)
@@ -335,7 +354,7 @@ class DetectionPipeline:
         found = [f for f in found if f is not None and len(f)]
         if not found:
             return None
-        from detectors.batch import Detections
+        from core import Detections
         return Detections.concat(found)
 
     def tick(self, now_ns: int | None = None) -> None:
@@ -349,7 +368,7 @@ class DetectionPipeline:
                     now_ns = self._watermark_ns
                 now = int(now_ns if now_ns is not None else self.clock())
                 # Event clock: the deadman is judged against the feed less the transport's reorder slack.
-                det = self.rules.advance(now - (self.reorder_slack_ns if self.event_clock else 0), hold=self._held)
+                det = self.rules.advance(now - (self.reorder_slack_ns if self.event_clock else 0), hold=self._hold_mask())
                 if len(det):
                     self._observe_notices(self.engine.process(det))
                 self._observe_notices(self.engine.tick(now_ns))
@@ -424,6 +443,57 @@ class DetectionPipeline:
             log.log(*said)
         return b
 
+    # ----- partitioned mode: which devices this worker owns -----------------------------------------
+
+    def _hold_mask(self):
+        """The devices the deadman leaves as they are: those with rows in our backlog (`_held`) and, in
+        partitioned mode, those of partitions this worker does not own (their silence is not ours to judge)."""
+        owned = self.engine.owned
+        if owned is None:
+            return self._held
+        if self._foreign is None or self._foreign[0] is not self.rules or self._foreign[1] is not owned:
+            self._foreign = (self.rules, owned, np.array([i not in owned for i in self.rules.inv.ids], bool))
+        foreign = self._foreign[2]
+        return foreign if self._held is None else (self._held | foreign)
+
+    def set_owned(self, devices) -> None:
+        """Partitioned mode: evaluate time-driven rules and raise alerts only for `devices` (ids; None: every
+        device, single mode). Open alerts of other devices are forgotten without a notice (AlertEngine.set_owned)."""
+        with self._lock:
+            self.engine.set_owned(None if devices is None else set(devices))
+
+    def capture_partition(self, devices):
+        """(detector snapshot of every rule, open alerts of `devices` with their undelivered notices), taken
+        together between two batches: the state another worker goes on from if this one dies."""
+        from detectors import snapshot
+
+        with self._lock:
+            return snapshot.capture(self.rules), self.engine.export_alerts(devices)
+
+    def hand_over(self, devices, drain_s: float = 10.0):
+        """Give `devices` up (their partition moves to another worker; its messages are acked already):
+        evaluate what is queued (up to `drain_s`), then, between two batches, capture the detector snapshot
+        and the devices' open alerts and stop owning them (their alerts are dropped without a notice).
+        Returns (snapshot, alerts) for `take_over` on the next owner."""
+        from detectors import snapshot
+
+        if not self.drain(drain_s):
+            log.warning("hand-over: detection still has readings queued after %.0f s; handing over without them",
+                        drain_s)
+        with self._lock:
+            return snapshot.capture(self.rules), self.engine.release_alerts(devices)
+
+    def take_over(self, devices, snap=None, alerts=None, source: str = "hand-over"):
+        """Own `devices` from now on: restore their detector state from `snap` (a detector snapshot cut to
+        them, or None) and go on with their open alerts `alerts` (from `hand_over` / `capture_partition` on
+        the last owner, or None). Returns (LoadReport or None, number of alerts adopted)."""
+        from detectors import snapshot
+
+        with self._lock:
+            report = snapshot.restore(self.rules, snap, source=source) if snap is not None else None
+            kept = (report.kept() & snapshot.active_keys(self.rules)) if report is not None else set()
+            return report, self.engine.adopt_alerts(devices, alerts, kept)
+
     # ----- detector state ---------------------------------------------------------------------------
 
     def _state_path(self) -> Path:
@@ -497,52 +567,3 @@ class DetectionPipeline:
             self._mtimes = mtimes
             self.reload_from_disk()
 
-
-def run(cfg, config_dir=None, env: dict | None = None, stop: threading.Event | None = None) -> int:
-    """The whole service with alerts: ingest `Service` + this pipeline, until `stop` is set (SIGTERM/SIGINT).
-
-    `citywatch run` can call this in place of its own Service loop; until then
-    `python -m citywatch.pipeline --config DIR` runs it.
-    """
-    from citywatch.service import Service
-
-    env = dict(os.environ) if env is None else env
-    stop = stop or threading.Event()
-    service = Service(cfg, env)
-    pipeline = DetectionPipeline(cfg, env, config_dir, threaded=True)
-    service.on_decoded(pipeline.on_batch)
-    service.attach_detection(pipeline)  # its backlog and alert latency in the self-metrics
-    pipeline.reload_hooks.append(service.reload)
-    pipeline.start()
-    if threading.current_thread() is threading.main_thread():
-        pipeline.install_signal_handlers()
-        signal.signal(signal.SIGTERM, lambda s, f: stop.set())
-        signal.signal(signal.SIGINT, lambda s, f: stop.set())
-    service.start()
-    try:
-        service.wait(stop)
-    finally:
-        service.stop()
-        pipeline.stop()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m citywatch.pipeline --config DIR`: the service with alerts (until `citywatch run` calls `run`)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m citywatch.pipeline")
-    p.add_argument("--config", default=None)
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc)
-        return 1
-    return run(cfg, args.config)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

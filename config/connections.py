@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from config.base import KeyProblem, Strict
+from config.base import KeyProblem, Strict, raise_problems
 
 # A `*_env` key names an environment variable; anything else there is probably the secret itself.
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -87,6 +88,11 @@ class Influx(Strict):
         password = env.get(self.password_env) if self.password_env else None
         return user, password or ""
 
+    def place(self) -> tuple[str, str, str]:
+        """(url without a trailing slash, api, database or org/bucket): where the readings land."""
+        where = (self.database or "") if self.api == "v1" else f"{self.org}/{self.bucket}"
+        return self.url.rstrip("/"), self.api, where
+
     @model_validator(mode="after")
     def _api_fields(self) -> Influx:
         if self.api == "v1" and not self.database:
@@ -96,6 +102,22 @@ class Influx(Strict):
                 if not getattr(self, key):
                     raise KeyProblem(key, "is required when api is v2 (got nothing)")
         return self
+
+
+class InfluxReplica(Influx):
+    """One more InfluxDB that every reading is written to (`connections.influx_replicas`), with its own spool
+    (`<ingest.spool_dir>/replicas/<name>/`); the same keys as `connections.influx`, plus its name."""
+
+    # Names its spool directory, its drain thread, its log lines and its self-metrics (replica_<name>_*).
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", value):
+            raise ValueError("must be 1 to 32 of a-z, 0-9 and _, starting with a letter (it names the replica's "
+                             "spool directory and self-metrics)")
+        return value
 
 
 def basic_auth(credentials: tuple[str, str] | None) -> dict[str, str]:
@@ -134,8 +156,14 @@ class Cluster(Strict):
     partitions: int = Field(6, ge=1, le=256)
     # host:port of each node's MQTT listener, in failover order (CITYWATCH_CLUSTER_NODES: comma-separated).
     nodes: list[str] = []
+    # host:port of each node's NATS client listener (CITYWATCH_CLUSTER_NATS): `--partitions auto` keeps its
+    # partition leases in the cluster's JetStream key-value store through them (citywatch/partition_lease.py).
+    nats: list[str] = []
+    # `--partitions auto`: a worker's leases (and its membership) expire this long after its last renewal; a
+    # dead worker's partitions are taken over within about this plus one renewal period (lease_ttl_s / 4).
+    lease_ttl_s: float = Field(10.0, ge=2, le=300)
 
-    @field_validator("nodes", mode="before")
+    @field_validator("nodes", "nats", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
@@ -146,6 +174,10 @@ class Cluster(Strict):
             host, _, port = node.rpartition(":")
             if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
                 raise KeyProblem(("nodes", i), f"must be host:port with a port between 1 and 65535 (got {node!r})")
+        for i, node in enumerate(self.nats):
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise KeyProblem(("nats", i), f"must be host:port with a port between 1 and 65535 (got {node!r})")
         if self.mode == "partitioned" and not self.nodes:
             raise KeyProblem("nodes", "must list the MQTT listeners (host:port) of the cluster's nodes when mode is "
                              "partitioned (got nothing)")
@@ -155,11 +187,40 @@ class Cluster(Strict):
         """The nodes as (host, port) pairs, in failover order."""
         return [(h, int(p)) for h, _, p in (n.rpartition(":") for n in self.nodes)]
 
+    def nats_urls(self) -> list[str]:
+        """The NATS client listeners as `nats://host:port` URLs (for the partition leases)."""
+        return [f"nats://{n}" for n in self.nats]
+
 
 class Connections(Strict):
     mqtt: Mqtt = Mqtt()
     influx: Influx = Influx()
+    # More InfluxDB targets (README "Several InfluxDB targets"): a reading is acked once every target has it
+    # or has it in that target's own spool.
+    influx_replicas: list[InfluxReplica] = []
     cluster: Cluster = Cluster()
+
+    @model_validator(mode="after")
+    def _replicas(self) -> Connections:
+        problems: list[KeyProblem] = []
+        names: dict[str, int] = {}
+        places: dict[tuple[str, str, str], str] = {self.influx.place(): "connections.influx"}
+        for i, rep in enumerate(self.influx_replicas):
+            if rep.name in names:
+                problems.append(KeyProblem(("influx_replicas", i, "name"), f"is already the name of "
+                                           f"influx_replicas[{names[rep.name]}] (got {rep.name!r})"))
+            else:
+                names[rep.name] = i
+            where = rep.place()
+            if where in places:
+                # Two targets on one database would not survive the loss of its machine: it is no replica.
+                what = "database" if rep.api == "v1" else "bucket"
+                problems.append(KeyProblem(("influx_replicas", i, "url"), f"writes to the same {what} as "
+                                           f"{places[where]}; give it another url or {what} (got {rep.url!r})"))
+            else:
+                places[where] = f"influx_replicas[{i}]"
+        raise_problems(self, problems)
+        return self
 
     @model_validator(mode="after")
     def _cluster_protocol(self) -> Connections:

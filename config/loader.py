@@ -29,6 +29,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
     "CITYWATCH_INFLUX_API": (("connections", "influx", "api"), str),
     "CITYWATCH_CLOCK": (("ingest", "clock"), str),
     "CITYWATCH_CLUSTER_NODES": (("connections", "cluster", "nodes"), str),  # comma-separated host:port
+    "CITYWATCH_CLUSTER_NATS": (("connections", "cluster", "nats"), str),  # comma-separated host:port (NATS clients)
 }
 
 def load_config(directory: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,

@@ -22,7 +22,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ingest.reachability import Reachability, connect_error
+from core.node_rotation import NodeRotation
+from core.reachability import Reachability, connect_error
 
 if TYPE_CHECKING:
     from config.connections import Mqtt
@@ -123,8 +124,7 @@ class MqttCollector:
         self._strip = None if partition is None else f"{PARTITION_PREFIX}/{partition}/"
         self._source = partition or 0
         # Nodes to fail over to, in order (connections.cluster.nodes); single mode: the one broker.
-        self._hosts = list(hosts) if hosts else [(mqtt.host, mqtt.port)]
-        self._host_index = 0
+        self._nodes = NodeRotation(list(hosts) if hosts else [(mqtt.host, mqtt.port)])
         self._sink = sink
         self._metrics = metrics
         # topic -> digest of the last retained payload made durable; (generation, mid) -> (topic, digest) of
@@ -159,7 +159,7 @@ class MqttCollector:
             self._props.SessionExpiryInterval = int(mqtt.session_expiry_s)
             self._props.ReceiveMaximum = max(1, min(65535, int(receive_maximum)))
         # The broker's outages are logged once each (unreachable with the reason, back with how long).
-        where = f"{mqtt.host}:{mqtt.port}" if hosts is None else ", ".join(f"{h}:{p}" for h, p in self._hosts)
+        where = f"{mqtt.host}:{mqtt.port}" if hosts is None else self._nodes.describe()
         who = "collector" if client_id == mqtt.client_id else f"collector {client_id}"  # a partition's own session
         self.reachability = Reachability(f"MQTT broker {where} ({who})", log,
                                          down_note="readings wait at the broker; reconnecting")
@@ -179,7 +179,7 @@ class MqttCollector:
             self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
                                       properties=self._props)
         else:
-            host, port = self._hosts[0]
+            host, port = self._nodes.current
             self.client.connect_async(host, port, self.cfg.keepalive_s)
         self.client.loop_start()
 
@@ -265,15 +265,7 @@ class MqttCollector:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.last_error = connect_error()
         self.reachability.down(self.last_error)
-        self._next_host(client)
-
-    def _next_host(self, client: mqtt.Client) -> None:
-        """With several nodes, the next reconnect goes to the next one (its session lives on every node).
-        paho's `host` setter refuses while a lost connection is not yet closed, which is exactly when this
-        runs (on_disconnect, on_connect_fail); paho's reconnect reads these two attributes."""
-        if len(self._hosts) > 1:
-            self._host_index = (self._host_index + 1) % len(self._hosts)
-            client._host, client._port = self._hosts[self._host_index]
+        self._nodes.advance(client)  # with several nodes, the next one (its session lives on every node)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Properties | None) -> None:
@@ -289,7 +281,7 @@ class MqttCollector:
         if reason_code != 0:
             self.last_error = f"disconnected: {reason_code}"
             self.reachability.down(f"connection lost: {reason_code}")
-            self._next_host(client)
+            self._nodes.advance(client)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Anything raised here would end paho's network loop: catch all of it.

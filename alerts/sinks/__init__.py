@@ -36,11 +36,13 @@ def build_sinks(cfg: Config, env: dict[str, str] | None = None) -> dict[str, Sin
         if spec.type == "mqtt":
             from alerts.sinks.mqtt import MqttSink
 
-            m = cfg.connections.mqtt
+            m, cl = cfg.connections.mqtt, cfg.connections.cluster
             out[name] = MqttSink(
                 m.host, m.port, f"{cfg.alerting.mqtt_client_id}-{name}"[:64], m.username,
                 env.get(m.password_env) if m.password_env else None, spec.topic_prefix, spec.qos,
                 spec.timeout_s, m.protocol, m.tls,
+                # Partitioned mode: fail over across the cluster's nodes, as the collector does.
+                hosts=cl.hosts() if cl.mode == "partitioned" and cl.nodes else None,
             )
         elif spec.type == "webhook":
             from alerts.sinks.webhook import WebhookSink

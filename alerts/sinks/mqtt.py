@@ -19,7 +19,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from alerts.model import Notice
 from alerts.sinks.base import SinkError
 from config.connections import Tls
-from ingest.reachability import Reachability, connect_error
+from core.node_rotation import NodeRotation
+from core.reachability import Reachability, connect_error
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,15 @@ def active_topic(prefix: str, alert_id: str) -> str:
 
 
 class MqttSink:
-    """Publishes with its own paho client (loop thread, automatic reconnect). Not connected = retryable."""
+    """Publishes with its own paho client (loop thread, automatic reconnect). Not connected = retryable.
+
+    hosts: (host, port) of a cluster's nodes in failover order (partitioned mode); after a failed or lost
+    connection the next reconnect goes to the next one. Default: `host`, `port` only."""
 
     def __init__(self, host: str, port: int, client_id: str, username: str | None = None,
                  password: str | None = None, topic_prefix: str = "city/xm/alerts", qos: int = 1,
-                 timeout_s: float = 5.0, protocol: str = "mqtt5", tls: Tls | None = None) -> None:
+                 timeout_s: float = 5.0, protocol: str = "mqtt5", tls: Tls | None = None,
+                 hosts: list[tuple[str, int]] | None = None) -> None:
         self.prefix = topic_prefix.rstrip("/")
         self.qos = qos
         self.timeout_s = timeout_s
@@ -50,15 +55,17 @@ class MqttSink:
         if tls is not None and getattr(tls, "enabled", False):
             self.client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
             self.client.tls_insecure_set(tls.insecure)
-        self.client.reconnect_delay_set(1, 30)
+        self.nodes = NodeRotation(hosts or [(host, port)])
+        # A cluster elects new leaders within seconds of a node's death: retry its next node soon.
+        self.client.reconnect_delay_set(1, 30 if len(self.nodes.hosts) == 1 else 2)
         self._connected = threading.Event()
         # One log line per outage of the broker, whatever the number of reconnect tries.
-        self.reachability = Reachability(f"MQTT broker {host}:{port} (alert sink {client_id})", log,
+        self.reachability = Reachability(f"MQTT broker {self.nodes.describe()} (alert sink {client_id})", log,
                                          down_note="notices wait in the store and are retried")
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
-        self.client.connect_async(host, port, keepalive=30)
+        self.client.connect_async(*self.nodes.current, keepalive=30)
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
@@ -71,12 +78,14 @@ class MqttSink:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.reachability.down(connect_error())
+        self.nodes.advance(client)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                        reason_code: ReasonCode, properties: Properties | None = None) -> None:
         self._connected.clear()
         if reason_code != 0:  # 0: our own disconnect at close
             self.reachability.down(f"connection lost: {reason_code}")
+            self.nodes.advance(client)
 
     def send(self, notice: Notice) -> None:
         # Waiting for the connection briefly keeps the first notice after start from a needless retry.

@@ -36,8 +36,8 @@ def cluster_config(directory: Path, worker: int = 0) -> Path:
     """A copy of the shipped config in partitioned mode (MQTT 3.1.1, PARTITIONS partitions; nodes from the
     environment), with its own spool and dead letters under `directory/var`.
 
-    Each worker gets its own alerting.mqtt_client_id (alert ownership across workers is not built yet: two
-    workers with one id take each other's alert sink session over, README "Cluster mode"), and a reconnect
+    Each worker gets its own alerting.mqtt_client_id (two workers with one id would take each other's alert
+    sink and command sessions over, README "Cluster mode"), and a reconnect
     delay capped at 2 s: the cluster elects new JetStream leaders within about 5 s of a node's death, and a
     60 s cap would let the backoff overshoot that."""
     cfg_dir = config_copy(directory)

@@ -3,6 +3,7 @@ permissions derived from the Mosquitto grants, the node configs and the partitio
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +19,13 @@ from citywatch.cluster import (
 )
 from citywatch.commands.run import _partitions
 from citywatch.localstack import Credentials, acl_blocks
+from citywatch.partition_lease import (
+    PartitionLeases,
+    assign,
+    check_worker_options,
+    default_worker_id,
+    worker_config,
+)
 from config import ConfigError, load_config
 from config.connections import Cluster, Connections
 from ingest.collector import AckToken, Message
@@ -168,10 +176,15 @@ def test_permissions_come_from_the_mosquitto_grants():
     assert not any(s.startswith("cw.p.*") for s in pub)  # an inventory device: its one partition
     for u in users.values():
         assert "$MQTT.sub.>" in u["permissions"]["subscribe"]["allow"]
-        assert u["allowed_connection_types"] == ["MQTT"]
+        # MQTT only, but the service account also speaks NATS itself: the partition leases of `--partitions auto`
+        expected = ["MQTT", "STANDARD"] if u["user"] == c.collector[0] else ["MQTT"]
+        assert u["allowed_connection_types"] == expected
         assert u["password"] == dict(c.users())[u["user"]]
     service = users[c.collector[0]]["permissions"]
-    assert "cw.p.>" in service["subscribe"]["allow"]
+    assert "cw.p.>" in service["subscribe"]["allow"] and "_INBOX.>" in service["subscribe"]["allow"]
+    assert {"$JS.API.>", "$KV.citywatch_partitions.>"} <= set(service["publish"]["allow"])
+    assert not any(s.startswith("$JS") or s.startswith("$KV") for u in users.values() if u["user"] != c.collector[0]
+                   for s in u["permissions"]["publish"]["allow"])
     assert not any(s.startswith("city.xm.alerts.cmd") for s in service["publish"]["allow"])
     tester = users["tester"]["permissions"]
     assert {"city.xm.gas.*.*.cmd", "city.xm.gas.*.*.cmd.>"} <= set(tester["publish"]["deny"])
@@ -210,7 +223,136 @@ def test_partitioned_collector_sessions_topics_and_acks():
     assert pc.ack([AckToken(0, 7, 1, 3), AckToken(0, 8, 1, 0), AckToken(0, 9, 1, 3)]) == 3
     assert sent == [("p3", [AckToken(0, 7, 1, 3), AckToken(0, 9, 1, 3)]), ("p0", [AckToken(0, 8, 1, 0)])]
     # Fail-over: the next reconnect goes to the next node, round the list.
-    p0._next_host(p0.client)
+    p0._nodes.advance(p0.client)
     assert (p0.client._host, p0.client._port) == ("127.0.0.1", 2)
-    p0._next_host(p0.client)
+    p0._nodes.advance(p0.client)
     assert (p0.client._host, p0.client._port) == ("127.0.0.1", 1)
+
+
+# ----- --partitions auto: the lease plan, the worker options, the keys ------------------------------------
+
+
+@pytest.mark.parametrize("workers, total, holders, expected", [
+    (["a"], 4, {}, {"a": (0, 1, 2, 3)}),
+    (["c", "a", "b"], 4, {}, {"a": (0, 1), "b": (2,), "c": (3,)}),
+    # a dead worker's partitions go to the survivors, the survivors keep theirs
+    (["a", "c"], 4, {0: "a", 3: "a", 1: "b", 2: "c"}, {"a": (0, 3), "c": (1, 2)}),
+    # a worker joins: only the extra partitions move to it
+    (["a", "c", "d"], 4, {0: "a", 3: "a", 1: "c", 2: "c"}, {"a": (0, 3), "c": (1,), "d": (2,)}),
+    (["a", "b"], 6, {0: "b", 1: "b", 2: "b", 3: "b", 4: "b", 5: "b"}, {"a": (3, 4, 5), "b": (0, 1, 2)}),
+    (["a", "b", "c", "d", "e"], 4, {}, {"a": (0,), "b": (1,), "c": (2,), "d": (3,), "e": ()}),
+    (["a"], 2, {0: "gone", 7: "a"}, {"a": (0, 1)}),
+])
+def test_lease_plan(workers, total, holders, expected):
+    plan = assign(workers, total, holders)
+    assert plan == expected
+    assert sorted(k for ks in plan.values() for k in ks) == list(range(total))
+
+
+def test_lease_plan_refuses_nothing():
+    with pytest.raises(ValueError, match="^assign: no live workers$"):
+        assign([], 4)
+    with pytest.raises(ValueError, match=r"^assign: partitions must be at least 1 \(got 0\)$"):
+        assign(["a"], 0)
+
+
+def test_partitions_auto_needs_the_nats_listeners():
+    with_nats = Cluster(mode="partitioned", partitions=4, nodes=["127.0.0.1:1883"], nats=["127.0.0.1:4222"])
+    assert _partitions("auto", with_nats) == ()
+    with pytest.raises(ValueError, match=r"^--partitions auto needs connections.cluster.nats: the NATS client "
+                       r"listeners \(host:port\) of the cluster's nodes \(CITYWATCH_CLUSTER_NATS"):
+        _partitions("auto", Cluster(mode="partitioned", partitions=4, nodes=["127.0.0.1:1883"]))
+    with pytest.raises(ValueError, match="^--partitions needs connections.cluster.mode: partitioned"):
+        _partitions("auto", Cluster())
+    with pytest.raises(ValueError, match="^--partitions auto needs connections.cluster.nats"):
+        PartitionLeases([], None, None, 4, 10, acquire=print, release=print)
+
+
+@pytest.mark.parametrize("worker_id, port, message", [
+    ("a.b", None, "--worker-id: 'a.b' must be 1 to 40 letters, digits, '-' or '_'"),
+    ("", None, "--worker-id: '' must be 1 to 40 letters, digits, '-' or '_'"),
+    ("w" * 41, None, f"--worker-id: {'w' * 41!r} must be 1 to 40 letters, digits, '-' or '_'"),
+    (None, 0, "--metrics-port: 0 is not a port between 1 and 65535"),
+    (None, 70000, "--metrics-port: 70000 is not a port between 1 and 65535"),
+])
+def test_worker_options_are_checked(worker_id, port, message):
+    with pytest.raises(ValueError) as err:
+        check_worker_options(worker_id, port)
+    assert str(err.value) == message
+
+
+def test_each_worker_its_own_alert_client_and_metrics_port():
+    check_worker_options("w-1", 9470)
+    a, b = worker_config(CFG, "w-1", None), worker_config(CFG, "w-2", 9471)
+    assert a.alerting.mqtt_client_id == f"{CFG.alerting.mqtt_client_id}-w-1"
+    assert b.alerting.mqtt_client_id == f"{CFG.alerting.mqtt_client_id}-w-2"
+    assert a.ingest.metrics_http.port == 0 and b.ingest.metrics_http.port == 9471
+    assert a.ingest.ack_after == "influxdb"  # a partition outlives its worker's spool
+    assert CFG.ingest.metrics_http.port == 9464  # the loaded config is left alone
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", default_worker_id())
+
+
+def test_nats_listeners_keys(tmp_path):
+    d = write_config(tmp_path, "  cluster:\n    mode: partitioned\n    partitions: 3\n    lease_ttl_s: 30s\n")
+    cfg = load_config(d, env={"CITYWATCH_CLUSTER_NODES": "127.0.0.1:4001",
+                              "CITYWATCH_CLUSTER_NATS": "127.0.0.1:4222, 127.0.0.1:4223"})
+    assert cfg.connections.cluster.nats_urls() == ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+    assert cfg.connections.cluster.lease_ttl_s == 30
+    (tmp_path / "x").mkdir()
+    found = "\n".join(problems(tmp_path / "x", "  cluster:\n    nats: [\"h\"]\n    lease_ttl_s: 1\n"))
+    assert "connections.cluster.nats[0]: must be host:port with a port between 1 and 65535 (got 'h')" in found
+    assert "connections.cluster.lease_ttl_s: must be between 2 and 300 seconds (got 1)" in found
+
+
+def test_partitions_come_and_go_in_auto_mode():
+    mq = CFG.connections.mqtt.model_copy(update={"protocol": "mqtt311"})
+    cl = Cluster(mode="partitioned", partitions=4, nodes=["127.0.0.1:1"])
+    pc = PartitionedCollector(mq, cl, (), None, lambda m: None, dynamic=True)
+    assert pc.partitions == () and pc.client is None
+    pc.publish("t", b"x")  # nobody to publish through: nothing happens
+    pc.add(2)  # not started: nothing
+    assert pc.partitions == ()
+    started = []
+    pc._make_orig, pc._make = pc._make, lambda k: _fake(pc._make_orig(k), started)
+    pc.start()
+    pc.add(2)
+    pc.add(1)
+    assert pc.partitions == (1, 2) and started == [2, 1]
+    first = pc.collectors[2]
+    old_gen = first._generation
+    pc.remove(2)
+    assert pc.partitions == (1,) and first.stopped
+    assert pc.ack([AckToken(old_gen, 5, 1, 2)]) == 0  # a partition given up: its acks are dropped
+    pc.add(2)
+    assert pc.collectors[2]._generation != old_gen  # a late token of the old session acks nothing here
+    with pytest.raises(ValueError, match="^a partitioned collector needs at least one partition$"):
+        PartitionedCollector(mq, cl, (), None, lambda m: None)
+
+
+def _fake(collector, started):
+    collector.start = lambda: started.append(collector.partition)
+    collector.stopped = False
+
+    def stop():
+        collector.stopped = True
+    collector.stop = stop
+    return collector
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--worker-id", "w1"], "citywatch run: --worker-id and --metrics-port are for partitioned mode (--partitions); "
+                            "the single service takes ingest.metrics_http.port and alerting.mqtt_client_id"),
+    (["--metrics-port", "9470"], "citywatch run: --worker-id and --metrics-port are for partitioned mode"),
+])
+def test_worker_options_refused_in_single_mode(argv, message, capsys):
+    import signal
+
+    from citywatch.cli import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert main(["run", *argv]) == 2
+    finally:  # `run` installs its stop handlers first of all
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert message in capsys.readouterr().err
