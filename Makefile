@@ -14,9 +14,12 @@ test: setup
 	.venv/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
-# The fast loop: unit tests only (no broker, database or browser).
+# The fast loop: unit tests only (no broker, database or browser), without the long ones (marker `slow`),
+# property tests capped at 10 examples (--hypothesis-profile=fast), on two workers (pytest-xdist).
+# `make test` runs every one of them, at full examples.
+FAST_WORKERS ?= -n 2
 test-fast:
-	$(PY) -m pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS) tests/unit
+	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" --hypothesis-profile=fast $(FAST_WORKERS) $(PYTEST_ARGS) tests/unit
 
 lint:
 	.venv/bin/ruff check .

@@ -64,3 +64,52 @@ def service_env_for(mosquitto: MosquittoServer, influx: InfluxServer) -> dict[st
         **influx.env(),
         "CITYWATCH_CREDENTIALS": str(mosquitto.credentials_path),
     }
+
+
+class SharedServerError(RuntimeError):
+    """A test marked `shared_influx` tried to start, stop, kill or restart the module's shared InfluxDB."""
+
+
+def _refuse(self, *args, **kwargs):
+    raise SharedServerError(f"{type(self).__name__}: this server is shared by the module's tests; a test that "
+                            "starts, stops, kills or restarts InfluxDB must not carry the `shared_influx` marker")
+
+
+class SharedInflux(InfluxServer):
+    """One test's view of the module's InfluxDB: its own fresh database (`citywatch_t<n>`, read and write
+    granted to the citywatch account, dropped after the test); stop, kill and restart refused."""
+
+    start = stop = kill = restart = _refuse
+
+    def __init__(self, server: InfluxServer, test_no: int):
+        # No super().__init__: a view writes no files and generates no accounts.
+        self.__dict__.update(server.__dict__)
+        self.test_no = test_no
+        self.database = f"citywatch_t{test_no}"
+        self.create_database(self.database)
+
+    def drop(self) -> None:
+        self.query(f'DROP DATABASE "{self.database}"', method="POST", as_admin=True)
+
+
+class SharedInfluxPool:
+    """A module's one InfluxDB (about 2 s to start), handed to its tests one database at a time. Mosquitto is
+    not shared: it starts in a fraction of a second, and a broker of its own per test needs no cleaning of
+    sessions and retained messages between tests."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.tests = 0
+        self._influx: InfluxServer | None = None
+
+    def influx(self) -> SharedInflux:
+        self.tests += 1
+        if self._influx is None or not self._influx.running():
+            self._influx = InfluxServer(self.directory / "influxdb")
+            self._influx.start()
+        return SharedInflux(self._influx, self.tests)
+
+    def close(self) -> None:
+        if self._influx is not None:
+            self._influx.kill()
+            self._influx = None

@@ -24,7 +24,7 @@ from ingest.decoder import Decoder
 from tests.integration.test_ingest_bad_inputs import connect_tester, reasons_of
 from tests.integration.test_ingest_harness import config_copy, service_factory  # noqa: F401 - fixture
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_influx]
 
 GOOD_DEV = "XM0003NOISE"  # only the good readings use this device: its point count is exact
 FUZZ_JSON = ["XM0002NOISE", "XMG0002", "XMG0018"]
@@ -177,7 +177,7 @@ def test_awkward_values_and_tags_land_exactly_as_encoded(influx):
     """Line protocol at the edges (tiny and huge floats, negative zero, every flag, tag values needing
     escapes) is accepted by a real InfluxDB and reads back bit for bit."""
     from config.model import Config
-    from detectors.batch import FLAG_CODES, ReadingBatch
+    from core import FLAG_CODES, ReadingBatch
     from ingest.lineproto import encode
 
     base = load_config()

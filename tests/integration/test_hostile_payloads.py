@@ -68,6 +68,7 @@ def counter(influx, name: str) -> int:
     return int(series[0]["values"][0][1] or 0) if series else 0
 
 
+@pytest.mark.shared_influx
 def test_4000_bad_rows_make_one_bounded_record_and_ingest_goes_on(tmp_path, mosquitto, influx, service_factory):
     file_max = 0.125 * MIB
     svc = service_factory(deadletter_file_max_mb=0.125, metrics_interval_s=1)
@@ -101,6 +102,7 @@ def test_4000_bad_rows_make_one_bounded_record_and_ingest_goes_on(tmp_path, mosq
     assert svc.terminate() == 0
 
 
+@pytest.mark.shared_influx
 def test_a_flooding_device_does_not_evict_another_devices_dead_letter(tmp_path, mosquitto, influx, service_factory):
     budget = 0.25 * MIB
     svc = service_factory(deadletter_file_max_mb=0.25, deadletter_files_kept=2, deadletter_device_budget_mb=0.25,
@@ -132,6 +134,7 @@ def test_a_flooding_device_does_not_evict_another_devices_dead_letter(tmp_path, 
     assert svc.terminate() == 0
 
 
+@pytest.mark.shared_influx
 def test_a_valid_row_lands_beside_a_600_deep_row(tmp_path, mosquitto, influx, service_factory):
     svc = service_factory()
     dev = GAS[2]
@@ -149,6 +152,7 @@ def test_a_valid_row_lands_beside_a_600_deep_row(tmp_path, mosquitto, influx, se
     assert svc.terminate() == 0
 
 
+@pytest.mark.shared_influx
 def test_a_10_mb_status_is_refused_as_oversize_unparsed(tmp_path, mosquitto, influx, service_factory):
     svc = service_factory()
     dev = NOISE_JSON[3]
@@ -194,6 +198,7 @@ def test_a_retained_message_is_processed_once_across_a_reconnect(tmp_path, mosqu
     assert svc.terminate() == 0
 
 
+@pytest.mark.shared_influx
 def test_an_empty_retained_publish_is_counted_not_dead_lettered(tmp_path, mosquitto, influx, service_factory):
     svc = service_factory(metrics_interval_s=1)
     dev = NOISE_JSON[6]

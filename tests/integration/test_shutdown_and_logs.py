@@ -57,6 +57,7 @@ def lines_with(text: str, *parts: str) -> list[str]:
     return [line for line in text.splitlines() if all(p in line for p in parts)]
 
 
+@pytest.mark.shared_influx
 def test_ctrl_c_to_the_process_group_stops_cleanly_and_loses_nothing(tmp_path, mosquitto, influx, service_factory):
     cfg_dir = config_copy(tmp_path)
     svc = service_factory(cfg_dir)
@@ -83,6 +84,7 @@ def test_ctrl_c_to_the_process_group_stops_cleanly_and_loses_nothing(tmp_path, m
     assert svc.terminate() == 0
 
 
+@pytest.mark.shared_influx
 def test_decode_worker_left_alone_exits_without_a_traceback(tmp_path, mosquitto, influx, service_factory):
     cfg_dir = config_copy(tmp_path)
     svc = service_factory(cfg_dir)
@@ -101,6 +103,7 @@ def test_decode_worker_left_alone_exits_without_a_traceback(tmp_path, mosquitto,
     assert svc.terminate() == 0
 
 
+@pytest.mark.shared_influx
 def test_decode_worker_killed_alone_stops_the_service_without_a_traceback(tmp_path, mosquitto, influx,
                                                                           service_factory):
     svc = service_factory(config_copy(tmp_path))

@@ -17,7 +17,7 @@ from config import load_config
 from simulators.recorder import FeedRecorder
 from simulators.replay import read_feed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_influx]
 
 ROOT = Path(__file__).resolve().parents[2]
 CITY_DAY = ROOT / "simulators" / "scenarios" / "city_day.yaml"

@@ -6,7 +6,7 @@ import pytest
 
 from simulators.alert_sources import AlertSourceError, load_alerts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_influx]
 
 
 def test_alerts_measurement_is_read_one_alert_per_lifecycle(influx):

@@ -7,6 +7,7 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 
@@ -61,6 +62,7 @@ def _collector_subscribed(server):
     return sub, inbox
 
 
+@pytest.mark.shared_influx
 def test_publish_and_receive_as_device_and_collector(mosquitto):
     sub, inbox = _collector_subscribed(mosquitto)
 
@@ -75,6 +77,7 @@ def test_publish_and_receive_as_device_and_collector(mosquitto):
         c.disconnect()
 
 
+@pytest.mark.shared_influx
 def test_broker_refuses_unauthenticated_client(mosquitto):
     anon = _client(mosquitto, None)
     rc = _connect(anon, mosquitto)
@@ -89,6 +92,7 @@ def test_broker_refuses_unauthenticated_client(mosquitto):
     assert rc.is_failure
 
 
+@pytest.mark.shared_influx
 def test_device_cannot_publish_under_another_devices_topic(mosquitto):
     sub, inbox = _collector_subscribed(mosquitto)
 
@@ -112,6 +116,7 @@ def test_device_cannot_publish_under_another_devices_topic(mosquitto):
         c.disconnect()
 
 
+@pytest.mark.shared_influx
 def test_mosquitto_pub_cli_as_device(mosquitto):
     sub, inbox = _collector_subscribed(mosquitto)
     user = mosquitto.client_args("XMG0001")

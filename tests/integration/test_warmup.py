@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from config import DEFAULT_CONFIG_DIR, load_config
+from core.timefmt import iso_utc
 from detectors import snapshot
 from detectors.gas import GasProfile
 from detectors.registry import RuleSet
 from ingest.lineproto import LineProtocolEncoder
 from tests.unit.detectors.helpers import batch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_influx]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = "XMG0027"
@@ -107,7 +108,7 @@ def test_warmup_reports_an_unreachable_influx_in_one_line(tmp_path):
 
 
 def test_history_is_read_in_time_order_across_windows_and_measurements(influx, tmp_path):
-    from detectors.feed import format_ts, influx_records
+    from detectors.feed import influx_records
 
     cfg = load_config(config_dir(tmp_path))
     t0 = 1_748_736_000 * 10**9  # 2025-06-01T00:00:00Z
@@ -115,7 +116,7 @@ def test_history_is_read_in_time_order_across_windows_and_measurements(influx, t
     noise = [("XM0002NOISE", t0 + i * 1800 * 10**9 + 7 * 10**9, {"leq": 60.0, "lmax": 70.0, "l90": 50.0})
              for i in range(60)]
     influx.write(LineProtocolEncoder(cfg).encode(batch(gas + noise, cfg)).decode())
-    recs = [r for _, r in influx_records(influx.url, influx.database, format_ts(t0), format_ts(t0 + 30 * 3600 * 10**9),
+    recs = [r for _, r in influx_records(influx.url, influx.database, iso_utc(t0), iso_utc(t0 + 30 * 3600 * 10**9),
                                          auth=(influx.username, influx.password), window_s=7 * 3600)]
     ts = [r["ts"] for r in recs]
     assert len(recs) == 90 and ts == sorted(ts)

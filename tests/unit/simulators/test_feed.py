@@ -30,6 +30,7 @@ def short_day(city_day):
     return city_day.with_duration(2 * 3600)
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(city_day, cfg, city_feed):
     assert _feed_hash(city_day, cfg) == _feed_hash(city_day, cfg, city_feed)
 
@@ -39,6 +40,7 @@ def test_another_seed_other_bytes(short_day, cfg):
     assert _feed_hash(short_day, cfg) != _feed_hash(other, cfg)
 
 
+@pytest.mark.slow
 def test_same_bytes_across_processes(short_day, cfg, tmp_path):
     # Python salts str hashes per process; the feed must not depend on them.
     import subprocess

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from alerts.model import Notice
 from alerts.sinks.influx import line_of
 from citywatch.cli import main
@@ -60,6 +62,7 @@ def test_the_expected_wall_time_is_said_before_a_long_run(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_replay_help_states_one_meaning_of_speed():
     out = subprocess.run([sys.executable, "-m", "citywatch", "replay", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=False).stdout
@@ -72,6 +75,7 @@ def _free_port() -> int:
         return s.getsockname()[1]   # closed again: nothing listens there
 
 
+@pytest.mark.slow
 def test_connection_refused_is_one_line_and_exit_2(tmp_path):
     port = str(_free_port())
     creds = tmp_path / "creds.json"
