@@ -22,6 +22,8 @@ DEVICES = [NOISE_JSON[0], NOISE_JSON[1], GAS[0], GAS[1]]
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path, mosquitto, influx, service_factory):
+    # With the default ack_after: spool, acks flow back while the drain thread writes behind them: the
+    # kills land between an ack and the InfluxDB write too.
     cfg_dir = config_copy(tmp_path)
     svc = service_factory(cfg_dir)
     stream = Stream(mosquitto, DEVICES, messages=8000, samples_per_message=1, rate=2000).start()
