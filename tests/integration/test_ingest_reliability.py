@@ -21,10 +21,11 @@ pytestmark = pytest.mark.integration
 DEVICES = [NOISE_JSON[0], NOISE_JSON[1], GAS[0], GAS[1]]
 
 
-def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path, mosquitto, influx, service_factory):
-    # With the default ack_after: spool, acks flow back while the drain thread writes behind them: the
-    # kills land between an ack and the InfluxDB write too.
-    cfg_dir = config_copy(tmp_path)
+@pytest.mark.parametrize("ack_after", ["influxdb", "spool"])
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(ack_after, tmp_path, mosquitto, influx, service_factory):
+    # With ack_after: spool, acks flow back while the drain thread writes behind them: the kills land
+    # between an ack and the InfluxDB write too.
+    cfg_dir = config_copy(tmp_path, ack_after=ack_after)
     svc = service_factory(cfg_dir)
     stream = Stream(mosquitto, DEVICES, messages=8000, samples_per_message=1, rate=2000).start()
     for mark in (1500, 3500, 5500):

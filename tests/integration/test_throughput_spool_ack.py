@@ -75,7 +75,7 @@ def _redelivered_to_session(mosquitto, client_id: str, settle_s: float = 2.0) ->
 
 
 def test_readings_acked_from_the_spool_survive_kill9_and_land_once(tmp_path, mosquitto, influx, service_factory):
-    cfg_dir = config_copy(tmp_path)
+    cfg_dir = config_copy(tmp_path, ack_after="spool")
     _any_metrics_port(cfg_dir)
     assert load_config(cfg_dir, {}).ingest.ack_after == "spool"
     svc = service_factory(cfg_dir)
