@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from config.model import Config
 
 log = logging.getLogger(__name__)
+
+# Seconds between attempts when the broker refuses the command subscription (see _on_subscribe).
+RESUBSCRIBE_S = 2.0
 
 
 class CommandListener:
@@ -72,6 +76,7 @@ class CommandListener:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.host, self.port = self.nodes.current
         self.subscribed = False
 
@@ -101,6 +106,25 @@ class CommandListener:
             self.reachability.up()
             # `topic/#` also matches `topic` itself; subscribing to both would deliver a command twice.
             client.subscribe(self.topic + "/#", 1)
+            self.subscribed = True
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Properties | None = None) -> None:
+        failed = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if not failed:
+            return
+        # A broker that cannot take the subscription yet (a cluster node whose JetStream is still electing
+        # its leaders refuses it) would leave the listener connected but deaf: ask again until it is taken.
+        self.subscribed = False
+        log.warning("MQTT broker refused the alert command subscription (%s); asking again in %.0f s", failed[0],
+                    RESUBSCRIBE_S)
+        timer = threading.Timer(RESUBSCRIBE_S, self._resubscribe)
+        timer.daemon = True
+        timer.start()
+
+    def _resubscribe(self) -> None:
+        if self.client.is_connected():  # otherwise the next on_connect subscribes
+            self.client.subscribe(self.topic + "/#", 1)
             self.subscribed = True
 
     def author_of(self, topic: str, retained: bool = False) -> Author:

@@ -254,10 +254,25 @@ class NatsCluster:
             saved = json.loads(state.read_text())
             ports = [NodePorts(**p) for p in saved["nodes"]]
         else:
-            ports = [NodePorts(free_port(), free_port(), free_port(), free_port()) for _ in range(size)]
-            state.write_text(json.dumps({"nodes": [p.__dict__ for p in ports], "partitions": self.partitions}))
+            ports = self._new_ports(size)
         self.nodes = [NatsNode(self.directory / f"n{i + 1}", f"n{i + 1}", p) for i, p in enumerate(ports)]
+        self._fresh = not state.exists()
+        self._save_ports()
         self.write_configs()
+
+    @staticmethod
+    def _new_ports(size: int) -> list[NodePorts]:
+        """size x 4 distinct free loopback ports (a port the kernel hands out twice in a row is asked for again)."""
+        chosen: list[int] = []
+        while len(chosen) < 4 * size:
+            p = free_port()
+            if p not in chosen:
+                chosen.append(p)
+        return [NodePorts(*chosen[4 * i: 4 * i + 4]) for i in range(size)]
+
+    def _save_ports(self) -> None:
+        (self.directory / "cluster.json").write_text(json.dumps({"nodes": [n.ports.__dict__ for n in self.nodes],
+                                                                  "partitions": self.partitions}))
 
     @property
     def mqtt_nodes(self) -> list[str]:
@@ -304,14 +319,34 @@ include "../{auth.name}"
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start every node not running (a running one reloads its config: SIGHUP), then wait (bounded) until each reports full health (JetStream meta
-        leader elected, streams current). Raises RuntimeError with the log of a node that does not come up."""
+        leader elected, streams current). Raises RuntimeError with the log of a node that does not come up.
+
+        A new cluster whose node does not start (a port chosen free was taken meanwhile by another process's
+        connection) is started again on new ports, at most twice; a cluster that ran before keeps its ports."""
+        for attempt in range(3):
+            try:
+                self._start_nodes(timeout_s)
+                break
+            except RuntimeError:
+                if not self._fresh or attempt == 2:
+                    raise
+                for node in self.nodes:
+                    node.kill()
+                    shutil.rmtree(node.directory / "js", ignore_errors=True)  # a new cluster: nothing to keep
+                for node, ports in zip(self.nodes, self._new_ports(len(self.nodes))):
+                    node.ports = ports
+                self._save_ports()
+                self.write_configs()
+        self._fresh = False
+        self.wait_healthy(timeout_s)
+
+    def _start_nodes(self, timeout_s: float) -> None:
         for node in self.nodes:
             pid = node.pid
             if node.running() and pid is not None:
                 os.kill(pid, signal.SIGHUP)  # re-read the config: accounts of new devices and operators
             else:
                 node.start(timeout_s)
-        self.wait_healthy(timeout_s)
 
     def wait_healthy(self, timeout_s: float = 60.0, nodes: list[int] | None = None) -> None:
         deadline = time.monotonic() + timeout_s

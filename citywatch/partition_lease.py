@@ -119,6 +119,7 @@ class PartitionLeases:
         self.members: tuple[str, ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._join_deadline = 0.0  # monotonic s: until when start() retries a cluster not ready yet
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -128,6 +129,8 @@ class PartitionLeases:
     def start(self, timeout_s: float = 30.0) -> None:
         """Connect, open (or create) the bucket and join; returns once the first round ran. Raises RuntimeError
         when the cluster cannot be reached or the bucket cannot be opened within `timeout_s`."""
+        # A cluster just started answers "no responders" until JetStream has its leaders: retried until then.
+        self._join_deadline = time.monotonic() + max(1.0, timeout_s - 2.0)
         self._thread = threading.Thread(target=self._run, name="partition-leases", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s):
@@ -162,6 +165,7 @@ class PartitionLeases:
 
     async def _main(self) -> None:
         import nats
+        import nats.errors
         from nats.js.api import KeyValueConfig
         from nats.js.errors import BucketNotFoundError
 
@@ -171,17 +175,27 @@ class PartitionLeases:
                                 max_reconnect_attempts=-1, allow_reconnect=True)
         try:
             js = nc.jetstream(timeout=5)
-            try:
-                kv = await js.key_value(LEASE_BUCKET)
-            except BucketNotFoundError:
-                kv = await js.create_key_value(KeyValueConfig(
-                    bucket=LEASE_BUCKET, history=1, ttl=self.ttl_s, replicas=self.replicas,
-                    description="citywatch partition leases (citywatch/partition_lease.py)"))
-            if self.state is not None:
-                await self.state.open(js, self.replicas)
-            log.info("partition leases: worker %s joins (%d partitions, lease TTL %g s, bucket %s)", self.worker_id,
-                     self.total, self.ttl_s, LEASE_BUCKET)
-            await self._round(kv)
+            while True:
+                try:
+                    try:
+                        kv = await js.key_value(LEASE_BUCKET)
+                    except BucketNotFoundError:
+                        kv = await js.create_key_value(KeyValueConfig(
+                            bucket=LEASE_BUCKET, history=1, ttl=self.ttl_s, replicas=self.replicas,
+                            description="citywatch partition leases (citywatch/partition_lease.py)"))
+                    if self.state is not None:
+                        await self.state.open(js, self.replicas)
+                    log.info("partition leases: worker %s joins (%d partitions, lease TTL %g s, bucket %s)",
+                             self.worker_id, self.total, self.ttl_s, LEASE_BUCKET)
+                    await self._round(kv)
+                    break
+                except (nats.errors.Error, TimeoutError) as exc:
+                    # JetStream without its leaders yet (a cluster just started, a node just restarted).
+                    if time.monotonic() >= self._join_deadline:
+                        raise
+                    log.info("partition leases: the cluster's JetStream is not ready (%s: %s); retrying",
+                             type(exc).__name__, exc)
+                    await asyncio.sleep(1.0)
             self._ready.set()
             while not self._stop.is_set():
                 try:

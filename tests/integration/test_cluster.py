@@ -74,7 +74,10 @@ class Worker(ServiceProcess):
             start_new_session=True, cwd=str(workdir),
         )
         deadline = time.monotonic() + timeout_s
-        while self.log_text().count("connected to MQTT broker") < len(self.partitions):
+        # One line per partition's session: "connected to", or "back after" when the node dropped the first
+        # connection at once and paho reconnected (seen on a loaded machine).
+        while (self.log_text().count("connected to MQTT broker")
+               + len(re.findall(r"collector \S+-p\d+\) back after", self.log_text()))) < len(self.partitions):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.kill()
                 raise RuntimeError(f"worker {self.partitions} did not connect:\n{self.log_tail()}")
