@@ -47,7 +47,7 @@ def _loaded(rows: list[Any], parse: Callable[[Any], T], what: str) -> list[T]:
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id TEXT PRIMARY KEY, rule_id TEXT, device_id TEXT, state TEXT, severity INTEGER,
-    started_ns INTEGER, body TEXT NOT NULL);
+    started_ns INTEGER, body TEXT NOT NULL, peak_severity INTEGER, site_id TEXT, district TEXT);
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts(state);
 CREATE TABLE IF NOT EXISTS flips (rule_id TEXT, device_id TEXT, body TEXT, PRIMARY KEY (rule_id, device_id));
 CREATE TABLE IF NOT EXISTS notices (
@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS commands (
     applied_at REAL, result TEXT, author TEXT, author_name TEXT, status TEXT);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 """
+
+
+# Copies of body fields the console's history search filters on (console/history.py), indexed by start time.
+ALERT_INDEX_COLUMNS = ("peak_severity", "site_id", "district")
+ALERT_COLUMNS = ", ".join(("alert_id", "rule_id", "device_id", "state", "severity", "started_ns", "body",
+                           *ALERT_INDEX_COLUMNS))
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None else str(v)
 
 
 def _dumps(obj: Any) -> str:
@@ -106,6 +116,30 @@ class AlertStore:
             # ... and before a delivery said whom it reached (team receivers, alerts/sinks/team.py).
             if "reached" not in {r[1] for r in self._db.execute("PRAGMA table_info(deliveries)")}:
                 self._db.execute("ALTER TABLE deliveries ADD COLUMN reached TEXT")
+            self._index_alerts()
+
+    def _index_alerts(self) -> None:
+        """The history search's columns (peak severity, site, district: copies of the body's fields) and its
+        index on the start time. A store written before they existed gets them filled from the bodies, once."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
+        missing = [c for c in ALERT_INDEX_COLUMNS if c not in have]
+        if missing:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for col in missing:
+                    kind = "INTEGER" if col == "peak_severity" else "TEXT"
+                    self._db.execute(f"ALTER TABLE alerts ADD COLUMN {col} {kind}")
+                # A damaged body (not JSON) leaves its row's copies NULL instead of failing the store's opening.
+                self._db.execute(
+                    "UPDATE alerts SET peak_severity = max(coalesce(json_extract(body, '$.peak_severity'), 0), "
+                    "severity), site_id = json_extract(body, '$.site.id'), "
+                    "district = json_extract(body, '$.site.district') WHERE json_valid(body)")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            log.info("alert store %s: added the history columns %s", self.path, ", ".join(missing))
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_started ON alerts(started_ns)")
 
     def close(self) -> None:
         with self._lock:
@@ -122,8 +156,10 @@ class AlertStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(
-                    "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?)",
-                    [(a.alert_id, a.rule_id, a.device_id, a.state, a.severity, a.started_ns, _dumps(a.to_dict()))
+                    f"INSERT OR REPLACE INTO alerts ({ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [(a.alert_id, a.rule_id, a.device_id, a.state, a.severity, a.started_ns, _dumps(a.to_dict()),
+                      max(int(a.peak_severity or 0), int(a.severity)), _text((a.site or {}).get("id")),
+                      _text((a.site or {}).get("district")))
                      for a in alerts],
                 )
                 for n, deliveries in notices:

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from alerts.store import ALERT_INDEX_COLUMNS
 from console.i18n import words
 from core.severity import SEVERITY_CODES, SEVERITY_NAMES
 
@@ -39,8 +40,25 @@ CSV_COLUMNS = ("alert_id", "peak_severity", "rule_id", "rule_name", "site_id", "
                "device_id", "started", "firing", "resolved", "duration_s", "peak_value", "limit", "unit",
                "acked_by", "acked_by_name", "ack_note")
 # An alert's severity in the history is the highest it reached (peak_severity), as for scoring and review;
-# a body written before peak_severity existed has the stored severity only.
-PEAK_SQL = "max(coalesce(json_extract(body, '$.peak_severity'), 0), severity)"
+# a body written before peak_severity existed has the stored severity only. The store keeps copies of the
+# fields the search filters on in columns of their own (alerts/store.py ALERT_INDEX_COLUMNS, filled when the
+# service opens the store); a store no service of this version has opened yet has only the bodies.
+INDEXED_SQL = {"peak": "max(coalesce(peak_severity, 0), severity)", "site": "site_id", "district": "district"}
+
+
+def _field(path: str) -> str:
+    # json_extract raises on a damaged body and would fail the whole search: such a row has no such field.
+    return f"(CASE WHEN json_valid(body) THEN json_extract(body, '{path}') END)"
+
+
+BODY_SQL = {"peak": f"max(coalesce({_field('$.peak_severity')}, 0), severity)",
+            "site": _field("$.site.id"), "district": _field("$.site.district")}
+
+
+def column_sql(db: sqlite3.Connection) -> dict[str, str]:
+    """The SQL of the peak severity, site and district for this store: its columns, or the bodies' fields."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(alerts)")}
+    return INDEXED_SQL if have.issuperset(ALERT_INDEX_COLUMNS) else BODY_SQL
 
 
 class QueryError(ValueError):
@@ -169,29 +187,29 @@ def day_bounds(day: dt.date, tz: dt.tzinfo) -> tuple[int, int]:
     return int(start.timestamp()) * 1_000_000_000, int(end.timestamp()) * 1_000_000_000
 
 
-def filters(q: HistoryQuery) -> tuple[str, list[Any]]:
+def filters(q: HistoryQuery, cols: dict[str, str] = INDEXED_SQL) -> tuple[str, list[Any]]:
     """The WHERE conditions of the search's filters, without the time range: (SQL, arguments)."""
     # `+state`: not the state index, whose row-by-row lookups cost more than a scan when most alerts are resolved.
     sql: list[str] = ["+state = 'resolved'"]
     args: list[Any] = []
     if q.site:
-        sql.append("json_extract(body, '$.site.id') = ?")
+        sql.append(f"{cols['site']} = ?")
         args.append(q.site)
     if q.district:
-        sql.append("json_extract(body, '$.site.district') = ?")
+        sql.append(f"{cols['district']} = ?")
         args.append(q.district)
     if q.rule:
         sql.append("rule_id = ?")
         args.append(q.rule)
     if q.severities:
-        sql.append(f"{PEAK_SQL} IN ({','.join('?' * len(q.severities))})")
+        sql.append(f"{cols['peak']} IN ({','.join('?' * len(q.severities))})")
         args += [SEVERITY_CODES[s] for s in q.severities]
     return " AND ".join(sql), args
 
 
-def where(q: HistoryQuery, tz: dt.tzinfo) -> tuple[str, list[Any]]:
+def where(q: HistoryQuery, tz: dt.tzinfo, cols: dict[str, str] = INDEXED_SQL) -> tuple[str, list[Any]]:
     """The full WHERE clause: the filters and the alerts' start inside the search's local days."""
-    cond, args = filters(q)
+    cond, args = filters(q, cols)
     t0 = day_bounds(q.first_day, tz)[0]
     t1 = day_bounds(q.last_day, tz)[1]
     # The plain columns first: SQLite tests the terms in order, and json_extract parses the body each time.
@@ -227,9 +245,10 @@ class HistoryResult:
 def search(db: sqlite3.Connection, q: HistoryQuery, tz: dt.tzinfo, all_rows: bool = False) -> HistoryResult:
     """Run the search on an (read-only) alert store connection. all_rows: every matching alert (the CSV
     export; none when they are more than MAX_EXPORT_ROWS: the caller refuses by `total`), else the query's page."""
-    sql, args = where(q, tz)
-    # One scan for the total and the day counts (the store has no index on time, and json_extract is per row).
-    stamps = db.execute(f"SELECT started_ns, {PEAK_SQL} FROM alerts WHERE {sql}", args).fetchall()
+    cols = column_sql(db)
+    sql, args = where(q, tz, cols)
+    # One pass over the range's rows (the start-time index) for the total and the day counts.
+    stamps = db.execute(f"SELECT started_ns, {cols['peak']} FROM alerts WHERE {sql}", args).fetchall()
     order = "ORDER BY started_ns DESC, alert_id"
     if all_rows and len(stamps) > MAX_EXPORT_ROWS:
         select, select_args = "SELECT body FROM alerts WHERE 0", []

@@ -101,7 +101,8 @@ def test_old_and_odd_store_records_load(tmp_path, body, expected):
             "site": {"id": "S1"}, "device": {"id": "D1"}, "state": "resolved", "started_ns": at(0),
             "firing_ns": at(0), "value": 70.0, "limit": 70.0, "peak_value": None, **body}
     con = sqlite3.connect(path)
-    con.execute("INSERT INTO alerts VALUES (?,?,?,?,?,?,?)",
+    con.execute("INSERT INTO alerts (alert_id, rule_id, device_id, state, severity, started_ns, body) "
+                "VALUES (?,?,?,?,?,?,?)",
                 ("N-day.D1.x", "N-day", "D1", "resolved", body["severity"], at(0), json.dumps(full)))
     con.commit()
     con.close()

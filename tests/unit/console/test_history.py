@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import sqlite3
 import urllib.parse
 import zoneinfo
@@ -238,3 +239,64 @@ def test_csv_is_utf8_with_bom_quoted_and_local_iso_times():
 
 def test_csv_of_no_rows_is_the_header_only():
     assert csv_bytes([], {}) == ("\ufeff" + ",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
+
+
+# ----- a store written before the history columns ------------------------------------------------------
+
+
+OLD_SCHEMA = ("CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, rule_id TEXT, device_id TEXT, state TEXT, "
+              "severity INTEGER, started_ns INTEGER, body TEXT NOT NULL)")
+
+
+def old_store(path, alerts: list[Alert], damaged: int = 0) -> None:
+    """A store as services before the history columns wrote it: bodies only (plus `damaged` rows that are not JSON)."""
+    con = sqlite3.connect(path)
+    con.execute(OLD_SCHEMA)
+    for a in alerts:
+        con.execute("INSERT INTO alerts VALUES (?,?,?,?,?,?,?)",
+                    (a.alert_id, a.rule_id, a.device_id, a.state, a.severity, a.started_ns, json.dumps(a.to_dict())))
+    for i in range(damaged):
+        con.execute("INSERT INTO alerts VALUES (?,?,?,?,?,?,?)",
+                    (f"bad.{i}", "N-day", "N9", "resolved", 2, local_ns("2026-12-03 12:00"), "{not json"))
+    con.commit()
+    con.close()
+
+
+def history_alerts() -> list[Alert]:
+    return [
+        resolved_alert("N-night", "N1", SITES["SM-1"], "2026-12-01 23:59", severity=2, peak=4),
+        resolved_alert("N-day", "N2", SITES["HL-2"], "2026-12-02 11:00", severity=3),
+        resolved_alert("G-low", "G1", SITES["HL-2"], "2026-12-04 08:00", severity=4),
+    ]
+
+
+def searches(conn) -> list:
+    return [(ids(r), r.total, r.per_day) for r in (
+        search(conn, q(), SHANGHAI), search(conn, q(site="HL-2"), SHANGHAI),
+        search(conn, q(district="Siming"), SHANGHAI), search(conn, q(severities=("red",)), SHANGHAI))]
+
+
+def test_an_old_store_is_searched_from_its_bodies_and_gets_the_columns_when_the_service_opens_it(tmp_path):
+    old, new = tmp_path / "old.sqlite", tmp_path / "new.sqlite"
+    old_store(old, history_alerts(), damaged=1)
+    write_store(new, history_alerts())
+    with sqlite3.connect(f"file:{new}?mode=ro", uri=True) as conn:
+        expected = searches(conn)
+    assert expected[3][0] == [("G-low", "G1"), ("N-night", "N1")]  # the peak, not the last severity
+    # The console opens stores read-only: one no new service has opened yet is searched from the bodies.
+    conn = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
+    assert searches(conn) == expected
+    conn.close()
+    # The service's store opening adds the columns and fills them from the bodies (the damaged row stays NULL).
+    AlertStore(old).close()
+    conn = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(alerts)")}
+    assert {"peak_severity", "site_id", "district"} <= cols
+    assert conn.execute("SELECT peak_severity, site_id, district FROM alerts WHERE alert_id = ?",
+                        (history_alerts()[0].alert_id,)).fetchone() == (4, "SM-1", "Siming")
+    assert conn.execute("SELECT site_id FROM alerts WHERE alert_id = 'bad.0'").fetchone() == (None,)
+    assert searches(conn) == expected
+    plan = " ".join(r[3] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT started_ns FROM alerts WHERE started_ns >= 0 AND started_ns < 1 AND +state = 'r'"))
+    assert "alerts_started" in plan
+    conn.close()

@@ -65,7 +65,8 @@ def test_sqlite_store_written_before_peak_severity(tmp_path, severity, expected)
     body = a.to_dict()
     del body["peak_severity"]
     body = {k: v for k, v in body.items() if not (isinstance(v, float) and v != v)}
-    store._db.execute("INSERT INTO alerts VALUES (?,?,?,?,?,?,?)",
+    store._db.execute("INSERT INTO alerts (alert_id, rule_id, device_id, state, severity, started_ns, body) "
+                      "VALUES (?,?,?,?,?,?,?)",
                       (AID, "N-day", "D1", "firing", severity, T0, json.dumps(body)))
     store.close()
     assert [x.severity for x in load_alerts(f"sqlite:{path}")] == [expected]
