@@ -209,14 +209,14 @@ def data_quality(rules, device_index: int, ts_ns: np.ndarray, valid: np.ndarray,
     interval_factor x report interval + grace; 2 x the sample interval where no Offline rule runs),
     including one still going on at t1 ("open")."""
     from detectors.deadman import Deadman
-    from detectors.device_health import NoiseDataQuality
+    from detectors.device_health import DataQuality
 
     inv = rules.inv
     ts_ns, valid = np.asarray(ts_ns, np.int64), np.asarray(valid, bool)
     h = HOUR_S * NS
     first, last = t0_ns // h, max(t0_ns // h, (t1_ns - 1) // h)
     hours = np.arange(first, last + 1, dtype=np.int64)
-    nd, nloc = rule_for(rules, NoiseDataQuality.type, device_index)
+    nd, nloc = rule_for(rules, DataQuality.type, device_index)
     if nd is not None:
         expected = float(nd.expected[nloc])
     else:

@@ -64,7 +64,7 @@ class DataQualityParams(RuleParams):
     severity: Severity = "yellow"
 
 
-class NoiseDataQuality(LevelDetector):
+class DataQuality(LevelDetector):
     """N-data: the last complete hour's valid-data rate (HJ 906: n/N; valid = flag N with the device's
     main value: leq for a noise monitor, p for a gas sensor) below the minimum, or flags other than N for at least `bad_flag_for_s` in a row."""
 

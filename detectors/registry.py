@@ -37,7 +37,7 @@ REGISTRY: dict[str, type[Detector]] = {
     cls.type: cls
     for cls in (
         noise.NoiseDayLimit, noise.NoiseNightLimit, noise.NoiseNightLmax, noise.NoiseProhibited, noise.NoiseExam,
-        noise.NoisePreWarning, device_health.NoiseDataQuality,
+        noise.NoisePreWarning, device_health.DataQuality,
         gas.GasHigh, gas.GasHighHigh, gas.GasLow, gas.GasRupture, gas.GasLeakCusum, gas.GasSensorRange,
         device_health.Battery, gas_flatline.GasFlatline, generic.Threshold, generic.RateOfChange, generic.RobustZ, generic.Ewma, generic.Cusum,
         generic.Flatline,
