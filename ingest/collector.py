@@ -1,7 +1,8 @@
 """The MQTT side of ingest: a paho-mqtt 2.x client with a persistent session and manual acks.
 
-`on_message` only stamps the receive time and hands the message on (paho's network loop must never block or
-raise); the pipeline acks each message later, once its rows are durable or dead-lettered. Retained messages
+`_on_publish` only stamps the receive time and hands the message on (paho's network loop must never block or
+raise); the pipeline acks each message later, once its rows are durable or dead-lettered. ReceiveClient cuts
+paho's own per-message cost (issue 17); a refused data subscription is asked again (issue 15). Retained messages
 the broker delivers again (on every resubscribe) are recognised and acked here, never processed twice.
 """
 
@@ -16,12 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from core.backoff import Backoff
 from core.node_rotation import NodeRotation
 from core.reachability import Reachability, connect_error
 
@@ -134,15 +137,20 @@ class MqttCollector:
         self._retained_logged: set[str] = set()
         self._generation = 0
         self._connected = threading.Event()
+        # Subscriptions the broker has not granted yet: SUBACK packet id -> the topics asked in it. A broker
+        # may refuse a subscription it would take a moment later (a cluster node still electing its leaders,
+        # an ACL being reloaded); the refused topics are asked again with backoff (issue 15).
+        self._sub_lock = threading.Lock()
+        self._sub_pending: dict[int, tuple[str, ...]] = {}
+        self._refused: set[str] = set()
+        self._resubscribe_backoff = Backoff(mqtt.reconnect.min_delay_s, mqtt.reconnect.max_delay_s)
+        self._refusal_logged = False
         self._paused = False
         self.connects = 0
         self.last_error: str | None = None
         v5 = mqtt.protocol == "mqtt5"
         self._v5 = v5
-        if v5:
-            self.client = mqtt_client(client_id, mqtt5=True)
-        else:
-            self.client = mqtt_client(client_id, mqtt5=False)
+        self.client = mqtt_client(client_id, mqtt5=v5)
         if mqtt.username:
             self.client.username_pw_set(mqtt.username, password)
         if mqtt.tls.enabled:
@@ -168,7 +176,8 @@ class MqttCollector:
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        self.client.on_message = self._on_message  # QoS 2 only (ReceiveClient hands QoS 0/1 to _on_publish)
+        self.client.on_publish_received = self._on_publish
         self.client.on_subscribe = self._on_subscribe
 
     # ----- lifecycle -------------------------------------------------------------------------------
@@ -253,10 +262,10 @@ class MqttCollector:
         # Subscriptions are made here so that they survive reconnects, even to a broker that lost the session.
         # `connected` (and wait_connected) wait for the SUBACK: before it, a device's publish reaches a broker
         # that does not yet route it to us (a fresh session would miss it).
-        if self._v5:  # Retain As Published: see the class docstring (retained messages)
-            client.subscribe([(t, SubscribeOptions(qos=1, retainAsPublished=True)) for t in self._topics])
-        else:
-            client.subscribe([(t, 1) for t in self._topics])
+        with self._sub_lock:
+            self._sub_pending.clear()
+            self._refused.clear()
+        self._subscribe(self._topics)
         client.publish(self.presence_topic, b'{"state":"online"}', qos=1, retain=True)
         session = getattr(flags, "session_present", None)
         if not self.reachability.up(f"session present: {session}"):
@@ -267,13 +276,60 @@ class MqttCollector:
         self.reachability.down(self.last_error)
         self._nodes.advance(client)  # with several nodes, the next one (its session lives on every node)
 
+    def _subscribe(self, topics: tuple[str, ...]) -> None:
+        """Ask for `topics` at QoS 1 (MQTT 5: with Retain As Published, see the class docstring)."""
+        request: list[tuple[str, Any]]
+        if self._v5:
+            request = [(t, SubscribeOptions(qos=1, retainAsPublished=True)) for t in topics]
+        else:
+            request = [(t, 1) for t in topics]
+        with self._sub_lock:  # the SUBACK (network thread) must find its topics, whichever thread asked
+            rc, mid = self.client.subscribe(request)
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._sub_pending[mid] = topics
+
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Properties | None) -> None:
-        failed = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
-        if failed:
-            self.last_error = f"subscription refused: {failed[0]}"
-            log.error("MQTT broker refused the data subscription: %s", failed[0])
-        self._connected.set()
+        with self._sub_lock:
+            topics = self._sub_pending.pop(mid, None)
+            if topics is None:  # a SUBACK of an earlier connection's request
+                return
+            # One reason code per topic, in the order asked (MQTT 3.1.1 §3.9.3, MQTT 5 §3.9.3): a granted QoS
+            # 0-2, or 0x80 and above for a refusal (3.1.1: 0x80 Failure; 5: e.g. 0x87 Not authorized).
+            refused = tuple(t for t, rc in zip(topics, reason_codes) if getattr(rc, "is_failure", False))
+            refused += topics[len(reason_codes):]  # a SUBACK with too few codes granted nothing more
+            self._refused.difference_update(topics)
+            self._refused.update(refused)
+            deaf = bool(self._refused)
+        if not refused:
+            if not deaf:
+                if self._refusal_logged:
+                    log.info("MQTT broker took the data subscription now: receiving all of %s", ", ".join(self._topics))
+                self._refusal_logged = False
+                self._resubscribe_backoff.succeeded()
+                self._connected.set()
+            return
+        # Connected but deaf: without asking again, readings would pile up unread until the next reconnect.
+        codes = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        first = codes[0] if codes else "too few reason codes"
+        self.last_error = f"subscription refused: {first}"
+        self._connected.clear()
+        delay = self._resubscribe_backoff.failed()
+        if not self._refusal_logged:  # once per episode: a broker refusing for minutes must not flood the log
+            self._refusal_logged = True
+            log.warning("MQTT broker refused the data subscription to %s (%s); asking again with backoff "
+                        "(%.0f s, doubling up to %.0f s) until it is taken", ", ".join(refused), first, delay,
+                        self._resubscribe_backoff.max_s)
+        timer = threading.Timer(delay, self._resubscribe, args=(self._generation, refused))
+        timer.daemon = True
+        timer.start()
+
+    def _resubscribe(self, generation: int, topics: tuple[str, ...]) -> None:
+        """Ask again for `topics` the broker refused on connection `generation` (timer thread)."""
+        # After a reconnect on_connect has asked for everything already; after a stop nothing is asked.
+        if generation != self._generation or self._paused or not self.client.is_connected():
+            return
+        self._subscribe(topics)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason_code: ReasonCode,
                        properties: Properties | None) -> None:
@@ -283,31 +339,42 @@ class MqttCollector:
             self.reachability.down(f"connection lost: {reason_code}")
             self._nodes.advance(client)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_publish(self, topic_utf8: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
+        """One received PUBLISH (ReceiveClient, network thread): the whole per-message work of the collector.
+
+        Kept to a few cheap operations (one token, one Message, one queue put through the sink): at
+        thousands of messages per second this runs on the GIL that the decoder and the detectors share.
+        No logging, locks or counters per message."""
         # Anything raised here would end paho's network loop: catch all of it.
         try:
             if self._paused:
                 return
-            token = AckToken(self._generation, msg.mid, msg.qos, self._source)
-            if msg.retain and self._retained_handled(msg, token):
+            # A topic that is not UTF-8 (a broker must refuse it; MQTT §1.5.4) becomes a readable unknown_topic
+            # dead letter, acked like any other, rather than a message that is never acked.
+            topic = topic_utf8.decode("utf-8", "replace")
+            token = AckToken(self._generation, mid, qos, self._source)
+            if retain and self._retained_handled(topic, payload, token):
                 return
-            payload = msg.payload
-            if not isinstance(payload, bytes):  # paho types it bytes | bytearray; received payloads are bytes
-                payload = bytes(payload)
-            topic = msg.topic
-            if self._strip is not None and topic.startswith(self._strip):
-                topic = topic[len(self._strip):]
-            self._sink(Message(topic, payload, time.time_ns(), token, bool(msg.retain)))
+            strip = self._strip
+            if strip is not None and topic.startswith(strip):
+                topic = topic[len(strip):]
+            self._sink(Message(topic, payload, time.time_ns(), token, retain))
         except Exception:  # noqa: BLE001
             log.exception("dropping a message in on_message (it stays unacked; the broker will redeliver it)")
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's own path (QoS 2 messages): the same handling as `_on_publish`."""
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        topic = msg.topic
+        self._on_publish(topic.encode() if isinstance(topic, str) else topic, payload, msg.mid, msg.qos,
+                         bool(msg.retain))
+
     # ----- retained messages (paho thread, and the acking thread) --------------------------------------
 
-    def _retained_handled(self, msg: mqtt.MQTTMessage, token: AckToken) -> bool:
+    def _retained_handled(self, topic: str, payload: bytes, token: AckToken) -> bool:
         """True when a retained message is dealt with here (acked and counted): an empty one (a clear), or a
         payload this topic's last durable retained message already had. Else it is remembered as pending
         and handed on like any message (False)."""
-        topic, payload = msg.topic, msg.payload
         if not payload:
             self._retained_done.pop(topic, None)
             self._ack_here(token, "retained_cleared", topic,
@@ -342,10 +409,116 @@ class MqttCollector:
             log.info(message, topic)
 
 
-def mqtt_client(client_id: str, mqtt5: bool = True, manual_ack: bool = True) -> mqtt.Client:
+def mqtt_client(client_id: str, mqtt5: bool = True, manual_ack: bool = True) -> ReceiveClient:
     """A paho 2.x client for the collector: fixed id, persistent session (3.1.1: clean_session False)."""
     if mqtt5:
-        return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                           manual_ack=manual_ack)
-    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
-                       clean_session=False, manual_ack=manual_ack)
+        return ReceiveClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=manual_ack)
+    return ReceiveClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                         clean_session=False, manual_ack=manual_ack)
+
+
+# Bytes asked of the socket at once by the collector's client (see ReceiveClient): one recv for many packets.
+RECV_CHUNK = 256 * 1024
+# At most this many packets per read of the socket while bytes are buffered, so the acks queued meanwhile
+# are written in between (paho writes after each read).
+READ_BATCH = 2_000
+
+PublishHandler = Callable[[bytes, bytes, int, int, bool], None]
+
+
+class ReceiveClient(mqtt.Client):
+    """paho's Client with a cheaper receive path for a fast stream of small PUBLISH packets (issue 17).
+
+    paho reads each packet with three or more `recv` calls (the type byte, each length byte, the body) and
+    goes back to `select` after every packet when acks are manual, then builds an MQTTMessage (and, in
+    MQTT 5, a Properties object) and matches the topic against its per-topic callbacks: about as much
+    Python as the rest of the collector's per-message work. Here the socket is read RECV_CHUNK bytes at a
+    time into a buffer that paho's own packet parser takes from, all buffered packets are handled in one
+    go, and a QoS 0/1 PUBLISH is decoded in place and handed to `on_publish_received(topic, payload, mid,
+    qos, retain)` (topic as raw UTF-8 bytes; MQTT 5 properties skipped: the collector uses none, and it
+    announces no Topic Alias Maximum, so the broker sends none). QoS 2 and every other packet take paho's
+    own path. Everything else (connect, keepalive, acks, reconnects, TLS) is paho's.
+
+    Relies on paho-mqtt 2.x internals (`_sock_recv`, `_packet_read`, `_handle_publish`, `_in_packet`);
+    tests/unit/ingest/test_collector_receive.py checks it against real packets, and `pyproject.toml`
+    pins paho-mqtt to 2.2.x.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self.on_publish_received: PublishHandler | None = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = super()._sock_recv(RECV_CHUNK)  # raises BlockingIOError when nothing is there
+            if not buf:
+                return buf  # the broker closed the connection
+            self._rbuf, pos = buf, 0
+        end = pos + bufsize
+        self._rpos = end
+        return buf[pos:end]
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0  # bytes of a lost connection never reach the next one
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho handles max(1, in-flight QoS 2 count) packets per select(); with manual acks that is one
+        # packet per select. Handle what is buffered (and what the socket has) until it would block.
+        n = 0
+        while True:
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                if self._rpos < len(self._rbuf):  # paho pauses a long packet after 100 reads: go on with it
+                    continue
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            n += 1
+            # Stop only with nothing buffered: select() cannot see bytes already taken from the socket.
+            if n >= READ_BATCH and self._rpos >= len(self._rbuf):
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        handler = self.on_publish_received
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if handler is None or qos >= 2:  # QoS 2 (and the malformed 3) take paho's own path
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        # MQTT 3.1.1 §3.3.2 / MQTT 5 §3.3.2: topic (2-byte length + UTF-8), packet id if QoS > 0, then in
+        # MQTT 5 the properties (a variable byte integer length, then that many bytes), then the payload.
+        try:
+            pos = 2 + ((packet[0] << 8) | packet[1])
+            topic = bytes(packet[2:pos])
+            mid = 0
+            if qos:
+                mid = (packet[pos] << 8) | packet[pos + 1]
+                pos += 2
+            if self._protocol == mqtt.MQTTv5:
+                size, shift = 0, 0
+                while True:
+                    byte = packet[pos]
+                    pos += 1
+                    size |= (byte & 0x7F) << shift
+                    if byte < 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise MalformedPacket("PUBLISH properties length longer than 4 bytes")
+                pos += size
+        except IndexError:
+            raise MalformedPacket("PUBLISH shorter than its header says") from None
+        if pos > len(packet):
+            raise MalformedPacket("PUBLISH shorter than its header says")
+        with self._in_callback_mutex:
+            handler(topic, bytes(packet[pos:]), mid, qos, bool(header & 0x01))
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
