@@ -119,6 +119,12 @@ class AlertEngine:
         self._owned: frozenset[str] | None = None
         self._owned_mask: npt.NDArray[np.bool_] | None = None
         self.on_transitions: Callable[[set[str]], None] | None = None
+        # With `hold_until_saved` (partitioned mode, citywatch/partition_state.py) a transition's notices wait
+        # here, not in the outbox, until the partition's alerts holding it are saved in the cluster
+        # (`checkpoint_alerts`, then `release_unsaved`): a worker killed before that save has sent nothing its
+        # taker does not know of. Entries: (due ns, notice, sink).
+        self.hold_until_saved = False
+        self._unsaved: list[tuple[int, Notice, str]] = []
         self._configure(cfg)
         self._started = False
 
@@ -365,6 +371,35 @@ class AlertEngine:
             self._watermark = max(self._watermark, int(state.get("watermark_ns") or 0))
             self._pump(self._now())
             return len(adopted)
+
+    def checkpoint_alerts(self, devices: Collection[str]) -> tuple[dict[str, Any], list[tuple[int, Notice, str]]]:
+        """`export_alerts(devices)` and the notices of `devices` held for a save (`hold_until_saved`), taken
+        together: every held notice taken is in the export. Hand them to `release_unsaved` once the export
+        is saved (or could not be)."""
+        with self._lock:
+            return self.export_alerts(devices), self.take_unsaved(devices)
+
+    def take_unsaved(self, devices: Collection[str] | None = None, others: bool = False) -> list[tuple[int, Notice, str]]:
+        """Take the held notices of `devices` (None: all; `others`: of every device but these) out of the hold,
+        for `release_unsaved`."""
+        with self._lock:
+            devs = None if devices is None else set(devices)
+            keep: list[tuple[int, Notice, str]] = []
+            taken: list[tuple[int, Notice, str]] = []
+            for u in self._unsaved:
+                mine = devs is None or ((u[1].payload.get("device") or {}).get("id") in devs) != others
+                (taken if mine else keep).append(u)
+            self._unsaved = keep
+            return taken
+
+    def release_unsaved(self, held: list[tuple[int, Notice, str]]) -> None:
+        """Queue held notices (from `checkpoint_alerts` / `take_unsaved`) for their sinks."""
+        if not held:
+            return
+        with self._lock:
+            for due, notice, sink in held:
+                heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
+            self._pump(self._now())
 
     def _forget(self, alerts: list[Alert]) -> None:
         """Drop open alerts without a notice (another worker owns them now), here and in the store."""
@@ -671,7 +706,10 @@ class AlertEngine:
                 self._log_once(("on_transitions",), "could not signal new alert transitions")
         for notice, deliveries in out:
             for sink, due in deliveries:
-                heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
+                if self.hold_until_saved:
+                    self._unsaved.append((due, notice, sink))
+                else:
+                    heapq.heappush(self._outbox, (due, next(self._order), notice, sink))
         self.counters["notices"] += len(out)
         return [n for n, _ in out]
 

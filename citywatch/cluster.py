@@ -30,7 +30,7 @@ from citywatch.localstack import (
     free_port,
     write_private_file,
 )
-from citywatch.partition_lease import LEASE_BUCKET, STATE_BUCKET
+from citywatch.partition_lease import ALERTS_BUCKET, LEASE_BUCKET, STATE_BUCKET
 from ingest.partitioned_collector import PARTITION_PREFIX
 
 MIN_VERSION = (2, 11)  # consumer priority groups (pinned consumer per partition) arrive in 2.11; Debian ships 2.9
@@ -179,9 +179,11 @@ def nats_users(creds: Credentials, cfg=None, total: int | None = None) -> list[d
         if block.user == service:
             grants["read"] += mqtt_filter_subjects(f"{PARTITION_PREFIX}/#")
             # `--partitions auto`: the workers' leases live in the JetStream key-value bucket LEASE_BUCKET and
-            # the partitions' detector state in the object store STATE_BUCKET, reached over a NATS client
+            # the partitions' detector state in the object store STATE_BUCKET and their open alerts in the
+            # key-value bucket ALERTS_BUCKET, reached over a NATS client
             # connection (citywatch/partition_lease.py, citywatch/partition_state.py).
-            grants["write"] += ["$JS.API.>", "$JS.FC.>", "$JS.ACK.>", f"$KV.{LEASE_BUCKET}.>", f"$O.{STATE_BUCKET}.>"]
+            grants["write"] += ["$JS.API.>", "$JS.FC.>", "$JS.ACK.>", f"$KV.{LEASE_BUCKET}.>", f"$O.{STATE_BUCKET}.>",
+                                f"$KV.{ALERTS_BUCKET}.>"]
             grants["read"] += ["_INBOX.>"]
         # An empty allow list would mean no restriction in NATS: an account that writes nothing (the console)
         # is allowed one subject that nobody reads.

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 LEASE_BUCKET = "citywatch_partitions"
 # The object store of each partition's detector state (citywatch/partition_state.py).
 STATE_BUCKET = "citywatch_detector_state"
+# The key-value bucket of each partition's open alerts, written after every alert transition (partition_state.py).
+ALERTS_BUCKET = "citywatch_partition_alerts"
 # Renewals per TTL: a lease survives up to RENEWALS - 1 failed renewals in a row (a JetStream leader election
 # after a node's death takes about 5 s).
 RENEWALS = 4
@@ -148,6 +150,17 @@ class PartitionLeases:
     @property
     def owned(self) -> tuple[int, ...]:
         return tuple(sorted(self.held))
+
+    def metrics(self) -> dict:
+        """For the Prometheus endpoint (any thread): worker id, partition count, owned partitions, live workers,
+        per partition how often this worker took it (`acquired`: a start, a takeover or a rebalance) and gave
+        it up (`released`) or lost its lease (`lost`), and the detector state's `snapshot_age_s` / counts."""
+        events: dict[str, dict[int, int]] = {"acquired": {}, "released": {}, "lost": {}}
+        for _, k, what in list(self.events.log):
+            events[what][k] = events[what].get(k, 0) + 1
+        state = self.state.metrics() if self.state is not None else {"snapshot_age_s": {}, "counts": {}}
+        return {"worker": self.worker_id, "total": self.total, "owned": self.owned, "members": len(self.members),
+                **events, **state}
 
     # ----- the loop ---------------------------------------------------------------------------------
 
@@ -295,6 +308,18 @@ class PartitionLeases:
         log.info("partition leases: worker %s left", self.worker_id)
 
 
+class StaticPartitions:
+    """`--partitions LIST`: the same `metrics()` as PartitionLeases for a worker whose partitions are fixed."""
+
+    def __init__(self, partitions: tuple[int, ...], total: int, worker_id: str | None = None) -> None:
+        self.partitions, self.total, self.worker_id = tuple(partitions), total, worker_id or default_worker_id()
+
+    def metrics(self) -> dict:
+        return {"worker": self.worker_id, "total": self.total, "owned": self.partitions, "members": 0,
+                "acquired": {k: 1 for k in self.partitions}, "released": {}, "lost": {}, "snapshot_age_s": {},
+                "counts": {}}
+
+
 def worker_config(cfg, worker_id: str, metrics_port: int | None):
     """The config of one partitioned worker: its own alerting.mqtt_client_id `<id>-<worker>` (two workers with
     one id would take each other's alert sink and command sessions over), its own Prometheus port
@@ -321,6 +346,7 @@ def start_leases(cfg, service, worker_id: str, env: dict | None = None, pipeline
         from citywatch.partition_state import PartitionState
 
         state = PartitionState(pipeline, cfg, every_s=cfg.alerting.detector_state_save_s)
+        pipeline.reload_hooks.append(state.reconfigure)  # ownership follows a reloaded inventory
     env = dict(os.environ) if env is None else env
     cl, mq = cfg.connections.cluster, cfg.connections.mqtt
     flush_s = cfg.ingest.batch_max_age_ms / 1000 + 2.0  # a batch's age plus one InfluxDB write

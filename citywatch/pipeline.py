@@ -133,6 +133,8 @@ class DetectionPipeline:
         self.alert_latency = LatencyHistogram()
         # What the last start or reload restored of the detectors' state (detectors.snapshot.LoadReport).
         self.state_report: LoadReport | None = None
+        # Partitioned mode: what owns which partition (PartitionLeases / StaticPartitions), for /metrics.
+        self.partition_leases: object | None = None
         self._save_lock = threading.Lock()
         self._jobs: BackgroundScheduler | None = None
         self._started = False

@@ -75,6 +75,7 @@ class ServiceCollector:
         det = svc.detection
         if det is None:
             return
+        yield from _partition_metrics(getattr(det, "partition_leases", None))
         b = det.backlog()
         yield GaugeMetricFamily(PREFIX + "detection_rows_queued", "Readings handed to the detectors and not yet "
                                 "evaluated", value=b["rows_queued"])
@@ -95,6 +96,46 @@ class ServiceCollector:
             PREFIX + "alert_latency_seconds", "Wall clock only: from the event time at which an alert became due "
             "(the reading that raised it, or the moment its timer ran out) to its firing notice handed to the sinks",
             buckets=buckets, sum_value=total)
+
+
+def _partition_metrics(leases):
+    """Partitioned mode: which partitions this worker owns, how often it took each over, gave it up or lost it,
+    and how old each owned partition's last detector-state save in the cluster is (citywatch.partition_lease)."""
+    if leases is None:
+        return
+    m = leases.metrics()
+    owned = set(m["owned"])
+    fam = GaugeMetricFamily(PREFIX + "partition_owned", "1 for each partition this worker serves now, 0 for the "
+                            "others (worker: --worker-id)", labels=["partition", "worker"])
+    for k in range(m["total"]):
+        fam.add_metric([str(k), m["worker"]], 1.0 if k in owned else 0.0)
+    yield fam
+    yield GaugeMetricFamily(PREFIX + "partitions_owned", "Partitions this worker serves now", value=len(owned))
+    yield GaugeMetricFamily(PREFIX + "partition_workers", "Live workers in the partition leases (0: static "
+                            "--partitions)", value=m["members"])
+    for what, help_ in (("acquired", "Times this worker took the partition (at start, a dead worker's takeover, "
+                                     "a rebalance)"),
+                        ("released", "Times this worker gave the partition up (a rebalance, its stop)"),
+                        ("lost", "Times this worker lost the partition's lease (not renewed in time)")):
+        events = CounterMetricFamily(PREFIX + f"partition_{what}", help_, labels=["partition"])
+        for k, n in sorted(m[what].items()):
+            events.add_metric([str(k)], n)
+        yield events
+    fam = GaugeMetricFamily(PREFIX + "partition_state_save_age_seconds", "Seconds since this worker last saved the "
+                            "partition's detector state to the cluster (owned partitions it has saved)",
+                            labels=["partition"])
+    for k, age in sorted(m["snapshot_age_s"].items()):
+        if age is not None:
+            fam.add_metric([str(k)], age)
+    yield fam
+    saves = CounterMetricFamily(PREFIX + "partition_state_saves", "Partition state writes to the cluster by kind "
+                              "(snapshot: detector state and alerts; alerts: open alerts after a transition; "
+                              "skipped: a snapshot with nothing new; error: a failed write)", labels=["kind"])
+    for kind, key in (("snapshot", "snapshot_saves"), ("alerts", "alerts_saves"), ("skipped", "skipped_saves"),
+                      ("error", "save_errors")):
+        if key in m["counts"]:
+            saves.add_metric([kind], m["counts"][key])
+    yield saves
 
 
 class PrometheusEndpoint:

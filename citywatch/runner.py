@@ -62,6 +62,9 @@ def run_service(cfg, stop: threading.Event, *, config_dir: str | os.PathLike | N
 
         total = cfg.connections.cluster.partitions
         pipeline.set_owned(set().union(*(partition_devices(cfg, k, total) for k in partitions)))
+        if partitions:  # static: ownership follows a reloaded inventory (auto: PartitionState.reconfigure)
+            pipeline.reload_hooks.append(lambda new: pipeline.set_owned(
+                set().union(*(partition_devices(new, k, total) for k in partitions))))
     service.on_decoded(pipeline.on_batch)
     service.attach_detection(pipeline)  # its backlog and alert latency in the self-metrics
     pipeline.reload_hooks.append(service.reload)
@@ -87,6 +90,11 @@ def run_service(cfg, stop: threading.Event, *, config_dir: str | os.PathLike | N
             service.stop()
             pipeline.stop()
             return _refuse(exc)
+        pipeline.partition_leases = leases  # per-partition gauges on the Prometheus endpoint
+    elif partitions:
+        from citywatch.partition_lease import StaticPartitions
+
+        pipeline.partition_leases = StaticPartitions(partitions, cfg.connections.cluster.partitions, worker_id)
     _log_running(cfg, partitions, worker_id, leases)
     service.wait(stop)
     log.info("stopping: flushing and acking held messages")
