@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -45,11 +46,38 @@ CONSOLE_USER = "console"  # the web console: reads alerts and device data, write
 BROKER_RUN_USER = "mosquitto"
 
 
+# Ports free_port picks from start here; up to the kernel's ephemeral range (see free_port).
+LOW_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: /proc/sys/net/ipv4/ip_local_port_range), or 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Below the kernel's ephemeral range where it is known: a server stopped and started again on its port (a
+    SIGKILLed broker node rejoining its cluster) must find it free, and a port in the ephemeral range can
+    meanwhile become the source port of any outgoing connection on the machine ("address already in use")."""
+    low = _ephemeral_low()
+    if low > LOW_PORT + 1000:
+        pick = random.SystemRandom()
+        for _ in range(64):
+            port = pick.randrange(LOW_PORT, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def write_private_file(path: Path, text: str) -> None:

@@ -10,7 +10,6 @@ import email.policy
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import time
 import urllib.parse
@@ -18,11 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from citywatch.localstack import free_port
 
 
 class _HttpReceiver:

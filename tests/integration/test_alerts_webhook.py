@@ -5,7 +5,6 @@ compressed by the retry settings, not by sleeping."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,17 +16,13 @@ from alerts.engine import AlertEngine
 from alerts.sinks import build_sinks, sink_rates
 from alerts.sinks.webhook import SignatureError, verify_signature
 from alerts.store import AlertStore
+from citywatch.localstack import free_port
 from tests.unit.alerts.helpers import det, make_cfg
 
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cret-for-tests"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from citywatch.localstack import free_port
 from config import DEFAULT_CONFIG_DIR
 
 pytestmark = pytest.mark.integration
@@ -43,11 +43,6 @@ COMMANDS = [
                                    "--host", "127.0.0.1", "--port", "{port}", "--credentials", "{tmp}/creds.json"]),
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]   # closed again: nothing listens there
 
 
 @pytest.mark.parametrize("command,service,argv", COMMANDS, ids=[c[0] for c in COMMANDS])
