@@ -12,8 +12,13 @@ span, one valid message of N one-second samples ending now (a back-fill), its la
 that notice marks the end of the device's backlog. The probes published meanwhile give the other devices'
 latency during the back-fill (issue 10: one device's history must not hold the others' alerts).
 
+`--ack-after spool|influxdb` writes `ingest.ack_after` into the config the bench generates, so an A/B of the
+two ack paths on one tree is two commands run back to back (the machine is shared: alternate their order).
+
 Run:  .venv/bin/python bench/bench_alert_latency.py [--rate 5000] [--duration 40] [--probe-hz 4] [--backfill-rows 25000]
-Ends with: RESULT bench_alert_latency rate=.. achieved_readings_s=.. probes=.. notices=.. p50_ms=.. p99_ms=.. max_ms=..
+      [--ack-after spool|influxdb]
+Ends with: RESULT bench_alert_latency ack_after=.. rate=.. achieved_readings_s=.. probes=.. notices=.. p50_ms=..
+           p99_ms=.. max_ms=.. load_start=1m/5m/15m load_end=1m/5m/15m
 (and with a back-fill: backfill_rows=.. backfill_done_ms=.. during_probes=.. during_p50_ms=.. during_max_ms=..)
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +56,19 @@ alerting:
   store_path: STORE
 """
 SAMPLES_PER_MESSAGE = 10
+
+
+def load_avg() -> str:
+    """The 1/5/15-minute load averages as `a/b/c` (the machine is shared: a result means little without them)."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def set_ack_after(ingest_yaml: Path, mode: str) -> None:
+    """Write `ingest.ack_after: mode` into a copied config/ingest.yaml; SystemExit if it has no such key."""
+    text, n = re.subn(r"(?m)^  ack_after: \w+", f"  ack_after: {mode}", ingest_yaml.read_text(), count=1)
+    if not n:
+        raise SystemExit(f"bench_alert_latency: --ack-after needs an `ingest.ack_after` line in {ingest_yaml}")
+    ingest_yaml.write_text(text)
 
 
 def client(cid: str, user: str, pw: str, port: int, on_message=None) -> mqtt.Client:
@@ -132,8 +151,12 @@ def main() -> int:
     ap.add_argument("--backfill-rows", type=int, default=0,
                     help="one device's back-fill of this many samples in one message, mid-run (0: none; at most "
                          "about 25000 fit in ingest.max_payload_bytes)")
+    ap.add_argument("--ack-after", choices=["spool", "influxdb"], default=None,
+                    help="override ingest.ack_after in the generated config (default: the shipped config's); "
+                         "spool: ack once fsynced in the local spool, influxdb: once InfluxDB took the batch")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (service log, alert store)")
     args = ap.parse_args()
+    load_start = load_avg()
 
     work = Path(tempfile.mkdtemp(prefix="bench-alert-"))
     cfg0 = load_config(None, env={})
@@ -152,6 +175,8 @@ def main() -> int:
             ingest = "\n".join(f"  batch_max_age_ms: {args.batch_age_ms}" if line.strip().startswith("batch_max_age_ms:")
                                else line for line in ingest.splitlines())
             (cfg_dir / "ingest.yaml").write_text(ingest + "\n")
+        if args.ack_after is not None:
+            set_ack_after(cfg_dir / "ingest.yaml", args.ack_after)
         if args.rules == "probe":
             (cfg_dir / "rules.yaml").write_text("rules:\n  - {id: G-highhigh, type: gas_highhigh, kind: gas}\n")
         user, pw = creds.collector
@@ -290,9 +315,13 @@ def main() -> int:
             extra = (f" backfill_rows={args.backfill_rows} backfill_done_ms={done_ms:.0f} "
                      f"during_probes={int(np.sum(~np.isnan(during)))} during_p50_ms={np.nanpercentile(during, 50):.1f} "
                      f"during_max_ms={np.nanmax(during):.1f}")
-        print(f"RESULT bench_alert_latency rules={args.rules} batch_age_ms={cfg.ingest.batch_max_age_ms} rate={args.rate:.0f} achieved_readings_s={achieved:.0f} probes={len(probes)} "
-              f"notices={len(got)} p50_ms={p50:.1f} p99_ms={p99:.1f} max_ms={mx:.1f} engine_p50_ms={engine_p50:.1f} engine_p99_ms={engine_p99:.1f}"
-              + extra)
+        load_end = load_avg()
+        print(f"load averages (1/5/15 min): {load_start} at the start, {load_end} at the end")
+        print(f"RESULT bench_alert_latency ack_after={cfg.ingest.ack_after} rules={args.rules} "
+              f"batch_age_ms={cfg.ingest.batch_max_age_ms} rate={args.rate:.0f} achieved_readings_s={achieved:.0f} "
+              f"probes={len(probes)} notices={len(got)} p50_ms={p50:.1f} p99_ms={p99:.1f} max_ms={mx:.1f} "
+              f"engine_p50_ms={engine_p50:.1f} engine_p99_ms={engine_p99:.1f}" + extra
+              + f" load_start={load_start} load_end={load_end}")
         for c in (sub, bg, pr):
             c.disconnect()
             c.loop_stop()

@@ -51,6 +51,10 @@ BACKLOG_ROWS = 200_000
 # The per-device step grows with a backlog spread over the devices (DetectionPipeline._split), up to this
 # many times alerting.detect_step_rows_per_device.
 STEP_GROWTH_MAX = 8
+# ... and no further than the last step's wall time per round (one reading of each device in the step) says
+# fits in this many seconds: a reading that arrives meanwhile (an alert probe) waits for at most one such
+# step, not for 8 x 32 rounds of 49 devices (~150 ms; issue 17). Never below detect_step_rows_per_device.
+STEP_BUDGET_S = 0.05
 # Event clock: how far one device's readings may arrive behind other devices' newer ones (each simulated
 # device publishes on a connection of its own; `simulators.publisher` keeps that reorder within
 # REORDER_WINDOW_MS of event time at any speed). The deadman judges silence against the feed less this
@@ -63,6 +67,25 @@ FEED_LEAD = "_feed_lead_s"
 # under half of it (ingest.metrics.LagWatch), checked every LAG_CHECK_S.
 DETECT_LAG_WARN_S = 10.0
 LAG_CHECK_S = 1.0
+
+
+def step_bound(counts, setting: int, round_cost_s: float | None) -> int:
+    """Rows per device for the next detection step (DetectionPipeline._split).
+
+    counts:       rows waiting per device (an array, one entry per device with rows)
+    setting:      alerting.detect_step_rows_per_device (>= 1)
+    round_cost_s: wall seconds per round of the last step (its time / its most rows of one device), or None
+                  before any was measured
+    Returns the setting, or, when several devices have rows waiting, the (lower) median of their rows if
+    larger, up to STEP_GROWTH_MAX x the setting and to what fits in STEP_BUDGET_S at `round_cost_s`.
+    """
+    bound = setting
+    if len(counts) > 1:
+        median = int(np.partition(counts, (len(counts) - 1) // 2)[(len(counts) - 1) // 2])
+        bound = min(max(bound, median), bound * STEP_GROWTH_MAX)
+        if round_cost_s is not None and round_cost_s > 0:
+            bound = max(setting, min(bound, int(STEP_BUDGET_S / round_cost_s)))
+    return bound
 
 
 class DetectionPipeline:
@@ -273,7 +296,9 @@ class DetectionPipeline:
                     batch = todo[0] if len(todo) == 1 else ReadingBatch.concat(todo)
                     step, rest = self._split(batch, take_step)
                     backlog = rest if len(rest) else None
+                    t0 = time.perf_counter()
                     self._evaluate(step, deferred=backlog)
+                    self._step_took(time.perf_counter() - t0)
             finally:
                 if backlog is None:
                     for _ in range(taken):
@@ -290,18 +315,25 @@ class DetectionPipeline:
         spread over the devices (minute batches of many devices) then goes in a few steps instead of
         being re-gathered and re-split every 32 rows of each device, while one device's back-fill (the
         median is then another device's few rows) still waits its turn beside everyone else's new
-        readings. Any split gives the same detections (registry.take_step)."""
+        readings. A grown step is also bounded in time (STEP_BUDGET_S, by the last step's cost per round,
+        `_step_took`). Any split gives the same detections (registry.take_step)."""
+        self._step_rounds = 0  # unknown (a small batch taken whole): its time does not update the cost
         try:
             bound = self.cfg.alerting.detect_step_rows_per_device
             if len(batch) > bound:
                 counts = np.unique(batch.sensor, return_counts=True)[1]
-                if len(counts) > 1:
-                    median = int(np.partition(counts, (len(counts) - 1) // 2)[(len(counts) - 1) // 2])
-                    bound = min(max(bound, median), bound * STEP_GROWTH_MAX)
+                # Set by _step_took; absent on a pipeline that has not timed a step (or a test's stand-in).
+                bound = step_bound(counts, bound, getattr(self, "_round_cost_s", None))
+                self._step_rounds = int(min(bound, counts.max()))
             return take_step(batch, bound)
         except Exception:
             log.exception("could not split a batch of %d readings into bounded steps; evaluating it whole", len(batch))
             return batch, batch.take(slice(0, 0))
+
+    def _step_took(self, seconds: float) -> None:
+        """Note the wall time of the step `_split` cut last, as a cost per round for the next step's budget."""
+        if self._step_rounds:
+            self._round_cost_s = seconds / self._step_rounds
 
     def _evaluate(self, batch, deferred=None) -> None:
         """Evaluate `batch`; `deferred` (a ReadingBatch or None) holds rows of the same arrivals that later

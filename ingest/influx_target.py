@@ -26,9 +26,15 @@ log = logging.getLogger(__name__)
 # consecutive spool records; and how long a drain thread sleeps when nothing is appended.
 DRAIN_WRITE_MAX_BYTES = 4 * 1024 * 1024
 DRAIN_IDLE_S = 0.25
-# Between two drain writes, records appended meanwhile gather for this long (unless a full write is waiting):
-# one InfluxDB request and cursor update per group commit would cost more than the acks they follow.
+# Drain writes start at least this far apart (unless a full write is waiting), so the records of the group
+# commits meanwhile leave together: one InfluxDB request per group commit would cost more than the acks they
+# follow, and each return from its socket pre-empts the detector thread for the GIL (issue 17).
 DRAIN_GATHER_S = 0.05
+# The drain thread writes the spool cursor (two fsyncs) only once the records drained since are this old or
+# this many bytes (SpoolWriter.defer_cursor), not after every write: a kill -9 then re-sends at most these
+# (rewrites of a point are idempotent in InfluxDB), and never loses one.
+DRAIN_CURSOR_EVERY_S = 0.5
+DRAIN_CURSOR_EVERY_BYTES = 2 * DRAIN_WRITE_MAX_BYTES
 # The name of `connections.influx` among the targets (replicas are named in their config).
 PRIMARY = "primary"
 
@@ -178,6 +184,7 @@ class InfluxTarget:
     def start_drain(self, halt: threading.Event) -> None:
         """ack_after spool: start this target's drain thread (`cw-drain`, `cw-drain-<name>`); it stops on `halt`."""
         name = "cw-drain" if self.primary else f"cw-drain-{self.name}"
+        self.spool.defer_cursor(DRAIN_CURSOR_EVERY_S, DRAIN_CURSOR_EVERY_BYTES)
         self._thread = threading.Thread(target=self._drain_loop, args=(halt,), name=name, daemon=True)
         self._thread.start()
 
@@ -186,18 +193,31 @@ class InfluxTarget:
             self._thread.join(timeout_s)
 
     def _drain_loop(self, halt: threading.Event) -> None:
+        last_write = -DRAIN_GATHER_S
         while not halt.is_set():
+            # Let the records of the group commits since the last write gather (DRAIN_GATHER_S).
+            gather = last_write + DRAIN_GATHER_S - time.monotonic()
+            if gather > 0 and self.spool.stats().bytes < DRAIN_WRITE_MAX_BYTES and halt.wait(gather):
+                break
+            if not self.spool.empty():
+                last_write = time.monotonic()
             try:
                 drained = self.drain(max_seconds=0)  # one write; then let the next one gather
             except Exception:  # noqa: BLE001 - a bug; the records stay in the spool for the next round
                 log.exception("spool drain of %s failed; retrying", self.reach.what)
                 drained = 0
             if self.spool.empty():
+                self._sync_cursor()  # idle: the cursor catches up with what was drained
                 self.spool.wait_appended(DRAIN_IDLE_S)
             elif not drained:  # InfluxDB failed or backs off: appends must not spin this loop
                 halt.wait(DRAIN_IDLE_S)
-            if not self.spool.empty() and self.spool.stats().bytes < DRAIN_WRITE_MAX_BYTES:
-                halt.wait(DRAIN_GATHER_S)
+        self._sync_cursor(0.0)
+
+    def _sync_cursor(self, min_age_s: float = DRAIN_CURSOR_EVERY_S) -> None:
+        try:
+            self.spool.sync_cursor(min_age_s)
+        except OSError:  # the next drain or sync tries again; until then a crash only re-sends more
+            log.exception("could not write the spool cursor of %s", self.reach.what)
 
     # ----- self-metrics ----------------------------------------------------------------------------
 

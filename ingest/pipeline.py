@@ -3,11 +3,11 @@
 Threads: the decode side (a thread, or a worker process fed by a dispatch thread and read by a result
 thread) turns messages into rows and dead-letter records and cuts batches on size,
 age or idleness; the durability thread stores each batch's dead letters and makes its rows durable, and
-only then acks the batch's messages, in arrival order. With `ingest.ack_after: spool` (the default) rows are
-durable once fsynced into the spool, batches are cut whenever the durability thread is free (group commit),
-and a drain thread writes the spool to InfluxDB in order, many records per write. With `influxdb` the batch
-is written to InfluxDB first (to the spool only while InfluxDB is slow, down or behind) and `drain_spool`
-runs as a scheduled job. Either way the drain goes in order, with backoff.
+only then acks the batch's messages, in arrival order. With `ingest.ack_after: spool` rows are durable once
+fsynced into the spool, batches are cut once the durability thread is free and the last cut is
+GROUP_COMMIT_MIN_S old (group commit), and a drain thread writes the spool to InfluxDB in order, many records
+per write. With `influxdb` (the default) the batch is written to InfluxDB first (to the spool only while
+InfluxDB is slow, down or behind) and `drain_spool` runs as a scheduled job. Either way the drain goes in order, with backoff.
 
 With `connections.influx_replicas` every InfluxDB is a target of its own (ingest/influx_target.py: its own
 spool, backoff, log line and drain): a batch is acked once every target has written it or has it fsynced in
@@ -72,6 +72,15 @@ CHUNK_MAX_BYTES = 256 * 1024
 CHUNK_WAIT_S = 0.005
 # ... or until no message came for this long (the broker waits for acks: a stock Mosquitto sends 20 at a time).
 CHUNK_QUIET_S = 0.001
+# ack_after spool (group commit): a batch is cut once the durability thread is free and the last cut is this
+# old. Cut whenever the thread was free, the spool is fsynced as often as an fsync returns (every few ms on a
+# quiet machine), and each return from fsync takes the GIL from the detector thread (issue 17: alert
+# latency). Adds at most this much to an ack; bounds the group commits to about 1 / GROUP_COMMIT_MIN_S a second.
+GROUP_COMMIT_MIN_S = 0.015
+# ... or, whatever the interval, once it holds this many messages when the session has no Receive Maximum
+# (MQTT 3.1.1): below a stock Mosquitto's in-flight window (20), which would stop sending while the batch
+# waits out the interval. (An MQTT 5 session's window is the service's Receive Maximum, far above.)
+GROUP_COMMIT_MESSAGES = 16
 
 
 class IngestPipeline:
@@ -133,6 +142,8 @@ class IngestPipeline:
         # ack_after spool: acks wait for the spool's fsync only; the drain thread writes to InfluxDB.
         self.ack_after = s.ack_after
         self._durable_busy = False
+        self._last_cut = time.monotonic()  # when the last batch was handed on (group commit interval)
+        self._commit_messages = GROUP_COMMIT_MESSAGES if max_messages is None else None
         self._halt = threading.Event()
         # Wall clock: readings refused as ts_too_old vs accepted, since the last time the log said so.
         self._too_old = TooOldWatch()
@@ -247,9 +258,19 @@ class IngestPipeline:
             nbytes += len(msg.payload)
         return chunk, None
 
-    def _timeout(self) -> float:
-        left = self.batcher.time_left()
-        return 0.5 if left is None else min(left, self.idle_s)
+    def _timeout(self, now: float | None = None) -> float:
+        """How long the decode side waits for the next message or chunk (`now`: monotonic s, for tests)."""
+        now = time.monotonic() if now is None else now
+        left = self.batcher.time_left(now)
+        if left is None:
+            return 0.5
+        timeout = min(left, self.idle_s)
+        if self.ack_after == "spool":
+            # Wake when the group commit interval is over: if nothing came meanwhile, the batch leaves then.
+            wait = self._last_cut + GROUP_COMMIT_MIN_S - now
+            if wait > 0:
+                timeout = min(timeout, wait)
+        return timeout
 
     def _decode_loop(self) -> None:
         """Thread mode: decode in this thread, batch, hand flushes on."""
@@ -337,12 +358,16 @@ class IngestPipeline:
         except WorkerDied as exc:
             self._die(str(exc))
 
-    def _commit_now(self) -> bool:
-        """ack_after spool: cut the batch as soon as the durability thread is free (group commit). Its next
-        fsync then takes everything decoded while the last one ran, so acks flow back continuously and the
-        broker's in-flight window never waits for a batch age."""
-        return (self.ack_after == "spool" and self.batcher.messages > 0 and not self._durable_busy
-                and self._flushes.empty())
+    def _commit_now(self, now: float | None = None) -> bool:
+        """ack_after spool: cut the batch once the durability thread is free and the last cut is at least
+        GROUP_COMMIT_MIN_S old, or it holds GROUP_COMMIT_MESSAGES messages (MQTT 3.1.1) (group commit). Its
+        fsync then takes everything decoded meanwhile, so acks flow back every GROUP_COMMIT_MIN_S or so and
+        the broker's in-flight window never waits for a batch age, while fsyncs stay few. `now`: monotonic s (tests)."""
+        if self.ack_after != "spool" or not self.batcher.messages or self._durable_busy or not self._flushes.empty():
+            return False
+        if self._commit_messages is not None and self.batcher.messages >= self._commit_messages:
+            return True
+        return (time.monotonic() if now is None else now) - self._last_cut >= GROUP_COMMIT_MIN_S
 
     def _die(self, reason: str) -> None:
         log.critical("%s: stopping; unacked messages stay with the broker", reason)
@@ -390,6 +415,7 @@ class IngestPipeline:
     def _hand_on(self, flush: Flush | None) -> None:
         if flush is None:
             return
+        self._last_cut = time.monotonic()
         flush.status_lines, self._status_lines = self._status_lines, []
         # Encoded here, not in the durability thread: this overlaps with that thread's InfluxDB round trip.
         try:

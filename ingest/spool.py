@@ -1,8 +1,9 @@
 """Crash-safe, append-only spool of line-protocol batches that are not yet in InfluxDB.
 
 Records live in numbered segment files; each record is `header + payload` with the payload's CRC32, and is
-fsynced before `append` returns. A cursor file (replaced atomically) says how far the drain has got. On open,
-a torn or corrupt tail (a crash mid-append) is cut off; records before it are kept and drain in order.
+fsynced before `append` returns. A cursor file (replaced atomically) says how far the drain has got (a drain
+thread may write it less often, `defer_cursor`: a crash then re-delivers what it drained since). On open, a
+torn or corrupt tail (a crash mid-append) is cut off; records before it are kept and drain in order.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class SpoolWriter:
 
     Thread-safe: one thread may append while another drains. Records are delivered by `drain` in append
     order; a record is removed only after the drain's write function returned for it, so a crash can
-    re-deliver the last record (InfluxDB writes are idempotent) but never lose one.
+    re-deliver the last record (InfluxDB writes are idempotent) but never lose one. With `defer_cursor`, a
+    crash re-delivers at most the records drained within its bounds, never fewer than the last one.
     """
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_max_bytes: int = 16 * 1024 * 1024,
@@ -91,6 +93,14 @@ class SpoolWriter:
         self._active_file: io.BufferedWriter | None = None
         self._active_size = 0
         self.recovered_bytes_cut = 0
+        # The cursor on disk may lag the drain (defer_cursor): the records drained since it was written (their
+        # bytes, the monotonic time of the oldest such drain) and where it will point once written.
+        self._cursor_every_s = 0.0
+        self._cursor_every_bytes = 0
+        self._cursor_lag_bytes = 0
+        self._cursor_lag_since: float | None = None
+        self._cursor_next: tuple[int, int] | None = None
+        self.cursor_writes = 0
         self.directory.mkdir(parents=True, exist_ok=True)
         # The lock dies with the process (SIGKILL included), so a restarted collector can always take over.
         self._lock_file = open(self.directory / "lock", "a+")
@@ -127,6 +137,28 @@ class SpoolWriter:
             self._pending.append((segment, offset, size, ts))
             self._pending_bytes += size
         self._appended.set()
+
+    def defer_cursor(self, every_s: float, every_bytes: int) -> None:
+        """From now on, a drain writes the cursor (an fsync of its file and one of the directory) only once
+        the records drained since it was last written are `every_s` seconds old or `every_bytes` bytes, and
+        `sync_cursor` or `close` write it otherwise. A crash (kill -9) re-delivers those records, never loses
+        one: segments are deleted only behind the cursor on disk. Raises ValueError for a negative bound."""
+        if every_s < 0 or every_bytes < 0:
+            raise ValueError(f"cursor bounds must be 0 or above, got {every_s} s and {every_bytes} bytes")
+        with self._lock:
+            self._cursor_every_s = float(every_s)
+            self._cursor_every_bytes = int(every_bytes)
+
+    def sync_cursor(self, min_age_s: float = 0.0) -> bool:
+        """Write the cursor if records were drained since it was last written, the oldest of them at least
+        `min_age_s` seconds ago (a drain thread calls it while idle). True if it was written."""
+        with self._lock:
+            if self._cursor_next is None or self._cursor_lag_since is None:
+                return False
+            if time.monotonic() - self._cursor_lag_since < min_age_s:
+                return False
+            self._sync_cursor_locked()
+            return True
 
     def wait_appended(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for an append since the last call; True if one came (for a drain thread)."""
@@ -196,7 +228,10 @@ class SpoolWriter:
             return len(recs)
 
     def close(self) -> None:
+        """Write a lagging cursor (defer_cursor), close the files and release the directory."""
         with self._lock:
+            if self._cursor_next is not None and not self._lock_file.closed:
+                self._sync_cursor_locked()
             if self._active_file is not None:
                 self._active_file.close()
                 self._active_file = None
@@ -205,7 +240,9 @@ class SpoolWriter:
 
     @staticmethod
     def inspect(directory: str | os.PathLike[str]) -> SpoolStats:
-        """Read-only statistics of a spool directory that another process may own (for `citywatch status`)."""
+        """Read-only statistics of a spool directory that another process may own (for `citywatch status`).
+        From the cursor on disk: while its owner defers the cursor (defer_cursor), records it drained since
+        still count."""
         directory = Path(directory)
         if not directory.is_dir():
             return SpoolStats(0, 0, None, 0)
@@ -236,15 +273,34 @@ class SpoolWriter:
                     raise RuntimeError("spool drained out of order")
                 self._pending.popleft()
                 self._pending_bytes -= head[2]
+                self._cursor_lag_bytes += head[2]
             if self._pending:
-                cursor = (self._pending[0][0], self._pending[0][1])
+                self._cursor_next = (self._pending[0][0], self._pending[0][1])
             else:
-                cursor = (rec.segment, rec.offset + head[2])
-            self._write_cursor(*cursor)
-            # Segments before the cursor's are fully drained: delete them (after the cursor is durable).
-            for number, path in _segments(self.directory):
-                if number < cursor[0] and number != self._active:
-                    path.unlink(missing_ok=True)
+                self._cursor_next = (rec.segment, rec.offset + head[2])
+            now = time.monotonic()
+            if self._cursor_lag_since is None:
+                self._cursor_lag_since = now
+            # Without defer_cursor both bounds are 0: the cursor follows every drain.
+            if (self._cursor_lag_bytes >= self._cursor_every_bytes
+                    or now - self._cursor_lag_since >= self._cursor_every_s):
+                self._sync_cursor_locked()
+
+    def _sync_cursor_locked(self) -> None:
+        """Write the pending cursor position (the caller holds self._lock)."""
+        cursor = self._cursor_next
+        if cursor is None:
+            return
+        self._write_cursor(*cursor)
+        self.cursor_writes += 1
+        self._cursor_next = None
+        self._cursor_lag_bytes = 0
+        self._cursor_lag_since = None
+        # Segments before the cursor's are fully drained: delete them (after the cursor is durable; never
+        # behind a cursor that is not yet written, or a crash could not re-deliver their records).
+        for number, path in _segments(self.directory):
+            if number < cursor[0] and number != self._active:
+                path.unlink(missing_ok=True)
 
     def _read(self, seg: int, off: int, size: int, ts: int) -> SpoolRecord:
         with open(self._path(seg), "rb") as f:
