@@ -271,11 +271,17 @@ class LevelDetector(Detector):
     `evaluate_series` takes a whole batch too (each sensor's rows contiguous and in time order) and
     leaves the state as `evaluate` would after those rows one at a time, with the same Eval per row.
     So one sensor's long history costs a few numpy passes instead of one round per reading. A rule
-    may turn it off for settings its recursion does not allow (`self.series = False` in setup).
+    may turn it off for settings its recursion does not allow (`self.series = False` in setup). A series
+    rule may read shared components (the noise rules' rolling Leq store): the RuleSet runs those whole
+    first (`run_series`, giving each row what it would have seen), or, where some reader of them steps in
+    rounds, steps the series rule in rounds too.
     """
 
     batchwise: ClassVar[bool] = False
     series: bool = False  # per instance where the settings decide (Flatline)
+    # A series rule whose only state of its own is its level (its recursion lives in shared components that
+    # ran whole first: the noise rules): its `candidates` pre-test holds over a whole batch, as a batchwise one's.
+    series_candidates: ClassVar[bool] = False
     # What `RuleSet.trace_scores` records per evaluated row: the Eval's score (the statistic the rule
     # thresholds: z, CUSUM S, T^2 / limit, ...) or, where the score is only a 0/1 marker, its value.
     traced: ClassVar[str] = "score"
@@ -343,8 +349,9 @@ class LevelDetector(Detector):
     def step_batch(self, view: View) -> Detections | None:
         """A batchwise detector over a view holding any number of readings per sensor, each sensor's
         rows contiguous and in time order: the same detections as `step` over one reading at a time.
-        A `series` detector's state runs along time in `evaluate_series` (it has no `candidates`)."""
-        cand = self.candidates(view) if self.trace is None and not self.series else None
+        A `series` detector's state runs along time in `evaluate_series` (it has no `candidates`, unless
+        `series_candidates`)."""
+        cand = self.candidates(view) if self.trace is None and (not self.series or self.series_candidates) else None
         if cand is not None:
             # Every row of the sensors with a candidate row or an active level (a later row may hold or
             # clear the level); the other sensors stay at 0.

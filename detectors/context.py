@@ -130,6 +130,8 @@ class View:
                 v.cache[k] = c[idx]
             elif isinstance(c, tuple) and all(isinstance(x, np.ndarray) and len(x) == n for x in c):
                 v.cache[k] = tuple(x[idx] for x in c)
+            elif hasattr(c, "take_rows"):  # per-row results held by an object (NoiseEnergy's RingSeries)
+                v.cache[k] = c.take_rows(idx)
         return v
 
     def col(self, name: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from config.base import Severity
 from detectors.background import gb12523_correct, site_background_db
 from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_above, severity_code
 from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING
-from detectors.rolling import SlotRing
+from detectors.rolling import SlotRing, pair_code, run_heads
 
 VALID_DB = (25.0, 140.0)  # domain.md §4: plausible range of every level field
 
@@ -81,11 +81,18 @@ def window_name(window_s: int) -> str:
 
 
 class NoiseEnergy:
-    """Shared rolling store of 1-minute Leq energies per noise sensor, filled before the rules run.
+    """Shared rolling store of 1-minute Leq energies per noise sensor (a `SlotRing`: an older reading never
+    overwrites a newer one), filled before the rules run.
 
     Beside the ring it keeps the highest energy of the current and the previous block of ring-length
     slots: an upper bound of every window's energy mean, so rules compute exact rolling Leqs only for
-    rows that could reach a threshold (`leq(view, window, rows)`).
+    rows that could reach a threshold (`leq(view, window, rows)`). A window stops at the last time-rule
+    boundary (`Calendar.since_boundary_s`) and is `enough` with min_coverage of its expected readings.
+
+    Two ways to run, with the same results: round by round (`before` inserts one reading per sensor, the
+    rules then read the state), or a whole batch at once (`run_series`, when every rule reading this store
+    takes whole batches: RuleSet): it inserts every row, leaves the ring and blocks as the rounds would,
+    and keeps, for the rules' `upper_db` and `leq` on that batch's view, what each row saw in the rounds.
     """
 
     def __init__(self, inv, group, min_coverage: float) -> None:
@@ -112,7 +119,10 @@ class NoiseEnergy:
         return self._ring().nbytes() + self.blk_id_.nbytes + self.blk_cur_.nbytes + self.blk_prev_.nbytes
 
     def before(self, rnd) -> None:
-        v = rnd.view(self.group)
+        self._insert(rnd.view(self.group))
+
+    def _insert(self, v) -> None:
+        """Insert a view's rows, at most one per sensor (a round's)."""
         x, ok = valid_db(v, "leq")
         ring = self._ring()
         if v.full:
@@ -140,6 +150,53 @@ class NoiseEnergy:
 
     def after(self, rnd) -> None:
         pass
+
+    def run_series(self, view) -> None:
+        """Insert a whole batch's rows (each sensor's rows contiguous, in time order; a `Round` with
+        once=False) as `before` would round by round, and keep what each row saw for this view (a batch
+        of one row per sensor is one round: inserted as such, the rules then read the state)."""
+        loc = view.loc
+        first = np.flatnonzero(run_heads(loc))
+        if len(first) == len(loc):
+            # One row per sensor: a round. The rules read the state after it, as in the rounds.
+            self._insert(view)
+            return
+        x, ok = valid_db(view, "leq")
+        ring = self._ring()
+        ts = view.ts
+        with np.errstate(invalid="ignore", over="ignore"):
+            e = db_to_energy(x)
+        view.cache["series_ring"] = ring.insert_series(loc, ts, e, ok)
+        # The blocks: per row the highest energy of its block and the one before (the batch's rows of
+        # those blocks, all of them: a looser bound than the rounds' running maximum, still a bound; the
+        # rules test it only to skip rows, see NoiseRule.leq_over), and the state the rounds leave.
+        b = (ts // ring.slot_ns - ring.base) // ring.slots
+        bid0 = self.blk_id_[loc].astype(np.int64)
+        eff = ok & (b >= bid0)  # a row of an older block than the state's changes nothing (`before`)
+        floc, fbid = loc[first], bid0[first]
+        code = np.concatenate([pair_code(loc[eff], b[eff]), pair_code(floc, fbid), pair_code(floc, fbid - 1)])
+        top = np.concatenate([e[eff], self.blk_cur_[floc], self.blk_prev_[floc]])
+        o = np.argsort(code, kind="stable")
+        code, top = code[o], top[o]
+        heads = np.flatnonzero(run_heads(code))
+        code, top = code[heads], np.maximum.reduceat(top, heads)
+
+        def block_max(lc, blk):
+            c = pair_code(lc, blk)
+            p = np.minimum(np.searchsorted(code, c), len(code) - 1)
+            return np.where(code[p] == c, top[p], 0.0)
+
+        with np.errstate(divide="ignore"):
+            view.cache["upper"] = np.where(
+                b < bid0, np.inf, 10.0 * np.log10(np.maximum(block_max(loc, b), block_max(loc, b - 1))))
+        last = np.append(first[1:], len(loc)) - 1
+        # The block each sensor ends in: its last effective row's (b never decreases along a sensor).
+        ends = np.maximum.accumulate(np.where(eff, np.arange(len(loc)), -1))[last]
+        moved = ends >= first  # (an earlier sensor's row is not this one's)
+        lc, bid = loc[last][moved], b[ends[moved]]
+        self.blk_cur_[lc] = block_max(lc, bid)
+        self.blk_prev_[lc] = block_max(lc, bid - 1)
+        self.blk_id_[lc] = bid
 
     def upper_db(self, view) -> np.ndarray:
         """An upper bound of every rolling Leq of each row (+inf for late rows of an older block)."""
@@ -175,13 +232,26 @@ class NoiseEnergy:
         if since is None:
             since = view.cache["since"] = view.round.calendar.since_boundary_s(view.local_seconds())
         loc = view.loc[idx]
-        vals, age = ring.ages(loc, view.ts[idx], view.full and len(idx) == len(view))
         # The window stops at the last time-rule boundary; the reading stamped at it still counts.
         span = np.minimum(ring.span(window_s), np.maximum(1, -(-since[idx] // ring.slot_s)))
+        seen = view.cache.get("series_ring")  # a whole batch's (run_series), else the state is the row's
+        if seen is not None:
+            # Blocks of rows keep the (rows x slots) tables small; the sums are the rounds' own (below).
+            step = max(1, (1 << 20) // ring.slots)
+            parts = []
+            for a in range(0, len(idx), step):
+                vals, mask = seen.window(idx[a:a + step], span[a:a + step])
+                parts.append(self._mean(vals, mask, window_s, loc[a:a + step]))
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        vals, age = ring.ages(loc, view.ts[idx], view.full and len(idx) == len(view))
         if span.min() == span.max():
             mask = age < np.uint32(span[0])
         else:
             mask = age < span.astype(np.uint32)[:, None]
+        return self._mean(vals, mask, window_s, loc)
+
+    def _mean(self, vals: np.ndarray, mask: np.ndarray, window_s: int, loc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Leq, enough) of each row's window: its `vals` (rows x slots) where `mask`."""
         count = np.einsum("ij->i", mask.view(np.int8), dtype=np.int64)
         total = np.einsum("ij,ij->i", vals, mask)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -193,7 +263,12 @@ class NoiseEnergy:
 
 class NoiseBackground:
     """Shared L90 background per noise sensor: follows quiet minutes quickly and busy ones slowly
-    (a minimum-statistics tracker), so hours of illegal work do not become the background."""
+    (a minimum-statistics tracker), so hours of illegal work do not become the background.
+
+    The rules read it before their row updates it (`after`). Whole batches (`run_series`, see NoiseEnergy)
+    run the recursion row by row in plain Python floats (it has no closed form: its weight depends on the
+    side of the background each L90 falls), with the arithmetic of the rounds, and keep what each row saw.
+    """
 
     DOWN = 0.5         # weight of an L90 below the background
     UP = 1.0 / 240.0   # weight of an L90 above it (about 4 h of 1-minute readings to follow a rise)
@@ -218,7 +293,40 @@ class NoiseBackground:
         w = np.where(np.isnan(b), 1.0, np.where(x < b, self.DOWN, self.UP))
         self.bg_[sel] = np.where(np.isnan(b), x, b + w * (x - b))
 
+    def run_series(self, view) -> None:
+        """`after` over a whole batch (each sensor's rows contiguous, in time order), keeping for this
+        view the background each row saw (before its own L90)."""
+        x, ok = valid_db(view, "l90")
+        loc = view.loc
+        n = len(loc)
+        first = np.flatnonzero(run_heads(loc))
+        bounds = first.tolist() + [n]
+        xs = np.where(ok, x, np.nan).tolist()
+        start = self.bg_[loc[first]].tolist()
+        seen = [0.0] * n
+        final = []
+        down, up = self.DOWN, self.UP
+        for k, b in enumerate(start):
+            for i in range(bounds[k], bounds[k + 1]):
+                seen[i] = b
+                xi = xs[i]
+                if xi != xi:  # not valid: no update
+                    continue
+                if b != b:
+                    b = xi
+                else:
+                    b = b + (down if xi < b else up) * (xi - b)
+            final.append(b)
+        self.bg_[loc[first]] = final
+        view.cache["background"] = np.array(seen)
+
     def background(self, view) -> np.ndarray:
+        """The background each row of `view` sees (NaN: none yet)."""
+        if not view.round.once:
+            seen = view.cache.get("background")
+            if seen is None:
+                raise RuntimeError("a whole-batch view of the noise rules without NoiseBackground.run_series")
+            return seen
         return at(self.bg_, view)
 
 
@@ -232,6 +340,10 @@ def _shared(shared: dict, inv, group, name: str):
 
 
 class NoiseRule(LevelDetector):
+    # Whole batches (`evaluate_series`) while the shared NoiseEnergy and NoiseBackground run whole too
+    # (RuleSet decides: every rule reading them must take whole batches); else round by round.
+    series = True
+    series_candidates = True  # and `candidates` read the components' per-row bound
     category = "noise"
     kinds = ("noise",)
     metric = "leq"
@@ -259,10 +371,27 @@ class NoiseRule(LevelDetector):
     def leq_over(self, view, window_s: int, ok: np.ndarray, threshold: np.ndarray):
         """(Leq, enough, candidates): the rolling Leq is computed only for valid rows whose upper bound
         exceeds `threshold` (the lowest level minus hysteresis) or whose sensor is active; elsewhere no
-        level can be reached, and those rows are left out (not known: state unchanged, nothing emitted)."""
-        cand = ok & ((self.energy.upper_db(view) > threshold) | (self.level_[view.loc] > 0))
+        level can be reached, and those rows are left out (not known: state unchanged, nothing emitted).
+
+        Over a whole batch (`evaluate_series`) a row's level before it is not known until the rows are
+        latched: every valid row of a sensor active before the batch or with any row over the bound is
+        a candidate. The extra rows are below the bound at level 0, so they keep 0 and emit nothing: the
+        same detections (but `detect --scores` shows their scores, where the rounds leave them NaN)."""
+        over = self.energy.upper_db(view) > threshold
+        if view.round.once:
+            active = self.level_[view.loc] > 0
+        else:
+            busy = self.level_ > 0
+            busy[view.loc[ok & over]] = True
+            active = busy[view.loc]
+        cand = ok & (over | active)
         leq, enough = self.energy.leq(view, window_s, cand)
         return leq, enough, cand
+
+    def evaluate_series(self, view) -> Eval:
+        """`evaluate` over a whole batch: the shared NoiseEnergy and NoiseBackground ran it first
+        (`run_series`) and give each row what it saw in the rounds; the rest judges each row alone."""
+        return self.evaluate(view)
 
 
 class LimitParams(RuleParams):
@@ -367,6 +496,7 @@ class NoiseNightLmax(NoiseRule):
     """N-night-max: the minute's Lmax at night above night limit + 15 (orange); at or above 85 (red)."""
 
     batchwise = True
+    series = False  # judges each reading alone (batchwise, with its candidates pre-test)
 
     type = "noise_night_lmax"
     metric = "lmax"

@@ -104,16 +104,23 @@ class RuleSet:
     Per-sensor order: rows of one sensor are evaluated in event-time order (ties in input order), each
     exactly as if it came alone, so any split of the input into batches gives the same detections,
     provided each sensor's readings arrive in time order across batches.
+
+    How a batch runs: the rules that take it whole (`batchwise` and `series` LevelDetectors) run once over
+    it, first; before them, the shared components every one of whose readers takes batches whole (the
+    noise rules' NoiseEnergy and NoiseBackground: `run_series`) insert the whole batch, keeping what each
+    row would have seen. The other rules and components step round by round (round r = every sensor's
+    r-th reading): `before` each round, the rules, `after` it. Both give the same detections and state.
     """
 
     def __init__(self, inv: Inventory, rules: list, series: bool = True) -> None:
-        """series: False steps every stateful rule round by round, `series` rules too (their per-reading
-        path: tests compare the two)."""
+        """series: False steps every stateful rule round by round, `series` rules and the shared components
+        too (their per-reading path: tests compare the two)."""
         self.inv = inv
         self.n_sensors = inv.n
         self.shared: dict = {}
         self.rules: list[Detector] = []
         groups: dict[tuple, SensorGroup] = {}
+        placed: list[tuple[Detector, SensorGroup]] = []
         self._groups: list[tuple[SensorGroup, list[Detector]]] = []   # run round by round
         self._whole: list[tuple[SensorGroup, list[Detector]]] = []    # batchwise: once per batch
         self._combinators: list = []                                  # any_of / all_of (detectors/combinators.py)
@@ -137,18 +144,47 @@ class RuleSet:
             if not series:
                 det.series = False
             self.rules.append(det)
+            placed.append((det, group))
+        self.components = [c for d in self.shared.values() for c in d.values()]
+        # Shared components that take whole batches (`run_series`, before the whole-batch rules), the
+        # others run before/after each round.
+        self._series_components = self._whole_components([d for d, _ in placed])
+        for det, group in placed:
             # Batchwise and series rules take a whole batch at once; the others step round by round.
-            runs = self._whole if getattr(det, "batchwise", False) or getattr(det, "series", False) else self._groups
+            runs = self._whole if _takes_whole(det) else self._groups
             slot = next((g for g in runs if g[0] is group), None)
             if slot is None:
                 slot = (group, [])
                 runs.append(slot)
             slot[1].append(det)
-        self.components = [c for d in self.shared.values() for c in d.values()]
         # (component, its sensor group or None): a round without rows of a component's group skips it
         # (its before/after on no rows change nothing).
-        self._component_groups = [(c, getattr(c, "group", None)) for c in self.components]
+        self._component_groups = [(c, getattr(c, "group", None)) for c in self.components
+                                  if not any(c is w for w in self._series_components)]
+        # The sensors anything steps in rounds for: the rounds leave every other row out (a batch of
+        # sensors whose rules all take it whole costs no round at all).
+        self._round_sensors = np.zeros(inv.n, bool)
+        for g in [g for g, _ in self._groups] + [g for _, g in self._component_groups]:
+            self._round_sensors |= True if g is None else g.local >= 0
         self.watermark_ns: int | None = None
+
+    def _whole_components(self, dets: list[Detector]) -> list:
+        """The shared components that run whole batches: those with `run_series` whose every reader (a rule
+        holding it as an attribute) takes whole batches. A `series` rule reading a component that cannot
+        (no `run_series`, or read by a rule stepped in rounds) is stepped in rounds itself, and the check
+        repeats, since that rule may read other components too."""
+        users = {id(c): [d for d in dets if any(v is c for v in vars(d).values())] for c in self.components}
+        whole = [c for c in self.components if callable(getattr(c, "run_series", None))]
+        while True:
+            keep = [c for c in whole if all(_takes_whole(d) for d in users[id(c)])]
+            for c in self.components:
+                if not any(c is k for k in keep):
+                    for d in users[id(c)]:
+                        if isinstance(d, LevelDetector) and d.series and not d.batchwise:
+                            d.series = False
+            if len(keep) == len(whole):
+                return keep
+            whole = keep
 
     @classmethod
     def from_config(cls, cfg, series: bool = True) -> RuleSet:
@@ -215,9 +251,14 @@ class RuleSet:
         # usual case, needs only a stable sort by sensor.
         order = _sensor_time_order(sensor, ts)
         s = sensor[order]
-        out = self._process_whole(batch, order, s) if self._whole else []
-        if not self._groups and not self.components:
+        out = self._process_whole(batch, order, s) if self._whole or self._series_components else []
+        if not self._groups and not self._component_groups:
             return self._combine(Detections.concat(out))  # every rule took the whole batch: no rounds to step
+        stepped = self._round_sensors[s]
+        if not stepped.all():
+            order, s = order[stepped], s[stepped]
+            if len(s) == 0:
+                return self._combine(Detections.concat(out))
         # Rank of each row within its sensor: round r holds every sensor's r-th reading, noise rows first.
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
         rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
@@ -269,6 +310,10 @@ class RuleSet:
             end = int(np.searchsorted(kind[by_kind], 2)) if kind.max() == 2 else None
         rnd = Round(s, batch.ts_ns[order], _Gathered(batch.values, order).window(0, len(order)), batch.quality[order],
                     self.inv.calendar, split, once=False, kind_end=end)
+        for c in self._series_components:
+            view = rnd.view(c.group)
+            if len(view):
+                c.run_series(view)  # what each row sees of it, for the series rules below
         out: list = []
         _run(self._whole, rnd, "step_batch", out)
         return out
@@ -284,6 +329,11 @@ class RuleSet:
             hold = None  # nothing held, or a mask of the inventory before a reload
         out = [d.advance(int(now_ns)) if hold is None else d.advance(int(now_ns), hold=hold) for d in self.rules]
         return Detections.concat([o for o in out if o is not None])
+
+
+def _takes_whole(det) -> bool:
+    """Whether a rule takes each batch whole (batchwise or series) rather than round by round."""
+    return bool(getattr(det, "batchwise", False) or getattr(det, "series", False))
 
 
 def _sensor_time_order(sensor: np.ndarray, ts: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ slot stale, so they drop out of windows instead of counting as anything.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -61,6 +62,29 @@ class SlotRing:
             keys[flat[newer]] = key[newer]
         return flat, newer
 
+    def insert_series(self, loc: np.ndarray, ts_ns: np.ndarray, value: np.ndarray, mask: np.ndarray) -> RingSeries:
+        """`insert` of a whole batch at once, any number of rows per sensor (each sensor's rows contiguous
+        and in time order), rows where `mask` only: leaves the ring as inserting the rows one at a time
+        would, and returns what each row saw (`RingSeries`). A row older than the ring's newest reading in
+        its slot stores nothing, as in `insert`: later rows of a sensor never have older keys, so a row is
+        stored exactly when its key is at least the slot's key from before the batch."""
+        key = (ts_ns // self.slot_ns - self.base).astype(np.int32)
+        flat = loc.astype(np.intp) * self.slots + key % self.slots
+        keys, vals = self.key_.reshape(-1), self.val_.reshape(-1)
+        stored = mask & (key >= keys[flat])
+        first = np.flatnonzero(run_heads(loc))  # each sensor's rows are one run
+        prior_at = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(loc))))
+        seen = RingSeries(self, loc, key, value, stored, prior_at, self.val_[loc[first]], self.key_[loc[first]])
+        rows = np.flatnonzero(stored)
+        if len(rows):
+            # Each slot keeps its last stored row (rows of a sensor are in time order).
+            o = np.argsort(flat[rows], kind="stable")
+            f = flat[rows][o]
+            last = rows[o][np.flatnonzero(run_heads(f[::-1])[::-1])]
+            vals[flat[last]] = value[last]
+            keys[flat[last]] = key[last]
+        return seen
+
     def ages(self, loc: np.ndarray, ts_ns: np.ndarray, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(values, ages) of each row's sensor: ages in slots before the row's own slot, as uint32 so
         that slots newer than the row (negative ages) compare as huge and fall outside every window.
@@ -78,3 +102,103 @@ class SlotRing:
         """(values, mask) over the window (t - window_s, t] ending at each row's event time."""
         vals, age = self.ages(loc, ts_ns)
         return vals, age < self.span(window_s)
+
+
+def run_heads(x: np.ndarray) -> np.ndarray:
+    """bool per element: True where a run of equal values starts (the first element included)."""
+    out = np.empty(len(x), bool)
+    if len(x):
+        out[0] = True
+        np.not_equal(x[1:], x[:-1], out=out[1:])
+    return out
+
+
+# Row codes of (sensor, slot key or block) pairs: the sensor in the high 32 bits, the key (int32) offset
+# to be non-negative in the low ones, so codes sort as (sensor, key) and are looked up with searchsorted.
+_CODE_OFF = 2**31
+
+
+def pair_code(loc: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """int64 codes of (local sensor index, int32-range key) pairs, ordered as the pairs."""
+    return (np.asarray(loc, np.int64) << 32) | (np.asarray(key, np.int64) + _CODE_OFF)
+
+
+class RingSeries:
+    """What each row of a whole batch saw of a `SlotRing` (`SlotRing.insert_series`): the ring as it is
+    after inserting that row and every earlier row of its sensor one at a time, row by row.
+
+    Rows of a sensor are time-ordered, so their slot keys never decrease: an earlier slot of a row's window
+    holds the last stored row of that slot's run (or the ring's value from before the batch, where the batch
+    stored nothing in it and the old key is that slot's), and the row's own slot the last stored row of its
+    run up to the row itself."""
+
+    def __init__(self, ring: SlotRing, loc, key, value, stored, prior_at, prior_val, prior_key) -> None:
+        self.ring, self.loc, self.key, self.value, self.stored = ring, loc, key, value, stored
+        self.prior_at, self.prior_val, self.prior_key = prior_at, prior_val, prior_key
+        # The lookup tables, built on the first `window` (most batches need none) and shared with the
+        # subsets' copies (`take_rows`).
+        self._tables: dict[str, np.ndarray] = {}
+        self.rows: np.ndarray | None = None  # of a subset view: its rows' positions in the batch's view
+
+    def take_rows(self, idx: np.ndarray) -> RingSeries:
+        """The same for the rows `idx` of the view (`View.subset`): `window` then takes their positions."""
+        out = copy.copy(self)
+        out.rows = idx if self.rows is None else self.rows[idx]
+        return out
+
+    def _build(self) -> None:
+        loc, key, value, stored = self.loc, self.key, self.value, self.stored
+        n = len(loc)
+        code = pair_code(loc, key)
+        sidx = np.flatnonzero(stored)
+        scode = code[sidx]
+        if len(scode) > 1 and not bool(np.all(scode[1:] >= scode[:-1])):
+            o = np.argsort(scode, kind="stable")
+            sidx, scode = sidx[o], scode[o]
+        # The last stored row of each (sensor, slot) run: what the slot holds for every later row.
+        ends = np.flatnonzero(run_heads(scode[::-1])[::-1])
+        self._tables["run_code"], self._tables["run_val"] = scode[ends], value[sidx[ends]]
+        # A row's own slot: the last stored row of its run at or before the row (-1: none yet).
+        arange = np.arange(n)
+        start = run_heads(code)
+        run_start = np.maximum.accumulate(np.where(start, arange, 0)) if n else arange
+        last = np.maximum.accumulate(np.where(stored, arange, -1)) if n else arange
+        self._tables["own"] = np.where(last >= run_start, last, -1)
+
+    def window(self, idx: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, mask) of rows `idx` laid out as the ring's slots (rows x slots), the mask covering the
+        last `span` slots (per row, at most the ring's slots) up to each row's own, as `SlotRing.ages`
+        with `age < span` gives them for one row per sensor (the same values in the same places)."""
+        if not self._tables:
+            self._build()
+        run_code, run_val = self._tables["run_code"], self._tables["run_val"]
+        if self.rows is not None:
+            idx = self.rows[idx]
+        ring = self.ring
+        m = len(idx)
+        vals = np.zeros((m, ring.slots))
+        mask = np.zeros((m, ring.slots), bool)
+        if m == 0:
+            return vals, mask
+        amax = int(span.max())
+        age = np.arange(amax, dtype=np.int64)
+        key = self.key[idx].astype(np.int64)[:, None] - age[None, :]
+        code = pair_code(self.loc[idx][:, None], key)
+        if len(run_code):
+            p = np.minimum(np.searchsorted(run_code, code), len(run_code) - 1)
+            hit = run_code[p] == code
+            got = np.where(hit, run_val[p], 0.0)
+        else:
+            hit, got = np.zeros(code.shape, bool), np.zeros(code.shape)
+        own = self._tables["own"][idx]
+        hit[:, 0] = own >= 0
+        got[:, 0] = np.where(own >= 0, self.value[np.maximum(own, 0)], 0.0)
+        pos = key % ring.slots
+        u = self.prior_at[idx][:, None]
+        old = ~hit & (self.prior_key[u, pos] == key)
+        got = np.where(old, self.prior_val[u, pos], got)
+        inside = (hit | old) & (age[None, :] < span[:, None])
+        rows = np.arange(m)[:, None]
+        vals[rows, pos] = np.where(inside, got, 0.0)
+        mask[rows, pos] = inside
+        return vals, mask
