@@ -194,21 +194,23 @@ class Service:
         self.deadletters = DeadLetterStore.from_config(cfg)
         mq = cfg.connections.mqtt
         password = env.get(mq.password_env) if mq.password_env else None
-        self.collector: MqttCollector | PartitionedCollector
-        if partitions is not None:  # partitioned mode (README "Cluster mode"): one session per owned partition;
-            # () is `--partitions auto`: the partition leases add and remove them (citywatch/partition_lease.py)
-            self.collector = PartitionedCollector(mq, cfg.connections.cluster, partitions, password, self._submit,
-                                                  metrics=self.metrics, dynamic=not partitions)
-        else:
-            self.collector = MqttCollector(mq, password, self._submit, receive_maximum=RECEIVE_MAXIMUM,
-                                           metrics=self.metrics)
         # MQTT 3.1.1 has no Receive Maximum: the broker's max_inflight_messages (README) bounds the window and
         # the pipeline's idle flush keeps batches moving whatever its value.
         max_messages = RECEIVE_MAXIMUM // 4 if mq.protocol == "mqtt5" else None
+        # The pipeline first, so that the collector hands each message straight to its submit (paho's thread,
+        # once per message); acks and dead-letter publishes, once per batch or record, go through _ack/_publish.
         self.pipeline = IngestPipeline(cfg, self.writer, self.spool, self.deadletters, self.metrics,
-                                       ack=self.collector.ack, publish=self.collector.publish,
+                                       ack=self._ack, publish=self._publish,
                                        max_messages=max_messages, decode_processes=decode_processes,
                                        replicas=self.replicas)
+        self.collector: MqttCollector | PartitionedCollector
+        if partitions is not None:  # partitioned mode (README "Cluster mode"): one session per owned partition;
+            # () is `--partitions auto`: the partition leases add and remove them (citywatch/partition_lease.py)
+            self.collector = PartitionedCollector(mq, cfg.connections.cluster, partitions, password,
+                                                  self.pipeline.submit, metrics=self.metrics, dynamic=not partitions)
+        else:
+            self.collector = MqttCollector(mq, password, self.pipeline.submit, receive_maximum=RECEIVE_MAXIMUM,
+                                           metrics=self.metrics)
         self.scheduler = make_scheduler()
         # The detection pipeline whose backlog and alert latency the self-metrics report (attach_detection).
         self.detection = None
@@ -216,8 +218,11 @@ class Service:
         self._stopped = threading.Event()
         self._started = False
 
-    def _submit(self, msg) -> None:
-        self.pipeline.submit(msg)
+    def _ack(self, tokens: list) -> int:
+        return self.collector.ack(tokens)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.collector.publish(topic, payload)
 
     def on_batch(self, callback: Callable[[ReadingBatch], None]) -> None:
         """Call `callback(batch)` with each durable ReadingBatch, in order (from the durability thread)."""

@@ -78,7 +78,52 @@ class ChunkResult:
 def decode_chunk(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: int,
                  cfg: Config | None = None) -> ChunkResult:
     """Decode (topic, payload, recv_ns) messages with `decoder`; never raises for bad input. With `cfg` (the
-    config the decoder was built from) the valid rows are also encoded as line protocol (`lines`)."""
+    config the decoder was built from) the valid rows are also encoded as line protocol (`lines`).
+
+    The chunk is decoded in one `Decoder.decode_many` call: JSON data messages are checked together with numpy,
+    so a single-reading message costs about a sixth of a `decode` call (issue 17: the worker's cost per message;
+    bench/bench_decode.py `chunk_single_msgs_s`). The outcome is the same, dead letters and their reasons
+    included. Should that path fail on a bug, the chunk is decoded again message by message, which isolates the
+    failing message as an `internal_error` dead letter."""
+    try:
+        res = _decode_together(decoder, msgs, dl_max)
+    except Exception:  # noqa: BLE001 - a bug in the combined path: the message-by-message path names the message
+        log.exception("decoding a chunk of %d messages together failed; decoding them one by one", len(msgs))
+        res = _decode_one_by_one(decoder, msgs, dl_max)
+    if cfg is not None:
+        try:
+            res.lines = encode(res.batch, cfg)
+        except Exception:  # noqa: BLE001 - left to the pipeline, which encodes again and reports it there
+            log.exception("could not encode a decoded chunk of %d rows", len(res.batch))
+    return res
+
+
+def _decode_together(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> ChunkResult:
+    ignored = 0
+    # Commands to devices share the subtrees we subscribe to; they are not ours to store.
+    if any(m[0].endswith("/cmd") for m in msgs):
+        kept = [m for m in msgs if not m[0].endswith("/cmd")]
+        ignored, msgs = len(msgs) - len(kept), kept
+    batch, outcomes = decoder.decode_many(msgs)
+    dead: list[DeadLetterRecord] = []
+    statuses: list[StatusRow] = []
+    flagged: list[ReadingBatch] = []
+    flagged_at: list[npt.NDArray[np.int64]] = []
+    before = 0  # rows of `batch` that precede the message
+    rows_listed = decoder.deadletter_rows_listed
+    for (topic, payload, recv_ns), decoded in zip(msgs, outcomes):
+        if decoded.rejects:
+            dead += records_for(decoded, topic, payload, recv_ns, dl_max, rows_listed)
+            if decoded.flagged is not None and decoded.flagged_pos is not None:  # set together (_set_flagged)
+                flagged.append(decoded.flagged)
+                flagged_at.append(decoded.flagged_pos + before)
+        if decoded.status is not None and decoded.device_id is not None:
+            statuses.append((decoded.device_id, decoded.kind, decoded.site_id, decoded.status, recv_ns))
+        before += decoded.rows
+    return _result(batch, dead, statuses, ignored, flagged, flagged_at)
+
+
+def _decode_one_by_one(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: int) -> ChunkResult:
     cols = _Columns(max(16, len(msgs)))
     dead: list[DeadLetterRecord] = []
     statuses: list[StatusRow] = []
@@ -87,7 +132,6 @@ def decode_chunk(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: i
     flagged_at: list[npt.NDArray[np.int64]] = []
     for topic, payload, recv_ns in msgs:
         if topic.endswith("/cmd"):
-            # Commands to devices share the subtrees we subscribe to; they are not ours to store.
             ignored += 1
             continue
         try:
@@ -105,12 +149,12 @@ def decode_chunk(decoder: Decoder, msgs: list[tuple[str, bytes, int]], dl_max: i
             log.exception("unexpected failure handling a message on %s", topic)
             dead.append(DeadLetterRecord.build("internal_error", f"{type(exc).__name__}: {exc}", topic, payload,
                                                recv_ns, None, None, dl_max))
-    res = ChunkResult(cols.take(), dead, statuses, ignored)
-    if cfg is not None:
-        try:
-            res.lines = encode(res.batch, cfg)
-        except Exception:  # noqa: BLE001 - left to the pipeline, which encodes again and reports it there
-            log.exception("could not encode a decoded chunk of %d rows", len(res.batch))
+    return _result(cols.take(), dead, statuses, ignored, flagged, flagged_at)
+
+
+def _result(batch: ReadingBatch, dead: list[DeadLetterRecord], statuses: list[StatusRow], ignored: int,
+            flagged: list[ReadingBatch], flagged_at: list[npt.NDArray[np.int64]]) -> ChunkResult:
+    res = ChunkResult(batch, dead, statuses, ignored)
     if flagged:
         res.flagged = flagged[0] if len(flagged) == 1 else ReadingBatch.concat(flagged)
         res.flagged_at = np.concatenate(flagged_at)
