@@ -5,8 +5,9 @@ Shapes (issue 17), published by `mosquitto_pub -l` processes (one per device, it
   batch:  every JSON device of the inventory (gas and noise), each message a 60-sample batch (1 s apart).
 For each shape: a bare paho QoS 1 subscriber's rate for the same publishers and messages (same broker, same
 run); then a paced ramp of steps until a step loses or lags (its readings not all in InfluxDB within
---grace seconds of the step's end, or landing while it publishes (a fit to InfluxDB counts every 0.5 s) at
-under --pace of the rate they were published at, or the detectors' oldest waiting arrival older than --lag-s);
+--grace seconds of the step's end, or landing both while it publishes (a fit to InfluxDB counts every 0.5 s)
+and until the last one landed at under --pace of the rate they were published at, or the detectors' oldest
+waiting arrival older than --lag-s);
 the sustained rate is the best passing step's readings over the time until its last one was counted; then a
 burst as fast as the publishers go, timed until every reading is counted in InfluxDB. Meanwhile a probe
 gas device alternates over and under its G-highhigh limit at 4 Hz: publish -> alert notice latency on the
@@ -423,10 +424,14 @@ class Bench:
                 "citywatch_job_skipped_total{job=alerts_tick}", 0)
             p99, k = self.probe_p99(t0, time.monotonic())
             missing = shape.sent_readings - n
-            slow = landed_rate < self.args.pace * achieved  # may catch up in time, but did not keep pace
+            # Did not keep pace (it may still have caught up within the grace): both measures say so. The fit is
+            # blind to a constant landing delay but, over ~10 counts, noisy; the rate until the last landed is
+            # exact but counts the delay (0.3 s of a 5 s step is 6 %). Either alone fails steps that kept pace.
+            slow = landed_rate < self.args.pace * achieved and took < self.args.pace * achieved
             ok = not missing and not slow and worst_age <= self.args.lag_s
             why = ([f"not all in InfluxDB within {self.args.grace:g} s"] if missing else []) + (
-                [f"landed at {landed_rate / achieved:.1%} of the published rate, under {self.args.pace:.0%}"]
+                [f"landed at {landed_rate / achieved:.1%} of the published rate while publishing and at "
+                 f"{took / achieved:.1%} until the last landed, both under {self.args.pace:.0%}"]
                 if slow else []) + ([f"detection wait over {self.args.lag_s:g} s"] if worst_age > self.args.lag_s else [])
             verdict = "ok" if ok else "LAGS (" + ", ".join(why) + ")"
             print(f"  step {rate:>7,} readings/s: published at {achieved:>9,.0f}/s, taken (landed while publishing) at "
@@ -519,9 +524,9 @@ def main() -> int:
     ap.add_argument("--grace", type=float, default=2.0, help="a step's readings must all be in InfluxDB this many "
                     "seconds after its last publish (default 2); a passing step's rate is its readings over the "
                     "time until the last one was counted")
-    ap.add_argument("--pace", type=float, default=0.95, help="a step lags when its readings landed, while it "
-                    "published, at less than this fraction of the rate they were published at (default 0.95: the "
-                    "service kept pace, not only caught up within --grace)")
+    ap.add_argument("--pace", type=float, default=0.95, help="a step lags when its readings landed, both while "
+                    "it published (fit) and until the last one landed, at less than this fraction of the rate they "
+                    "were published at (default 0.95: the service kept pace, not only caught up within --grace)")
     ap.add_argument("--lag-s", type=float, default=5.0, help="a step lags when an arrival waits longer than this "
                     "for the detectors (default 5)")
     ap.add_argument("--burst-single", type=int, default=50_000, help="messages of the single-reading burst "
