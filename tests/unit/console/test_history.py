@@ -255,9 +255,18 @@ def old_store(path, alerts: list[Alert], damaged: int = 0) -> None:
     for a in alerts:
         con.execute("INSERT INTO alerts VALUES (?,?,?,?,?,?,?)",
                     (a.alert_id, a.rule_id, a.device_id, a.state, a.severity, a.started_ns, json.dumps(a.to_dict())))
-    for i in range(damaged):
-        con.execute("INSERT INTO alerts VALUES (?,?,?,?,?,?,?)",
-                    (f"bad.{i}", "N-day", "N9", "resolved", 2, local_ns("2026-12-03 12:00"), "{not json"))
+    con.commit()
+    con.close()
+    add_damaged(path, damaged)
+
+
+def add_damaged(path, n: int) -> None:
+    """`n` resolved rows whose body is not JSON (a damaged store), on Dec 3, severity yellow."""
+    con = sqlite3.connect(path)
+    for i in range(n):
+        con.execute("INSERT INTO alerts (alert_id, rule_id, device_id, state, severity, started_ns, body) "
+                    "VALUES (?,?,?,?,?,?,?)", (f"bad.{i}", "N-day", "N9", "resolved", 2, local_ns("2026-12-03 12:00"),
+                                               "{not json"))
     con.commit()
     con.close()
 
@@ -280,9 +289,12 @@ def test_an_old_store_is_searched_from_its_bodies_and_gets_the_columns_when_the_
     old, new = tmp_path / "old.sqlite", tmp_path / "new.sqlite"
     old_store(old, history_alerts(), damaged=1)
     write_store(new, history_alerts())
+    add_damaged(new, 1)
     with sqlite3.connect(f"file:{new}?mode=ro", uri=True) as conn:
         expected = searches(conn)
     assert expected[3][0] == [("G-low", "G1"), ("N-night", "N1")]  # the peak, not the last severity
+    # A damaged row fails no search: it is counted on its day (its stored severity), and cannot be listed.
+    assert expected[0][1] == 4 and len(expected[0][0]) == 3 and expected[0][2]["yellow"][2] == 1
     # The console opens stores read-only: one no new service has opened yet is searched from the bodies.
     conn = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
     assert searches(conn) == expected
