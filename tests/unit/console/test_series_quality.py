@@ -22,8 +22,13 @@ RULES = [{"id": "G-leak", "type": "gas_leak_cusum", "kind": "gas"},
          {"id": "Offline", "type": "deadman", "kind": "any"}]
 
 
-def _cfg(tmp_path):
-    return make_config(rules=RULES, devices=TEST_DEVICES, sites=TEST_SITES,
+# G-MED sampling every 5 minutes: a week to learn from in 2,016 readings rather than 10,080 (what the band is
+# checked against does not depend on the cadence; an hour counts as learned from its interval's worth).
+PROFILE_DEVICES = [dict(d, sample_interval_s=300) if d["id"] == "G-MED" else d for d in TEST_DEVICES]
+
+
+def _cfg(tmp_path, devices=TEST_DEVICES):
+    return make_config(rules=RULES, devices=devices, sites=TEST_SITES,
                        alerting={"detector_state_path": str(tmp_path / "state.npz")},
                        gas={"profile": {"min_weeks": 1}})
 
@@ -33,10 +38,10 @@ def _demand(local_hour: np.ndarray) -> np.ndarray:
     return 300.0 - 8.0 * np.exp(-((local_hour - 8.0) ** 2) / 2.0) - 8.0 * np.exp(-((local_hour - 18.5) ** 2) / 2.0)
 
 
-def _learn_week(cfg, start: str) -> RuleSet:
+def _learn_week(cfg, start: str, step_s: int) -> RuleSet:
     rules = RuleSet.from_config(cfg)
     t0 = local_ns(start)
-    ts = t0 + np.arange(1, 7 * 1440 + 1, dtype=np.int64) * 60 * NS
+    ts = t0 + np.arange(1, 7 * 86400 // step_s + 1, dtype=np.int64) * step_s * NS
     hour = ((ts - t0) / NS / 3600.0) % 24.0
     rng = np.random.default_rng(7)
     p = _demand(hour) + rng.normal(0, 0.3, len(ts))
@@ -47,14 +52,14 @@ def _learn_week(cfg, start: str) -> RuleSet:
 
 
 def test_profile_band_is_the_detectors_learned_profile_from_the_snapshot(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, PROFILE_DEVICES)
     i = cfg.device_index("G-MED")
     t0, t1 = local_ns("2026-03-16 06:00"), local_ns("2026-03-16 21:00")
     # before the service saved any state: no band, and the page is told why
     empty = profile_band(LearnedRules(cfg), i, t0, t1)
     assert all(v is None for v in empty["p_kpa"]) and "no detector state" in empty["error"]
 
-    live = _learn_week(cfg, "2026-03-09 00:00")        # Monday to Monday
+    live = _learn_week(cfg, "2026-03-09 00:00", 300)   # Monday to Monday
     snapshot.save(live, tmp_path / "state.npz")
     band = profile_band(LearnedRules(cfg), i, t0, t1)
     assert band["error"] is None and band["learned_hours"] == 168 and band["saved_ms"] is not None
@@ -76,7 +81,7 @@ def test_profile_band_is_the_detectors_learned_profile_from_the_snapshot(tmp_pat
     assert np.allclose(np.array(band["hi_kpa"]) - np.array(band["p_kpa"]), half, atol=0.011)
 
     # a changed set pressure means another profile: the snapshot is not restored for that device
-    moved = [dict(d, set_pressure_kpa=290.0) if d["id"] == "G-MED" else d for d in TEST_DEVICES]
+    moved = [dict(d, set_pressure_kpa=290.0) if d["id"] == "G-MED" else d for d in PROFILE_DEVICES]
     cfg2 = make_config(rules=RULES, devices=moved, sites=TEST_SITES,
                        alerting={"detector_state_path": str(tmp_path / "state.npz")}, gas={"profile": {"min_weeks": 1}})
     other = profile_band(LearnedRules(cfg2), i, t0, t1)

@@ -28,7 +28,7 @@ W = words("en")
 
 
 @pytest.fixture
-def console_env(tmp_path):
+def console_env(tmp_path, cheap_password_hashes):
     """The app on a store with two firing N-day alerts (devices 0 and 1), an engine ticking in a thread (the
     service), an operator `duty` and a viewer `watcher`."""
     store_path = tmp_path / "alerts.sqlite"

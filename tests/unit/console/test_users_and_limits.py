@@ -26,7 +26,7 @@ def test_users_file_is_private_and_holds_no_password(tmp_path):
     assert store.verify("nobody", "correct horse battery") is None
 
 
-def test_roles_and_refused_accounts(tmp_path):
+def test_roles_and_refused_accounts(tmp_path, cheap_password_hashes):
     store = UserStore(tmp_path / "u.sqlite")
     v = store.add("zhao", "", "viewer", "a-long-password")
     a = store.add("root", "Admin", "admin", "a-long-password")
@@ -41,7 +41,7 @@ def test_roles_and_refused_accounts(tmp_path):
         store.add("Bad Name", "", "viewer", "a-long-password")
 
 
-def test_disable_and_passwd_end_sessions(tmp_path):
+def test_disable_and_passwd_end_sessions(tmp_path, cheap_password_hashes):
     store = UserStore(tmp_path / "u.sqlite")
     store.add("lin", "Lin", "operator", "a-long-password")
     token, session = store.new_session("lin", 3600)

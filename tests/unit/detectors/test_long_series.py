@@ -87,15 +87,17 @@ def test_long_series_split_anywhere_equals_rounds_and_reference(case, rows, cuts
     assert_identical(whole, Detections.concat(parts))
 
 
+# 3,000 readings a sensor is the long batch this is about (`slow`: `make test` runs it); the fast loop checks the
+# same state on 600, with the shift and the flat stretch at the same places relative to the length.
+@pytest.mark.parametrize("n", [pytest.param(3000, marks=pytest.mark.slow), 600])
 @pytest.mark.parametrize("case", ["ewma", "cusum", "cusum_reset", "robust_z", "rate_of_change", "flatline"])
-def test_series_state_equals_round_state(case):
+def test_series_state_equals_round_state(case, n):
     """After a long batch the rule's state arrays are the ones the per-reading path leaves."""
     cfg = config_for(case)
     rng = np.random.default_rng(5)
-    n = 3000
     v = rng.normal(0.0, 1.0, n)
-    v[1000:1100] += 4.0
-    v[2000:2300] = 0.5
+    v[n // 3:n // 3 + n // 30] += 4.0
+    v[2 * n // 3:2 * n // 3 + n // 10] = 0.5
     t0 = local_ns("2025-06-01 09:00")
     rows = [(s, t0 + i * 60_000_000_000, {"v": float(v[i]) + s}, 4 if i % 97 == 0 else 0) for s in (0, 3)
             for i in range(n)]
