@@ -17,9 +17,11 @@ test: setup
 # The fast loop: unit tests only (no broker, database or browser), without the long ones (marker `slow`),
 # property tests capped at 10 examples (--hypothesis-profile=fast), on two workers (pytest-xdist).
 # `make test` runs every one of them, at full examples.
+# Compiled modules are cached (an environment with PYTHONDONTWRITEBYTECODE set recompiles every module in every
+# worker, 4-6 s of each worker's start).
 FAST_WORKERS ?= -n 2
 test-fast:
-	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" --hypothesis-profile=fast $(FAST_WORKERS) $(PYTEST_ARGS) tests/unit
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" --hypothesis-profile=fast $(FAST_WORKERS) $(PYTEST_ARGS) tests/unit
 
 lint:
 	.venv/bin/ruff check .
