@@ -3,8 +3,9 @@
 Shapes (issue 17), published by `mosquitto_pub -l` processes (one per device, its own account, QoS 1):
   single: 8 noise devices, each message one ThingsBoard-style reading `{"ts", "values": {leq, lmax, lmin, l90}}`;
   batch:  every JSON device of the inventory (gas and noise), each message a 60-sample batch (1 s apart).
-For each shape: a bare paho QoS 1 subscriber's rate for the same publishers and messages (same broker, same
-run); then a paced ramp of steps until a step loses or lags (its readings not all in InfluxDB within
+For each shape: InfluxDB's own ingest of the shape (the service's line protocol for as many messages as the
+burst, written straight to a database of its own in `ingest.batch_max_rows`-line writes over one connection),
+a bare paho QoS 1 subscriber's rate for the same publishers and messages (same broker, same run); then a paced ramp of steps until a step loses or lags (its readings not all in InfluxDB within
 --grace seconds of the step's end, or landing both while it publishes (a fit to InfluxDB counts every 0.5 s)
 and until the last one landed at under --pace of the rate they were published at, or the detectors' oldest
 waiting arrival older than --lag-s);
@@ -20,7 +21,7 @@ Run:  .venv/bin/python bench/bench_throughput.py [--broker raised|stock] [--shap
       [--ack-after spool|influxdb] [--profile DIR] [--keep]
       (--burst-single 100000 is the issue's burst; the default run takes about 3 minutes)
 Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): sustained_readings_s=..
-           bare_readings_s=.. bare_lost_msgs=.. ratio=.. failed_step=.. failed_step_taken_readings_s=..
+           bare_readings_s=.. bare_lost_msgs=.. ratio=.. influx_readings_s=.. influx_ratio=.. failed_step=.. failed_step_taken_readings_s=..
            burst_readings_s=.. burst_lost=..
            alert_p99_ms=..; then alert_p99_ms=.. (whole run) ticks_skipped=.. behind_lines=..
            load_start=1m/5m/15m load_end=1m/5m/15m
@@ -478,6 +479,52 @@ class Bench:
               f"= {rate:,.0f} readings/s; lost {want - n:,}; detection oldest wait up to {worst_age:.1f} s")
         return rate, want - n, worst_age
 
+    def influx_direct(self, shape: Shape, n_msgs: int) -> float:
+        """InfluxDB's own ingest of this shape in this run: `n_msgs` more messages of each device's stream (event
+        times after the bench's), turned into exactly the line protocol the service writes (its decoder and
+        encoder), POSTed to a database of their own in batches of `ingest.batch_max_rows` lines over one
+        keep-alive connection (as the service's writer does). Returns readings/s."""
+        import base64
+        import http.client
+
+        from ingest.decoder import Decoder
+        from ingest.lineproto import encode
+
+        devs = list(shape.devices)
+        # Event times 12 h before the bench's own (never in the future, inside the back-fill window).
+        ghost = Shape(shape.name, devs, shape.samples, shape.t0_ms - 12 * 3600_000, shape.step_ms)
+        per = [n_msgs // len(devs) + (1 if i < n_msgs % len(devs) else 0) for i in range(len(devs))]
+        now = time.time_ns()
+        msgs = [(f"city/xm/{d.kind}/{d.site}/{d.id}/data", line, now)
+                for d, k in zip(devs, per) for line in ghost.lines(d, k).splitlines()]
+        batch, decoded = Decoder(self.cfg).decode_many(msgs)
+        lines = encode(batch, self.cfg).splitlines()
+        if len(lines) != ghost.sent_readings:
+            refused = next((r for d in decoded for r in getattr(d, "rejects", None) or []), None)
+            raise RuntimeError(f"bench_throughput: the decoder took {len(lines):,} of {ghost.sent_readings:,} readings "
+                               f"for InfluxDB's own ingest (e.g. {refused})")
+        db = f"direct_{shape.name}"
+        self.influx.create_database(db)
+        rows = max(1, int(self.cfg.ingest.batch_max_rows))
+        bodies = [b"\n".join(lines[i:i + rows]) + b"\n" for i in range(0, len(lines), rows)]
+        user, pw = self.influx.accounts.user
+        auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.influx.port, timeout=60)
+        path = f"/write?db={db}&precision=ns"
+        t0 = time.monotonic()
+        for body in bodies:
+            conn.request("POST", path, body=body, headers={"Authorization": auth})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 204:
+                raise RuntimeError(f"InfluxDB refused the direct write: HTTP {resp.status}")
+        t = time.monotonic() - t0
+        conn.close()
+        rate = len(lines) / t if t > 0 else float("nan")
+        print(f"  InfluxDB's own ingest: {len(lines):,} readings of this shape (the service's line protocol) in "
+              f"{len(bodies)} writes of up to {rows:,} lines, one connection: {rate:,.0f} readings/s")
+        return rate
+
     def run_shape(self, name: str) -> dict:
         cfg = self.cfg
         now_ms = int(time.time() * 1000)
@@ -494,6 +541,7 @@ class Bench:
             steps, burst_n, bare_n = BATCH_STEPS, self.args.burst_batch, self.args.bare_batch
         print(f"shape {name}: {len(devs)} devices, {shape.samples} reading(s) per message")
         t_start = time.monotonic()
+        direct = self.influx_direct(shape, burst_n)
         bare, bare_lost = self.bare(shape, bare_n)
         spy = self.start_profile(name)
         pubs = {d: Pub(self.mosq.port, d.id, self.creds.devices[d.id], f"city/xm/{d.kind}/{d.site}/{d.id}/data",
@@ -509,8 +557,9 @@ class Bench:
         p99, k = self.probe_p99(t_start, time.monotonic())
         res = {"bare": bare, "bare_lost": bare_lost, "sustained": sustained, "ratio": sustained / bare if bare else float("nan"),
                "failed": failed, "burst": b_rate, "burst_lost": b_lost, "burst_ratio": b_rate / bare if bare else float("nan"),
-               "p99": p99, "probes": k}
-        print(f"  => sustained {sustained:,.0f} readings/s = {res['ratio']:.0%} of the bare subscriber; burst drained "
+               "p99": p99, "probes": k, "influx": direct, "influx_ratio": sustained / direct if direct else float("nan")}
+        print(f"  => sustained {sustained:,.0f} readings/s = {res['ratio']:.0%} of the bare subscriber, "
+              f"{res['influx_ratio']:.0%} of InfluxDB's own ingest; burst drained "
               f"at {b_rate:,.0f}/s = {res['burst_ratio']:.0%}; alert latency p99 {p99:.0f} ms over {k} probe notices")
         return res
 
@@ -578,7 +627,8 @@ def main() -> int:
         parts = [f"broker={args.broker}", f"rules={args.rules}", f"ack_after={getattr(b.cfg.ingest, 'ack_after', 'influxdb')}"]
         for name, r in results.items():
             parts += [f"{name}_sustained_readings_s={r['sustained']:.0f}", f"{name}_bare_readings_s={r['bare']:.0f}", f"{name}_bare_lost_msgs={r['bare_lost']}",
-                      f"{name}_ratio={r['ratio']:.2f}", f"{name}_failed_step={r['failed'].get('rate', 0)}",
+                      f"{name}_ratio={r['ratio']:.2f}", f"{name}_influx_readings_s={r['influx']:.0f}",
+                      f"{name}_influx_ratio={r['influx_ratio']:.2f}", f"{name}_failed_step={r['failed'].get('rate', 0)}",
                       f"{name}_failed_step_taken_readings_s={r['failed'].get('taken', 0):.0f}",
                       f"{name}_burst_readings_s={r['burst']:.0f}", f"{name}_burst_lost={r['burst_lost']}",
                       f"{name}_alert_p99_ms={r['p99']:.0f}"]
