@@ -11,6 +11,7 @@ from pydantic import Field
 from config.base import Severity
 from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_below, put, severity_code, take
 from detectors.calendar import NS
+from detectors.rolling import run_heads
 
 
 class BatteryParams(RuleParams):
@@ -66,7 +67,10 @@ class DataQualityParams(RuleParams):
 
 class DataQuality(LevelDetector):
     """N-data: the last complete hour's valid-data rate (HJ 906: n/N; valid = flag N with the device's
-    main value: leq for a noise monitor, p for a gas sensor) below the minimum, or flags other than N for at least `bad_flag_for_s` in a row."""
+    main value: leq for a noise monitor, p for a gas sensor) below the minimum, or flags other than N for at least `bad_flag_for_s` in a row.
+
+    A series rule: `evaluate_series` takes a whole batch, its hour counts as cumulative sums per (sensor,
+    hour) run and its bad-flag runs as run starts carried forward, exactly as `evaluate` row by row."""
 
     type = "noise_data_quality"
     category = "data"
@@ -78,6 +82,7 @@ class DataQuality(LevelDetector):
     params: DataQualityParams
 
     without_field = "every reading counts as invalid data (the valid-data rate is 0)"
+    series = True  # whole batches through evaluate_series (see the class docstring)
 
     @classmethod
     def fields_read(cls, params, kind: str) -> tuple[str, ...]:
@@ -115,15 +120,7 @@ class DataQuality(LevelDetector):
             vdr = np.where(rolled & started & ~first, done, vdr)
             put(self.vdr_, view, vdr)
             put(self.first_, view, np.where(rolled, ~started, first))
-        # A valid reading is flagged N and has its main value (leq or p); an empty row is not data.
-        # A noise monitor's main value is leq, a gas sensor's p (a group of one kind reads one column).
-        kinds = self.group.kinds or (0, 1)
-        if kinds == (0,):
-            main = np.isfinite(view.col("leq"))
-        elif kinds == (1,):
-            main = np.isfinite(view.col("p"))
-        else:
-            main = np.where(self.inv.kind[view.sensor] == 0, np.isfinite(view.col("leq")), np.isfinite(view.col("p")))
+        main = self._has_main(view)
         bad = view.quality != 0
         any_bad = bool(bad.any())
         valid = ~bad & main if any_bad else main
@@ -144,7 +141,98 @@ class DataQuality(LevelDetector):
             since, bad_s, cond = -1, np.zeros(len(view)), low
             codes = low * 2
         put(self.bad_since_, view, since)
+        return self._eval(vdr, bad_s, cond, codes)
+
+    def _has_main(self, view) -> np.ndarray:
+        """Rows with their main value. A valid reading is flagged N and has its main value (leq or p); an
+        empty row is not data. A noise monitor's main value is leq, a gas sensor's p (a group of one kind
+        reads one column)."""
+        kinds = self.group.kinds or (0, 1)
+        if kinds == (0,):
+            return np.isfinite(view.col("leq"))
+        if kinds == (1,):
+            return np.isfinite(view.col("p"))
+        return np.where(self.inv.kind[view.sensor] == 0, np.isfinite(view.col("leq")), np.isfinite(view.col("p")))
+
+    def _eval(self, vdr: np.ndarray, bad_s: np.ndarray, cond: np.ndarray, codes: np.ndarray) -> Eval:
         raw = (cond * self.sev).astype(np.int8)
         reason = Labels(codes, (None, "flag", "vdr"))
-        known = np.ones(len(view), bool)
+        known = np.ones(len(vdr), bool)
         return Eval(known, raw, raw, vdr, np.full(5, self.min_vdr), 1.0 - vdr, {"bad_flag_s": bad_s, "reason": reason})
+
+    def evaluate_series(self, view) -> Eval:
+        """`evaluate` over a whole batch, each sensor's rows contiguous and in time order (so their hours
+        never decrease): the same Eval per row, and the state `evaluate` leaves after the rows one by one.
+
+        Row by row, the hour counted before row i is max(hour0, hour[i-1]) (hour0: the state's), a row
+        rolls the hour when its own is later, and the count after it is the sum of valid rows of its
+        bucket max(hour, hour0) so far (plus the state's count where that bucket is hour0's): a
+        cumulative sum per (sensor, bucket) run. The last complete hour's rate changes only at rolled
+        rows that close a counted, non-first hour, and is carried forward from there as the float32 the
+        state stores (the rolling row itself sees the float64, as in `evaluate`). A bad-flag run starts
+        at its first row, or before the batch where it continues the state's run."""
+        loc, ts = view.loc, view.ts
+        n = len(view)
+        if n == 0:
+            return self._eval(np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64))
+        rows = np.arange(n)
+        head = run_heads(loc)  # each sensor's first row of the batch
+        begin = np.maximum.accumulate(np.where(head, rows, 0))  # ... for every row
+        hour = (ts - 1) // (3600 * NS)
+        hour0, count0, first0 = self.hour_[loc], self.count_[loc], self.first_[loc]
+        cur = hour0.copy()  # the hour counted before each row
+        np.maximum(hour0[1:], hour[:-1], out=cur[1:])
+        cur[head] = hour0[head]
+        rolled = hour > cur
+        bucket = np.maximum(hour, hour0)  # ... after it
+        valid = self._has_main(view) & (view.quality == 0)
+        # Counts as int64 sums cast to the state's int16: the same wrap-around as adding one by one.
+        add = (valid & (hour >= hour0)).astype(np.int64)
+        seg = run_heads(bucket) | head
+        csum = np.cumsum(add)
+        s0 = np.maximum.accumulate(np.where(seg, rows, 0))
+        count = (csum - csum[s0] + add[s0] + np.where(bucket == hour0, count0, 0)).astype(np.int16)
+        if rolled.any():
+            started = cur >= 0
+            before = np.empty(n, np.int16)  # the count before each row
+            before[1:] = count[:-1]
+            before[head] = count0[head]
+            # first_: set at each rolled row (its hour is the first, partial one when none was counted yet).
+            last_roll = np.maximum.accumulate(np.where(rolled, rows, -1))
+            first_after = np.where(last_roll >= begin, ~started[np.maximum(last_roll, 0)], first0)
+            first = np.empty(n, bool)
+            first[1:] = first_after[:-1]
+            first[head] = first0[head]
+            done = np.where(hour == cur + 1, before / self.expected[loc], 0.0)
+            upd = rolled & started & ~first
+            last_upd = np.maximum.accumulate(np.where(upd, rows, -1))
+            carried = np.where(last_upd >= begin, done[np.maximum(last_upd, 0)].astype(np.float32),
+                               self.vdr_[loc]).astype(np.float64)
+            vdr = np.where(upd, done, carried)
+        else:  # no hour ends in the batch: the rates and first-hour marks stay
+            first_after, vdr = first0, self.vdr_[loc].astype(np.float64)
+        bad = view.quality != 0
+        if bad.any():
+            since0 = self.bad_since_[loc]
+            after_good = np.empty(n, bool)
+            after_good[0] = True
+            np.logical_not(bad[:-1], out=after_good[1:])
+            run_start = bad & (head | after_good)
+            start_ts = np.where(head & (since0 >= 0), since0, ts)
+            since = np.where(bad, start_ts[np.maximum.accumulate(np.where(run_start, rows, 0))], -1)
+            bad_s = np.where(bad, (ts - since) / NS + self.interval_s[loc], 0.0)
+        else:
+            since, bad_s = np.full(n, -1, np.int64), np.zeros(n)
+        # The state after each sensor's last row.
+        last = np.empty(int(head.sum()), np.intp)
+        last[:-1] = np.flatnonzero(head)[1:] - 1
+        last[-1] = n - 1
+        at_last = loc[last]
+        self.hour_[at_last] = bucket[last]
+        self.count_[at_last] = count[last]
+        self.first_[at_last] = first_after[last]
+        self.vdr_[at_last] = vdr[last]
+        self.bad_since_[at_last] = since[last]
+        low = vdr < self.min_vdr
+        flag_bad = bad_s >= self.bad_s
+        return self._eval(vdr, bad_s, flag_bad | low, np.where(flag_bad, 1, np.where(low, 2, 0)))
