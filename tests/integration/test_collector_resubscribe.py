@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -20,19 +19,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from citywatch.cluster import NatsNode, NodePorts
 from citywatch.localstack import free_port
+from citywatch.service import wait_until
 from config import load_config
 from ingest.collector import MqttCollector
 
 pytestmark = pytest.mark.integration
 
-
-def wait_for(cond, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def write_conf(node: NatsNode, service_reads: list[str]) -> None:
@@ -84,13 +76,13 @@ def test_collector_asks_again_for_a_refused_data_subscription(nats, caplog):
     c.start()
     dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-G01", protocol=mqtt.MQTTv311)
     try:
-        assert wait_for(lambda: (c.last_error or "").startswith("subscription refused")), c.last_error
+        assert wait_until(lambda: (c.last_error or "").startswith("subscription refused"), 60), c.last_error
         assert not c.connected and c.client.is_connected()  # connected to the broker, deaf to the gas topics
         connects = c.connects
 
         write_conf(nats, ["city.xm.>"])
         os.kill(nats.pid, signal.SIGHUP)  # NATS reloads its permissions; connections stay
-        assert wait_for(lambda: c.connected), f"the collector never asked again: {c.last_error}"
+        assert wait_until(lambda: c.connected, 60), f"the collector never asked again: {c.last_error}"
         assert c.connects == connects  # asked again on the same connection
 
         dev.username_pw_set("dev", "dev-secret")
@@ -98,7 +90,7 @@ def test_collector_asks_again_for_a_refused_data_subscription(nats, caplog):
         dev.loop_start()
         topic = "city/xm/gas/S01/G01/data"
         dev.publish(topic, b'{"ts":1700000000000,"values":{"p":3.2}}', qos=1).wait_for_publish(30)
-        assert wait_for(lambda: any(m.topic == topic for m in list(got)))
+        assert wait_until(lambda: any(m.topic == topic for m in list(got)), 60)
     finally:
         dev.disconnect()
         dev.loop_stop()

@@ -15,6 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citywatch.localstack import free_port, mosquitto_binary
+from citywatch.service import wait_until
 from config import load_config
 from ingest.collector import MqttCollector
 
@@ -57,14 +58,6 @@ keyfile {d / 'srv.key'}
         proc.wait(10)
 
 
-def wait_for(cond, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
 
 def test_every_message_arrives_whole_and_once_over_tls(tls_broker):
     port, ca = tls_broker
@@ -95,7 +88,7 @@ def test_every_message_arrives_whole_and_once_over_tls(tls_broker):
         infos += [pub.publish(topic, p, qos=1) for p in sent[1500:]]
         for info in infos:
             info.wait_for_publish(60)
-        assert wait_for(lambda: len(got) >= len(sent) + 1, 60), f"{len(got)} of {len(sent) + 1} arrived"
+        assert wait_until(lambda: len(got) >= len(sent) + 1, 60), f"{len(got)} of {len(sent) + 1} arrived"
         time.sleep(0.5)  # nothing more may come: the collector acks nothing here, and nothing is resent
         with lock:
             payloads = [m.payload for m in got]
