@@ -657,7 +657,10 @@ def field_of(reason: str, i: int, rows: Rows, kind: str, device: Device) -> str 
         return "units"
     if reason == "out_of_range":
         out = []
-        for name, col in rows.values.items():
+        for name in FIELDS[kind]:  # the detail's order: a chunk's columns are in first-seen order
+            col = rows.values.get(name)
+            if col is None:
+                continue
             v = float(col[i])
             if v != v:
                 continue

@@ -105,6 +105,20 @@ def test_a_chunk_decoded_together_is_the_chunk_decoded_message_by_message(seed, 
     assert_same(decode_chunk(Decoder(CFG), msgs, 4096, CFG), one_by_one(msgs))
 
 
+def test_the_fields_of_an_out_of_range_row_are_named_in_one_order_whatever_came_before_in_the_chunk():
+    """Regression (CI, 2026-12-06): a chunk's columns are in first-seen order, so a row without leq before an
+    out-of-range row named its fields "lmax,leq" where the message alone gave "leq,lmax"."""
+    d = CFG.device("XM0001NOISE")
+    topic = f"city/xm/noise/{d.site}/{d.id}/data"
+    first = encode_batch(d.id, d.site, "noise", [(NOW_MS, {"lmax": 78.2, "lmin": 52.0})], 1, 60, NOW_MS)
+    loud = encode_batch(d.id, d.site, "noise", [(NOW_MS - 60_000, NOISE | {"leq": 500.0, "lmax": 600.0})], 2, 60,
+                        NOW_MS)
+    msgs = [(topic, first, NOW_MS * 1_000_000), (topic, loud, NOW_MS * 1_000_000)]
+    got = decode_chunk(Decoder(CFG), msgs, 4096, CFG)
+    assert_same(got, one_by_one(msgs))
+    assert json.loads(got.deadletters[-1].to_json())["rows"][0]["field"] == "leq,lmax"
+
+
 def test_every_bad_input_of_the_catalogue_keeps_its_dead_letter_and_reason():
     msgs = [(t, p, NOW_MS * 1_000_000) for t, p in CATALOGUE]
     got = decode_chunk(Decoder(CFG), msgs, 4096, CFG)
