@@ -14,7 +14,9 @@ burst as fast as the publishers go, timed until every reading is counted in Infl
 gas device alternates over and under its G-highhigh limit at 4 Hz: publish -> alert notice latency on the
 MQTT alert topic (alerts.yaml is replaced by one MQTT sink without group timers or flap damping, so the
 latency is the pipeline's, not a routing policy's). The service's own view (detection backlog, late and
-skipped alert ticks) is read from its Prometheus endpoint.
+skipped alert ticks) is read from its Prometheus endpoint. Each step also says where the machine's cores went:
+CPU per 1,000 readings of the service (main process, decode worker), Mosquitto, InfluxDB and the publishers
+(/proc), and how busy the whole machine was.
 
 Run:  .venv/bin/python bench/bench_throughput.py [--broker raised|stock] [--shapes single,batch]
       [--burst-single 50000] [--burst-batch 2000] [--step-s 5] [--pace 0.95] [--rules on|off]
@@ -23,7 +25,8 @@ Run:  .venv/bin/python bench/bench_throughput.py [--broker raised|stock] [--shap
 Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): sustained_readings_s=..
            bare_readings_s=.. bare_lost_msgs=.. ratio=.. influx_readings_s=.. influx_ratio=.. failed_step=.. failed_step_taken_readings_s=..
            burst_readings_s=.. burst_lost=..
-           alert_p99_ms=..; then alert_p99_ms=.. (whole run) ticks_skipped=.. behind_lines=..
+           alert_p99_ms=.. service_cpu_ms_per_1000=.. (main process + decode worker, at the best passing step);
+           then alert_p99_ms=.. (whole run) ticks_skipped=.. behind_lines=..
            load_start=1m/5m/15m load_end=1m/5m/15m
 With --broker stock the bare subscriber gets an unpaced burst live (a stock broker keeps 1,000 queued
 messages per session), and what the broker dropped even for it is reported.
@@ -74,6 +77,36 @@ BARE_PREFIX = "city/xm/internal/bench"
 # A step's landing rate is fitted to InfluxDB counts taken every 0.5 s from this far into the step (before it,
 # the readings of the step's first moments are still on their way) to its last publish.
 LANDING_FROM_S = 1.0
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; 0 once it is gone."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (the service's decode worker)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = v[3] + v[4]
+    return (sum(v[:8]) - idle) / _TICK, sum(v[:8]) / _TICK
 
 
 class Pub:
@@ -153,6 +186,8 @@ class Bench:
         self.svc = None
         self.metrics_url = None
         self.probe_lat: list[tuple[float, float]] = []  # (monotonic publish time, latency ms)
+        self.step_cpu: list[tuple[int, dict, int, float]] = []  # (step, CPU s used, readings, s)
+        self.best_cpu: dict[str, float] = {}  # shape -> service CPU ms per 1,000 readings at its best passing step
 
     # ----- servers and the service ---------------------------------------------------------------------
 
@@ -205,6 +240,15 @@ class Bench:
         self.influx.kill()
         self.mosq.kill()
         self.mosq.remove_broker_dir()
+
+    def cpu(self, pubs: dict) -> dict[str, float]:
+        """CPU seconds so far of the service (main process and decode worker), broker, InfluxDB, publishers
+        and the machine: where the two cores go at each step."""
+        main = self.svc.pid if self.svc is not None else None
+        busy, total = machine_busy_s()
+        return {"main": cpu_s(main), "decode": sum(cpu_s(c) for c in children(main)) if main else 0.0,
+                "broker": cpu_s(self.mosq.pid), "influxdb": cpu_s(self.influx.pid),
+                "publishers": sum(cpu_s(p.proc.pid) for p in pubs.values()), "busy": busy, "total": total}
 
     def scrape(self) -> dict[str, float]:
         from prometheus_client.parser import text_string_to_metric_families
@@ -395,6 +439,7 @@ class Bench:
                 cuts = np.linspace(0, len(lines), ticks + 1).astype(int)
                 slices[d.id] = [b"".join(lines[cuts[i]:cuts[i + 1]]) for i in range(ticks)]
             s0 = self.scrape()
+            c0 = self.cpu(pubs)
             t0 = time.monotonic()
             worst_age = 0.0
             landing: list[tuple[float, int]] = []  # (s into the step, readings of the shape in InfluxDB)
@@ -413,6 +458,7 @@ class Bench:
             landing.append((t_pub, self.landed(shape)))
             n = self.wait_landed(shape, self.args.grace, poll_s=0.05)
             t_land = time.monotonic() - t0
+            c1 = self.cpu(pubs)
             s1 = self.scrape()
             worst_age = max(worst_age, s1.get("citywatch_detection_oldest_age_seconds", 0.0))
             achieved = per_msg * n_msgs / t_pub
@@ -440,12 +486,22 @@ class Bench:
                   f"{'all in' if not missing else format(missing, ',') + ' not in'} InfluxDB {t_land - t_pub:.1f} s "
                   f"after the last publish; detection oldest wait {worst_age:.1f} s, alert ticks skipped "
                   f"{skipped:.0f}, probe p99 {p99:.0f} ms ({k}): {verdict}")
+            used = {k: c1[k] - c0[k] for k in c0}
+            per_k = 1000.0 / max(1, per_msg * n_msgs)
+            print(f"    CPU ms per 1,000 readings: service {1000 * (used['main'] + used['decode']) * per_k:.0f} "
+                  f"(main {1000 * used['main'] * per_k:.0f}, decode worker {1000 * used['decode'] * per_k:.0f}), "
+                  f"broker {1000 * used['broker'] * per_k:.0f}, InfluxDB {1000 * used['influxdb'] * per_k:.0f}, "
+                  f"publishers {1000 * used['publishers'] * per_k:.0f}; machine {used['busy'] / max(used['total'], 1e-9):.0%} "
+                  f"busy; service main process {used['main'] / t_land:.0%} of a core")
+            self.step_cpu.append((rate, used, per_msg * n_msgs, t_land))
             if not ok:
                 failed = {"rate": rate, "missing": missing, "detect_age_s": worst_age, "taken": landed_rate}
                 n = self.wait_landed(shape, 60)  # let the step finish before the burst
                 if n < shape.sent_readings:
                     print(f"    and LOSES: {shape.sent_readings - n:,} readings still not in InfluxDB a minute later")
                 break
+            if took >= best:  # the service's CPU per reading at the best passing step, for the RESULT line
+                self.best_cpu[shape.name] = 1000 * (used["main"] + used["decode"]) * per_k
             best = max(best, took)
         return best, failed
 
@@ -631,7 +687,8 @@ def main() -> int:
                       f"{name}_influx_ratio={r['influx_ratio']:.2f}", f"{name}_failed_step={r['failed'].get('rate', 0)}",
                       f"{name}_failed_step_taken_readings_s={r['failed'].get('taken', 0):.0f}",
                       f"{name}_burst_readings_s={r['burst']:.0f}", f"{name}_burst_lost={r['burst_lost']}",
-                      f"{name}_alert_p99_ms={r['p99']:.0f}"]
+                      f"{name}_alert_p99_ms={r['p99']:.0f}",
+                      f"{name}_service_cpu_ms_per_1000={b.best_cpu.get(name, float('nan')):.0f}"]
         parts += [f"alert_p99_ms={p99_all:.0f}", f"ticks_skipped={s.get('citywatch_job_skipped_total{job=alerts_tick}', 0):.0f}",
                   f"behind_lines={behind}", f"load_start={load_start}",
                   "load_end=" + "/".join(f"{x:.2f}" for x in os.getloadavg())]
