@@ -6,7 +6,7 @@ Ingest produces `ReadingBatch`; detectors consume it and produce `Detections`; t
 """
 
 from core.batch import FLAG_CODES, GAS_FIELDS, NOISE_FIELDS, ReadingBatch
-from core.detections import Detections
+from core.detections import Detections, LazyContexts
 from core.severity import SEVERITY_CODES, SEVERITY_NAMES
 
-__all__ = ["FLAG_CODES", "GAS_FIELDS", "NOISE_FIELDS", "SEVERITY_CODES", "SEVERITY_NAMES", "Detections", "ReadingBatch"]
+__all__ = ["FLAG_CODES", "GAS_FIELDS", "NOISE_FIELDS", "SEVERITY_CODES", "SEVERITY_NAMES", "Detections", "LazyContexts", "ReadingBatch"]

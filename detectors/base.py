@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from config.base import SEVERITY_RANK, Strict
-from core import Detections
+from core import Detections, LazyContexts
 from detectors.calendar import EXAM_MODES
 
 if TYPE_CHECKING:  # annotations only: autolimit imports this module
@@ -198,7 +198,7 @@ class Detector:
     def context_base(self) -> dict:
         return {"metric": self.metric, "unit": self.unit, "window": self.window}
 
-    def rows(self, sensor, ts, severity, value, limit, score, contexts: list[dict], category=None) -> Detections:
+    def rows(self, sensor, ts, severity, value, limit, score, contexts: Sequence[dict], category=None) -> Detections:
         n = len(sensor)
         return Detections(
             np.asarray(sensor, np.int32), np.asarray(ts, np.int64), np.full(n, self.rule_id, object),
@@ -206,26 +206,38 @@ class Detector:
             np.asarray(value, np.float64), np.asarray(limit, np.float64), np.asarray(score, np.float64), contexts,
         )
 
-    def contexts(self, view: View, idx: np.ndarray, extra: dict | None = None) -> list[dict]:
+    def contexts(self, view: View, idx: np.ndarray, extra: dict | None = None) -> LazyContexts:
+        """The context dict of each emitted row (`idx` into the view), built when the row's is read: the
+        columns are gathered now (vectorized), the dicts only for the rows the alert engine reads."""
         base = self.context_base()
-        out = [dict(base) for _ in range(len(idx))]
-        if self.uses_calendar and len(idx):
+        n = len(idx)
+        cal = None
+        if self.uses_calendar and n:
             f = view.facts()
-            cal = view.round.calendar
-            for c, i in zip(out, idx):
-                c["period"] = f.period_name(i)
-                c["permit_id"] = cal.permit_id(int(f.permit[i]))
-                c["exam_mode"] = EXAM_MODES[int(f.exam[i])]
+            calendar = view.round.calendar
+            cal = (f.prohibited[idx], f.night[idx], f.permit[idx], f.exam[idx], calendar)
+        cols = []
         for name, col in (extra or {}).items():
             if isinstance(col, np.ndarray) and col.dtype != object:
-                # One conversion for the column (a long alarm emits a row per reading).
-                for c, v in zip(out, col[idx].tolist()):
-                    c[name] = v
-                continue
-            for c, i in zip(out, idx):
-                v = col[i]
-                c[name] = v.item() if hasattr(v, "item") else v
-        return out
+                cols.append((name, col[idx], True))
+            elif isinstance(col, Labels):
+                cols.append((name, Labels(col.codes[idx], col.names), False))
+            else:
+                cols.append((name, [col[i] for i in idx], False))
+
+        def make(j: int) -> dict:
+            c = dict(base)
+            if cal is not None:
+                prohibited, night, permit, exam, calendar = cal
+                c["period"] = "prohibited" if prohibited[j] else ("night" if night[j] else "day")
+                c["permit_id"] = calendar.permit_id(int(permit[j]))
+                c["exam_mode"] = EXAM_MODES[int(exam[j])]
+            for name, col, plain in cols:
+                v = col[j]
+                c[name] = v.item() if plain or hasattr(v, "item") else v
+            return c
+
+        return LazyContexts(n, make)
 
 
 def latch_levels(raw: np.ndarray, held: np.ndarray, start: np.ndarray, init: np.ndarray) -> np.ndarray:
