@@ -142,3 +142,31 @@ def test_rows_of_unknown_sensors_are_counted_and_skipped(tmp_path):
                                           (0, 0, "N-day", "yellow", 72)]])
     assert [(n.transition, n.payload["device"]["id"]) for n in notices] == [("firing", "XM0001NOISE")]
     assert engine.counters["unknown_sensor_rows"] == 2
+
+
+def test_an_untouched_alerts_timer_runs_in_process_at_most_every_advance_interval_and_is_stamped_when_due(tmp_path):
+    """process() runs the timers of alerts no detection touched at most every ADVANCE_EVERY_NS of engine time
+    (a step comes every few ms under load); tick() always does. Either way the transition carries the time it
+    fell due, and none is lost (issue 17)."""
+    from alerts.engine import ADVANCE_EVERY_NS
+
+    gap = ADVANCE_EVERY_NS / 1e9
+    engine, sink = make_engine(tmp_path, make_cfg(None, [{**RULE, "for_s": 1}, {**RULE, "id": "N-other"}]))
+    engine.process(det([(0, 0, "N-day", "yellow", 72)]))  # pending until 1 s
+    engine.process(det([(1, 1.0 - gap / 2, "N-other", "yellow", 72)]))  # other alerts' timers ran at 1 s - gap/2
+    engine.process(det([(1, 1.0 + gap / 4, "N-other", "yellow", 72)]))  # N-day due, untouched, inside the gap
+    assert engine.flush(5)
+    assert [(n.payload["rule_id"], n.transition) for n in sink.notices] == [("N-other", "firing")]
+    engine.process(det([(1, 1.0 + gap, "N-other", "yellow", 72)]))  # the interval passed: timers run here
+    assert engine.flush(5)
+    fired = [n for n in sink.notices if n.payload["rule_id"] == "N-day"]
+    assert [n.transition for n in fired] == ["firing"] and fired[0].ts_ns == at(1)
+    engine.process(det([(0, 1.0 + gap, "N-day", "clear", 60)]))  # clear_for_s 0 by default: resolves
+    engine.process(det([(0, 1.0 + 1.5 * gap, "N-day", "yellow", 72)]))  # pending again until 2 + 1.5 gap
+    engine.tick(at(2.0 + 1.5 * gap))  # tick always runs every timer
+    assert engine.flush(5)
+    engine.stop()
+    fired = [n for n in sink.notices if n.payload["rule_id"] == "N-day"]
+    assert [n.transition for n in fired] == ["firing", "resolved", "firing"]
+    assert fired[2].ts_ns == at(2.0 + 1.5 * gap)
+
