@@ -434,15 +434,18 @@ class ReceiveClient(mqtt.Client):
     goes back to `select` after every packet when acks are manual, then builds an MQTTMessage (and, in
     MQTT 5, a Properties object) and matches the topic against its per-topic callbacks: about as much
     Python as the rest of the collector's per-message work. Here the socket is read RECV_CHUNK bytes at a
-    time into a buffer that paho's own packet parser takes from, all buffered packets are handled in one
-    go, and a QoS 0/1 PUBLISH is decoded in place and handed to `on_publish_received(topic, payload, mid,
-    qos, retain)` (topic as raw UTF-8 bytes; MQTT 5 properties skipped: the collector uses none, and it
-    announces no Topic Alias Maximum, so the broker sends none). QoS 2 and every other packet take paho's
-    own path. Everything else (connect, keepalive, acks, reconnects, TLS) is paho's.
+    time into a buffer, all buffered packets are handled in one go, and a QoS 0/1 PUBLISH is decoded in
+    place and handed to `on_publish_received(topic, payload, mid, qos, retain)` (topic as raw UTF-8 bytes;
+    MQTT 5 properties skipped: the collector uses none, and it announces no Topic Alias Maximum, so the
+    broker sends none). Between packets, the complete QoS 0/1 PUBLISH packets at the front of the buffer are
+    cut straight from it (`_read_buffered`); any other packet, and one whose end is not buffered yet, goes
+    through paho's own packet parser, which takes its bytes from the same buffer (so a packet split across
+    recv chunks continues there). QoS 2 and every other packet type are handled by paho. Everything else
+    (connect, keepalive, acks, reconnects, TLS) is paho's.
 
-    Relies on paho-mqtt 2.x internals (`_sock_recv`, `_packet_read`, `_handle_publish`, `_in_packet`);
-    tests/unit/ingest/test_collector_receive.py checks it against real packets, and `pyproject.toml`
-    pins paho-mqtt to 2.2.x.
+    Relies on paho-mqtt 2.x internals (`_sock_recv`, `_packet_read`, `_handle_publish`, `_in_packet`,
+    `_last_bytes_received`); tests/unit/ingest/test_collector_receive.py checks it against real packets,
+    and `pyproject.toml` pins paho-mqtt to 2.2.x.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -473,6 +476,25 @@ class ReceiveClient(mqtt.Client):
         while True:
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            handler = self.on_publish_received
+            # paho's parser is between packets when its `_in_packet` is as it resets it (a type byte 0x00,
+            # which no packet has, leaves `command` 0 with length bytes read: that one stays with paho).
+            if handler is not None and not self._in_packet["command"] and not self._in_packet["remaining_count"]:
+                if self._rpos >= len(self._rbuf):
+                    rc = self._fill()
+                    if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                        return MQTTErrorCode.MQTT_ERR_SUCCESS
+                    if rc:
+                        return self._loop_rc_handle(rc)
+                rc, k = self._read_buffered(handler)
+                if rc:
+                    return self._loop_rc_handle(rc)
+                n += k
+                if self._rpos >= len(self._rbuf):
+                    if n >= READ_BATCH:
+                        return MQTTErrorCode.MQTT_ERR_SUCCESS
+                    continue
+                # Another packet type, or a packet whose end is still in the socket: paho's parser takes it.
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
@@ -485,40 +507,113 @@ class ReceiveClient(mqtt.Client):
             if n >= READ_BATCH and self._rpos >= len(self._rbuf):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _fill(self) -> MQTTErrorCode:
+        """Read the socket into the empty buffer: SUCCESS, AGAIN (nothing there yet) or CONN_LOST, as paho's
+        `_packet_read` answers a failed read of a packet's type byte."""
+        try:
+            data = super()._sock_recv(RECV_CHUNK)
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        except OSError as err:  # a socket timeout included
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if not data:  # the broker closed the connection
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        self._rbuf, self._rpos = data, 0
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _read_buffered(self, handler: PublishHandler) -> tuple[MQTTErrorCode, int]:
+        """Handle the complete QoS 0/1 PUBLISH packets at the front of the buffer; return paho's code and how
+        many were handled. Stops at the buffer's end, at any other packet, and at a packet whose end is not
+        buffered yet: paho's parser takes those from `_rpos` on."""
+        buf, pos = self._rbuf, self._rpos
+        end = len(buf)
+        n = 0
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            while pos < end:
+                header = buf[pos]
+                # MQTT 3.1.1 / MQTT 5 §3.3.1: PUBLISH is type 3; QoS bits (0x06) 00 or 01 leave 0x04 clear.
+                if header & 0xF4 != 0x30 or pos + 1 >= end:
+                    break
+                # Remaining length (3.1.1 §2.2.3, 5 §2.1.4): one byte below 128, as for a single reading.
+                size = buf[pos + 1]
+                start = pos + 2
+                if size >= 0x80:
+                    size, start = _varint(buf, pos + 1, end)
+                    if size < 0:
+                        break
+                stop = start + size
+                if stop > end:
+                    break
+                self._rpos = pos = stop  # taken before the handler runs (it may close the connection)
+                n += 1
+                rc = self._deliver_publish(handler, header, buf, start, stop)
+                if rc or self._rbuf is not buf:  # a failed auto-ack, or the connection closed meanwhile
+                    break
+        except MalformedPacket as exc:  # as paho's _packet_read
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        if n:
+            with self._msgtime_mutex:  # keepalive: paho stamps the time after every packet it reads
+                self._last_bytes_received = mqtt.time_func()
+        return rc, n
+
     def _handle_publish(self) -> MQTTErrorCode:
+        # A PUBLISH paho's parser read: one whose end was not buffered yet when it began (see loop_read).
         handler = self.on_publish_received
         header = self._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        if handler is None or qos >= 2:  # QoS 2 (and the malformed 3) take paho's own path
+        if handler is None or header & 0x04:  # QoS 2 (and the malformed 3) take paho's own path
             return super()._handle_publish()
-        packet = self._in_packet["packet"]
+        packet = bytes(self._in_packet["packet"])
+        return self._deliver_publish(handler, header, packet, 0, len(packet))
+
+    def _deliver_publish(self, handler: PublishHandler, header: int, buf: bytes, start: int,
+                         stop: int) -> MQTTErrorCode:
+        """Decode the QoS 0/1 PUBLISH with fixed header byte `header` and body buf[start:stop], hand it to
+        `handler` and ack it unless acks are manual. Raises MalformedPacket when the body is shorter than
+        its own fields say."""
         # MQTT 3.1.1 §3.3.2 / MQTT 5 §3.3.2: topic (2-byte length + UTF-8), packet id if QoS > 0, then in
         # MQTT 5 the properties (a variable byte integer length, then that many bytes), then the payload.
-        try:
-            pos = 2 + ((packet[0] << 8) | packet[1])
-            topic = bytes(packet[2:pos])
-            mid = 0
-            if qos:
-                mid = (packet[pos] << 8) | packet[pos + 1]
-                pos += 2
-            if self._protocol == mqtt.MQTTv5:
-                size, shift = 0, 0
-                while True:
-                    byte = packet[pos]
-                    pos += 1
-                    size |= (byte & 0x7F) << shift
-                    if byte < 0x80:
-                        break
-                    shift += 7
-                    if shift > 21:
-                        raise MalformedPacket("PUBLISH properties length longer than 4 bytes")
-                pos += size
-        except IndexError:
-            raise MalformedPacket("PUBLISH shorter than its header says") from None
-        if pos > len(packet):
+        qos = (header & 0x06) >> 1
+        if stop - start < 2:
             raise MalformedPacket("PUBLISH shorter than its header says")
+        topic_end = start + 2 + ((buf[start] << 8) | buf[start + 1])
+        pos = topic_end + 2 if qos else topic_end
+        if pos > stop:
+            raise MalformedPacket("PUBLISH shorter than its header says")
+        mid = (buf[topic_end] << 8) | buf[topic_end + 1] if qos else 0
+        if self._protocol == mqtt.MQTTv5:
+            if pos >= stop:
+                raise MalformedPacket("PUBLISH shorter than its header says")
+            size = buf[pos]
+            if size < 0x80:
+                pos += 1 + size
+            else:
+                size, pos = _varint(buf, pos, stop)
+                if size < 0:
+                    raise MalformedPacket("PUBLISH shorter than its header says")
+                pos += size
+            if pos > stop:
+                raise MalformedPacket("PUBLISH shorter than its header says")
         with self._in_callback_mutex:
-            handler(topic, bytes(packet[pos:]), mid, qos, bool(header & 0x01))
+            handler(buf[start + 2:topic_end], buf[pos:stop], mid, qos, bool(header & 0x01))
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The MQTT variable byte integer at buf[pos:end] (3.1.1 §2.2.3, 5 §1.5.5) and the position after it;
+    (-1, end) when its last byte is not there yet. Raises MalformedPacket when it runs past 4 bytes."""
+    value, shift = 0, 0
+    while pos < end:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 21:
+            raise MalformedPacket("variable byte integer longer than 4 bytes")
+    return -1, end
