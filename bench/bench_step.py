@@ -1,0 +1,144 @@
+"""Benchmark: one detection step as the service runs it (issue 17): `DetectionPipeline._evaluate` = every
+shipped rule (`RuleSet.process`) and the alert engine (`AlertEngine.process`, a real SQLite store, one
+terminal-type sink that drops what it is sent), on the single-reading shape of `bench_throughput.py`: 8 noise
+devices, readings 10 ms apart, two hours before now (night in Xiamen for most of the day: leq 61.8 dB is over
+every night limit, so every reading is an active alarm and emits a row per rule, the worst case for the
+engine and for the rows' contexts).
+
+Each step holds `--rows` readings of each device (the detector thread's step grows with the rate: about
+10-50 at 16,000 readings/s). Figures are CPU time of this process (time.process_time) per reading, which a
+shared machine's load disturbs far less than wall time.
+
+    .venv/bin/python bench/bench_step.py [--rows 10,40,100] [--seconds 3] [--against DIR [--pairs 3]]
+
+`--against DIR` runs the same measurement on another copy of the code (DIR holds its `detectors`, `alerts`,
+`core`, `config`, `citywatch` packages, e.g. `git archive <rev> | tar -x -C DIR`), alternating in subprocesses,
+and reports the ratio of the medians.
+Ends with one line `RESULT bench_step rows<N>_us=.. [rows<N>_us_against=.. rows<N>_speedup=..] load=..`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.environ.get("BENCH_STEP_ROOT") or str(Path(__file__).resolve().parents[1]))
+
+from alerts.dispatch import Dispatcher  # noqa: E402
+from alerts.engine import AlertEngine  # noqa: E402
+from alerts.store import AlertStore  # noqa: E402
+from citywatch.pipeline import DetectionPipeline  # noqa: E402
+from config import load_config  # noqa: E402
+from core import ReadingBatch  # noqa: E402
+
+ROOT = Path(os.environ.get("BENCH_STEP_ROOT") or Path(__file__).resolve().parents[1])
+ALERTS = """alerting:
+  sinks: {{drop: {{type: terminal}}}}
+  route: {{receivers: [drop], group_interval_s: 0}}
+  store_path: {store}
+"""
+
+
+class Drop:
+    """A sink that takes every notice and keeps nothing."""
+
+    def send(self, notice) -> None:
+        return None
+
+
+def measure(rows: int, seconds: float) -> float:
+    """CPU µs per reading of DetectionPipeline._evaluate over `seconds`, steps of `rows` readings per device."""
+    work = Path(tempfile.mkdtemp(prefix="bench_step_"))
+    try:
+        shutil.copytree(ROOT / "config", work / "config", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+        (work / "config" / "alerts.yaml").write_text(ALERTS.format(store=work / "a.sqlite"))
+        cfg = load_config(work / "config", {})
+        store = AlertStore(work / "a.sqlite")
+        sink = Drop()
+        engine = AlertEngine(cfg, store, {"drop": sink}, dispatcher=Dispatcher({"drop": sink}, store, 0.01, 0.02))
+        now = time.time_ns()
+        pipe = DetectionPipeline(cfg, {}, work / "config", clock=time.time_ns, listen=False, engine=engine)
+        devs = np.array([i for i, d in enumerate(cfg.devices) if d.kind == "noise" and d.protocol == "json"][:8],
+                        np.int32)
+        t = [now - 2 * 3600 * 10**9]
+
+        def batch() -> ReadingBatch:
+            n = rows * len(devs)
+            ts = t[0] + np.arange(n, dtype=np.int64) * 10_000_000
+            t[0] = int(ts[-1]) + 10_000_000
+            return ReadingBatch(np.tile(devs, rows), ts, {"leq": np.full(n, 61.8), "lmax": np.full(n, 78.2),
+                                                          "lmin": np.full(n, 52.0), "l90": np.full(n, 55.3)})
+
+        for _ in range(20):  # warm up: alerts open, caches filled
+            pipe._evaluate(batch())
+        n = 0
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        while time.perf_counter() - wall0 < seconds:
+            b = batch()
+            pipe._evaluate(b)
+            n += len(b)
+        us = (time.process_time() - cpu0) / n * 1e6
+        engine.stop()
+        return us
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="10,40,100", help="readings per device per step, comma-separated")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default 3)")
+    ap.add_argument("--against", default=None, metavar="DIR", help="another copy of the code to compare with")
+    ap.add_argument("--pairs", type=int, default=3, help="with --against: alternating runs of each (default 3)")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child mode: print one figure
+    a = ap.parse_args()
+    if a.one is not None:
+        print(f"{measure(a.one, a.seconds):.3f}")
+        return 0
+    try:
+        rows = [int(r) for r in a.rows.split(",") if r.strip()]
+    except ValueError:
+        ap.error(f"--rows must be comma-separated integers, got {a.rows!r}")
+    if not rows or min(rows) < 1 or a.seconds <= 0 or a.pairs < 1:
+        ap.error("--rows, --seconds and --pairs must be positive")
+    if a.against and not (Path(a.against) / "detectors").is_dir():
+        ap.error(f"--against {a.against}: no detectors package there")
+    print(f"load average {os.getloadavg()[0]:.2f}; 8 noise devices, every reading an active alarm")
+    parts = []
+
+    def child(root: str, r: int) -> float:
+        env = {**os.environ, "BENCH_STEP_ROOT": root}
+        out = subprocess.run([sys.executable, __file__, "--one", str(r), "--seconds", str(a.seconds)], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        return float(out.strip().splitlines()[-1])
+
+    for r in rows:
+        if not a.against:
+            us = measure(r, a.seconds)
+            print(f"  {r:>4} rows per device per step: {us:6.1f} CPU µs per reading")
+            parts.append(f"rows{r}_us={us:.1f}")
+            continue
+        ours, theirs = [], []
+        for _ in range(a.pairs):
+            theirs.append(child(str(Path(a.against).resolve()), r))
+            ours.append(child(str(ROOT), r))
+        m, o = statistics.median(ours), statistics.median(theirs)
+        print(f"  {r:>4} rows per device per step: {o:6.1f} -> {m:6.1f} CPU µs per reading (x{o / m:.2f}; "
+              f"medians of {a.pairs}: against {', '.join(f'{x:.1f}' for x in theirs)}; this "
+              f"{', '.join(f'{x:.1f}' for x in ours)})")
+        parts += [f"rows{r}_us={m:.1f}", f"rows{r}_us_against={o:.1f}", f"rows{r}_speedup={o / m:.2f}"]
+    print("RESULT bench_step " + " ".join(parts) + f" load={os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
