@@ -181,9 +181,9 @@ def _keep(console, web) -> None:
     alert pages and device charts stay readable) until Ctrl-C or until the console itself exits."""
     from citywatch.demo_console import DEMO_USER
 
-    console.print(f"[bold]the console keeps running[/] at {web.url} (login {DEMO_USER} / the password above); "
-                  "Ctrl-C stops it")
-    try:
+    try:  # a Ctrl-C may come as soon as the line is out, while print() still holds the terminal
+        console.print(f"[bold]the console keeps running[/] at {web.url} (login {DEMO_USER} / the password above); "
+                      "Ctrl-C stops it")
         while web.alive():
             time.sleep(0.5)
         console.print(f"[red]the console exited ({web.proc.returncode}); see {web.log_path}[/]")
