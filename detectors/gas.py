@@ -8,17 +8,23 @@ them, and readings not flagged N, as missing.
 
 from __future__ import annotations
 
+import math
+from array import array
 from typing import TypeVar, overload
 
 import numpy as np
 from pydantic import Field
 
 from config.base import Severity
-from detectors.base import Eval, LevelDetector, RuleParams, levels_above, levels_below, severity_code
+from detectors.base import Eval, LevelDetector, RuleParams, latch_levels, levels_above, levels_below, severity_code
 from detectors.calendar import NS
-from detectors.rolling import SlotRing
+from detectors.rolling import SlotRing, run_heads
 
 WEEK_HOURS = 168
+# A recursion over a whole batch (G-leak's CUSUM and sigma, the profile's running means) steps one row at a
+# time in plain floats while the batch has at most this many rows per step of the vectorized path (about the
+# sensors it holds): below it that is cheaper (measured: ~0.7 µs a row against ~30 µs a numpy step).
+PER_ROW_SENSORS = 40
 _AROUND = np.arange(-2, 4)  # the hours `smooth_profile` reads, relative to the one before the instant
 _Local = TypeVar("_Local", np.ndarray, int)  # local seconds: an array of them, or one plain int
 
@@ -96,7 +102,9 @@ class GasProfile:
     a back-fill that replays one week twice (a weekly profile needs several weeks). The profile at
     an instant is a smooth curve through the hours around it (`smooth_profile`, no step at hour
     boundaries) and counts as learned only where all six hours it uses are. Updated after the rules
-    ran, so a reading is never judged against a profile that already contains it.
+    ran, so a reading is never judged against a profile that already contains it: round by round
+    (`after`), or for a whole batch (`run_series` keeps what each row sees, `after_series` learns the rows
+    after the rules, when every rule reading the profile takes whole batches: RuleSet).
 
     A reading outside the sensor's normal band (below its highest G-low level, above its G-high level)
     is an episode, not demand, and is not learned: a 90-minute sag learned into its hours would drag
@@ -140,7 +148,10 @@ class GasProfile:
         return p, ok & (p >= self.band_lo[view.loc]) & (p <= self.band_hi[view.loc])
 
     def after(self, rnd) -> None:
-        v = rnd.view(self.group)
+        self._learn(rnd.view(self.group))
+
+    def _learn(self, v) -> None:
+        """Learn a view's rows, at most one per sensor (a round's)."""
         p, ok = self.learnable(v)
         flat = self._flat(v)
         local, lo, hi = _local_span(v)
@@ -166,6 +177,108 @@ class GasProfile:
         m = means[flat]
         means[flat] = m + (p - m) / c
         counts[flat] = c
+
+    def run_series(self, view) -> None:
+        """A whole batch (each sensor's rows contiguous, in time order; a `Round` with once=False), as the
+        rounds would see it: keeps for this view each row's `baseline` (the bins as the sensor's earlier
+        rows of the batch left them) and what the rows teach the bins; `after_series` stores that once the
+        rules ran (the rounds learn a round's rows after its rules, and G-flatline, which takes batches
+        whole, reads the profile as it stood before the batch). A batch of one row per sensor is a round.
+
+        The bins a row reads are those of its sensor's six hours around it; each (sensor, hour) bin is a
+        chain of the batch's learnable rows in time order: counts and distinct weeks are cumulative sums,
+        the latest week a running maximum, and the float32 running mean steps along the chains, all chains
+        at once (one numpy step per position in the longest chain, with the rounds' arithmetic)."""
+        loc = view.loc
+        n = len(loc)
+        if n == 0 or len(np.flatnonzero(run_heads(loc))) == n:
+            return  # a round: the rules read the state, `after_series` learns the rows
+        p, ok = self.learnable(view)
+        local = view.local_seconds()
+        rows = np.flatnonzero(ok)
+        if len(rows) == 0:
+            return  # nothing to learn: every row reads the state (`baseline`), and nothing changes
+        code = loc[rows].astype(np.int64) * WEEK_HOURS + hour_of_week(local[rows])
+        o = np.argsort(code, kind="stable")  # chains of (sensor, hour), each in time order
+        rows, code = rows[o], code[o]
+        head = run_heads(code)
+        start = np.flatnonzero(head)
+        length = np.diff(np.append(start, len(code)))
+        chain = np.repeat(np.arange(len(start)), length)
+        rank = np.arange(len(code)) - start[chain]
+        first = code[start]
+        counts, weeks, lasts, means = (t.reshape(-1) for t in (self.count_, self.weeks_, self.last_week_, self.mean_))
+        # Counts saturate at 255 (one more per reading up to it): the divisor of the running mean.
+        count = np.minimum(counts[first][chain].astype(np.int64) + rank + 1, 255).astype(np.int16)
+        week = week_number(local[rows])
+        # The latest week after each row: a running maximum along the chain, from the bin's own.
+        off = chain.astype(np.int64) << 16
+        last = (np.maximum.accumulate(np.maximum(week, lasts[first][chain]).astype(np.int64) + off) - off)
+        before = np.where(head, lasts[first][chain], np.r_[0, last[:-1]])
+        later = (week > before).astype(np.int64)
+        csum = np.cumsum(later)
+        nweek = np.minimum(weeks[first][chain].astype(np.int64) + csum - (csum - later)[start][chain], 255)
+        mean = self._chain_means(means[first], p[rows], count, chain, rank, start, length)
+        # Each row's baseline: per bin, the state after the sensor's last learning row before it (else the bin's).
+        h0, w = week_position(local)
+        flat = loc.astype(np.int64)[:, None] * WEEK_HOURS + (h0[:, None] + _AROUND) % WEEK_HOURS
+        key = code * n + rows  # learning rows by (bin, row): rows were sorted by bin, then row
+        at = np.searchsorted(key, flat * n + np.arange(n)[:, None]) - 1
+        got = (at >= 0) & (code[np.maximum(at, 0)] == flat)
+        j = np.maximum(at, 0)
+        c = np.where(got, count[j], counts[flat])
+        wk = np.where(got, nweek[j], weeks[flat])
+        learned = self.learned_bins(c, wk, self.need[loc][:, None]).all(axis=1)
+        prof = np.zeros(n)
+        sel = np.flatnonzero(learned)
+        if len(sel):
+            m = np.where(got[sel], mean[j[sel]], means[flat[sel]]).astype(np.float64).T
+            prof[sel] = smooth_profile(m, w[sel])
+        view.cache["profile"] = (prof, learned)
+        end = np.append(start[1:], len(code)) - 1
+        view.cache["profile_learn"] = (first, count[end], nweek[end], last[end], mean[end])
+
+    @staticmethod
+    def _chain_means(m0, p, count, chain, rank, start, length) -> np.ndarray:
+        """The float32 running mean after each row of the chains (`after`'s m + (p - m) / c, stepped along
+        every chain at once from its bin's mean m0)."""
+        top = int(length.max()) if len(length) else 0
+        if top <= 1:
+            return (m0[chain] + (p - m0[chain]) / count).astype(np.float32)
+        if len(p) <= PER_ROW_SENSORS * top:
+            # One row at a time in plain floats, rounded to float32 as numpy's cast does after each step.
+            out = [0.0] * len(p)
+            f32 = array("f", [0.0])
+            pl, cl = p.tolist(), count.tolist()
+            bounds = start.tolist() + [len(p)]
+            for j, m in enumerate(m0.tolist()):
+                for i in range(bounds[j], bounds[j + 1]):
+                    f32[0] = m + (pl[i] - m) / cl[i]
+                    m = out[i] = f32[0]
+            return np.array(out, np.float32)
+        k = len(start)
+        ps = np.zeros((top, k))
+        cs = np.ones((top, k), np.int16)
+        ps[rank, chain], cs[rank, chain] = p, count
+        grid = np.empty((top, k), np.float32)
+        m = m0.copy()
+        for r in range(top):
+            m = (m + (ps[r] - m) / cs[r]).astype(np.float32)
+            grid[r] = m
+        return grid[rank, chain]
+
+    def after_series(self, view) -> None:
+        """Store what `run_series` found the batch teaches (or learn a round's rows): after the rules ran."""
+        hit = view.cache.get("profile_learn")
+        if hit is None:
+            if len(view):
+                self._learn(view)
+            return
+        first, count, nweek, last, mean = hit
+        self.count_.reshape(-1)[first] = count
+        self.weeks_.reshape(-1)[first] = nweek
+        self.last_week_.reshape(-1)[first] = last
+        self.mean_.reshape(-1)[first] = mean
 
     def _flat(self, view) -> np.ndarray:
         hit = view.cache.get("profile_flat")
@@ -344,6 +457,7 @@ class GasRupture(GasRule):
     a fall from there on below the normal level still is."""
 
     type = "gas_rupture"
+    series = True  # whole batches (evaluate_series) while the shared GasProfile runs whole too (RuleSet)
     metric = "p_drop"
     unit = "%"  # value and limit are a drop in percent of set pressure, not kPa
     Params = RuptureParams
@@ -404,6 +518,118 @@ class GasRupture(GasRule):
                 limits[0] = pct
         return Eval(ok, raw, held, drop_pct, limits, drop_pct, {"p_kpa": p, "profile": learned})
 
+    def evaluate_series(self, view) -> Eval:
+        """`evaluate` over a whole batch (each sensor's rows contiguous, in time order), with the same Eval
+        per row and the state the rounds leave: the residuals go into the ring at once (`insert_series`,
+        the tags beside them), each row's block bound is the running maximum of its block as the rounds
+        keep it, and the drop is computed for the rows that could reach a level.
+
+        The rounds judge a row only where its residual lies far enough below the bound or its sensor is
+        active; every other row reads 0 (a drop that cannot reach a level). A sensor's level before each row
+        is known once the rows are latched: the drop is computed for every valid row of a sensor active
+        before the batch or with a row under the bound, and the rows that turn out to follow level 0
+        without being under the bound are set back to 0 (latched again if that changed a level)."""
+        p, ok = self.pressure(view)
+        loc, ts = view.loc, view.ts
+        n = len(view)
+        base, learned = self.profile.baseline(view)
+        resid = p - np.where(learned, base, 0.0)
+        seen = self.ring.insert_series(loc, ts, resid.astype(np.float32), ok)
+        tags = seen.beside(self.ring_tag_, learned.astype(np.float64))
+        ub = self._block_series(loc, ts, resid, ok)
+        raw = np.zeros(n, np.int8)
+        held = np.zeros(n, np.int8)
+        limits = np.empty(5)
+        drop_pct = np.zeros(n)
+        for i, (sev, pct, _) in enumerate(self.levels):
+            limits[sev] = pct
+            if i == 0:
+                limits[0] = pct
+        p_set = self.p_set[loc]
+        need = (min(pct for _, pct, _ in self.levels) - self.g.hysteresis_pct) * p_set / 100.0
+        under = ok & (ub - resid > need)
+        busy = self.level_ > 0
+        busy[loc[under]] = True
+        cand = np.flatnonzero(ok & busy[loc])
+        if len(cand):
+            ring = self.ring
+            spans = [ring.span(w + ring.slot_s) for _, _, w in self.levels]
+            top = np.full(len(cand), max(spans))
+            vals, inside = seen.window(cand, top)
+            tag = tags.window(cand, top)[0]
+            age = (seen.key[cand].astype(np.int64)[:, None] - np.arange(ring.slots)) % ring.slots
+            same = inside & (tag == learned[cand][:, None])
+            rc, ps = resid[cand], p_set[cand]
+            ceiling = np.where(learned[cand], 0.0, ps) + self.hyst[loc[cand]]
+            dc = np.zeros(len(cand))
+            rr = np.zeros(len(cand), np.int8)
+            hh = np.zeros(len(cand), np.int8)
+            for (sev, pct, _), span in zip(self.levels, spans):
+                peak = np.minimum(np.where(same & (age < span), vals, -np.inf).max(axis=1), ceiling)
+                drop = 100.0 * (peak - rc) / ps
+                dc = np.maximum(dc, np.where(np.isfinite(drop), drop, 0.0))
+                r, h, _ = levels_above(drop, [(sev, pct)], self.g.hysteresis_pct)
+                rr, hh = np.maximum(rr, r), np.maximum(hh, h)
+            drop_pct[cand], raw[cand], held[cand] = dc, rr, hh
+            self._unjudged(loc, ok, under, raw, held, drop_pct)
+        return Eval(ok, raw, held, drop_pct, limits, drop_pct, {"p_kpa": p, "profile": learned})
+
+    def _unjudged(self, loc, ok, under, raw, held, drop_pct) -> None:
+        """Set the rows the rounds would not judge (not under the bound, level 0 before them) back to 0."""
+        idx = np.flatnonzero(ok)
+        lc = loc[idx]
+        start = run_heads(lc)
+        first = np.flatnonzero(start)
+        init = self.level_[lc[first]]
+        while True:
+            new = latch_levels(raw[idx], held[idx], start, init)
+            prev = np.empty_like(new)
+            prev[1:] = new[:-1]
+            prev[first] = init
+            off = idx[(prev == 0) & ~under[idx]]
+            again = bool(raw[off].any())
+            raw[off], held[off], drop_pct[off] = 0, 0, 0.0
+            if not again:
+                return
+
+    def _block_series(self, loc, ts, resid, ok) -> np.ndarray:
+        """`_block_max` over a whole batch: each row's bound as the rounds compute it, and the blocks'
+        state after the batch. Along a sensor the blocks never go back, so a row is late exactly when its
+        block is older than the state's; a row's current block maximum is the running maximum of its
+        block's valid rows (from the state's, in the state's block), and the previous block's is that
+        block's complete maximum."""
+        ring = self.ring
+        b = (ts // ring.slot_ns - ring.base).astype(np.int64) // ring.slots
+        bid0 = self.blk_id_[loc].astype(np.int64)
+        cur0, prev0 = self.blk_cur_[loc], self.blk_prev_[loc]
+        n = len(loc)
+        ub = np.full(n, np.inf)
+        eff = np.flatnonzero(ok & (b >= bid0))
+        if len(eff) == 0:
+            return ub
+        le, be = loc[eff], b[eff]
+        v = resid[eff].astype(np.float32)
+        seg = run_heads(le) | run_heads(be)
+        v = np.where(seg & (be == bid0[eff]), np.maximum(v, cur0[eff]), v)
+        cur = _segment_cummax(v, seg)
+        heads = np.flatnonzero(seg)
+        s_id = np.cumsum(seg) - 1
+        ends = np.append(heads[1:], len(eff)) - 1
+        # The block before each segment: the sensor's previous segment when that is the block just before,
+        # else the state's current block when that is it, else none.
+        ph = heads - 1
+        has_prev = (ph >= 0) & (le[np.maximum(ph, 0)] == le[heads]) & (be[np.maximum(ph, 0)] == be[heads] - 1)
+        from_state = np.where(bid0[eff][heads] == be[heads] - 1, cur0[eff][heads], np.float32(-np.inf))
+        before = np.where(has_prev, cur[ends[np.maximum(s_id[heads] - 1, 0)]], from_state).astype(np.float32)
+        prev = np.where(be == bid0[eff], prev0[eff], before[s_id])
+        ub[eff] = np.maximum(cur, prev).astype(np.float64)
+        last = np.append(np.flatnonzero(run_heads(le))[1:], len(eff)) - 1
+        at = le[last]
+        self.blk_id_[at] = be[last]
+        self.blk_cur_[at] = cur[last]
+        self.blk_prev_[at] = prev[last]
+        return ub
+
     def _insert(self, loc, ts, resid, learned, ok) -> None:
         """Store the valid rows' residuals in the ring and their tags in the same slots (an older reading
         never overwrites a newer one; a round holds at most one reading per sensor)."""
@@ -431,6 +657,16 @@ class GasRupture(GasRule):
         return np.where(late, np.inf, np.maximum(new_cur, new_prev).astype(np.float64))
 
 
+def _segment_cummax(v: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Running maximum of float32 values (no NaN) restarting where `start`: the floats as order-preserving
+    integers, each segment lifted above the ones before it, one `maximum.accumulate`."""
+    bits = v.astype(np.float32).view(np.int32)
+    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64) + 2**31
+    lift = (np.cumsum(start) - 1).astype(np.int64) << 32
+    top = (np.maximum.accumulate(key + lift) - lift - 2**31).astype(np.int32)
+    return (top ^ ((top >> 31) & 0x7FFFFFFF)).view(np.float32)
+
+
 class LeakParams(RuleParams):
     k_sigma: float | None = Field(None, ge=0, le=10)
     h_sigma: float | None = Field(None, gt=0, le=50)
@@ -456,6 +692,7 @@ class GasLeakCusum(GasRule):
     deficit over the next 2h/k readings (or bending into the next demand peak)."""
 
     type = "gas_leak_cusum"
+    series = True  # whole batches (evaluate_series) while the shared GasProfile runs whole too (RuleSet)
     metric = "cusum"
     unit = "sigma"
     window = "cusum"
@@ -527,6 +764,112 @@ class GasLeakCusum(GasRule):
         raw = np.where(value >= self.h, self.sev, 0).astype(np.int8)
         held = np.where(value > 0, self.sev, 0).astype(np.int8)
         return Eval(known, raw, held, value, np.full(5, self.h), value)
+
+
+    def evaluate_series(self, view) -> Eval:
+        """`evaluate` over a whole batch (each sensor's rows contiguous, in time order): the same Eval per
+        row and the state the rounds leave. What a row needs of the rows before it but not of the CUSUM
+        (the count of residuals seen, so warm-up; the time since the last residual, so sigma's weight) is a
+        running count and a shift along the sensor's judged rows; S, the episode mark and sigma depend on
+        each other reading by reading, so they step along time, every sensor at once (one numpy step per
+        reading of the sensor with the most, with the arithmetic of `evaluate`)."""
+        p, ok = self.pressure(view)
+        prof, learned = self.profile.baseline(view)
+        n = len(view)
+        run = ok & learned
+        value = np.full(n, np.nan)
+        known = np.zeros(n, np.bool_)
+        idx = np.flatnonzero(run)
+        if len(idx):
+            loc, ts, pr = view.loc[idx], view.ts[idx], p[idx]
+            r = pr - prof[idx]
+            head = run_heads(loc)
+            first = np.flatnonzero(head)
+            length = np.diff(np.append(first, len(idx)))
+            who = np.repeat(np.arange(len(first)), length)
+            rank = np.arange(len(idx)) - first[who]
+            sl = loc[first]
+            seen = np.minimum(self.seen_[loc].astype(np.int64) + rank, 65535).astype(np.uint16)
+            warm = seen >= self.warm
+            last = np.where(head, self.last_[loc], np.r_[np.int64(-1), ts[:-1]])
+            dt = np.where(last >= 0, np.maximum(ts - last, 0), 0)
+            a = np.where(last >= 0, -np.expm1(-dt / self.tau_ns), 1.0)
+            a = np.where(warm, a, np.maximum(a, 1.0 / (seen + 1.0)))
+            inband = (pr >= self.profile.band_lo[loc]) & (pr <= self.profile.band_hi[loc])
+            args = (r, warm, inband, (1 - a), a * r * r, last >= 0, self.floor[loc])
+            state = (self.s_[sl], self.var_[sl], self.episode_[sl])
+            top = int(length.max())
+            if len(idx) <= PER_ROW_SENSORS * top:
+                s, var, ep = self._chain_rows(*args, first, *state)
+            else:
+                s, var, ep = self._chain(*args, who, rank, *state, len(first), top)
+            end = np.append(first[1:], len(idx)) - 1
+            self.s_[sl], self.var_[sl], self.episode_[sl] = s[end], var[end], ep[end]
+            self.seen_[sl] = np.minimum(seen[end].astype(np.int64) + 1, 65535)
+            self.last_[sl] = ts[end]
+            value[idx], known[idx] = s, warm
+        raw = np.where(value >= self.h, self.sev, 0).astype(np.int8)
+        held = np.where(value > 0, self.sev, 0).astype(np.int8)
+        return Eval(known, raw, held, value, np.full(5, self.h), value)
+
+    def _chain_rows(self, r, warm, inband, keep, add, had, floor, first, s0, var0, ep0):
+        """`_chain` one row at a time in plain floats (cheaper than numpy steps for a few sensors): the same
+        IEEE operations (sqrt and division correctly rounded, float32 rounding of the variance as numpy's
+        cast, np.clip's comparisons), so the same bits."""
+        n = len(r)
+        out_s, out_v, out_e = [0.0] * n, [0.0] * n, [False] * n
+        f32 = array("f", [0.0])
+        k_, h2 = self.k, 2 * self.h
+        rl, wl, bl, kl, al, hl, fl = (x.tolist() for x in (r, warm, inband, keep, add, had, floor))
+        bounds = first.tolist() + [n]
+        for j, (s, var, ep) in enumerate(zip(s0.tolist(), var0.tolist(), ep0.tolist())):
+            for i in range(bounds[j], bounds[j + 1]):
+                ri, inb = rl[i], bl[i]
+                sigma = math.sqrt(var)
+                if not sigma > fl[i]:
+                    sigma = fl[i]
+                back = ep and inb and ri >= -k_ * sigma
+                s_0 = 0.0 if back else s
+                if not wl[i]:
+                    s = 0.0
+                elif inb:
+                    x = s_0 - ri / sigma - k_
+                    x = x if x > 0.0 else 0.0
+                    s = x if x < h2 else h2
+                else:
+                    s = s_0
+                ep = (not inb or (ep and not back)) and s > 0
+                if s == 0 and inb and hl[i]:
+                    f32[0] = kl[i] * var + al[i]
+                    var = f32[0]
+                out_s[i], out_v[i], out_e[i] = s, var, ep
+        return np.array(out_s), np.array(out_v, np.float32), np.array(out_e, np.bool_)
+
+    def _chain(self, r, warm, inband, keep, add, had, floor, who, rank, s0, var0, ep0, k: int, top: int):
+        """(S, variance, episode mark) after each judged row: `evaluate`'s recursion stepped along the rows
+        of k sensors at once (row `rank` of sensor `who`), from their state (s0, var0, ep0). keep, add: the
+        variance's (1 - a) and a r^2; had: a residual came before (sigma learns only then)."""
+        def grid(x, fill):
+            out = np.full((top, k), fill, dtype=np.asarray(x).dtype)
+            out[rank, who] = x
+            return out
+
+        R, W, B, KP, AD, H, F = (grid(r, 0.0), grid(warm, False), grid(inband, False), grid(keep, 1.0),
+                                 grid(add, 0.0), grid(had, False), grid(floor, 1.0))
+        S, V, E = np.empty((top, k)), np.empty((top, k), np.float32), np.empty((top, k), np.bool_)
+        s, var, ep = s0.copy(), var0.copy(), ep0.copy()
+        k_, h2 = self.k, 2 * self.h
+        for i in range(top):
+            ri, inb = R[i], B[i]
+            sigma = np.maximum(np.sqrt(var.astype(np.float64)), F[i])
+            back = ep & inb & (ri >= -k_ * sigma)
+            s_0 = np.where(back, 0.0, s)
+            s = np.where(W[i], np.where(inb, np.clip(s_0 - ri / sigma - k_, 0.0, h2), s_0), 0.0)
+            ep = (~inb | (ep & ~back)) & (s > 0)
+            learn = (s == 0) & inb
+            var = np.where(learn & H[i], KP[i] * var + AD[i], var).astype(np.float32)
+            S[i], V[i], E[i] = s, var, ep
+        return S[rank, who], V[rank, who], E[rank, who]
 
 
 class _Rows:

@@ -107,9 +107,11 @@ class RuleSet:
 
     How a batch runs: the rules that take it whole (`batchwise` and `series` LevelDetectors) run once over
     it, first; before them, the shared components every one of whose readers takes batches whole (the
-    noise rules' NoiseEnergy and NoiseBackground: `run_series`) insert the whole batch, keeping what each
-    row would have seen. The other rules and components step round by round (round r = every sensor's
-    r-th reading): `before` each round, the rules, `after` it. Both give the same detections and state.
+    noise rules' NoiseEnergy and NoiseBackground, the gas rules' GasProfile: `run_series`) insert the whole
+    batch, keeping what each row would have seen; one that learns from the rows after the rules ran
+    (GasProfile: G-flatline reads it as it stood before the batch) stores that in `after_series`. The other
+    rules and components step round by round (round r = every sensor's r-th reading): `before` each round,
+    the rules, `after` it. Both give the same detections and state.
     """
 
     def __init__(self, inv: Inventory, rules: list, series: bool = True) -> None:
@@ -316,6 +318,12 @@ class RuleSet:
                 c.run_series(view)  # what each row sees of it, for the series rules below
         out: list = []
         _run(self._whole, rnd, "step_batch", out)
+        for c in self._series_components:
+            learn = getattr(c, "after_series", None)  # what the batch teaches, stored after the rules (GasProfile)
+            if learn is not None:
+                view = rnd.view(c.group)
+                if len(view):
+                    learn(view)
         return out
 
     def advance(self, now_ns: int, hold: np.ndarray | None = None) -> Detections:

@@ -140,6 +140,22 @@ class RingSeries:
         self._tables: dict[str, np.ndarray] = {}
         self.rows: np.ndarray | None = None  # of a subset view: its rows' positions in the batch's view
 
+    def beside(self, table: np.ndarray, value: np.ndarray) -> RingSeries:
+        """The same for a table kept beside the ring (one value per slot, such as a tag of each stored
+        reading): stores each row's `value` in `table` wherever `insert_series` stored the row in the ring,
+        and returns what each row saw of the table (its `window` lays the table's values out as this one
+        does the ring's)."""
+        first = np.flatnonzero(run_heads(self.loc))
+        seen = RingSeries(self.ring, self.loc, self.key, value, self.stored, self.prior_at, table[self.loc[first]],
+                          self.prior_key)
+        rows = np.flatnonzero(self.stored)
+        if len(rows):
+            flat = self.loc[rows].astype(np.intp) * self.ring.slots + self.key[rows] % self.ring.slots
+            o = np.argsort(flat, kind="stable")
+            last = o[np.flatnonzero(run_heads(flat[o][::-1])[::-1])]  # each slot's last stored row
+            table.reshape(-1)[flat[last]] = value[rows[last]]
+        return seen
+
     def take_rows(self, idx: np.ndarray) -> RingSeries:
         """The same for the rows `idx` of the view (`View.subset`): `window` then takes their positions."""
         out = copy.copy(self)
