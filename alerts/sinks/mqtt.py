@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -92,20 +93,30 @@ class MqttSink:
         if not self._connected.wait(min(self.timeout_s, 2.0)):
             raise SinkError("mqtt: not connected to the broker", True)
         body = json.dumps(notice.payload, sort_keys=True, separators=(",", ":")).encode()
-        self._publish(notice_topic(self.prefix, notice), body, retain=False)
         state = b"" if notice.transition == "resolved" else body
-        self._publish(active_topic(self.prefix, notice.alert_id), state, retain=True)
+        # Both messages go out before either ack is awaited (one broker round trip per notice, not two: a
+        # burst of notices queues behind this sink, and a red alarm's notice with it). The broker receives
+        # them in order on this connection; a retry after a partial failure sends both again (the notice
+        # carries its key for dedup, the retained state is the same message).
+        sent = [self._publish(notice_topic(self.prefix, notice), body, retain=False),
+                self._publish(active_topic(self.prefix, notice.alert_id), state, retain=True)]
+        deadline = time.monotonic() + self.timeout_s
+        for topic, info in sent:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise SinkError(f"mqtt publish to {topic}: {exc}", True) from None
+            if not info.is_published():
+                raise SinkError(f"mqtt publish to {topic}: no ack within {self.timeout_s} s", True)
 
-    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> tuple[str, mqtt.MQTTMessageInfo]:
         try:
             info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise SinkError(f"mqtt publish to {topic}: {mqtt.error_string(info.rc)}", True)
-            info.wait_for_publish(self.timeout_s)
         except (RuntimeError, ValueError, OSError) as exc:
             raise SinkError(f"mqtt publish to {topic}: {exc}", True) from None
-        if not info.is_published():
-            raise SinkError(f"mqtt publish to {topic}: no ack within {self.timeout_s} s", True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise SinkError(f"mqtt publish to {topic}: {mqtt.error_string(info.rc)}", True)
+        return topic, info
 
     def close(self) -> None:
         self.client.disconnect()
