@@ -12,8 +12,9 @@ from pydantic import Field
 
 from detectors.base import severity_code, stable_argsort
 from detectors.calendar import NS
-from detectors.gas import _profile, hour_of_week, week_number
+from detectors.gas import PER_ROW_SENSORS, WEEK_HOURS, GasProfile, _profile, hour_of_week, week_number
 from detectors.generic import Flatline, FlatlineParams
+from detectors.rolling import run_heads
 
 
 class GasFlatlineParams(FlatlineParams):
@@ -80,39 +81,78 @@ class GasFlatline(Flatline):
 
     def step_batch(self, view):
         """Any number of readings per sensor, each sensor's rows contiguous and in time order: the flat
-        run of each sensor one reading at a time (a loop over the rank of a reading within its sensor,
-        vectorized over sensors, as the rule set's rounds), then the peers and the profile of every
+        run of each sensor one reading at a time (`_flat_runs`), then the peers and the profile of every
         flat row at once."""
-        n = len(view)
         loc, ts = view.loc, view.ts
-        first = np.flatnonzero(np.r_[True, loc[1:] != loc[:-1]])
-        rank = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
         x, ok = self.read(view)
-        flat_s, stuck = np.empty(n), np.empty(n)
-        by_rank = stable_argsort(rank)
-        bounds = np.flatnonzero(np.r_[True, np.diff(rank[by_rank]) != 0, True])
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            # Flatline.evaluate's state update for the readings of this rank, on plain arrays.
-            idx = by_rank[a:b]
-            xi, li, ti = x[idx], loc[idx], ts[idx]
-            ref, since = self.ref_[li], self.since_[li]
-            upd = ok[idx] & (np.isnan(ref) | (np.abs(xi - ref) > self.min_change))
-            ref = np.where(upd, xi, ref)
-            since = np.where(upd, ti, since)
-            self.ref_[li] = ref
-            self.since_[li] = since
-            flat_s[idx] = np.where(since >= 0, (ti - since) / NS, 0.0)
-            stuck[idx] = ref
+        stuck, since = self._flat_runs(loc, ts, x, ok)
+        flat_s = np.where(since >= 0, (ts - since) / NS, 0.0)
         flat = ok & (flat_s >= self.win_s)
         raw = np.where(flat, self.sev, 0).astype(np.int8)
         facts = None
         recs = self._records(loc, ts, x, ok)
         cand = np.flatnonzero(flat)
         if len(cand):
-            keep, facts = self._expected(view, cand, rank, recs)
+            keep, facts = self._expected(view, cand, recs)
             raw[cand] = np.where(keep, raw[cand], 0)
         self._store(*recs)
         return self._emit_batch(view, ok, raw, flat_s, stuck, cand, facts)
+
+    def _flat_runs(self, loc, ts, x, ok) -> tuple[np.ndarray, np.ndarray]:
+        """(ref, since) after each row, and stored for each sensor's last row: Flatline.evaluate's update
+        (a valid reading more than min_change away from ref, or the first one, restarts the run) stepped
+        along each sensor's rows, as if they came one at a time."""
+        n = len(loc)
+        first = np.flatnonzero(np.r_[True, loc[1:] != loc[:-1]])
+        last = np.r_[first[1:] - 1, n - 1]
+        run = np.repeat(np.arange(len(first)), np.diff(np.r_[first, n]))
+        rank = np.arange(n) - first[run]
+        sensor = loc[first]
+        ref0, since0 = self.ref_[sensor], self.since_[sensor]
+        if self.min_change == 0:
+            # No dead band: a valid reading moves iff it differs from the previous valid one (ref then
+            # equals it, but for the sign of a zero: ref is the value of the latest moving row, taken
+            # from it, as the one-at-a-time update does).
+            def latest(mask, strict):
+                acc = np.maximum.accumulate(np.where(mask, np.arange(n), -1))
+                if strict:
+                    acc = np.r_[-1, acc[:-1]]
+                return np.where(acc >= first[run], acc, -1)
+            pv = latest(ok, True)
+            before = np.where(pv >= 0, x[pv], ref0[run])
+            moved = ok & (np.isnan(before) | (np.abs(x - before) > self.min_change))
+            at = latest(moved, False)
+            ref, since = np.where(at >= 0, x[at], ref0[run]), np.where(at >= 0, ts[at], since0[run])
+        elif n <= PER_ROW_SENSORS * (int(rank.max()) + 1):
+            # A dead band (a play operator: ref depends on the whole path since the last move), few sensors
+            # per rank: one row at a time in plain floats (the same float64 difference and comparison).
+            xs, oks, tss = x.tolist(), ok.tolist(), ts.tolist()
+            refs, sinces = [0.0] * n, [0] * n
+            mc = float(self.min_change)
+            bounds = first.tolist() + [n]
+            for j, (r, t) in enumerate(zip(ref0.tolist(), since0.tolist())):
+                for i in range(bounds[j], bounds[j + 1]):
+                    if oks[i]:
+                        v = xs[i]
+                        if r != r or abs(v - r) > mc:
+                            r, t = v, tss[i]
+                    refs[i], sinces[i] = r, t
+            ref, since = np.array(refs, np.float64), np.array(sinces, np.int64)
+        else:
+            # Many sensors per rank: one numpy step per rank over the sensors holding a reading of it.
+            ref, since = np.empty(n), np.empty(n, np.int64)
+            cur_ref, cur_since = ref0.astype(np.float64), since0.copy()
+            by_rank = stable_argsort(rank)
+            edges = np.flatnonzero(np.r_[True, np.diff(rank[by_rank]) != 0, True])
+            for a, b in zip(edges[:-1], edges[1:]):
+                idx = by_rank[a:b]
+                ri = run[idx]
+                r, t, xi = cur_ref[ri], cur_since[ri], x[idx]
+                upd = ok[idx] & (np.isnan(r) | (np.abs(xi - r) > self.min_change))
+                ref[idx] = cur_ref[ri] = np.where(upd, xi, r)
+                since[idx] = cur_since[ri] = np.where(upd, ts[idx], t)
+        self.ref_[sensor], self.since_[sensor] = ref[last], since[last]
+        return ref, since
 
     # ----- peers ----------------------------------------------------------------------------------
     def _records(self, loc, ts, x, ok):
@@ -181,7 +221,7 @@ class GasFlatline(Flatline):
         seen = hit.any(axis=1)
         return pc[seen], 100.0 * (whi[seen] - wlo[seen]) / self.p_set[peer[seen]]
 
-    def _expected(self, view, cand, rank, recs):
+    def _expected(self, view, cand, recs):
         """(flag, facts) of the flat rows `cand`: flag where the sensor should have varied over the
         window, or where nothing is known about that (window_only); facts: per-row context columns."""
         loc, nc = view.loc[cand], len(cand)
@@ -210,7 +250,7 @@ class GasFlatline(Flatline):
         prof = self.shared.get("gas_profile") if self.expect else None
         ask = np.flatnonzero(~by_peers)
         if prof is not None and prof.group is self.group and len(ask):
-            learned[ask], swing[ask] = self._profile_swing(view, cand[ask], rank, prof)
+            learned[ask], swing[ask] = self._profile_swing(view, cand[ask], prof)
         by_profile = learned & (swing > self._vary_pct)
         unknown = ~peers_known & ~learned
         flag = by_peers | by_profile | unknown
@@ -219,64 +259,71 @@ class GasFlatline(Flatline):
         return flag, (basis, has_group, n_peers, med, learned, swing)
 
     # ----- profile --------------------------------------------------------------------------------
-    def _profile_swing(self, view, rows, rank, prof):
+    def _profile_swing(self, view, rows, prof):
         """(learned, swing %) of the profile's hour means over the window before each of `rows`, as the
         profile stood just before that reading: the profile learns after each round of the rule set,
-        while this rule runs before them, so the batch's earlier readings of the sensor are replayed
-        into a copy of its profile rows (as GasProfile.after does)."""
+        while this rule reads it as it stood before the batch, so each row sees its hour bins as the
+        sensor's earlier learnable rows of the batch left them (GasProfile.after's arithmetic).
+
+        Each (sensor, hour) bin is a chain of the batch's learnable rows in time order (as in
+        GasProfile.run_series): counts and distinct weeks are cumulative, the float32 running mean steps
+        along the chain (only when some row's window is learned: counts and weeks never fall, so a bin
+        not learned after the whole batch is not learned before any of its rows). Each judged row reads,
+        per bin of its window, the state after the latest learnable row of its sensor before it."""
         loc = view.loc
-        sens = np.unique(loc[rows])
-        mean, count = prof.mean_[sens], prof.count_[sens]
-        weeks, last_week = prof.weeks_[sens], prof.last_week_[sens]
-        # Every batch row of those sensors, in rank order, and where it goes in the copy.
-        mine = np.flatnonzero(np.isin(loc, sens))
-        srow = np.searchsorted(sens, loc)
-        p, valid = prof.learnable(view)   # the readings the profile learns (GasProfile.after)
+        n = len(loc)
         local = view.local_seconds()
-        hour = hour_of_week(local)
         # The local hours the window [t - window_s, t] touches, as absolute hour numbers.
-        a0 = (local - self.win_s) // 3600
-        span = (local // 3600 - a0)
-        hours = self.win_s // 3600 + 2
-        need = prof.need[sens]
-        learned, swing = np.zeros(len(rows), bool), np.full(len(rows), np.nan)
-        top = int(rank[rows].max())
-        # Rows to judge and readings to learn, each in rank order, sliced per rank below.
-        given = np.argsort(rank[rows], kind="stable")
-        rows = rows[given]
-        judge_at = np.searchsorted(rank[rows], np.arange(top + 2))
-        mine = mine[valid[mine] & (rank[mine] < top)]
-        mine = mine[np.argsort(rank[mine], kind="stable")]
-        learn_at = np.searchsorted(rank[mine], np.arange(top + 2))
-        j = np.arange(hours)
-        for r in range(top + 1):
-            now = rows[judge_at[r]:judge_at[r + 1]]
-            if len(now):
-                a = a0[now][:, None] + j
-                inside = j <= span[now][:, None]
-                bins = hour_of_week(a * 3600)
-                sr = srow[now][:, None]
-                m = mean[sr, bins].astype(np.float64)
-                ok_h = prof.learned_bins(count[sr, bins], weeks[sr, bins], need[srow[now]][:, None]) | ~inside
-                hi = np.where(inside, m, -np.inf).max(axis=1)
-                lo = np.where(inside, m, np.inf).min(axis=1)
-                k = slice(judge_at[r], judge_at[r + 1])
-                learned[k] = ok_h.all(axis=1)
-                swing[k] = np.where(learned[k], 100.0 * (hi - lo) / self.p_set[loc[now]], np.nan)
-            upd = mine[learn_at[r]:learn_at[r + 1]]
-            if len(upd):
-                sr, h = srow[upd], hour[upd]
-                c = count[sr, h].astype(np.int64) + 1
-                m = mean[sr, h]
-                mean[sr, h] = m + (p[upd] - m) / np.minimum(c, 255)
-                count[sr, h] = np.minimum(c, 255)
-                wk = week_number(local[upd])
-                weeks[sr, h] = np.minimum(weeks[sr, h].astype(np.int16) + (wk > last_week[sr, h]), 255)
-                last_week[sr, h] = np.maximum(last_week[sr, h], wk)
-        # Back to the order of `rows` as given.
-        out_l, out_s = np.empty_like(learned), np.empty_like(swing)
-        out_l[given], out_s[given] = learned, swing
-        return out_l, out_s
+        a0 = (local[rows] - self.win_s) // 3600
+        span = local[rows] // 3600 - a0
+        j = np.arange(self.win_s // 3600 + 2)
+        inside = j <= span[:, None]
+        want = loc[rows].astype(np.int64)[:, None] * WEEK_HOURS + hour_of_week((a0[:, None] + j) * 3600)
+        counts, weeks, lasts, means = (t.reshape(-1) for t in (prof.count_, prof.weeks_, prof.last_week_, prof.mean_))
+        # The learnable rows of the judged sensors (GasProfile.after), as chains by bin, each in row order.
+        p, valid = prof.learnable(view)
+        judged = np.zeros(self.n, bool)
+        judged[loc[rows]] = True
+        lr = np.flatnonzero(valid & judged[loc])
+        code = loc[lr].astype(np.int64) * WEEK_HOURS + hour_of_week(local[lr])
+        if len(code) > 1 and not bool(np.all(code[1:] >= code[:-1])):  # sorted unless the batch wraps a week
+            o = np.argsort(code, kind="stable")
+            lr, code = lr[o], code[o]
+        head = run_heads(code)
+        start = np.flatnonzero(head)
+        length = np.diff(np.append(start, len(code)))
+        chain = np.repeat(np.arange(len(start)), length)
+        pos = np.arange(len(code)) - start[chain]
+        bins = code[start]
+        # Counts saturate at 255 (one more per reading up to it); a reading adds a week when it is later
+        # than the bin's latest week so far (a running maximum along the chain, from the bin's own).
+        cnt = np.minimum(counts[bins][chain].astype(np.int64) + pos + 1, 255)
+        week = week_number(local[lr]).astype(np.int64)
+        off = chain.astype(np.int64) << 16
+        latest = np.maximum.accumulate(np.maximum(week, lasts[bins][chain]) + off) - off
+        later = (week > np.where(head, lasts[bins][chain], np.r_[0, latest[:-1]])).astype(np.int64)
+        csum = np.cumsum(later)
+        nweek = np.minimum(weeks[bins][chain].astype(np.int64) + csum - (csum - later)[start][chain], 255)
+        # Per judged row and window hour: the latest learnable row of the bin before the judged row.
+        at = np.searchsorted(code * n + lr, want * n + rows[:, None]) - 1
+        at = np.maximum(at, 0) if len(code) else np.zeros_like(want)
+        got = (code[at] == want) & (lr[at] < rows[:, None]) if len(code) else np.zeros(want.shape, bool)
+        c = np.where(got, cnt[at] if len(code) else 0, counts[want])
+        wk = np.where(got, nweek[at] if len(code) else 0, weeks[want])
+        ok_h = prof.learned_bins(c, wk, prof.need[loc[rows]][:, None]) | ~inside
+        learned = ok_h.all(axis=1)
+        swing = np.full(len(rows), np.nan)
+        sel = np.flatnonzero(learned)
+        if len(sel):
+            m = means[want[sel]]
+            if got[sel].any():
+                mean = GasProfile._chain_means(means[bins], p[lr], cnt.astype(np.int16), chain, pos, start, length)
+                m = np.where(got[sel], mean[at[sel]], m)
+            m = m.astype(np.float64)
+            hi = np.where(inside[sel], m, -np.inf).max(axis=1)
+            lo = np.where(inside[sel], m, np.inf).min(axis=1)
+            swing[sel] = 100.0 * (hi - lo) / self.p_set[loc[rows[sel]]]
+        return learned, swing
 
     # ----- output ---------------------------------------------------------------------------------
     def _emit_batch(self, view, ok, raw, flat_s, stuck, cand, facts):
