@@ -71,7 +71,7 @@ alerting:
 """
 # Mosquitto's own defaults, for --broker stock (the stack raises them: README "Broker settings").
 STOCK_LIMITS = {"max_inflight_messages": "20", "max_queued_messages": "1000", "max_queued_bytes": "0"}
-SINGLE_STEPS = (1000, 2000, 3000, 4500, 6000, 8000, 11000, 16000, 20000, 25000)  # readings/s
+SINGLE_STEPS = (1000, 2000, 3000, 4500, 6000, 8000, 11000, 16000, 20000, 25000, 30000, 40000)  # readings/s
 BATCH_STEPS = (15_000, 30_000, 60_000, 90_000, 120_000, 180_000)              # readings/s
 BARE_PREFIX = "city/xm/internal/bench"
 # A step's landing rate is fitted to InfluxDB counts taken every 0.5 s from this far into the step (before it,
