@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import TypeVar, overload
+from typing import NamedTuple, TypeVar, overload
 
 import numpy as np
 from pydantic import Field
@@ -178,6 +178,27 @@ class GasProfile:
         means[flat] = m + (p - m) / c
         counts[flat] = c
 
+    def bin_chains(self, code: np.ndarray, week: np.ndarray) -> BinChains:
+        """The learning rows with flat bin index `code` (sorted by bin, each bin's rows in time order) and
+        local `week` (week_number) as chains per bin, with the counts and weeks each row leaves in its bin as
+        `after` would: counts saturate at 255 (one more per reading up to it); a reading adds a week when it
+        is later than the bin's latest week so far (a running maximum along the chain, from the bin's own)."""
+        head = run_heads(code)
+        start = np.flatnonzero(head)
+        length = np.diff(np.append(start, len(code)))
+        chain = np.repeat(np.arange(len(start)), length)
+        rank = np.arange(len(code)) - start[chain]
+        bins = code[start]
+        counts, weeks, lasts = (t.reshape(-1) for t in (self.count_, self.weeks_, self.last_week_))
+        count = np.minimum(counts[bins][chain].astype(np.int64) + rank + 1, 255)
+        own = lasts[bins][chain].astype(np.int64)
+        off = chain.astype(np.int64) << 16
+        last = np.maximum.accumulate(np.maximum(week.astype(np.int64), own) + off) - off
+        later = (week > np.where(head, own, np.r_[0, last[:-1]])).astype(np.int64)
+        csum = np.cumsum(later)
+        nweek = np.minimum(weeks[bins][chain].astype(np.int64) + csum - (csum - later)[start][chain], 255)
+        return BinChains(head, start, length, chain, rank, bins, count, nweek, last)
+
     def run_series(self, view) -> None:
         """A whole batch (each sensor's rows contiguous, in time order; a `Round` with once=False), as the
         rounds would see it: keeps for this view each row's `baseline` (the bins as the sensor's earlier
@@ -201,23 +222,10 @@ class GasProfile:
         code = loc[rows].astype(np.int64) * WEEK_HOURS + hour_of_week(local[rows])
         o = np.argsort(code, kind="stable")  # chains of (sensor, hour), each in time order
         rows, code = rows[o], code[o]
-        head = run_heads(code)
-        start = np.flatnonzero(head)
-        length = np.diff(np.append(start, len(code)))
-        chain = np.repeat(np.arange(len(start)), length)
-        rank = np.arange(len(code)) - start[chain]
-        first = code[start]
-        counts, weeks, lasts, means = (t.reshape(-1) for t in (self.count_, self.weeks_, self.last_week_, self.mean_))
-        # Counts saturate at 255 (one more per reading up to it): the divisor of the running mean.
-        count = np.minimum(counts[first][chain].astype(np.int64) + rank + 1, 255).astype(np.int16)
-        week = week_number(local[rows])
-        # The latest week after each row: a running maximum along the chain, from the bin's own.
-        off = chain.astype(np.int64) << 16
-        last = (np.maximum.accumulate(np.maximum(week, lasts[first][chain]).astype(np.int64) + off) - off)
-        before = np.where(head, lasts[first][chain], np.r_[0, last[:-1]])
-        later = (week > before).astype(np.int64)
-        csum = np.cumsum(later)
-        nweek = np.minimum(weeks[first][chain].astype(np.int64) + csum - (csum - later)[start][chain], 255)
+        ch = self.bin_chains(code, week_number(local[rows]))
+        start, length, chain, rank, first = ch.start, ch.length, ch.chain, ch.rank, ch.bins
+        count, nweek, last = ch.reads.astype(np.int16), ch.nweek, ch.last
+        counts, weeks, means = (t.reshape(-1) for t in (self.count_, self.weeks_, self.mean_))
         mean = self._chain_means(means[first], p[rows], count, chain, rank, start, length)
         # Each row's baseline: per bin, the state after the sensor's last learning row before it (else the bin's).
         h0, w = week_position(local)
@@ -340,6 +348,20 @@ class GasProfile:
             m = [column(self.mean_, means, h)[rows].astype(np.float64) for h in hours]
             prof[rows] = smooth_profile(m, w[rows])
         return prof, learned
+
+
+class BinChains(NamedTuple):
+    """Learning rows grouped by profile bin (GasProfile.bin_chains): each bin's rows a chain in time order."""
+
+    head: np.ndarray    # bool per row: the first of its bin's chain
+    start: np.ndarray   # row where each chain starts
+    length: np.ndarray  # rows of each chain
+    chain: np.ndarray   # each row's chain
+    rank: np.ndarray    # each row's place in its chain
+    bins: np.ndarray    # flat (sensor, hour) index of each chain's bin
+    reads: np.ndarray   # the bin's reading count after the row (saturating at 255), int64
+    nweek: np.ndarray   # the bin's distinct weeks after the row (saturating at 255), int64
+    last: np.ndarray    # the bin's latest week after the row, int64
 
 
 def _profile(shared: dict, inv, group) -> GasProfile:

@@ -14,7 +14,6 @@ from detectors.base import severity_code, stable_argsort
 from detectors.calendar import NS
 from detectors.gas import PER_ROW_SENSORS, WEEK_HOURS, GasProfile, _profile, hour_of_week, week_number
 from detectors.generic import Flatline, FlatlineParams
-from detectors.rolling import run_heads
 
 
 class GasFlatlineParams(FlatlineParams):
@@ -279,7 +278,7 @@ class GasFlatline(Flatline):
         j = np.arange(self.win_s // 3600 + 2)
         inside = j <= span[:, None]
         want = loc[rows].astype(np.int64)[:, None] * WEEK_HOURS + hour_of_week((a0[:, None] + j) * 3600)
-        counts, weeks, lasts, means = (t.reshape(-1) for t in (prof.count_, prof.weeks_, prof.last_week_, prof.mean_))
+        counts, weeks, means = (t.reshape(-1) for t in (prof.count_, prof.weeks_, prof.mean_))
         # The learnable rows of the judged sensors (GasProfile.after), as chains by bin, each in row order.
         p, valid = prof.learnable(view)
         judged = np.zeros(self.n, bool)
@@ -289,21 +288,9 @@ class GasFlatline(Flatline):
         if len(code) > 1 and not bool(np.all(code[1:] >= code[:-1])):  # sorted unless the batch wraps a week
             o = np.argsort(code, kind="stable")
             lr, code = lr[o], code[o]
-        head = run_heads(code)
-        start = np.flatnonzero(head)
-        length = np.diff(np.append(start, len(code)))
-        chain = np.repeat(np.arange(len(start)), length)
-        pos = np.arange(len(code)) - start[chain]
-        bins = code[start]
-        # Counts saturate at 255 (one more per reading up to it); a reading adds a week when it is later
-        # than the bin's latest week so far (a running maximum along the chain, from the bin's own).
-        cnt = np.minimum(counts[bins][chain].astype(np.int64) + pos + 1, 255)
-        week = week_number(local[lr]).astype(np.int64)
-        off = chain.astype(np.int64) << 16
-        latest = np.maximum.accumulate(np.maximum(week, lasts[bins][chain]) + off) - off
-        later = (week > np.where(head, lasts[bins][chain], np.r_[0, latest[:-1]])).astype(np.int64)
-        csum = np.cumsum(later)
-        nweek = np.minimum(weeks[bins][chain].astype(np.int64) + csum - (csum - later)[start][chain], 255)
+        ch = prof.bin_chains(code, week_number(local[lr]))
+        start, length, chain, pos, bins = ch.start, ch.length, ch.chain, ch.rank, ch.bins
+        cnt, nweek = ch.reads, ch.nweek
         # Per judged row and window hour: the latest learnable row of the bin before the judged row.
         at = np.searchsorted(code * n + lr, want * n + rows[:, None]) - 1
         at = np.maximum(at, 0) if len(code) else np.zeros_like(want)
