@@ -94,3 +94,28 @@ def series(device: str, start_ns: int, values: list[dict], step_s: int = 60, fla
 def rows_of(dets, rule_id: str | None = None) -> list[dict]:
     recs = dets.sorted().records()
     return [r for r in recs if rule_id is None or r["rule_id"] == rule_id]
+
+
+# ----- for the series-vs-rounds tests (test_*_series.py) -----------------------------------------------
+
+def cut(rows: list, *at: int) -> list[list]:
+    """`rows` cut into batches at the given positions (empty batches dropped)."""
+    edges = [0, *at, len(rows)]
+    return [rows[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def by_time(*feeds: list) -> list:
+    """The rows of several feeds merged in event-time order (row[1])."""
+    return sorted((r for f in feeds for r in f), key=lambda r: r[1])
+
+
+def late_and_cut(draw, rows: list) -> list[list]:
+    """For a hypothesis composite: up to 4 of the time-ordered `rows` held back to a last batch (late
+    readings), the rest cut into up to 5 batches anywhere."""
+    from hypothesis import strategies as st
+
+    late = set(draw(st.lists(st.integers(0, len(rows) - 1), max_size=4, unique=True)))
+    held = [r for i, r in enumerate(rows) if i in late]
+    rest = [r for i, r in enumerate(rows) if i not in late]
+    cuts = sorted(draw(st.lists(st.integers(0, len(rest)), max_size=4)))
+    return [b for b in [*([rest[a:b] for a, b in zip([0, *cuts], [*cuts, len(rest)])]), held] if b]

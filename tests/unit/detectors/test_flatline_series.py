@@ -18,7 +18,7 @@ from detectors.gas import GasProfile, hour_of_week, week_number
 from detectors.gas_flatline import GasFlatline
 from detectors.registry import RuleSet
 from detectors.snapshot import capture
-from tests.unit.detectors.helpers import local_ns, make_config, rows_of
+from tests.unit.detectors.helpers import by_time, late_and_cut, local_ns, make_config, rows_of
 from tests.unit.detectors.test_conformance import to_batch
 
 S = 1_000_000_000
@@ -278,10 +278,6 @@ def feed(device: int, start: str, rel, step_s: float = 60, quality=0, noise: flo
             for k, v in enumerate(rel)]
 
 
-def by_time(*feeds: list) -> list:
-    return sorted((r for f in feeds for r in f), key=lambda r: r[1])
-
-
 def bases(found, sensor: int) -> list:
     return [r["context"].get("basis") for f in found for r in rows_of(f) if r["sensor"] == sensor and r["rule_id"] == "G-flat"]
 
@@ -399,11 +395,7 @@ def flat_feeds(draw):
                     v = 1.3
                 rows.append((s, t, {"p": P_SET[s] * v}, q))
     rows.sort(key=lambda r: r[1])
-    late = set(draw(st.lists(st.integers(0, len(rows) - 1), max_size=4, unique=True)))
-    held = [r for i, r in enumerate(rows) if i in late]
-    rest = [r for i, r in enumerate(rows) if i not in late]
-    cuts = sorted(draw(st.lists(st.integers(0, len(rest)), max_size=4)))
-    return [b for b in [*([rest[a:b] for a, b in zip([0, *cuts], [*cuts, len(rest)])]), held] if b]
+    return late_and_cut(draw, rows)
 
 
 @PROPS

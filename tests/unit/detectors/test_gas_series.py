@@ -17,7 +17,7 @@ from detectors import gas as gas_module
 from detectors.gas import GasLeakCusum, GasProfile, GasRupture, _segment_cummax, week_number
 from detectors.registry import RuleSet
 from detectors.snapshot import capture
-from tests.unit.detectors.helpers import TEST_SITES, local_ns, make_config
+from tests.unit.detectors.helpers import TEST_SITES, by_time, cut, late_and_cut, local_ns, make_config
 from tests.unit.detectors.test_conformance import to_batch
 from tests.unit.detectors.test_noise_series import same_detections, same_state
 
@@ -130,15 +130,6 @@ def feed(device: int, start: str, rel: list, step_s: float = 60, quality: int | 
         q = quality[k] if isinstance(quality, list) else quality
         out.append((device, t0 + int(round(k * step_s * S)), {"p": P_SET[device] * (v + jitter[k])}, q))
     return out
-
-
-def cut(rows: list, *at: int) -> list[list]:
-    edges = [0, *at, len(rows)]
-    return [rows[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-def by_time(*feeds: list) -> list:
-    return sorted((r for f in feeds for r in f), key=lambda r: r[1])
 
 
 def ramp(n: int, to: float, frm: float = 1.0) -> list:
@@ -290,11 +281,7 @@ def gas_feeds(draw):
                 q = draw(st.sampled_from([0, 0, 0, 0, 4]))
             rows.append((s, t, {"p": P_SET[s] * (level + rng.normal(0.0, 0.002))}, q))
     rows.sort(key=lambda r: r[1])
-    late = set(draw(st.lists(st.integers(0, len(rows) - 1), max_size=4, unique=True)))
-    held = [r for i, r in enumerate(rows) if i in late]
-    rest = [r for i, r in enumerate(rows) if i not in late]
-    cuts = sorted(draw(st.lists(st.integers(0, len(rest)), max_size=4)))
-    return [b for b in [*([rest[a:b] for a, b in zip([0, *cuts], [*cuts, len(rest)])]), held] if b]
+    return late_and_cut(draw, rows)
 
 
 @PROPS

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from core import Detections
 from detectors.device_health import DataQuality
 from detectors.registry import RuleSet
-from tests.unit.detectors.helpers import TEST_DEVICES, TEST_SITES, local_ns, make_config
+from tests.unit.detectors.helpers import TEST_DEVICES, TEST_SITES, by_time, cut, late_and_cut, local_ns, make_config
 from tests.unit.detectors.test_conformance import to_batch
 from tests.unit.detectors.test_noise_series import same_detections, same_state
 
@@ -69,15 +69,6 @@ def feed(device: int, start: str, n: int, step_s: float = 60, quality: int | lis
         v = value[k] if isinstance(value, list) else value
         out.append((device, t0 + int(round(k * step_s * S)), {field: v}, q))
     return out
-
-
-def cut(rows: list, *at: int) -> list[list]:
-    edges = [0, *at, len(rows)]
-    return [rows[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-def by_time(*feeds: list) -> list:
-    return sorted((r for f in feeds for r in f), key=lambda r: r[1])
 
 
 # 09:01 .. 13:01 every minute except 30 minutes of 11:xx (a 50 % hour, below 0.75) and five of 12:xx (92 %).
@@ -193,11 +184,7 @@ def health_feeds(draw):
             v = draw(st.sampled_from([50.3, 50.3, 50.3, NAN]))
             rows.append((s, t, {"p" if s in GAS else "leq": v}, q))
     rows.sort(key=lambda r: r[1])
-    late = set(draw(st.lists(st.integers(0, len(rows) - 1), max_size=4, unique=True)))
-    held = [r for i, r in enumerate(rows) if i in late]
-    rest = [r for i, r in enumerate(rows) if i not in late]
-    cuts = sorted(draw(st.lists(st.integers(0, len(rest)), max_size=4)))
-    return [b for b in [*([rest[a:b] for a, b in zip([0, *cuts], [*cuts, len(rest)])]), held] if b]
+    return late_and_cut(draw, rows)
 
 
 @PROPS
