@@ -18,7 +18,7 @@ from pydantic import Field
 from config.base import Severity
 from detectors.base import Eval, LevelDetector, RuleParams, latch_levels, levels_above, levels_below, severity_code
 from detectors.calendar import NS
-from detectors.rolling import SlotRing, run_heads
+from detectors.rolling import SlotRing, run_heads, run_ranks
 
 WEEK_HOURS = 168
 # A recursion over a whole batch (G-leak's CUSUM and sigma, the profile's running means) steps one row at a
@@ -183,11 +183,7 @@ class GasProfile:
         local `week` (week_number) as chains per bin, with the counts and weeks each row leaves in its bin as
         `after` would: counts saturate at 255 (one more per reading up to it); a reading adds a week when it
         is later than the bin's latest week so far (a running maximum along the chain, from the bin's own)."""
-        head = run_heads(code)
-        start = np.flatnonzero(head)
-        length = np.diff(np.append(start, len(code)))
-        chain = np.repeat(np.arange(len(start)), length)
-        rank = np.arange(len(code)) - start[chain]
+        head, start, length, chain, rank = run_ranks(code)
         bins = code[start]
         counts, weeks, lasts = (t.reshape(-1) for t in (self.count_, self.weeks_, self.last_week_))
         count = np.minimum(counts[bins][chain].astype(np.int64) + rank + 1, 255)
@@ -805,11 +801,7 @@ class GasLeakCusum(GasRule):
         if len(idx):
             loc, ts, pr = view.loc[idx], view.ts[idx], p[idx]
             r = pr - prof[idx]
-            head = run_heads(loc)
-            first = np.flatnonzero(head)
-            length = np.diff(np.append(first, len(idx)))
-            who = np.repeat(np.arange(len(first)), length)
-            rank = np.arange(len(idx)) - first[who]
+            head, first, length, who, rank = run_ranks(loc)
             sl = loc[first]
             seen = np.minimum(self.seen_[loc].astype(np.int64) + rank, 65535).astype(np.uint16)
             warm = seen >= self.warm

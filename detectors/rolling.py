@@ -113,6 +113,16 @@ def run_heads(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def run_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of equal values of `x`: (head: run_heads, start of each run, its length, each element's run,
+    each element's place in its run)."""
+    head = run_heads(x)
+    start = np.flatnonzero(head)
+    length = np.diff(np.append(start, len(x)))
+    run = np.repeat(np.arange(len(start)), length)
+    return head, start, length, run, np.arange(len(x)) - start[run]
+
+
 # Row codes of (sensor, slot key or block) pairs: the sensor in the high 32 bits, the key (int32) offset
 # to be non-negative in the low ones, so codes sort as (sensor, key) and are looked up with searchsorted.
 _CODE_OFF = 2**31

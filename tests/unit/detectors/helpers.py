@@ -119,3 +119,15 @@ def late_and_cut(draw, rows: list) -> list[list]:
     rest = [r for i, r in enumerate(rows) if i not in late]
     cuts = sorted(draw(st.lists(st.integers(0, len(rest)), max_size=4)))
     return [b for b in [*([rest[a:b] for a, b in zip([0, *cuts], [*cuts, len(rest)])]), held] if b]
+
+
+def feed_both(a, b, batches: list[list], convert, same_detections, same_state) -> list:
+    """Feed each batch (rows, made a ReadingBatch by `convert`) to rule sets `a` and `b`, checking after each
+    that their detections (`same_detections(x, y)`) and states (`same_state(a, b)`) agree; `a`'s detections."""
+    found = []
+    for rows in batches:
+        x, y = a.process(convert(rows)), b.process(convert(rows))
+        same_detections(x, y)
+        same_state(a, b)
+        found.append(x)
+    return found

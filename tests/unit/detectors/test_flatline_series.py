@@ -18,7 +18,7 @@ from detectors.gas import GasProfile, hour_of_week, week_number
 from detectors.gas_flatline import GasFlatline
 from detectors.registry import RuleSet
 from detectors.snapshot import capture
-from tests.unit.detectors.helpers import by_time, late_and_cut, local_ns, make_config, rows_of
+from tests.unit.detectors.helpers import by_time, feed_both, late_and_cut, local_ns, make_config, rows_of
 from tests.unit.detectors.test_conformance import to_batch
 
 S = 1_000_000_000
@@ -250,13 +250,7 @@ def run_both(batches: list[list], window_s: int = 7200, min_change: float = 0.0,
     if setup is not None:
         setup(new)
         setup(old)
-    found = []
-    for rows in batches:
-        x, y = new.process(to_batch(rows)), old.process(to_batch(rows))
-        same_detections(x, y)
-        same_state(new, old)
-        found.append(x)
-    return found
+    return feed_both(new, old, batches, to_batch, same_detections, same_state)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from detectors import gas as gas_module
 from detectors.gas import GasLeakCusum, GasProfile, GasRupture, _segment_cummax, week_number
 from detectors.registry import RuleSet
 from detectors.snapshot import capture
-from tests.unit.detectors.helpers import TEST_SITES, by_time, cut, late_and_cut, local_ns, make_config
+from tests.unit.detectors.helpers import TEST_SITES, by_time, cut, feed_both, late_and_cut, local_ns, make_config
 from tests.unit.detectors.test_conformance import to_batch
 from tests.unit.detectors.test_noise_series import same_detections, same_state
 
@@ -94,12 +94,7 @@ def run_both(batches: list[list], prepare=None, fast: bool = False) -> Detection
         prepare(rounds)
     series.trace_scores()
     rounds.trace_scores()
-    found = []
-    for rows in batches:
-        x, y = series.process(to_batch(rows)), rounds.process(to_batch(rows))
-        same_detections(x, y)
-        same_state(series, rounds)
-        found.append(x)
+    found = feed_both(series, rounds, batches, to_batch, same_detections, same_state)
     same_scores(series, rounds)
     return Detections.concat(found)
 

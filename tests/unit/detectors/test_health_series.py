@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from core import Detections
 from detectors.device_health import DataQuality
 from detectors.registry import RuleSet
-from tests.unit.detectors.helpers import TEST_DEVICES, TEST_SITES, by_time, cut, late_and_cut, local_ns, make_config
+from tests.unit.detectors.helpers import (
+    TEST_DEVICES,
+    TEST_SITES,
+    by_time,
+    cut,
+    feed_both,
+    late_and_cut,
+    local_ns,
+    make_config,
+)
 from tests.unit.detectors.test_conformance import to_batch
 from tests.unit.detectors.test_noise_series import same_detections, same_state
 
@@ -46,12 +55,7 @@ def run_both(batches: list[list], prepare=None) -> Detections:
     if prepare is not None:
         prepare(series)
         prepare(rounds)
-    found = []
-    for rows in batches:
-        x, y = series.process(to_batch(rows)), rounds.process(to_batch(rows))
-        same_detections(x, y)
-        same_state(series, rounds)
-        found.append(x)
+    found = feed_both(series, rounds, batches, to_batch, same_detections, same_state)
     return Detections.concat(found)
 
 
