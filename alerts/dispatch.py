@@ -1,8 +1,11 @@
-"""Sends notices through sinks: one worker thread and FIFO queue per sink, retry with capped backoff,
-a token-bucket rate limit, and dedup of (notice key, sink). Written once, so sinks stay small.
+"""Sends notices through sinks: one worker thread per sink, retry with capped backoff, a token-bucket
+rate limit, and dedup of (notice key, sink). Written once, so sinks stay small.
 
-A retryable failure holds the sink's queue (head of line) until the notice goes through: a sink sees
-an alert's notices in order, so a late retry of "firing" can never land after its "resolved".
+Each sink's queue has a lane per severity, the most severe served first: a red gas alarm's notice never
+waits behind a burst of yellow ones (issue 17: a hundred queued notices held a red one for 0.7 s). An
+alert's notices stay in one lane (the lane of its first one still queued), so a sink sees an alert's
+notices in order. A retryable failure holds the sink (head of line) until the notice goes through, so a
+late retry of "firing" can never land after its "resolved".
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from alerts.model import Notice
 from alerts.sinks.base import Sink, SinkError
+from core import SEVERITY_CODES
 from core.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -23,12 +27,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Lanes of a sink's queue: one per severity code (core.severity: 0 none ... 4 red).
+LANES = 5
+
+
+def lane_of(notice: Notice) -> int:
+    """The lane of a notice of its own: its alert's severity code (0 when it names none)."""
+    code = SEVERITY_CODES.get(str(notice.payload.get("severity")), 0)
+    return code if 0 <= code < LANES else 0
+
+
 class _Worker:
     def __init__(self, name: str, sink: Sink | None, dispatcher: Dispatcher, rate_per_s: float):
         self.name = name
         self.sink = sink
         self.d = dispatcher
-        self.queue: collections.deque[Notice] = collections.deque()
+        # Waiting notices by lane (severity code: 4 red first); an alert's notices share the lane of its first
+        # one still waiting: alert_id -> (lane, notices waiting).
+        self.lanes: list[collections.deque[Notice]] = [collections.deque() for _ in range(LANES)]
+        self.lane_of: dict[str, tuple[int, int]] = {}
         self.cond = threading.Condition()
         self.busy = False
         self.rate = rate_per_s
@@ -38,12 +55,26 @@ class _Worker:
 
     def put(self, notice: Notice) -> None:
         with self.cond:
-            self.queue.append(notice)
+            held = self.lane_of.get(notice.alert_id)
+            lane = held[0] if held is not None else lane_of(notice)
+            self.lanes[lane].append(notice)
+            self.lane_of[notice.alert_id] = (lane, (held[1] if held is not None else 0) + 1)
             self.cond.notify()
+
+    def waiting(self) -> int:
+        with self.cond:
+            return sum(len(q) for q in self.lanes)
 
     def idle(self) -> bool:
         with self.cond:
-            return not self.queue and not self.busy
+            return not any(self.lanes) and not self.busy
+
+    def _head(self) -> int | None:
+        """The lane whose first notice goes next: the most severe waiting (caller holds cond)."""
+        for lane in range(LANES - 1, -1, -1):
+            if self.lanes[lane]:
+                return lane
+        return None
 
     def _take_token(self) -> None:
         while not self.d.stopping.is_set():
@@ -58,15 +89,22 @@ class _Worker:
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self.queue and not self.d.stopping.is_set():
+                lane = self._head()
+                while lane is None and not self.d.stopping.is_set():
                     self.cond.wait(0.5)
-                if self.d.stopping.is_set():
+                    lane = self._head()
+                if self.d.stopping.is_set() or lane is None:
                     return
-                notice = self.queue[0]
+                notice = self.lanes[lane][0]
                 self.busy = True
             self._deliver(notice)
             with self.cond:
-                self.queue.popleft()
+                self.lanes[lane].popleft()
+                held_lane, n = self.lane_of[notice.alert_id]
+                if n > 1:
+                    self.lane_of[notice.alert_id] = (held_lane, n - 1)
+                else:
+                    del self.lane_of[notice.alert_id]
                 self.busy = False
                 self.cond.notify_all()
 
@@ -171,7 +209,8 @@ class Dispatcher:
 
     def pending(self) -> int:
         with self._lock:
-            return sum(len(w.queue) for w in self._workers.values())
+            workers = list(self._workers.values())
+        return sum(w.waiting() for w in workers)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the workers (a notice being sent finishes); unsent notices stay pending in the store."""
