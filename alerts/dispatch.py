@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 LANES = 5
 
 
-def lane_of(notice: Notice) -> int:
+def severity_lane(notice: Notice) -> int:
     """The lane of a notice of its own: its alert's severity code (0 when it names none)."""
     code = SEVERITY_CODES.get(str(notice.payload.get("severity")), 0)
     return code if 0 <= code < LANES else 0
@@ -45,7 +45,7 @@ class _Worker:
         # Waiting notices by lane (severity code: 4 red first); an alert's notices share the lane of its first
         # one still waiting: alert_id -> (lane, notices waiting).
         self.lanes: list[collections.deque[Notice]] = [collections.deque() for _ in range(LANES)]
-        self.lane_of: dict[str, tuple[int, int]] = {}
+        self.alert_lane: dict[str, tuple[int, int]] = {}
         self.cond = threading.Condition()
         self.busy = False
         self.rate = rate_per_s
@@ -55,10 +55,10 @@ class _Worker:
 
     def put(self, notice: Notice) -> None:
         with self.cond:
-            held = self.lane_of.get(notice.alert_id)
-            lane = held[0] if held is not None else lane_of(notice)
+            held = self.alert_lane.get(notice.alert_id)
+            lane = held[0] if held is not None else severity_lane(notice)
             self.lanes[lane].append(notice)
-            self.lane_of[notice.alert_id] = (lane, (held[1] if held is not None else 0) + 1)
+            self.alert_lane[notice.alert_id] = (lane, (held[1] if held is not None else 0) + 1)
             self.cond.notify()
 
     def waiting(self) -> int:
@@ -100,11 +100,11 @@ class _Worker:
             self._deliver(notice)
             with self.cond:
                 self.lanes[lane].popleft()
-                held_lane, n = self.lane_of[notice.alert_id]
+                held_lane, n = self.alert_lane[notice.alert_id]
                 if n > 1:
-                    self.lane_of[notice.alert_id] = (held_lane, n - 1)
+                    self.alert_lane[notice.alert_id] = (held_lane, n - 1)
                 else:
-                    del self.lane_of[notice.alert_id]
+                    del self.alert_lane[notice.alert_id]
                 self.busy = False
                 self.cond.notify_all()
 
