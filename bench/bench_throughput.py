@@ -20,7 +20,7 @@ CPU per 1,000 readings of the service (main process, decode worker), Mosquitto, 
 
 Run:  .venv/bin/python bench/bench_throughput.py [--broker raised|stock] [--shapes single,batch]
       [--burst-single 50000] [--burst-batch 2000] [--step-s 5] [--pace 0.95] [--rules on|off]
-      [--ack-after spool|influxdb] [--profile DIR] [--keep]
+      [--ack-after spool|influxdb] [--influx-cpus LIST] [--profile DIR] [--keep]
       (--burst-single 100000 is the issue's burst; the default run takes about 3 minutes)
 Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): sustained_readings_s=..
            bare_readings_s=.. bare_lost_msgs=.. ratio=.. influx_readings_s=.. influx_ratio=.. failed_step=.. failed_step_taken_readings_s=..
@@ -28,6 +28,9 @@ Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): s
            alert_p99_ms=.. service_cpu_ms_per_1000=.. (main process + decode worker, at the best passing step);
            then alert_p99_ms=.. (whole run) ticks_skipped=.. behind_lines=..
            load_start=1m/5m/15m load_end=1m/5m/15m
+With --influx-cpus (e.g. 1) InfluxDB runs on those CPUs alone and everything else (the service, Mosquitto, the
+publishers, the bare subscriber, the bench and its direct writer) on the others, in InfluxDB's own ingest as in
+the service's run: the database on cores of its own, as a deployment runs it on a machine of its own.
 With --broker stock the bare subscriber gets an unpaced burst live (a stock broker keeps 1,000 queued
 messages per session), and what the broker dropped even for it is reported.
 Measures; changes nothing in the service.
@@ -91,6 +94,24 @@ def cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def cpu_list(cpus) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def parse_cpus(text: str) -> set[int]:
+    """--influx-cpus: '1' or '0,2' or '2-3'; at least one CPU left for everything else."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r} (e.g. 1, or 0,2, or 2-3)")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    n = os.cpu_count() or 1
+    if not cpus or max(cpus) >= n or len(cpus) >= n:
+        raise ValueError(f"--influx-cpus {text!r}: CPUs 0-{n - 1} exist here, and one must be left for the rest")
+    return cpus
+
+
 def children(pid: int) -> list[int]:
     """The direct children of a process (the service's decode worker)."""
     out = []
@@ -100,6 +121,11 @@ def children(pid: int) -> list[int]:
         except OSError:
             pass
     return out
+
+
+def machine_steal_s() -> float:
+    """CPU seconds the hypervisor gave other machines so far (/proc/stat steal): a shared VM's share of `busy`."""
+    return int(Path("/proc/stat").read_text().splitlines()[0].split()[8]) / _TICK
 
 
 def machine_busy_s() -> tuple[float, float]:
@@ -188,12 +214,26 @@ class Bench:
         self.probe_lat: list[tuple[float, float]] = []  # (monotonic publish time, latency ms)
         self.step_cpu: list[tuple[int, dict, int, float]] = []  # (step, CPU s used, readings, s)
         self.best_cpu: dict[str, float] = {}  # shape -> service CPU ms per 1,000 readings at its best passing step
+        self.counted_from: dict[str, tuple[int, int]] = {}  # shape -> (event time ns, readings landed before it)
 
     # ----- servers and the service ---------------------------------------------------------------------
 
     def start(self) -> None:
+        pin = self.args.influx_cpus
+        if pin:  # everything the bench starts inherits its affinity; InfluxDB alone is started on `pin`
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - pin)
         self.mosq.start()
-        self.influx.start()
+        if pin:
+            rest = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, pin)
+            try:
+                self.influx.start()
+            finally:
+                os.sched_setaffinity(0, rest)
+            print(f"bench_throughput: InfluxDB on CPU {cpu_list(os.sched_getaffinity(self.influx.pid))}, "
+                  f"everything else on CPU {cpu_list(rest)}")
+        else:
+            self.influx.start()
         cfg_dir = self.work / "config"
         shutil.copytree(ROOT / "config", cfg_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
         (cfg_dir / "alerts.yaml").write_text(ALERTS_YAML.replace("STORE", str(self.work / "alerts.sqlite")))
@@ -248,7 +288,8 @@ class Bench:
         busy, total = machine_busy_s()
         return {"main": cpu_s(main), "decode": sum(cpu_s(c) for c in children(main)) if main else 0.0,
                 "broker": cpu_s(self.mosq.pid), "influxdb": cpu_s(self.influx.pid),
-                "publishers": sum(cpu_s(p.proc.pid) for p in pubs.values()), "busy": busy, "total": total}
+                "publishers": sum(cpu_s(p.proc.pid) for p in pubs.values()), "bench": cpu_s(os.getpid()),
+                "steal": machine_steal_s(), "busy": busy, "total": total}
 
     def scrape(self) -> dict[str, float]:
         from prometheus_client.parser import text_string_to_metric_families
@@ -262,13 +303,27 @@ class Bench:
                 out[key] = s.value
         return out
 
-    def landed(self, shape: Shape) -> int:
-        a, b = shape.span_ns()
+    def count(self, shape: Shape, a: int, b: int) -> int:
         where = f"time >= {a} AND time < {b}"
         n = self.influx.count("noise", "leq", where)
         if shape.name == "batch":
             n += self.influx.count("gas_pressure", "p", where)
         return n
+
+    def count_from_here(self, shape: Shape) -> None:
+        """Before a step or the burst: count what landed before the event time every device has reached, once, so
+        that `landed` counts only from there. A count scans every point in its window: over the whole run (1.4
+        million points: 200 ms of InfluxDB's CPU each, measured) the bench's own polls took a large share of
+        the machine from the service and InfluxDB at the high steps."""
+        lo = min(shape.next_ms.values()) * 1_000_000
+        self.counted_from[shape.name] = (lo, self.count(shape, shape.t0_ms * 1_000_000, lo))
+
+    def landed(self, shape: Shape) -> int:
+        """Readings of the shape in InfluxDB: those before the mark of `count_from_here` as counted then, plus a
+        count of the window since (every reading of a device has a later event time than its earlier ones)."""
+        a, b = shape.span_ns()
+        lo, before = self.counted_from.get(shape.name, (a, 0))
+        return before + self.count(shape, lo, b)
 
     # ----- the probe: publish -> alert notice -----------------------------------------------------------
 
@@ -431,6 +486,7 @@ class Bench:
             n_msgs = int(msg_rate * self.args.step_s)
             devs = list(pubs)
             per = [n_msgs // len(devs) + (1 if i < n_msgs % len(devs) else 0) for i in range(len(devs))]
+            self.count_from_here(shape)  # before the step's lines move the devices' event times on
             # Lines prebuilt before the step (not on the clock), cut into 20 ms slices per device.
             ticks = max(1, int(self.args.step_s / 0.02))
             slices = {}
@@ -456,7 +512,7 @@ class Bench:
                         landing.append((time.monotonic() - t0, self.landed(shape)))
             t_pub = time.monotonic() - t0
             landing.append((t_pub, self.landed(shape)))
-            n = self.wait_landed(shape, self.args.grace, poll_s=0.05)
+            n = self.wait_landed(shape, self.args.grace, poll_s=0.1)
             t_land = time.monotonic() - t0
             c1 = self.cpu(pubs)
             s1 = self.scrape()
@@ -488,11 +544,15 @@ class Bench:
                   f"{skipped:.0f}, probe p99 {p99:.0f} ms ({k}): {verdict}")
             used = {k: c1[k] - c0[k] for k in c0}
             per_k = 1000.0 / max(1, per_msg * n_msgs)
+            named = ("main", "decode", "broker", "influxdb", "publishers", "bench")
+            rest = used["busy"] - sum(used[k] for k in named)  # kernel threads, other processes of the machine
             print(f"    CPU ms per 1,000 readings: service {1000 * (used['main'] + used['decode']) * per_k:.0f} "
                   f"(main {1000 * used['main'] * per_k:.0f}, decode worker {1000 * used['decode'] * per_k:.0f}), "
                   f"broker {1000 * used['broker'] * per_k:.0f}, InfluxDB {1000 * used['influxdb'] * per_k:.0f}, "
-                  f"publishers {1000 * used['publishers'] * per_k:.0f}; machine {used['busy'] / max(used['total'], 1e-9):.0%} "
-                  f"busy; service main process {used['main'] / t_land:.0%} of a core")
+                  f"publishers {1000 * used['publishers'] * per_k:.0f}, this bench {1000 * used['bench'] * per_k:.0f}, "
+                  f"the rest {1000 * rest * per_k:.0f} (of it stolen by the hypervisor {1000 * used['steal'] * per_k:.0f}); "
+                  f"machine {used['busy'] / max(used['total'], 1e-9):.0%} busy; service main process "
+                  f"{used['main'] / t_land:.0%} of a core")
             self.step_cpu.append((rate, used, per_msg * n_msgs, t_land))
             if not ok:
                 failed = {"rate": rate, "missing": missing, "detect_age_s": worst_age, "taken": landed_rate}
@@ -510,6 +570,7 @@ class Bench:
         devs = list(pubs)
         per = [n_msgs // len(devs) + (1 if i < n_msgs % len(devs) else 0) for i in range(len(devs))]
         before = shape.sent_readings
+        self.count_from_here(shape)
         data = {d: shape.lines(d, k) for d, k in zip(devs, per)}
         want = shape.sent_readings
         t0 = time.monotonic()
@@ -567,6 +628,7 @@ class Bench:
         auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
         conn = http.client.HTTPConnection("127.0.0.1", self.influx.port, timeout=60)
         path = f"/write?db={db}&precision=ns"
+        c0 = cpu_s(self.influx.pid), cpu_s(os.getpid()), machine_busy_s()[0]
         t0 = time.monotonic()
         for body in bodies:
             conn.request("POST", path, body=body, headers={"Authorization": auth})
@@ -575,10 +637,14 @@ class Bench:
             if resp.status != 204:
                 raise RuntimeError(f"InfluxDB refused the direct write: HTTP {resp.status}")
         t = time.monotonic() - t0
+        c1 = cpu_s(self.influx.pid), cpu_s(os.getpid()), machine_busy_s()[0]
         conn.close()
         rate = len(lines) / t if t > 0 else float("nan")
+        per_k = 1e6 / max(1, len(lines))  # CPU s -> ms per 1,000 readings
         print(f"  InfluxDB's own ingest: {len(lines):,} readings of this shape (the service's line protocol) in "
-              f"{len(bodies)} writes of up to {rows:,} lines, one connection: {rate:,.0f} readings/s")
+              f"{len(bodies)} writes of up to {rows:,} lines, one connection: {rate:,.0f} readings/s; CPU ms per "
+              f"1,000 readings: InfluxDB {(c1[0] - c0[0]) * per_k:.1f}, the writing client {(c1[1] - c0[1]) * per_k:.1f}, "
+              f"machine {(c1[2] - c0[2]) * per_k:.1f} ({(c1[2] - c0[2]) / t / (os.cpu_count() or 1):.0%} busy)")
         return rate
 
     def run_shape(self, name: str) -> dict:
@@ -643,12 +709,18 @@ def main() -> int:
                     "off: an empty rule set (ingest alone, to see what detection costs)")
     ap.add_argument("--ack-after", choices=["spool", "influxdb"], default=None, help="override "
                     "ingest.ack_after (default: the shipped config's)")
+    ap.add_argument("--influx-cpus", default=None, metavar="LIST", help="run InfluxDB alone on these CPUs (e.g. 1) "
+                    "and everything else on the others, for InfluxDB's own ingest and the service's run alike")
     ap.add_argument("--profile", default=None, metavar="DIR", help="sample the service with py-spy (pip install "
                     "py-spy) during each shape's ramp and burst; collapsed stacks into DIR/<shape>_rules_<on|off>_<broker>.txt")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (service log, data)")
     args = ap.parse_args()
     if not 0 < args.pace <= 1:
         ap.error(f"--pace must be above 0 and at most 1, got {args.pace:g}")
+    try:
+        args.influx_cpus = parse_cpus(args.influx_cpus) if args.influx_cpus else None
+    except ValueError as exc:
+        ap.error(str(exc))
     if not shutil.which("mosquitto_pub"):
         print("bench_throughput: mosquitto_pub is missing (Debian package mosquitto-clients)", file=sys.stderr)
         return 1
@@ -680,7 +752,9 @@ def main() -> int:
               f"{s.get('citywatch_alert_notices_total', 0):.0f}")
         print(f"alert latency over the whole run: p99 {p99_all:.0f} ms over {k_all} probe notices; "
               f"{time.monotonic() - t_all:.0f} s in all")
-        parts = [f"broker={args.broker}", f"rules={args.rules}", f"ack_after={getattr(b.cfg.ingest, 'ack_after', 'influxdb')}"]
+        parts = [f"broker={args.broker}", f"rules={args.rules}",
+                 f"influx_cpus={cpu_list(args.influx_cpus) if args.influx_cpus else 'shared'}",
+                 f"ack_after={getattr(b.cfg.ingest, 'ack_after', 'influxdb')}"]
         for name, r in results.items():
             parts += [f"{name}_sustained_readings_s={r['sustained']:.0f}", f"{name}_bare_readings_s={r['bare']:.0f}", f"{name}_bare_lost_msgs={r['bare_lost']}",
                       f"{name}_ratio={r['ratio']:.2f}", f"{name}_influx_readings_s={r['influx']:.0f}",
