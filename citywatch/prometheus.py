@@ -39,6 +39,43 @@ _GAUGES = {
 }
 
 
+# Each InfluxDB replica's figures (connections.influx_replicas; IngestMetrics gauges `replica_<name>_<key>`), as
+# families labelled by replica: key -> (Prometheus name, help, counter?).
+_REPLICA = {
+    "spool_records": ("replica_spool_records", "Batches in the replica's spool waiting for it", False),
+    "spool_bytes": ("replica_spool_bytes", "Bytes in the replica's spool waiting for it", False),
+    "spool_age_s": ("replica_spool_oldest_age_seconds", "Age of the oldest batch in the replica's spool (0 when "
+                    "empty)", False),
+    "influx_ok": ("replica_influxdb_up", "1 while the replica takes writes, 0 while they fail", False),
+    "rows_written": ("replica_rows_written", "Rows the replica accepted, directly or from its spool", True),
+    "rows_spooled": ("replica_rows_spooled", "Rows made durable in the replica's spool", True),
+    "write_errors": ("replica_write_errors", "Retryable write failures of the replica", True),
+    "rows_rejected": ("replica_rows_rejected", "Lines the replica refused with 400 (dead-lettered)", True),
+    "spool_full_waits": ("replica_spool_full_waits", "Times ingest waited for the replica's full spool", True),
+}
+
+
+def replica_families(gauges: dict) -> list:
+    """The `replica_<name>_<key>` gauges of IngestMetrics as one family per key, a sample per replica (label
+    `replica`); none without replicas. A replica's name may hold underscores: the key is matched at the end."""
+    values: dict[str, list[tuple[str, float]]] = {}
+    for full, v in sorted(gauges.items()):
+        if not full.startswith("replica_") or v is None:
+            continue
+        for key in _REPLICA:
+            if full.endswith("_" + key) and len(full) > len("replica_") + len(key) + 1:
+                values.setdefault(key, []).append((full[len("replica_"):-len(key) - 1], float(v)))
+                break
+    out = []
+    for key, samples in values.items():
+        name, help_, counter = _REPLICA[key]
+        fam = (CounterMetricFamily if counter else GaugeMetricFamily)(PREFIX + name, help_, labels=["replica"])
+        for replica, v in samples:
+            fam.add_metric([replica], v)
+        out.append(fam)
+    return out
+
+
 class ServiceCollector:
     """A prometheus_client custom collector over one running `citywatch.service.Service`."""
 
@@ -63,6 +100,7 @@ class ServiceCollector:
         for key, (name, help_) in _GAUGES.items():
             if gauges.get(key) is not None:
                 yield GaugeMetricFamily(PREFIX + name, help_, value=float(gauges[key]))
+        yield from replica_families(gauges)
         jobs = svc.scheduler.job_lag.counts()
         for what, help_ in (("runs", "Runs of each scheduled job"),
                             ("late", "Runs that started more than 2 intervals (and 1 s) after they were due"),

@@ -54,12 +54,26 @@ def _config(tmp_path, replica_url: str, metrics_port: int, ack_after: str):
     return cfg_dir
 
 
-def _acked(port: int) -> int:
-    """messages_acked from the service's Prometheus endpoint (read whichever InfluxDB is down)."""
+def _metric(port: int, sample: str) -> float | None:
+    """One sample (name with its labels) from the service's Prometheus endpoint; None when it is not there."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    m = re.search(r"^citywatch_messages_acked_total (\S+)$", text, re.M)
-    return int(float(m.group(1))) if m else 0
+    m = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def _acked(port: int) -> int:
+    """messages_acked from the service's Prometheus endpoint (read whichever InfluxDB is down)."""
+    return int(_metric(port, "citywatch_messages_acked_total") or 0)
+
+
+def _wait_metric(port: int, sample: str, ok, timeout_s: float) -> float | None:
+    deadline = time.monotonic() + timeout_s
+    got = _metric(port, sample)
+    while not (got is not None and ok(got)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        got = _metric(port, sample)
+    return got
 
 
 def _wait_acked(port: int, n: int, timeout_s: float) -> int:
@@ -96,8 +110,15 @@ def test_one_target_stopped_mid_stream_every_reading_lands_once_in_both(stopped,
         assert wait_counts(up, expected, 60) == expected
         what = f"InfluxDB replica b ({influx_b.url})" if stopped == "replica" else "InfluxDB"
         assert svc.wait_log(f"{what} unreachable (", 10)
+        # The replica's state reaches the Prometheus endpoint, labelled by its name.
+        spooled = 'citywatch_replica_spool_records{replica="b"}'
+        if stopped == "replica":
+            assert _wait_metric(port, 'citywatch_replica_influxdb_up{replica="b"}', lambda v: v == 0, 10) == 0
+            assert (_wait_metric(port, spooled, lambda v: v > 0, 10) or 0) > 0
         down.start()
         assert wait_counts(down, expected, 120) == expected
+        assert _wait_metric(port, 'citywatch_replica_influxdb_up{replica="b"}', lambda v: v == 1, 30) == 1
+        assert _wait_metric(port, spooled, lambda v: v == 0, 30) == 0
         assert counts(up) == expected
         assert svc.terminate() == 0
         assert SpoolWriter.inspect(spool).records == 0

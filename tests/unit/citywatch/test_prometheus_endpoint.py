@@ -35,3 +35,33 @@ def test_status_words_the_detection_backlog_tick_and_alert_latency():
         "alert notices: 4; firing latency p99 <= 0.25 s over 3 firing notices",
     ]
     assert detection_lines({"spool_records": 0}) == []  # a collector without detection
+
+
+def test_each_influx_replica_is_a_labelled_sample_and_the_primary_is_not():
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from citywatch.prometheus import replica_families
+
+    gauges = {"spool_records": 3, "influx_ok": 1,  # the primary's: not a replica's
+              "replica_dr_spool_records": 7, "replica_dr_influx_ok": 0, "replica_dr_rows_written": 120,
+              "replica_dc_2_spool_records": 0, "replica_dc_2_spool_age_s": 0.0, "replica_dc_2_write_errors": 4,
+              "replica_dr_spool_bytes": None}  # not known yet: left out
+
+    class Fams:
+        def collect(self):
+            return replica_families(gauges)
+
+    reg = CollectorRegistry()
+    reg.register(Fams())
+    text = generate_latest(reg).decode()
+    samples = sorted(line for line in text.splitlines() if line and not line.startswith("#"))
+    assert samples == [
+        'citywatch_replica_influxdb_up{replica="dr"} 0.0',
+        'citywatch_replica_rows_written_total{replica="dr"} 120.0',
+        'citywatch_replica_spool_oldest_age_seconds{replica="dc_2"} 0.0',
+        'citywatch_replica_spool_records{replica="dc_2"} 0.0',
+        'citywatch_replica_spool_records{replica="dr"} 7.0',
+        'citywatch_replica_write_errors_total{replica="dc_2"} 4.0',
+    ]
+    assert replica_families({"spool_records": 3, "influx_ok": 1}) == []
