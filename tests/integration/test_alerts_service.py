@@ -5,16 +5,13 @@ SIGHUP reloads the config and keeps the open alert."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from config import load_config
+from tests.integration.test_ingest_harness import ServiceProcess
 from tests.unit.alerts.helpers import Subscriber, publish, write_config
 
 pytestmark = pytest.mark.integration
@@ -34,52 +31,6 @@ rules:
 """
 
 
-class AlertService:
-    """The service with alerts (`python -m citywatch run`, i.e. citywatch.runner.run_service) as a subprocess,
-    stopped by pid."""
-
-    def __init__(self, config_dir: Path, env: dict, log_path: Path):
-        self.config_dir, self.env, self.log_path = config_dir, env, log_path
-        self.proc = None
-
-    def start(self, timeout_s: float = 30.0) -> AlertService:
-        self.launch()
-        assert self.wait_log("connected to MQTT broker", timeout_s), self.log_text()
-        return self
-
-    def launch(self) -> None:
-        """Start the process, the way every test and benchmark starts the service; do not wait for it."""
-        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        cwd = self.log_path.parent / "cwd"
-        cwd.mkdir(exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", str(self.config_dir)],
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(cwd))
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")[self._offset:]
-
-    def wait_log(self, needle: str, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if needle in self.log_text():
-                return True
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        return needle in self.log_text()
-
-    def signal(self, sig) -> None:
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
-
-
 def gas_payload(device, p: float) -> bytes:
     ts = int(time.time() * 1000)
     return json.dumps({"schema": "xm.gas.v1", "device_id": device.id, "site_id": device.site,
@@ -92,9 +43,9 @@ def stack(tmp_path, mosquitto, influx, service_env):
     cfg = load_config(cfg_dir, service_env)
     dev = next(d for d in cfg.devices if d.kind == "gas" and d.protocol == "json")
     sub = Subscriber(mosquitto, ["city/xm/alerts/#"])
-    svc = AlertService(cfg_dir, service_env, tmp_path / "service.log")
+    svc = ServiceProcess(cfg_dir, service_env, tmp_path / "service.log")
     yield svc, dev, sub, mosquitto
-    svc.kill()
+    svc.close()
     sub.stop()
 
 

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from config import load_config
-from tests.integration.test_alerts_service import ALERTS_YAML, AlertService
+from tests.integration.test_alerts_service import ALERTS_YAML
+from tests.integration.test_ingest_harness import ServiceProcess
 from tests.unit.alerts.helpers import Subscriber, publish, write_config
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def test_a_backfill_of_one_device_does_not_hold_another_devices_alert(tmp_path, 
     body = backfill_payload(a, BACKFILL_SAMPLES, a.mop_kpa * 1.5)
     assert len(body) <= cfg.ingest.max_payload_bytes
     sub = TimedSubscriber(mosquitto, ["city/xm/alerts/#"])
-    svc = AlertService(cfg_dir, service_env, tmp_path / "service.log").start()
+    svc = ServiceProcess(cfg_dir, service_env, tmp_path / "service.log").start()
     try:
         t_a = time.monotonic()
         publish(mosquitto, f"city/xm/gas/{a.site}/{a.id}/data", body, who=a.id)

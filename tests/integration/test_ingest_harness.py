@@ -61,7 +61,10 @@ class ServiceProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 30.0) -> ServiceProcess:
+    def launch(self) -> None:
+        """Start the process (again, after a kill: the log goes on, `log_text` reads from here); do not wait."""
+        if getattr(self, "_log", None):
+            self._log.close()
         self._log = open(self.log_path, "ab")
         # Not the config's parent: a `config/` directory in the working directory would shadow the package.
         workdir = self.log_path.parent / "cwd"
@@ -72,6 +75,10 @@ class ServiceProcess:
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=str(workdir),
         )
+
+    def start(self, timeout_s: float = 30.0) -> ServiceProcess:
+        """Launch and wait until the collector is connected; RuntimeError (the log's tail) if it is not."""
+        self.launch()
         # A first connection the broker drops at once (seen under load: "connection lost: Unspecified error")
         # is retried by paho, and the log then says "back after" instead of "connected to".
         if not self.wait_log(("connected to MQTT broker", "(collector) back after"), timeout_s):
@@ -96,6 +103,10 @@ class ServiceProcess:
                 return any(n in self.log_text() for n in needles)
             time.sleep(0.05)
         return False
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
         """SIGKILL: a crash."""

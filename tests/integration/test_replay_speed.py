@@ -14,8 +14,7 @@ import pytest
 
 from simulators.alert_sources import from_sqlite
 from simulators.scoring import TruthFault, score
-from tests.integration.test_ingest_harness import config_copy, counts
-from tests.integration.test_simulate_pipeline import PipelineProcess
+from tests.integration.test_ingest_harness import ServiceProcess, config_copy, counts
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +74,7 @@ def _replay_run(tag: str, parts: list[tuple[Path, list[str]]], mosquitto, influx
         text = p.read_text()
         assert old in text
         p.write_text(text.replace(old, new))
-    svc = PipelineProcess(cfg_dir, env, proj / "pipeline.log")
-    svc.start()
+    svc = ServiceProcess(cfg_dir, env, proj / "pipeline.log").start(timeout_s=60)
     summaries = []
     try:
         for feed, pace in parts:
@@ -87,6 +85,7 @@ def _replay_run(tag: str, parts: list[tuple[Path, list[str]]], mosquitto, influx
         _settle(influx, proj / "var" / "alerts.sqlite")
     finally:
         svc.terminate()
+        svc.close()
     return from_sqlite(str(proj / "var" / "alerts.sqlite")), summaries
 
 

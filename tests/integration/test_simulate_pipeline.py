@@ -4,8 +4,6 @@ speeds raises the same alerts, and the scorecard finds the faults of the simulat
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ import pytest
 
 from simulators.alert_sources import from_sqlite
 from simulators.scoring import TruthFault, parse_time_ms, score
-from tests.integration.test_ingest_harness import config_copy, counts
+from tests.integration.test_ingest_harness import ServiceProcess, config_copy, counts
 
 pytestmark = pytest.mark.integration
 
@@ -24,42 +22,6 @@ CITY_DAY = ROOT / "simulators" / "scenarios" / "city_day.yaml"
 # Simulated time runs far ahead of (and, for 2025 dates, far behind) the wall clock: the receive-time
 # plausibility window of ingest would refuse every reading, so these runs widen it.
 TEN_YEARS_S = 10 * 365 * 86400
-
-
-class PipelineProcess:
-    """`python -m citywatch run` (ingest + detectors + alerts) as a subprocess, stopped by pid."""
-
-    def __init__(self, config_dir: Path, env: dict, log_path: Path):
-        self.config_dir, self.env, self.log_path = config_dir, env, log_path
-        self.proc = None
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        self._log = open(self.log_path, "wb")
-        workdir = self.log_path.parent / "cwd"
-        workdir.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", str(self.config_dir)],
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, cwd=str(workdir))
-        deadline = time.monotonic() + timeout_s
-        while "connected to MQTT broker" not in self.log_path.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"pipeline did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.05)
-
-    def terminate(self, timeout_s: float = 60.0) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
 
 
 def settle(influx, timeout_s: float = 90.0) -> tuple[int, int]:
@@ -85,8 +47,7 @@ def run_scenario(tag: str, speed: list[str], mosquitto, influx, env: dict, tmp_p
         text = p.read_text()
         assert old in text
         p.write_text(text.replace(old, new))
-    svc = PipelineProcess(cfg_dir, env, proj / "pipeline.log")
-    svc.start()
+    svc = ServiceProcess(cfg_dir, env, proj / "pipeline.log").start(timeout_s=60)
     try:
         truth = proj / "truth.jsonl"
         r = subprocess.run([sys.executable, "-m", "citywatch", "simulate", str(CITY_DAY), *speed, "--duration", duration,
@@ -97,6 +58,7 @@ def run_scenario(tag: str, speed: list[str], mosquitto, influx, env: dict, tmp_p
         points = settle(influx)
     finally:
         svc.terminate()
+        svc.close()
     alerts = from_sqlite(str(proj / "var" / "alerts.sqlite"))
     return alerts, truth, points
 
