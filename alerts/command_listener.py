@@ -42,10 +42,12 @@ class CommandListener:
 
     Every result ("ok: ..." or "error: ...") is published as JSON on `command_reply_topic` and, for an
     MQTT 5 command that names a response topic, there too with its correlation data: an operator
-    console learns whether its ack was applied without reading the store.
+    console learns whether its ack was applied without reading the store. A `handle` that returns None
+    leaves the answer to another worker (partitioned mode: every worker receives every command; see
+    alerts.command_scope): nothing is published.
     """
 
-    def __init__(self, cfg: Config, handle: Callable[[str, bytes, Author], str], env: dict[str, str],
+    def __init__(self, cfg: Config, handle: Callable[[str, bytes, Author], str | None], env: dict[str, str],
                  config: Callable[[], Config] | None = None) -> None:
         """config: returns the config in force (after reloads), for the operator list; default `cfg`."""
         m = cfg.connections.mqtt
@@ -152,7 +154,8 @@ class CommandListener:
                 self._refuse(msg, exc)
                 return
             result = self.handle(f"mqtt:{msg.topic}", bytes(msg.payload), author)
-            self._reply(msg, _preview(msg.payload), str(result), author)
+            if result is not None:
+                self._reply(msg, _preview(msg.payload), result, author)
         except Exception:  # noqa: BLE001
             log.exception("alert command on %s could not be handled", msg.topic)
 

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from alerts import command_scope, lifecycle
 from alerts import commands as command_rules
-from alerts import lifecycle
 from alerts.dispatch import Dispatcher, NoticeDispatcher
 from alerts.grouping import GroupTimer
 from alerts.lifecycle import Activity, Snapshot, Step, Timings, Transition
@@ -350,7 +350,7 @@ class AlertEngine:
             devs = set(devices)
             adopted: list[Alert] = []
             for d in state.get("alerts", []):
-                a = _alert_from_state(d)
+                a = alert_from_state(d)
                 if a.device_id not in devs or not a.open:
                     continue
                 old = self._open.get(a.key)
@@ -859,7 +859,7 @@ class AlertEngine:
     # validate is stored as refused with its reason. Applying a stored command never raises: whatever
     # goes wrong marks it failed with the reason, and it is never tried again (at a tick or a start).
 
-    def submit_command(self, source: str, command: Any, author: command_rules.Author | None = None) -> str:
+    def submit_command(self, source: str, command: Any, author: command_rules.Author | None = None) -> str | None:
         """Validate, record and apply one operator command. Never raises.
 
         source:  where it came from, recorded (`mqtt:<topic>`, `cli:<login>`)
@@ -867,7 +867,10 @@ class AlertEngine:
                  bounds of alerts.commands.parse_payload)
         author:  who sends it, authenticated by the caller (the broker account of the topic, or the
                  local login); None is refused
-        Returns "ok..." or "error: <why>" for the operator."""
+        Returns "ok..." or "error: <why>" for the operator; None in partitioned mode when another worker
+        answers it (alerts.command_scope): an ack of an alert of a device another worker owns is left to that
+        worker (neither applied nor recorded here, counted in `commands_elsewhere`); a silence is applied
+        here too, and a refusal recorded, but one worker answers them."""
         with self._lock:
             try:
                 return self._submit(source, command, author)
@@ -876,7 +879,9 @@ class AlertEngine:
                 log.exception("alert command from %s could not be handled", source)
                 return f"error: internal: {type(exc).__name__}: {_cut(str(exc))}"
 
-    def _submit(self, source: str, command: Any, author: command_rules.Author | None) -> str:
+    def _submit(self, source: str, command: Any, author: command_rules.Author | None) -> str | None:
+        devices = {d.id for d in self.cfg.devices} if self._owned is not None else set()
+        rest = command_scope.answers_rest(self._owned, devices)
         try:
             if author is None:
                 raise ValueError("no authenticated author: send commands as your own operator account")
@@ -892,9 +897,17 @@ class AlertEngine:
                                    author.account if author else None, author.name if author else None, status="refused", result=result)
             self._count("commands_refused")
             log.info("alert command from %s refused: %s", source, result)
-            return result
+            return result if rest else None
+        if cmd["action"] == "ack":
+            held = self._by_id.get(cmd["alert_id"])
+            if not command_scope.answers_ack(cmd["alert_id"], held is not None and held.open, self._owned, devices):
+                self._count("commands_elsewhere")
+                return None
+        elif self._owned is not None and cmd["action"] == "silence" and not cmd.get("id"):
+            cmd["id"] = command_scope.shared_silence_id(author.account, cmd)
         cid = self.store.add_command(source, cmd, author.account, author.name)
-        return self._apply_command(cid, cmd, author)
+        result = self._apply_command(cid, cmd, author)
+        return result if rest or cmd["action"] == "ack" else None
 
     def _apply_inbox(self) -> None:
         """Apply the commands queued in the store (by the terminal, or left by a crash). Never raises."""
@@ -1019,11 +1032,11 @@ class AlertEngine:
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    """An alert's fields for JSON: NaN values as None (read back as NaN by `_alert_from_state`)."""
+    """An alert's fields for JSON: NaN values as None (read back as NaN by `alert_from_state`)."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def _alert_from_state(d: dict[str, Any]) -> Alert:
+def alert_from_state(d: dict[str, Any]) -> Alert:
     d = dict(d)
     for k in ("value", "limit", "peak_value"):
         if d.get(k) is None:

@@ -20,12 +20,14 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from alerts.engine import alert_from_state
 from citywatch.cluster import partition_of
-from citywatch.partition_lease import ALERTS_BUCKET, STATE_BUCKET
+from citywatch.partition_lease import ALERTS_BUCKET, LEASE_BUCKET, STATE_BUCKET
 from detectors import snapshot
 from detectors.snapshot import Piece, Snapshot
 
@@ -81,6 +83,18 @@ def to_bytes(snap: Snapshot, alerts: dict | None = None) -> bytes:
         snapshot.write(snap, path)
         head = json.dumps(alerts or {}, sort_keys=True).encode()
         return MAGIC + len(head).to_bytes(8, "big") + head + path.read_bytes()
+
+
+def alerts_in_object(data: bytes) -> dict | None:
+    """The alerts of an object's bytes (to_bytes) without reading its snapshot; None for a bare snapshot file
+    (written before alerts moved) or an unreadable head."""
+    if not data.startswith(MAGIC):
+        return None
+    start = len(MAGIC) + 8
+    try:
+        return json.loads(data[start:start + int.from_bytes(data[len(MAGIC):start], "big")]) or None
+    except ValueError:
+        return None
 
 
 def from_bytes(data: bytes) -> tuple[Snapshot, dict | None]:
@@ -420,3 +434,105 @@ class PartitionState:
         return {"snapshot_age_s": {k: (now - self.snapshot_saved_at[k]) if k in self.snapshot_saved_at else None
                                    for k in sorted(self.owned)},
                 "counts": dict(self.counts)}
+
+
+# ----- the one board across workers (`citywatch alerts list|show` given a cluster) -------------------------------
+
+# Seconds to connect to a node (each tried in turn) and to read everything: the board of an unreachable cluster
+# says so within about this, never hangs.
+BOARD_CONNECT_TIMEOUT_S = 3
+BOARD_READ_TIMEOUT_S = 10.0
+
+
+@dataclass
+class PartitionAlerts:
+    """One partition's open alerts as the cluster holds them (the newer of its key-value and object copies).
+
+    owner: the worker holding its lease now (None: none, a takeover under way or no worker running); saved_ns:
+    wall time of that copy (None: never saved); watermark_ns: the engine clock of its writer then."""
+
+    partition: int
+    owner: str | None
+    alerts: list
+    saved_ns: int | None
+    watermark_ns: int
+
+
+class ClusterUnreachable(Exception):
+    """The cluster's nodes did not answer (the reason, for one line)."""
+
+
+def cluster_alerts(cfg, env: dict, timeout_s: float = BOARD_READ_TIMEOUT_S) -> list[PartitionAlerts]:
+    """Every partition's open alerts and owner, read from the cluster's nodes (connections.cluster.nats) as the
+    service account (connections.mqtt.username, its password_env). Raises ClusterUnreachable when no node answers
+    within BOARD_CONNECT_TIMEOUT_S each, or the reads do not end within `timeout_s`."""
+    cl, mq = cfg.connections.cluster, cfg.connections.mqtt
+    if not cl.nats:
+        raise ClusterUnreachable("connections.cluster.nats names no node (CITYWATCH_CLUSTER_NATS; "
+                                 ".stack/cluster.env sets it)")
+    password = env.get(mq.password_env) if mq.password_env else None
+    return asyncio.run(_read_cluster(cl.nats_urls(), mq.username, password, cl.partitions, timeout_s))
+
+
+async def _read_cluster(servers: list[str], user: str | None, password: str | None, total: int,
+                        timeout_s: float) -> list[PartitionAlerts]:
+    import nats
+    import nats.errors
+
+    errors: list[BaseException] = []
+
+    async def keep(exc: BaseException) -> None:  # instead of nats-py's log line per failed try
+        errors.append(exc)
+
+    where = ", ".join(servers)
+    try:
+        # One pass over the nodes (max_reconnect_attempts=1), each within the connect timeout.
+        nc = await asyncio.wait_for(nats.connect(
+            servers=servers, user=user, password=password, name="citywatch-alerts-board", error_cb=keep,
+            connect_timeout=BOARD_CONNECT_TIMEOUT_S, reconnect_time_wait=0.2, max_reconnect_attempts=1),
+            BOARD_CONNECT_TIMEOUT_S * len(servers) + 1)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        why = errors[-1] if errors else exc
+        reason = ("connection refused" if isinstance(why, ConnectionRefusedError) else
+                  "timed out" if isinstance(why, TimeoutError) else str(why) or type(why).__name__)
+        raise ClusterUnreachable(f"cannot reach the cluster at {where}: {reason}") from None
+    try:
+        return await asyncio.wait_for(_read_partitions(nc.jetstream(timeout=timeout_s), total), timeout_s)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ClusterUnreachable(f"the cluster at {where} did not answer: {exc or type(exc).__name__}") from None
+    finally:
+        await nc.close()
+
+
+async def _read_partitions(js, total: int) -> list[PartitionAlerts]:
+    from nats.js.errors import NotFoundError
+
+    async def bucket(opener, name):
+        try:
+            return await opener(name)
+        except NotFoundError:  # no worker has written one yet
+            return None
+
+    alerts_kv = await bucket(js.key_value, ALERTS_BUCKET)
+    leases = await bucket(js.key_value, LEASE_BUCKET)
+    store = await bucket(js.object_store, STATE_BUCKET)
+
+    async def value(kv, key: str) -> bytes | None:
+        try:
+            return (await kv.get(key)).value if kv is not None else None
+        except NotFoundError:
+            return None
+
+    async def partition(k: int) -> PartitionAlerts:
+        kv_data, owner = await value(alerts_kv, f"a.{k}"), await value(leases, f"p.{k}")
+        try:
+            obj = alerts_in_object((await store.get(f"p{k}")).data) if store is not None else None
+        except NotFoundError:
+            obj = None
+        newest = newer_alerts(json.loads(kv_data) if kv_data else None, obj, 0) or {}
+        return PartitionAlerts(k, owner.decode() if owner else None,
+                               [alert_from_state(a) for a in newest.get("alerts", [])],
+                               int(newest["saved_ns"]) if newest.get("saved_ns") else None,
+                               int(newest.get("watermark_ns") or 0))
+
+    return list(await asyncio.gather(*(partition(k) for k in range(total))))

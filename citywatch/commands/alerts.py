@@ -54,12 +54,17 @@ def register(sub) -> None:
     common = p.add_argument_group("store")
     common.add_argument("--config", default=None, help="config directory (default: the shipped config/)")
     common.add_argument("--store", default=None, help="SQLite alert store (default: alerting.store_path)")
+    common.add_argument("--cluster", action="store_true",
+                        help="list and show: every partition's open alerts from the cluster (the default in "
+                             "partitioned mode without --store)")
     asub = p.add_subparsers(dest="alerts_command", metavar="ACTION")
     asub.required = True
     # The same options after the action (`alerts list --store X`); SUPPRESS keeps a value given before it.
     store_opts = argparse.ArgumentParser(add_help=False)
     store_opts.add_argument("--config", default=argparse.SUPPRESS, help="config directory")
     store_opts.add_argument("--store", default=argparse.SUPPRESS, help="SQLite alert store")
+    store_opts.add_argument("--cluster", action="store_true", default=argparse.SUPPRESS,
+                            help="every partition's open alerts from the cluster")
 
     def action(name: str, **kw):
         return asub.add_parser(name, parents=[store_opts], **kw)
@@ -173,21 +178,24 @@ def _state(a) -> str:
 
 
 def board(alerts, as_of_ns: int | None = None, title: str = "citywatch: active alerts",
-          width: int = 200) -> Table:
+          width: int = 200, where: dict[str, str] | None = None) -> Table:
     """The alert table, red first. Durations run to `as_of_ns`, the store's clock (its watermark or the
     engine's clock at its last heartbeat, never the wall clock against event times); open alerts show
     their short id RULE.DEVICE (what `ack` takes), resolved ones their full id.
 
     width >= WIDE_MIN_COLUMNS: severity, state, site, device, rule, value, peak, started, for, ack, id.
     Narrower: five columns (severity and state; site and device; alert; value and peak; for and ack)
-    that wrap within their cells instead of cutting every column to two letters."""
+    that wrap within their cells instead of cutting every column to two letters.
+    where: alert id -> its partition and worker (the cluster's board): a last column (narrow: under the alert)."""
     now = as_of_ns or time.time_ns()
     wide = width >= WIDE_MIN_COLUMNS
     # Narrow: no vertical rules (they cost 6 columns) and a rule between alerts, whose cells take lines.
     t = Table(title=title, expand=False) if wide else Table(title=title, expand=False, box=box.SIMPLE_HEAD,
                                                              show_lines=True, pad_edge=False)
-    cols = (("severity", "state", "site", "device", "rule", "value", "peak", "started (CST)", "for",
-             "ack / level", "alert id") if wide else ("severity", "site", "alert", "value", "for"))
+    cols: tuple[str, ...] = (("severity", "state", "site", "device", "rule", "value", "peak", "started (CST)",
+                              "for", "ack / level", "alert id") if wide else ("severity", "site", "alert", "value", "for"))
+    if wide and where is not None:
+        cols += ("partition",)
     for col in cols:
         t.add_column(col, overflow="fold", no_wrap=col in ("rule", "alert"), min_width=6 if col == "severity" else None)
     for a in sorted(alerts, key=lambda a: (a.state == "resolved", -a.severity, a.started_ns)):
@@ -202,14 +210,16 @@ def board(alerts, as_of_ns: int | None = None, title: str = "citywatch: active a
         ack = f"acked by {a.acked_by}" if a.acked_by else f"L{a.escalation_level}"
         ident = a.alert_id if a.state == "resolved" else short_id(a)
         site = a.site.get("name") or a.site.get("id", "")
+        place = [] if where is None else [where.get(a.alert_id, "?")]
         if wide:
             t.add_row(sev_cell, _state(a), site, a.device_id, a.rule_id, alert_value(a), alert_peak(a),
-                      _local(a.started_ns), dur, ack, ident)
+                      _local(a.started_ns), dur, ack, ident, *place)
         else:
             value = alert_value(a)
             if a.peak_severity > a.severity or (not math.isnan(a.peak_value) and a.peak_value != a.value):
                 value += f"\npeak {alert_peak(a)}"
             sev_cell.append(f"\n{_state(a)}")
+            ident += "".join(f"\n{p}" for p in place)
             t.add_row(sev_cell, site, ident, value, f"{dur}\n{ack}")  # the short id names the device
     return t
 
@@ -236,7 +246,100 @@ def _alert_board(store: AlertStore, alerts, title: str, width: int) -> Group:
     return Group(*parts)
 
 
+# ----- the one board across a cluster's workers ----------------------------------------------------------
+
+def _cluster(args):
+    """(the cluster's partitions (citywatch.partition_state.cluster_alerts), the workers' clock: ingest.clock) when
+    the board comes from the cluster: with --cluster, or a config in partitioned mode and no --store (each worker's
+    store holds its own partitions' alerts only); else None. An unreachable cluster is one line on stderr and
+    exit 2."""
+    wanted = getattr(args, "cluster", False)
+    if args.store and not wanted:
+        return None
+    cfg = _config(args)
+    if not wanted and cfg.connections.cluster.mode != "partitioned":
+        return None
+    if args.store:
+        print("error: --cluster reads the cluster, --store one worker's store: give one of them", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    from citywatch.partition_state import ClusterUnreachable, cluster_alerts
+
+    try:
+        return cluster_alerts(cfg, dict(os.environ)), cfg.ingest.clock
+    except ClusterUnreachable as exc:
+        print(f"citywatch alerts: {exc}; is the cluster up? (scripts/stack.sh up --cluster; source "
+              ".stack/cluster.env)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _places(parts) -> dict[str, str]:
+    """alert id -> `p<k> <worker>` (`p<k> NOT SERVED` while no worker holds the partition's lease)."""
+    return {a.alert_id: f"p{p.partition} {p.owner or 'NOT SERVED'}" for p in parts for a in p.alerts}
+
+
+def cluster_as_of(parts, clock: str, now_ns: int) -> int | None:
+    """The time the board's durations run to, as the workers' engines reckon it: on the wall clock now, on the
+    event clock the newest watermark any partition's alerts were saved at (None: none saved)."""
+    newest = max((p.watermark_ns for p in parts), default=0)
+    return max(newest, now_ns) if clock == "wall" else newest or None
+
+
+def cluster_header(parts, clock: str = "wall", now_ns: int | None = None) -> Text:
+    """`as of <engine clock> CST (wall clock) · cluster: 4 partitions served by wa (0, 1), wb (2, 3)`; red, with
+    how old their alerts are, when a partition has no worker (a takeover under way, or none running): its alerts
+    are the last its owner saved, and new ones would not be raised."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    as_of = cluster_as_of(parts, clock, now_ns)
+    served: dict[str, list[int]] = {}
+    for p in parts:
+        if p.owner:
+            served.setdefault(p.owner, []).append(p.partition)
+    text = (f"as of {_local(as_of)} CST ({clock} clock)" if as_of else "as of: never (no alerts saved)") + \
+        f" · cluster: {len(parts)} partitions"
+    if served:
+        text += " served by " + ", ".join(f"{w} ({', '.join(map(str, ks))})" for w, ks in sorted(served.items()))
+    orphans = [p for p in parts if not p.owner]
+    for p in orphans:
+        saved = f"its alerts as saved {words((now_ns - p.saved_ns) / 1e9)} ago" if p.saved_ns else "no alerts saved"
+        text += f" · partition {p.partition} NOT SERVED ({saved})"
+    return Text(text, style="bold red" if orphans else "")
+
+
+def cluster_board(parts, title: str, width: int, clock: str = "wall", now_ns: int | None = None) -> Group:
+    """The header and every partition's open alerts in one table (`board` with the partition column); an empty
+    board while a partition has no worker says it is not an all-clear. clock: the workers' ingest.clock."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    alerts = [a for p in parts for a in p.alerts]
+    out: list[RenderableType] = [cluster_header(parts, clock, now_ns)]
+    if alerts:
+        out.append(board(alerts, cluster_as_of(parts, clock, now_ns), title, width, where=_places(parts)))
+    elif all(p.owner for p in parts):
+        out.append(Text(f"{title}: none", style="green"))
+    else:
+        out.append(Text(f"{title}: none in the cluster, but this is NOT an all-clear: a partition has no worker, so "
+                        "its new alerts would not be here", style="bold red"))
+    return Group(*out)
+
+
+def _cluster_list(args, parts, clock: str) -> int:
+    if args.all or args.silences:
+        print("error: the cluster holds the open alerts only; resolved alerts and silences are in each worker's "
+              "store: give --store", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        for p in parts:
+            for a in p.alerts:
+                print(json.dumps({**_clean(a.to_dict()), "partition": p.partition, "worker": p.owner}, sort_keys=True))
+        return EXIT_OK
+    console = _console()
+    console.print(cluster_board(parts, "citywatch: active alerts", console.width, clock))
+    return EXIT_OK
+
+
 def _list(args) -> int:
+    cluster = _cluster(args)
+    if cluster is not None:
+        return _cluster_list(args, *cluster)
     store = _store(args)
     console = _console()
     fresh = freshness(store)
@@ -293,7 +396,13 @@ def resolve_alert(store: AlertStore, text: str | None, site: str | None = None, 
         exact = store.alert(text)
         if exact is not None:
             return exact, None
-    pool = store.alerts(OPEN if open_only else None, limit=100_000)
+    return choose_alert(store.alerts(OPEN if open_only else None, limit=100_000), text, site, rule, device, cfg,
+                        open_only)
+
+
+def choose_alert(pool, text: str | None, site: str | None = None, rule: str | None = None,
+                 device: str | None = None, cfg=None, open_only: bool = True):
+    """resolve_alert among the alerts of `pool`, once no exact id matched."""
     cands = pool
     if text:
         cands = [a for a in cands if a.alert_id.startswith(text) or short_id(a) == text]
@@ -321,6 +430,9 @@ def resolve_alert(store: AlertStore, text: str | None, site: str | None = None, 
 
 
 def _show(args) -> int:
+    cluster = _cluster(args)
+    if cluster is not None:
+        return _cluster_show(args, *cluster)
     store = _store(args)
     a, err = resolve_alert(store, args.alert_id)
     if a is None:
@@ -336,6 +448,46 @@ def _show(args) -> int:
     fresh = freshness(store)
     console.print(header(fresh))
     console.print(board([a], fresh.as_of_ns, title=a.alert_id, width=console.width))
+    _details(console, a)
+    t = Table(title="notices")
+    for col in ("key", "transition", "event time (CST)", "deliveries"):
+        t.add_column(col, overflow="fold")
+    for n, d in notices:
+        t.add_row(n.key, n.transition, _local(n.ts_ns),
+                  ", ".join(f"{s}: {st} ({k})" + (f" -> {who}" if who else "") for s, st, k, who in d))
+    console.print(t)
+    return EXIT_OK
+
+
+def _cluster_show(args, parts, clock: str) -> int:
+    """One open alert of the cluster; its notices and their deliveries are in its owner's store."""
+    pool = [a for p in parts for a in p.alerts]
+    exact = [a for a in pool if a.alert_id == args.alert_id]
+    if exact:
+        a = exact[0]
+    else:
+        a, err = choose_alert(pool, args.alert_id)
+        if a is None:
+            print(err[1], file=sys.stderr)
+            return err[0]
+    part = next(p for p in parts if a in p.alerts)
+    if args.json:
+        print(json.dumps({"alert": _clean(a.to_dict()), "partition": part.partition, "worker": part.owner},
+                         sort_keys=True))
+        return EXIT_OK
+    console = _console()
+    now_ns = time.time_ns()
+    console.print(cluster_header(parts, clock, now_ns))
+    console.print(board([a], cluster_as_of(parts, clock, now_ns), title=a.alert_id, width=console.width,
+                        where=_places(parts)))
+    _details(console, a)
+    console.print(f"partition {part.partition}, served by {part.owner or 'no worker now'}: its notices and their "
+                  "deliveries are in that worker's store (`citywatch alerts show ID --store PATH`)")
+    return EXIT_OK
+
+
+def _details(console: Console, a) -> None:
+    """The lines under an alert's row: where, values, times, ack, context."""
     console.print(f"category {a.category}; site {a.site.get('id')} {a.site.get('name')}, {a.site.get('address')}, "
                   f"district {a.site.get('district')} ({a.site.get('lat')}, {a.site.get('lon')} {a.site.get('crs')})")
     console.print(f"now {alert_value(a)}; peak {alert_peak(a)}; firing {_local(a.firing_ns)}; "
@@ -345,14 +497,6 @@ def _show(args) -> int:
         console.print(f"acknowledged by {who} at {_local(a.acked_ns)}: {a.ack_note or ''}")
     if a.context:
         console.print(f"context {json.dumps(a.context, sort_keys=True)}")
-    t = Table(title="notices")
-    for col in ("key", "transition", "event time (CST)", "deliveries"):
-        t.add_column(col, overflow="fold")
-    for n, d in notices:
-        t.add_row(n.key, n.transition, _local(n.ts_ns),
-                  ", ".join(f"{s}: {st} ({k})" + (f" -> {who}" if who else "") for s, st, k, who in d))
-    console.print(t)
-    return EXIT_OK
 
 
 def _queue(args, cmd: dict, store: AlertStore | None = None, cfg=None, on_valid=None) -> int:
