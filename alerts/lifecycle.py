@@ -147,7 +147,7 @@ def on_active(alert: Alert | None, row: Activity, t: Timings, flips: Sequence[in
     if alert is None:
         alert = Alert(alert_id_for(row.rule_id, row.device_id, ts), row.rule_id, row.device_id, row.category,
                       row.site, row.device, severity=sev, started_ns=ts, last_active_ns=ts, peak_value=row.value,
-                      direction=-1 if row.value < row.limit else 1)
+                      direction=-1 if row.value < row.limit else 1, severity_ns=ts)
         new_flips = flip(flips, ts, t)
     elif alert.clear_since_ns is not None:
         alert.clear_since_ns = None
@@ -156,6 +156,8 @@ def on_active(alert: Alert | None, row: Activity, t: Timings, flips: Sequence[in
     alert.value, alert.limit = row.value, row.limit
     # Before the severity transition is taken, so that its notice already carries the new peak.
     alert.peak_severity = max(alert.peak_severity, sev)
+    if sev != alert.severity:
+        alert.severity_ns = ts
     if alert.state == "firing" and sev != alert.severity:
         prev = alert.severity
         alert.severity = sev
@@ -232,7 +234,10 @@ def advance(alert: Alert, now: int, t: Timings, flips: Sequence[int] = ()) -> St
         return Step(alert, tuple(out))
     period = t.escalate_ns.get(alert.severity)
     while period and alert.escalation_level < len(t.levels) - 1:
-        due = alert.escalated_ns + period  # type: ignore[operator]  # set when it fired
+        # Counted from firing (or the last level), but never before the alert had the severity whose period
+        # this is: stamped in the past, it would sort before notices already sent (and name a level the
+        # alert did not have then).
+        due = max(alert.escalated_ns + period, alert.severity_ns)  # type: ignore[operator]  # set when it fired
         if now < due:
             break
         alert.escalation_level += 1

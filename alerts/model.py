@@ -65,6 +65,9 @@ class Alert:
     ack_note: str | None = None
     escalation_level: int = 0
     escalated_ns: int | None = None  # when the current escalation level was reached
+    # When the alert took its current severity (0 in stores written before it): an escalation by that severity's
+    # period never falls due before it (a blue alert turning orange escalates at the change, not in the past).
+    severity_ns: int = 0
     last_notice_ns: int | None = None  # for repeat reminders
     notified_firing: bool = False  # a firing notice went out (so a resolved one must follow)
     muted: str | None = None  # why notices are held: silence:<id> | quiet:<id> | inhibited:<alert_id>

@@ -231,6 +231,17 @@ def test_escalation_of_unacknowledged_firing_alerts(severity, until, expected):
     assert [tr.extra.get("escalation_to") for tr in k.transitions[1:]] == list(ESC["levels"][1:len(expected)])
 
 
+def test_an_alert_that_turns_red_escalates_at_the_change_never_in_the_past():
+    # Orange never escalates here; red after 300 s counted from firing. Red from 1000 s: the 300 s have long
+    # passed, so it escalates at once, at 1000 s, not "at 300 s" behind the severity notice of 1000 s (which
+    # an operator has then already had). Found by the batch-split property of test_store_and_dispatch.
+    k = Key(timings(**ESC))
+    assert k.run([("active", 0, "orange"), ("active", 1000, "red"), ("at", 1001)]) == [
+        ("firing", 0), ("severity", 1000), ("escalated", 1000)]
+    # The next level follows its period after that one.
+    assert k.run([("at", 1300)])[-1] == ("escalated", 1300)
+
+
 @pytest.mark.parametrize("field, value", [("acked_by", "li"), ("muted", "silence:s1")])
 def test_acknowledged_or_muted_alerts_do_not_escalate(field, value):
     k = Key(timings(**ESC))
