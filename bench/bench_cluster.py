@@ -38,7 +38,8 @@ Run:  .venv/bin/python bench/bench_cluster.py [--readings 100000] [--fast-readin
       (--quick: 3,000 + 600 readings, for a check that it runs; its figures mean nothing)
 Ends: RESULT bench_cluster readings=.. fast_readings=.. samples=.. load_start=.. load_end=.. then per shape and
       mode (<shape>_<mode>_): readings_s=.. detected_readings_s=.. alert_p99_ms=.. alerts=.. worker_cpu_ms_per_1k=..
-      node_cpu_ms_per_1k=.. influx_cpu_ms_per_1k=.. pub_cpu_ms_per_1k=.. [alerts_missing=..]; failover_gap_s=..;
+      node_cpu_ms_per_1k=.. influx_cpu_ms_per_1k=.. pub_cpu_ms_per_1k=.. steps=.. (detector steps of each worker,
+      citywatch_detection_steps_total) [alerts_missing=..]; failover_gap_s=..;
       per mode with both shapes (<mode>_): worker_cpu_ms_per_msg=.. worker_cpu_us_per_reading=..
       node_cpu_ms_per_msg=.. node_cpu_us_per_reading=.. idle_worker_cpu_ms_s=.. idle_node_cpu_ms_s=..
 On the shared 2-core machine the publishers, three nodes, InfluxDB and the workers share the CPUs: compare
@@ -77,6 +78,7 @@ from tests.integration.test_ingest_harness import ServiceProcess, config_copy  #
 from tests.servers import InfluxServer, MosquittoServer, service_env_for  # noqa: E402
 
 MODES = ("single", "auto1", "auto2", "failover")
+STEPS = "citywatch_detection_steps_total"
 TICK_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -143,22 +145,29 @@ def landed(influx, database: str, expected: int, t0: float, timeout_s: float = 3
     return n, time.monotonic() - t0
 
 
-def detection_queued(procs: list) -> float:
-    """Readings handed to the detectors and not yet evaluated, summed over the processes (their Prometheus
-    endpoints, found in their logs); inf while one cannot be read."""
-    total = 0.0
+def metric(procs: list, name: str) -> list[float]:
+    """The unlabelled Prometheus sample `name` of each process (their endpoints, found in their logs); inf for a
+    process whose endpoint or sample cannot be read."""
+    out = []
     for p in procs:
         m = re.search(r"Prometheus metrics at (http://\S+/metrics)", p.log_text())
-        if m is None:
-            return float("inf")
         try:
+            if m is None:
+                raise OSError("no metrics endpoint logged yet")
             with urllib.request.urlopen(m.group(1), timeout=5) as r:
                 text = r.read().decode()
         except OSError:
-            return float("inf")
-        q = re.search(r"(?m)^citywatch_detection_rows_queued (\S+)$", text)
-        total += float(q.group(1)) if q else float("inf")
-    return total
+            out.append(float("inf"))
+            continue
+        q = re.search(rf"(?m)^{re.escape(name)} (\S+)$", text)
+        out.append(float(q.group(1)) if q else float("inf"))
+    return out
+
+
+def detection_queued(procs: list) -> float:
+    """Readings handed to the detectors and not yet evaluated, summed over the processes; inf while one cannot
+    be read."""
+    return sum(metric(procs, "citywatch_detection_rows_queued"))
 
 
 def detected(procs: list, timeout_s: float = 300) -> bool:
@@ -317,7 +326,8 @@ def run_shape(mode: str, shape: Shape, n_readings: int, rate: float, procs: list
     before = count(influx, db)
     killed: dict[str, float] = {}
     cpu0 = {"workers": [tree_cpu_s(p.proc.pid) for p in procs], "nodes": [tree_cpu_s(p) for p in node_pids],
-            "influx": tree_cpu_s(influx.pid), "pub": sum(os.times()[:2])}
+            "influx": tree_cpu_s(influx.pid), "pub": sum(os.times()[:2]),
+            "steps": metric(procs, STEPS)}
     victim_cpu: list[float] = []
 
     def progress(sent: int) -> None:
@@ -341,6 +351,8 @@ def run_shape(mode: str, shape: Shape, n_readings: int, rate: float, procs: list
     n -= before
     caught_up = detected(procs)  # the CPU of detection is counted too: the detectors run behind the acks
     t1 = time.monotonic()
+    # Detector steps of each worker over the run (the probe's included); a killed worker's are not known.
+    steps = [b - a for a, b in zip(cpu0["steps"][len(cpu0["steps"]) - len(procs):], metric(procs, STEPS))]
     workers = victim_cpu + [tree_cpu_s(p.proc.pid) - c for p, c in zip(procs, cpu0["workers"])]
     node_cpu = [tree_cpu_s(p) - c for p, c in zip(node_pids, cpu0["nodes"])]
     influx_cpu = tree_cpu_s(influx.pid) - cpu0["influx"]
@@ -358,6 +370,7 @@ def run_shape(mode: str, shape: Shape, n_readings: int, rate: float, procs: list
     results[key + "node_cpu_ms_per_1k"] = f"{np.mean(node_cpu) * 1000 * k:.0f}"
     results[key + "influx_cpu_ms_per_1k"] = f"{influx_cpu * 1000 * k:.0f}"
     results[key + "pub_cpu_ms_per_1k"] = f"{pub_cpu * 1000 * k:.0f}"
+    results[key + "steps"] = "+".join(f"{x:.0f}" for x in steps)
     if n != sent:
         results[key + "lost"] = str(sent - n)
     if "gap" in killed:
@@ -371,6 +384,8 @@ def run_shape(mode: str, shape: Shape, n_readings: int, rate: float, procs: list
           + " + ".join(f"{c * 1000 * k:.0f}" for c in workers) + f"), {broker} "
           + (f"{node_cpu[0] * 1000 * k:.0f}" if mode == "single" else "")
           + f", InfluxDB {influx_cpu * 1000 * k:.0f}, publishers {pub_cpu * 1000 * k:.0f}; load {load_avg()}", flush=True)
+    print("  detector steps: " + " + ".join(f"{x:.0f}" for x in steps)
+          + f" ({sent / max(sum(steps), 1):.1f} readings a step)", flush=True)
     return r
 
 

@@ -55,6 +55,12 @@ STEP_GROWTH_MAX = 8
 # fits in this many seconds: a reading that arrives meanwhile (an alert probe) waits for at most one such
 # step, not for 8 x 32 rounds of 49 devices (~150 ms; issue 17). Never below detect_step_rows_per_device.
 STEP_BUDGET_S = 0.05
+# A step costs about 1 ms of the detector thread's CPU whatever its size (the rules' and the engine's fixed
+# Python part; every shipped rule, 8 noise devices) plus 7-20 µs per reading, so at this many rows the fixed
+# part is about half of it. While fewer rows are in hand the detector thread waits for more, up to
+# `alerting.detect_step_min_interval_ms` after the last step started (issue 15: at light load it otherwise
+# steps for every few readings). Larger (256) saved more CPU but added ~20 ms p50 alert latency at 5,000/s.
+STEP_COALESCE_ROWS = 64
 # Event clock: how far one device's readings may arrive behind other devices' newer ones (each simulated
 # device publishes on a connection of its own; `simulators.publisher` keeps that reorder within
 # REORDER_WINDOW_MS of event time at any speed). The deadman judges silence against the feed less this
@@ -266,8 +272,12 @@ class DetectionPipeline:
     def _work(self) -> None:
         """The detector thread: each step takes what has queued up, adds it behind the rows deferred so far
         and evaluates at most `detect_step_rows_per_device` rows of each device (oldest first); the rest
-        waits for the next step, taken together with whatever arrives meanwhile. Every reading is
-        evaluated once, each device's in event-time order, with the same detections as one big batch."""
+        waits for the next step, taken together with whatever arrives meanwhile. While few rows are in
+        hand (STEP_COALESCE_ROWS) and none deferred, a step starts no sooner than `detect_step_min_interval_ms`
+        after the last one started: it waits on the queue for more rows until then (the None sentinel ends the
+        wait), so light load takes fewer, larger steps.
+        Every reading is evaluated once, each device's in event-time order, with the same detections as one
+        big batch."""
         from core import ReadingBatch
         from detectors.registry import take_step
 
@@ -277,16 +287,14 @@ class DetectionPipeline:
         backlog = None   # rows deferred by the per-device bound (a ReadingBatch), or None
         taken = 0        # queue items taken whose rows are not all evaluated yet (task_done when they are)
         stop = False
+        last_start = -float("inf")  # monotonic start of the last step
         while True:
             got = [] if backlog is not None else [q.get()]
             rows = (len(backlog) if backlog is not None else 0) + sum(len(b) for b in got if b is not None)
-            while not (got and got[-1] is None) and rows < BACKLOG_ROWS:
-                try:
-                    got.append(q.get_nowait())
-                except queue.Empty:
-                    break
-                if got[-1] is not None:
-                    rows += len(got[-1])
+            # Deferred rows wait for the per-device bound, not for company: their steps start at once.
+            wait_until = (last_start + self.cfg.alerting.detect_step_min_interval_ms / 1000 if backlog is None
+                          else -float("inf"))
+            self._gather(q, got, rows, wait_until)
             stop = stop or bool(got and got[-1] is None)
             taken += len(got)
             todo = ([backlog] if backlog is not None else []) + [b for b in got if b is not None]
@@ -296,6 +304,7 @@ class DetectionPipeline:
                     batch = todo[0] if len(todo) == 1 else ReadingBatch.concat(todo)
                     step, rest = self._split(batch, take_step)
                     backlog = rest if len(rest) else None
+                    last_start = time.monotonic()
                     t0 = time.perf_counter()
                     self._evaluate(step, deferred=backlog)
                     self._step_took(time.perf_counter() - t0)
@@ -306,6 +315,20 @@ class DetectionPipeline:
                     taken = 0
             if stop and backlog is None:
                 return
+
+    @staticmethod
+    def _gather(q: queue.Queue, got: list, rows: int, wait_until: float) -> None:
+        """Append to `got` the batches queued (until BACKLOG_ROWS rows are in hand, or the None sentinel);
+        while fewer than STEP_COALESCE_ROWS rows are in hand, wait on the queue for more, up to `wait_until`
+        (monotonic seconds; in the past: take only what is queued). The sentinel ends the wait at once."""
+        while not (got and got[-1] is None) and rows < BACKLOG_ROWS:
+            wait_s = wait_until - time.monotonic() if rows < STEP_COALESCE_ROWS else 0.0
+            try:
+                got.append(q.get(timeout=wait_s) if wait_s > 0 else q.get_nowait())
+            except queue.Empty:
+                return
+            if got[-1] is not None:
+                rows += len(got[-1])
 
     def _split(self, batch, take_step):
         """(step, rest) of `batch` under the per-device bound; the whole batch if splitting fails.
