@@ -84,12 +84,15 @@ def det(rows: list[tuple]) -> Detections:
                       [{"metric": "leq", "unit": "dB(A)"} for _ in rows])
 
 
-def make_engine(tmp_path, cfg=None, sink=None, store=None, clock=None):
+def make_engine(tmp_path, cfg=None, sink=None, store=None, clock=None, rate_per_s: float | None = None):
+    """An engine on `sink` for every sink of `cfg`; rate_per_s: each sink's send rate limit (None: the
+    dispatcher's default)."""
     cfg = cfg or make_cfg()
     sink = sink or RecordingSink()
     store = store or AlertStore(tmp_path / "alerts.sqlite")
     sinks = {name: sink for name in cfg.alerting.sinks}
-    engine = AlertEngine(cfg, store, sinks, clock=clock, dispatcher=Dispatcher(sinks, store, 0.01, 0.05))
+    rates = {name: rate_per_s for name in sinks} if rate_per_s is not None else None
+    engine = AlertEngine(cfg, store, sinks, clock=clock, dispatcher=Dispatcher(sinks, store, 0.01, 0.05, rates=rates))
     return engine, sink
 
 

@@ -3,7 +3,10 @@ packet bytes (and paho's own decoder), and MqttCollector's per-message hand-off.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -181,6 +184,16 @@ def sent(broker: socket.socket) -> bytes:
         out += data
 
 
+def reader_state(client: mqtt.Client, sock: socket.socket, events: list) -> tuple:
+    """What a loop_read call can change: the bytes still unread in the socket, the events handed on, the acks
+    queued, paho's packet parser and ReceiveClient's buffer position."""
+    unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    parser = {k: bytes(v) if isinstance(v, bytearray) else list(v) if isinstance(v, list) else v
+              for k, v in client._in_packet.items()}
+    buffered = (len(client._rbuf), client._rpos) if isinstance(client, ReceiveClient) else None
+    return unread, len(events), len(client._out_packet), parser, buffered
+
+
 def run_client(cls: type, v5: bool, manual: bool, parts: list[bytes]) -> tuple[list, bytes, list]:
     """Feed `parts` one at a time to a fresh client of `cls`; returns its events, the bytes it sent back and
     loop_read's return codes."""
@@ -196,8 +209,10 @@ def run_client(cls: type, v5: bool, manual: bool, parts: list[bytes]) -> tuple[l
         for part in parts:
             broker.sendall(part)
             for _ in range(len(part) + 1):  # paho's own loop_read takes one packet per call
+                before = reader_state(c, ours, events)
                 codes.append(c.loop_read())
-                if c._sock is None:
+                # A call that changed nothing found nothing to read: so would every further one.
+                if c._sock is None or reader_state(c, ours, events) == before:
                     break
         c.loop_write()
         return events, sent(broker), codes
