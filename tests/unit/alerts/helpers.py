@@ -179,3 +179,10 @@ def publish(mosquitto, topic: str, payload: bytes, who: str = "tester", retain: 
 
     pub.single(topic, payload, qos=1, retain=retain, hostname=mosquitto.host, port=mosquitto.port,
                auth=mosquitto.client_args(who), client_id=f"pub-{threading.get_ident()}")
+
+
+class NoScheduler:
+    """A scheduler stand-in for pipelines whose jobs a test runs by hand (tick, save): takes jobs, runs none."""
+
+    def add_job(self, *a, **k):
+        pass

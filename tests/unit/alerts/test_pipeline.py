@@ -12,7 +12,7 @@ from alerts.store import AlertStore
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
 from core import ReadingBatch
-from tests.unit.alerts.helpers import T0, RecordingSink, S, write_config
+from tests.unit.alerts.helpers import T0, NoScheduler, RecordingSink, S, write_config
 
 ALERTS = """
 alerting:
@@ -40,7 +40,7 @@ def reading(sensor, t, p):
 
 def test_threaded_pipeline_keeps_batch_order(tmp_path):
     pipe, sink, _, gas, dev = pipeline(tmp_path, threaded=True)
-    pipe.start(scheduler=_NoScheduler())
+    pipe.start(scheduler=NoScheduler())
     for i in range(20):
         pipe.on_batch(reading(gas, i * 60, dev.mop_kpa * 1.5 if i % 2 == 0 else dev.set_pressure_kpa))
     assert pipe.drain(10)
@@ -51,7 +51,7 @@ def test_threaded_pipeline_keeps_batch_order(tmp_path):
 
 def test_batches_queued_while_the_detectors_are_busy_are_evaluated_together(tmp_path):
     pipe, sink, _, gas, dev = pipeline(tmp_path, threaded=True)
-    pipe.start(scheduler=_NoScheduler())
+    pipe.start(scheduler=NoScheduler())
     with pipe._lock:  # the detector thread is busy: everything queues up meanwhile
         for i in range(20):
             pipe.on_batch(reading(gas, i * 60, dev.mop_kpa * 1.5 if i % 2 == 0 else dev.set_pressure_kpa))
@@ -81,6 +81,3 @@ def test_file_change_reloads_and_a_broken_file_is_refused(tmp_path):
     pipe.engine.stop()
 
 
-class _NoScheduler:
-    def add_job(self, *a, **k):
-        pass

@@ -16,7 +16,7 @@ from citywatch.pipeline import DetectionPipeline
 from config import load_config
 from core import ReadingBatch
 from ingest.metrics import LagWatch
-from tests.unit.alerts.helpers import RecordingSink, S, write_config
+from tests.unit.alerts.helpers import NoScheduler, RecordingSink, S, write_config
 
 ALERTS = """
 alerting:
@@ -27,10 +27,6 @@ alerting:
 """
 RULES = "rules:\n  - {id: G-highhigh, type: gas_highhigh, kind: gas}\n"
 
-
-class _NoScheduler:
-    def add_job(self, *a, **k):
-        pass
 
 
 def test_backlog_lag_log_and_alert_latency(tmp_path, caplog):
@@ -43,7 +39,7 @@ def test_backlog_lag_log_and_alert_latency(tmp_path, caplog):
     pipe = DetectionPipeline(cfg, {}, d, listen=False, engine=engine, threaded=True)
     pipe.lag_watch = LagWatch("detection", 0.05, every_s=0.0)
     a, b = [i for i, dev in enumerate(cfg.devices) if dev.kind == "gas"][:2]
-    pipe.start(scheduler=_NoScheduler())
+    pipe.start(scheduler=NoScheduler())
     try:
         assert pipe.backlog() == {"rows_queued": 0, "oldest_age_s": 0.0, "event_lag_s": 0.0, "oldest_queued_ns": 0,
                                   "steps": 0, "deferred_steps": 0, "readings": 0, "notices": 0, "errors": 0}

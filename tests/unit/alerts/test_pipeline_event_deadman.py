@@ -15,7 +15,7 @@ from alerts.store import AlertStore
 from citywatch.pipeline import EVENT_REORDER_SLACK_S, DetectionPipeline
 from config import load_config
 from core import ReadingBatch
-from tests.unit.alerts.helpers import T0, RecordingSink, S, write_config
+from tests.unit.alerts.helpers import T0, NoScheduler, RecordingSink, S, write_config
 
 ALERTS = """
 alerting:
@@ -26,10 +26,6 @@ alerting:
 """
 RULES = "rules:\n  - {id: Offline, type: deadman, kind: any}\n"
 
-
-class _NoScheduler:
-    def add_job(self, *a, **k):
-        pass
 
 
 def _pipeline(tmp_path, tag, env=None):
@@ -44,7 +40,7 @@ def _pipeline(tmp_path, tag, env=None):
     dispatcher = Dispatcher({"rec": sink}, store, 0.01, 0.02, rates={"rec": 1e6})
     engine = AlertEngine(cfg, store, {"rec": sink}, dispatcher=dispatcher, env=env or {})
     pipe = DetectionPipeline(cfg, {}, d, listen=False, engine=engine, threaded=False)
-    pipe.start(scheduler=_NoScheduler())
+    pipe.start(scheduler=NoScheduler())
     return cfg, pipe, sink
 
 

@@ -11,7 +11,7 @@ from alerts.store import AlertStore
 from citywatch.pipeline import DetectionPipeline
 from config import load_config
 from core import ReadingBatch
-from tests.unit.alerts.helpers import T0, RecordingSink, S, write_config
+from tests.unit.alerts.helpers import T0, NoScheduler, RecordingSink, S, write_config
 
 ALERTS = """
 alerting:
@@ -22,10 +22,6 @@ alerting:
 """
 RULES = "rules:\n  - {id: G-highhigh, type: gas_highhigh, kind: gas}\n  - {id: Offline, type: deadman, kind: any}\n"
 
-
-class _NoScheduler:
-    def add_job(self, *a, **k):
-        pass
 
 
 def test_a_backfill_in_event_time_holds_neither_another_device_nor_sends_its_own_offline(tmp_path):
@@ -42,7 +38,7 @@ def test_a_backfill_in_event_time_holds_neither_another_device_nor_sends_its_own
     gas = [i for i, dev in enumerate(cfg.devices) if dev.kind == "gas"]
     a, b = gas[0], gas[1]
     set_p = {i: cfg.devices[i].set_pressure_kpa for i in (a, b)}
-    pipe.start(scheduler=_NoScheduler())
+    pipe.start(scheduler=NoScheduler())
     try:
         every = np.arange(pipe.rules.n_sensors)
         pipe.on_batch(ReadingBatch(every, np.full(len(every), T0), {"p": np.full(len(every), np.nan)}))

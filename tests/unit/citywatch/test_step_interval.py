@@ -17,7 +17,7 @@ from alerts.store import AlertStore
 from citywatch.pipeline import STEP_COALESCE_ROWS, DetectionPipeline
 from config import load_config
 from core import ReadingBatch
-from tests.unit.alerts.helpers import T0, RecordingSink, S, write_config
+from tests.unit.alerts.helpers import T0, NoScheduler, RecordingSink, S, write_config
 
 ALERTS = """
 alerting:
@@ -28,10 +28,6 @@ alerting:
 """
 RULES = "rules:\n  - {id: G-highhigh, type: gas_highhigh, kind: gas}\n"
 
-
-class _NoScheduler:
-    def add_job(self, *a, **k):
-        pass
 
 
 def _pipeline(tmp_path, interval_ms: float) -> tuple[DetectionPipeline, int]:
@@ -44,7 +40,7 @@ def _pipeline(tmp_path, interval_ms: float) -> tuple[DetectionPipeline, int]:
     store = AlertStore(tmp_path / "a.sqlite")
     engine = AlertEngine(cfg, store, {"rec": sink}, dispatcher=Dispatcher({"rec": sink}, store, 0.01, 0.02))
     pipe = DetectionPipeline(cfg, {}, d, listen=False, engine=engine, threaded=True)
-    pipe.start(scheduler=_NoScheduler())
+    pipe.start(scheduler=NoScheduler())
     gas = next(i for i, dev in enumerate(cfg.devices) if dev.kind == "gas")
     return pipe, gas
 
