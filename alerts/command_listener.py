@@ -48,14 +48,17 @@ class CommandListener:
     """
 
     def __init__(self, cfg: Config, handle: Callable[[str, bytes, Author], str | None], env: dict[str, str],
-                 config: Callable[[], Config] | None = None) -> None:
-        """config: returns the config in force (after reloads), for the operator list; default `cfg`."""
+                 config: Callable[[], Config] | None = None, answers_refusals: Callable[[], bool] | None = None) -> None:
+        """config: returns the config in force (after reloads), for the operator list; default `cfg`.
+        answers_refusals: whether this worker answers a command refused for its topic (partitioned mode: one
+        worker does, alerts.command_scope.answers_rest); default always."""
         m = cfg.connections.mqtt
         self.topic = cfg.alerting.command_topic.rstrip("/")
         self.reply_topic = cfg.alerting.command_reply_topic.rstrip("/")
         self.mqtt5 = m.protocol == "mqtt5"
         self.config = config or (lambda: cfg)
         self.handle = handle
+        self.answers_refusals = answers_refusals or (lambda: True)
         self.refused: dict[str, int] = {}  # kind (bare topic, deeper topic, unknown account, retained) -> count
         self._logged_kinds: set[str] = set()
         proto = mqtt.MQTTv5 if m.protocol == "mqtt5" else mqtt.MQTTv311
@@ -165,7 +168,8 @@ class CommandListener:
             self._logged_kinds.add(exc.kind)
             log.warning("refused an alert command on %s (%s: %s); further ones of this kind are only counted",
                         msg.topic, exc.kind, exc.reason)
-        self._reply(msg, _preview(msg.payload), f"error: {exc.reason}", None)
+        if self.answers_refusals():
+            self._reply(msg, _preview(msg.payload), f"error: {exc.reason}", None)
 
     def _reply(self, msg: mqtt.MQTTMessage, cmd: Any, result: str, author: Author | None) -> None:
         body = json.dumps({

@@ -859,6 +859,12 @@ class AlertEngine:
     # validate is stored as refused with its reason. Applying a stored command never raises: whatever
     # goes wrong marks it failed with the reason, and it is never tried again (at a tick or a start).
 
+    def answers_rest(self) -> bool:
+        """Whether this engine answers the commands that name no device of its own (single mode: always;
+        partitioned: the owner of the inventory's lowest device id, alerts.command_scope)."""
+        devices = {d.id for d in self.cfg.devices} if self._owned is not None else set()
+        return command_scope.answers_rest(self._owned, devices)
+
     def submit_command(self, source: str, command: Any, author: command_rules.Author | None = None) -> str | None:
         """Validate, record and apply one operator command. Never raises.
 
@@ -881,7 +887,7 @@ class AlertEngine:
 
     def _submit(self, source: str, command: Any, author: command_rules.Author | None) -> str | None:
         devices = {d.id for d in self.cfg.devices} if self._owned is not None else set()
-        rest = command_scope.answers_rest(self._owned, devices)
+        rest = self.answers_rest()
         try:
             if author is None:
                 raise ValueError("no authenticated author: send commands as your own operator account")

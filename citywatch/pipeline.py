@@ -133,8 +133,8 @@ class DetectionPipeline:
         self.rules = RuleSet.from_config(cfg)
         self._mark_event_time(self.rules)
         self.engine = engine or AlertEngine(cfg, env=self.env, clock=clock)
-        self.listener = (CommandListener(cfg, self.engine.submit_command, self.env, config=lambda: self.engine.cfg)
-                         if listen else None)
+        self.listener = (CommandListener(cfg, self.engine.submit_command, self.env, config=lambda: self.engine.cfg,
+                                         answers_refusals=self.engine.answers_rest) if listen else None)
         self._lock = threading.RLock()
         self._scheduler: BackgroundScheduler | None = None
         self._mtimes = self._config_mtimes()

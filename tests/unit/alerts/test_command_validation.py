@@ -292,11 +292,12 @@ class _Msg:
         self.topic, self.payload, self.retain = topic, payload, retain
 
 
-def _listener(handled: list, replies: list):
+def _listener(handled: list, replies: list, answers_refusals=None):
     from alerts.command_listener import CommandListener
 
     cfg = make_cfg({"command_topic": "city/xm/alerts/cmd"})
-    lst = CommandListener(cfg, lambda source, payload, author: handled.append((source, payload, author)) or "ok", {})
+    lst = CommandListener(cfg, lambda source, payload, author: handled.append((source, payload, author)) or "ok", {},
+                          answers_refusals=answers_refusals)
     lst._reply = lambda msg, cmd, result, author: replies.append((msg.topic, result, author))
     return lst
 
@@ -330,6 +331,18 @@ def test_listener_refuses_commands_without_an_operator_topic(topic, retain, kind
     assert replies == [(topic, reply, None)] * 3  # each answered
     assert lst.refused == {kind: 3}  # counted
     assert len(caplog.records) == 1 and kind in caplog.records[0].getMessage()  # logged once per kind
+
+
+def test_in_a_cluster_one_worker_answers_a_refused_command_the_others_only_count_it():
+    answers = {"wa": True, "wb": False}  # every worker's listener gets it; AlertEngine.answers_rest picks one
+    replies_of = {}
+    for worker, answers_rest in answers.items():
+        handled, replies = [], []
+        lst = _listener(handled, replies, answers_refusals=lambda a=answers_rest: a)
+        lst._on_message(None, None, _Msg("city/xm/alerts/cmd/li", b'{"action":"ack","alert_id":"a"}', True))
+        assert handled == [] and lst.refused == {"retained": 1}
+        replies_of[worker] = [r[1] for r in replies]
+    assert replies_of["wb"] == [] and len(replies_of["wa"]) == 1 and replies_of["wa"][0].startswith("error: ")
 
 
 def test_listener_hands_an_operator_topic_command_over_with_its_author():
