@@ -136,13 +136,20 @@ def count(influx, database: str) -> int:
     return total
 
 
+# A count scans every point of the database (hundreds of thousands here: tens of ms of InfluxDB's CPU each): the
+# polls wait this many times as long as the last count took, so counting takes at most a tenth of a core from
+# what the bench measures (bench_throughput once lost much of the machine to its own counts).
+COUNT_DUTY = 10
+
+
 def landed(influx, database: str, expected: int, t0: float, timeout_s: float = 300) -> tuple[int, float]:
     deadline = time.monotonic() + timeout_s
-    n = count(influx, database)
-    while n < expected and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while True:
+        c0 = time.monotonic()
         n = count(influx, database)
-    return n, time.monotonic() - t0
+        if n >= expected or time.monotonic() >= deadline:
+            return n, time.monotonic() - t0
+        time.sleep(max(0.2, COUNT_DUTY * (time.monotonic() - c0)))
 
 
 def metric(procs: list, name: str) -> list[float]:
