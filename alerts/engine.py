@@ -150,6 +150,7 @@ class AlertEngine:
         self._timings = {r.id: dataclasses.replace(self._no_timings, for_ns=int(r.for_s * NS),
                                                    clear_for_ns=int(r.clear_for_s * NS)) for r in cfg.rules}
         self._labels = [self._device_labels(cfg, d) for d in cfg.devices]
+        self._device_ids = frozenset(d.id for d in cfg.devices)  # who answers a command (alerts.command_scope)
         # Rules raised by the clock (deadman): their clear is never a late row (see _apply_detections).
         self._time_driven = {r.id for r in cfg.rules if r.time_driven}
         self._remap_seen([d.id for d in cfg.devices])
@@ -862,8 +863,7 @@ class AlertEngine:
     def answers_rest(self) -> bool:
         """Whether this engine answers the commands that name no device of its own (single mode: always;
         partitioned: the owner of the inventory's lowest device id, alerts.command_scope)."""
-        devices = {d.id for d in self.cfg.devices} if self._owned is not None else set()
-        return command_scope.answers_rest(self._owned, devices)
+        return command_scope.answers_rest(self._owned, self._device_ids)
 
     def submit_command(self, source: str, command: Any, author: command_rules.Author | None = None) -> str | None:
         """Validate, record and apply one operator command. Never raises.
@@ -886,7 +886,6 @@ class AlertEngine:
                 return f"error: internal: {type(exc).__name__}: {_cut(str(exc))}"
 
     def _submit(self, source: str, command: Any, author: command_rules.Author | None) -> str | None:
-        devices = {d.id for d in self.cfg.devices} if self._owned is not None else set()
         rest = self.answers_rest()
         try:
             if author is None:
@@ -906,7 +905,8 @@ class AlertEngine:
             return result if rest else None
         if cmd["action"] == "ack":
             held = self._by_id.get(cmd["alert_id"])
-            if not command_scope.answers_ack(cmd["alert_id"], held is not None and held.open, self._owned, devices):
+            if not command_scope.answers_ack(cmd["alert_id"], held is not None and held.open, self._owned,
+                                             self._device_ids):
                 self._count("commands_elsewhere")
                 return None
         elif self._owned is not None and cmd["action"] == "silence" and not cmd.get("id"):
