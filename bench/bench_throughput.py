@@ -3,9 +3,10 @@
 Shapes (issue 17), published by `mosquitto_pub -l` processes (one per device, its own account, QoS 1):
   single: 8 noise devices, each message one ThingsBoard-style reading `{"ts", "values": {leq, lmax, lmin, l90}}`;
   batch:  every JSON device of the inventory (gas and noise), each message a 60-sample batch (1 s apart).
-For each shape: InfluxDB's own ingest of the shape (the service's line protocol for as many messages as the
-burst, written straight to a database of its own in `ingest.batch_max_rows`-line writes over one connection),
-a bare paho QoS 1 subscriber's rate for the same publishers and messages (same broker, same run); then a paced ramp of steps until a step loses or lags (its readings not all in InfluxDB within
+For each shape: InfluxDB's own ingest of the shape, over a sustained volume (below); a bare paho QoS 1
+subscriber's rate for the same publishers and messages (same broker, same run); then a paced ramp of steps
+(single 1,000-50,000 readings/s, batch 15,000-470,000/s: on past what a quiet machine sustains, so the ramp ends
+at a failing step and the sustained rate is measured, not capped by the list) until a step loses or lags (its readings not all in InfluxDB within
 --grace seconds of the step's end, or landing both while it publishes (a fit to the service's count of rows
 InfluxDB accepted, scraped every 0.5 s) and until the last one landed at under --pace of the rate they were
 published at, or the detectors' oldest waiting arrival older than --lag-s);
@@ -19,16 +20,34 @@ MQTT alert topic (alerts.yaml is replaced by one MQTT sink without group timers 
 latency is the pipeline's, not a routing policy's). The service's own view (detection backlog, late and
 skipped alert ticks) is read from its Prometheus endpoint. Each step also says where the machine's cores went:
 CPU per 1,000 readings of the service (main process, decode worker), Mosquitto, InfluxDB and the publishers
-(/proc), and how busy the whole machine was.
+(/proc), with one decimal, and how busy the whole machine was.
+
+InfluxDB's own ingest: the service's line protocol for the shape (the bench's messages with event times 12 h
+before the service's, through the service's decoder and encoder, prepared before the clock starts; the time it
+took is printed), POSTed straight to a new database of its own in `ingest.batch_max_rows`-line writes over one
+keep-alive connection, as the service's writer does; the database is dropped afterwards. The volume is as many
+readings as the ramp's top step writes (--step-s x its rate: 250,000 single, 2,350,000 batch by default), at
+least the burst's; --influx-readings N to choose. Why the volume: a short write into a new database pays fixed
+costs (shard creation, first writes) that a sustained stream does not, and the service's steps write a million
+readings and more into a warm database: in one run (batch) 120,000 readings (the burst's volume) went in at
+312,712/s, 3.8 InfluxDB CPU ms per 1,000 readings, and 1,200,000 at 469,464/s, 2.6 ms; in another, the default
+2,350,020 at 555,180/s, 2.2 ms (its first 120,000 at 400,488/s, 2.9 ms). Both figures are printed:
+over the first burst's worth of readings and over the whole volume; the whole volume's is the one in
+`influx_ratio` and the RESULT.
 
 Run:  .venv/bin/python bench/bench_throughput.py [--broker raised|stock] [--shapes single,batch]
-      [--burst-single 50000] [--burst-batch 2000] [--step-s 5] [--pace 0.95] [--rules on|off]
+      [--burst-single 50000] [--burst-batch 2000] [--influx-readings N] [--step-s 5] [--pace 0.95] [--rules on|off]
       [--ack-after spool|influxdb] [--influx-cpus LIST] [--profile DIR] [--keep]
-      (--burst-single 100000 is the issue's burst; the default run takes about 3 minutes)
+      (--burst-single 100000 is the issue's burst. --shapes batch took 69 s in one run whose ramp ended at the
+      180,000/s step, 12 s of it InfluxDB's own ingest (7.6 s preparing 2,350,020 readings); each further step
+      adds 6-10 s, the high batch steps the most (their lines are built before each step). The default run,
+      both shapes, takes about 3-4 minutes, more the further the ramps get)
 Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): sustained_readings_s=..
-           bare_readings_s=.. bare_lost_msgs=.. ratio=.. influx_readings_s=.. influx_ratio=.. failed_step=.. failed_step_taken_readings_s=..
+           bare_readings_s=.. bare_lost_msgs=.. ratio=.. influx_readings_s=.. (InfluxDB's own ingest over the
+           whole volume) influx_ratio=.. failed_step=.. failed_step_taken_readings_s=..
            burst_readings_s=.. burst_lost=..
-           alert_p99_ms=.. service_cpu_ms_per_1000=.. (main process + decode worker, at the best passing step);
+           alert_p99_ms=.. service_cpu_ms_per_1000=.. (main process + decode worker, at the best passing step, one
+           decimal);
            then alert_p99_ms=.. (whole run) ticks_skipped=.. behind_lines=..
            load_start=1m/5m/15m load_end=1m/5m/15m
 With --influx-cpus (e.g. 1) InfluxDB runs on those CPUs alone and everything else (the service, Mosquitto, the
@@ -77,8 +96,13 @@ alerting:
 """
 # Mosquitto's own defaults, for --broker stock (the stack raises them: README "Broker settings").
 STOCK_LIMITS = {"max_inflight_messages": "20", "max_queued_messages": "1000", "max_queued_bytes": "0"}
-SINGLE_STEPS = (1000, 2000, 3000, 4500, 6000, 8000, 11000, 16000, 20000, 25000, 30000, 40000)  # readings/s
-BATCH_STEPS = (15_000, 30_000, 60_000, 90_000, 120_000, 150_000, 180_000, 210_000)  # readings/s
+# Readings/s. Both ramps go on past what a quiet machine sustains (single 30,000/s, batch 210,000/s passed in
+# one run each), so a ramp ends at a failing step and the sustained rate is measured, not the end of the list.
+SINGLE_STEPS = (1000, 2000, 3000, 4500, 6000, 8000, 11000, 16000, 20000, 25000, 30000, 35000, 40000, 50000)
+BATCH_STEPS = (15_000, 30_000, 60_000, 90_000, 120_000, 150_000, 180_000, 210_000, 240_000, 270_000, 300_000,
+               340_000, 380_000, 420_000, 470_000)
+# --influx-readings at most this: its line protocol (~110 bytes a reading) is held in memory before the clock.
+INFLUX_READINGS_MAX = 20_000_000
 BARE_PREFIX = "city/xm/internal/bench"
 # A step's landing rate is fitted to InfluxDB counts taken every 0.5 s from this far into the step (before it,
 # the readings of the step's first moments are still on their way) to its last publish.
@@ -117,6 +141,33 @@ def parse_cpus(text: str) -> set[int]:
     if not cpus or max(cpus) >= n or len(cpus) >= n:
         raise ValueError(f"--influx-cpus {text!r}: CPUs 0-{n - 1} exist here, and one must be left for the rest")
     return cpus
+
+
+def influx_readings_arg(text: str) -> int:
+    """--influx-readings: a whole number from 0 (the default volume) to INFLUX_READINGS_MAX.
+
+    Raises argparse.ArgumentTypeError (argparse prints it as a usage error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of readings, got {text!r}") from None
+    if not 0 <= n <= INFLUX_READINGS_MAX:
+        raise argparse.ArgumentTypeError(f"from 0 (the default volume) to {INFLUX_READINGS_MAX:,}, got {n:,}")
+    return n
+
+
+def influx_volume(requested: int, burst_readings: int, step_s: float, top_rate: int) -> int:
+    """Readings for InfluxDB's own ingest of a shape: `requested` when above 0, else as many as the ramp's biggest
+    step writes (`step_s` s at `top_rate` readings/s), and never fewer than the burst's `burst_readings`."""
+    if requested > 0:
+        return requested
+    return max(burst_readings, int(step_s * top_rate))
+
+
+def cut_bodies(lines: list[bytes], rows: int) -> tuple[list[bytes], list[bytes]]:
+    """Write bodies of exactly `rows` newline-terminated lines from the front of `lines`; (bodies, lines left)."""
+    full = len(lines) - len(lines) % rows
+    return [b"\n".join(lines[i:i + rows]) + b"\n" for i in range(0, full, rows)], lines[full:]
 
 
 def children(pid: int) -> list[int]:
@@ -568,11 +619,11 @@ class Bench:
             per_k = 1000.0 / max(1, per_msg * n_msgs)
             named = ("main", "decode", "broker", "influxdb", "publishers", "bench")
             rest = used["busy"] - sum(used[k] for k in named)  # kernel threads, other processes of the machine
-            print(f"    CPU ms per 1,000 readings: service {1000 * (used['main'] + used['decode']) * per_k:.0f} "
-                  f"(main {1000 * used['main'] * per_k:.0f}, decode worker {1000 * used['decode'] * per_k:.0f}), "
-                  f"broker {1000 * used['broker'] * per_k:.0f}, InfluxDB {1000 * used['influxdb'] * per_k:.0f}, "
-                  f"publishers {1000 * used['publishers'] * per_k:.0f}, this bench {1000 * used['bench'] * per_k:.0f}, "
-                  f"the rest {1000 * rest * per_k:.0f} (of it stolen by the hypervisor {1000 * used['steal'] * per_k:.0f}); "
+            print(f"    CPU ms per 1,000 readings: service {1000 * (used['main'] + used['decode']) * per_k:.1f} "
+                  f"(main {1000 * used['main'] * per_k:.1f}, decode worker {1000 * used['decode'] * per_k:.1f}), "
+                  f"broker {1000 * used['broker'] * per_k:.1f}, InfluxDB {1000 * used['influxdb'] * per_k:.1f}, "
+                  f"publishers {1000 * used['publishers'] * per_k:.1f}, this bench {1000 * used['bench'] * per_k:.1f}, "
+                  f"the rest {1000 * rest * per_k:.1f} (of it stolen by the hypervisor {1000 * used['steal'] * per_k:.1f}); "
                   f"machine {used['busy'] / max(used['total'], 1e-9):.0%} busy; service main process "
                   f"{used['main'] / t_land:.0%} of a core")
             self.step_cpu.append((rate, used, per_msg * n_msgs, t_land))
@@ -632,11 +683,19 @@ class Bench:
               f"= {rate:,.0f} readings/s; lost {want - n:,}; detection oldest wait up to {worst_age:.1f} s")
         return rate, want - n, worst_age
 
-    def influx_direct(self, shape: Shape, n_msgs: int) -> float:
-        """InfluxDB's own ingest of this shape in this run: `n_msgs` more messages of each device's stream (event
-        times after the bench's), turned into exactly the line protocol the service writes (its decoder and
-        encoder), POSTed to a database of their own in batches of `ingest.batch_max_rows` lines over one
-        keep-alive connection (as the service's writer does). Returns readings/s."""
+    def influx_direct(self, shape: Shape, round_msgs: int, readings: int) -> float:
+        """InfluxDB's own ingest of this shape in this run: `readings` readings (rounded up to whole messages) of
+        each device's stream with event times 12 h before the bench's, turned into exactly the line protocol the
+        service writes (its decoder and encoder), POSTed to a new database of their own in batches of
+        `ingest.batch_max_rows` lines over one keep-alive connection (as the service's writer does).
+
+        The lines are prepared before the clock starts, in rounds of `round_msgs` messages spread over the
+        devices (the burst's count: the first round is the lines the burst's volume alone would write), so only
+        the line protocol is held, not the JSON. Prints the rate over the first round and over the whole volume;
+        a short write into a new database pays fixed costs (shard creation, first writes) that a sustained
+        stream does not. The database is dropped afterwards (no compactions of it while the service runs).
+        Returns the whole volume's readings/s. Raises RuntimeError when the decoder refuses a reading or
+        InfluxDB a write."""
         import base64
         import http.client
 
@@ -646,41 +705,76 @@ class Bench:
         devs = list(shape.devices)
         # Event times 12 h before the bench's own (never in the future, inside the back-fill window).
         ghost = Shape(shape.name, devs, shape.samples, shape.t0_ms - 12 * 3600_000, shape.step_ms)
-        per = [n_msgs // len(devs) + (1 if i < n_msgs % len(devs) else 0) for i in range(len(devs))]
-        now = time.time_ns()
-        msgs = [(f"city/xm/{d.kind}/{d.site}/{d.id}/data", line, now)
-                for d, k in zip(devs, per) for line in ghost.lines(d, k).splitlines()]
-        batch, decoded = Decoder(self.cfg).decode_many(msgs)
-        lines = encode(batch, self.cfg).splitlines()
-        if len(lines) != ghost.sent_readings:
-            refused = next((r for d in decoded for r in getattr(d, "rejects", None) or []), None)
-            raise RuntimeError(f"bench_throughput: the decoder took {len(lines):,} of {ghost.sent_readings:,} readings "
-                               f"for InfluxDB's own ingest (e.g. {refused})")
+        n_msgs = -(-readings // shape.samples)
+        round_msgs = max(1, round_msgs)
+        rows = max(1, int(self.cfg.ingest.batch_max_rows))
+        decoder = Decoder(self.cfg)
+        bodies: list[bytes] = []
+        pending: list[bytes] = []
+        first_n = 0  # lines of the first round
+        t_prep = time.monotonic()
+        for done in range(0, n_msgs, round_msgs):
+            k = min(round_msgs, n_msgs - done)
+            per = [k // len(devs) + (1 if i < k % len(devs) else 0) for i in range(len(devs))]
+            before = ghost.sent_readings
+            now = time.time_ns()
+            msgs = [(f"city/xm/{d.kind}/{d.site}/{d.id}/data", line, now)
+                    for d, c in zip(devs, per) if c for line in ghost.lines(d, c).splitlines()]
+            batch, decoded = decoder.decode_many(msgs)
+            lines = encode(batch, self.cfg).splitlines()
+            if len(lines) != ghost.sent_readings - before:
+                refused = next((r for d in decoded for r in getattr(d, "rejects", None) or []), None)
+                raise RuntimeError(f"bench_throughput: the decoder took {len(lines):,} of "
+                                   f"{ghost.sent_readings - before:,} readings for InfluxDB's own ingest (e.g. {refused})")
+            first_n = first_n or len(lines)
+            full, pending = cut_bodies(pending + lines, rows)
+            bodies += full
+        if pending:
+            bodies.append(b"\n".join(pending) + b"\n")
+        prep_s = time.monotonic() - t_prep
+        total = ghost.sent_readings
+        # The write after which the first round is all in (bodies hold `rows` lines each but the last).
+        mark = min(len(bodies) - 1, -(-first_n // rows) - 1)
+        first_n = min(total, (mark + 1) * rows)
         db = f"direct_{shape.name}"
         self.influx.create_database(db)
-        rows = max(1, int(self.cfg.ingest.batch_max_rows))
-        bodies = [b"\n".join(lines[i:i + rows]) + b"\n" for i in range(0, len(lines), rows)]
         user, pw = self.influx.accounts.user
         auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
         conn = http.client.HTTPConnection("127.0.0.1", self.influx.port, timeout=60)
         path = f"/write?db={db}&precision=ns"
-        c0 = cpu_s(self.influx.pid), cpu_s(os.getpid()), machine_busy_s()[0]
+
+        def cpu_now() -> tuple[float, float, float]:
+            return cpu_s(self.influx.pid), cpu_s(os.getpid()), machine_busy_s()[0]
+
+        c0 = cpu_now()
         t0 = time.monotonic()
-        for body in bodies:
+        t_first, c_first = 0.0, c0
+        for i, body in enumerate(bodies):
             conn.request("POST", path, body=body, headers={"Authorization": auth})
             resp = conn.getresponse()
             resp.read()
             if resp.status != 204:
                 raise RuntimeError(f"InfluxDB refused the direct write: HTTP {resp.status}")
+            if i == mark:
+                t_first, c_first = time.monotonic() - t0, cpu_now()
         t = time.monotonic() - t0
-        c1 = cpu_s(self.influx.pid), cpu_s(os.getpid()), machine_busy_s()[0]
+        c1 = cpu_now()
         conn.close()
-        rate = len(lines) / t if t > 0 else float("nan")
-        per_k = 1e6 / max(1, len(lines))  # CPU s -> ms per 1,000 readings
-        print(f"  InfluxDB's own ingest: {len(lines):,} readings of this shape (the service's line protocol) in "
-              f"{len(bodies)} writes of up to {rows:,} lines, one connection: {rate:,.0f} readings/s; CPU ms per "
-              f"1,000 readings: InfluxDB {(c1[0] - c0[0]) * per_k:.1f}, the writing client {(c1[1] - c0[1]) * per_k:.1f}, "
-              f"machine {(c1[2] - c0[2]) * per_k:.1f} ({(c1[2] - c0[2]) / t / (os.cpu_count() or 1):.0%} busy)")
+        self.influx.query(f'DROP DATABASE "{db}"', method="POST", as_admin=True)
+        rate = total / t if t > 0 else float("nan")
+        per_k = 1e6 / max(1, total)  # CPU s -> ms per 1,000 readings
+        mb = sum(len(b) for b in bodies) / 1e6
+        print(f"  InfluxDB's own ingest: {total:,} readings of this shape (the service's line protocol, {mb:,.0f} MB "
+              f"prepared in {prep_s:.1f} s) in {len(bodies)} writes of up to {rows:,} lines, one connection, into a "
+              f"new database: {rate:,.0f} readings/s over the whole volume; CPU ms per 1,000 readings: InfluxDB "
+              f"{(c1[0] - c0[0]) * per_k:.1f}, the writing client {(c1[1] - c0[1]) * per_k:.1f}, machine "
+              f"{(c1[2] - c0[2]) * per_k:.1f} ({(c1[2] - c0[2]) / t / (os.cpu_count() or 1):.0%} busy)")
+        if total > first_n:
+            rest_n, rest_t = total - first_n, t - t_first
+            print(f"    of it the first {first_n:,} readings (the burst's volume, into the new database) at "
+                  f"{first_n / t_first:,.0f} readings/s, InfluxDB {(c_first[0] - c0[0]) * 1e6 / first_n:.1f} CPU ms "
+                  f"per 1,000 readings; the other {rest_n:,} at {rest_n / rest_t if rest_t > 0 else float('nan'):,.0f}"
+                  f" readings/s, InfluxDB {(c1[0] - c_first[0]) * 1e6 / rest_n:.1f} CPU ms per 1,000")
         return rate
 
     def run_shape(self, name: str) -> dict:
@@ -699,7 +793,8 @@ class Bench:
             steps, burst_n, bare_n = BATCH_STEPS, self.args.burst_batch, self.args.bare_batch
         print(f"shape {name}: {len(devs)} devices, {shape.samples} reading(s) per message")
         t_start = time.monotonic()
-        direct = self.influx_direct(shape, burst_n)
+        direct = self.influx_direct(shape, burst_n, influx_volume(self.args.influx_readings, burst_n * shape.samples,
+                                                                  self.args.step_s, steps[-1]))
         bare, bare_lost = self.bare(shape, bare_n)
         spy = self.start_profile(name)
         pubs = {d: Pub(self.mosq.port, d.id, self.creds.devices[d.id], f"city/xm/{d.kind}/{d.site}/{d.id}/data",
@@ -739,6 +834,9 @@ def main() -> int:
     ap.add_argument("--burst-single", type=int, default=50_000, help="messages of the single-reading burst "
                     "(default 50000; the issue's is 100000)")
     ap.add_argument("--burst-batch", type=int, default=2_000, help="60-sample messages of the batch burst")
+    ap.add_argument("--influx-readings", type=influx_readings_arg, default=0, metavar="N", help="readings of "
+                    "InfluxDB's own ingest per shape (default 0: as many as the ramp's top step writes, --step-s x "
+                    f"its rate, at least the burst's; at most {INFLUX_READINGS_MAX:,})")
     ap.add_argument("--bare-single", type=int, default=40_000, help="messages for the bare subscriber, single")
     ap.add_argument("--bare-batch", type=int, default=3_000, help="messages for the bare subscriber, batch")
     ap.add_argument("--rules", choices=["on", "off"], default="on", help="on: every shipped rule (default); "
@@ -798,7 +896,7 @@ def main() -> int:
                       f"{name}_failed_step_taken_readings_s={r['failed'].get('taken', 0):.0f}",
                       f"{name}_burst_readings_s={r['burst']:.0f}", f"{name}_burst_lost={r['burst_lost']}",
                       f"{name}_alert_p99_ms={r['p99']:.0f}",
-                      f"{name}_service_cpu_ms_per_1000={b.best_cpu.get(name, float('nan')):.0f}"]
+                      f"{name}_service_cpu_ms_per_1000={b.best_cpu.get(name, float('nan')):.1f}"]
         parts += [f"alert_p99_ms={p99_all:.0f}", f"ticks_skipped={s.get('citywatch_job_skipped_total{job=alerts_tick}', 0):.0f}",
                   f"behind_lines={behind}", f"load_start={load_start}",
                   "load_end=" + "/".join(f"{x:.2f}" for x in os.getloadavg())]

@@ -1,0 +1,61 @@
+"""bench/bench_throughput.py's pure helpers: the volume of InfluxDB's own ingest, its --influx-readings check,
+and the cutting of line protocol into write bodies."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    if "bench_throughput" in sys.modules:
+        return sys.modules["bench_throughput"]
+    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "bench" / "bench_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_throughput"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("requested, burst, step_s, top, want", [
+    (0, 120_000, 5.0, 470_000, 2_350_000),   # batch default: the top step's readings
+    (0, 50_000, 5.0, 50_000, 250_000),       # single default
+    (0, 3_000_000, 5.0, 470_000, 3_000_000),  # never fewer than the burst's
+    (0, 120_000, 0.5, 15_000, 120_000),
+    (1_000, 120_000, 5.0, 470_000, 1_000),   # asked for: taken as is
+])
+def test_influx_volume(requested, burst, step_s, top, want):
+    assert _bench().influx_volume(requested, burst, step_s, top) == want
+
+
+def test_influx_readings_arg_takes_0_to_the_bound():
+    b = _bench()
+    assert b.influx_readings_arg("0") == 0
+    assert b.influx_readings_arg("2_000_000") == 2_000_000
+    assert b.influx_readings_arg(str(b.INFLUX_READINGS_MAX)) == b.INFLUX_READINGS_MAX
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("-1", "from 0 (the default volume) to 20,000,000, got -1"),
+    ("20000001", "from 0 (the default volume) to 20,000,000, got 20,000,001"),
+    ("1e6", "a whole number of readings, got '1e6'"),
+    ("", "a whole number of readings, got ''"),
+])
+def test_influx_readings_arg_refuses(text, msg):
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        _bench().influx_readings_arg(text)
+    assert str(e.value) == msg
+
+
+def test_cut_bodies_full_bodies_and_the_rest():
+    lines = [f"m v={i} {i}".encode() for i in range(7)]
+    bodies, rest = _bench().cut_bodies(lines, 3)
+    assert bodies == [b"m v=0 0\nm v=1 1\nm v=2 2\n", b"m v=3 3\nm v=4 4\nm v=5 5\n"]
+    assert rest == [b"m v=6 6"]
+    assert _bench().cut_bodies(lines[:2], 3) == ([], lines[:2])
