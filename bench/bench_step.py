@@ -54,9 +54,14 @@ class Drop:
     def send(self, notice) -> None:
         return None
 
+    def close(self) -> None:
+        return None
 
-def measure(rows: int, seconds: float) -> float:
-    """CPU µs per reading of DetectionPipeline._evaluate over `seconds`, steps of `rows` readings per device."""
+
+def measure(rows: int, seconds: float, shape: str = "single", profile: str | None = None) -> float:
+    """CPU µs per reading of DetectionPipeline._evaluate over `seconds`, steps of `rows` readings per device
+    (`shape` single or batch, see the module docstring); with `profile` a cProfile of the timed steps is
+    written there."""
     work = Path(tempfile.mkdtemp(prefix="bench_step_"))
     try:
         shutil.copytree(ROOT / "config", work / "config", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
@@ -67,30 +72,79 @@ def measure(rows: int, seconds: float) -> float:
         engine = AlertEngine(cfg, store, {"drop": sink}, dispatcher=Dispatcher({"drop": sink}, store, 0.01, 0.02))
         now = time.time_ns()
         pipe = DetectionPipeline(cfg, {}, work / "config", clock=time.time_ns, listen=False, engine=engine)
-        devs = np.array([i for i, d in enumerate(cfg.devices) if d.kind == "noise" and d.protocol == "json"][:8],
-                        np.int32)
-        t = [now - 2 * 3600 * 10**9]
+        if shape == "batch":
+            batch = _batch_shape(cfg, rows, now)
+        else:
+            batch = _single_shape(cfg, rows, now)
+        for _ in range(20):  # warm up: alerts open, caches filled
+            pipe._evaluate(batch())
+        prof = None
+        if profile:
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
+        n, made = 0, 0.0  # made: CPU time spent building the steps' batches, not the pipeline's
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        while time.perf_counter() - wall0 < seconds:
+            c = time.process_time()
+            b = batch()
+            made += time.process_time() - c
+            pipe._evaluate(b)
+            n += len(b)
+        us = (time.process_time() - cpu0 - made) / n * 1e6
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
+        engine.stop()
+        return us
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-        def batch() -> ReadingBatch:
+
+def _single_shape(cfg, rows: int, now: int):
+    """bench_throughput's single shape: 8 noise devices, 10 ms apart, 2 h ago, every reading an alarm."""
+    devs = np.array([i for i, d in enumerate(cfg.devices) if d.kind == "noise" and d.protocol == "json"][:8], np.int32)
+    t = [now - 2 * 3600 * 10**9]
+
+    def batch() -> ReadingBatch:
             n = rows * len(devs)
             ts = t[0] + np.arange(n, dtype=np.int64) * 10_000_000
             t[0] = int(ts[-1]) + 10_000_000
             return ReadingBatch(np.tile(devs, rows), ts, {"leq": np.full(n, 61.8), "lmax": np.full(n, 78.2),
                                                           "lmin": np.full(n, 52.0), "l90": np.full(n, 55.3)})
 
-        for _ in range(20):  # warm up: alerts open, caches filled
-            pipe._evaluate(batch())
-        n = 0
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        while time.perf_counter() - wall0 < seconds:
-            b = batch()
-            pipe._evaluate(b)
-            n += len(b)
-        us = (time.process_time() - cpu0) / n * 1e6
-        engine.stop()
-        return us
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return batch
+
+
+def _batch_shape(cfg, rows: int, now: int):
+    """bench_throughput's batch shape: every JSON device (gas and noise), 60-sample messages 1 s apart from
+    6 days ago, the same values; a step holds ceil(rows / 60) messages of each device, devices interleaved
+    message by message as a chunk of the broker's deliveries is."""
+    devs = [(i, d) for i, d in enumerate(cfg.devices) if d.protocol == "json" and d.kind in ("noise", "gas")]
+    per = max(1, -(-rows // 60))
+    t = [now - 6 * 86400 * 10**9]
+    j = np.arange(60, dtype=np.int64)
+    nan = np.full(60, np.nan)
+
+    def batch() -> ReadingBatch:
+        sensor, ts, leq, lmax, lmin, p = [], [], [], [], [], []
+        for _ in range(per):
+            x = t[0] + j * 1_000_000_000
+            t[0] = int(x[-1]) + 1_000_000_000
+            ms = x // 1_000_000
+            for i, d in devs:
+                sensor.append(np.full(60, i, np.int32))
+                ts.append(x)
+                if d.kind == "gas":
+                    p.append(np.round(d.set_pressure_kpa * (1 + 0.004 * np.sin(ms / 9000.0)), 3))
+                    leq.append(nan), lmax.append(nan), lmin.append(nan)
+                else:
+                    leq.append(np.round(44 + 2 * np.sin(ms / 7000.0), 1))
+                    lmax.append(np.full(60, 52.0)), lmin.append(np.full(60, 39.0)), p.append(nan)
+        c = np.concatenate
+        return ReadingBatch(c(sensor), c(ts), {"leq": c(leq), "lmax": c(lmax), "lmin": c(lmin), "p": c(p)})
+
+    return batch
 
 
 def main() -> int:
@@ -99,10 +153,15 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default 3)")
     ap.add_argument("--against", default=None, metavar="DIR", help="another copy of the code to compare with")
     ap.add_argument("--pairs", type=int, default=3, help="with --against: alternating runs of each (default 3)")
+    ap.add_argument("--shape", choices=("single", "batch"), default="single",
+                    help="single (8 noise devices, every reading an alarm; default) or batch (every JSON device, "
+                         "60-sample messages)")
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="write a cProfile of the timed steps of the last --rows figure to FILE (not with --against)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child mode: print one figure
     a = ap.parse_args()
     if a.one is not None:
-        print(f"{measure(a.one, a.seconds):.3f}")
+        print(f"{measure(a.one, a.seconds, a.shape):.3f}")
         return 0
     try:
         rows = [int(r) for r in a.rows.split(",") if r.strip()]
@@ -112,18 +171,23 @@ def main() -> int:
         ap.error("--rows, --seconds and --pairs must be positive")
     if a.against and not (Path(a.against) / "detectors").is_dir():
         ap.error(f"--against {a.against}: no detectors package there")
-    print(f"load average {os.getloadavg()[0]:.2f}; 8 noise devices, every reading an active alarm")
+    if a.profile and a.against:
+        ap.error("--profile measures this copy only; leave out --against")
+    what = ("8 noise devices, every reading an active alarm" if a.shape == "single" else
+            "every JSON device, 60-sample messages 1 s apart")
+    print(f"load average {os.getloadavg()[0]:.2f}; {what}")
     parts = []
 
     def child(root: str, r: int) -> float:
         env = {**os.environ, "BENCH_STEP_ROOT": root}
-        out = subprocess.run([sys.executable, __file__, "--one", str(r), "--seconds", str(a.seconds)], env=env,
+        out = subprocess.run([sys.executable, __file__, "--one", str(r), "--seconds", str(a.seconds),
+                              "--shape", a.shape], env=env,
                              capture_output=True, text=True, check=True).stdout
         return float(out.strip().splitlines()[-1])
 
     for r in rows:
         if not a.against:
-            us = measure(r, a.seconds)
+            us = measure(r, a.seconds, a.shape, a.profile if r == rows[-1] else None)
             print(f"  {r:>4} rows per device per step: {us:6.1f} CPU µs per reading")
             parts.append(f"rows{r}_us={us:.1f}")
             continue
