@@ -6,7 +6,8 @@ decode, dead letters, line protocol) for chunks of 1,000 single-reading messages
 Run: .venv/bin/python bench/bench_decode.py [--seconds 2]
 Ends with: RESULT bench_decode single_msgs_s=.. batch60_msgs_s=.. batch60_rows_s=.. hj212_msgs_s=..
            many_single_msgs_s=.. many_batch60_rows_s=.. chunk_single_msgs_s=.. chunk_batch60_rows_s=..
-           lineproto_rows_s=.. rss_growth_mb=..
+           chunk_single_msgs_s_worker_gc=.. chunk_batch60_rows_s_worker_gc=.. lineproto_rows_s=.. rss_growth_mb=..
+(the `_worker_gc` figures: the decode_chunk cases again with the decode worker's collector settings, tune_gc)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from config import load_config
 from core import ReadingBatch
 from ingest.codecs.hj212 import build_noise_frame
 from ingest.codecs.json_envelope import encode_batch
-from ingest.decode_worker import decode_chunk
+from ingest.decode_worker import decode_chunk, tune_gc
 from ingest.decoder import Decoder
 from ingest.lineproto import encode
 
@@ -85,14 +86,19 @@ def main() -> None:
     many_batch = rate(lambda c: dec.decode_many(c), [chunk60], args.seconds) * len(chunk60)
 
     # decode_chunk: what the decode worker does with each chunk it is sent (rows, dead letters, line protocol).
+    # A pass is many chunks, so that the garbage collector's work (amortized over chunks) is in every pass.
     tb = [(f"city/xm/noise/{d.site}/{d.id}/data",
            b'{"ts":%d,"values":{"leq":61.8,"lmax":78.2,"lmin":52.0,"l90":55.3}}' % (now_ms - i))
           for i, d in enumerate((noise * 1000)[:1000])]
     tb[::50] = [(t, b'{"ts":%d,"values":{"leq":"x"}}' % now_ms) for t, _ in tb[::50]]  # dead-lettered
     chunk_tb = [(t, p, recv_ns) for t, p in tb]
     assert len(decode_chunk(dec, chunk_tb, 4096, cfg).deadletters) == 20
-    chunk_single = rate(lambda c: decode_chunk(dec, c, 4096, cfg), [chunk_tb], args.seconds) * len(chunk_tb)
-    chunk_batch = rate(lambda c: decode_chunk(dec, c, 4096, cfg), [chunk60], args.seconds) * len(chunk60)
+    chunk_single = rate(lambda c: decode_chunk(dec, c, 4096, cfg), [chunk_tb] * 10, args.seconds) * len(chunk_tb)
+    chunk_batch = rate(lambda c: decode_chunk(dec, c, 4096, cfg), [chunk60] * 20, args.seconds) * len(chunk60)
+    # The same with the decode worker's collector settings (decode_worker.tune_gc), measured last: they stay.
+    tune_gc()
+    chunk_single_gc = rate(lambda c: decode_chunk(dec, c, 4096, cfg), [chunk_tb] * 10, args.seconds) * len(chunk_tb)
+    chunk_batch_gc = rate(lambda c: decode_chunk(dec, c, 4096, cfg), [chunk60] * 20, args.seconds) * len(chunk60)
 
     n = 5000
     rng = np.random.default_rng(1)
@@ -110,11 +116,16 @@ def main() -> None:
     print(f"decode_many, 60-sample:       {many_batch:,.0f} msg/s = {many_batch * 60:,.0f} rows/s")
     print(f"decode_chunk, single-reading: {chunk_single:,.0f} msg/s (1,000-message chunks, 2 % bad)")
     print(f"decode_chunk, 60-sample:      {chunk_batch:,.0f} msg/s = {chunk_batch * 60:,.0f} rows/s")
+    print(f"  the same as the decode worker runs them (tune_gc): single-reading {chunk_single_gc:,.0f} msg/s "
+          f"(x{chunk_single_gc / chunk_single:.2f}), 60-sample {chunk_batch_gc * 60:,.0f} rows/s "
+          f"(x{chunk_batch_gc / chunk_batch:.2f})")
     print(f"HJ 212 frames:                {frame:,.0f} msg/s")
     print(f"line protocol (5,000 rows):   {lp:,.0f} rows/s")
     print(f"RESULT bench_decode single_msgs_s={single:.0f} batch60_msgs_s={batch:.0f} batch60_rows_s={batch * 60:.0f} "
           f"hj212_msgs_s={frame:.0f} many_single_msgs_s={many_single:.0f} many_batch60_rows_s={many_batch * 60:.0f} "
-          f"chunk_single_msgs_s={chunk_single:.0f} chunk_batch60_rows_s={chunk_batch * 60:.0f} lineproto_rows_s={lp:.0f} rss_growth_mb={rss_growth:.1f}")
+          f"chunk_single_msgs_s={chunk_single:.0f} chunk_batch60_rows_s={chunk_batch * 60:.0f} "
+          f"chunk_single_msgs_s_worker_gc={chunk_single_gc:.0f} chunk_batch60_rows_s_worker_gc={chunk_batch_gc * 60:.0f} "
+          f"lineproto_rows_s={lp:.0f} rss_growth_mb={rss_growth:.1f}")
 
 
 if __name__ == "__main__":
