@@ -111,17 +111,16 @@ class LineProtocolEncoder:
         flag = self._flag[batch.quality]
         ts = batch.ts_ns
         if len(groups) == 1:
-            return self._lines(int(groups[0]), names, cols, prefix, flag, ts, None).encode("utf-8")
-        out = [""] * n  # every row is in exactly one group
+            return ("\n".join(self._lines(int(groups[0]), names, cols, prefix, flag, ts, None)) + "\n").encode("utf-8")
+        out = np.empty(n, dtype=object)  # every row is in exactly one group
         for g in groups.tolist():
             idx = np.flatnonzero(pattern == g)
-            lines = self._lines(g, names, cols, prefix, flag, ts, idx).split("\n")
-            for i, line in zip(idx.tolist(), lines):
-                out[i] = line
-        return ("\n".join(out) + "\n").encode("utf-8")
+            out[idx] = self._lines(g, names, cols, prefix, flag, ts, idx)
+        return ("\n".join(out.tolist()) + "\n").encode("utf-8")
 
     def _lines(self, g: int, names: list[str], cols: list[npt.NDArray[np.float64]], prefix: npt.NDArray[np.object_],
-               flag: npt.NDArray[np.object_], ts: npt.NDArray[np.int64], idx: npt.NDArray[np.intp] | None) -> str:
+               flag: npt.NDArray[np.object_], ts: npt.NDArray[np.int64], idx: npt.NDArray[np.intp] | None) -> list[str]:
+        """The lines (without newlines) of the rows `idx` (None: every row), which carry the fields of group `g`."""
         chosen = [j for j in range(len(names)) if g >> j & 1]
         fmt = "%s" + "".join(escape_key(names[j]).replace("%", "%%") + "=%s," for j in chosen) + "%s %d"
         if idx is None:
@@ -129,8 +128,7 @@ class LineProtocolEncoder:
         else:
             parts = [prefix[idx].tolist(), *(self._floats(cols[j][idx].tolist()) for j in chosen), flag[idx].tolist(),
                      ts[idx].tolist()]
-        body = "\n".join([fmt % row for row in zip(*parts)])
-        return body + "\n" if idx is None else body
+        return [fmt % row for row in zip(*parts)]
 
 
 _ENCODERS: dict[int, tuple[object, LineProtocolEncoder]] = {}
