@@ -272,3 +272,21 @@ def test_rupture_inhibits_low_pressure_of_the_same_site(tmp_path):
     got = sorted((n.alert_id.split(".")[0], n.payload["site"]["id"]) for n in sink.notices)
     assert got == sorted([("G-rupture", cfg.devices[a].site), ("G-low", cfg.devices[other].site)])
     engine.stop()
+
+
+def test_a_new_silence_reaches_the_store_at_the_next_tick_not_with_the_refreshes(tmp_path):
+    # The console's alert page reads the mute from the store; refreshes are written at most every
+    # REFRESH_PERSIST_S (5 s of wall time), a mute change at once.
+    engine, sink = engine_for(tmp_path)
+    engine.tick(at(0))
+    engine.process(det([(0, 0, "N-day", "yellow", 72)]))
+    alert_id = next(a.alert_id for a in engine.active() if a.device_id == "XM0001NOISE")
+    assert engine.store.alert(alert_id).muted is None
+    engine.submit_command("test", {"action": "silence", "matchers": {"device_id": "XM0001NOISE"},
+                                   "comment": "mic maintenance", "expires_s": 600, "id": "s1"}, AUTHORS["chen"])
+    engine.tick(at(1))
+    assert engine.store.alert(alert_id).muted == "silence:s1"
+    assert engine.submit_command("test", {"action": "unsilence", "silence_id": "s1"}, AUTHORS["chen"]) == "ok"
+    engine.tick(at(2))
+    assert engine.store.alert(alert_id).muted is None
+    engine.stop()
