@@ -177,22 +177,96 @@ CASES = {
 @contextlib.contextmanager
 def leak_chain(how: str):
     """G-leak's recursion and the profile's running means one row at a time in plain floats ("rows") or in
-    numpy steps over the sensors ("steps"); the batch's shape picks (PER_ROW_SENSORS), the tests run both."""
-    keep = gas_module.PER_ROW_SENSORS
-    gas_module.PER_ROW_SENSORS = 10**9 if how == "rows" else 0
+    numpy steps over the sensors ("steps"); the batch's shape picks (PER_ROW_SENSORS, PER_ROW_CHAINS), the
+    tests run both."""
+    keep = gas_module.PER_ROW_SENSORS, gas_module.PER_ROW_CHAINS
+    gas_module.PER_ROW_SENSORS = gas_module.PER_ROW_CHAINS = 10**9 if how == "rows" else 0
     try:
         yield
     finally:
-        gas_module.PER_ROW_SENSORS = keep
+        gas_module.PER_ROW_SENSORS, gas_module.PER_ROW_CHAINS = keep
 
 
+@contextlib.contextmanager
+def baseline_lookup(how: str):
+    """The profile's whole-batch baselines as they come ("as-is": by runs of rows where the rows' bins never
+    decrease, else by searching the learning rows) or always by searching ("search")."""
+    if how == "as-is":
+        yield
+        return
+
+    def search(self, loc, local, own, ok, after, first, end):
+        return self._series_baseline_search(loc, local, np.flatnonzero(ok), after)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GasProfile, "_series_baseline_in_order", search)
+        yield
+
+
+@pytest.mark.parametrize("lookup", ["as-is", "search"])
 @pytest.mark.parametrize("how", ["rows", "steps"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_series_equals_rounds(name, how):
+def test_series_equals_rounds(name, how, lookup):
     batches, prepare, fast = CASES[name]
-    with leak_chain(how):
+    with leak_chain(how), baseline_lookup(lookup):
         found = run_both(batches, prepare, fast)
     assert len(found), "the case raises nothing: it tests nothing"
+
+
+def test_the_cases_take_both_baseline_lookups(monkeypatch):
+    """Batches in bin order (the usual one: no week boundary inside) take the lookup by runs, the others the
+    search; the table has both, with learned rows (the lookup by runs is the fast one: a batch that should
+    take it and does not is a slowdown no equality shows)."""
+    seen: dict = {"in order": 0, "search": 0}
+
+    def spy(name, fn):
+        def call(self, *args):
+            prof, learned = fn(self, *args)
+            seen[name] += int(learned.sum())
+            return prof, learned
+        return call
+
+    monkeypatch.setattr(GasProfile, "_series_baseline_in_order",
+                        spy("in order", GasProfile._series_baseline_in_order))
+    monkeypatch.setattr(GasProfile, "_series_baseline_search", spy("search", GasProfile._series_baseline_search))
+    for batches, prepare, fast in CASES.values():
+        rules = RuleSet.from_config(config(fast))
+        if prepare is not None:
+            prepare(rules)
+        for rows in batches:
+            rules.process(to_batch(rows))
+    assert seen["in order"] > 100 and seen["search"] > 100, seen
+
+
+def test_chain_means_step_as_one_reading_at_a_time():
+    """Both ways of `_chain_means` (a row at a time, numpy steps over the chains) give the float32 running mean
+    of `after`, m = float32(m + (p - m) / c), bit for bit: chains of 1 to 70 rows, counts up to saturation."""
+    rng = np.random.default_rng(5)
+    length = np.array([1, 2, 70, 7, 1, 33])
+    start = np.r_[0, np.cumsum(length)[:-1]]
+    chain = np.repeat(np.arange(len(length)), length)
+    rank = np.arange(length.sum()) - start[chain]
+    m0 = rng.uniform(1.0, 400.0, len(length)).astype(np.float32)
+    p = rng.uniform(1.0, 400.0, length.sum()).round(3)
+    count = np.minimum(rng.integers(1, 250, len(length))[chain] + rank, 255).astype(np.int16)
+    want = np.empty(len(p), np.float32)
+    for k, (a, n) in enumerate(zip(start, length)):
+        m = m0[k]
+        for i in range(a, a + n):
+            m = want[i] = np.float32(np.float64(m) + (p[i] - np.float64(m)) / count[i])
+    for how in ("rows", "steps"):
+        with leak_chain(how):
+            got = GasProfile._chain_means(m0, p, count, chain, rank, start, length)
+        assert got.dtype == np.float32 and got.view(np.int32).tolist() == want.view(np.int32).tolist(), how
+
+
+def test_smooth_rows_equals_smooth_profile_across_blocks():
+    rng = np.random.default_rng(6)
+    n = 2 * gas_module.SMOOTH_BLOCK + 3
+    m = [rng.uniform(0.0, 400.0, n) for _ in range(6)]
+    w = rng.uniform(0.0, 1.0, n)
+    got, want = gas_module.smooth_rows(m, w), gas_module.smooth_profile(m, w)
+    assert got.view(np.int64).tolist() == want.view(np.int64).tolist()
 
 
 def test_the_cases_reach_every_stepped_rule():
@@ -284,8 +358,9 @@ def gas_feeds(draw):
 
 
 @PROPS
-@given(batches=gas_feeds(), weeks=st.sampled_from([0, 1, 1]), active=st.booleans(), how=st.sampled_from(["rows", "steps"]))
-def test_series_equals_rounds_property(batches, weeks, active, how):
+@given(batches=gas_feeds(), weeks=st.sampled_from([0, 1, 1]), active=st.booleans(),
+       how=st.sampled_from(["rows", "steps"]), lookup=st.sampled_from(["as-is", "search"]))
+def test_series_equals_rounds_property(batches, weeks, active, how, lookup):
     """Any feed, from a learned profile (weeks 1), one that learns during the feed (weeks 0: the hours learn
     from their readings) or with the rules already active and S away from 0."""
     def prepare(rules: RuleSet) -> None:
@@ -297,5 +372,5 @@ def test_series_equals_rounds_property(batches, weeks, active, how):
                     d.level_[:] = d.sev
                 if isinstance(d, GasRupture):
                     d.level_[:] = 3
-    with leak_chain(how):
+    with leak_chain(how), baseline_lookup(lookup):
         run_both(batches, prepare)
