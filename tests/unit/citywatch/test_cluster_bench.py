@@ -3,25 +3,17 @@ parent), and the split of the workers' CPU into a per-message and a per-reading 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.bench_module import load_bench
 
 
 def _bench():
-    if "bench_cluster" in sys.modules:
-        return sys.modules["bench_cluster"]
-    spec = importlib.util.spec_from_file_location("bench_cluster", ROOT / "bench" / "bench_cluster.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_cluster"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_cluster")
 
 
 def test_tree_cpu_counts_a_busy_grandchild_and_nothing_for_a_gone_process():

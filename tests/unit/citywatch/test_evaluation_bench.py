@@ -3,27 +3,20 @@ for `citywatch detect`, and its `--flags onset` output becomes onsets per device
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from citywatch.evaluation import LabelWindow, Span, score_onsets
+from tests.bench_module import load_bench
 
 ROOT = Path(__file__).resolve().parents[3]
 M = 60 * 1_000_000_000
 
 
 def _bench():
-    if "bench_evaluation" in sys.modules:
-        return sys.modules["bench_evaluation"]
-    spec = importlib.util.spec_from_file_location("bench_evaluation", ROOT / "bench" / "bench_evaluation.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_evaluation"] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_evaluation")
 
 
 def test_one_rule_config_runs_and_its_onsets_are_scored(tmp_path):

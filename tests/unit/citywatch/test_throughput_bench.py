@@ -4,23 +4,14 @@ and the cutting of line protocol into write bodies."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench_module import load_bench
 
 
 def _bench():
-    if "bench_throughput" in sys.modules:
-        return sys.modules["bench_throughput"]
-    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "bench" / "bench_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_throughput"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_throughput")
 
 
 @pytest.mark.parametrize("requested, burst, step_s, top, want", [
