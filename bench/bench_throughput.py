@@ -5,7 +5,7 @@ Shapes (issue 17), published by `mosquitto_pub -l` processes (one per device, it
   batch:  every JSON device of the inventory (gas and noise), each message a 60-sample batch (1 s apart).
 For each shape: InfluxDB's own ingest of the shape, over a sustained volume (below); a bare paho QoS 1
 subscriber's rate for the same publishers and messages (same broker, same run); then a paced ramp of steps
-(single 1,000-50,000 readings/s, batch 15,000-470,000/s: on past what a quiet machine sustains, so the ramp ends
+(single 1,000-65,000 readings/s, batch 15,000-470,000/s: on past what a quiet machine sustains, so the ramp ends
 at a failing step and the sustained rate is measured, not capped by the list) until a step loses or lags (its readings not all in InfluxDB within
 --grace seconds of the step's end, or landing both while it publishes (a fit to the service's count of rows
 InfluxDB accepted, scraped every 0.5 s) and until the last one landed at under --pace of the rate they were
@@ -26,7 +26,7 @@ InfluxDB's own ingest: the service's line protocol for the shape (the bench's me
 before the service's, through the service's decoder and encoder, prepared before the clock starts; the time it
 took is printed), POSTed straight to a new database of its own in `ingest.batch_max_rows`-line writes over one
 keep-alive connection, as the service's writer does; the database is dropped afterwards. The volume is as many
-readings as the ramp's top step writes (--step-s x its rate: 250,000 single, 2,350,000 batch by default), at
+readings as the ramp's top step writes (--step-s x its rate: 325,000 single, 2,350,000 batch by default), at
 least the burst's; --influx-readings N to choose. Why the volume: a short write into a new database pays fixed
 costs (shard creation, first writes) that a sustained stream does not, and the service's steps write a million
 readings and more into a warm database: in one run (batch) 120,000 readings (the burst's volume) went in at
@@ -96,9 +96,9 @@ alerting:
 """
 # Mosquitto's own defaults, for --broker stock (the stack raises them: README "Broker settings").
 STOCK_LIMITS = {"max_inflight_messages": "20", "max_queued_messages": "1000", "max_queued_bytes": "0"}
-# Readings/s. Both ramps go on past what a quiet machine sustains (single 30,000/s, batch 210,000/s passed in
+# Readings/s. Both ramps go on past what a quiet machine sustains (single 50,000/s and batch 210,000/s passed in
 # one run each), so a ramp ends at a failing step and the sustained rate is measured, not the end of the list.
-SINGLE_STEPS = (1000, 2000, 3000, 4500, 6000, 8000, 11000, 16000, 20000, 25000, 30000, 35000, 40000, 50000)
+SINGLE_STEPS = (1000, 2000, 3000, 4500, 6000, 8000, 11000, 16000, 20000, 25000, 30000, 35000, 40000, 50000, 65000)
 BATCH_STEPS = (15_000, 30_000, 60_000, 90_000, 120_000, 150_000, 180_000, 210_000, 240_000, 270_000, 300_000,
                340_000, 380_000, 420_000, 470_000)
 # --influx-readings at most this: its line protocol (~110 bytes a reading) is held in memory before the clock.
