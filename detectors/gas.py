@@ -724,29 +724,42 @@ class GasRupture(GasRule):
         ring = self.ring
         b = (ts // ring.slot_ns - ring.base).astype(np.int64) // ring.slots
         bid0 = self.blk_id_[loc].astype(np.int64)
-        cur0, prev0 = self.blk_cur_[loc], self.blk_prev_[loc]
-        n = len(loc)
-        ub = np.full(n, np.inf)
-        eff = np.flatnonzero(ok & (b >= bid0))
-        if len(eff) == 0:
-            return ub
-        le, be = loc[eff], b[eff]
-        v = resid[eff].astype(np.float32)
-        seg = run_heads(le) | run_heads(be)
-        v = np.where(seg & (be == bid0[eff]), np.maximum(v, cur0[eff]), v)
-        cur = _segment_cummax(v, seg)
+        keep = ok & (b >= bid0)
+        eff = None if keep.all() else np.flatnonzero(keep)  # None: every row (the usual batch)
+        if eff is None:
+            le, be, bid, v = loc, b, bid0, resid.astype(np.float32)
+        elif len(eff) == 0:
+            return np.full(len(loc), np.inf)
+        else:
+            le, be, bid, v = loc[eff], b[eff], bid0[eff], resid[eff].astype(np.float32)
+        m = len(le)
+        sens = run_heads(le)
+        seg = sens | run_heads(be)
+        # Per segment (a sensor's rows of one block): its head's sensor, block and state.
         heads = np.flatnonzero(seg)
-        s_id = np.cumsum(seg) - 1
-        ends = np.append(heads[1:], len(eff)) - 1
+        hl, hb = le[heads], be[heads]
+        in_state = bid[heads] == hb  # the state's current block: its running maximum goes on
+        cur0 = self.blk_cur_[hl]
+        v[heads] = np.where(in_state, np.maximum(v[heads], cur0), v[heads])
+        cur = _segment_cummax(v, seg)
         # The block before each segment: the sensor's previous segment when that is the block just before,
         # else the state's current block when that is it, else none.
-        ph = heads - 1
-        has_prev = (ph >= 0) & (le[np.maximum(ph, 0)] == le[heads]) & (be[np.maximum(ph, 0)] == be[heads] - 1)
-        from_state = np.where(bid0[eff][heads] == be[heads] - 1, cur0[eff][heads], np.float32(-np.inf))
-        before = np.where(has_prev, cur[ends[np.maximum(s_id[heads] - 1, 0)]], from_state).astype(np.float32)
-        prev = np.where(be == bid0[eff], prev0[eff], before[s_id])
-        ub[eff] = np.maximum(cur, prev).astype(np.float64)
-        last = np.append(np.flatnonzero(run_heads(le))[1:], len(eff)) - 1
+        ends = np.append(heads[1:], m) - 1
+        has_prev = np.zeros(len(heads), bool)
+        has_prev[1:] = ~sens[heads[1:]] & (hb[:-1] == hb[1:] - 1)
+        last_cur = np.empty(len(heads), np.float32)
+        last_cur[0] = -np.inf
+        last_cur[1:] = cur[ends[:-1]]
+        from_state = np.where(bid[heads] == hb - 1, cur0, np.float32(-np.inf))
+        before = np.where(has_prev, last_cur, from_state)
+        prev = np.where(in_state, self.blk_prev_[hl], before)[np.cumsum(seg) - 1]
+        top = np.maximum(cur, prev).astype(np.float64)
+        if eff is None:
+            ub = top
+        else:
+            ub = np.full(len(loc), np.inf)
+            ub[eff] = top
+        last = np.append(np.flatnonzero(sens)[1:], m) - 1
         at = le[last]
         self.blk_id_[at] = be[last]
         self.blk_cur_[at] = cur[last]

@@ -14,6 +14,7 @@ from detectors.base import severity_code, stable_argsort
 from detectors.calendar import NS
 from detectors.gas import PER_ROW_SENSORS, WEEK_HOURS, GasProfile, _profile, hour_of_week, week_number
 from detectors.generic import Flatline, FlatlineParams
+from detectors.rolling import run_heads
 
 
 class GasFlatlineParams(FlatlineParams):
@@ -102,10 +103,13 @@ class GasFlatline(Flatline):
         (a valid reading more than min_change away from ref, or the first one, restarts the run) stepped
         along each sensor's rows, as if they came one at a time."""
         n = len(loc)
-        first = np.flatnonzero(np.r_[True, loc[1:] != loc[:-1]])
-        last = np.r_[first[1:] - 1, n - 1]
-        run = np.repeat(np.arange(len(first)), np.diff(np.r_[first, n]))
-        rank = np.arange(n) - first[run]
+        head = run_heads(loc)
+        first = np.flatnonzero(head)
+        last = np.append(first[1:], n) - 1
+        run = np.cumsum(head) - 1
+        arange = np.arange(n)
+        run_start = first[run]
+        rank = arange - run_start
         sensor = loc[first]
         ref0, since0 = self.ref_[sensor], self.since_[sensor]
         if self.min_change == 0:
@@ -113,10 +117,11 @@ class GasFlatline(Flatline):
             # equals it, but for the sign of a zero: ref is the value of the latest moving row, taken
             # from it, as the one-at-a-time update does).
             def latest(mask, strict):
-                acc = np.maximum.accumulate(np.where(mask, np.arange(n), -1))
+                acc = np.maximum.accumulate(np.where(mask, arange, -1))
                 if strict:
-                    acc = np.r_[-1, acc[:-1]]
-                return np.where(acc >= first[run], acc, -1)
+                    acc[1:] = acc[:-1].copy()
+                    acc[:1] = -1
+                return np.where(acc >= run_start, acc, -1)
             pv = latest(ok, True)
             before = np.where(pv >= 0, x[pv], ref0[run])
             moved = ok & (np.isnan(before) | (np.abs(x - before) > self.min_change))

@@ -17,7 +17,7 @@ from config.base import Severity
 from detectors.background import gb12523_correct, site_background_db
 from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_above, severity_code
 from detectors.calendar import EXAM_CLASS1, EXAM_LISTENING
-from detectors.rolling import SlotRing, pair_code, run_heads
+from detectors.rolling import SlotRing, run_heads
 
 VALID_DB = (25.0, 140.0)  # domain.md §4: plausible range of every level field
 
@@ -173,30 +173,33 @@ class NoiseEnergy:
         b = (ts // ring.slot_ns - ring.base) // ring.slots
         bid0 = self.blk_id_[loc].astype(np.int64)
         eff = ok & (b >= bid0)  # a row of an older block than the state's changes nothing (`before`)
-        floc, fbid = loc[first], bid0[first]
-        code = np.concatenate([pair_code(loc[eff], b[eff]), pair_code(floc, fbid), pair_code(floc, fbid - 1)])
-        top = np.concatenate([e[eff], self.blk_cur_[floc], self.blk_prev_[floc]])
-        o = np.argsort(code, kind="stable")
-        code, top = code[o], top[o]
-        heads = np.flatnonzero(run_heads(code))
-        code, top = code[heads], np.maximum.reduceat(top, heads)
-
-        def block_max(lc, blk):
-            c = pair_code(lc, blk)
-            p = np.minimum(np.searchsorted(code, c), len(code) - 1)
-            return np.where(code[p] == c, top[p], 0.0)
-
+        # Rows of a sensor never go back a block: the batch's (sensor, block) pairs are runs of rows.
+        # Each run's maximum: its effective rows' energies (energies are positive: 0.0 stands for none),
+        # with the state's current block (and the one before it) where the run is that block.
+        seg = run_heads(loc) | run_heads(b)
+        heads = np.flatnonzero(seg)
+        hl, hb = loc[heads], b[heads]
+        sb, scur, sprev = bid0[heads], self.blk_cur_[hl], self.blk_prev_[hl]
+        top = np.maximum.reduceat(np.where(eff, e, 0.0), heads)
+        top = np.where(hb == sb, np.maximum(top, scur), np.where(hb == sb - 1, np.maximum(top, sprev), top))
+        # The block before each run's: the sensor's previous run when that is the block just before, else
+        # the state's blocks, else none (0.0).
+        below = np.where(hb - 1 == sb, scur, np.where(hb == sb, sprev, 0.0))
+        has_prev = np.zeros(len(heads), bool)
+        has_prev[1:] = (hl[1:] == hl[:-1]) & (hb[:-1] == hb[1:] - 1)
+        below[1:] = np.where(has_prev[1:], top[:-1], below[1:])
+        run = np.cumsum(seg) - 1
         with np.errstate(divide="ignore"):
-            view.cache["upper"] = np.where(
-                b < bid0, np.inf, 10.0 * np.log10(np.maximum(block_max(loc, b), block_max(loc, b - 1))))
+            view.cache["upper"] = np.where(b < bid0, np.inf, 10.0 * np.log10(np.maximum(top, below)[run]))
         last = np.append(first[1:], len(loc)) - 1
         # The block each sensor ends in: its last effective row's (b never decreases along a sensor).
         ends = np.maximum.accumulate(np.where(eff, np.arange(len(loc)), -1))[last]
         moved = ends >= first  # (an earlier sensor's row is not this one's)
-        lc, bid = loc[last][moved], b[ends[moved]]
-        self.blk_cur_[lc] = block_max(lc, bid)
-        self.blk_prev_[lc] = block_max(lc, bid - 1)
-        self.blk_id_[lc] = bid
+        at = ends[moved]
+        lc = loc[at]
+        self.blk_cur_[lc] = top[run[at]]
+        self.blk_prev_[lc] = below[run[at]]
+        self.blk_id_[lc] = b[at]
 
     def upper_db(self, view) -> np.ndarray:
         """An upper bound of every rolling Leq of each row (+inf for late rows of an older block)."""

@@ -345,9 +345,15 @@ def _takes_whole(det) -> bool:
 
 
 def _sensor_time_order(sensor: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Row order by sensor, then event time, ties in input order: the order `RuleSet.process` evaluates."""
+    """Row order by sensor, then event time, ties in input order: the order `RuleSet.process` evaluates.
+    A batch whose rows of each sensor come in time order (a time-ordered batch, or devices' messages
+    interleaved, the usual case) needs only the stable sort by sensor; any other falls back to lexsort."""
+    order = stable_argsort(sensor)
     if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
-        return stable_argsort(sensor)
+        return order
+    s, t = sensor[order], ts[order]
+    if bool(np.all((t[1:] >= t[:-1]) | (s[1:] != s[:-1]))):
+        return order
     return np.lexsort((ts, sensor))
 
 

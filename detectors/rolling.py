@@ -75,12 +75,8 @@ class SlotRing:
         first = np.flatnonzero(run_heads(loc))  # each sensor's rows are one run
         prior_at = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(loc))))
         seen = RingSeries(self, loc, key, value, stored, prior_at, self.val_[loc[first]], self.key_[loc[first]])
-        rows = np.flatnonzero(stored)
-        if len(rows):
-            # Each slot keeps its last stored row (rows of a sensor are in time order).
-            o = np.argsort(flat[rows], kind="stable")
-            f = flat[rows][o]
-            last = rows[o][np.flatnonzero(run_heads(f[::-1])[::-1])]
+        last = seen.last = _last_in_slot(loc, key, stored, self.slots)
+        if len(last):
             vals[flat[last]] = value[last]
             keys[flat[last]] = key[last]
         return seen
@@ -102,6 +98,34 @@ class SlotRing:
         """(values, mask) over the window (t - window_s, t] ending at each row's event time."""
         vals, age = self.ages(loc, ts_ns)
         return vals, age < self.span(window_s)
+
+
+def _last_in_slot(loc: np.ndarray, key: np.ndarray, stored: np.ndarray, slots: int) -> np.ndarray:
+    """The rows each (sensor, ring slot) keeps of a batch: of the `stored` rows (each sensor's rows
+    contiguous, keys never decreasing), those after which no stored row of the same sensor has the same
+    key modulo `slots`. Sorted row positions.
+
+    Where each sensor's stored keys span less than the ring (the usual batch), a later key is the same
+    modulo `slots` only when it is the same key: the last row of each run of equal keys is kept. Else the
+    rows are sorted by slot."""
+    rows = np.flatnonzero(stored)
+    m = len(rows)
+    if m == 0:
+        return rows
+    sl, sk = loc[rows], key[rows].astype(np.int64)
+    kept = np.empty(m, bool)
+    kept[-1] = True
+    np.not_equal(sl[1:], sl[:-1], out=kept[:-1])
+    ends = np.flatnonzero(kept)  # each sensor's last stored row (sensor changes, or the batch ends)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    if int((sk[ends] - sk[starts]).max()) < slots:
+        kept[:-1] |= sk[1:] != sk[:-1]
+        return rows[kept]
+    flat = sl.astype(np.intp) * slots + sk % slots
+    o = np.argsort(flat, kind="stable")
+    return np.sort(rows[o[np.flatnonzero(run_heads(flat[o][::-1])[::-1])]])
 
 
 def run_heads(x: np.ndarray) -> np.ndarray:
@@ -149,6 +173,7 @@ class RingSeries:
         # subsets' copies (`take_rows`).
         self._tables: dict[str, np.ndarray] = {}
         self.rows: np.ndarray | None = None  # of a subset view: its rows' positions in the batch's view
+        self.last = np.zeros(0, np.intp)  # the rows the ring kept: each (sensor, slot)'s last stored row
 
     def beside(self, table: np.ndarray, value: np.ndarray) -> RingSeries:
         """The same for a table kept beside the ring (one value per slot, such as a tag of each stored
@@ -158,12 +183,10 @@ class RingSeries:
         first = np.flatnonzero(run_heads(self.loc))
         seen = RingSeries(self.ring, self.loc, self.key, value, self.stored, self.prior_at, table[self.loc[first]],
                           self.prior_key)
-        rows = np.flatnonzero(self.stored)
-        if len(rows):
-            flat = self.loc[rows].astype(np.intp) * self.ring.slots + self.key[rows] % self.ring.slots
-            o = np.argsort(flat, kind="stable")
-            last = o[np.flatnonzero(run_heads(flat[o][::-1])[::-1])]  # each slot's last stored row
-            table.reshape(-1)[flat[last]] = value[rows[last]]
+        last = seen.last = self.last  # each slot's last stored row, as insert_series stored it
+        if len(last):
+            flat = self.loc[last].astype(np.intp) * self.ring.slots + self.key[last] % self.ring.slots
+            table.reshape(-1)[flat] = value[last]
         return seen
 
     def take_rows(self, idx: np.ndarray) -> RingSeries:

@@ -111,6 +111,8 @@ CASES = {
     "readings faster than the slot, 20 s slots": (20, [feed(5, "2025-06-02 09:00", loud(200), step_s=7)
                                                        + feed(1, "2025-06-02 09:00", loud(40))]),
     "a batch longer than the ring": (60, [feed(1, "2025-06-02 09:00", loud(150) + [48.3] * 100 + loud(60))]),
+    "a gap of more than a block within a batch": (60, [feed(1, "2025-06-02 09:00", loud(20))
+                                                       + feed(1, "2025-06-02 13:00", loud(30, 52.3)) + feed(1, "2025-06-03 09:00", [50.3] * 5)]),
     "late readings in a later batch": (60, [feed(1, "2025-06-02 09:00", loud(40))[::2],
                                             feed(1, "2025-06-02 09:00", loud(40))[1::2] + feed(1, "2025-06-02 09:40", loud(10))]),
     "readings with equal times": (60, [[r for r in feed(1, "2025-06-02 09:00", loud(30)) for _ in (0, 1)]]),
