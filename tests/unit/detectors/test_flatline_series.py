@@ -53,9 +53,15 @@ def config(window_s: int = 7200, min_change: float = 0.0):
     return _CFG[key]
 
 
+# The oracle's basis codes (ReferenceGasFlatline._expected) and their names in the contexts.
+BASIS = ("peers", "profile", "window_only")
+
+
 class ReferenceGasFlatline(GasFlatline):
     """GasFlatline.step_batch as it was before the chains (commit 87e3046): the flat run stepped one rank at a
-    time over the sensors, the profile replayed rank by rank into a copy of the sensors' rows."""
+    time over the sensors, the profile replayed rank by rank into a copy of the sensors' rows. The peers' slot
+    records, the rings and the output are its own too, as plain loops over the readings or the slot records
+    (`_records`, `_store`, `_emit_batch` below): none of GasFlatline's array forms is checked against itself."""
 
     def step_batch(self, view):
         """Any number of readings per sensor, each sensor's rows contiguous and in time order: the flat
@@ -92,6 +98,69 @@ class ReferenceGasFlatline(GasFlatline):
             raw[cand] = np.where(keep, raw[cand], 0)
         self._store(*recs)
         return self._emit_batch(view, ok, raw, flat_s, stuck, cand, facts)
+
+    # A slot's bounds are numpy's min and max of the batch's readings of the slot, merged into the held bounds by
+    # np.minimum / np.maximum, not Python comparisons: which of 0.0 and -0.0 a bound of zeros keeps is numpy's
+    # choice (its reductions do not pick by position), and the state is compared bit for bit.
+    def _records(self, loc, ts, x, ok):
+        """(sensor << 32 | slot, lowest, highest) of the batch's valid readings, one record per sensor and
+        slot, ascending: the readings of each (sensor, slot) collected one at a time, then their bounds."""
+        span = self.slot_s * NS
+        got: dict[tuple[int, int], list[float]] = {}
+        for s, t, v, good in zip(loc.tolist(), ts.tolist(), x.tolist(), ok.tolist()):
+            if good:
+                got.setdefault((s, t // span), []).append(v)
+        keys = sorted(got)
+        comb = np.array([s << 32 | k for s, k in keys], np.int64)
+        return comb, np.array([np.min(got[k]) for k in keys], np.float64), np.array([np.max(got[k]) for k in keys])
+
+    def _store(self, comb, lo, hi) -> None:
+        """Each slot record into its sensor's ring, one at a time in slot order: the cell of the slot (slot
+        mod ring size) takes the record if it holds an older slot (or none), widens its bounds by the
+        record's if it holds the same slot, and keeps a newer slot."""
+        size = self.slots + 1
+        for key, rlo, rhi in zip(comb.tolist(), lo.tolist(), hi.tolist()):
+            s, k = key >> 32, key & 0xFFFFFFFF
+            c = (s, k % size)
+            held = int(self.slot_key_[c])
+            if held < k:
+                self.slot_key_[c], self.slot_lo_[c], self.slot_hi_[c] = k, rlo, rhi
+            elif held == k:
+                self.slot_lo_[c] = np.minimum(self.slot_lo_[c], rlo)
+                self.slot_hi_[c] = np.maximum(self.slot_hi_[c], rhi)
+
+    def _emit_batch(self, view, ok, raw, flat_s, stuck, cand, facts):
+        """Each valid reading in order: its level is its own (no hysteresis) and becomes its sensor's; it is
+        emitted if that level or the sensor's previous one is above 0. A judged (flat) row's context says
+        what its verdict rests on."""
+        judged = {i: j for j, i in enumerate(cand.tolist())}  # row -> its place in `facts`
+        out: list[tuple] = []
+        for i in range(len(view)):
+            if not ok[i]:
+                continue
+            s, level = int(view.loc[i]), int(raw[i])
+            before = int(self.level_[s])
+            self.level_[s] = level
+            if level == 0 and before == 0:
+                continue
+            c = dict(self.context_base())
+            c["stuck_value"] = float(stuck[i])
+            if i in judged:
+                j = judged[i]
+                basis, has_group, n_peers, med, learned, swing = facts
+                c["basis"] = BASIS[int(basis[j])]
+                if has_group[j]:
+                    c["peers"] = int(n_peers[j])
+                    if n_peers[j] > 0:
+                        c["peer_change_pct"] = float(med[j])
+                if learned[j]:
+                    c["profile_swing_pct"] = float(swing[j])
+            f = float(flat_s[i])
+            out.append((int(view.sensor[i]), int(view.ts[i]), level, f, float(self.win_s), f / self.win_s, c))
+        if not out:
+            return None
+        sensor, ts, level, value, limit, score, contexts = zip(*out)
+        return self.rows(sensor, ts, level, value, limit, score, list(contexts))
 
     def _expected(self, view, cand, rank, recs):
         """(flag, facts) of the flat rows `cand`: flag where the sensor should have varied over the
@@ -277,6 +346,12 @@ def bases(found, sensor: int) -> list:
 
 
 # ----- table tests ----------------------------------------------------------------------------------
+
+def test_the_reference_steps_its_own_records_rings_and_output():
+    """What the reference checks GasFlatline's batch path against is its own, not inherited from it."""
+    own = vars(ReferenceGasFlatline).keys()
+    assert {"step_batch", "_records", "_store", "_expected", "_profile_swing", "_emit_batch"} <= own
+
 
 def test_a_profile_hour_learned_by_the_batch_switches_the_verdict_mid_batch():
     """G-L1 flat from 06:00 to 09:30 in one batch; its 08:xx hour lacks 5 readings and a week: the
