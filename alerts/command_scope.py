@@ -29,7 +29,13 @@ def alert_device(alert_id: str, devices: Collection[str]) -> str | None:
 
 def answers_rest(owned: Collection[str] | None, devices: Collection[str]) -> bool:
     """Whether this worker answers the commands that name no device (owned: its devices; None: single mode)."""
-    return owned is None or (bool(devices) and min(devices) in owned)
+    return owns_first(owned, min(devices) if devices else None)
+
+
+def owns_first(owned: Collection[str] | None, first: str | None) -> bool:
+    """`answers_rest` given the inventory's lowest device id `first` (None: no device), which a caller answering
+    many commands works out once per inventory."""
+    return owned is None or (first is not None and first in owned)
 
 
 def answers_ack(alert_id: str, holds: bool, owned: Collection[str] | None, devices: Collection[str]) -> bool:

@@ -155,6 +155,7 @@ class AlertEngine:
                                                    clear_for_ns=int(r.clear_for_s * NS)) for r in cfg.rules}
         self._labels = [self._device_labels(cfg, d) for d in cfg.devices]
         self._device_ids = frozenset(d.id for d in cfg.devices)  # who answers a command (alerts.command_scope)
+        self._first_device = min(self._device_ids) if self._device_ids else None  # answers the rest (answers_rest)
         # Rules raised by the clock (deadman): their clear is never a late row (see _apply_detections).
         self._time_driven = {r.id for r in cfg.rules if r.time_driven}
         self._remap_seen([d.id for d in cfg.devices])
@@ -870,7 +871,7 @@ class AlertEngine:
     def answers_rest(self) -> bool:
         """Whether this engine answers the commands that name no device of its own (single mode: always;
         partitioned: the owner of the inventory's lowest device id, alerts.command_scope)."""
-        return command_scope.answers_rest(self._owned, self._device_ids)
+        return command_scope.owns_first(self._owned, self._first_device)
 
     def submit_command(self, source: str, command: Any, author: command_rules.Author | None = None) -> str | None:
         """Validate, record and apply one operator command. Never raises.
