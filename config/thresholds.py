@@ -181,6 +181,9 @@ class Flatline(Strict):
     peer_scopes: list[PeerScope] = Field(["site", "district", "class"], max_length=3)
     min_peers: int = Field(2, ge=1, le=1000)
     vary_pct: float = Field(1.0, gt=0, le=100)
+    # How late a peer's report may reach the service after its report time and still be in the peers'
+    # window: the window ends the peers' longest report interval plus this before the reading's slot.
+    peer_latency_s: int = Field(60, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _scopes(self) -> Flatline:

@@ -39,12 +39,16 @@ class GasFlatline(Flatline):
     few peers with readings in the window and no learned profile, the flat window alone is flagged
     (basis "window_only"); where what is known says the sensor should be steady, nothing is.
 
-    Peers are judged from per-sensor slot minima and maxima over the `PEER_SLOTS` whole slots of the
-    window before the reading's own slot (so the verdict at t reads only peer readings before t's slot,
-    wherever the batches were cut in time). The rule runs over whole batches (`step_batch`): every
-    reading of the batch is in the slot tables before any reading is judged, as if the readings came
-    one at a time in event-time order. A peer's back-filled readings that arrive after a verdict do
-    not change it.
+    Peers are judged from per-sensor slot minima and maxima over the `PEER_SLOTS` whole slots (a window)
+    before the reading's own slot, but for the last few of them (`peer_lag`: the peers' longest report
+    interval plus gas.flatline.peer_latency_s, in whole slots). Devices report their samples in batches (every 15 min,
+    some every hour), so when a sensor's report arrives its peers' readings of the last minutes may
+    still be on the way; the lag makes the verdict read only peer readings that were reported before
+    the reading itself was, so it does not depend on whether a peer's report came in the same batch as
+    the sensor's or in the next one (a day replayed at another speed raises the same alerts). The rule
+    runs over whole batches (`step_batch`): every reading of the batch is in the slot tables before any
+    reading is judged, as if the readings came one at a time in event-time order. A peer's readings
+    that arrive later than that (a back-fill after a link loss) do not change a verdict already given.
     """
 
     batchwise = True  # state of its own, but it needs the whole batch: see step_batch
@@ -70,9 +74,15 @@ class GasFlatline(Flatline):
         self.p_set = self.inv.p_set[self.sensors]
         self.slot_s = max(1, -(-self.win_s // PEER_SLOTS))
         self.slots = -(-self.win_s // self.slot_s)
-        # Leading underscore: which sensors are peers says nothing about what the state below means.
+        # Leading underscore: which sensors are peers, and how late their reports come, says nothing about
+        # what the state below means.
         self._group, self._members, self._mstart = peer_groups(self.inv.cfg, self.sensors, f.peer_scopes, f.min_peers)
-        ring = (self.n, self.slots + 1)                       # the window's slots and the one being filled
+        self._lag = peer_lag(self.inv.report_s[self.sensors], self._group, self._members, self._mstart,
+                             f.peer_latency_s, self.slot_s, self.slots)
+        # The window's slots, the one being filled and a window more: a sensor's reading can be judged after
+        # its peers' readings of up to a window later have arrived (it waits for its own report), and the
+        # peers' slots it reads must still be in their rings then.
+        ring = (self.n, 2 * self.slots + 1)
         self.slot_key_ = np.full(ring, -1, np.int64)          # slot (event time // slot_s) held, -1: none
         self.slot_lo_ = np.full(ring, np.inf)                 # lowest valid reading in that slot
         self.slot_hi_ = np.full(ring, -np.inf)                # highest valid reading in that slot
@@ -175,9 +185,9 @@ class GasFlatline(Flatline):
         if len(comb) == 0:
             return
         s, key = comb >> 32, comb & 0xFFFFFFFF
-        pos = key % (self.slots + 1)
+        size = self.slot_key_.shape[1]
         # The newest record of each (sensor, ring position): records ascend by slot within a sensor.
-        cell = s * (self.slots + 1) + pos
+        cell = s * size + key % size
         order = np.lexsort((key, cell))
         last = order[np.r_[cell[order][1:] != cell[order][:-1], True]]
         cell, key, lo, hi = cell[last], key[last], lo[last], hi[last]
@@ -206,7 +216,7 @@ class GasFlatline(Flatline):
         ps = np.unique(peer)
         rk = self.slot_key_[ps]
         live = rk >= 0
-        rcomb = np.repeat(ps.astype(np.int64), self.slots + 1).reshape(rk.shape)[live] << 32 | rk[live]
+        rcomb = np.repeat(ps.astype(np.int64), rk.shape[1]).reshape(rk.shape)[live] << 32 | rk[live]
         bcomb, blo, bhi = recs
         comb = np.r_[rcomb, bcomb]
         lo, hi = np.r_[self.slot_lo_[ps][live], blo], np.r_[self.slot_hi_[ps][live], bhi]
@@ -215,11 +225,13 @@ class GasFlatline(Flatline):
         if len(comb):
             starts = np.flatnonzero(np.r_[True, comb[1:] != comb[:-1]])
             comb, lo, hi = comb[starts], np.minimum.reduceat(lo, starts), np.maximum.reduceat(hi, starts)
-        # The window: the PEER_SLOTS slots before the candidate's own slot.
+        # The window: the PEER_SLOTS slots before the candidate's own slot, but for the last `lag` of them
+        # (the peers' readings there may not have been reported yet).
         k = cand_ts[pc] // (self.slot_s * NS)
         want = (peer.astype(np.int64) << 32)[:, None] | (k[:, None] - self.slots + np.arange(self.slots))
         at = np.minimum(np.searchsorted(comb, want), max(len(comb) - 1, 0))
         hit = (comb[at] == want) if len(comb) else np.zeros(want.shape, bool)
+        hit &= np.arange(self.slots) < self.slots - self._lag[cand_loc[pc]][:, None]
         wlo = np.where(hit, lo[at] if len(comb) else 0.0, np.inf).min(axis=1)
         whi = np.where(hit, hi[at] if len(comb) else 0.0, -np.inf).max(axis=1)
         seen = hit.any(axis=1)
@@ -386,3 +398,37 @@ def peer_groups(cfg, sensors: np.ndarray, scopes: Sequence[str], min_peers: int)
     members = np.argsort(inv.reshape(-1), kind="stable") % n   # sensors of each label, label by label
     mstart = np.r_[0, np.cumsum(counts)]
     return group, members.astype(np.int64), mstart
+
+
+def peer_lag(report_s: np.ndarray, group: np.ndarray, members: np.ndarray, mstart: np.ndarray, latency_s: int,
+             slot_s: int, slots: int) -> np.ndarray:
+    """Each sensor's lag in slots: how many of the last slots before a reading's own its peers' window
+    leaves out, so that the peers' readings it reads have been reported by the time the reading itself
+    is (a peer's reading waits up to its report interval on the device, then up to `latency_s` on the
+    way). The longest report interval among the sensor's peers (itself excluded) plus latency_s, in whole
+    slots; at most `slots` - 1 (the window keeps its first slot). 0 for a sensor without peers.
+
+    Without it the verdict would depend on whether a peer's report arrived before the sensor's own, in the
+    same batch or the next: the same day replayed at another speed raised other alerts."""
+    n = len(group)
+    lag = np.zeros(n, np.int64)
+    has = np.flatnonzero(group >= 0)
+    if len(has) == 0:
+        return lag
+    ng = len(mstart) - 1
+    label = np.repeat(np.arange(ng), np.diff(mstart))
+    rep = report_s[members]
+    # The longest and the second longest interval of each group (a sensor's peers are its group but itself).
+    top = np.full(ng, -1, np.int64)
+    np.maximum.at(top, label, rep)
+    at_top = rep == top[label]
+    n_top = np.bincount(label[at_top], minlength=ng)
+    second = np.full(ng, -1, np.int64)
+    np.maximum.at(second, label[~at_top], rep[~at_top])
+    g = group[has]
+    own = report_s[has]
+    longest = np.where((own < top[g]) | (n_top[g] > 1), top[g], second[g])
+    wait = np.maximum(longest, 0) + latency_s
+    lag[has] = np.minimum(-(-wait // slot_s), slots - 1)
+    return lag
+

@@ -902,6 +902,11 @@ class RefGasFlatline(RefFlatline):
                 if len(group) >= f.min_peers:
                     self.peers[s] = group
                     break
+        # The peers' window leaves out this many slots before the reading's own: the peers' longest report
+        # interval plus the latency allowed, in whole slots; the window keeps its first slot.
+        self.lag = {s: min(self.nslots - 1, math.ceil((max(self.cfg.devices[b].report_interval_s for b in group)
+                                                   + f.peer_latency_s) / self.slot_s))
+                    for s, group in self.peers.items()}
         self.mine = set(self.sensors)
         self.ring: dict[int, dict[int, list]] = {}     # sensor -> ring position -> [slot, lo, hi]
         self.pending: dict[int, dict[int, list]] = {}  # the current batch: sensor -> slot -> [lo, hi]
@@ -913,7 +918,7 @@ class RefGasFlatline(RefFlatline):
             ring = self.ring.setdefault(s, {})
             for k in sorted(slots):
                 lo, hi = slots[k]
-                pos = k % (self.nslots + 1)
+                pos = k % (2 * self.nslots + 1)
                 cur = ring.get(pos)
                 if cur is None or cur[0] < k:
                     ring[pos] = [k, lo, hi]
@@ -950,7 +955,7 @@ class RefGasFlatline(RefFlatline):
             k = row.ts // (self.slot_s * NS)
             changes = []
             for b in self.peers[row.sensor]:
-                got = [g for g in (self.slot(b, kk) for kk in range(k - self.nslots, k)) if g is not None]
+                got = [g for g in (self.slot(b, kk) for kk in range(k - self.nslots, k - self.lag[row.sensor])) if g is not None]
                 if got:
                     changes.append(100.0 * (max(g[1] for g in got) - min(g[0] for g in got)) / self.cfg.devices[b].set_pressure_kpa)
             changes.sort()

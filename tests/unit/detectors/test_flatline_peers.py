@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import Detections
-from detectors.gas_flatline import peer_groups
+from detectors.gas_flatline import peer_groups, peer_lag
 from detectors.registry import RuleSet
 from tests.unit.detectors.helpers import batch, local_ns, make_config, rows_of
 from tests.unit.detectors.reference import ReferenceRuleSet
@@ -109,8 +109,9 @@ def test_peers_that_start_varying_raise_it_and_stopping_clears_it():
     a = rows_of(found)
     assert a and all(r["sensor"] == 0 for r in a)
     raised = [r for r in a if r["severity"] == "yellow"]
-    # The peers move from 07:00; their window reads whole 15-minute slots before the reading's own.
-    assert raised[0]["ts_ns"] == local_ns("2025-06-03 07:15") and raised[0]["context"]["basis"] == "peers"
+    # The peers move from 07:00; their window reads whole 15-minute slots before the reading's own but for
+    # the last two (peers report every 15 min, plus 60 s on the way: 16 min, two slots), so 07:45.
+    assert raised[0]["ts_ns"] == local_ns("2025-06-03 07:45") and raised[0]["context"]["basis"] == "peers"
     assert a[-1]["severity"] != "yellow" and a[-1]["context"]["basis"] == "peers"   # steady again: cleared
     same(found, ReferenceRuleSet(cfg).process(batch(rows, cfg)))
 
@@ -247,6 +248,57 @@ def test_a_peer_whose_rows_come_later_in_the_batch_counts_as_if_in_time_order():
     same(found, run(cfg, sparse + dense, cuts=(0.3, 0.8)))
 
 
+def test_peer_lag_is_the_peers_longest_report_interval_plus_latency_in_whole_slots():
+    report = np.array([900, 900, 3600, 900, 300, 900])
+    group = np.array([0, 0, 0, 1, 1, -1])               # two peer groups; the last sensor has no peers
+    members, mstart = np.array([0, 1, 2, 3, 4]), np.array([0, 3, 5])
+    # Sensors 0 and 1 have an hourly peer: 3600 + 60 s = 4.07 slots of 900 s -> 5; sensor 2 is the hourly
+    # one, its peers report every 15 min: 960 s -> 2; sensor 3's peer every 5 min: 1; sensor 4's: 2.
+    assert peer_lag(report, group, members, mstart, 60, 900, 8).tolist() == [5, 5, 2, 1, 2, 0]
+    assert peer_lag(report, group, members, mstart, 0, 900, 8).tolist() == [4, 4, 1, 1, 1, 0]
+    # Two sensors share the longest interval: each has the other as a peer.
+    assert peer_lag(np.array([3600, 3600, 900]), np.zeros(3, int), np.arange(3), np.array([0, 3]), 60, 900, 8).tolist() \
+        == [5, 5, 5]
+    # A peer reporting once a day: the window keeps its first slot.
+    assert peer_lag(np.array([86400, 900]), np.zeros(2, int), np.arange(2), np.array([0, 2]), 60, 900, 8).tolist() == [2, 7]
+
+
+def reports(series: dict[str, np.ndarray], first: str, start: str = "2025-06-03 06:00", step_s: int = 300,
+            every_s: int = 3600) -> list[list[tuple]]:
+    """The readings as the devices send them: a report every `every_s` carries the samples since the
+    previous one; at each report time the devices publish in turn, `first` before its peers."""
+    rows = feed(series, start=start, step_s=step_s)
+    t0 = local_ns(start)
+    by_report: dict[tuple[int, int], list[tuple]] = {}
+    order = [first] + [d for d in series if d != first]
+    for r in rows:
+        n = -(-(r[1] - t0) // (every_s * 10**9))
+        by_report.setdefault((n, order.index(r[0])), []).append(r)
+    return [by_report[k] for k in sorted(by_report)]
+
+
+@pytest.mark.parametrize("first", ["G-A", "G-B"])
+def test_hourly_reports_arriving_in_any_order_and_batches_give_the_same_verdicts(first):
+    """Regression: devices report an hour of samples at once, all at the same minute. When the frozen
+    sensor's report came in a batch before its peers', its readings were judged against peers whose last
+    hour had not arrived yet; in the same batch, against the whole hour. The paced and the fast replay of
+    the city day raised different G-flatline alerts (CI, test_simulate_pipeline). Now the peers' window
+    leaves out the slots their reports may still be on the way for, wherever the batches are cut."""
+    devs = [dict(medium(d, sample_s=300), report_interval_s=3600) for d in ("G-A", "G-B", "G-C")]
+    cfg = config(devs)
+    n = 12 * 8
+    rows_by_report = reports({"G-A": np.full(n, 297.5), "G-B": wave(n, 12, 0.5), "G-C": wave(n, 10, 1.2)}, first)
+    whole = run(cfg, [r for rep in rows_by_report for r in rep])
+    found = rows_of(whole)
+    assert found and {r["sensor"] for r in found} == {0}
+    assert {r["context"]["basis"] for r in found} == {"peers"}
+    rs = RuleSet.from_config(cfg)
+    one_by_one = Detections.concat([rs.process(batch(rep, cfg)) for rep in rows_by_report])
+    same(whole, one_by_one)
+    ordered = sorted((r for rep in rows_by_report for r in rep), key=lambda r: r[1])
+    same(whole, ReferenceRuleSet(cfg).process(batch(ordered, cfg)))
+
+
 # ----- property: vectorized == reference, any split ---------------------------------------------------
 
 @st.composite
@@ -269,7 +321,9 @@ def peer_feeds(draw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(rows=peer_feeds(), cut=st.floats(0, 1), cut2=st.floats(0, 1))
 def test_property_vectorized_equals_reference_and_any_split(rows, cut, cut2):
-    devices = [medium("G-A"), medium("G-B"), medium("G-C", "GS-2"), medium("G-D", "GS-2"), medium("G-E", "GS-3")]
+    # Report intervals differ, so each sensor's lag is its peers' longest (G-B: 1 h, G-D: 5 min).
+    devices = [medium("G-A"), dict(medium("G-B"), report_interval_s=3600), medium("G-C", "GS-2"),
+               dict(medium("G-D", "GS-2"), report_interval_s=300), medium("G-E", "GS-3")]
     cfg = make_config(rules=[{"id": "G-flatline", "type": "gas_flatline", "window_s": 3600}], devices=devices,
                       sites=SITES, gas={"flatline": {"min_peers": 1}})
     whole = RuleSet.from_config(cfg).process(batch(rows, cfg))

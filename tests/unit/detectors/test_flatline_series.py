@@ -118,7 +118,7 @@ class ReferenceGasFlatline(GasFlatline):
         """Each slot record into its sensor's ring, one at a time in slot order: the cell of the slot (slot
         mod ring size) takes the record if it holds an older slot (or none), widens its bounds by the
         record's if it holds the same slot, and keeps a newer slot."""
-        size = self.slots + 1
+        size = self.slot_key_.shape[1]
         for key, rlo, rhi in zip(comb.tolist(), lo.tolist(), hi.tolist()):
             s, k = key >> 32, key & 0xFFFFFFFF
             c = (s, k % size)
