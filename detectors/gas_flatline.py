@@ -41,14 +41,17 @@ class GasFlatline(Flatline):
 
     Peers are judged from per-sensor slot minima and maxima over the `PEER_SLOTS` whole slots (a window)
     before the reading's own slot, but for the last few of them (`peer_lag`: the peers' longest report
-    interval plus gas.flatline.peer_latency_s, in whole slots). Devices report their samples in batches (every 15 min,
-    some every hour), so when a sensor's report arrives its peers' readings of the last minutes may
-    still be on the way; the lag makes the verdict read only peer readings that were reported before
-    the reading itself was, so it does not depend on whether a peer's report came in the same batch as
-    the sensor's or in the next one (a day replayed at another speed raises the same alerts). The rule
-    runs over whole batches (`step_batch`): every reading of the batch is in the slot tables before any
-    reading is judged, as if the readings came one at a time in event-time order. A peer's readings
-    that arrive later than that (a back-fill after a link loss) do not change a verdict already given.
+    interval plus gas.flatline.peer_latency_s, in whole slots). Devices report their samples in batches
+    (every 15 min, some every hour), so when a sensor's report arrives its peers' readings of the last
+    minutes may still be on the way; the lag makes the verdict read only peer readings that were reported
+    before the reading itself was, so it does not depend on whether a peer's report came in the same
+    batch as the sensor's or in the next one (a day replayed at another speed raises the same alerts).
+    The slot rings keep a window more than the window, for a sensor whose own report comes after its
+    peers have sent newer slots. The rule runs over whole batches (`step_batch`): every reading of the
+    batch is in the slot tables before any reading is judged, as if the readings came one at a time in
+    event-time order. Where devices report less often than once a window (2 h), or a peer's readings
+    arrive later than their report interval allows (a back-fill after a link loss), a verdict reads
+    what had arrived when it was given, and later readings do not change it.
     """
 
     batchwise = True  # state of its own, but it needs the whole batch: see step_batch
