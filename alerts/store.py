@@ -64,6 +64,21 @@ CREATE TABLE IF NOT EXISTS commands (
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 """
 
+# The commands kept for review (applied, refused, failed: `retention_days` of them) must not make the engine's
+# inbox read at every tick (`unapplied_commands`) or the hourly prune scan them all: the inbox reads this partial
+# index of the few rows still to apply, the prune the received time.
+COMMAND_INDEXES = """
+CREATE INDEX IF NOT EXISTS commands_unapplied ON commands(id) WHERE applied_at IS NULL;
+CREATE INDEX IF NOT EXISTS commands_received ON commands(received_at);
+"""
+
+# When a closed alert ended (UTC ns): its resolve, or, for an alert discarded while pending (never notified, no
+# resolved_ns), its last active detection. The hourly prune finds what ended before its cut-off through the index
+# `alerts_ended` on (state, this), so it visits the hour's worth of old alerts, not every alert the store keeps.
+# The prune's query spells it exactly as the index does: SQLite matches an indexed expression by its text.
+ENDED_NS = "coalesce(json_extract(body, '$.resolved_ns'), json_extract(body, '$.last_active_ns'))"
+CLOSED_STATES = "state IN ('resolved', 'discarded')"
+
 
 # Copies of body fields the console's history search filters on (console/history.py), indexed by start time.
 ALERT_INDEX_COLUMNS = ("peak_severity", "site_id", "district")
@@ -116,11 +131,13 @@ class AlertStore:
             # ... and before a delivery said whom it reached (team receivers, alerts/sinks/team.py).
             if "reached" not in {r[1] for r in self._db.execute("PRAGMA table_info(deliveries)")}:
                 self._db.execute("ALTER TABLE deliveries ADD COLUMN reached TEXT")
+            self._db.executescript(COMMAND_INDEXES)
             self._index_alerts()
 
     def _index_alerts(self) -> None:
         """The history search's columns (peak severity, site, district: copies of the body's fields) and its
-        index on the start time. A store written before they existed gets them filled from the bodies, once."""
+        index on the start time, and the prune's index of closed alerts by end time. A store written before they
+        existed gets them filled from the bodies, once."""
         have = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
         missing = [c for c in ALERT_INDEX_COLUMNS if c not in have]
         if missing:
@@ -140,6 +157,9 @@ class AlertStore:
                 raise
             log.info("alert store %s: added the history columns %s", self.path, ", ".join(missing))
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_started ON alerts(started_ns)")
+        # Closed alerts by end time, for the prune (see ENDED_NS). On a store written before it, built once at
+        # opening (one pass over the closed alerts' bodies).
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS alerts_ended ON alerts(state, {ENDED_NS}) WHERE {CLOSED_STATES}")
 
     def close(self) -> None:
         with self._lock:
@@ -209,9 +229,12 @@ class AlertStore:
 
     def prune(self, before_ns: int) -> dict[str, int]:
         """Forget what ended before `before_ns` (UTC ns): resolved alerts with their notices and
-        deliveries (never a notice with a delivery still pending), silences that ended or expired, and
-        applied operator commands. Open alerts, pending deliveries and active silences always stay.
-        Returns the rows deleted per table."""
+        deliveries (never a notice with a delivery still pending), alerts discarded while pending (their last
+        detection before `before_ns`), silences that ended or expired, and applied operator commands. Open
+        alerts, pending deliveries and active silences always stay. Returns the rows deleted per table.
+
+        Its searches go through indexes (`alerts_ended`, `notices_alert`, the deliveries' key, `commands_received`):
+        the rows it visits grow with what it deletes, not with what the store keeps."""
         before_s = before_ns / 1e9
         with self._lock:
             db = self._db
@@ -219,11 +242,13 @@ class AlertStore:
             try:
                 db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (alert_id TEXT PRIMARY KEY)")
                 db.execute("DELETE FROM gone")
+                # `+d.status`: each alert's few deliveries are found by notice key, never by scanning every
+                # pending delivery (a sink down for hours leaves thousands) for each old alert.
                 db.execute(
-                    "INSERT INTO gone SELECT alert_id FROM alerts WHERE state = 'resolved' "
-                    "AND json_extract(body, '$.resolved_ns') < ? AND NOT EXISTS ("
+                    f"INSERT INTO gone SELECT alert_id FROM alerts WHERE {CLOSED_STATES} "
+                    f"AND {ENDED_NS} < ? AND NOT EXISTS ("
                     "  SELECT 1 FROM notices n JOIN deliveries d ON d.key = n.key "
-                    "  WHERE n.alert_id = alerts.alert_id AND d.status = 'pending')", (before_ns,))
+                    "  WHERE n.alert_id = alerts.alert_id AND +d.status = 'pending')", (before_ns,))
                 counts = {
                     "deliveries": db.execute(
                         "DELETE FROM deliveries WHERE key IN (SELECT key FROM notices WHERE alert_id IN "

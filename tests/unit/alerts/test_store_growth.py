@@ -1,0 +1,139 @@
+"""The alert store's kept history (resolved alerts, notices, commands: `retention_days` of them) must not make the
+engine's work per batch and per tick grow: every statement it runs finds its rows through an index (SQLite's query
+plan says so), and the hourly prune forgets every kind of closed alert. bench/bench_alert_store.py measures it."""
+
+from __future__ import annotations
+
+import re
+
+from alerts.store import AlertStore
+from tests.unit.alerts.helpers import AUTHORS, at, det, make_cfg, make_engine
+
+# Tables that grow with the history; a full SCAN of one is what this file forbids on the hot paths. `silences`
+# (what operators set, pruned) and `meta`/`flips` (one row per key) stay small whatever the history.
+HISTORY_TABLES = ("alerts", "notices", "deliveries", "commands")
+
+
+def traced(store: AlertStore, run) -> list[str]:
+    """The SQL statements (with their bound values) `run()` makes the store's connection execute."""
+    got: list[str] = []
+    store._db.set_trace_callback(got.append)
+    try:
+        run()
+    finally:
+        store._db.set_trace_callback(None)
+    return got
+
+
+def plan(store: AlertStore, sql: str) -> list[str]:
+    return [r[3] for r in store._db.execute("EXPLAIN QUERY PLAN " + sql)]
+
+
+def full_scans(store: AlertStore, statements: list[str]) -> list[tuple[str, str]]:
+    """(statement, plan line) of every full scan of a history table. Allowed: a scan of the partial index of the
+    commands still to apply (it holds those rows only), and a scan in index order of a statement with a LIMIT and
+    no WHERE (`alerts list --all`: it stops at the limit)."""
+    bad = []
+    for sql in statements:
+        if not re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT\s+INTO\s+\w+\s+SELECT)", sql, re.I):
+            continue
+        limited = " LIMIT " in sql and " WHERE " not in sql
+        for line in plan(store, sql):
+            m = re.match(r"SCAN (\w+)( USING INDEX)?", line)
+            if m and m.group(1) in HISTORY_TABLES and "commands_unapplied" not in line and not (limited and m.group(2)):
+                bad.append((sql, line))
+    return bad
+
+
+def history(engine, n: int = 3) -> None:
+    """A few alerts of each kind, some acknowledged, some commands refused: the rows the store keeps."""
+    for i in range(n):
+        t = i * 100
+        engine.process(det([(0, t, "N-day", "yellow", 72)]))
+        engine.submit_command("cli:li", {"action": "ack", "alert_id": engine.active()[0].alert_id}, AUTHORS["li"])
+        engine.submit_command("cli:li", {"action": "ack", "alert_id": "nope"}, AUTHORS["li"])
+        engine.process(det([(0, t + 60, "N-day", "clear", 65)]))
+    engine.flush(5)
+
+
+def test_the_engines_batches_and_ticks_scan_no_history_table(tmp_path):
+    cfg = make_cfg({"retention_days": 1}, [{"id": "N-day", "type": "noise_day_limit"},
+                                           {"id": "N-slow", "type": "noise_day_limit", "for_s": 300}])
+    engine, _ = make_engine(tmp_path, cfg)
+    history(engine)
+    store = engine.store
+
+    def batches_and_ticks():
+        engine.process(det([(1, 400, "N-day", "yellow", 72), (2, 400, "N-slow", "yellow", 72)]))  # opens
+        engine.process(det([(1, 401, "N-day", "yellow", 73)]))                                     # refreshes
+        engine.process(det([(1, 402, "N-day", "clear", 65), (2, 402, "N-slow", "clear", 65)]))     # resolves, discards
+        engine.submit_command("cli:li", {"action": "silence", "matchers": {"device_id": "x"}, "comment": "c",
+                                         "expires": "1h"}, AUTHORS["li"])
+        engine.tick(at(500))
+        engine._pruned_at = None  # the hourly prune runs at this tick
+        engine.tick(at(2 * 86400))
+        engine.flush(5)
+
+    statements = traced(store, batches_and_ticks)
+    assert any(s.startswith("INSERT INTO gone") for s in statements)  # the prune ran
+    assert any("WHERE applied_at IS NULL" in s for s in statements)  # and the inbox read
+    assert full_scans(store, statements) == []
+
+
+def test_the_prune_finds_old_closed_alerts_by_their_end_time_and_their_deliveries_by_key(tmp_path):
+    store = AlertStore(tmp_path / "alerts.sqlite")
+    statements = traced(store, lambda: store.prune(at(0)))
+    select = next(s for s in statements if s.startswith("INSERT INTO gone"))
+    lines = plan(store, select)
+    assert lines[0] == "SEARCH alerts USING INDEX alerts_ended (state=? AND <expr><?)"
+    # Per old alert: its notices, then each notice's deliveries by key (never every pending delivery).
+    assert "SEARCH n USING INDEX notices_alert (alert_id=?)" in lines
+    assert "SEARCH d USING INDEX sqlite_autoindex_deliveries_1 (key=?)" in lines
+    commands = next(s for s in statements if s.startswith("DELETE FROM commands"))
+    assert plan(store, commands) == ["SEARCH commands USING INDEX commands_received (received_at<?)"]
+
+
+def test_the_inbox_reads_only_the_commands_still_to_apply(tmp_path):
+    store = AlertStore(tmp_path / "alerts.sqlite")
+    statements = traced(store, store.unapplied_commands)
+    assert plan(store, statements[-1]) == ["SCAN commands USING INDEX commands_unapplied"]
+
+
+def test_the_console_and_alerts_list_reads_use_indexes(tmp_path):
+    engine, _ = make_engine(tmp_path)
+    history(engine)
+    store = engine.store
+    aid = store.alerts(("resolved",))[0].alert_id
+    statements = traced(store, lambda: (store.alerts(("pending", "firing")), store.alerts(), store.alert(aid),
+                                        store.notices(aid), store.pending_deliveries(), store.open_alerts()))
+    assert full_scans(store, statements) == []
+
+
+def test_a_store_written_before_the_indexes_gets_them_at_opening(tmp_path):
+    path = tmp_path / "alerts.sqlite"
+    AlertStore(path).close()
+    old = AlertStore(path)
+    for index in ("alerts_ended", "commands_unapplied", "commands_received"):
+        old._db.execute(f"DROP INDEX {index}")
+    old.close()
+    store = AlertStore(path)
+    names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"alerts_ended", "commands_unapplied", "commands_received"} <= names
+
+
+def test_the_prune_forgets_alerts_discarded_before_the_cut_off(tmp_path):
+    # A pending alert whose condition clears before for_s is discarded (never notified): stored, and once
+    # `retention_days` old, forgotten like a resolved one; it never stayed forever.
+    cfg = make_cfg({"retention_days": 1}, [{"id": "N-slow", "type": "noise_day_limit", "for_s": 300}])
+    engine, sink = make_engine(tmp_path, cfg)
+    engine.process(det([(0, 0, "N-slow", "yellow", 72)]))
+    engine.process(det([(0, 60, "N-slow", "clear", 65)]))
+    engine.process(det([(1, 86400, "N-slow", "yellow", 72)]))
+    engine.process(det([(1, 86460, "N-slow", "clear", 65)]))
+    engine.stop()  # writes the discards (a discard is no transition: it is written with the refreshes)
+    store = engine.store
+    assert [a.state for a in store.alerts()] == ["discarded", "discarded"] and sink.notices == []
+    assert store.prune(at(0))["alerts"] == 0                       # its last detection at 0 s: not before 0 s
+    gone = store.prune(at(3600))                                   # the other one's, a day later: kept
+    assert gone["alerts"] == 1
+    assert [a.device_id for a in store.alerts()] == [engine.cfg.devices[1].id]
