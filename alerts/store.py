@@ -65,11 +65,14 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 """
 
 # The commands kept for review (applied, refused, failed: `retention_days` of them) must not make the engine's
-# inbox read at every tick (`unapplied_commands`) or the hourly prune scan them all: the inbox reads this partial
-# index of the few rows still to apply, the prune the received time.
+# inbox read at every tick (`unapplied_commands`), the hourly prune or the console's alert page scan them all:
+# the inbox reads this partial index of the few rows still to apply, the prune the received time, the alert page
+# the alert a command names (COMMAND_NAMES_ALERT; a body that is not JSON names none and is not indexed).
+COMMAND_NAMES_ALERT = "json_valid(body) AND json_extract(body, '$.alert_id') = ?"
 COMMAND_INDEXES = """
 CREATE INDEX IF NOT EXISTS commands_unapplied ON commands(id) WHERE applied_at IS NULL;
 CREATE INDEX IF NOT EXISTS commands_received ON commands(received_at);
+CREATE INDEX IF NOT EXISTS commands_alert ON commands(json_extract(body, '$.alert_id')) WHERE json_valid(body);
 """
 
 # When a closed alert ended (UTC ns): its resolve, or, for an alert discarded while pending (never notified, no

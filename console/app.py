@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from alerts.store import AlertStore
+from alerts.store import COMMAND_NAMES_ALERT, AlertStore
 from alerts.terminal import freshness
 from config.connections import basic_auth
 from console.audit import audit_page
@@ -378,12 +378,12 @@ def _alert_evidence(app: Console, alert_id: str):
             deliveries = db.execute("SELECT sink, status, attempts, error, done_at FROM deliveries WHERE key=?"
                                     " ORDER BY sink", (key,)).fetchall()
             notices.append({"key": key, "transition": transition, "ts_ns": ts_ns, "deliveries": deliveries})
+        # Through the store's index of the alert each command names (commands_alert), not a scan of every
+        # command kept for `retention_days`.
         cmds = [{"received_at": r[0], "author": r[1], "author_name": r[2], "status": r[3], "result": r[4],
                  "body": r[5]} for r in db.execute(
-            "SELECT received_at, author, author_name, status, result, body FROM commands WHERE body LIKE ? "
-            "ORDER BY id", (f'%"{alert_id}"%',))]
-        # LIKE treats `_` in an id as a wildcard: keep only the commands that really name this alert.
-        cmds = [c for c in cmds if _names_alert(c["body"], alert_id)]
+            "SELECT received_at, author, author_name, status, result, body FROM commands WHERE "
+            f"{COMMAND_NAMES_ALERT} ORDER BY id", (alert_id,))]
         return alert, notices, cmds
     except sqlite3.Error as exc:
         log.warning("console: reading the alert store: %s", exc)
@@ -391,12 +391,6 @@ def _alert_evidence(app: Console, alert_id: str):
     finally:
         db.close()
 
-
-def _names_alert(body: str, alert_id: str) -> bool:
-    try:
-        return json.loads(body).get("alert_id") == alert_id
-    except (ValueError, AttributeError):
-        return False
 
 
 def _window_readings(app: Console, alert: dict) -> list[dict]:

@@ -4,6 +4,7 @@ plan says so), and the hourly prune forgets every kind of closed alert. bench/be
 
 from __future__ import annotations
 
+import json
 import re
 
 from alerts.store import AlertStore
@@ -137,3 +138,39 @@ def test_the_prune_forgets_alerts_discarded_before_the_cut_off(tmp_path):
     gone = store.prune(at(3600))                                   # the other one's, a day later: kept
     assert gone["alerts"] == 1
     assert [a.device_id for a in store.alerts()] == [engine.cfg.devices[1].id]
+
+
+def test_the_alert_pages_commands_are_found_by_the_alert_they_name(tmp_path):
+    """The console's alert page lists the commands naming the alert through the index `commands_alert`, not a
+    scan of every kept command; a body that is not JSON, or names another alert, is not listed."""
+    import sqlite3
+
+    from console.app import _alert_evidence
+
+    engine, _ = make_engine(tmp_path)
+    history(engine)
+    store = engine.store
+    aid = store.alerts(("resolved",))[-1].alert_id
+    store.add_command("cli:li", "{not json", "li", status="refused", result="bad json")
+    engine.submit_command("cli:li", {"action": "ack", "alert_id": aid.replace("_", "%")}, AUTHORS["li"])
+    engine.tick(at(1000))
+    seen: list[str] = []
+
+    class Page:  # the console's read-only connection to the real store, traced
+        def read_only(self):
+            db = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+            db.set_trace_callback(seen.append)
+            return db
+
+    alert, notices, cmds = _alert_evidence(Page(), aid)
+    assert alert["alert_id"] == aid and notices
+    def names(body):
+        try:
+            return json.loads(body).get("alert_id") == aid
+        except ValueError:
+            return False
+    every = store._db.execute("SELECT body FROM commands ORDER BY id").fetchall()
+    assert [c["body"] for c in cmds] == [b for (b,) in every if names(b)] != []  # its acks, nothing else
+    select = next(s for s in seen if "FROM commands" in s)
+    assert plan(store, select) == [
+        "SEARCH commands USING INDEX commands_alert (<expr>=?)"]
