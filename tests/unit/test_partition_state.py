@@ -114,8 +114,9 @@ class FakeKV:
         pass
 
 
-def held_state(tmp_path, fail: bool = False, hang: bool = False):
-    """A PartitionState over a real AlertEngine owning every device, its alerts bucket a FakeKV."""
+def held_state(tmp_path, fail: bool = False, hang: bool = False, partitions: int = 1):
+    """A PartitionState over a real AlertEngine owning every device (in `partitions` partitions), its alerts
+    bucket a FakeKV."""
     import asyncio
 
     from tests.unit.alerts.helpers import make_cfg, make_engine
@@ -123,9 +124,9 @@ def held_state(tmp_path, fail: bool = False, hang: bool = False):
     cfg = make_cfg(rules=[{"id": "N-day", "type": "noise_day_limit", "kind": "noise", "clear_for_s": 60}])
     engine, sink = make_engine(tmp_path, cfg)
     cfg = cfg.model_copy(update={"connections": cfg.connections.model_copy(
-        update={"cluster": cfg.connections.cluster.model_copy(update={"partitions": 1})})})
+        update={"cluster": cfg.connections.cluster.model_copy(update={"partitions": partitions})})})
     state = PartitionState(SimpleNamespace(engine=engine, counters={}), cfg)
-    state.kv, state._kv_io, state.owned = FakeKV(sink, fail, hang), asyncio.Lock(), {0}
+    state.kv, state._kv_io, state.owned = FakeKV(sink, fail, hang), asyncio.Lock(), set(range(partitions))
     engine.hold_until_saved = True
     return state, engine, sink
 
@@ -146,6 +147,37 @@ def test_a_transition_s_notice_waits_until_its_alert_is_saved(tmp_path):
     (alert,) = saved["alerts"]
     assert [n["key"] for n in saved["notices"]] == [f"{alert['alert_id']}:1"]  # a taker re-sends it under its key
     assert [(n.key, n.transition) for n in sink.notices] == [(f"{alert['alert_id']}:1", "firing")]
+    engine.stop()
+
+
+def test_a_save_of_several_partitions_writes_each_its_own_alerts_before_its_notices_go(tmp_path):
+    """One export of the engine's alerts for every partition saved, cut per partition: each `a.<k>` holds its
+    own devices' alerts and notices only, and a partition's held notices go once its own write is done."""
+    import asyncio
+
+    from tests.unit.alerts.helpers import det
+
+    state, engine, sink = held_state(tmp_path, partitions=TOTAL)
+    devices = engine.cfg.devices
+    part = {d: k for k in range(TOTAL) for d in partition_devices(engine.cfg, k, TOTAL)}
+    ids = [d.id for d in devices]
+    first: dict[int, int] = {}   # one noise device of each partition that has one
+    for i, d in enumerate(devices):
+        if d.kind == "noise":
+            first.setdefault(part[d.id], i)
+    assert len(first) >= 2, first
+    engine.process(det([(i, 0, "N-day", "yellow", 72) for i in first.values()]))
+    assert not engine.flush(0.3) or sink.notices == []
+    assert sink.notices == []
+    asyncio.run(state.save_alerts(sorted(first)))
+    assert engine.flush(5)
+    assert [key for key, _, _ in state.kv.puts] == [f"a.{k}" for k in sorted(first)]
+    for j, (key, saved, sent_before) in enumerate(state.kv.puts):
+        k = int(key[2:])
+        assert [a["device_id"] for a in saved["alerts"]] == [ids[first[k]]]
+        assert [n["payload"]["device"]["id"] for n in saved["notices"]] == [ids[first[k]]]
+        assert sent_before <= j   # at most the notices of the partitions written before it
+    assert sorted(n.payload["device"]["id"] for n in sink.notices) == sorted(ids[i] for i in first.values())
     engine.stop()
 
 
