@@ -121,6 +121,10 @@ class AlertStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.RLock()
+        # The notices of the last `pending_deliveries`, parsed: a stored notice never changes (INSERT OR IGNORE),
+        # and a cluster worker reads every pending delivery at each save of its alerts (several a second while
+        # a slow sink's queue holds hundreds: parsing them again was most of that thread's CPU).
+        self._pending_parsed: dict[str, Notice] = {}
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed transition survives power loss, not only a process kill.
@@ -317,8 +321,18 @@ class AlertStore:
                 "FROM deliveries d JOIN notices n ON n.key = d.key WHERE d.status = 'pending' "
                 "ORDER BY d.due_ns, n.ts_ns, n.seq"
             ).fetchall()
-        return _loaded(rows, lambda r: (Notice(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])), r[6], int(r[7])),
-                       "pending delivery")
+            known, parsed = self._pending_parsed, {}
+
+            def notice(r: Any) -> tuple[Notice, str, int]:
+                n = known.get(r[0])
+                if n is None:
+                    n = Notice(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
+                parsed[n.key] = n
+                return n, r[6], int(r[7])
+
+            out = _loaded(rows, notice, "pending delivery")
+            self._pending_parsed = parsed  # only what is still pending: bounded by the queue
+            return out
 
     # ----- queries for the commands ---------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import json
 import re
 
 from alerts.store import AlertStore
-from tests.unit.alerts.helpers import AUTHORS, at, det, make_cfg, make_engine
+from tests.unit.alerts.helpers import AUTHORS, RecordingSink, at, det, make_cfg, make_engine
 
 # Tables that grow with the history; a full SCAN of one is what this file forbids on the hot paths. `silences`
 # (what operators set, pruned) and `meta`/`flips` (one row per key) stay small whatever the history.
@@ -174,3 +174,41 @@ def test_the_alert_pages_commands_are_found_by_the_alert_they_name(tmp_path):
     select = next(s for s in seen if "FROM commands" in s)
     assert plan(store, select) == [
         "SEARCH commands USING INDEX commands_alert (<expr>=?)"]
+
+
+def test_pending_deliveries_parse_each_notice_once_and_forget_what_went(tmp_path, monkeypatch):
+    """A cluster worker reads every pending delivery at each save of its alerts: a stored notice (never changed
+    once written) is parsed the first time only, and one no longer pending is dropped from what is kept."""
+    import alerts.store as store_module
+
+    sink_down = RecordingSink()
+    sink_down.fail = 10**6  # every send fails (retryable): the notices stay pending
+    engine, _ = make_engine(tmp_path, sink=sink_down)
+    for i in range(4):
+        engine.process(det([(i, 0, "N-day", "yellow", 72)]))
+    store = engine.store
+    first = store.pending_deliveries()
+    assert len(first) >= 4
+    fresh = AlertStore(store.path).pending_deliveries()       # another store: everything parsed anew
+    assert [(n, s, d) for n, s, d in first] == fresh
+
+    parsed: list[str] = []
+
+    class Counting:
+        dumps = staticmethod(json.dumps)
+
+        @staticmethod
+        def loads(text, *a, **k):
+            parsed.append(text)
+            return json.loads(text, *a, **k)
+
+    monkeypatch.setattr(store_module, "json", Counting)
+    assert store.pending_deliveries() == first and parsed == []  # nothing parsed again
+    gone = first[0][0]
+    for sink in {s for n, s, _ in first if n.key == gone.key}:
+        store.mark_delivery(gone.key, sink, "sent", 1, None)
+    engine.process(det([(5, 0, "N-day", "yellow", 72)]))         # a new one: parsed once
+    now = store.pending_deliveries()
+    assert gone.key not in {n.key for n, _, _ in now} and gone.key not in store._pending_parsed
+    assert len(parsed) == len({n.key for n, _, _ in now} - {n.key for n, _, _ in first}) == 1
+    engine.dispatcher.stop(timeout_s=0.1)  # the sink never takes them: no flush to wait for
