@@ -273,10 +273,15 @@ def main() -> int:
                     help="SQLite page cache of the engine's store connection (default: SQLite's, 2 MiB)")
     ap.add_argument("--keep", action="store_true", help="keep the store")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    if sizes != sorted(sizes):
-        raise SystemExit("bench_alert_store: --sizes must be ascending (the history only grows)")
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"bench_alert_store: --sizes must be whole numbers separated by commas (got {args.sizes!r})") from None
+    if sizes != sorted(sizes) or sizes[0] < 0:
+        raise SystemExit("bench_alert_store: --sizes must be ascending and >= 0 (the history only grows)")
 
+    if args.dir is not None:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-alert-store-", dir=args.dir))
     path = work / "alerts.sqlite"
     engine = make_engine(path)
