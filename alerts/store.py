@@ -79,8 +79,10 @@ CREATE INDEX IF NOT EXISTS commands_alert ON commands(json_extract(body, '$.aler
 # resolved_ns), its last active detection. The hourly prune finds what ended before its cut-off through the index
 # `alerts_ended` on (state, this), so it visits the hour's worth of old alerts, not every alert the store keeps.
 # The prune's query spells it exactly as the index does: SQLite matches an indexed expression by its text.
+# Only rows whose body is JSON: json_extract raises on a damaged one ("malformed JSON"), which in an index would
+# stop the store from opening, or from taking any write to that row; a damaged row is never pruned (nor loaded).
 ENDED_NS = "coalesce(json_extract(body, '$.resolved_ns'), json_extract(body, '$.last_active_ns'))"
-CLOSED_STATES = "state IN ('resolved', 'discarded')"
+CLOSED_STATES = "state IN ('resolved', 'discarded') AND json_valid(body)"
 
 
 # Copies of body fields the console's history search filters on (console/history.py), indexed by start time.

@@ -212,3 +212,27 @@ def test_pending_deliveries_parse_each_notice_once_and_forget_what_went(tmp_path
     assert gone.key not in {n.key for n, _, _ in now} and gone.key not in store._pending_parsed
     assert len(parsed) == len({n.key for n, _, _ in now} - {n.key for n, _, _ in first}) == 1
     engine.dispatcher.stop(timeout_s=0.1)  # the sink never takes them: no flush to wait for
+
+
+def test_a_damaged_closed_alert_neither_stops_the_store_from_opening_nor_the_prune(tmp_path):
+    """A resolved row whose body is not JSON (a damaged or hand-edited store): the index of closed alerts by end
+    time leaves it out (json_extract would raise on it), the store opens, takes writes and prunes the rest."""
+    import sqlite3
+
+    engine, _ = make_engine(tmp_path, make_cfg({"retention_days": 1}, [{"id": "N-day", "type": "noise_day_limit"}]))
+    history(engine, 2)
+    engine.stop()
+    path = engine.store.path
+    engine.store.close()
+    con = sqlite3.connect(path)
+    con.execute("DROP INDEX alerts_ended")
+    con.execute("INSERT INTO alerts (alert_id, rule_id, device_id, state, severity, started_ns, body) "
+                "VALUES ('bad.1', 'N-day', 'N9', 'resolved', 2, 0, '{not json')")
+    con.commit()
+    con.close()
+    store = AlertStore(path)                              # builds alerts_ended again over the damaged row
+    store._db.execute("INSERT INTO alerts (alert_id, rule_id, device_id, state, severity, started_ns, body) "
+                      "VALUES ('bad.2', 'N-day', 'N9', 'discarded', 2, 0, '{not json either')")
+    gone = store.prune(at(30 * 86400))
+    assert gone["alerts"] == 2                            # the two resolved ones of the history
+    assert {r[0] for r in store._db.execute("SELECT alert_id FROM alerts")} == {"bad.1", "bad.2"}
