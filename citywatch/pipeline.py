@@ -379,7 +379,10 @@ class DetectionPipeline:
                 # Only readings with data can show that a condition is gone (not rows refused for their
                 # flag, which reach the detectors without values).
                 good = batch.quality == 0
-                self.engine.observe_readings(batch.sensor[good], batch.ts_ns[good])
+                if good.all():  # the usual batch: no gathers
+                    self.engine.observe_readings(batch.sensor, batch.ts_ns)
+                else:
+                    self.engine.observe_readings(batch.sensor[good], batch.ts_ns[good])
                 if self.event_clock and len(batch):
                     # The newest time evaluated so far; while rows wait in the backlog the watermark
                     # stops short of their oldest, and catches up once they have run.

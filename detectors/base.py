@@ -255,6 +255,11 @@ def latch_levels(raw: np.ndarray, held: np.ndarray, start: np.ndarray, init: np.
     if n == 0:
         return new
     first = np.flatnonzero(start)
+    if len(first) == n:
+        # Runs of one row each (a small step: one reading per sensor). Its latch for severity s is on where
+        # held >= s and (raw >= s or init >= s): a row that both sets and resets leaves it off, as below.
+        np.maximum(np.minimum(held, np.maximum(raw, init)), 0, out=new, casting="unsafe")
+        return new
     pos = 2 * np.arange(n, dtype=np.int64) + 1
     top = int(max(raw.max(), init.max()))
     for s in range(1, top + 1):
@@ -266,6 +271,24 @@ def latch_levels(raw: np.ndarray, held: np.ndarray, start: np.ndarray, init: np.
         on = np.maximum.accumulate(sets) > np.maximum.accumulate(resets)
         new[on] = s
     return new
+
+
+# The two tests below count with np.count_nonzero: on a step's few rows it costs a fifth of ndarray.any().
+
+def _no_candidates(cand: np.ndarray, level: np.ndarray) -> bool:
+    """Whether a batch has no candidate row (`cand`, a bool mask over its rows) and the rule no active level (`level`):
+    every sensor then stays at 0 and nothing is emitted, without looking at the rows' sensors."""
+    return not np.count_nonzero(level) and not np.count_nonzero(cand)
+
+
+def _stays_quiet(prev: np.ndarray, ev: Eval, idx: np.ndarray | None = None) -> bool:
+    """Whether rows whose sensors are all at level 0 before them (`prev`: their levels) leave every level at
+    0 and emit nothing: no known row (`idx`: the known rows, else `ev.known`) reaches a level. The usual
+    step (most readings are normal) then skips the hysteresis and the state update, which change nothing."""
+    if np.count_nonzero(prev):
+        return False
+    raw = ev.raw[idx] if idx is not None else ev.raw[ev.known]
+    return not np.count_nonzero(raw)
 
 
 class LevelDetector(Detector):
@@ -342,6 +365,8 @@ class LevelDetector(Detector):
             ev = self.auto.apply(view, ev)
         if self.trace is not None:
             self._record(view, ev)
+        if _stays_quiet(self.level_[view.loc], ev):
+            return None
         prev = take(self.level_, view)
         new = np.maximum(ev.raw, np.minimum(prev, ev.held))
         new = np.where(ev.known, new, prev)
@@ -365,6 +390,8 @@ class LevelDetector(Detector):
         `series_candidates`)."""
         cand = self.candidates(view) if self.trace is None and (not self.series or self.series_candidates) else None
         if cand is not None:
+            if _no_candidates(cand, self.level_):
+                return None
             # Every row of the sensors with a candidate row or an active level (a later row may hold or
             # clear the level); the other sensors stay at 0.
             busy = self.level_ > 0
@@ -383,6 +410,8 @@ class LevelDetector(Detector):
         if len(idx) == 0:
             return None
         loc = view.loc[idx]
+        if _stays_quiet(self.level_[loc], ev, idx):
+            return None
         start = np.empty(len(idx), bool)
         start[0] = True
         np.not_equal(loc[1:], loc[:-1], out=start[1:])
@@ -392,7 +421,9 @@ class LevelDetector(Detector):
         prev = np.empty_like(new)
         prev[1:] = new[:-1]
         prev[first] = init
-        last = np.r_[first[1:] - 1, len(idx) - 1]
+        last = np.empty(len(first), np.intp)  # each sensor's last row (np.r_ costs more than the rest here)
+        last[:-1] = first[1:] - 1
+        last[-1] = len(idx) - 1
         self.level_[loc[last]] = new[last]
         emit = np.flatnonzero((new | prev) != 0)
         if len(emit) == 0:

@@ -151,6 +151,8 @@ class RuleSet:
         # Shared components that take whole batches (`run_series`, before the whole-batch rules), the
         # others run before/after each round.
         self._series_components = self._whole_components([d for d, _ in placed])
+        self._learners = [(c, c.after_series) for c in self._series_components
+                          if getattr(c, "after_series", None) is not None]
         for det, group in placed:
             # Batchwise and series rules take a whole batch at once; the others step round by round.
             runs = self._whole if _takes_whole(det) else self._groups
@@ -284,10 +286,11 @@ class RuleSet:
             split = splits[r]
             end = ends[r] if ends is not None else None
             rnd = Round(sensor[a:b], ts[a:b], values.window(a, b), quality[a:b], cal, split, kind_end=end)
-            busy = [c for c, g in comps if g is None or len(rnd.view(g))]
+            present = _kinds_present(b - a, split, end)
+            busy = [c for c, g in comps if g is None or (not _absent(g, present) and len(rnd.view(g)))]
             for c in busy:
                 c.before(rnd)
-            _run(self._groups, rnd, "step", out)
+            _run(self._groups, rnd, "step", out, present)
             for c in busy:
                 c.after(rnd)
         return self._combine(Detections.concat(out))
@@ -312,18 +315,21 @@ class RuleSet:
             end = int(np.searchsorted(kind[by_kind], 2)) if kind.max() == 2 else None
         rnd = Round(s, batch.ts_ns[order], _Gathered(batch.values, order).window(0, len(order)), batch.quality[order],
                     self.inv.calendar, split, once=False, kind_end=end)
+        present = _kinds_present(len(s), split, end)
         for c in self._series_components:
+            if _absent(c.group, present):
+                continue
             view = rnd.view(c.group)
             if len(view):
                 c.run_series(view)  # what each row sees of it, for the series rules below
         out: list = []
-        _run(self._whole, rnd, "step_batch", out)
-        for c in self._series_components:
-            learn = getattr(c, "after_series", None)  # what the batch teaches, stored after the rules (GasProfile)
-            if learn is not None:
-                view = rnd.view(c.group)
-                if len(view):
-                    learn(view)
+        _run(self._whole, rnd, "step_batch", out, present)
+        for c, learn in self._learners:  # what the batch teaches, stored after the rules (GasProfile)
+            if _absent(c.group, present):
+                continue
+            view = rnd.view(c.group)
+            if len(view):
+                learn(view)
         return out
 
     def advance(self, now_ns: int, hold: np.ndarray | None = None) -> Detections:
@@ -385,9 +391,24 @@ def take_step(batch: ReadingBatch, rows_per_sensor: int) -> tuple[ReadingBatch, 
     return batch.take(np.sort(order[~later])), batch.take(np.sort(order[later]))
 
 
-def _run(groups: list, rnd: Round, method: str, out: list) -> None:
-    """Call `method` ("step" or "step_batch") of every detector on its group's view of `rnd`."""
+def _kinds_present(n: int, split: int, end: int | None) -> set[int]:
+    """The kind codes a round ordered by kind code (`Round.kind_split`, `kind_end`; n rows) has rows of."""
+    stop = n if end is None else end
+    return {k for k, rows in ((0, split > 0), (1, stop > split), (2, stop < n)) if rows}
+
+
+def _absent(group: SensorGroup, present: set[int] | None) -> bool:
+    """Whether a group of whole kinds has no rows in a round with the kinds `present`: known without building
+    its view (a step of a few readings holds one kind or two, and most groups' views are then empty)."""
+    return present is not None and group.kinds is not None and present.isdisjoint(group.kinds)
+
+
+def _run(groups: list, rnd: Round, method: str, out: list, present: set[int] | None = None) -> None:
+    """Call `method` ("step" or "step_batch") of every detector on its group's view of `rnd` (`present`: the
+    kinds with rows in it, `_kinds_present`; None: look at every group's view)."""
     for group, dets in groups:
+        if _absent(group, present):
+            continue
         view = rnd.view(group)
         if len(view) == 0:
             continue
