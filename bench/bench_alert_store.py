@@ -273,6 +273,14 @@ def main() -> int:
                     help="SQLite page cache of the engine's store connection (default: SQLite's, 2 MiB)")
     ap.add_argument("--keep", action="store_true", help="keep the store")
     args = ap.parse_args()
+    for name in ("rows", "batches", "calls", "repeats", "prune_repeats"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"bench_alert_store: --{name.replace('_', '-')} must be at least 1 "
+                             f"(got {getattr(args, name)})")
+    if not 0 <= args.acks_per_alert <= 1:
+        raise SystemExit(f"bench_alert_store: --acks-per-alert must be within 0-1 (got {args.acks_per_alert})")
+    if args.cache_mib is not None and args.cache_mib < 1:
+        raise SystemExit(f"bench_alert_store: --cache-mib must be at least 1 (got {args.cache_mib})")
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
