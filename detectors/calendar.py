@@ -83,6 +83,7 @@ class Calendar:
         self._edges = np.array(sorted(set(self.boundaries) | {x % DAY_S for _, s, e in self.listening for x in (s, e)}),
                                np.int64)
         self._at_cache: dict[tuple[int, int], tuple] = {}  # (day, edge interval) -> `_time_facts`
+        self._hour_cache: dict[int, int | None] = {}  # UTC hour -> `_hour_offset_s`
         sites = {s.id: s for s in cfg.sites}
         near = []
         for d in cfg.devices:
@@ -99,12 +100,33 @@ class Calendar:
         assert off is not None  # a datetime with a zone always has an offset
         return int(off.total_seconds())
 
+    def _hour_offset_s(self, hour: int) -> int | None:
+        """The zone's offset all through one UTC hour (epoch seconds // 3600), or None if it differs at the
+        hour's first and last second. Kept per hour: every step of a live feed asks for the same hour or two."""
+        if hour in self._hour_cache:
+            return self._hour_cache[hour]
+        try:
+            a, b = self._offset_s(hour * 3600), self._offset_s(hour * 3600 + 3599)
+        except (OverflowError, ValueError, OSError):
+            return None  # out of datetime's range: local_seconds' own lookups say what is wrong
+        off = a if a == b else None
+        if len(self._hour_cache) >= 64:
+            self._hour_cache.clear()
+        self._hour_cache[hour] = off
+        return off
+
     def local_seconds(self, ts_ns: np.ndarray) -> np.ndarray:
         """Local wall-clock seconds since 1970-01-01 00:00 local, int64, for UTC ns timestamps."""
         sec = np.floor_divide(ts_ns, NS)
         if len(sec) == 0:
             return sec
         lo, hi = int(sec.min()), int(sec.max())
+        # The common step: both ends in hours of one known offset (the rule below, without two
+        # datetime.fromtimestamp calls a step).
+        if hi - lo <= DAY_S:
+            off = self._hour_offset_s(lo // 3600)
+            if off is not None and (hi // 3600 == lo // 3600 or self._hour_offset_s(hi // 3600) == off):
+                return sec + off
         off_lo = self._offset_s(lo)
         # Zone offsets change at most a few times a year: equal offsets at both ends of a span of at
         # most a day mean there was no change inside it.

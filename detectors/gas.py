@@ -116,6 +116,15 @@ def smooth_rows(m, w) -> np.ndarray:
     return out
 
 
+def _run_ends(first: np.ndarray, n: int) -> np.ndarray:
+    """The last index of each run of n elements, from the runs' first indexes: `np.append(first[1:], n) - 1`
+    built in place (np.append and np.r_ cost a few µs a call on tiny arrays, a small step's many of them)."""
+    end = np.empty(max(len(first), 1), np.intp)
+    np.subtract(first[1:], 1, out=end[:-1])
+    end[-1] = n - 1
+    return end
+
+
 class GasProfile:
     """Shared time-of-week pressure profile per gas sensor: the mean of valid readings in each local
     hour of the week. An hour counts as learned once its readings come from at least `min_weeks`
@@ -212,7 +221,10 @@ class GasProfile:
         own = lasts[bins][chain].astype(np.int64)
         off = chain.astype(np.int64) << 16
         last = np.maximum.accumulate(np.maximum(week.astype(np.int64), own) + off) - off
-        later = (week > np.where(head, own, np.r_[0, last[:-1]])).astype(np.int64)
+        before = np.empty_like(last)  # the chain's latest week before each row
+        before[:1] = 0
+        before[1:] = last[:-1]
+        later = (week > np.where(head, own, before)).astype(np.int64)
         csum = np.cumsum(later)
         nweek = np.minimum(weeks[bins][chain].astype(np.int64) + csum - (csum - later)[start][chain], 255)
         return BinChains(head, start, length, chain, rank, bins, count, nweek, last)
@@ -251,7 +263,7 @@ class GasProfile:
         count, nweek, last = ch.reads.astype(np.int16), ch.nweek, ch.last
         means = self.mean_.reshape(-1)
         mean = self._chain_means(means[first], p[rows], count, chain, rank, start, length)
-        end = np.append(start[1:], len(code)) - 1
+        end = _run_ends(start, len(code))
         after = _After(code, count, nweek, mean)
         if in_order:
             view.cache["profile"] = self._series_baseline_in_order(loc, local, own, ok, after, first, end)
@@ -744,7 +756,7 @@ class GasRupture(GasRule):
         cur = _segment_cummax(v, seg)
         # The block before each segment: the sensor's previous segment when that is the block just before,
         # else the state's current block when that is it, else none.
-        ends = np.append(heads[1:], m) - 1
+        ends = _run_ends(heads, m)
         has_prev = np.zeros(len(heads), bool)
         has_prev[1:] = ~sens[heads[1:]] & (hb[:-1] == hb[1:] - 1)
         last_cur = np.empty(len(heads), np.float32)
@@ -759,7 +771,7 @@ class GasRupture(GasRule):
         else:
             ub = np.full(len(loc), np.inf)
             ub[eff] = top
-        last = np.append(np.flatnonzero(sens)[1:], m) - 1
+        last = _run_ends(np.flatnonzero(sens), m)
         at = le[last]
         self.blk_id_[at] = be[last]
         self.blk_cur_[at] = cur[last]
@@ -923,7 +935,10 @@ class GasLeakCusum(GasRule):
             sl = loc[first]
             seen = np.minimum(self.seen_[loc].astype(np.int64) + rank, 65535).astype(np.uint16)
             warm = seen >= self.warm
-            last = np.where(head, self.last_[loc], np.r_[np.int64(-1), ts[:-1]])
+            prev_ts = np.empty_like(ts)
+            prev_ts[0] = -1
+            prev_ts[1:] = ts[:-1]
+            last = np.where(head, self.last_[loc], prev_ts)
             dt = np.where(last >= 0, np.maximum(ts - last, 0), 0)
             a = np.where(last >= 0, -np.expm1(-dt / self.tau_ns), 1.0)
             a = np.where(warm, a, np.maximum(a, 1.0 / (seen + 1.0)))
@@ -935,7 +950,7 @@ class GasLeakCusum(GasRule):
                 s, var, ep = self._chain_rows(*args, first, *state)
             else:
                 s, var, ep = self._chain(*args, who, rank, *state, len(first), top)
-            end = np.append(first[1:], len(idx)) - 1
+            end = _run_ends(first, len(idx))
             self.s_[sl], self.var_[sl], self.episode_[sl] = s[end], var[end], ep[end]
             self.seen_[sl] = np.minimum(seen[end].astype(np.int64) + 1, 65535)
             self.last_[sl] = ts[end]

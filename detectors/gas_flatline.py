@@ -12,7 +12,7 @@ from pydantic import Field
 
 from detectors.base import severity_code, stable_argsort
 from detectors.calendar import NS
-from detectors.gas import PER_ROW_SENSORS, WEEK_HOURS, GasProfile, _profile, hour_of_week, week_number
+from detectors.gas import PER_ROW_SENSORS, WEEK_HOURS, GasProfile, _profile, _run_ends, hour_of_week, week_number
 from detectors.generic import Flatline, FlatlineParams
 from detectors.rolling import run_heads
 
@@ -118,7 +118,7 @@ class GasFlatline(Flatline):
         n = len(loc)
         head = run_heads(loc)
         first = np.flatnonzero(head)
-        last = np.append(first[1:], n) - 1
+        last = _run_ends(first, n)
         run = np.cumsum(head) - 1
         arange = np.arange(n)
         run_start = first[run]
@@ -180,7 +180,7 @@ class GasFlatline(Flatline):
         comb = loc[idx].astype(np.int64) << 32 | key
         if len(idx) == 0:
             return comb, x[idx], x[idx]
-        starts = np.flatnonzero(np.r_[True, comb[1:] != comb[:-1]])
+        starts = np.flatnonzero(run_heads(comb))
         return comb[starts], np.minimum.reduceat(x[idx], starts), np.maximum.reduceat(x[idx], starts)
 
     def _store(self, comb, lo, hi) -> None:
@@ -192,7 +192,11 @@ class GasFlatline(Flatline):
         # The newest record of each (sensor, ring position): records ascend by slot within a sensor.
         cell = s * size + key % size
         order = np.lexsort((key, cell))
-        last = order[np.r_[cell[order][1:] != cell[order][:-1], True]]
+        sc = cell[order]
+        tail = np.empty(len(sc), bool)  # each cell's last record (np.r_ costs a few µs a call on tiny arrays)
+        np.not_equal(sc[1:], sc[:-1], out=tail[:-1])
+        tail[-1] = True
+        last = order[tail]
         cell, key, lo, hi = cell[last], key[last], lo[last], hi[last]
         keys, los, his = self.slot_key_.reshape(-1), self.slot_lo_.reshape(-1), self.slot_hi_.reshape(-1)
         old = keys[cell]
@@ -340,12 +344,12 @@ class GasFlatline(Flatline):
         if len(idx) == 0:
             return None
         loc = view.loc[idx]
-        start = np.r_[True, loc[1:] != loc[:-1]]
+        start = run_heads(loc)
         new = raw[idx]
         prev = np.empty_like(new)
         prev[1:] = new[:-1]
         prev[start] = self.level_[loc[start]]
-        last = np.r_[np.flatnonzero(start)[1:] - 1, len(idx) - 1]
+        last = _run_ends(np.flatnonzero(start), len(idx))
         self.level_[loc[last]] = new[last]
         emit = np.flatnonzero((new | prev) != 0)
         if len(emit) == 0:

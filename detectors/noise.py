@@ -136,8 +136,15 @@ class NoiseEnergy:
             loc, ts, e, sel = v.loc[idx], v.ts[idx], db_to_energy(x[idx]), v.loc[idx]
             ring.insert(loc, ts, e)
         b = (ts // ring.slot_ns - ring.base) // ring.slots
-        bid, cur, prev = self.blk_id_[sel].astype(np.int64), self.blk_cur_[sel], self.blk_prev_[sel]
-        same, nxt, late = b == bid, b == bid + 1, b < bid
+        bid, cur = self.blk_id_[sel].astype(np.int64), self.blk_cur_[sel]
+        same = b == bid
+        if all_ok and same.all():
+            # Every row in its sensor's current block (the usual round): only the block's maximum moves,
+            # the block before it and the block ids stay (what the general case below stores for them).
+            self.blk_cur_[sel] = np.maximum(cur, e)
+            return
+        prev = self.blk_prev_[sel]
+        nxt, late = b == bid + 1, b < bid
         new_cur = np.where(same, np.maximum(cur, e), np.where(late, cur, e))
         new_prev = np.where(same | late, prev, np.where(nxt, cur, 0.0))
         new_bid = np.maximum(b, bid)
@@ -303,6 +310,15 @@ class NoiseBackground:
         loc = view.loc
         n = len(loc)
         first = np.flatnonzero(run_heads(loc))
+        if len(first) == n:
+            # One row per sensor (a round): each row sees the state, then `after`'s update, vectorized (the
+            # same float64 operations as the loop below).
+            seen_bg = self.bg_[loc]
+            view.cache["background"] = seen_bg
+            b, xo = seen_bg[ok], x[ok]
+            w = np.where(np.isnan(b), 1.0, np.where(xo < b, self.DOWN, self.UP))
+            self.bg_[loc[ok]] = np.where(np.isnan(b), xo, b + w * (xo - b))
+            return
         bounds = first.tolist() + [n]
         xs = np.where(ok, x, np.nan).tolist()
         start = self.bg_[loc[first]].tolist()
