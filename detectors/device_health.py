@@ -11,7 +11,7 @@ from pydantic import Field
 from config.base import Severity
 from detectors.base import Eval, Labels, LevelDetector, RuleParams, at, levels_below, put, severity_code, take
 from detectors.calendar import NS
-from detectors.rolling import run_heads
+from detectors.rolling import run_ends, run_heads
 
 
 class BatteryParams(RuleParams):
@@ -232,9 +232,7 @@ class DataQuality(LevelDetector):
         else:
             since, bad_s = np.full(n, -1, np.int64), np.zeros(n)
         # The state after each sensor's last row.
-        last = np.empty(int(head.sum()), np.intp)
-        last[:-1] = np.flatnonzero(head)[1:] - 1
-        last[-1] = n - 1
+        last = run_ends(np.flatnonzero(head), n)
         at_last = loc[last]
         self.count_[at_last] = count[last]
         if first_after is not None:

@@ -18,7 +18,7 @@ from pydantic import Field
 from config.base import Severity
 from detectors.base import Eval, LevelDetector, RuleParams, latch_levels, levels_above, levels_below, severity_code
 from detectors.calendar import NS
-from detectors.rolling import SlotRing, run_heads, run_ranks
+from detectors.rolling import SlotRing, run_ends, run_heads, run_ranks
 
 WEEK_HOURS = 168
 # A recursion over a whole batch (G-leak's CUSUM and sigma, G-flatline's dead band) steps one row at a
@@ -114,15 +114,6 @@ def smooth_rows(m, w) -> np.ndarray:
         b = a + SMOOTH_BLOCK
         out[a:b] = smooth_profile([h[a:b] for h in m], w[a:b])
     return out
-
-
-def _run_ends(first: np.ndarray, n: int) -> np.ndarray:
-    """The last index of each run of n elements, from the runs' first indexes: `np.append(first[1:], n) - 1`
-    built in place (np.append and np.r_ cost a few µs a call on tiny arrays, a small step's many of them)."""
-    end = np.empty(max(len(first), 1), np.intp)
-    np.subtract(first[1:], 1, out=end[:-1])
-    end[-1] = n - 1
-    return end
 
 
 class GasProfile:
@@ -263,7 +254,7 @@ class GasProfile:
         count, nweek, last = ch.reads.astype(np.int16), ch.nweek, ch.last
         means = self.mean_.reshape(-1)
         mean = self._chain_means(means[first], p[rows], count, chain, rank, start, length)
-        end = _run_ends(start, len(code))
+        end = run_ends(start, len(code))
         after = _After(code, count, nweek, mean)
         if in_order:
             view.cache["profile"] = self._series_baseline_in_order(loc, local, own, ok, after, first, end)
@@ -756,7 +747,7 @@ class GasRupture(GasRule):
         cur = _segment_cummax(v, seg)
         # The block before each segment: the sensor's previous segment when that is the block just before,
         # else the state's current block when that is it, else none.
-        ends = _run_ends(heads, m)
+        ends = run_ends(heads, m)
         has_prev = np.zeros(len(heads), bool)
         has_prev[1:] = ~sens[heads[1:]] & (hb[:-1] == hb[1:] - 1)
         last_cur = np.empty(len(heads), np.float32)
@@ -771,7 +762,7 @@ class GasRupture(GasRule):
         else:
             ub = np.full(len(loc), np.inf)
             ub[eff] = top
-        last = _run_ends(np.flatnonzero(sens), m)
+        last = run_ends(np.flatnonzero(sens), m)
         at = le[last]
         self.blk_id_[at] = be[last]
         self.blk_cur_[at] = cur[last]
@@ -950,7 +941,7 @@ class GasLeakCusum(GasRule):
                 s, var, ep = self._chain_rows(*args, first, *state)
             else:
                 s, var, ep = self._chain(*args, who, rank, *state, len(first), top)
-            end = _run_ends(first, len(idx))
+            end = run_ends(first, len(idx))
             self.s_[sl], self.var_[sl], self.episode_[sl] = s[end], var[end], ep[end]
             self.seen_[sl] = np.minimum(seen[end].astype(np.int64) + 1, 65535)
             self.last_[sl] = ts[end]

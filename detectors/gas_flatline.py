@@ -12,9 +12,9 @@ from pydantic import Field
 
 from detectors.base import severity_code, stable_argsort
 from detectors.calendar import NS
-from detectors.gas import PER_ROW_SENSORS, WEEK_HOURS, GasProfile, _profile, _run_ends, hour_of_week, week_number
+from detectors.gas import PER_ROW_SENSORS, WEEK_HOURS, GasProfile, _profile, hour_of_week, week_number
 from detectors.generic import Flatline, FlatlineParams
-from detectors.rolling import run_heads
+from detectors.rolling import run_ends, run_heads
 
 
 class GasFlatlineParams(FlatlineParams):
@@ -118,7 +118,7 @@ class GasFlatline(Flatline):
         n = len(loc)
         head = run_heads(loc)
         first = np.flatnonzero(head)
-        last = _run_ends(first, n)
+        last = run_ends(first, n)
         run = np.cumsum(head) - 1
         arange = np.arange(n)
         run_start = first[run]
@@ -349,7 +349,7 @@ class GasFlatline(Flatline):
         prev = np.empty_like(new)
         prev[1:] = new[:-1]
         prev[start] = self.level_[loc[start]]
-        last = _run_ends(np.flatnonzero(start), len(idx))
+        last = run_ends(np.flatnonzero(start), len(idx))
         self.level_[loc[last]] = new[last]
         emit = np.flatnonzero((new | prev) != 0)
         if len(emit) == 0:

@@ -137,6 +137,15 @@ def run_heads(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def run_ends(first: np.ndarray, n: int) -> np.ndarray:
+    """The last index of each run of n elements, from the runs' first indexes: `np.append(first[1:], n) - 1`
+    built in place (np.append and np.r_ cost a few µs a call on tiny arrays, a small step's many of them)."""
+    end = np.empty(max(len(first), 1), np.intp)
+    np.subtract(first[1:], 1, out=end[:-1])
+    end[-1] = n - 1
+    return end
+
+
 def run_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Runs of equal values of `x`: (head: run_heads, start of each run, its length, each element's run,
     each element's place in its run)."""
