@@ -112,10 +112,12 @@ class AlertEngine:
         self._dirty: dict[str, Alert] = {}
         self._dirty_flips: set[tuple[str, str]] = set()
         self._last_persist = 0.0
-        # An open alert's mute changed (a silence began or ended, an inhibitor came or went): written at the
-        # next persist at once, not with the REFRESH_PERSIST_S refreshes, so that the console's alert page
-        # (which reads the store) shows a new silence at the next tick, not up to 5 s later.
-        self._mute_changed = False
+        # Written at the next persist at once, not with the REFRESH_PERSIST_S refreshes: an open alert's mute
+        # changed (a silence began or ended, an inhibitor came or went: the console's alert page, which reads
+        # the store, shows a new silence at the next tick, not up to 5 s later), or a pending alert was
+        # discarded (its condition cleared before for_s: no transition, so `_emit` does not write it; a crash
+        # before the refreshes would load it as pending again, its old start time counting towards for_s).
+        self._persist_soon = False
         self.counters = {"late_rows": 0, "unknown_sensor_rows": 0, "notices": 0, "suppressed": 0, "pruned": 0}
         self._pruned_at: int | None = None
         self._advanced_ns: int | None = None  # engine time every open alert's timers last ran (_advance_all)
@@ -635,6 +637,8 @@ class AlertEngine:
             self._open.pop(alert.key, None)
             self._by_id.pop(alert.alert_id, None)
             self._dirty[alert.alert_id] = alert
+            if not step.transitions:  # discarded while pending: see _persist_soon
+                self._persist_soon = True
         trans.extend(step.transitions)
         return alert
 
@@ -693,7 +697,7 @@ class AlertEngine:
                     if reason != a.muted:
                         a.muted = reason
                         self._dirty[a.alert_id] = a
-                        self._mute_changed = True
+                        self._persist_soon = True
                         # A firing notice held by a mute goes out once the mute ends and the alert still fires.
                         if reason is None and not a.notified_firing:
                             trans.append(lifecycle.transition(a, "firing", now, {"late": True}))
@@ -727,7 +731,7 @@ class AlertEngine:
         self._dirty_flips.clear()
         # The durable write comes first: a crash after it re-sends these notices with the same keys.
         self.store.commit(alerts, out, flips, meta={"watermark": str(self._watermark)})
-        self._mute_changed = False
+        self._persist_soon = False
         self._last_persist = time.monotonic()
         if self.on_transitions is not None and out:
             try:  # partitioned mode: the partition's state is saved to the cluster soon (never raises here)
@@ -864,12 +868,12 @@ class AlertEngine:
         """Write refreshed alerts and flap history; transitions are written at once by `_emit`."""
         if not (self._dirty or self._dirty_flips):
             return
-        if force or self._mute_changed or time.monotonic() - self._last_persist >= REFRESH_PERSIST_S:
+        if force or self._persist_soon or time.monotonic() - self._last_persist >= REFRESH_PERSIST_S:
             flips = {k: self._flips.get(k, []) for k in self._dirty_flips}
             self.store.commit(list(self._dirty.values()), [], flips, meta={"watermark": str(self._watermark)})
             self._dirty.clear()
             self._dirty_flips.clear()
-            self._mute_changed = False
+            self._persist_soon = False
             self._last_persist = time.monotonic()
 
     # ----- operator commands ----------------------------------------------------------------------

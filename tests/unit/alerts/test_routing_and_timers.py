@@ -292,3 +292,19 @@ def test_a_new_silence_reaches_the_store_at_the_next_tick_not_with_the_refreshes
     engine.tick(at(2))
     assert engine.store.alert(alert_id).muted is None
     engine.stop()
+
+
+def test_a_discarded_pending_alert_reaches_the_store_at_once_not_with_the_refreshes(tmp_path):
+    # A pending alert whose condition clears before for_s is discarded without a transition, so `_emit` does not
+    # write it; written only with the refreshes (every REFRESH_PERSIST_S of wall time), a crash in between
+    # would load it as pending again, its old start counting towards for_s.
+    cfg = make_cfg(rules=[{"id": "N-slow", "type": "noise_day_limit", "for_s": 300}])
+    engine, sink = make_engine(tmp_path, cfg)
+    engine.tick(at(0))
+    engine.process(det([(0, 0, "N-slow", "yellow", 72)]))
+    (alert,) = engine.store.alerts()
+    assert alert.state == "pending"
+    engine.process(det([(0, 60, "N-slow", "clear", 65)]))
+    assert engine.store.alert(alert.alert_id).state == "discarded"
+    assert sink.notices == []
+    engine.stop()
