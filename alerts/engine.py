@@ -323,7 +323,7 @@ class AlertEngine:
             notices = []
             if pending:  # also those of alerts resolved since the last save: their resolved notice may be pending
                 for n, sink, due in self.store.pending_deliveries():
-                    if (n.payload.get("device") or {}).get("id") in devs:
+                    if n.device_id in devs:
                         notices.append({"key": n.key, "alert_id": n.alert_id, "seq": n.seq, "transition": n.transition,
                                         "ts_ns": n.ts_ns, "payload": n.payload, "sink": sink, "due_ns": due})
             return {"version": 1, "watermark_ns": self._watermark,
@@ -399,7 +399,7 @@ class AlertEngine:
             keep: list[tuple[int, Notice, str]] = []
             taken: list[tuple[int, Notice, str]] = []
             for u in self._unsaved:
-                mine = devs is None or ((u[1].payload.get("device") or {}).get("id") in devs) != others
+                mine = devs is None or (u[1].device_id in devs) != others
                 (taken if mine else keep).append(u)
             self._unsaved = keep
             return taken

@@ -139,3 +139,8 @@ class Notice:
     @property
     def site_id(self) -> str:
         return cast(str, self.payload["site"].get("id", ""))
+
+    @property
+    def device_id(self) -> str | None:
+        """The id of the device the notice is about (None in a payload without one)."""
+        return cast("str | None", (self.payload.get("device") or {}).get("id"))

@@ -299,7 +299,7 @@ class PartitionState:
                 everything, held = engine.checkpoint_alerts(set().union(*(self.devices[k] for k in todo)))
                 stamp = time.time_ns()
                 for u in held:
-                    j = self._partition.get((u[1].payload.get("device") or {}).get("id"), todo[0])
+                    j = self._partition.get(u[1].device_id or "", todo[0])
                     held_of[j if j in held_of else todo[0]].append(u)
             try:
                 for k in todo:

@@ -22,6 +22,7 @@ import numpy as np
 from config.base import SEVERITY_RANK, Strict
 from core import Detections, LazyContexts
 from detectors.calendar import EXAM_MODES
+from detectors.rolling import run_ends
 
 if TYPE_CHECKING:  # annotations only: autolimit imports this module
     from detectors.autolimit import AutoLimit
@@ -421,9 +422,7 @@ class LevelDetector(Detector):
         prev = np.empty_like(new)
         prev[1:] = new[:-1]
         prev[first] = init
-        last = np.empty(len(first), np.intp)  # each sensor's last row (np.r_ costs more than the rest here)
-        last[:-1] = first[1:] - 1
-        last[-1] = len(idx) - 1
+        last = run_ends(first, len(idx))  # each sensor's last row
         self.level_[loc[last]] = new[last]
         emit = np.flatnonzero((new | prev) != 0)
         if len(emit) == 0:

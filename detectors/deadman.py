@@ -189,7 +189,7 @@ class Deadman(Detector):
             self.start_ns = int(ts[0])
         order = np.argsort(loc, kind="stable")          # each device's rows, in arrival order
         loc, ts, feed = loc[order], ts[order], feed[order]
-        first = np.r_[True, loc[1:] != loc[:-1]]
+        first = run_heads(loc)
         # Each row's previous reading time: the device's newest before this batch, then the running
         # maximum of its own rows (a per-device cumulative max, offset so that devices never mix).
         base = np.where(self.last_[loc] >= 0, self.last_[loc], self.start_ns)

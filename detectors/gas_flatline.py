@@ -193,10 +193,7 @@ class GasFlatline(Flatline):
         cell = s * size + key % size
         order = np.lexsort((key, cell))
         sc = cell[order]
-        tail = np.empty(len(sc), bool)  # each cell's last record (np.r_ costs a few µs a call on tiny arrays)
-        np.not_equal(sc[1:], sc[:-1], out=tail[:-1])
-        tail[-1] = True
-        last = order[tail]
+        last = order[run_ends(np.flatnonzero(run_heads(sc)), len(sc))]  # each cell's last record
         cell, key, lo, hi = cell[last], key[last], lo[last], hi[last]
         keys, los, his = self.slot_key_.reshape(-1), self.slot_lo_.reshape(-1), self.slot_hi_.reshape(-1)
         old = keys[cell]
@@ -230,7 +227,7 @@ class GasFlatline(Flatline):
         order = np.argsort(comb, kind="stable")
         comb, lo, hi = comb[order], lo[order], hi[order]
         if len(comb):
-            starts = np.flatnonzero(np.r_[True, comb[1:] != comb[:-1]])
+            starts = np.flatnonzero(run_heads(comb))
             comb, lo, hi = comb[starts], np.minimum.reduceat(lo, starts), np.maximum.reduceat(hi, starts)
         # The window: the PEER_SLOTS slots before the candidate's own slot, but for the last `lag` of them
         # (the peers' readings there may not have been reported yet).
