@@ -10,6 +10,7 @@ later (e.g. `peak_severity`) therefore needs no migration: the loader gives an o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from alerts.model import Alert, Notice
 from alerts.muting import Silence
@@ -96,13 +99,32 @@ def _text(v: Any) -> str | None:
 
 
 def _dumps(obj: Any) -> str:
-    # NaN is not JSON: store it as null and read it back as NaN where a float is expected.
-    return json.dumps(_clean(obj), sort_keys=True)
+    """`obj` as JSON text with sorted keys. NaN and infinities are not JSON: they are stored as null and read back
+    as NaN where a float is expected (an `Infinity` token would make the body invalid JSON for SQLite, which
+    leaves the row out of the history columns and the prune's index).
+
+    orjson does it ~18x faster than the standard library (an alert's body: ~3 against ~54 µs with
+    `dataclasses.asdict`; the engine writes every changed alert at each commit, under the store's lock); what
+    it refuses (numpy scalars, integers beyond 64 bits, non-string keys) takes the standard library's path."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return json.dumps(_clean(obj), sort_keys=True)
+
+
+def _body(alert: Alert) -> dict[str, Any]:
+    """An alert's fields for its stored body: `Alert.to_dict` without its deep copy (`_dumps` only reads it)."""
+    return {name: getattr(alert, name) for name in _ALERT_FIELDS}
+
+
+_ALERT_FIELDS = tuple(f.name for f in dataclasses.fields(Alert))
 
 
 def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _clean(dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -186,7 +208,7 @@ class AlertStore:
             try:
                 db.executemany(
                     f"INSERT OR REPLACE INTO alerts ({ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [(a.alert_id, a.rule_id, a.device_id, a.state, a.severity, a.started_ns, _dumps(a.to_dict()),
+                    [(a.alert_id, a.rule_id, a.device_id, a.state, a.severity, a.started_ns, _dumps(_body(a)),
                       max(int(a.peak_severity or 0), int(a.severity)), _text((a.site or {}).get("id")),
                       _text((a.site or {}).get("district")))
                      for a in alerts],
