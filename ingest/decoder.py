@@ -18,6 +18,7 @@ from core import FLAG_CODES, ReadingBatch
 from ingest.codecs import hj212
 from ingest.codecs.errors import DecodeError
 from ingest.codecs.json_envelope import Envelope, decode_json, envelope_of
+from ingest.codecs.json_typed import decode_typed, typed_rows
 from ingest.validation import (
     CHECK_ORDER,
     FIELDS,
@@ -209,7 +210,8 @@ class Decoder:
         Returns (batch, outcomes): `batch` holds the valid rows of every message in message order;
         `outcomes[i]` is message i's Decoded (its `batch` is its slice of `batch`, built lazily; `rows`
         counts it). JSON data messages are checked together with numpy, so a run of single-reading
-        messages costs about what one large payload does. Never raises.
+        messages costs about what one large payload does; well-formed ones are decoded into typed structs
+        (`json_typed`), the others as `decode` decodes them. Never raises.
         """
         try:
             return self._decode_many(messages)
@@ -318,7 +320,9 @@ class Decoder:
         # Placeholders: the loop below sets every slot before anything reads it.
         outcomes: list[Decoded] = [None] * m  # type: ignore[list-item]
         parts: list[Part] = []
+        # Per kind, messages the typed fast path decoded, and the others (_assemble puts rows back in message order).
         groups = {"noise": _Group(), "gas": _Group()}
+        typed = {"noise": _Group(typed=True), "gas": _Group(typed=True)}
         max_bytes = self.max_payload_bytes
         for i, (topic, payload, recv_ns) in enumerate(messages):
             route = self._route(topic)
@@ -328,11 +332,16 @@ class Decoder:
                     parts.append((i, out.batch))
                 continue
             kind, device = _resolved(route)
-            try:
-                env = self._envelope(route, payload)
-            except DecodeError as exc:
-                outcomes[i] = Decoded(None, [Reject(exc.reason, exc.detail)], route.kind, device.id, route.site_id)
-                continue
+            env = self._typed_envelope(route, payload)
+            if env is not None:
+                g = typed[kind]
+            else:
+                g = groups[kind]
+                try:
+                    env = self._envelope(route, payload)
+                except DecodeError as exc:
+                    outcomes[i] = Decoded(None, [Reject(exc.reason, exc.detail)], route.kind, device.id, route.site_id)
+                    continue
             factor = 1.0
             if env.units:
                 unit_factor = _p_factor(env.units, kind)
@@ -342,9 +351,9 @@ class Decoder:
                         parts.append((i, out.batch))
                     continue
                 factor = unit_factor
-            groups[kind].add(i, route, env.samples, recv_ns // 1_000_000, factor)
+            g.add(i, route, payload, env.samples, recv_ns // 1_000_000, factor)
             outcomes[i] = Decoded(None, [], route.kind, device.id, route.site_id)
-        for kind, g in groups.items():
+        for kind, g in [*groups.items(), *typed.items()]:
             if g.msgs:
                 parts.append(self._check_group(kind, g, outcomes))
         return _assemble(m, parts, outcomes)
@@ -352,14 +361,16 @@ class Decoder:
     def _check_group(self, kind: str, g: _Group, outcomes: list[Decoded]) -> tuple[npt.NDArray[np.int64], ReadingBatch]:
         counts = np.array(g.counts, np.int64)
         msg_of_row = np.repeat(np.array(g.msgs, np.int64), counts)
-        rows = extract_rows(g.samples, kind)
+        rows = typed_rows(g.samples, kind) if g.typed else extract_rows(g.samples, kind)
         ts_ms, values, quality = rows.arrays()
         p_hi: float | npt.NDArray[np.float64]
         if kind == "gas":
             p = values.get("p")
             factors = np.array(g.factors)
             if p is not None and (factors != 1.0).any():
-                values["p"] = p * np.repeat(factors, counts)
+                # A p near 1e308 sent in MPa becomes inf: refused as out_of_range, as `decode` refuses it (no warning).
+                with np.errstate(over="ignore"):
+                    values["p"] = p * np.repeat(factors, counts)
             p_hi = np.repeat(np.array(g.p_hi), counts)
         else:
             p_hi = 0.0
@@ -369,6 +380,12 @@ class Decoder:
         if len(bad):
             where = {msg: j for j, msg in enumerate(g.msgs)}
             starts = (np.cumsum(counts) - counts).tolist()
+            if g.typed:  # the rows as sent, for the rejects: the messages with one are parsed again (orjson)
+                rows.raw = [None] * len(rows)
+                for j in {where[msg] for msg in msg_of_row[bad].tolist()}:
+                    sent = envelope_of(decode_json(g.payloads[j])).samples
+                    assert len(sent) == g.counts[j], "the typed and the orjson path disagree on a payload's samples"
+                    rows.raw[starts[j]:starts[j] + g.counts[j]] = sent
             for r in bad.tolist():
                 msg = int(msg_of_row[r])
                 j = where[msg]
@@ -412,14 +429,21 @@ class Decoder:
         if _looks_binary(payload):
             raise DecodeError("binary_garbage", "payload holds control bytes; not a JSON text")
         env = envelope_of(decode_json(payload))
-        _, device = _resolved(route)
-        if env.kind is not None and env.kind != route.kind:
-            raise DecodeError("wrong_kind", f"schema {env.schema} on a {route.kind} topic")
-        if env.device_id is not None and env.device_id != device.id:
-            raise DecodeError("envelope_mismatch", f"envelope device_id {env.device_id!r} on the topic of {device.id}")
-        if env.site_id is not None and env.site_id != route.site_id:
-            raise DecodeError("envelope_mismatch", f"envelope site_id {env.site_id!r} on the topic of site {route.site_id}")
+        error = _disagreement(route, env)
+        if error is not None:
+            raise error
         return env
+
+    @staticmethod
+    def _typed_envelope(route: _Route, payload: bytes) -> Envelope | None:
+        """The payload decoded by the typed fast path (`json_typed`), when it is well-formed and `_envelope` would
+        take it as it is; else None, and `_envelope` decides."""
+        # _looks_binary refuses DEL, which msgspec takes inside a string; msgspec refuses the other control bytes.
+        if b"\x7f" in payload:
+            return None
+        kind, _ = _resolved(route)
+        env = decode_typed(payload, kind)
+        return env if env is not None and _disagreement(route, env) is None else None
 
     def _hj212_rows(self, route: _Route, payload: bytes) -> Rows:
         if not payload.startswith(b"##") and _looks_binary(payload):
@@ -471,12 +495,17 @@ class Decoder:
 
 
 class _Group:
-    """JSON data messages of one kind collected for a combined check (decode_many)."""
+    """JSON data messages of one kind collected for a combined check (decode_many).
 
-    __slots__ = ("msgs", "counts", "samples", "index", "devices", "recv_ms", "factors", "p_hi")
+    typed: the samples are `json_typed` structs (else the raw objects, for `extract_rows`)
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("typed", "msgs", "payloads", "counts", "samples", "index", "devices", "recv_ms", "factors", "p_hi")
+
+    def __init__(self, typed: bool = False) -> None:
+        self.typed = typed
         self.msgs: list[int] = []
+        self.payloads: list[bytes] = []
         self.counts: list[int] = []
         self.samples: list[Any] = []
         self.index: list[int] = []
@@ -485,9 +514,10 @@ class _Group:
         self.factors: list[float] = []
         self.p_hi: list[float] = []
 
-    def add(self, msg: int, route: _Route, samples: list[Any], recv_ms: int, factor: float) -> None:
+    def add(self, msg: int, route: _Route, payload: bytes, samples: list[Any], recv_ms: int, factor: float) -> None:
         _, device = _resolved(route)
         self.msgs.append(msg)
+        self.payloads.append(payload)
         self.counts.append(len(samples))
         self.samples.extend(samples)
         self.index.append(route.index)
@@ -502,6 +532,19 @@ def _resolved(route: _Route) -> tuple[str, Device]:
     """The kind and device of a route that resolved (no `error`: _resolve sets both then)."""
     assert route.kind is not None and route.device is not None, f"unresolved route {route!r}"
     return route.kind, route.device
+
+
+def _disagreement(route: _Route, env: Envelope) -> DecodeError | None:
+    """Why an envelope does not belong on its (resolved) topic: wrong_kind or envelope_mismatch; None when it does."""
+    _, device = _resolved(route)
+    if env.kind is not None and env.kind != route.kind:
+        return DecodeError("wrong_kind", f"schema {env.schema} on a {route.kind} topic")
+    if env.device_id is not None and env.device_id != device.id:
+        return DecodeError("envelope_mismatch", f"envelope device_id {env.device_id!r} on the topic of {device.id}")
+    if env.site_id is not None and env.site_id != route.site_id:
+        return DecodeError("envelope_mismatch",
+                           f"envelope site_id {env.site_id!r} on the topic of site {route.site_id}")
+    return None
 
 
 def _p_factor(units: dict[str, str], kind: str) -> float | None:

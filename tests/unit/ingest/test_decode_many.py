@@ -33,17 +33,58 @@ def good(device_id: str, k: int, t0: int, mpa: bool = False) -> tuple[str, bytes
             encode_batch(d.id, d.site, d.kind, samples, 1, 60, NOW_MS, units={"p": "MPa"} if mpa else None))
 
 
+# JSON texts json.dumps does not write, put where a number, a flag or an envelope field belongs: decode_many takes
+# well-formed payloads on its typed path (ingest/codecs/json_typed.py) and must fall back on these, or agree.
+NUMBER_TEXTS = ["NaN", "Infinity", "-Infinity", "1e400", "1e308", "-1e300", "9.99e299", "18446744073709551616",
+                "123456789012345678901234567890", "true", '"61.8"', "[61.8]", '{"a": [[1]]}', "null", "-0.0", "61",
+                "61.0", "1.7e12"]
+FLAG_TEXTS = ['"X"', '"n"', '"NN"', "1", "null", '"D"', '"T"', "[]"]
+ENVELOPE_TEXTS = {
+    "schema": ['"xm.gas.v1"', '"xm.noise.v2"', "null", "1"], "device_id": ['"XM0002NOISE"', "null", "1"],
+    "seq": ["18446744073709551616", "9223372036854775808", "1.5", '"1"', "null"],
+    "interval_s": ["0", "86401", "60.5", '"60"', "true", "null"],
+    "units": ['{"p": "bar"}', '{"p": 5}', "null", "{}", "false"],
+    "sent_at": ['"2026\x7f"', "1", "null"], "samples": ["[]", "null", "{}"],
+}
+
+
 def mutate(rng: random.Random, payload: bytes) -> bytes:
     try:
         doc = json.loads(payload)
     except ValueError:
         return payload
     s = rng.choice(doc["samples"])
+    ts0 = doc["samples"][0]["ts"]
     key = rng.choice(list(s["values"]))
-    s["values"][key] = rng.choice([None, "x", 1e9, -3.0, 0.0, 200.0, float("inf"), s["values"][key]])
-    if rng.random() < 0.2:
-        s["ts"] = rng.choice([s["ts"] // 1000, 0, s["ts"] + 10**8, doc["samples"][0]["ts"]])
-    return json.dumps(doc).encode()
+    raw: dict[str, str] = {}  # sentinel -> the JSON text it stands for
+    r = rng.random()
+    if r < 0.4:
+        s["values"][key] = rng.choice([None, "x", 1e9, -3.0, 0.0, 200.0, float("inf"), s["values"][key]])
+    elif r < 0.6:
+        s["values"][key] = "@v@"
+        raw["v"] = rng.choice(FLAG_TEXTS if key == "flag" else NUMBER_TEXTS)
+    elif r < 0.7:  # a duplicate key, before or after the one sent
+        dup = {"@d@": 0}
+        s["values"] = dup | s["values"] if rng.random() < 0.5 else s["values"] | dup
+        raw["d"] = json.dumps(rng.choice([key, "leq", "flag"])) + ": " + rng.choice(NUMBER_TEXTS + FLAG_TEXTS)
+    elif r < 0.8:  # a key the typed path does not know
+        target = rng.choice([doc, s, s["values"]])
+        target["@k@"] = 0
+        raw["k"] = json.dumps(rng.choice(["junk", "rssi", "p", "fw"])) + ": " + rng.choice(["1", '"x"', "[[[]]]"])
+    elif r < 0.9:
+        field = rng.choice(list(ENVELOPE_TEXTS))
+        doc[field] = "@e@"
+        raw["e"] = rng.choice(ENVELOPE_TEXTS[field])
+    else:
+        s["ts"] = "@t@"
+        raw["t"] = rng.choice(["1.7e12", f"{ts0}.0", "18446744073709551616", "9000000000000",
+                               "-9223372036854775809", "true", '"1"', "null"])
+    if rng.random() < 0.2 and s["ts"] != "@t@":
+        s["ts"] = rng.choice([s["ts"] // 1000, 0, s["ts"] + 10**8, ts0])
+    text = json.dumps(doc)
+    for name, token in raw.items():
+        text = text.replace(f'"@{name}@": 0' if name in "dk" else f'"@{name}@"', token)
+    return text.encode()
 
 
 def assert_same(a: ReadingBatch, b: ReadingBatch) -> None:
