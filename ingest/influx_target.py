@@ -86,8 +86,10 @@ class InfluxTarget:
 
     # ----- durability (the pipeline's durability thread) ------------------------------------------
 
-    def write_direct(self, lines: bytes) -> bool:
-        """ack_after influxdb: write `lines` now; False (nothing written, backoff started) if it failed."""
+    def write_direct(self, lines: bytes, n_lines: int | None = None) -> bool:
+        """ack_after influxdb: write `lines` now; False (nothing written, backoff started) if it failed.
+        n_lines: how many lines `lines` holds, when the caller knows (counting them costs ~0.16 ms a 5,000-row
+        batch, ~1 % of a core at 250,000 readings/s)."""
         t0 = time.perf_counter()
         try:
             self.writer.write(lines)
@@ -99,19 +101,20 @@ class InfluxTarget:
             self.count("rows_rejected", exc.lines.count(b"\n") + 1)
         if self.primary:
             self.metrics.write_latency(time.perf_counter() - t0)
-        self.count("rows_written", lines.count(b"\n"))
+        self.count("rows_written", lines.count(b"\n") if n_lines is None else n_lines)
         self.count("batches_written")
         self.write_ok()
         return True
 
-    def append(self, lines: bytes, abort: threading.Event) -> bool:
+    def append(self, lines: bytes, abort: threading.Event, n_lines: int | None = None) -> bool:
         """Append `lines` to this target's spool (fsynced). While the spool is full, wait (the caller does not
-        ack meanwhile, so the broker keeps the messages); False if `abort` was set before it fitted."""
+        ack meanwhile, so the broker keeps the messages); False if `abort` was set before it fitted. n_lines: as
+        for write_direct."""
         waited = False
         while True:
             try:
                 self.spool.append(lines)
-                self.count("rows_spooled", lines.count(b"\n"))
+                self.count("rows_spooled", lines.count(b"\n") if n_lines is None else n_lines)
                 self.count("batches_spooled")
                 return True
             except SpoolFull:

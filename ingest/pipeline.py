@@ -463,12 +463,14 @@ class IngestPipeline:
                 return False
         rows = len(flush.batch)
         if lines:
+            # One line per row and per status message (encode, and the status lines _hand_on appends).
+            n_lines = rows + len(flush.status_lines)
             # Acked only once every target has the batch: written, or fsynced in its own spool.
             for target in self.targets:
                 written = False
                 if self.ack_after == "influxdb" and target.spool.empty() and target.backoff.ready():
-                    written = target.write_direct(lines)
-                if not written and not target.append(lines, self._abort):
+                    written = target.write_direct(lines, n_lines)
+                if not written and not target.append(lines, self._abort, n_lines):
                     return False
         self._ack(flush.tokens)
         self.metrics.add("messages_acked", len(flush.tokens))

@@ -336,6 +336,14 @@ def test_status_messages_land_and_status_command_reports(tmp_path, mosquitto, in
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not influx.count("citywatch_internal", "rows_written"):
         time.sleep(0.2)
+    # The count of rows written is the lines InfluxDB got: 2 readings and the status line (the pipeline passes
+    # the count it knows instead of counting the lines).
+    written = 0
+    while time.monotonic() < deadline and written < 3:
+        res = influx.query('SELECT last("rows_written") FROM "citywatch_internal"')
+        written = int(res[0]["series"][0]["values"][0][1])
+        time.sleep(0.2)
+    assert written == 3
     out = subprocess.run([sys.executable, "-m", "citywatch", "status", "--config", str(cfg_dir)], env=service_env,
                          capture_output=True, text=True, timeout=60, cwd=str(tmp_path / "cwd"))
     assert out.returncode == 0, out.stderr
