@@ -50,3 +50,16 @@ def test_cut_bodies_full_bodies_and_the_rest():
     assert bodies == [b"m v=0 0\nm v=1 1\nm v=2 2\n", b"m v=3 3\nm v=4 4\nm v=5 5\n"]
     assert rest == [b"m v=6 6"]
     assert _bench().cut_bodies(lines[:2], 3) == ([], lines[:2])
+
+
+@pytest.mark.parametrize("burst, before, after, want", [
+    (100_000, 500_000, 600_000, (100_000, 0)),        # all landed
+    (100_000, 500_000, 541_668, (41_668, 58_332)),    # part lost at the broker
+    # Regression: an earlier step's 75,579 readings a stock broker dropped made the burst read "0 landed, lost
+    # 133,911" (counted from what was sent before it); they are not the burst's.
+    (100_000, 424_421, 466_089, (41_668, 58_332)),
+    (100_000, 500_000, 620_000, (100_000, 0)),        # late readings of an earlier step: capped at the burst
+    (100_000, 500_000, 500_000, (0, 100_000)),
+])
+def test_burst_tally_counts_the_bursts_own_landings(burst, before, after, want):
+    assert _bench().burst_tally(burst, before, after) == want
