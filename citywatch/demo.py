@@ -173,7 +173,17 @@ def main(argv: list[str] | None = None) -> int:
                 service.kill()
         for line in mail.summary():
             console.print(line)
-        mail.stop()
+        _stop_mail(console, mail)
+
+
+def _stop_mail(console, mail, timeout_s: float = 10.0) -> None:
+    """Stop the mail receiver, waiting at most `timeout_s`: aiosmtpd's stop joins its thread without a bound, and
+    that thread is a daemon, so a receiver that does not stop must not keep the demo from ending."""
+    stopper = threading.Thread(target=mail.stop, name="demo-mail-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
+    if stopper.is_alive():
+        console.print(f"[yellow]the mail receiver did not stop within {timeout_s:.0f} s; leaving it[/]")
 
 
 def _keep(console, web) -> None:
