@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]demo: {warning}[/]")
     run_log = work / "run.log"
     service = web = None
+    # `kill <pid>` (SIGTERM) ends the demo as Ctrl-C does: through the cleanup below. By default it would end the
+    # process at once and leave the console and the service, each in a session of its own, running.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         web = demo_console.start(work, config_dir, env, ROOT, args.console_port)
         with open(run_log, "wb") as log:
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in mail.summary():
             console.print(line)
         _stop_mail(console, mail)
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop_mail(console, mail, timeout_s: float = 10.0) -> None:

@@ -78,7 +78,8 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_demo_prints_the_console_login_keeps_it_and_stops_it_on_ctrl_c(tmp_path, mosquitto, influx, service_env):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_demo_prints_the_console_login_keeps_it_and_stops_it_on_ctrl_c(tmp_path, mosquitto, influx, service_env, stop):
     influx.create_database("citywatch_demo")
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text(SCENARIO)
@@ -111,7 +112,7 @@ def test_demo_prints_the_console_login_keeps_it_and_stops_it_on_ctrl_c(tmp_path,
         assert any("scorecard" in line for line in out)
         assert _status(url + "/login") == 200
         # ... until Ctrl-C, which stops it by pid and ends the demo
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)  # SIGTERM: `kill <pid>` ends it the same way, console included
         try:
             rest, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -119,9 +120,12 @@ def test_demo_prints_the_console_login_keeps_it_and_stops_it_on_ctrl_c(tmp_path,
             # process dies.
             proc.send_signal(signal.SIGABRT)
             rest, _ = proc.communicate(timeout=30)
-            pytest.fail("the demo did not end within 60 s of Ctrl-C; its stacks:\n" + "".join(out[-5:]) + rest)
+            pytest.fail(f"the demo did not end within 60 s of {stop.name}; its stacks:\n" + "".join(out[-5:]) + rest)
         out.append(rest)
-        assert "stopping the console" in rest, "".join(out)
+        if stop == signal.SIGINT:
+            assert "stopping the console" in rest, "".join(out)
+        else:
+            assert proc.returncode == 128 + signal.SIGTERM, "".join(out)
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
     finally:
