@@ -226,7 +226,7 @@ def extract_rows(samples: list[Any], kind: str, columnar: bool | None = None) ->
 
 
 _NUMBER_TYPES = frozenset((float, int))
-_FLAG_INDEX = {c: i for i, c in enumerate(FLAG_CODES)}
+FLAG_INDEX = {c: i for i, c in enumerate(FLAG_CODES)}  # flag letter -> quality code
 
 
 def _extract_columnar(samples: list[Any], kind: str) -> Rows | None:
@@ -258,7 +258,7 @@ def _extract_columnar(samples: list[Any], kind: str) -> Rows | None:
                 cols[k] = arr
             elif k == "flag":
                 try:
-                    quality = np.array([_FLAG_INDEX[c] for c in col], dtype=np.uint8)
+                    quality = np.array([FLAG_INDEX[c] for c in col], dtype=np.uint8)
                 except (KeyError, TypeError):
                     return None
     except (KeyError, TypeError, OverflowError, ValueError, IndexError):

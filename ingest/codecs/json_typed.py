@@ -17,7 +17,7 @@ import numpy as np
 
 from core import FLAG_CODES
 from ingest.codecs.json_envelope import SCHEMAS, Envelope
-from ingest.validation import FIELDS, TS_MS_LIMIT, Rows
+from ingest.validation import FIELDS, FLAG_INDEX, TS_MS_LIMIT, Rows
 
 # Only what the orjson path takes as it is: a ts at +-TS_MS_LIMIT or beyond is clamped there (and named as sent), a
 # number of magnitude 1e300 or more is refused there as out of range (an integer) or range-checked (a float).
@@ -89,4 +89,5 @@ def typed_rows(samples: list[Any], kind: str) -> Rows:
     return Rows(ts, values, quality)
 
 
-_FLAG_CODE: dict[str | None, int] = {None: 0, **{c: i for i, c in enumerate(FLAG_CODES)}}
+_FLAG_CODE: dict[str | None, int] = {None: 0}
+_FLAG_CODE.update(FLAG_INDEX)
