@@ -47,7 +47,10 @@ Ends with: RESULT bench_throughput broker=.. then per shape (single_, batch_): s
            whole volume) influx_ratio=.. failed_step=.. failed_step_taken_readings_s=..
            burst_readings_s=.. burst_lost=..
            alert_p99_ms=.. service_cpu_ms_per_1000=.. (main process + decode worker, at the best passing step, one
-           decimal);
+           decimal) others_cpu_ms_per_1000=.. (what shares the service's cores: Mosquitto, the publishers, the
+           bench, InfluxDB unless --influx-cpus, same step) ceiling_ratio=.. (the rate a service costing nothing
+           would reach on those cores, over InfluxDB's own ingest) service_budget_ms_per_1000=.. (what the service
+           may cost for 80 % of InfluxDB's own ingest, issue 17's batch target; below 0: out of any service's reach);
            then alert_p99_ms=.. (whole run) ticks_skipped=.. behind_lines=..
            load_start=1m/5m/15m load_end=1m/5m/15m
 With --influx-cpus (e.g. 1) InfluxDB runs on those CPUs alone and everything else (the service, Mosquitto, the
@@ -110,6 +113,8 @@ LANDING_FROM_S = 1.0
 # The service's counter of rows InfluxDB accepted (204): the landing rate while a step publishes and the moment
 # its last reading landed come from it (a scrape), then InfluxDB's own count checks that every reading is there.
 WRITTEN = "citywatch_rows_written_total"
+# Issue 17: the batch shape's sustained rate at least this fraction of InfluxDB's own ingest.
+INFLUX_TARGET = 0.8
 STALL_ROWS = 100  # fewer rows than this written in 15 s: the burst stalled (the probe writes 4 a second)
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -121,6 +126,19 @@ def burst_tally(burst_readings: int, landed_before: int, landed_after: int) -> t
     the burst's, so the landed figure is capped at the burst's size."""
     landed = max(0, min(burst_readings, landed_after - landed_before))
     return landed, burst_readings - landed
+
+
+def service_budget(cores: float, others_ms: float, influx_rate: float,
+                   target: float = INFLUX_TARGET) -> tuple[float, float]:
+    """What the machine leaves the service: (the readings/s a service costing nothing would reach; the CPU ms per
+    1,000 readings the service may cost for `target` x InfluxDB's own ingest `influx_rate`, below 0 when even a
+    service costing nothing would not reach it). cores: the CPUs the service shares with the others; others_ms:
+    their CPU ms per 1,000 readings (Mosquitto, the publishers, the bench, and InfluxDB when it shares the cores).
+    Both take the cores as 100 % usable, so both are upper bounds. NaN for both without a figure (no passing step:
+    others_ms NaN, or no InfluxDB rate)."""
+    if not (others_ms > 0 and influx_rate > 0 and cores > 0):
+        return float("nan"), float("nan")
+    return cores * 1e6 / others_ms, cores * 1e6 / (target * influx_rate) - others_ms
 
 
 def cpu_s(pid: int | None) -> float:
@@ -281,6 +299,8 @@ class Bench:
         self.probe_lat: list[tuple[float, float]] = []  # (monotonic publish time, latency ms)
         self.step_cpu: list[tuple[int, dict, int, float]] = []  # (step, CPU s used, readings, s)
         self.best_cpu: dict[str, float] = {}  # shape -> service CPU ms per 1,000 readings at its best passing step
+        # shape -> CPU ms per 1,000 readings of what shares the service's cores, at the same step
+        self.best_others: dict[str, float] = {}
         self.counted_from: dict[str, tuple[int, int]] = {}  # shape -> (event time ns, readings landed before it)
 
     # ----- servers and the service ---------------------------------------------------------------------
@@ -456,7 +476,7 @@ class Bench:
         path = out / f"{name}_rules_{self.args.rules}_{self.args.broker}.txt"
         print(f"  profiling into {path}")
         return subprocess.Popen([spy, "record", "--pid", str(self.svc.pid), "--subprocesses", "--rate", "97",
-                                 "--format", "raw", "--output", str(path), "--nonblocking"],
+                                 "--format", "raw", "--threads", "--output", str(path), "--nonblocking"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop_profile(self, spy: subprocess.Popen | None) -> None:
@@ -644,6 +664,8 @@ class Bench:
                 break
             if took >= best:  # the service's CPU per reading at the best passing step, for the RESULT line
                 self.best_cpu[shape.name] = 1000 * (used["main"] + used["decode"]) * per_k
+                sharing = ("broker", "publishers", "bench") + (() if self.args.influx_cpus else ("influxdb",))
+                self.best_others[shape.name] = 1000 * sum(used[k] for k in sharing) * per_k
             best = max(best, took)
         return best, failed
 
@@ -822,12 +844,23 @@ class Bench:
                 p.close()
             self.stop_profile(spy)
         p99, k = self.probe_p99(t_start, time.monotonic())
-        res = {"bare": bare, "bare_lost": bare_lost, "sustained": sustained, "ratio": sustained / bare if bare else float("nan"),
+        pin = self.args.influx_cpus
+        cores = (os.cpu_count() or 1) - (len(pin) if pin else 0)
+        others = self.best_others.get(name, float("nan"))
+        ceiling, budget = service_budget(cores, others, direct)
+        res = {"ceiling_ratio": ceiling / direct if direct else float("nan"), "budget": budget, "others": others,
+               "bare": bare, "bare_lost": bare_lost, "sustained": sustained, "ratio": sustained / bare if bare else float("nan"),
                "failed": failed, "burst": b_rate, "burst_lost": b_lost, "burst_ratio": b_rate / bare if bare else float("nan"),
                "p99": p99, "probes": k, "influx": direct, "influx_ratio": sustained / direct if direct else float("nan")}
         print(f"  => sustained {sustained:,.0f} readings/s = {res['ratio']:.0%} of the bare subscriber, "
               f"{res['influx_ratio']:.0%} of InfluxDB's own ingest; burst drained "
               f"at {b_rate:,.0f}/s = {res['burst_ratio']:.0%}; alert latency p99 {p99:.0f} ms over {k} probe notices")
+        print(f"  what the machine leaves the service (at the best passing step; {cores} core(s) shared with Mosquitto, "
+              f"the publishers, the bench{'' if pin else ' and InfluxDB'}, taken as 100 % usable): those took "
+              f"{others:.1f} CPU ms per 1,000 readings, so a service costing nothing would reach {ceiling:,.0f} "
+              f"readings/s = {res['ceiling_ratio']:.0%} of InfluxDB's own ingest; at {INFLUX_TARGET:.0%} of it "
+              f"({INFLUX_TARGET * direct:,.0f}/s) the service may cost {budget:.1f} CPU ms per 1,000 readings "
+              f"(it took {self.best_cpu.get(name, float('nan')):.1f})")
         return res
 
 
@@ -910,7 +943,9 @@ def main() -> int:
                       f"{name}_failed_step_taken_readings_s={r['failed'].get('taken', 0):.0f}",
                       f"{name}_burst_readings_s={r['burst']:.0f}", f"{name}_burst_lost={r['burst_lost']}",
                       f"{name}_alert_p99_ms={r['p99']:.0f}",
-                      f"{name}_service_cpu_ms_per_1000={b.best_cpu.get(name, float('nan')):.1f}"]
+                      f"{name}_service_cpu_ms_per_1000={b.best_cpu.get(name, float('nan')):.1f}",
+                      f"{name}_others_cpu_ms_per_1000={r['others']:.1f}", f"{name}_ceiling_ratio={r['ceiling_ratio']:.2f}",
+                      f"{name}_service_budget_ms_per_1000={r['budget']:.1f}"]
         parts += [f"alert_p99_ms={p99_all:.0f}", f"ticks_skipped={s.get('citywatch_job_skipped_total{job=alerts_tick}', 0):.0f}",
                   f"behind_lines={behind}", f"load_start={load_start}",
                   "load_end=" + "/".join(f"{x:.2f}" for x in os.getloadavg())]

@@ -63,3 +63,25 @@ def test_cut_bodies_full_bodies_and_the_rest():
 ])
 def test_burst_tally_counts_the_bursts_own_landings(burst, before, after, want):
     assert _bench().burst_tally(burst, before, after) == want
+
+
+@pytest.mark.parametrize("cores, others, influx, ceiling, budget", [
+    # This machine's batch shape (shared cores): 3.5 ms of others leave 0.53 ms for 80 % of 620,000/s.
+    (2, 3.5, 620_000, 571_428.6, 0.532),
+    # InfluxDB on a core of its own: one core for the rest, 1.3 ms of others (no InfluxDB among them).
+    (1, 1.3, 500_000, 769_230.8, 1.2),
+    # Others alone take more than 80 % needs: out of any service's reach.
+    (2, 4.5, 620_000, 444_444.4, -0.468),
+])
+def test_service_budget(cores, others, influx, ceiling, budget):
+    got_ceiling, got_budget = _bench().service_budget(cores, others, influx)
+    assert got_ceiling == pytest.approx(ceiling, rel=1e-6)
+    assert got_budget == pytest.approx(budget, abs=1e-3)
+    # A service costing exactly the budget runs at 80 % of InfluxDB's own ingest on those cores.
+    assert cores * 1e6 / (others + got_budget) == pytest.approx(0.8 * influx)
+
+
+@pytest.mark.parametrize("cores, others, influx", [(2, float("nan"), 620_000), (2, 3.5, 0.0), (0, 3.5, 620_000)])
+def test_service_budget_without_figures_is_nan(cores, others, influx):
+    import math
+    assert all(math.isnan(x) for x in _bench().service_budget(cores, others, influx))
