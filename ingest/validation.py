@@ -195,6 +195,9 @@ def extract_rows(samples: list[Any], kind: str, columnar: bool | None = None) ->
             tv = type(v)
             if tv is float or tv is int:
                 if k not in known:
+                    if k == "flag":  # a number is no flag letter: never skipped like an unknown value name
+                        failed[i] = ("bad_flag", f"flag must be one of {', '.join(FLAG_CODES)}, got {_show(v)}", k)
+                        break
                     continue
                 if tv is int:
                     if not -1e300 < v < 1e300:

@@ -106,6 +106,11 @@ def catalogue(now_ms: int, max_payload_bytes: int = 1_048_576) -> list[Case]:
         Case("gas_missing_p", GAS_TOPIC, encode_batch(GAS_ID, GAS_SITE, "gas", [(t, {"batt_v": 3.5})], 1, 300, now_ms),
              ["missing_field"]),
         Case("bad_flag_letter", NOISE_TOPIC, one(with_(flag="X")), ["bad_flag"]),
+        # A flag sent as a number (HJ 212 codes are letters) used to be skipped like an unknown value name and
+        # the row stored as N (valid) while the device reported a fault.
+        Case("flag_as_integer", NOISE_TOPIC, one(with_(flag=4)), ["bad_flag"]),
+        Case("flag_as_float", GAS_TOPIC, encode_batch(GAS_ID, GAS_SITE, "gas", [(t, {"p": 2.5, "flag": 3.0})], 1, 300,
+                                                      now_ms), ["bad_flag"]),
         # --- row level: physics ------------------------------------------------------------------------
         Case("absurd_noise_level", NOISE_TOPIC, one(with_(leq=500.0, lmax=600.0)), ["out_of_range"]),
         Case("negative_decibels", NOISE_TOPIC, one(with_(lmin=-10.0)), ["out_of_range"]),
