@@ -898,16 +898,20 @@ class AlertEngine:
         answers it (alerts.command_scope): an ack of an alert of a device another worker owns is left to that
         worker (neither applied nor recorded here, counted in `commands_elsewhere`); a silence is applied
         here too, and a refusal recorded, but one worker answers them."""
-        with self._lock:
-            try:
-                return self._submit(source, command, author)
-            except Exception as exc:  # noqa: BLE001 - e.g. the store is unwritable: say so, never raise
+        # Parsing and validating read only the payload, the author and the config: done before the engine's
+        # lock, so no command, however hostile, holds detections and notices while it is checked.
+        try:
+            command, checked = self._check_command(command, author)
+            with self._lock:
+                return self._submit(source, command, author, checked)
+        except Exception as exc:  # noqa: BLE001 - e.g. the store is unwritable: say so, never raise
+            with self._lock:
                 self._count("commands_failed")
-                log.exception("alert command from %s could not be handled", source)
-                return f"error: internal: {type(exc).__name__}: {_cut(str(exc))}"
+            log.exception("alert command from %s could not be handled", source)
+            return f"error: internal: {type(exc).__name__}: {_cut(str(exc))}"
 
-    def _submit(self, source: str, command: Any, author: command_rules.Author | None) -> str | None:
-        rest = self.answers_rest()
+    def _check_command(self, command: Any, author: command_rules.Author | None) -> tuple[Any, dict[str, Any] | ValueError]:
+        """(the command as parsed, its validated form or the ValueError that refuses it)."""
         try:
             if author is None:
                 raise ValueError("no authenticated author: send commands as your own operator account")
@@ -916,14 +920,22 @@ class AlertEngine:
                 raise ValueError(why)
             if isinstance(command, (bytes, bytearray, str)):
                 command = command_rules.parse_payload(command)
-            cmd = command_rules.validate(command, self.cfg, author)
+            return command, command_rules.validate(command, self.cfg, author)
         except ValueError as exc:
-            result = f"error: {exc}"
+            return command, exc
+
+    def _submit(self, source: str, command: Any, author: command_rules.Author | None,
+                checked: dict[str, Any] | ValueError) -> str | None:
+        rest = self.answers_rest()
+        if isinstance(checked, ValueError):
+            result = f"error: {checked}"
             self.store.add_command(source, command_rules.record_form(command),
                                    author.account if author else None, author.name if author else None, status="refused", result=result)
             self._count("commands_refused")
             log.info("alert command from %s refused: %s", source, result)
             return result if rest else None
+        assert author is not None  # a command without one is refused by _check_command
+        cmd = checked
         if cmd["action"] == "ack":
             held = self._by_id.get(cmd["alert_id"])
             if not command_scope.answers_ack(cmd["alert_id"], held is not None and held.open, self._owned,

@@ -400,3 +400,53 @@ def test_one_alert_whose_notice_cannot_be_built_does_not_hold_the_others(tmp_pat
     assert len(broken) == 1 and broken[0].exc_info[0] is RuntimeError
     engine._build_notice = real  # the record is mended: its firing notice goes out at the next change
     engine.stop()
+
+
+def _hint_before(value, choices):
+    """`_hint` as it was: every candidate scored in full (a second for a long value against 10,000 devices)."""
+    import difflib
+    if not isinstance(value, str) or len(value) > commands.MAX_LABEL_VALUE:
+        return ""
+    best, best_score = None, 0.6
+    for c in sorted(choices):
+        if c.casefold() == value.casefold():
+            return f" (did you mean {c!r}?)"
+        score = difflib.SequenceMatcher(None, value, c).ratio()
+        if score > best_score:
+            best, best_score = c, score
+    return f" (did you mean {best!r}?)" if best else ""
+
+
+def test_did_you_mean_is_the_same_for_typos_and_not_given_for_long_values():
+    cfg = make_cfg()
+    ids = sorted(d.id for d in cfg.devices) + sorted(s.id for s in cfg.sites) + [s.name for s in cfg.sites]
+    typos = []
+    for x in ids:
+        typos += [x[:-1], x[1:], x + "X", x.lower(), x[::-1], x[:3], x.replace("0", "O")]
+    for value in typos + ["", "X", "XM", "GS", "燃气", "XM0001NOISEXM0001NOISE"]:
+        assert commands._hint(value, ids) == _hint_before(value, ids), value
+    # Longer than a typo: no hint, whatever it resembles (the old code compared 200 characters with each).
+    long = "XM0001NOISE" * 6
+    assert len(long) > commands.HINT_MAX_LEN
+    assert _hint_before(long, [long + "X"]) and not commands._hint(long, [long + "X"])
+    assert commands._hint(long[:commands.HINT_MAX_LEN], [long[:commands.HINT_MAX_LEN] + "X"])
+
+
+def test_a_command_is_checked_outside_the_engine_lock(tmp_path, monkeypatch):
+    """A refused command with a long unknown value held the engine's lock (detections, notices) for a second
+    against 10,000 devices while its "did you mean" was worked out: parsing and validating run before it."""
+    eng, _ = make_engine(tmp_path)
+    held = []
+    real = commands.validate
+
+    def watched(cmd, cfg, author=None):
+        held.append(eng._lock._is_owned())
+        return real(cmd, cfg, author)
+
+    monkeypatch.setattr(commands, "validate", watched)
+    bad = {"action": "silence", "matchers": {"device_id": "NOSUCHDEVICE"}, "comment": "x", "expires": "1h"}
+    good = {"action": "silence", "matchers": {"device_id": "XM0001NOISE"}, "comment": "x", "expires": "1h"}
+    assert eng.submit_command("mqtt:city/xm/alerts/cmd/li", json.dumps(bad).encode(), AUTHORS["li"]).startswith("error:")
+    assert eng.submit_command("mqtt:city/xm/alerts/cmd/li", good, AUTHORS["li"]).startswith("ok")
+    assert held == [False, False]
+    assert sorted(r["status"] for r in eng.store.command_rows()) == ["applied", "refused"]
