@@ -91,8 +91,13 @@ def is_red_process_alarm(alert: Alert) -> bool:
 
 def never_inhibits(source: Alert, target: Alert) -> bool:
     """A device-health alert never mutes a red process alarm: a sensor said to be offline (or with a
-    low battery, or out of range) that reports over-pressure must still be heard."""
-    return source.category == DEVICE_HEALTH_CATEGORY and is_red_process_alarm(target)
+    low battery, or out of range) that reports over-pressure must still be heard. Nor does any other source
+    mute a process alarm more severe than itself: an orange rupture at one sensor of a site does not hide a red
+    low pressure at another (the red says more than its cause's notice does); once the rupture is red too, it
+    mutes as configured."""
+    if source.category == DEVICE_HEALTH_CATEGORY:
+        return is_red_process_alarm(target)
+    return target.category in PROCESS_CATEGORIES and target.severity > source.severity
 
 
 def _sources(alert: Alert, rules: list[Inhibit], firing: list[Alert]) -> Iterator[Alert]:
