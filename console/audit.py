@@ -35,7 +35,10 @@ def in_cst(text: str) -> str:
     """`... until 2026-12-06T14:02:40.026Z` -> `... until 2026-12-06 22:02:40 CST`: the service's results name
     UTC times; the console shows China Standard Time."""
     def local(m: re.Match) -> str:
-        t = dt.datetime.fromisoformat(m.group(1)).replace(tzinfo=dt.UTC).astimezone(CST)
+        try:
+            t = dt.datetime.fromisoformat(m.group(1)).replace(tzinfo=dt.UTC).astimezone(CST)
+        except ValueError:  # looks like a time but is none (a refused command's text: month 13): as written
+            return m.group(0)
         return t.strftime("%Y-%m-%d %H:%M:%S CST")
     return _ISO_UTC.sub(local, text)
 
@@ -137,7 +140,8 @@ async def audit_page(request: Request) -> Response:
     author = q.get("author", "")[:200]
     action = q.get("action", "") if q.get("action", "") in command_rules.ACTIONS else ""
     status = q.get("status", "") if q.get("status", "") in STATUSES else ""
-    before = int(q["before"]) if q.get("before", "").isdigit() and len(q["before"]) < 19 else None
+    raw = q.get("before", "")
+    before = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
     def load():
         try:

@@ -173,7 +173,7 @@ def _ident(text: str | None, name: str) -> str | None:
 def _int(text: str | None, name: str, default: int) -> int:
     if text is None:
         return default
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise QueryError(f"{name}: must be a whole number, got {text[:40]!r}")
     return int(text)
 

@@ -56,3 +56,13 @@ class LoginLimiter:
     def succeed(self, *keys: str) -> None:
         for key in keys:
             self._fails.pop(key, None)
+
+    def forgive(self, *keys: str) -> None:
+        """Take back one failure of each key (the newest): an attempt counted as a failure before it was
+        checked (`fail` first, so that concurrent attempts cannot all pass the limit) that succeeded."""
+        for key in keys:
+            q = self._fails.get(key)
+            if q:
+                q.pop()
+                if not q:
+                    del self._fails[key]

@@ -66,7 +66,7 @@ async def json_object(request: Request) -> dict | JSONResponse:
         return _error(400, f"the body is {len(raw)} bytes, at most {command_rules.MAX_PAYLOAD_BYTES}")
     try:
         body = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return _error(400, "the body must be JSON")
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")

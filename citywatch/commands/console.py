@@ -9,6 +9,8 @@ import os
 from citywatch.errors import report_config_error
 from config import ConfigError, load_config
 
+MAX_CONNECTIONS = 1000  # uvicorn's limit_concurrency for the console (see _console)
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -43,6 +45,8 @@ def _console(args) -> int:
     app = create_app(cfg, dict(os.environ))
     logging.getLogger("citywatch.console").info("console on http://%s:%d/ (users: citywatch users list)", host, port)
     # A short graceful stop: the boards' event streams never end by themselves, and browsers reconnect.
+    # At most MAX_CONNECTIONS connections at once (the boards' streams count), the rest answered 503: a client
+    # opening connections and sending nothing cannot take every file descriptor.
     uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), timeout_graceful_shutdown=2,
-                access_log=False)
+                access_log=False, limit_concurrency=MAX_CONNECTIONS)
     return 0

@@ -112,3 +112,19 @@ def test_console_authors_may_act_and_name_themselves():
     with pytest.raises(ValueError, match="this command's author is 'console:lin'"):
         command_rules.validate({"action": "ack", "alert_id": "G-high.XMG0001.20250601T000000Z", "by": "wang"},
                                cfg, author)
+
+
+def test_login_limiter_forgives_one_failure_of_a_key():
+    """A login is counted as a failure before its password is checked; a success takes that one back."""
+    t = [0.0]
+    lim = LoginLimiter(3, 60.0, clock=lambda: t[0])
+    lim.fail("client:a")
+    lim.fail("client:a")
+    lim.forgive("client:a")
+    lim.fail("client:a")
+    assert lim.retry_after("client:a") == 0  # 3 attempts, one forgiven: 2 failures
+    lim.fail("client:a")
+    assert lim.retry_after("client:a") > 0
+    lim.forgive("client:b")  # a key with no failures: nothing to take back
+    lim.forgive("client:a", "client:a", "client:a")
+    assert lim.retry_after("client:a") == 0 and "client:a" not in lim._fails
