@@ -68,6 +68,16 @@ STEP_COALESCE_ROWS = 64
 EVENT_REORDER_SLACK_S = 60.0
 # The per-row column (seconds) carrying how far the feed had got when the row arrived (see on_batch).
 FEED_LEAD = "_feed_lead_s"
+# Event clock: a reading dated more than this ahead of the feed (the newest time arrived) waits outside the
+# detectors and the feed's clock until the feed gets there, or until another device's readings reach its time
+# (a gap in a recording: the whole feed moves on). One reading dated 30 days ahead used to move the clock of
+# every device: Offline for all of them over and over, silences ended, timers run out (found by an audit). A day:
+# far beyond any device's report interval (a sparse feed's honest reading may lead the others by hours), and a
+# clock set wrong is usually off by more (a reset, a wrong month or year); a reading less than a day ahead still
+# moves the clock as before.
+EVENT_JUMP_S = 86400.0
+# Held readings at most; beyond, the oldest held are left out of detection (they are stored), counted and logged.
+AHEAD_MAX_ROWS = 100_000
 # Detection is "behind" once the oldest arrival not yet fully evaluated is this many seconds old (wall
 # time, so it means the same live and in a 1000x replay); the log says so once, and once when it is back
 # under half of it (ingest.metrics.LagWatch), checked every LAG_CHECK_S.
@@ -122,6 +132,9 @@ class DetectionPipeline:
         self._watermark_ns = 0
         self._seen_ns = 0  # event clock: the newest reading time evaluated (the watermark may lag it, below)
         self._arrived_ns: int | None = None  # event clock: the newest reading time received (arrival order)
+        self._ahead: list = []  # event clock: ReadingBatch pieces held, dated too far ahead of the feed (_hold_ahead)
+        self._ahead_rows = 0
+        self._ahead_said: set[int] = set()  # sensors whose held readings were logged
         self.reorder_slack_ns = int(EVENT_REORDER_SLACK_S * 1e9)
         # Devices (bool mask over the sensors) whose readings wait in the detector thread's backlog: the
         # deadman leaves them as they are (RuleSet.advance hold) until their rows have run.
@@ -144,7 +157,7 @@ class DetectionPipeline:
         # Called with each config swapped in (the ingest service re-reads its inventory there).
         self.reload_hooks: list = []
         self.counters = {"batches": 0, "readings": 0, "detections": 0, "errors": 0, "reloads": 0, "reload_errors": 0,
-                         "state_saves": 0, "state_save_errors": 0, "deferred_steps": 0}
+                         "state_saves": 0, "state_save_errors": 0, "deferred_steps": 0, "rows_ahead_dropped": 0}
         # The detection backlog (issue 17: detection never falls behind silently), for `citywatch status`,
         # the log and /metrics: rows handed over and not yet evaluated, and per arrival (monotonic time
         # handed over, cumulative rows handed over, its oldest and newest event time). Arrivals count as
@@ -249,10 +262,56 @@ class DetectionPipeline:
             log.exception("could not note the arrival of %d readings", len(batch))
             return batch
 
+    def _hold_ahead(self, batch):
+        """Event clock: the rows of `batch` and of those held before that may run now; holds the rows dated more
+        than EVENT_JUMP_S ahead of the feed (the newest time arrived; before any, the second newest device's time
+        in the batch) unless the rows of two devices or more reach that far (the feed moved on: released up to
+        the second newest of them). Held rows run in a later batch once the feed gets near their time."""
+        if not self.event_clock:
+            return batch
+        from core import ReadingBatch
+
+        try:
+            ts = batch.ts_ns
+            ref = self._arrived_ns if self._arrived_ns is not None else _second_newest(batch.sensor, ts)
+            jump = int(EVENT_JUMP_S * 1e9)
+            if ref is None or (not self._ahead and (not len(ts) or int(ts.max()) <= ref + jump)):
+                return batch  # the usual batch: nothing held, nothing ahead
+            pool = ReadingBatch.concat([*self._ahead, batch]) if self._ahead else batch
+            ahead = pool.ts_ns > ref + jump
+            if ahead.any():
+                later = _second_newest(pool.sensor[ahead], pool.ts_ns[ahead])
+                if later is not None:
+                    ahead &= pool.ts_ns > later + jump
+            held = pool.take(np.flatnonzero(ahead))
+            over = len(held) - AHEAD_MAX_ROWS
+            if over > 0:
+                self.counters["rows_ahead_dropped"] += over
+                log.warning("detection: %d readings held as dated ahead of the feed left out of detection (at most "
+                            "%d are held; they are stored)", over, AHEAD_MAX_ROWS)
+                held = held.take(np.arange(over, len(held)))
+            for s in set(np.unique(held.sensor).tolist()) - self._ahead_said:
+                self._ahead_said.add(s)
+                first = held.ts_ns[held.sensor == s].min()
+                log.warning("detection holds readings of %s dated %s, more than %.0f s ahead of the feed (%s): they "
+                            "run when the feed gets there or another device's readings reach that time (event clock;"
+                            " they are stored)", self._device_name(s), _iso(int(first)), EVENT_JUMP_S, _iso(int(ref)))
+            self._ahead = [held] if len(held) else []
+            self._ahead_rows = len(held)
+            return pool.take(np.flatnonzero(~ahead))
+        except Exception:
+            log.exception("could not check %d readings against the feed's time", len(batch))
+            return batch
+
+    def _device_name(self, sensor: int) -> str:
+        devices = self.cfg.devices
+        return devices[sensor].id if 0 <= sensor < len(devices) else f"sensor {sensor}"
+
     def on_batch(self, batch) -> None:
         """Evaluate a batch (decoded readings, and rows refused for their flag without values) and feed its
         detections to the alert engine (queued when threaded).
         Never raises: a bug here must not stop ingest (the readings are already durable)."""
+        batch = self._hold_ahead(batch)
         batch = self._note_arrival(batch)
         self._arrived(batch)
         if self._worker is not None and self._queue is not None:  # a worker runs only with a queue
@@ -475,7 +534,8 @@ class DetectionPipeline:
         rows_queued (readings handed over, not yet evaluated), oldest_age_s (wall seconds since the oldest
         arrival not fully evaluated was handed over), event_lag_s (newest event time handed over minus the
         newest evaluated, or the oldest queued before any was, while rows are queued), oldest_queued_ns (the oldest event time queued, 0 if none),
-        steps and deferred_steps (detector steps; those that left rows for later), readings, notices."""
+        steps and deferred_steps (detector steps; those that left rows for later), readings, notices; event clock:
+        rows_held_ahead (readings dated too far ahead of the feed, waiting for it) and rows_ahead_dropped."""
         now = time.monotonic()
         with self._backlog_lock:
             queued = self._rows_in - self._rows_done
@@ -491,7 +551,8 @@ class DetectionPipeline:
         return {"rows_queued": int(max(queued, 0)), "oldest_age_s": float(age), "event_lag_s": float(lag),
                 "oldest_queued_ns": int(oldest), "steps": int(self.counters["batches"]),
                 "deferred_steps": int(self.counters["deferred_steps"]), "readings": int(self.counters["readings"]),
-                "notices": int(self.engine.counters.get("notices", 0)), "errors": int(self.counters["errors"])}
+                "notices": int(self.engine.counters.get("notices", 0)), "errors": int(self.counters["errors"]),
+                "rows_held_ahead": int(self._ahead_rows), "rows_ahead_dropped": int(self.counters["rows_ahead_dropped"])}
 
     def check_lag(self) -> dict:
         """Scheduled: log once when detection falls more than DETECT_LAG_WARN_S behind ingest and once when
@@ -627,3 +688,21 @@ class DetectionPipeline:
             self._mtimes = mtimes
             self.reload_from_disk()
 
+
+def _second_newest(sensor: np.ndarray, ts_ns: np.ndarray) -> int | None:
+    """The newest time that two devices have reached among these rows (the second newest device's newest
+    reading), or None when fewer than two devices have rows."""
+    if not len(sensor):
+        return None
+    order = np.lexsort((ts_ns, sensor))
+    s, t = sensor[order], ts_ns[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    newest = t[last]
+    if len(newest) < 2:
+        return None
+    return int(np.partition(newest, len(newest) - 2)[len(newest) - 2])
+
+
+def _iso(ts_ns: int) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -128,6 +128,11 @@ class ServiceCollector:
                                   "later step (alerting.detect_step_rows_per_device)", value=b["deferred_steps"])
         yield CounterMetricFamily(PREFIX + "detection_errors", "Detector steps or ticks that failed",
                                   value=b["errors"])
+        yield GaugeMetricFamily(PREFIX + "detection_rows_held_ahead", "Event clock: readings dated more than a day "
+                                "ahead of the feed, held until it gets there", value=b["rows_held_ahead"])
+        yield CounterMetricFamily(PREFIX + "detection_rows_ahead_dropped", "Event clock: held readings left out of "
+                                  "detection (more than the hold keeps; stored all the same)",
+                                  value=b["rows_ahead_dropped"])
         yield CounterMetricFamily(PREFIX + "alert_notices", "Alert notices handed to the sinks", value=b["notices"])
         buckets, total, _ = det.alert_latency.snapshot()
         yield HistogramMetricFamily(

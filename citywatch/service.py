@@ -323,7 +323,8 @@ class Service:
                 m.set_gauge(f"tick_{k}", int(v))
         if self.detection is not None:
             b = self.detection.backlog()
-            for k in ("rows_queued", "oldest_age_s", "event_lag_s", "steps", "deferred_steps", "errors"):
+            for k in ("rows_queued", "oldest_age_s", "event_lag_s", "steps", "deferred_steps", "errors",
+                      "rows_held_ahead", "rows_ahead_dropped"):
                 m.set_gauge(f"detect_{k}", b[k])
             m.set_gauge("alert_notices", b["notices"])
             hist = self.detection.alert_latency

@@ -133,6 +133,10 @@ def detection_lines(row: dict) -> list[str]:
         out.append(f"detection: {state}: {queued:,} readings queued, oldest handed over {age:.1f} s ago, "
                    f"event-time lag {lag:.1f} s; {int(row.get('detect_steps') or 0):,} steps, "
                    f"{int(row.get('detect_deferred_steps') or 0):,} of them left readings for later")
+        held = int(row.get("detect_rows_held_ahead") or 0)
+        if held:
+            out.append(f"detection holds {held:,} readings dated more than a day ahead of the feed (event clock), "
+                       f"{int(row.get('detect_rows_ahead_dropped') or 0):,} left out")
     if row.get("tick_runs") is not None:
         out.append(f"alert tick: {int(row['tick_runs']):,} runs, {int(row.get('tick_late') or 0):,} late, "
                    f"{int(row.get('tick_skipped') or 0):,} skipped")

@@ -42,7 +42,8 @@ def test_backlog_lag_log_and_alert_latency(tmp_path, caplog):
     pipe.start(scheduler=NoScheduler())
     try:
         assert pipe.backlog() == {"rows_queued": 0, "oldest_age_s": 0.0, "event_lag_s": 0.0, "oldest_queued_ns": 0,
-                                  "steps": 0, "deferred_steps": 0, "readings": 0, "notices": 0, "errors": 0}
+                                  "steps": 0, "deferred_steps": 0, "readings": 0, "notices": 0, "errors": 0, "rows_held_ahead": 0,
+                                  "rows_ahead_dropped": 0}
         now = time.time_ns()
         n = 1000
         t_a = now - 10 * S - (n - np.arange(n)) * S // 10  # A's back-fill: 0.1 s apart, ending 10 s ago
