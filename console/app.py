@@ -580,7 +580,10 @@ def create_app(cfg, env: dict[str, str], feed: AlertFeed | None = None) -> _Secu
 class _BodyLimit:
     """Every request body read here first, bounded in size (MAX_BODY_BYTES: 413, refused on its Content-Length
     before a byte is read) and in time (BODY_TIMEOUT_S: 408), then handed to the app; multipart uploads refused
-    (415). GET and HEAD pass as they are (no route reads their body)."""
+    (415). GET and HEAD pass as they are (no route reads their body). A request that changes something and says
+    it comes from another site (its Origin is not this host) is refused (403): besides the CSRF token of every
+    change made in a session, this keeps another site from logging a browser in as an account of its choosing
+    (whose name would then sign the officer's acks)."""
 
     def __init__(self, app: Starlette):
         self.app = app
@@ -590,6 +593,9 @@ class _BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        if origin is not None and not _same_origin(origin, headers.get(b"host", b"")):
+            return await _refuse(send, 403, "a request from another site is refused")
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype.startswith(b"multipart/"):
             return await _refuse(send, 415, "multipart bodies are not accepted")
@@ -620,6 +626,12 @@ class _BodyLimit:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+def _same_origin(origin: bytes, host: bytes) -> bool:
+    """Whether a request's Origin header names the host it was sent to (http or https); `null` never does."""
+    scheme, sep, rest = origin.partition(b"://")
+    return bool(sep) and scheme in (b"http", b"https") and bool(host) and rest.lower() == host.lower()
 
 
 async def _refuse(send, status: int, why: str) -> None:

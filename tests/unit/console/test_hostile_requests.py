@@ -167,3 +167,24 @@ def test_refusals_carry_the_security_headers(console_env, status):
     else:
         r = c.post("/logout", files={"f": ("a", b"x")})
     assert r.status_code == status and r.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize("origin, status", [
+    ("https://evil.example", 403), ("null", 403), ("http://testserver.evil", 403),
+    ("http://testserver", 303), ("https://testserver", 303), (None, 303),
+])
+def test_a_login_from_another_site_is_refused(console_env, origin, status):
+    """Login CSRF: another site's form could log the officer's browser in as an account of its choosing, whose
+    name would then sign the officer's acks. Browsers say where a POST comes from (Origin)."""
+    from starlette.testclient import TestClient
+    headers = {"Origin": origin} if origin else {}
+    r = TestClient(_app(console_env)).post("/login", data={"username": "watcher", "password": VIEWER_PW},
+                                           headers=headers, follow_redirects=False)
+    assert r.status_code == status
+
+
+def test_an_ack_from_another_site_is_refused_even_with_the_session(console_env):
+    c, csrf = client(_app(console_env), "duty", OPERATOR_PW)
+    r = c.post("/api/alerts/N-day.XM0001NOISE.20250601T143000Z/ack", json={"note": "x"},
+               headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"})
+    assert r.status_code == 403 and "another site" in r.json()["error"]
