@@ -87,17 +87,18 @@ class Route(Strict):
     match: Match = Match()
     receivers: list[str] = []
     group_by: list[Literal["site_id", "device_id", "rule_id", "category", "district", "severity"]] | None = None
-    group_wait_s: float | None = Field(None, ge=0)
-    group_interval_s: float | None = Field(None, ge=0)
-    repeat_interval_s: float | None = Field(None, ge=0)
+    # Bounded: a typo of a unit (1000w) would hold or space out notices for years.
+    group_wait_s: float | None = Field(None, ge=0, le=3600)
+    group_interval_s: float | None = Field(None, ge=0, le=86400)
+    repeat_interval_s: float | None = Field(None, ge=0, le=30 * 86400)
     continue_: bool = Field(False, alias="continue")
     routes: list[Route] = []
 
 
 class Escalation(Strict):
-    red_s: float = Field(300, gt=0)
-    orange_s: float = Field(900, gt=0)
-    yellow_s: float = Field(3600, gt=0)
+    red_s: float = Field(300, gt=0, le=86400)
+    orange_s: float = Field(900, gt=0, le=86400)
+    yellow_s: float = Field(3600, gt=0, le=86400)
     levels: list[str] = Field(["duty_officer", "section_chief", "bureau_leader"], min_length=1)
 
 
@@ -140,10 +141,10 @@ class Alerting(Strict):
     escalation: Escalation = Escalation()
     inhibit: list[Inhibit] = []
     quiet_windows: list[QuietWindow] = []
-    flap_window_s: float = Field(3600, gt=0)
+    flap_window_s: float = Field(3600, gt=0, le=86400)
     flap_max_transitions: int = Field(6, ge=2)
     retry: Retry = Retry()
-    recovered_clear_after_s: float = Field(300, ge=0)
+    recovered_clear_after_s: float = Field(300, ge=0, le=86400)
     mqtt_client_id: str = Field("citywatch-alerts", min_length=1, max_length=64)
     store_path: str = "var/alerts.sqlite"
     # Resolved alerts (with their notices), ended silences and applied commands older than this are

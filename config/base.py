@@ -60,9 +60,10 @@ _FIELD_ADAPTERS: dict[tuple[type, str], TypeAdapter[Any]] = {}
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors, no silent type coercion, immutable."""
+    """Base of every config model: unknown keys are errors, no silent type coercion, immutable, and no `.inf` or
+    `.nan` (an infinite for_s was taken, then stopped the alert engine at start with an OverflowError)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -18,14 +18,15 @@ TIME_DRIVEN_TYPES = frozenset({"deadman", "group_t2", "group_residual"})
 
 class RuleSpec(Strict):
     # Extra keys are the detector's own parameters; `detectors.registry` validates them.
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False)
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     type: str = Field(min_length=1)
     kind: Literal["noise", "gas", "generic", "any"] = "any"
     enabled: bool = True
-    for_s: float = Field(0, ge=0)
-    clear_for_s: float = Field(0, ge=0)
+    # At most a day: `for_s: 1000w` (a typo for 1000s) was taken and silently kept the rule from ever firing.
+    for_s: float = Field(0, ge=0, le=86400)
+    clear_for_s: float = Field(0, ge=0, le=86400)
 
     @property
     def time_driven(self) -> bool:

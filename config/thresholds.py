@@ -217,6 +217,9 @@ class GasOverride(Strict):
 
     @model_validator(mode="after")
     def _low_order(self) -> GasOverride:
+        if self.rel_low is not None and not self.rel_low:
+            raise KeyProblem("rel_low", "must name at least one level, or be left out to use gas.rel_low: an empty list "
+                             "would turn G-low off here (got [])")
         problem = low_levels_problem(self.rel_low or [], ("rel_low",))
         if problem:
             raise problem
@@ -245,6 +248,20 @@ class Gas(Strict):
     @model_validator(mode="after")
     def _level_orders(self) -> Gas:
         out = []
+        # An empty list took the rule off without a word (rel_low) or crashed it (rupture): remove the rule from
+        # rules.yaml to turn it off.
+        for key in ("rel_low", "rupture"):
+            if not getattr(self, key):
+                out.append(KeyProblem(key, "must name at least one level (to turn the rule off, remove it from "
+                                      "rules.yaml) (got [])"))
+        for i in range(1, len(self.rupture)):
+            prev, cur = self.rupture[i - 1], self.rupture[i]
+            if cur.drop_pct <= prev.drop_pct:
+                out.append(KeyProblem(("rupture", i, "drop_pct"), f"must be above rupture[{i - 1}].drop_pct "
+                                      f"{prev.drop_pct:g}: levels go up in order, the largest drop last (got {cur.drop_pct:g})"))
+            elif SEVERITY_RANK[cur.severity] <= SEVERITY_RANK[prev.severity]:
+                out.append(KeyProblem(("rupture", i, "severity"), f"must be more severe than rupture[{i - 1}].severity "
+                                      f"{prev.severity}: a larger drop is a worse level (got {cur.severity!r})"))
         problem = low_levels_problem(self.rel_low, ("rel_low",))
         if problem:
             out.append(problem)
@@ -267,5 +284,5 @@ class Gas(Strict):
 
 class Offline(Strict):
     interval_factor: float = Field(2.0, ge=1, le=100)
-    grace_s: int = Field(300, ge=0)
-    orange_after_s: int = Field(86400, gt=0)
+    grace_s: int = Field(300, ge=0, le=86400)  # 1000w took Offline off for every device
+    orange_after_s: int = Field(86400, gt=0, le=30 * 86400)

@@ -145,6 +145,9 @@ class TimeRules(Strict):
 
     @model_validator(mode="after")
     def _day_night(self) -> TimeRules:
+        for key in ("day_start", "night_start"):
+            if minutes(getattr(self, key)) == 1440:  # "24:00" compared unequal to "00:00": night never came
+                raise KeyProblem(key, 'must be a time from 00:00 to 23:59 (midnight is "00:00") (got "24:00")')
         if self.day_start == self.night_start:
             raise KeyProblem("night_start", f"must differ from day_start (got {self.night_start!r})")
         return self

@@ -65,9 +65,15 @@ def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem
     """Parse `text`; return the document (None on a syntax error) and any problems found."""
     problems: list[ConfigProblem] = []
     loader = _Loader(text)
+    node = None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except ValueError as exc:  # YAML reads 2025-02-30 as a date, which does not exist (PyYAML raises ValueError)
+        bad = _bad_date(node)
+        where = f"{bad.value!r} is not a date ({exc})" if bad is not None else str(exc)
+        return None, [ConfigProblem(file, bad.start_mark.line + 1 if bad is not None else None, "",
+                                    f"{where}; write a date that exists as YYYY-MM-DD")]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -93,6 +99,24 @@ def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[ConfigProblem
     lines: dict[tuple[Any, ...], int] = {}
     _walk(node, (), lines, problems, file)
     return YamlDoc(file, data, lines), problems
+
+
+def _bad_date(node: yaml.Node | None) -> yaml.ScalarNode | None:
+    """The first scalar under `node` that YAML reads as a date or time and that is none (2025-02-30)."""
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop(0)
+        if isinstance(n, yaml.ScalarNode):
+            if n.tag == "tag:yaml.org,2002:timestamp":
+                try:
+                    yaml.SafeLoader("").construct_yaml_timestamp(n)
+                except ValueError:
+                    return n
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            stack.extend(v for kv in n.value for v in kv)
+    return None
 
 
 def _indent_tab(text: str, line: int | None) -> int | None:
