@@ -41,7 +41,8 @@ class IngestSettings(Strict):
     deadletter_rows_listed: int = Field(100, ge=1, le=100_000)
     deadletter_device_budget_mb: float = Field(1, gt=0)
     deadletter_budget_period_s: float = Field(3600, gt=0)
-    max_payload_bytes: int = Field(1_048_576, gt=0)
+    # At least 1 KiB: a 60-sample batch is ~3 KB; 10 bytes was taken and would refuse every message as oversize.
+    max_payload_bytes: int = Field(1_048_576, ge=1024)
     # A status payload is one word or a small object: larger ones are refused as oversize, unparsed.
     status_max_payload_bytes: int = Field(4096, gt=0)
     future_skew_s: int = Field(300, ge=0)

@@ -198,8 +198,8 @@ class Battery(Strict):
 
     @model_validator(mode="after")
     def _order(self) -> Battery:
-        if self.orange_v > self.yellow_v:
-            raise ValueError(f"orange_v ({self.orange_v}) must not exceed yellow_v ({self.yellow_v})")
+        if self.orange_v >= self.yellow_v:  # equal: yellow would never show on its own
+            raise ValueError(f"orange_v ({self.orange_v}) must be below yellow_v ({self.yellow_v})")
         return self
 
 
