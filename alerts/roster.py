@@ -8,6 +8,7 @@ override by date replaces the level's shifts for that whole local date (holidays
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from config.base import minutes
@@ -45,21 +46,26 @@ def on_duty_level(oncall: OnCall, team: Team, level: int, at: dt.datetime) -> li
     return [p for p in (oncall.person(i) for i in seen) if p is not None]
 
 
-def recipients(oncall: OnCall, team_id: str, escalation_level: int, at: dt.datetime) -> tuple[str, list[Person]]:
+def recipients(oncall: OnCall, team_id: str, escalation_level: int, at: dt.datetime,
+               reachable: Callable[[Person], bool] | None = None) -> tuple[str, list[Person]]:
     """Whom a notice of a team at this escalation level goes to: (where, people).
 
     `where` is "level <n>" or "duty chief". A level with nobody on duty at `at` passes the notice to the
     next level, and past the team's last level it goes to the duty chief: a notice always reaches someone
-    when anyone at all is on the roster. Raises KeyError for an unknown team.
+    when anyone at all is on the roster. `reachable` (default: everyone) leaves out the people it refuses
+    (the team receiver: those with none of the team's channels), so a level whose people on duty are all
+    unreachable passes the notice on too; the list is empty only when nobody left is reachable.
+    Raises KeyError for an unknown team.
     """
     team = oncall.team(team_id)
     if team is None:
         raise KeyError(f"unknown on-call team {team_id!r}")
+    keep = reachable or (lambda _: True)
     for level in range(max(0, escalation_level), len(team.levels)):
-        people = on_duty_level(oncall, team, level, at)
+        people = [p for p in on_duty_level(oncall, team, level, at) if keep(p)]
         if people:
             return f"level {level}", people
-    chief = [p for p in (oncall.person(i) for i in oncall.duty_chief) if p is not None]
+    chief = [p for p in (oncall.person(i) for i in oncall.duty_chief) if p is not None and keep(p)]
     return "duty chief", chief
 
 

@@ -6,7 +6,9 @@ base.py     the contract (`Sink`, `SinkError`, `retryable_status`); retry, rate 
 mqtt.py     MQTT notices and the retained active-alert state      webhook.py  signed JSON POST
 influx.py   the InfluxDB `alerts` measurement                      terminal.py a line per notice
 wecom.py, dingtalk.py, mail.py, sms.py   channels that reach people (built by channels.py, which also
-            checks their templates and the roster); robot_http.py their one JSON POST
+            checks their templates and the roster)
+robot_http.py  the one HTTP exchange of every HTTP sink (no redirects followed, answers read up to 64 KiB)
+            and the robots' and the SMS gateway's JSON POST
 team.py     `team:<id>` receivers: the people on duty, over a team's channel sinks
 """
 

@@ -3,12 +3,11 @@ run id (CITYWATCH_RUN_ID) when the service has one."""
 
 from __future__ import annotations
 
-import urllib.error
 import urllib.parse
 import urllib.request
 
 from alerts.model import Notice
-from alerts.sinks.base import SinkError
+from alerts.sinks.robot_http import exchange
 from config.connections import basic_auth
 
 
@@ -48,7 +47,9 @@ def line_of(notice: Notice, measurement: str = "alerts") -> str:
 
 
 class InfluxSink:
-    """Writes each notice with HTTP POST /write?db=...&precision=ns (InfluxDB 1.x, 2.x/3.x v1-compat)."""
+    """Writes each notice with HTTP POST /write?db=...&precision=ns (InfluxDB 1.x, 2.x/3.x v1-compat).
+    5xx, 429 and network errors are retryable; other 4xx, a redirect (never followed) and an answer over
+    64 KiB are not (alerts/sinks/robot_http.py: `exchange`)."""
 
     def __init__(self, url: str, database: str, measurement: str = "alerts", timeout_s: float = 10.0,
                  username: str | None = None, password: str | None = None):
@@ -60,13 +61,7 @@ class InfluxSink:
     def send(self, notice: Notice) -> None:
         req = urllib.request.Request(self.endpoint, data=line_of(notice, self.measurement).encode(), method="POST",
                                      headers=self.headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            raise SinkError(f"influx write: HTTP {exc.code}", exc.code >= 500 or exc.code == 429) from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            raise SinkError(f"influx write: {getattr(exc, 'reason', exc)}", True) from None
+        exchange(req, self.timeout_s, "influx write", lambda code: code >= 500 or code == 429)
 
     def close(self) -> None:
         pass

@@ -3,7 +3,9 @@ template, and the response field whose value says the gateway accepted the messa
 
 Auth `token`: header `<header>: <prefix><token>`. Auth `hmac`: header `<timestamp_header>: <unix s>` and
 `<header>: <hex HMAC-SHA256(secret, "<t>.<body>")>`, signed at each attempt. A gateway's rate-limit
-values (`retry_values`), 5xx and 429 are retried; any other answer is refused for good.
+values (`retry_values`), 5xx and 429 are retried; any other answer is refused for good. A notice goes to
+every number of `to`: it is delivered when one number accepted it (the others are named in what the
+delivery reached), and fails only when every number failed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +26,8 @@ from alerts.sinks.robot_http import post_json
 if TYPE_CHECKING:
     from config.channels import SmsSink as SmsSpec
     from config.oncall import Person
+
+log = logging.getLogger(__name__)
 
 
 def hmac_signature(secret: str, t: int, body: bytes) -> str:
@@ -84,9 +89,26 @@ class SmsSink:
             numbers = list(self.spec.to)
         if not numbers:
             raise SinkError(f"sms sink {self.name}: no number (set `to`, or route through a team)", False)
+        # Every number is tried: one refused (a number out of service) must not keep the alarm from the others.
+        reached: list[str] = []
+        failed: list[tuple[str, SinkError]] = []
         for number in numbers:
-            self._send_one(notice, number, person)
-        return f"sms:{person.name}" if person else "sms:" + ",".join(numbers)
+            try:
+                self._send_one(notice, number, person)
+            except SinkError as exc:
+                failed.append((number, exc))
+                continue
+            reached.append(number)
+        if not reached:
+            # Retried while one number's failure may pass (the retry texts every number again: none got it).
+            raise SinkError("; ".join(f"{number}: {exc}" for number, exc in failed) if len(failed) > 1
+                            else str(failed[0][1]), any(exc.retryable for _, exc in failed))
+        note = f"sms:{person.name}" if person else "sms:" + ",".join(reached)
+        if failed:  # delivered to some numbers, refused for the others: the delivery log says both
+            missed = "; ".join(f"{number} ({exc})" for number, exc in failed)
+            log.error("sms sink %s: notice %s not delivered to %s", self.name, notice.key, missed)
+            note += "; not reached: " + missed
+        return note
 
     def close(self) -> None:
         pass

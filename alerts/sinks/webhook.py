@@ -12,12 +12,11 @@ import hashlib
 import hmac
 import json
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 
 from alerts.model import Notice
-from alerts.sinks.base import SinkError, retryable_status
+from alerts.sinks.robot_http import exchange
 
 SIGNATURE_HEADER = "X-Citywatch-Signature"
 KEY_HEADER = "Idempotency-Key"
@@ -89,7 +88,8 @@ def verify_signature(header: str | None, body: bytes, secret: bytes | str, toler
 
 
 class WebhookSink:
-    """POSTs each notice to `url`. 5xx, 408, 429 and network errors are retryable; other 4xx are not.
+    """POSTs each notice to `url`. 5xx, 408, 429 and network errors are retryable; other 4xx, a redirect
+    (never followed) and an answer over 64 KiB are not (alerts/sinks/robot_http.py: `exchange`).
 
     secret: the HMAC key; None sends the notice unsigned (`check-config` warns about such a sink).
     Each attempt is signed at the time it is sent, so a retry minutes later is still within a
@@ -115,13 +115,7 @@ class WebhookSink:
         req.add_header(KEY_HEADER, notice.key)
         if self.secret is not None:
             req.add_header(SIGNATURE_HEADER, sign(self.secret, body, self.clock()))
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            raise SinkError(f"webhook {self.url}: HTTP {exc.code}", retryable_status(exc.code)) from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            raise SinkError(f"webhook {self.url}: {getattr(exc, 'reason', exc)}", True) from None
+        exchange(req, self.timeout_s, f"webhook {self.url}")
 
     def close(self) -> None:
         pass
