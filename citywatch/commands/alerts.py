@@ -15,6 +15,7 @@ import getpass
 import json
 import math
 import os
+import sqlite3
 import sys
 import time
 import zoneinfo
@@ -46,6 +47,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 DISPLAY_TZ = "Asia/Shanghai"
 WIDE_MIN_COLUMNS = 120  # below this the board drops to five columns that stay readable at 80
 OPEN = ("pending", "firing")
+WAIT_HELP = "seconds to wait for the service to apply it (default 3; then it stays queued for the service)"
 
 
 def register(sub) -> None:
@@ -92,7 +94,7 @@ def register(sub) -> None:
     q.add_argument("--device", default=None, help="device id or HJ 212 MN")
     q.add_argument("--by", default=None, help=argparse.SUPPRESS)
     q.add_argument("--note", default="", help="free text, e.g. who was dispatched")
-    q.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the service to apply it")
+    q.add_argument("--wait", type=float, default=3.0, help=WAIT_HELP)
     q.set_defaults(func=_returns_code(_ack))
 
     q = action("silence", help="mute matching alerts until an expiry", description=author_note)
@@ -104,13 +106,14 @@ def register(sub) -> None:
     q.add_argument("--comment", required=True, help=f"why (recorded, at most {command_rules.MAX_TEXT} characters)")
     q.add_argument("--expires", required=True, help="duration: 90s, 15m, 2h, 1d (at most alerting.silence_max_s)")
     q.add_argument("--id", default=None, help="silence id (default: generated)")
-    q.add_argument("--wait", type=float, default=3.0)
+    q.add_argument("--wait", type=float, default=3.0, help=WAIT_HELP)
     q.set_defaults(func=_returns_code(_silence))
 
-    q = action("unsilence", help="end a silence now", description=author_note)
-    q.add_argument("silence_id")
+    q = action("unsilence", help="end a silence now", description=author_note + " An id the store knows no "
+               "silence by is refused (exit 2), with the active silences' ids.")
+    q.add_argument("silence_id", help="the silence's id, as `list --silences` shows it")
     q.add_argument("--by", default=None, help=argparse.SUPPRESS)
-    q.add_argument("--wait", type=float, default=3.0)
+    q.add_argument("--wait", type=float, default=3.0, help=WAIT_HELP)
     q.set_defaults(func=_returns_code(_unsilence))
 
     q = action("watch", help="live board of active alerts, by severity and age")
@@ -148,12 +151,15 @@ def _store(args, cfg=None) -> AlertStore:
     else:
         cfg = cfg or _config(args)
         path = cfg.resolve_path(cfg.alerting.store_path)
+    where = "--store" if args.store else "alerting.store_path of the config"
     try:
         return AlertStore(path, create=False)
     except FileNotFoundError:
-        where = "--store" if args.store else "alerting.store_path of the config"
         print(f"error: no alert store at {path} ({where}); check the path: `citywatch run` creates the store",
               file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except sqlite3.DatabaseError as exc:  # another file given as the store (a CSV, a feed)
+        print(f"error: {path} ({where}) is not a citywatch alert store: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 
 
@@ -580,7 +586,36 @@ def _silence(args) -> int:
 
 
 def _unsilence(args) -> int:
-    return _queue(args, {"action": "unsilence", "silence_id": args.silence_id})
+    """Queue the end of a silence the store knows. A mistyped id is refused here, not queued: the service
+    would refuse it a tick later, after `queued as command N` had told the operator the silence ended while
+    the real one still mutes."""
+    if args.by is not None:
+        return _queue(args, {})
+    cfg = _config(args)
+    store = _store(args, cfg)
+    sid = args.silence_id
+    now = freshness(store).as_of_ns or time.time_ns()  # the engine's clock, as `list --silences` judges
+    known = [s for s in store.silences(include_ended=True) if s.id == sid]
+    if not known and not _silence_queued(store, sid):
+        active = sorted(s.id for s in store.silences() if s.active(now))
+        listed = (f"active silences: {', '.join(active[:5])}" + (f" and {len(active) - 5} more" if len(active) > 5
+                  else "") if active else "no silence is active")
+        print(f"error: no silence {sid!r} in the store {store.path}; {listed} (`citywatch alerts list --silences`)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if known and (known[0].ended_by is not None or known[0].expires_ns <= now):
+        s = known[0]
+        how = f"ended by {s.ended_by}" if s.ended_by else "expired"
+        print(f"silence {sid} already {how} at {_local(s.expires_ns)} CST; nothing to end")
+        return EXIT_OK
+    return _queue(args, {"action": "unsilence", "silence_id": sid}, store, cfg)
+
+
+def _silence_queued(store: AlertStore, sid: str) -> bool:
+    """A `silence --id sid` still waiting in the command inbox (the service is not running, or not yet
+    ticked): its unsilence is queued behind it and applied in order."""
+    return any(isinstance(c.command, dict) and c.command.get("action") == "silence" and c.command.get("id") == sid
+               for c in store.unapplied_commands())
 
 
 def _watch(args) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 
@@ -9,9 +10,10 @@ from config import ConfigError, load_config
 from config.errors import ConfigProblem
 
 # Exit codes: 0 the config is valid (warnings, if any, printed on stderr), 1 it has problems (each printed
-# on stderr).
+# on stderr), 2 the arguments name two different directories.
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
 
 
 def register(sub) -> None:
@@ -25,6 +27,8 @@ def register(sub) -> None:
         "overrides) are applied and checked as the service would.",
     )
     p.add_argument("dir", nargs="?", default=None, help="config directory (default: the shipped config/)")
+    p.add_argument("--config", default=None, metavar="DIR",
+                   help="the same as DIR, as the other commands take it (give one of them, or both the same)")
     p.set_defaults(func=_run)
 
 
@@ -45,8 +49,12 @@ def _report(problems: list[ConfigProblem]) -> int:
 
 
 def _run(args) -> int:
+    if args.dir and args.config and os.path.realpath(args.dir) != os.path.realpath(args.config):
+        print(f"citywatch check-config: DIR {args.dir} and --config {args.config} name different directories; "
+              "give one of them", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        cfg = load_config(args.dir)
+        cfg = load_config(args.dir or args.config)
     except ConfigError as exc:
         return _report(exc.problems)
     problems = extra_checks(cfg)

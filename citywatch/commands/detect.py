@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from citywatch.cli import output_problem
 from citywatch.errors import EXIT_UNREACHABLE, report_unreachable
 from config import ConfigError, load_config
 from core.timefmt import iso_utc
@@ -235,6 +236,10 @@ def _run(args) -> int:
         print("citywatch detect: --no-detections writes nothing, so it goes with none of --flags, --scores, --compare,"
               " --output", file=sys.stderr)
         return 1
+    problem = output_problem("--output", args.output) if args.output else None
+    if problem:  # before the feed is read: a mistyped path costs no run and no traceback
+        print(f"citywatch detect: {problem}", file=sys.stderr)
+        return 2
     return execute(args)
 
 

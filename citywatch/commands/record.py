@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+from citywatch.cli import output_problem, port_number, positive_count, positive_duration
 from citywatch.errors import report_unreachable
 from config import ConfigError, load_config
 
@@ -22,28 +23,29 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output JSONL file (appended to)")
     p.add_argument("--topics", nargs="+", help="topic filters (default: city/xm/+/+/+/data city/xm/hj212/#)")
-    p.add_argument("--duration", help="stop after this much wall-clock time, e.g. 10m (default: until Ctrl-C)")
-    p.add_argument("--count", type=int, help="stop after this many messages")
-    p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG", "config"), help="config directory")
+    p.add_argument("--duration", type=positive_duration,
+                   help="stop after this much wall-clock time, e.g. 10m (default: until Ctrl-C)")
+    p.add_argument("--count", type=positive_count, help="stop after this many messages (at least 1)")
+    p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG"),
+                   help="config directory (default: $CITYWATCH_CONFIG, else the shipped config/)")
     p.add_argument("--credentials", help="broker credentials JSON (default: $CITYWATCH_CREDENTIALS or .stack/credentials.json)")
     p.add_argument("--host", help="broker host (default: the config's)")
-    p.add_argument("--port", type=int, help="broker port (default: the config's)")
+    p.add_argument("--port", type=port_number, help="broker port (default: the config's)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from simulators.publisher import BrokerCredentials, BrokerUnreachable
     from simulators.recorder import DATA_TOPICS, FeedRecorder
-    from simulators.scenario import parse_duration
 
+    problem = output_problem("--out", args.out)
+    if problem:
+        print(f"citywatch record: {problem}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config)
-        limit_s = parse_duration(args.duration) if args.duration else None
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"citywatch record: --duration: {exc}", file=sys.stderr)
         return 2
     cred_path = args.credentials or os.environ.get("CITYWATCH_CREDENTIALS") or ".stack/credentials.json"
     try:
@@ -55,7 +57,8 @@ def run(args) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     with open(args.out, "a", encoding="utf-8") as out:
-        rec = FeedRecorder(args.host or cfg.connections.mqtt.host, args.port or cfg.connections.mqtt.port,
+        rec = FeedRecorder(args.host or cfg.connections.mqtt.host,
+                           args.port if args.port is not None else cfg.connections.mqtt.port,
                            user, pw, args.topics or DATA_TOPICS, out)
         try:
             rec.start()
@@ -65,7 +68,7 @@ def run(args) -> int:
             print(f"citywatch record: {exc}", file=sys.stderr)
             return 1
         print(f"recording {' '.join(rec.topics)} to {args.out}", file=sys.stderr)
-        deadline = time.monotonic() + limit_s if limit_s else None
+        deadline = time.monotonic() + args.duration if args.duration else None
         try:
             while not stop.is_set():
                 if deadline and time.monotonic() >= deadline:

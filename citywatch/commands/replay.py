@@ -6,6 +6,7 @@ import os
 import sys
 import zoneinfo
 
+from citywatch.cli import port_number, positive_speed
 from citywatch.errors import report_unreachable
 from config import ConfigError, load_config
 
@@ -23,7 +24,7 @@ def register(sub) -> None:
     )
     p.add_argument("file", help="the feed file")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0,
+    pace.add_argument("--speed", type=positive_speed, default=1.0,
                       help="event time / N: N simulated seconds per wall-clock second, for every kind of feed (a "
                            "capture's receive times are not used); default 1: real time. The expected wall time "
                            "is printed before a replay longer than 10 s")
@@ -33,10 +34,11 @@ def register(sub) -> None:
                    help="also publish the capture's non-data topics (alerts, commands, replies, dead letters, "
                         "internal). The broker still refuses them for device and tester accounts (only the "
                         "service publishes alerts, only an operator its own commands); refusals are counted")
-    p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG", "config"), help="config directory")
+    p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG"),
+                   help="config directory (default: $CITYWATCH_CONFIG, else the shipped config/)")
     p.add_argument("--credentials", help="broker credentials JSON (default: $CITYWATCH_CREDENTIALS or .stack/credentials.json)")
     p.add_argument("--host", help="broker host (default: the config's)")
-    p.add_argument("--port", type=int, help="broker port (default: the config's)")
+    p.add_argument("--port", type=port_number, help="broker port (default: the config's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -51,9 +53,6 @@ def run(args) -> int:
     )
     from simulators.replay import FeedFormatError, read_feed
 
-    if args.speed <= 0:
-        print("citywatch replay: --speed must be positive", file=sys.stderr)
-        return 2
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -85,8 +84,8 @@ def run(args) -> int:
         return 2
     if args.as_tester:
         creds = BrokerCredentials({}, creds.tester)
-    publisher = FeedPublisher(args.host or cfg.connections.mqtt.host, args.port or cfg.connections.mqtt.port, creds,
-                              client_prefix="replay")
+    port = args.port if args.port is not None else cfg.connections.mqtt.port
+    publisher = FeedPublisher(args.host or cfg.connections.mqtt.host, port, creds, client_prefix="replay")
     if not messages:
         print(f"citywatch replay: {args.file} holds no messages", file=sys.stderr)
         return 0

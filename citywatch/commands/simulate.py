@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from citywatch.cli import output_problem, port_number, positive_duration, positive_speed
 from citywatch.errors import report_unreachable
 from config import ConfigError, load_config
 
@@ -19,13 +20,15 @@ def register(sub) -> None:
                     "and write one ground-truth JSONL record per injected fault.",
     )
     p.add_argument("scenario", help="scenario YAML (e.g. simulators/scenarios/city_day.yaml)")
-    p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG", "config"), help="config directory (default: config)")
+    p.add_argument("--config", default=os.environ.get("CITYWATCH_CONFIG"),
+                   help="config directory (default: $CITYWATCH_CONFIG, else the shipped config/)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0,
+    pace.add_argument("--speed", type=positive_speed, default=1.0,
                       help="event time / N: N simulated seconds per wall-clock second (default 1: real time); the "
                            "expected wall time is printed before a run longer than 10 s")
     pace.add_argument("--fast", action="store_true", help="as fast as the broker acknowledges")
-    p.add_argument("--duration", help="simulated length, e.g. 90m or 24h (default: the scenario's)")
+    p.add_argument("--duration", type=positive_duration,
+                   help="simulated length, e.g. 90m or 24h (default: the scenario's)")
     p.add_argument("--history", help="fault-free history published first, as fast as possible, e.g. 14d "
                                      "(default: the scenario's `history`)")
     p.add_argument("--out", help="also write the feed as JSONL to this file (the replay format)")
@@ -34,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--credentials", default=None,
                    help="broker credentials JSON (default: $CITYWATCH_CREDENTIALS or .stack/credentials.json)")
     p.add_argument("--host", help="broker host (default: the config's connections.mqtt.host)")
-    p.add_argument("--port", type=int, help="broker port (default: the config's connections.mqtt.port)")
+    p.add_argument("--port", type=port_number, help="broker port (default: the config's connections.mqtt.port)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -57,14 +60,11 @@ def run(args) -> int:
     )
     from simulators.scenario import load_scenario, parse_duration
 
-    if args.speed <= 0:
-        print("citywatch simulate: --speed must be positive", file=sys.stderr)
-        return 2
     try:
         cfg = load_config(args.config)
         scenario = load_scenario(args.scenario, cfg)
-        if args.duration:
-            scenario = scenario.with_duration(parse_duration(args.duration))
+        if args.duration is not None:
+            scenario = scenario.with_duration(args.duration)
         if args.history:
             scenario = scenario.with_history(parse_duration(args.history))
     except ConfigError as exc:
@@ -74,9 +74,14 @@ def run(args) -> int:
         print(f"citywatch simulate: {exc}", file=sys.stderr)
         return 2
 
+    truth = Path(args.truth or f"{scenario.name}-truth.jsonl")
+    for option, path in (("--out", args.out), ("--truth", str(truth))):
+        problem = output_problem(option, path) if path else None
+        if problem:  # before the feed is built: a mistyped path costs no run and no traceback
+            print(f"citywatch simulate: {problem}", file=sys.stderr)
+            return 2
     history = build_history(scenario, cfg)
     messages = build_feed(scenario, cfg)
-    truth = Path(args.truth or f"{scenario.name}-truth.jsonl")
     n_truth = write_truth(scenario, truth)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
@@ -95,7 +100,8 @@ def run(args) -> int:
         print(f"citywatch simulate: cannot read credentials {cred_path}: {exc}", file=sys.stderr)
         return 2
     mqtt_cfg = cfg.connections.mqtt
-    host, port = args.host or mqtt_cfg.host, args.port or mqtt_cfg.port
+    host = args.host or mqtt_cfg.host
+    port = args.port if args.port is not None else mqtt_cfg.port
     try:
         services = service_announcements(host, port, creds)
     except BrokerUnreachable as exc:

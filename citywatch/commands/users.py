@@ -21,7 +21,9 @@ def register(sub) -> None:
     u.required = True
     q = u.add_parser("add", help="create an account")
     q.add_argument("username")
-    q.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    q.add_argument("--role", required=True, choices=["viewer", "operator", "admin"],
+                   help="viewer: reads; operator: also acknowledges alerts; admin: also manages accounts and what "
+                   "operators may do")
     q.add_argument("--name", default=None, help="display name shown beside acks (default: the user name)")
     q.add_argument("--password-stdin", action="store_true", help="read the password from stdin (one line)")
     q.set_defaults(func=_add)

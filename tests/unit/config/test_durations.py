@@ -138,10 +138,11 @@ def test_cli_options_take_the_same_grammar(tmp_path, capsys):
     first, last = (json.loads(x) for x in (out.read_text().splitlines()[0], out.read_text().splitlines()[-1]))
     span_s = (_ts(last) - _ts(first)) / 1000
     assert 13.9 * 86400 < span_s <= 14 * 86400
-    rc = main(["simulate", str(spec), "--config", str(DEFAULT_CONFIG_DIR), "--duration", "2 weeks", "--dry-run",
-               "--out", str(out), "--truth", str(tmp_path / "t.jsonl"), "--no-progress"])
-    assert rc == 2
-    assert "duration '2 weeks' must be a number with an optional unit s, m, h, d or w" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused while the arguments are parsed, as every bad option is
+        main(["simulate", str(spec), "--config", str(DEFAULT_CONFIG_DIR), "--duration", "2 weeks", "--dry-run",
+              "--out", str(out), "--truth", str(tmp_path / "t.jsonl"), "--no-progress"])
+    assert stop.value.code == 2
+    assert "duration '2 weeks' must be a positive number with an optional unit s, m, h, d or w" in capsys.readouterr().err
 
 
 def _ts(record: dict) -> int:
