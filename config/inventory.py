@@ -82,6 +82,9 @@ class Device(Strict):
             )
         if mop < set_kpa:
             raise KeyProblem("mop_kpa", f"must not be below set_pressure_kpa {set_kpa:g} (got {mop:g})")
+        if mop > hi:  # G-highhigh fires at MOP: a low-pressure (10 kPa) main with MOP 350 would never alarm
+            raise KeyProblem("mop_kpa", f"must not exceed pressure_class {pclass}'s upper bound {hi:g} kPa "
+                             f"({_class_range(lo, hi)}) (got {mop:g})")
         if full < mop:
             raise KeyProblem("full_scale_kpa", f"must not be below mop_kpa {mop:g} (got {full:g})")
         return self

@@ -33,7 +33,7 @@ def gas(id_: str, site: str, set_kpa: float) -> dict:
     low = set_kpa < 10
     return {"id": id_, "kind": "gas", "site": site, "report_interval_s": 900, "sample_interval_s": 60,
             "pressure_class": "low" if low else "medium_a", "set_pressure_kpa": set_kpa,
-            "mop_kpa": set_kpa * 1.4, "full_scale_kpa": set_kpa * 4}
+            "mop_kpa": min(set_kpa * 1.4, 10.0 if low else 400.0), "full_scale_kpa": set_kpa * 4}  # MOP inside the class
 
 
 # Three 300 kPa mains (peers of each other) and two 2.5 kPa service lines (one peer each: too few, so they

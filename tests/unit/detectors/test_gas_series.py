@@ -37,7 +37,7 @@ def gas(id_: str, set_kpa: float, sample_s: int = 60) -> dict:
     low = set_kpa < 10
     return {"id": id_, "kind": "gas", "site": "GS-1", "report_interval_s": 900, "sample_interval_s": sample_s,
             "pressure_class": "low" if low else "medium_a", "set_pressure_kpa": set_kpa,
-            "mop_kpa": set_kpa * 1.4, "full_scale_kpa": set_kpa * 4}
+            "mop_kpa": min(set_kpa * 1.4, 10.0 if low else 400.0), "full_scale_kpa": set_kpa * 4}  # MOP inside the class
 
 
 # A 300 kPa main and a 2.5 kPa service line sampled every minute, and a 300 kPa main sampled every second
