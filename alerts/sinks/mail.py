@@ -10,6 +10,7 @@ unknown mailbox, a refused sender) and a failed login are refused for good.
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 from alerts.model import Notice
 from alerts.notice_text import Renderer
 from alerts.sinks.base import SinkError
+from alerts.sinks.deadline import Deadline, watch
+from alerts.sinks.robot_http import EXCHANGE_TIMEOUTS
 
 if TYPE_CHECKING:
     from config.oncall import Person
@@ -77,28 +80,52 @@ class EmailSink:
             raise SinkError(f"email sink {self.name}: no recipient (set `to`, or route through a team)", False)
         msg = self.message(notice, to, person)
         ctx = self.ssl_context or ssl.create_default_context()
+        # The whole session within EXCHANGE_TIMEOUTS x timeout_s: a greeting trickled byte by byte held a 1 s
+        # sink for 19 s (timeout_s bounds each read).
+        deadline = Deadline(EXCHANGE_TIMEOUTS * self.timeout_s)
         try:
-            if self.security == "tls":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=ctx)
-            else:
-                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
-            with smtp:
-                if self.security == "starttls":
-                    smtp.starttls(context=ctx)
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                smtp.send_message(msg)
-        except smtplib.SMTPAuthenticationError as exc:
-            raise SinkError(f"email sink {self.name}: login refused ({exc.smtp_code})", False) from None
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [c for c, _ in exc.recipients.values()]
-            raise SinkError(f"email sink {self.name}: recipients refused {codes}", all(400 <= c < 500 for c in codes)) from None
-        except smtplib.SMTPResponseException as exc:
-            raise SinkError(f"email sink {self.name}: SMTP {exc.smtp_code} {exc.smtp_error!r}",
-                            400 <= exc.smtp_code < 500) from None
+            with deadline:
+                if self.security == "tls":
+                    smtp: smtplib.SMTP = _SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=ctx)
+                else:
+                    smtp = _SMTP(self.host, self.port, timeout=self.timeout_s)
+                with smtp:
+                    if self.security == "starttls":
+                        smtp.starttls(context=ctx)
+                        if smtp.sock is not None:
+                            watch(smtp.sock)  # the TLS socket that replaced the plain one
+                    if self.username:
+                        smtp.login(self.username, self.password or "")
+                    smtp.send_message(msg)
         except (smtplib.SMTPException, OSError) as exc:
-            raise SinkError(f"email sink {self.name}: {exc}", True) from None
+            if deadline.expired:
+                raise SinkError(f"email sink {self.name}: the server did not finish within {deadline.seconds:g} s "
+                                "(it sends too slowly); cut off", True) from None
+            raise SinkError(*self._classify(exc)) from None
         return f"email:{person.name}" if person else "email:" + ",".join(to)
+
+    def _classify(self, exc: Exception) -> tuple[str, bool]:
+        """(message, retryable) of an SMTP session's failure."""
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return f"email sink {self.name}: login refused ({exc.smtp_code})", False
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            codes = [c for c, _ in exc.recipients.values()]
+            return f"email sink {self.name}: recipients refused {codes}", all(400 <= c < 500 for c in codes)
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return f"email sink {self.name}: SMTP {exc.smtp_code} {exc.smtp_error!r}", 400 <= exc.smtp_code < 500
+        return f"email sink {self.name}: {exc}", True
 
     def close(self) -> None:
         pass
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib's client with its socket under the send's Deadline (registered as it connects)."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return watch(super()._get_socket(host, port, timeout))  # type: ignore[misc]  # smtplib's private hook
+
+
+class _SMTP_SSL(smtplib.SMTP_SSL):  # noqa: N801 - smtplib's name
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return watch(super()._get_socket(host, port, timeout))  # type: ignore[misc]  # smtplib's private hook

@@ -19,9 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from alerts.sinks.base import SinkError, retryable_status
+from alerts.sinks.deadline import Deadline, watch
 
 # The largest answer a sink reads (bytes): every API a sink talks to answers in well under 1 KiB.
 MAX_ANSWER_BYTES = 64 * 1024
+# An exchange ends within this many times the sink's timeout_s, however slowly the server sends (the timeout
+# bounds each read; a server dripping a byte every half second held a 1 s sink for 14.5 s).
+EXCHANGE_TIMEOUTS = 2
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -31,8 +35,31 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-# build_opener replaces its default redirect handler by this subclass; proxies from the environment stay.
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _WatchedHTTP(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        watch(self.sock)
+
+
+class _WatchedHTTPS(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        watch(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_WatchedHTTP, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_WatchedHTTPS, req, context=getattr(self, "_context", None))
+
+
+# build_opener replaces its default handlers by these subclasses (redirects refused, sockets under the
+# exchange's deadline); proxies from the environment stay.
+_OPENER = urllib.request.build_opener(_NoRedirect, _HTTPHandler, _HTTPSHandler)
 
 
 def _location(value: str | None) -> str:
@@ -49,11 +76,15 @@ def exchange(req: urllib.request.Request, timeout_s: float, what: str,
 
     Raises SinkError: a 3xx (not followed: never retryable, a redirect does not fix itself), an answer
     larger than MAX_ANSWER_BYTES (not retryable: the receiver answers every notice that way), another
-    HTTP error status (`retryable(status)`), or a network error or timeout (retryable).
+    HTTP error status (`retryable(status)`), or a network error or timeout (retryable), the exchange not
+    over within EXCHANGE_TIMEOUTS x timeout_s included.
     """
+    deadline = Deadline(EXCHANGE_TIMEOUTS * timeout_s)
     try:
-        with _OPENER.open(req, timeout=timeout_s) as resp:
+        with deadline, _OPENER.open(req, timeout=timeout_s) as resp:
             raw: bytes = resp.read(MAX_ANSWER_BYTES + 1)
+        if deadline.expired:  # cut off while it read: what it has is not the whole answer
+            raise OSError("cut off")
     except urllib.error.HTTPError as exc:
         exc.close()
         if 300 <= exc.code < 400:
@@ -62,6 +93,9 @@ def exchange(req: urllib.request.Request, timeout_s: float, what: str,
                             False) from None
         raise SinkError(f"{what}: HTTP {exc.code}", retryable(exc.code)) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
+        if deadline.expired:
+            raise SinkError(f"{what}: no complete answer within {deadline.seconds:g} s (the server sends too "
+                            "slowly); cut off", True) from None
         raise SinkError(f"{what}: {getattr(exc, 'reason', exc)}", True) from None
     if len(raw) > MAX_ANSWER_BYTES:
         raise SinkError(f"{what}: the answer is larger than {MAX_ANSWER_BYTES // 1024} KiB (not read further)",

@@ -359,3 +359,77 @@ def test_the_dedup_memory_stays_bounded_and_still_refuses_a_queued_or_just_sent_
         assert not d.submit(_notice("A1999", 1, "yellow"), "n")  # just sent: still refused
     finally:
         d.stop(1)
+
+
+# ----- an overall deadline per exchange (the audit's s1 and s7) ----------------------------------------------
+
+def _trickle(sock, data: bytes, every_s: float, stop: threading.Event) -> None:
+    """Send `data` a byte at a time, `every_s` apart: never silent for a read timeout, never done."""
+    for ch in data:
+        if stop.wait(every_s):
+            return
+        try:
+            sock.send(bytes([ch]))
+        except OSError:
+            return
+
+
+def test_a_webhook_that_drips_its_answer_is_cut_off_at_the_exchange_deadline():
+    """A server sending a byte every 0.05 s never lets a 0.2 s read timeout fire: the send went on for as long
+    as the server dripped (14.5 s in the audit). Now it ends at twice timeout_s, retryable, saying why."""
+    stop = threading.Event()
+
+    def drip(h, body):
+        h.send_response(200)
+        h.send_header("Content-Length", "2000")
+        h.end_headers()
+        h.wfile.flush()
+        _trickle(h.connection, b" " * 2000, 0.05, stop)
+
+    ep = Endpoint(drip)
+    sink = WebhookSink(ep.url("/drip"), timeout_s=0.2)
+    out: list[BaseException] = []
+    t = threading.Thread(target=lambda: _catch(out, sink.send, _notice("A", 1, "red")), daemon=True)
+    t.start()
+    t.join(20)  # a bound on the test, not a speed assertion: the old code dripped for 100 s
+    stop.set()
+    assert not t.is_alive(), "the send was still reading the drip"
+    assert isinstance(out[0], SinkError) and out[0].retryable and "within 0.4 s" in str(out[0])
+    ep.stop()
+
+
+def test_an_smtp_greeting_trickled_forever_is_cut_off():
+    import socket as socket_mod
+
+    from alerts.sinks.mail import EmailSink
+    srv = socket_mod.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    stop = threading.Event()
+
+    def serve():
+        conn, _ = srv.accept()
+        _trickle(conn, b"220 " + b"x" * 2000 + b"\r\n", 0.05, stop)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    sink = EmailSink("127.0.0.1", srv.getsockname()[1], "plain", "cw@ops.example", ["duty@ops.example"],
+                     Renderer("email"), timeout_s=0.2)
+    n = _notice("R", 1, "red")
+    n.payload.update(SAMPLE_PAYLOAD)
+    out: list[BaseException] = []
+    t = threading.Thread(target=lambda: _catch(out, sink.send, n), daemon=True)
+    t.start()
+    t.join(20)
+    stop.set()
+    srv.close()
+    assert not t.is_alive(), "the send was still reading the greeting"
+    assert isinstance(out[0], SinkError) and out[0].retryable and "did not finish within 0.4 s" in str(out[0])
+
+
+def _catch(out: list, fn, *args) -> None:
+    try:
+        fn(*args)
+        out.append(None)
+    except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
+        out.append(exc)
