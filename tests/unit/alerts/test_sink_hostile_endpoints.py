@@ -433,3 +433,37 @@ def _catch(out: list, fn, *args) -> None:
         out.append(None)
     except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
         out.append(exc)
+
+
+def test_a_reload_lets_the_engine_work_while_the_old_sinks_finish(tmp_path):
+    """engine.reload stopped the old dispatcher under the engine's lock: three sinks stuck mid-send held
+    detections and notices for 8 s (the audit's s9). Now the old sinks finish outside it, and what they did not
+    deliver is queued again afterwards."""
+    from tests.unit.alerts.helpers import make_cfg, make_engine
+
+    eng, _ = make_engine(tmp_path, make_cfg())
+    entered, release = threading.Event(), threading.Event()
+
+    class Retired:  # the old dispatcher, whose sinks are still busy: its stop takes as long as they do
+        def stop(self, timeout_s: float = 5.0) -> None:
+            entered.set()
+            release.wait(30)
+
+        def submit(self, notice, sink_name):
+            return True
+
+        def flush(self, timeout_s: float = 10.0) -> bool:
+            return True
+
+    eng.dispatcher = Retired()
+    changed = make_cfg({"sinks": {"rec": {"type": "terminal"}, "log": {"type": "terminal"}}})
+    reload = threading.Thread(target=eng.reload, args=(changed,), daemon=True)
+    reload.start()
+    assert entered.wait(30)
+    free = eng._lock.acquire(timeout=10)  # the engine is free while the old sinks finish
+    if free:
+        eng._lock.release()
+    release.set()
+    reload.join(30)
+    assert free and not reload.is_alive()
+    assert isinstance(eng.dispatcher, Dispatcher) and {"rec", "log"} <= set(eng.sinks)
