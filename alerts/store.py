@@ -137,7 +137,8 @@ class AlertStore:
 
     def __init__(self, path: str | Path, create: bool = True):
         """create=False: the file must exist already (a reader must never create an empty store and show
-        an all-clear from it); raises FileNotFoundError otherwise."""
+        an all-clear from it) and be an alert store; raises FileNotFoundError, or sqlite3.DatabaseError for
+        another file (never writing to it: another application's SQLite file used to get our tables)."""
         self.path = Path(path)
         if str(path) != ":memory:":
             if not create and not self.path.is_file():
@@ -149,6 +150,12 @@ class AlertStore:
         # and a cluster worker reads every pending delivery at each save of its alerts (several a second while
         # a slow sink's queue holds hundreds: parsing them again was most of that thread's CPU).
         self._pending_parsed: dict[str, Notice] = {}
+        if not create and str(path) != ":memory:":
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"alerts", "notices", "deliveries"} <= tables:
+                self._db.close()
+                raise sqlite3.DatabaseError("not a citywatch alert store (it has no alerts, notices and deliveries "
+                                            "tables)")
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed transition survives power loss, not only a process kill.

@@ -4,6 +4,7 @@ send a test notice through a channel, and see who is on duty."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import sys
 import time
 from zoneinfo import ZoneInfo
@@ -76,8 +77,8 @@ def _preview(args) -> int:
     path = args.store or cfg.resolve_path(cfg.alerting.store_path)
     try:
         store = AlertStore(path, create=False)
-    except FileNotFoundError as exc:
-        print(f"notify preview: {exc}", file=sys.stderr)
+    except (FileNotFoundError, sqlite3.DatabaseError) as exc:
+        print(f"notify preview: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         payload = _find_payload(store, args.alert)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import time
 
@@ -160,6 +161,9 @@ def _alert_store_line(cfg) -> None:
         store = AlertStore(path, create=False)
     except FileNotFoundError:
         print(f"alert store {path}: none yet (`citywatch run` creates it)")
+        return
+    except sqlite3.DatabaseError as exc:
+        print(f"alert store {path}: {exc}")
         return
     try:
         fresh = freshness(store)

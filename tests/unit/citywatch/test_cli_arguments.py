@@ -288,3 +288,20 @@ def test_check_config_takes_config_as_well_as_dir(tmp_path):
     assert res.returncode == 2
     assert res.stderr == (f"citywatch check-config: DIR {CONFIG} and --config {tmp_path} name different directories; "
                           "give one of them\n")
+
+
+def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(tmp_path):
+    """`alerts --store other.sqlite list` created citywatch's tables inside another application's database."""
+    import sqlite3
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE readings (ts INTEGER, value REAL)")
+    db.commit()
+    db.close()
+    before = other.read_bytes()
+    r = citywatch("alerts", "--store", str(other), "list")
+    assert r.returncode == 2
+    assert "is not a citywatch alert store" in r.stderr and "Traceback" not in r.stderr
+    assert other.read_bytes() == before
+    tables = {row[0] for row in sqlite3.connect(other).execute("SELECT name FROM sqlite_master")}
+    assert tables == {"readings"}
