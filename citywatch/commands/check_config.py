@@ -84,6 +84,32 @@ def warnings(cfg) -> list[str]:
     from alerts.sinks.channels import check_roster
 
     out += check_roster(cfg)[1]  # hours in which an on-call team has nobody on duty
+    out += unrouted_severities(cfg)
+    return out
+
+
+def unrouted_severities(cfg) -> list[str]:
+    """A warning for each severity no alert of which reaches any sink, whatever its site, district, rule and
+    category: the routing tree sends it nowhere (`route.receivers: []` with a child route for red alerts only
+    left yellow and orange alerts unheard, without a word)."""
+    from typing import get_args
+
+    from alerts.routing import receivers_of, route
+    from config.alerting import Category
+    from config.yamlsrc import locate
+
+    sites = [(s.id, s.district) for s in cfg.sites] or [("", "")]
+    rules = [r.id for r in cfg.rules if r.enabled] or [""]
+    out = []
+    for severity in ("blue", "yellow", "orange", "red"):
+        heard = any(receivers_of(route(cfg.alerting.route, {
+            "severity": severity, "category": category, "site_id": site, "district": district, "rule_id": rule,
+            "level": ""})) for category in get_args(Category) for site, district in sites for rule in rules)
+        if not heard:
+            file, line = locate(getattr(cfg, "_lines", None) or {}, ("alerting", "route"))
+            where = f"{file}:{line}" if line else file
+            out.append(f"{where}: warning: alerting.route: no {severity} alert reaches any sink, whatever its "
+                       "site, rule or category: give the root route receivers, or a route that matches it")
     return out
 
 

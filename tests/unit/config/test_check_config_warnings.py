@@ -81,3 +81,24 @@ def test_signed_https_or_loopback_webhook_gives_no_warning(config_with_hook, cap
     code, err, out = run_check(capsys, cfg_dir)
     assert (code, err) == (0, [])
     assert out.startswith("config OK:")
+
+
+def test_a_severity_that_reaches_no_sink_warns(tmp_path, monkeypatch, capsys):
+    """`route.receivers: []` with the shipped child route for red alerts left yellow and orange alerts (and blue)
+    unheard without a word: check-config (and `citywatch run` at start) now says so, once per severity."""
+    for var in [v for v in os.environ if v.startswith("CITYWATCH_")]:
+        monkeypatch.delenv(var)
+    cfg_dir = tmp_path / "cfg"
+    shutil.copytree(DEFAULT_CONFIG_DIR, cfg_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    text = (cfg_dir / "alerts.yaml").read_text()
+    root = "    receivers: [ops_mqtt, audit]"
+    assert text.count(root) == 1
+    (cfg_dir / "alerts.yaml").write_text(text.replace(root, "    receivers: []"))
+    assert main(["check-config", str(cfg_dir)]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "alerting.route: no " in line]
+    assert [w.split("no ")[1].split(" alert")[0] for w in warned] == ["blue", "yellow", "orange"]
+    assert all(":" in w.split(": warning:")[0] for w in warned)  # file:line
+    # The shipped config routes every severity: no such warning.
+    assert main(["check-config", str(DEFAULT_CONFIG_DIR)]) == 0
+    assert "alerting.route: no " not in capsys.readouterr().err
