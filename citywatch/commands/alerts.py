@@ -39,6 +39,7 @@ from alerts.terminal import (
     short_id,
     words,
 )
+from citywatch.cli import positive_duration
 from core.severity import SEVERITY_NAMES
 
 # 1: the command ran and refused (unknown alert, invalid command); 2: it could not run as asked (no such
@@ -117,7 +118,7 @@ def register(sub) -> None:
     q.set_defaults(func=_returns_code(_unsilence))
 
     q = action("watch", help="live board of active alerts, by severity and age")
-    q.add_argument("--interval", type=float, default=1.0, help="refresh period, seconds")
+    q.add_argument("--interval", type=positive_duration, default=1.0, help="refresh period: seconds, or a duration such as 2s (above 0)")
     q.add_argument("--once", action="store_true", help="print the board once and exit")
     q.set_defaults(func=_returns_code(_watch))
 

@@ -236,7 +236,8 @@ def _run(args) -> int:
         print("citywatch detect: --no-detections writes nothing, so it goes with none of --flags, --scores, --compare,"
               " --output", file=sys.stderr)
         return 1
-    problem = output_problem("--output", args.output) if args.output else None
+    problem = ((output_problem("--output", args.output) if args.output else None)
+               or (output_problem("--save-state", args.save_state) if args.save_state else None))
     if problem:  # before the feed is read: a mistyped path costs no run and no traceback
         print(f"citywatch detect: {problem}", file=sys.stderr)
         return 2

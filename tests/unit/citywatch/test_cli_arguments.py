@@ -305,3 +305,15 @@ def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(tmp_path
     assert other.read_bytes() == before
     tables = {row[0] for row in sqlite3.connect(other).execute("SELECT name FROM sqlite_master")}
     assert tables == {"readings"}
+
+
+def test_detect_save_state_into_a_missing_folder_is_refused_before_the_run(tmp_path):
+    r = citywatch("detect", os.devnull, "--save-state", str(tmp_path / "nowhere" / "state.npz"))
+    assert r.returncode == 2 and "--save-state" in r.stderr and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1"])
+def test_alerts_watch_interval_must_be_positive(value):
+    r = citywatch("alerts", "watch", f"--interval={value}", "--once")
+    assert r.returncode == 2 and "--interval" in r.stderr and "Traceback" not in r.stderr
