@@ -18,6 +18,7 @@ import numpy as np
 
 from core import Detections, ReadingBatch
 from core.timefmt import iso_utc
+from detectors.base import Detector
 from detectors.feed import INFLUX_WINDOW_S, MEASUREMENT_KINDS, Chunk, FeedReader, FeedStats, influx_records
 from detectors.registry import RuleSet
 
@@ -50,6 +51,7 @@ class OfflineRun:
                                       for d in cfg.devices], bool)
             if not self.unjudged.any():
                 self.unjudged = None
+        self.quiet_horizon_ns = _quiet_horizon_ns(rules)
         self.parts: list[Detections] = []  # Detections of each chunk
         self.rows = 0
         self.seen = np.zeros(len(self.ids), bool)
@@ -73,6 +75,15 @@ class OfflineRun:
         step = step_s * 1_000_000_000
         marks = np.arange((ts[0] // step + 1) * step, ts[-1] + step, step)
         cuts = np.searchsorted(ts, marks, side="right")
+        if self.quiet_horizon_ns is not None and len(marks) > 2:
+            # Across a gap in the feed, the clock stops at the marks where a silence can still change a level
+            # (up to the time-driven rules' longest horizon after the last reading) and at the next readings:
+            # two readings a year apart stepped 105,000 marks and kept 5.5 million repeated Offline rows (3.6 GB).
+            rows = np.diff(cuts, prepend=0) > 0
+            last_ts = ts[np.maximum(cuts - 1, 0)]
+            keep = rows | (marks <= last_ts + self.quiet_horizon_ns + step)
+            keep[-1] = True
+            marks, cuts = marks[keep], cuts[keep]
         judged = self.rules.time_driven()
         if self.unjudged is not None:
             judged &= ~self.unjudged
@@ -103,6 +114,20 @@ class OfflineRun:
 
     def detections(self) -> Detections:
         return Detections.concat(self.parts)
+
+
+def _quiet_horizon_ns(rules: RuleSet) -> int | None:
+    """How long after a device's last reading the time-driven rules can still change its level (the deadman:
+    its longest offline limit, then orange after orange_after_s), or None when a time-driven rule does not say."""
+    horizon = 0.0
+    for r in rules.rules:
+        if type(r).advance is Detector.advance:
+            continue
+        after, orange = getattr(r, "after_s", None), getattr(r, "orange_s", None)
+        if after is None or orange is None:
+            return None
+        horizon = max(horizon, float(np.max(after, initial=0.0)) + float(orange))
+    return int(horizon * 1e9)
 
 
 def run_feed(chunks: Iterator[Chunk], main: OfflineRun, step_s: int, alt: OfflineRun | None = None,
