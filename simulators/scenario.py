@@ -60,8 +60,13 @@ class FaultSpec(Strict):
     @field_validator("duration")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value)
+        if parse_duration(value) <= 0:  # a fault of no length was taken and injected nothing
+            raise ValueError(f"a fault lasts longer than 0 s, got {value!r}")
         return value
+
+
+# A scenario's feed is built in memory (7 days: 175 MB); longer runs are several scenarios.
+MAX_SCENARIO_S = 31 * 86400
 
 
 class WorkSpec(Strict):
@@ -89,23 +94,32 @@ class ScenarioSpec(Strict):
     @field_validator("duration")
     @classmethod
     def _duration(cls, value: str) -> str:
-        if parse_duration(value) <= 0:
+        seconds = parse_duration(value)
+        if seconds <= 0:
             raise ValueError("duration must be positive")
-        return value
-
-    @field_validator("history")
-    @classmethod
-    def _history(cls, value: str) -> str:
-        parse_duration(value)
+        if seconds > MAX_SCENARIO_S:
+            raise ValueError(f"duration must be at most 31d (the feed is built in memory; run several scenarios), "
+                             f"got {value!r}")
         return value
 
     @field_validator("start")
     @classmethod
     def _start(cls, value: str) -> str:
         try:
-            dt.datetime.fromisoformat(value)
+            when = dt.datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(f"start must be a local date-time YYYY-MM-DDTHH:MM, got {value!r}") from None
+        if when.tzinfo is not None:  # the offset was dropped without a word and the config's zone used instead
+            raise ValueError(f"must be written without a UTC offset: it is local time in the config's time zone "
+                             f"(time.timezone), got {value!r}")
+        if not 2000 <= when.year <= 2100:
+            raise ValueError(f"must be a date from 2000 to 2100, got {value!r}")
+        return value
+
+    @field_validator("history")
+    @classmethod
+    def _history(cls, value: str) -> str:
+        parse_duration(value)
         return value
 
 
@@ -272,6 +286,9 @@ def load_scenario(path: str | Path, cfg: Config) -> Scenario:
         fend_ms = fstart_ms + int(parse_duration(f.duration) * 1000)
         if not (start_ms <= fstart_ms < end_ms):
             problems.append(problem(base + ("start",), f"{f.start} is outside the scenario ({spec.start} + {spec.duration})"))
+        elif fend_ms > end_ms:  # it was cut at the scenario's end without a word, and scored as if whole
+            problems.append(problem(base + ("duration",), f"{f.duration} from {f.start} ends after the scenario "
+                                    f"({spec.start} + {spec.duration}): shorten the fault or lengthen the scenario"))
         severity = f.severity if f.severity is not None else ftype.severity
         if severity is not None and severity not in SEVERITY_RANK:
             problems.append(problem(base + ("severity",), f"unknown severity {severity!r}"))

@@ -124,3 +124,23 @@ def test_work_windows_are_checked(tmp_path, cfg):
     assert f"{p}:7: scenario.work.windows[1]: must be [HH:MM, HH:MM] with start before end, got ['13:00', '25:00']" in text
     p.write_text(p.read_text().replace("25:00", "18:00").replace(", NOPE", ""))
     assert load_scenario(p, cfg).work_windows == ((480, 660), (780, 1080))
+
+
+@pytest.mark.parametrize("start, duration, fault, said", [
+    # An offset was dropped without a word, the config's zone used instead (an 8 h shift for +00:00).
+    ('"2025-06-02T06:00+05:00"', "2h", "", "without a UTC offset"),
+    ('"0001-01-01T00:00"', "2h", "", "a date from 2000 to 2100"),   # was a ValueError traceback in build_feed
+    ('"2025-06-02T06:00"', "60d", "", "at most 31d"),               # the feed is built in memory
+    # A fault of no length injected nothing; one past the end was cut without a word and scored as if whole.
+    ('"2025-06-02T06:00"', "2h", '{id: A, type: S3, device: XM0001NOISE, start: "07:00", duration: 0s}',
+     "a fault lasts longer than 0 s"),
+    ('"2025-06-02T06:00"', "2h", '{id: A, type: S3, device: XM0001NOISE, start: "07:00", duration: 10h}',
+     "ends after the scenario (2025-06-02T06:00 + 2h)"),
+])
+def test_scenario_values_taken_without_a_word_are_refused(tmp_path, cfg, start, duration, fault, said):
+    faults = f"\n  faults:\n    - {fault}" if fault else ""
+    p = tmp_path / "s.yaml"
+    p.write_text(f"scenario:\n  name: s\n  seed: 1\n  start: {start}\n  duration: {duration}{faults}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(p, cfg)
+    assert said in str(exc.value)
