@@ -13,7 +13,9 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 import re
+import reprlib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,6 +43,18 @@ class NaiveTimestamp(ValueError):
 EPOCH_UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _EPOCH_NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]*)?$")
 _UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Times are kept as int64 ns: refuse any at or beyond ingest's +-TS_MS_LIMIT (9e12 ms, years 1685 to 2255)
+# rather than overflow the array (ingest.validation clamps there; a feed row names its line instead).
+TS_NS_LIMIT = 9_000_000_000_000 * 1_000_000
+
+# A bad value is shown in an error, never copied whole into it: a feed may hold a cell of 200 MB.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 80, 80
+
+
+def _shown(value: object) -> str:
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_tz(text: str) -> dt.tzinfo:
@@ -71,18 +85,35 @@ def parse_ts_ns(text, tz: dt.tzinfo | None = None, epoch_unit: str = "ms") -> in
     `tz` it raises NaiveTimestamp. Raises ValueError for anything else.
 
     In a zone with daylight saving time, a local time that occurs twice is read as its first occurrence
-    (Python's fold=0) and one that never occurs as if the clock had not moved."""
-    scale = EPOCH_UNITS[epoch_unit]
+    (Python's fold=0) and one that never occurs as if the clock had not moved.
+
+    A time at or beyond +-TS_NS_LIMIT (years 1685 to 2255), infinity or NaN raises ValueError; errors show
+    at most 80 characters of the value."""
+    try:
+        ns = _ts_ns(text, tz, EPOCH_UNITS[epoch_unit])
+    except OverflowError:  # a number text too large for a float
+        ns = TS_NS_LIMIT
+    if not -TS_NS_LIMIT < ns < TS_NS_LIMIT:
+        raise ValueError(f"time out of range (years 1685 to 2255): {_shown(text)}")
+    return ns
+
+
+def _ts_ns(text, tz: dt.tzinfo | None, scale: int) -> int:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ValueError(f"not a time: {_shown(text)}")
         return int(text) * scale if isinstance(text, int) else int(round(float(text) * scale))
     s = str(text).strip()
     if _EPOCH_NUMBER.match(s):
         whole, _, frac = s.partition(".")
         return int(whole) * scale if not frac.strip("0") else int(round(float(s) * scale))
-    t = dt.datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
+    try:
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time or epoch number: {_shown(s)}") from None
     if t.tzinfo is None:
         if tz is None:
-            raise NaiveTimestamp(f"timestamp {s!r} has no time zone (add Z or +08:00)")
+            raise NaiveTimestamp(f"timestamp {_shown(s)} has no time zone (add Z or +08:00)")
         t = t.replace(tzinfo=tz)
     delta = t - _UTC_EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
@@ -182,7 +213,7 @@ class FeedReader:
             flag = rec.get("flag") or "N"
             code = FLAG_CODES.find(str(flag).strip().upper())
             if code < 0 or len(str(flag).strip()) != 1:
-                raise FeedError(f"line {line}: flag must be one of {', '.join(FLAG_CODES)} (got {flag!r})")
+                raise FeedError(f"line {line}: flag must be one of {', '.join(FLAG_CODES)} (got {_shown(flag)})")
             for k in rec:
                 if k in reserved or k in cols:
                     continue
@@ -196,7 +227,7 @@ class FeedReader:
                 try:
                     col.append(float(v))
                 except (TypeError, ValueError):
-                    raise FeedError(f"line {line}: {k} must be a number (got {v!r})") from None
+                    raise FeedError(f"line {line}: {k} must be a number (got {_shown(v)})") from None
             sensors.append(sensor)
             ts.append(t)
             flags.append(code)
@@ -252,6 +283,8 @@ class FeedReader:
                 return
             except csv.Error as exc:
                 raise FeedError(f"line {reader.line_num}: {exc}") from None
+            except UnicodeDecodeError as exc:
+                raise _undecodable(exc, reader.line_num + 1) from None
             if len(row) != width:
                 if not row:  # a blank line
                     continue
@@ -278,8 +311,28 @@ def did_you_mean_any(wanted: str, names: list[str], usual: tuple[str, ...] = ())
     return None
 
 
+def _undecodable(exc: UnicodeDecodeError, line: int) -> FeedError:
+    """The FeedError for bytes that are not UTF-8, met while reading `line` (the first not yet read).
+
+    A text stream decodes a chunk of bytes at a time, and asks for the next chunk only once what it holds
+    has no line end left: the chunk starts inside `line`, and the line ends before the bad byte tell which
+    line after it holds that byte."""
+    chunk = exc.object if isinstance(exc.object, bytes) else b""
+    bad = line + chunk.count(b"\n", 0, exc.start)
+    return FeedError(f"line {bad}: not UTF-8 text ({exc.reason})")
+
+
 def _jsonl(stream: IO[str]) -> Iterator[tuple[int, dict]]:
-    for i, line in enumerate(stream, 1):
+    lines = iter(stream)
+    i = 0
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise _undecodable(exc, i + 1) from None
+        i += 1
         if i == 1:
             line = line.lstrip("\ufeff")
         if not line.strip():

@@ -24,7 +24,7 @@ from typing import Any
 
 from config.connections import Influx, basic_auth
 from core.severity import SEVERITY_NAMES
-from simulators.scoring import ScoredAlert, parse_time_ms
+from simulators.scoring import ScoredAlert, parse_time_ms, shown
 
 _SEVERITY_RANK = {"": 0, "clear": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
 # alert ids are `{rule}.{device}.{YYYYmmddTHHMMSSmmm}Z` (alerts.model.alert_id_for): the start is in the id.
@@ -122,20 +122,42 @@ def from_notices(path: Path) -> list[ScoredAlert]:
     `mosquitto_sub -v` (`topic {json}`), or bare notice JSON objects."""
     notices: list[dict[str, Any]] = []
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")  # decoded line by line, so an undecodable byte is reported with its line
     except OSError as exc:
         raise AlertSourceError(f"cannot read {path}: {exc}") from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise AlertSourceError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at column {exc.start + 1})") from None
             if not line:
                 continue
-            doc = _line_doc(line)
+            try:
+                doc = _line_doc(line)
+            except ValueError:  # a payload_b64 that is not base64
+                doc = None
             if doc is None:
                 raise AlertSourceError(f"{path}:{lineno}: neither a notice, a record line nor `topic payload`")
             if isinstance(doc, dict) and "alert_id" in doc:
+                problem = _notice_problem(doc)
+                if problem:
+                    raise AlertSourceError(f"{path}:{lineno}: {problem}")
                 notices.append(doc)
     return from_notice_payloads(notices)
+
+
+def _notice_problem(n: dict[str, Any]) -> str | None:
+    """What makes a notice unreadable (a non-text id, a start that is not a time), or None."""
+    for key in ("alert_id", "rule_id"):
+        if key in n and not isinstance(n[key], str):
+            return f"{key} must be a string, got {shown(n[key])}"
+    if n.get("start_ts"):
+        try:
+            parse_time_ms(n["start_ts"])
+        except ValueError as exc:
+            return f"start_ts: {exc}"
+    return None
 
 
 def _line_doc(line: str) -> Any:

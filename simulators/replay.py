@@ -18,12 +18,14 @@ import base64
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ingest.codecs.json_envelope import encode_batch
+from ingest.validation import TS_MS_LIMIT
 from simulators.feed import Message, data_topic, site_of
-from simulators.scoring import parse_time_ms
+from simulators.scoring import parse_time_ms, shown
 
 if TYPE_CHECKING:
     from config.model import Config
@@ -40,7 +42,12 @@ class FeedFormatError(ValueError):
 def read_feed(path: str | Path, cfg: Config) -> list[Message]:
     """Messages of a recorded feed in publish order. Raises FeedFormatError (or OSError)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise FeedFormatError(f"{path}:{line}: not UTF-8 text ({exc.reason}){_encoding_hint(data)}") from None
     lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not lines:
         return []
@@ -55,9 +62,24 @@ def read_feed(path: str | Path, cfg: Config) -> list[Message]:
         return _readings(path, [_json_row(path, i, ln) for i, ln in lines], cfg)
     head = first.split(",")
     if "ts" in [h.strip() for h in head] and "device_id" in [h.strip() for h in head]:
-        rows = list(csv.DictReader(io.StringIO(text)))
-        return _readings(path, [(i + 2, r) for i, r in enumerate(rows)], cfg)
+        reader = csv.DictReader(io.StringIO(text))
+        rows: list[tuple[int, Any]] = []
+        try:
+            for r in reader:
+                rows.append((reader.line_num, r))
+        except csv.Error as exc:
+            raise FeedFormatError(f"{path}:{reader.reader.line_num}: not a CSV row: {exc}") from None
+        return _readings(path, rows, cfg)
     return _mosquitto_sub(path, lines, cfg)
+
+
+def _encoding_hint(data: bytes) -> str:
+    """What a file that is not UTF-8 probably is, from its first bytes."""
+    if data.startswith(b"\x1f\x8b"):
+        return ": a gzip file? decompress it first"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return ": UTF-16 text? convert it to UTF-8"
+    return ""
 
 
 def device_of_topic(topic: str, cfg: Config | None) -> str | None:
@@ -129,15 +151,26 @@ def _capture(path: Path, lines: list[tuple[int, str]], cfg: Config) -> list[Mess
     for i, ln in lines:
         try:
             d = json.loads(ln)
-            payload = d["payload"].encode("utf-8") if "payload" in d else base64.b64decode(d["payload_b64"])
+            if not isinstance(d, dict):
+                raise TypeError(f"a JSON object, got {shown(d)}")
             topic = d["topic"]
+            if not isinstance(topic, str):
+                raise TypeError(f"topic must be a string, got {shown(topic)}")
+            if "payload" in d and not isinstance(d["payload"], str):
+                raise TypeError(f"payload must be a string, got {shown(d['payload'])}")
+            payload = d["payload"].encode("utf-8") if "payload" in d else base64.b64decode(d["payload_b64"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FeedFormatError(f"{path}:{i}: not a capture line (topic, payload or payload_b64, t): {exc}") from None
         t = d.get("t")
+        t_num = t if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+        if t_num is not None and not _in_range(t_num):
+            raise FeedFormatError(f"{path}:{i}: t must be a time in epoch ms, got {shown(t_num)}")
         # A simulator feed (`simulate --out`: lines carry `n` and `device`) stamps `t` in event time; a
         # `record` capture's `t` is the wall time of receipt: use the message's own event time instead.
-        simulated = "n" in d and "device" in d and isinstance(t, (int, float))
-        own = int(t) if simulated else _event_time(payload, None)
+        simulated = "n" in d and "device" in d and t_num is not None
+        if simulated and (isinstance(d["n"], bool) or not isinstance(d["n"], int) or d["n"] < 0):
+            raise FeedFormatError(f"{path}:{i}: n must be a whole number of readings, got {shown(d['n'])}")
+        own = int(t_num) if simulated and t_num is not None else _event_time(payload, None)
         n = int(d["n"]) if simulated else readings_in(payload)
         out.append((own, t, Message(0, device_of_topic(topic, cfg) or "", topic, payload, n)))
     known = [own for own, _, _ in out if own is not None]
@@ -211,7 +244,8 @@ def _event_time(payload: bytes, default: _Default) -> int | _Default:
             return parse_time_ms(doc["sent_at"])
         samples = doc.get("samples") or []
         if samples:
-            return int(max(s["ts"] for s in samples))
+            newest = max(s["ts"] for s in samples)
+            return int(newest) if _in_range(newest) else default
     except Exception:  # noqa: BLE001 - a malformed payload is replayed as is, at the previous time
         pass
     return default
@@ -219,9 +253,12 @@ def _event_time(payload: bytes, default: _Default) -> int | _Default:
 
 def _json_row(path: Path, i: int, ln: str) -> tuple[int, Any]:
     try:
-        return i, json.loads(ln)
+        doc = json.loads(ln)
     except json.JSONDecodeError as exc:
         raise FeedFormatError(f"{path}:{i}: not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FeedFormatError(f"{path}:{i}: a readings line must be a JSON object, got {shown(doc)}")
+    return i, doc
 
 
 def _readings(path: Path, rows: list[tuple[int, Any]], cfg: Config) -> list[Message]:
@@ -231,7 +268,7 @@ def _readings(path: Path, rows: list[tuple[int, Any]], cfg: Config) -> list[Mess
         dev_id = str(r.get("device_id", "")).strip()
         device = cfg.device(dev_id)
         if device is None:
-            raise FeedFormatError(f"{path}:{i}: unknown device_id {dev_id!r}")
+            raise FeedFormatError(f"{path}:{i}: unknown device_id {shown(dev_id)}")
         if device.site is None:
             raise FeedFormatError(f"{path}:{i}: device {dev_id} is of kind {device.kind}: it has no site and so no "
                                   "topic (only noise and gas devices can be replayed)")
@@ -249,7 +286,7 @@ def _readings(path: Path, rows: list[tuple[int, Any]], cfg: Config) -> list[Mess
             try:
                 values[k] = float(v)
             except (TypeError, ValueError):
-                raise FeedFormatError(f"{path}:{i}: {k}: not a number: {v!r}") from None
+                raise FeedFormatError(f"{path}:{i}: {shown(k)}: not a number: {shown(v)}") from None
         per_device.setdefault(dev_id, []).append((ts, values))
     out: list[tuple[int, int, Message]] = []
     order = {d: k for k, d in enumerate(cfg.device_ids)}
@@ -270,10 +307,18 @@ def _readings(path: Path, rows: list[tuple[int, Any]], cfg: Config) -> list[Mess
     return [m for _, _, m in out]
 
 
+def _in_range(t: object) -> bool:
+    """Whether `t` is a number of epoch ms within ingest's +-TS_MS_LIMIT (beyond: no calendar time, no int64 ns)."""
+    return (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+            and abs(t) < TS_MS_LIMIT)
+
+
 def _ts(value: object) -> int:
-    if isinstance(value, (int, float)):
-        return int(value)
+    """Epoch ms of a readings row's ts (epoch ms or ISO 8601). Raises ValueError, showing at most 80
+    characters of the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a time: {shown(value)}")
     text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    return parse_time_ms(text)
+    if isinstance(value, str) and text.lstrip("-").isdigit():
+        value = int(text)
+    return parse_time_ms(value)

@@ -8,10 +8,15 @@ An alert whose rule the fault only `allows` is neither a hit nor a false alert. 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from core.timefmt import iso_utc_ms
+from ingest.validation import TS_MS_LIMIT
 
 
 @dataclass(frozen=True)
@@ -27,14 +32,40 @@ class TruthFault:
     severity: str | None = None
     note: str = ""
 
+    def __post_init__(self) -> None:
+        # As evaluation.LabelWindow: a window that ends before it starts can match nothing and is a typo.
+        if self.end_ms < self.start_ms:
+            raise ValueError(f"fault {self.id}: end before start ({iso_utc_ms(self.end_ms)} < "
+                             f"{iso_utc_ms(self.start_ms)})")
+
     @staticmethod
     def from_record(r: dict[str, Any]) -> TruthFault:
-        """From a ground-truth JSONL record. Raises KeyError/ValueError on a malformed record."""
+        """From a ground-truth JSONL record. Raises KeyError/ValueError on a malformed record: `rules` and
+        `allowed` must be lists of rule ids (a string would be read as its letters), the times ISO 8601
+        or epoch ms, the end not before the start."""
+        if not isinstance(r, dict):
+            raise ValueError(f"a fault must be a JSON object, got {shown(r)}")
         return TruthFault(
             str(r["id"]), str(r["type"]), str(r["device"]), str(r.get("site", "")),
-            parse_time_ms(r["start"]), parse_time_ms(r["end"]), tuple(r.get("rules") or ()),
-            tuple(r.get("allowed") or ()), r.get("severity"), str(r.get("note", "")),
+            _time_of(r, "start"), _time_of(r, "end"), _rule_ids(r, "rules"),
+            _rule_ids(r, "allowed"), r.get("severity"), str(r.get("note", "")),
         )
+
+
+def _time_of(r: dict[str, Any], key: str) -> int:
+    try:
+        return parse_time_ms(r[key])
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
+def _rule_ids(r: dict[str, Any], key: str) -> tuple[str, ...]:
+    v = r.get(key)
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{key} must be a list of rule ids, e.g. [\"N-day\"], got {shown(v)}")
+    return tuple(v)
 
 
 @dataclass(frozen=True)
@@ -132,13 +163,36 @@ def _rank(severity: str | None) -> int:
 
 
 def parse_time_ms(value: object) -> int:
-    """UTC ms from an ISO 8601 string (Z or offset; naive = UTC) or a number of ms."""
+    """UTC ms from an ISO 8601 string (Z or offset; naive = UTC) or a number of ms. Raises ValueError for
+    anything else, and for a time at or beyond +-TS_MS_LIMIT (ingest's bound, year 2255: later times
+    overflow int64 nanoseconds); the error shows at most 80 characters of the value."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"not a time: {shown(value)}")
+        if abs(value) >= TS_MS_LIMIT:
+            raise ValueError(f"time out of range (years 1685 to 2255): {shown(value)}")
         return int(value)
-    t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    try:
+        t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time or epoch ms: {shown(value)}") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
-    return int(round(t.timestamp() * 1000))
+    ms = int(round(t.timestamp() * 1000))
+    if abs(ms) >= TS_MS_LIMIT:
+        raise ValueError(f"time out of range (years 1685 to 2255): {shown(value)}")
+    return ms
+
+
+# A bad value is shown in an error, never copied whole into it: a file may hold one of 200 MB.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 80, 80
+
+
+def shown(value: object) -> str:
+    """`value` as a repr of at most 80 characters, for error messages."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def score(faults: list[TruthFault], alerts: list[ScoredAlert], tolerance_s: float = 3600.0,

@@ -182,6 +182,8 @@ def _open_feed(args, prog: str):
         return FeedInput.open(args.input, args.input_format, spool_stdin=bool(getattr(args, "kind", None)))
     except FeedOpenError as exc:
         raise SystemExit(f"{prog}: {exc}") from None
+    except UnicodeError:  # standard input spooled for --kind generic (its undecodable bytes kept as surrogates)
+        raise SystemExit(f"{prog}: {args.input}: not UTF-8 text") from None
 
 
 def _chunks(args, cfg, progress, span, feed):
@@ -342,6 +344,9 @@ def execute(args, prog: str = "citywatch detect", unreachable_rc: int = EXIT_UNR
             print(f"{prog}: {exc}", file=sys.stderr)
             return unreachable_rc
         print(f"{prog}: {args.input}: {exc}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError as exc:  # the reader names the line; this is for a stream it does not read
+        print(f"{prog}: {args.input}: not UTF-8 text ({exc.reason})", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

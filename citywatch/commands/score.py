@@ -40,7 +40,7 @@ def run(args) -> int:
         load_alerts,
     )
     from simulators.scenario import parse_duration
-    from simulators.scoring import TruthFault, parse_time_ms, score
+    from simulators.scoring import parse_time_ms, score
 
     try:
         tolerance_s = parse_duration(args.tolerance)
@@ -49,8 +49,9 @@ def run(args) -> int:
         return 2
     try:
         records = _read_truth(args.truth)
-        faults = [TruthFault.from_record(r) for r in records]
-    except (OSError, ValueError, KeyError) as exc:
+        faults = _faults(records)
+        window, device_days = _scenario(records)
+    except (OSError, ValueError) as exc:
         print(f"citywatch score: {args.truth}: {exc}", file=sys.stderr)
         return 2
     try:
@@ -70,11 +71,6 @@ def run(args) -> int:
     if note:
         print(f"citywatch score: {note}", file=sys.stderr)
 
-    window, device_days = None, None
-    meta = next((r["scenario"] for r in records if isinstance(r.get("scenario"), dict)), None)
-    if meta:
-        window = (parse_time_ms(meta["start"]), parse_time_ms(meta["end"]))
-        device_days = int(meta["devices"]) * (window[1] - window[0]) / 86_400_000
     card = score(faults, alerts, tolerance_s, device_days, window)
     if window is not None and len(card.alerts) < len(alerts):
         print(f"citywatch score: ignored {len(alerts) - len(card.alerts)} alerts that started outside the scenario's "
@@ -121,16 +117,70 @@ def args_time(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _read_truth(path: str) -> list[dict]:
+def _read_truth(path: str) -> list[tuple[int, dict]]:
+    """(line number, record) of a ground-truth JSONL file. Raises OSError, or ValueError naming the line of
+    one that is not UTF-8, not JSON or not a JSON object."""
+    from simulators.scoring import shown
+
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"line {lineno}: {exc}") from None
+    with open(path, "rb") as fh:  # decoded line by line, so an undecodable byte is reported with its line
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"line {lineno}: not UTF-8 text ({exc.reason} at column {exc.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {lineno}: {exc}") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"line {lineno}: a fault must be a JSON object, got {shown(rec)}")
+            out.append((lineno, rec))
     return out
+
+
+def _faults(records: list[tuple[int, dict]]) -> list:
+    """The TruthFaults of the records. Raises ValueError naming the line of a malformed fault or a repeated id."""
+    from simulators.scoring import TruthFault
+
+    faults = []
+    seen: dict[str, int] = {}  # fault id -> the line it was first on
+    for lineno, r in records:
+        try:
+            f = TruthFault.from_record(r)
+        except KeyError as exc:
+            raise ValueError(f"line {lineno}: {exc.args[0]} is missing") from None
+        except ValueError as exc:
+            raise ValueError(f"line {lineno}: {exc}") from None
+        if f.id in seen:
+            raise ValueError(f"line {lineno}: fault id {f.id} repeats the fault of line {seen[f.id]}")
+        seen[f.id] = lineno
+        faults.append(f)
+    return faults
+
+
+def _scenario(records: list[tuple[int, dict]]) -> tuple[tuple[int, int] | None, float | None]:
+    """(the scenario's (start, end) ms, its device-days) from the first record with a `scenario` object,
+    else (None, None). Raises ValueError naming the line of a malformed one."""
+    from simulators.scoring import parse_time_ms, shown
+
+    lineno, meta = next(((n, r["scenario"]) for n, r in records if isinstance(r.get("scenario"), dict)), (0, None))
+    if not meta:
+        return None, None
+    try:
+        window = (parse_time_ms(meta["start"]), parse_time_ms(meta["end"]))
+    except KeyError as exc:
+        raise ValueError(f"line {lineno}: scenario.{exc.args[0]} is missing") from None
+    except ValueError as exc:
+        raise ValueError(f"line {lineno}: scenario: {exc}") from None
+    devices = meta.get("devices")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"line {lineno}: scenario.devices must be a positive whole number, got {shown(devices)}")
+    if window[1] < window[0]:
+        raise ValueError(f"line {lineno}: scenario: end before start")
+    return window, devices * (window[1] - window[0]) / 86_400_000
 
 
 def _pct(v) -> str:
