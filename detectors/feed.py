@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import math
 import re
-import reprlib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +26,7 @@ import numpy as np
 
 from config.connections import basic_auth
 from core import FLAG_CODES, ReadingBatch
+from core.shown import shown
 
 RESERVED = {"ts", "device_id", "flag"}
 
@@ -46,16 +46,6 @@ _UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Times are kept as int64 ns: refuse any at or beyond ingest's +-TS_MS_LIMIT (9e12 ms, years 1685 to 2255)
 # rather than overflow the array (ingest.validation clamps there; a feed row names its line instead).
 TS_NS_LIMIT = 9_000_000_000_000 * 1_000_000
-
-# A bad value is shown in an error, never copied whole into it: a feed may hold a cell of 200 MB.
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 80, 80
-
-
-def _shown(value: object) -> str:
-    text = _REPR.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
 
 def parse_tz(text: str) -> dt.tzinfo:
     """A zone for naive times: an IANA name (`Asia/Shanghai`), `UTC`/`Z`, or a fixed offset `+08:00`,
@@ -94,14 +84,14 @@ def parse_ts_ns(text, tz: dt.tzinfo | None = None, epoch_unit: str = "ms") -> in
     except OverflowError:  # a number text too large for a float
         ns = TS_NS_LIMIT
     if not -TS_NS_LIMIT < ns < TS_NS_LIMIT:
-        raise ValueError(f"time out of range (years 1685 to 2255): {_shown(text)}")
+        raise ValueError(f"time out of range (years 1685 to 2255): {shown(text)}")
     return ns
 
 
 def _ts_ns(text, tz: dt.tzinfo | None, scale: int) -> int:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if isinstance(text, float) and not math.isfinite(text):
-            raise ValueError(f"not a time: {_shown(text)}")
+            raise ValueError(f"not a time: {shown(text)}")
         return int(text) * scale if isinstance(text, int) else int(round(float(text) * scale))
     s = str(text).strip()
     if _EPOCH_NUMBER.match(s):
@@ -110,10 +100,10 @@ def _ts_ns(text, tz: dt.tzinfo | None, scale: int) -> int:
     try:
         t = dt.datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not an ISO 8601 time or epoch number: {_shown(s)}") from None
+        raise ValueError(f"not an ISO 8601 time or epoch number: {shown(s)}") from None
     if t.tzinfo is None:
         if tz is None:
-            raise NaiveTimestamp(f"timestamp {_shown(s)} has no time zone (add Z or +08:00)")
+            raise NaiveTimestamp(f"timestamp {shown(s)} has no time zone (add Z or +08:00)")
         t = t.replace(tzinfo=tz)
     delta = t - _UTC_EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
@@ -213,7 +203,7 @@ class FeedReader:
             flag = rec.get("flag") or "N"
             code = FLAG_CODES.find(str(flag).strip().upper())
             if code < 0 or len(str(flag).strip()) != 1:
-                raise FeedError(f"line {line}: flag must be one of {', '.join(FLAG_CODES)} (got {_shown(flag)})")
+                raise FeedError(f"line {line}: flag must be one of {', '.join(FLAG_CODES)} (got {shown(flag)})")
             for k in rec:
                 if k in reserved or k in cols:
                     continue
@@ -227,7 +217,7 @@ class FeedReader:
                 try:
                     col.append(float(v))
                 except (TypeError, ValueError):
-                    raise FeedError(f"line {line}: {k} must be a number (got {_shown(v)})") from None
+                    raise FeedError(f"line {line}: {k} must be a number (got {shown(v)})") from None
             sensors.append(sensor)
             ts.append(t)
             flags.append(code)

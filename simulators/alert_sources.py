@@ -24,7 +24,8 @@ from typing import Any
 
 from config.connections import Influx, basic_auth
 from core.severity import SEVERITY_NAMES
-from simulators.scoring import ScoredAlert, parse_time_ms, shown
+from core.shown import shown
+from simulators.scoring import ScoredAlert, parse_time_ms
 
 _SEVERITY_RANK = {"": 0, "clear": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
 # alert ids are `{rule}.{device}.{YYYYmmddTHHMMSSmmm}Z` (alerts.model.alert_id_for): the start is in the id.

@@ -22,10 +22,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from core.shown import shown
 from ingest.codecs.json_envelope import encode_batch
 from ingest.validation import TS_MS_LIMIT
 from simulators.feed import Message, data_topic, site_of
-from simulators.scoring import parse_time_ms, shown
+from simulators.scoring import parse_time_ms
 
 if TYPE_CHECKING:
     from config.model import Config

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from core.shown import shown
 from core.timefmt import iso_utc_ms
 from ingest.validation import TS_MS_LIMIT
 
@@ -185,16 +185,6 @@ def parse_time_ms(value: object) -> int:
 
 
 # A bad value is shown in an error, never copied whole into it: a file may hold one of 200 MB.
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 80, 80
-
-
-def shown(value: object) -> str:
-    """`value` as a repr of at most 80 characters, for error messages."""
-    text = _REPR.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def score(faults: list[TruthFault], alerts: list[ScoredAlert], tolerance_s: float = 3600.0,
           device_days: float | None = None, window: tuple[int, int] | None = None) -> Scorecard:
     """Match alerts to faults and compute the scorecard.

@@ -120,7 +120,7 @@ def args_time(ms: int) -> str:
 def _read_truth(path: str) -> list[tuple[int, dict]]:
     """(line number, record) of a ground-truth JSONL file. Raises OSError, or ValueError naming the line of
     one that is not UTF-8, not JSON or not a JSON object."""
-    from simulators.scoring import shown
+    from core.shown import shown
 
     out = []
     with open(path, "rb") as fh:  # decoded line by line, so an undecodable byte is reported with its line
@@ -164,7 +164,8 @@ def _faults(records: list[tuple[int, dict]]) -> list:
 def _scenario(records: list[tuple[int, dict]]) -> tuple[tuple[int, int] | None, float | None]:
     """(the scenario's (start, end) ms, its device-days) from the first record with a `scenario` object,
     else (None, None). Raises ValueError naming the line of a malformed one."""
-    from simulators.scoring import parse_time_ms, shown
+    from core.shown import shown
+    from simulators.scoring import parse_time_ms
 
     lineno, meta = next(((n, r["scenario"]) for n, r in records if isinstance(r.get("scenario"), dict)), (0, None))
     if not meta:
