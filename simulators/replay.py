@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -288,6 +289,8 @@ def _readings(path: Path, rows: list[tuple[int, Any]], cfg: Config) -> list[Mess
                 values[k] = float(v)
             except (TypeError, ValueError):
                 raise FeedFormatError(f"{path}:{i}: {shown(k)}: not a number: {shown(v)}") from None
+        if not values:  # a short row: published as `"values": {}` before
+            raise FeedFormatError(f"{path}:{i}: no values for {dev_id} (a row shorter than the header?)")
         per_device.setdefault(dev_id, []).append((ts, values))
     out: list[tuple[int, int, Message]] = []
     order = {d: k for k, d in enumerate(cfg.device_ids)}
@@ -322,4 +325,11 @@ def _ts(value: object) -> int:
     text = str(value).strip()
     if isinstance(value, str) and text.lstrip("-").isdigit():
         value = int(text)
+    elif isinstance(value, str):
+        try:
+            naive = dt.datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is None
+        except ValueError:
+            naive = False  # parse_time_ms names what is wrong
+        if naive:  # read as UTC, it shifted a local-time file by 8 h where `citywatch detect` refuses it
+            raise ValueError(f"a time without a zone: {shown(value)}; write it with Z or an offset (+08:00)")
     return parse_time_ms(value)

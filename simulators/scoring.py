@@ -184,7 +184,6 @@ def parse_time_ms(value: object) -> int:
     return ms
 
 
-# A bad value is shown in an error, never copied whole into it: a file may hold one of 200 MB.
 def score(faults: list[TruthFault], alerts: list[ScoredAlert], tolerance_s: float = 3600.0,
           device_days: float | None = None, window: tuple[int, int] | None = None) -> Scorecard:
     """Match alerts to faults and compute the scorecard.

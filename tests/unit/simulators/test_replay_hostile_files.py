@@ -108,3 +108,27 @@ def test_the_command_exits_2_with_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "citywatch", "replay", str(p), "--fast", "--no-progress", "--port", "1"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert (r.returncode, r.stderr) == (2, f"citywatch replay: {p}:2: bad ts: not a time: inf\n")
+
+
+def test_a_readings_time_without_a_zone_is_refused_not_read_as_utc(tmp_path):
+    """`replay` read `2025-06-01T20:00:00` as UTC: an 8 h shift for a local-time file, where `detect` refuses it."""
+    from config import load_config
+    from simulators.replay import FeedFormatError, read_feed
+    cfg = load_config(None, env={})
+    naive = tmp_path / "naive.csv"
+    naive.write_text("ts,device_id,leq\n2025-06-01T20:00:00,XM0001NOISE,61.5\n")
+    with pytest.raises(FeedFormatError, match="a time without a zone"):
+        read_feed(naive, cfg)
+    zoned = tmp_path / "zoned.csv"
+    zoned.write_text("ts,device_id,leq\n2025-06-01T20:00:00+08:00,XM0001NOISE,61.5\n")
+    assert read_feed(zoned, cfg)
+
+
+def test_a_short_row_is_refused_not_published_without_values(tmp_path):
+    from config import load_config
+    from simulators.replay import FeedFormatError, read_feed
+    cfg = load_config(None, env={})
+    short = tmp_path / "short.csv"
+    short.write_text("ts,device_id,leq\n2025-06-01T20:00:00Z,XM0001NOISE\n")
+    with pytest.raises(FeedFormatError, match="no values for XM0001NOISE"):
+        read_feed(short, cfg)
