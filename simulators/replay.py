@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import datetime as dt
 import io
 import json
 import math
@@ -325,11 +324,5 @@ def _ts(value: object) -> int:
     text = str(value).strip()
     if isinstance(value, str) and text.lstrip("-").isdigit():
         value = int(text)
-    elif isinstance(value, str):
-        try:
-            naive = dt.datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is None
-        except ValueError:
-            naive = False  # parse_time_ms names what is wrong
-        if naive:  # read as UTC, it shifted a local-time file by 8 h where `citywatch detect` refuses it
-            raise ValueError(f"a time without a zone: {shown(value)}; write it with Z or an offset (+08:00)")
-    return parse_time_ms(value)
+    # A time without a zone is refused: read as UTC, it shifted a local-time file by 8 h where `detect` refuses it.
+    return parse_time_ms(value, zone_required=True)

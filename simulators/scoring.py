@@ -162,10 +162,10 @@ def _rank(severity: str | None) -> int:
     return _SEVERITY_RANK.get(severity or "", 0)
 
 
-def parse_time_ms(value: object) -> int:
-    """UTC ms from an ISO 8601 string (Z or offset; naive = UTC) or a number of ms. Raises ValueError for
-    anything else, and for a time at or beyond +-TS_MS_LIMIT (ingest's bound, year 2255: later times
-    overflow int64 nanoseconds); the error shows at most 80 characters of the value."""
+def parse_time_ms(value: object, zone_required: bool = False) -> int:
+    """UTC ms from an ISO 8601 string (Z or offset; naive = UTC, or refused with `zone_required`) or a number of
+    ms. Raises ValueError for anything else, and for a time at or beyond +-TS_MS_LIMIT (ingest's bound, year 2255:
+    later times overflow int64 nanoseconds); the error shows at most 80 characters of the value."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ValueError(f"not a time: {shown(value)}")
@@ -177,6 +177,8 @@ def parse_time_ms(value: object) -> int:
     except ValueError:
         raise ValueError(f"not an ISO 8601 time or epoch ms: {shown(value)}") from None
     if t.tzinfo is None:
+        if zone_required:
+            raise ValueError(f"a time without a zone: {shown(value)}; write it with Z or an offset (+08:00)")
         t = t.replace(tzinfo=dt.UTC)
     ms = int(round(t.timestamp() * 1000))
     if abs(ms) >= TS_MS_LIMIT:

@@ -13,6 +13,10 @@ import socket
 import threading
 from types import TracebackType
 
+# An exchange ends within this many times the sink's timeout_s, however slowly the server sends (the timeout
+# bounds each read; a server dripping a byte every half second held a 1 s sink for 14.5 s).
+EXCHANGE_TIMEOUTS = 2
+
 _current = threading.local()  # the Deadline of the exchange running in this thread, if any
 
 

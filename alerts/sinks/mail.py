@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from alerts.model import Notice
 from alerts.notice_text import Renderer
 from alerts.sinks.base import SinkError
-from alerts.sinks.deadline import Deadline, watch
-from alerts.sinks.robot_http import EXCHANGE_TIMEOUTS
+from alerts.sinks.deadline import EXCHANGE_TIMEOUTS, Deadline, watch
 
 if TYPE_CHECKING:
     from config.oncall import Person

@@ -19,13 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from alerts.sinks.base import SinkError, retryable_status
-from alerts.sinks.deadline import Deadline, watch
+from alerts.sinks.deadline import EXCHANGE_TIMEOUTS, Deadline, watch
 
 # The largest answer a sink reads (bytes): every API a sink talks to answers in well under 1 KiB.
 MAX_ANSWER_BYTES = 64 * 1024
-# An exchange ends within this many times the sink's timeout_s, however slowly the server sends (the timeout
-# bounds each read; a server dripping a byte every half second held a 1 s sink for 14.5 s).
-EXCHANGE_TIMEOUTS = 2
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
